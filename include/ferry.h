@@ -1,0 +1,310 @@
+/*
+ * ferry: one-sided memory transfers between processes, hosts and GPUs.
+ *
+ * This is the whole public API. A process creates an agent, registers the
+ * memory it wants to expose or use, packs a metadata blob that describes that
+ * memory, and hands the blob to its peers by any means (a file, a pipe, a
+ * rendezvous store). A peer loads the blob, prepares READ or WRITE requests
+ * between its own registered memory and the advertised remote memory, and
+ * posts each request as many times as it likes, learning of completion by
+ * testing or waiting.
+ *
+ * Conventions that hold for every function below:
+ *  - Fallible functions return ferry_status_t: FERRY_OK (0), FERRY_IN_PROGRESS
+ *    (1) or a negative FERRY_ERR_* code. On failure ferry_last_error() gives
+ *    the calling thread's detail text.
+ *  - Output arguments come last, end in _p, and are written only on success.
+ *  - Parameter structs begin with field_mask; a field is read only when its
+ *    bit is set, and a NULL params pointer means all defaults.
+ *  - Destroy-like functions accept NULL.
+ *
+ * Thread safety: every function may be called from any thread. An agent
+ * serialises its internal state, so different requests may be prepared,
+ * posted, tested and waited on from different threads at once, and memory
+ * may be registered while other threads transfer. One request must not be
+ * released while another thread still uses it (the caller owns its lifetime),
+ * and an agent must not be destroyed while other threads use it or its
+ * objects.
+ */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define FERRY_API __attribute__((visibility("default")))
+#else
+#define FERRY_API
+#endif
+
+/* Version of this header. The ABI major is the shared library's SONAME. */
+#define FERRY_VERSION_MAJOR 0
+#define FERRY_VERSION_MINOR 1
+#define FERRY_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------ */
+/* Status                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Every status code, with its value and text. Codes are only ever appended
+ * to; a value once published never changes meaning.
+ */
+#define FERRY_STATUS_MAP(X)                                                    \
+    X(OK, 0, "success")                                                        \
+    X(IN_PROGRESS, 1, "operation in progress")                                 \
+    X(ERR_INVALID, -1, "invalid argument")                                     \
+    X(ERR_NO_MEMORY, -2, "out of memory")                                      \
+    X(ERR_NOT_FOUND, -3, "not found")                                          \
+    X(ERR_NOT_REGISTERED, -4, "memory not registered")                         \
+    X(ERR_OUT_OF_RANGE, -5, "out of range of a registration")                  \
+    X(ERR_MISMATCH, -6, "descriptors do not match")                            \
+    X(ERR_UNSUPPORTED, -7, "not supported")                                    \
+    X(ERR_BUSY, -8, "busy")                                                    \
+    X(ERR_TIMEOUT, -9, "timed out")                                            \
+    X(ERR_CANCELED, -10, "canceled")                                           \
+    X(ERR_PEER_LOST, -11, "peer lost")                                         \
+    X(ERR_ABORTED, -12, "aborted by another rank")                             \
+    X(ERR_PROTOCOL, -13, "protocol error (malformed blob or message)")         \
+    X(ERR_BACKEND, -14, "transport backend error")                             \
+    X(ERR_SYSTEM, -15, "system error")
+
+typedef enum ferry_status {
+#define FERRY_STATUS_ENUM_(name, value, text) FERRY_##name = (value),
+    FERRY_STATUS_MAP(FERRY_STATUS_ENUM_)
+#undef FERRY_STATUS_ENUM_
+} ferry_status_t;
+
+/*
+ * Returns a static, human-readable text for a status code, or "unknown
+ * status" for a value this library does not know. Never returns NULL. Any
+ * thread.
+ */
+FERRY_API const char *ferry_status_str(ferry_status_t status);
+
+/*
+ * Returns the detail text of the calling thread's most recent failure (for
+ * example "ucx: ucp_ep_rkey_unpack: Invalid parameter (peer 'rank3', region
+ * 2)"), or "" if this thread has seen none. The text stays valid until the
+ * thread's next failing ferry call. Never returns NULL. Any thread.
+ */
+FERRY_API const char *ferry_last_error(void);
+
+/* Returns the library's version as "major.minor.patch". Any thread. */
+FERRY_API const char *ferry_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Descriptors                                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef enum ferry_mem_kind {
+    FERRY_MEM_AUTO = 0, /* let the library detect the kind */
+    FERRY_MEM_HOST = 1, /* ordinary (pageable or pinned) host memory */
+    FERRY_MEM_CUDA = 2  /* CUDA device memory */
+} ferry_mem_kind_t;
+
+/*
+ * A contiguous range of memory. The same struct describes local and remote
+ * memory: addr is always in the owner's address space. device is the GPU
+ * ordinal for FERRY_MEM_CUDA and ignored for host memory.
+ */
+typedef struct ferry_desc {
+    uint64_t addr;
+    uint64_t len;
+    ferry_mem_kind_t kind;
+    int32_t device;
+} ferry_desc_t;
+
+/* ------------------------------------------------------------------------ */
+/* Agent                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct ferry_agent ferry_agent_t;
+typedef struct ferry_mem ferry_mem_t;
+typedef struct ferry_peer ferry_peer_t;
+typedef struct ferry_xfer ferry_xfer_t;
+
+enum {
+    FERRY_AGENT_PARAM_NAME = 1u << 0
+};
+
+typedef struct ferry_agent_params {
+    uint64_t field_mask;
+    /*
+     * FERRY_AGENT_PARAM_NAME: the agent's name, which identifies it to its
+     * peers (1 to 255 bytes, copied). Loading a blob whose name is already
+     * known replaces that peer's metadata. Default: "<hostname>:<pid>".
+     */
+    const char *name;
+} ferry_agent_params_t;
+
+/*
+ * Creates an agent: its transport backends (UCX), its registrations and its
+ * peers. params may be NULL. On success *agent_p holds the new agent.
+ * Returns FERRY_ERR_INVALID for a bad name, FERRY_ERR_BACKEND when UCX cannot
+ * start. Any thread.
+ */
+FERRY_API ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
+                                            ferry_agent_t **agent_p);
+
+/*
+ * Destroys an agent with everything it still owns: requests (in flight ones
+ * are abandoned after their transport is closed), peers and registrations.
+ * Accepts NULL. No other thread may use the agent or its objects meanwhile.
+ */
+FERRY_API void ferry_agent_destroy(ferry_agent_t *agent);
+
+/* Returns the agent's name; valid for the agent's lifetime. Any thread. */
+FERRY_API const char *ferry_agent_name(const ferry_agent_t *agent);
+
+/*
+ * Drives the agent's transports once without blocking, completing whatever
+ * requests can complete. Returns FERRY_OK. Any thread.
+ */
+FERRY_API ferry_status_t ferry_agent_progress(ferry_agent_t *agent);
+
+/* ------------------------------------------------------------------------ */
+/* Memory registration                                                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Registers n descriptors (n >= 1) with the agent as one handle. Each
+ * descriptor becomes a region that local requests may use and that
+ * ferry_md_pack() advertises to peers. Regions may overlap earlier ones.
+ * Returns FERRY_ERR_INVALID for n == 0, a zero length, a zero address, or
+ * addr + len overflowing (the detail text names the descriptor index);
+ * FERRY_ERR_UNSUPPORTED for a memory kind no backend of this build can
+ * register; FERRY_ERR_BACKEND if the transport refuses the memory. Any
+ * thread.
+ */
+FERRY_API ferry_status_t ferry_mem_register(ferry_agent_t *agent,
+                                            const ferry_desc_t *descs,
+                                            size_t n, ferry_mem_t **mem_p);
+
+/*
+ * Deregisters a handle from ferry_mem_register() and frees it. Returns
+ * FERRY_ERR_BUSY (and changes nothing) while a posted, unfinished request
+ * uses any of its regions. Requests prepared on it but not in flight stay
+ * valid objects; posting them afterwards returns FERRY_ERR_NOT_REGISTERED.
+ * Accepts NULL (returns FERRY_OK). Any thread.
+ */
+FERRY_API ferry_status_t ferry_mem_deregister(ferry_mem_t *mem);
+
+/* ------------------------------------------------------------------------ */
+/* Metadata and peers                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Packs the agent's metadata into a new blob: its name and host identity,
+ * its transport addresses, and every current registration with the keys a
+ * peer needs to reach it. The blob is self-describing and portable
+ * (little-endian, versioned, checksummed). On success *blob_p (free it with
+ * ferry_md_free()) and *len_p are written. Any thread.
+ */
+FERRY_API ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p,
+                                       size_t *len_p);
+
+/* Frees a blob from ferry_md_pack(). Accepts NULL. Any thread. */
+FERRY_API void ferry_md_free(void *blob);
+
+/*
+ * Validates a peer's blob completely and then loads it. A blob from an agent
+ * whose name is already loaded replaces that peer's metadata and returns the
+ * same handle; requests prepared against the old metadata then fail to post
+ * with FERRY_ERR_PEER_LOST and must be prepared again. The agent's own blob
+ * may be loaded (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text,
+ * for a truncated, oversized, corrupted, unknown-version or inconsistent
+ * blob; unknown sections are skipped. Any thread.
+ */
+FERRY_API ferry_status_t ferry_peer_load(ferry_agent_t *agent,
+                                         const void *blob, size_t len,
+                                         ferry_peer_t **peer_p);
+
+/*
+ * Drops a peer and releases its remote keys and connection. Requests
+ * prepared against it remain objects to release; posting them returns
+ * FERRY_ERR_PEER_LOST. Accepts NULL. Any thread.
+ */
+FERRY_API void ferry_peer_forget(ferry_peer_t *peer);
+
+/* Returns the peer's agent name; valid until forgotten. Any thread. */
+FERRY_API const char *ferry_peer_name(const ferry_peer_t *peer);
+
+/* ------------------------------------------------------------------------ */
+/* Transfers                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef enum ferry_xfer_op {
+    FERRY_OP_WRITE = 0, /* local -> remote */
+    FERRY_OP_READ = 1   /* remote -> local */
+} ferry_xfer_op_t;
+
+typedef struct ferry_xfer_params {
+    uint64_t field_mask; /* no fields yet; pass NULL or 0 */
+} ferry_xfer_params_t;
+
+/*
+ * Prepares a request that moves local[i] to or from remote[i] for every i,
+ * on the given peer. Everything is validated here, once: each local
+ * descriptor lies inside one local registration, each remote descriptor
+ * inside one registration the peer advertised, and the two lists pair up.
+ * Errors name the offending descriptor index:
+ *   FERRY_ERR_INVALID        bad op, NULL arrays, zero counts or lengths
+ *   FERRY_ERR_MISMATCH       nlocal != nremote, len or kind of a pair differ
+ *   FERRY_ERR_NOT_REGISTERED a descriptor's start lies in no registration
+ *   FERRY_ERR_OUT_OF_RANGE   a descriptor starts in a registration and runs
+ *                            past its end
+ *   FERRY_ERR_PEER_LOST      the peer was forgotten or replaced
+ * Up to 2^32 - 1 descriptors per request. params may be NULL. On success
+ * *xfer_p holds a request that may be posted any number of times. Any
+ * thread.
+ */
+FERRY_API ferry_status_t ferry_xfer_prepare(
+    ferry_agent_t *agent, ferry_xfer_op_t op, const ferry_desc_t *local,
+    size_t nlocal, ferry_peer_t *peer, const ferry_desc_t *remote,
+    size_t nremote, const ferry_xfer_params_t *params, ferry_xfer_t **xfer_p);
+
+/*
+ * Starts the transfer. Returns FERRY_OK if it completed inline (for a WRITE,
+ * the bytes are then visible in the peer's memory; for a READ, in local
+ * memory), FERRY_IN_PROGRESS if it is under way, FERRY_ERR_BUSY if the
+ * request is still in flight from an earlier post, FERRY_ERR_NOT_REGISTERED
+ * if a local registration it uses was deregistered, FERRY_ERR_PEER_LOST if
+ * the peer is gone or was replaced, or the transport's error. Any thread.
+ */
+FERRY_API ferry_status_t ferry_xfer_post(ferry_xfer_t *xfer);
+
+/*
+ * Makes progress without blocking and reports the request's state:
+ * FERRY_IN_PROGRESS while in flight, then FERRY_OK or the transfer's error
+ * (FERRY_ERR_PEER_LOST if the peer died) once it has finished; the result
+ * stays until the next post. Returns FERRY_ERR_INVALID for a request never
+ * posted. Any thread.
+ */
+FERRY_API ferry_status_t ferry_xfer_test(ferry_xfer_t *xfer);
+
+/*
+ * Waits for the request to finish: timeout_ns 0 tests once, a negative value
+ * waits without limit. Returns what ferry_xfer_test() would, or
+ * FERRY_ERR_TIMEOUT if the time ran out (the request stays valid and may be
+ * waited on again). Any thread.
+ */
+FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns);
+
+/*
+ * Frees a request. A request still in flight is first waited for (its
+ * transport may still touch its memory). Accepts NULL. The caller must not
+ * use the request from another thread meanwhile.
+ */
+FERRY_API void ferry_xfer_release(ferry_xfer_t *xfer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_H */

@@ -1,0 +1,85 @@
+/*
+ * The contract between the core and a transport backend. A backend is one
+ * const ops table (its size first, then its name and its wire id) whose
+ * functions see only plain data and the backend's own opaque handles: a
+ * context per agent, a local registration per region, a connection per peer
+ * and an unpacked key per remote region. The core calls every operation with
+ * the agent's lock held, so a backend needs no locking of its own; the
+ * completion callback given to post() runs inside progress(), under the same
+ * lock.
+ *
+ * Every operation is set: an operation a backend cannot perform points to a
+ * function that returns FERRY_ERR_UNSUPPORTED with a text, never NULL.
+ */
+#ifndef FERRY_BACKENDS_BACKEND_H
+#define FERRY_BACKENDS_BACKEND_H
+
+#include "ferry.h"
+#include "util/buf.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Backend ids as they appear in metadata blobs; never renumbered. */
+enum {
+    FERRY__BK_UCX = 1,
+    FERRY__BK_MAX = 4
+};
+
+/* One contiguous piece of a transfer, fully resolved at prepare. */
+typedef struct ferry__bk_seg {
+    uint64_t laddr;
+    uint64_t raddr;
+    uint64_t len;
+    void *lreg; /* the backend's local registration of the region */
+    void *rkey; /* the backend's unpacked key of the remote region */
+} ferry__bk_seg_t;
+
+/* Completion of a posted batch: called once, from progress(). */
+typedef void (*ferry__bk_done_cb)(void *arg, ferry_status_t status);
+
+typedef struct ferry__backend_ops {
+    size_t size; /* sizeof(ferry__backend_ops_t), for forward checks */
+    const char *name;
+    uint16_t id;
+
+    /* Creates the per-agent context. */
+    ferry_status_t (*init)(const char *agent_name, void **ctx_p);
+    void (*fini)(void *ctx);
+    /* Whether memory of this kind can be registered (and so transferred). */
+    bool (*supports_kind)(void *ctx, ferry_mem_kind_t kind);
+    /* Appends the address peers need to connect to this context. */
+    ferry_status_t (*pack_address)(void *ctx, ferry__wbuf_t *out);
+
+    ferry_status_t (*mem_register)(void *ctx, const ferry_desc_t *desc,
+                                   void **lreg_p);
+    /* Appends what a peer needs to reach the region (its remote key). */
+    ferry_status_t (*mem_pack)(void *ctx, void *lreg, ferry__wbuf_t *out);
+    void (*mem_deregister)(void *ctx, void *lreg);
+
+    /* Connects to a peer's packed address; peer_name is for messages. */
+    ferry_status_t (*conn_open)(void *ctx, const uint8_t *addr, size_t len,
+                                const char *peer_name, void **conn_p);
+    /* Closes a connection, waiting (bounded) for what is in flight. */
+    void (*conn_close)(void *ctx, void *conn);
+    ferry_status_t (*rkey_open)(void *ctx, void *conn, const uint8_t *data,
+                                size_t len, void **rkey_p);
+    void (*rkey_close)(void *ctx, void *rkey);
+
+    /*
+     * Starts n segments in one batch on a connection. Returns FERRY_OK if the
+     * batch completed inline (cb is not called), FERRY_IN_PROGRESS if cb will
+     * be called from a later progress(), or an error (nothing is left in
+     * flight, cb is not called).
+     */
+    ferry_status_t (*post)(void *ctx, void *conn, ferry_xfer_op_t op,
+                           const ferry__bk_seg_t *segs, size_t n,
+                           ferry__bk_done_cb cb, void *arg);
+    /* Drives the transport once; returns how many events it handled. */
+    unsigned (*progress)(void *ctx);
+} ferry__backend_ops_t;
+
+extern const ferry__backend_ops_t ferry__ucx_ops;
+
+#endif

@@ -1,0 +1,171 @@
+/*
+ * The agent: creation and teardown, its lock, its identity (name, host id,
+ * incarnation) and progress across its backends.
+ */
+#include "core/core.h"
+#include "util/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+const ferry__backend_ops_t *const ferry__backends[FERRY__NBK] = {
+    &ferry__ucx_ops,
+};
+
+void ferry__list_init(ferry__list_t *l)
+{
+    l->prev = l->next = l;
+}
+
+void ferry__list_add(ferry__list_t *head, ferry__list_t *item)
+{
+    item->next = head->next;
+    item->prev = head;
+    head->next->prev = item;
+    head->next = item;
+}
+
+void ferry__list_del(ferry__list_t *item)
+{
+    item->prev->next = item->next;
+    item->next->prev = item->prev;
+    ferry__list_init(item);
+}
+
+void ferry__agent_lock(ferry_agent_t *agent)
+{
+    pthread_mutex_lock(&agent->lock);
+}
+
+void ferry__agent_unlock(ferry_agent_t *agent)
+{
+    pthread_mutex_unlock(&agent->lock);
+}
+
+/*
+ * Host identity: the boot id names the running kernel, and the PID and IPC
+ * namespaces name the sandbox; processes that agree on all three can share
+ * handles that refer to each other's processes and memory.
+ */
+static void ferry__host_id(char *out, size_t size)
+{
+    char boot[64] = "unknown", pidns[64] = "", ipcns[64] = "";
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    ssize_t n;
+
+    if (f != NULL) {
+        if (fgets(boot, sizeof(boot), f) != NULL)
+            boot[strcspn(boot, "\n")] = '\0';
+        fclose(f);
+    }
+    n = readlink("/proc/self/ns/pid", pidns, sizeof(pidns) - 1);
+    pidns[n > 0 ? n : 0] = '\0';
+    n = readlink("/proc/self/ns/ipc", ipcns, sizeof(ipcns) - 1);
+    ipcns[n > 0 ? n : 0] = '\0';
+    snprintf(out, size, "%s/%s/%s", boot, pidns, ipcns);
+}
+
+ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
+                                  ferry_agent_t **agent_p)
+{
+    ferry_agent_t *agent;
+    ferry_status_t st;
+    unsigned k;
+
+    if (agent_p == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "agent_create: agent_p is NULL");
+    agent = calloc(1, sizeof(*agent));
+    if (agent == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "agent_create: no memory");
+
+    if (params != NULL && (params->field_mask & FERRY_AGENT_PARAM_NAME)) {
+        size_t n = params->name != NULL ? strlen(params->name) : 0;
+
+        if (n == 0 || n > FERRY__MD_NAME_MAX) {
+            st = ferry__error(FERRY_ERR_INVALID,
+                              "agent_create: the name must have 1 to %d bytes "
+                              "(got %zu)", FERRY__MD_NAME_MAX, n);
+            goto err_free;
+        }
+        memcpy(agent->name, params->name, n + 1);
+    } else {
+        char host[128] = "localhost";
+
+        (void)gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = '\0';
+        snprintf(agent->name, sizeof(agent->name), "%s:%d", host, (int)getpid());
+    }
+    ferry__host_id(agent->host_id, sizeof(agent->host_id));
+    if (getrandom(&agent->incarnation, sizeof(agent->incarnation), 0) !=
+        (ssize_t)sizeof(agent->incarnation))
+        agent->incarnation = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)agent;
+
+    pthread_mutex_init(&agent->lock, NULL);
+    ferry__imap_init(&agent->registry);
+    ferry__list_init(&agent->mems);
+    ferry__list_init(&agent->peers);
+    ferry__list_init(&agent->xfers);
+
+    for (k = 0; k < FERRY__NBK; k++) {
+        st = ferry__backends[k]->init(agent->name, &agent->bk_ctx[k]);
+        if (st < 0)
+            goto err_backends;
+    }
+    ferry__debug("agent '%s' created (host %s)", agent->name, agent->host_id);
+    *agent_p = agent;
+    return FERRY_OK;
+
+err_backends:
+    while (k-- > 0)
+        ferry__backends[k]->fini(agent->bk_ctx[k]);
+    pthread_mutex_destroy(&agent->lock);
+err_free:
+    free(agent);
+    return st;
+}
+
+void ferry_agent_destroy(ferry_agent_t *agent)
+{
+    if (agent == NULL)
+        return;
+    /* Requests first: releasing one waits for its transport to let go of
+     * its memory. */
+    while (agent->xfers.next != &agent->xfers) {
+        ferry_xfer_t *x = ferry__container_of(agent->xfers.next, ferry_xfer_t, link);
+
+        ferry__debug("agent '%s': releasing a request the user left", agent->name);
+        ferry_xfer_release(x);
+    }
+    ferry__agent_lock(agent);
+    while (agent->peers.next != &agent->peers)
+        ferry__peer_forget_locked(
+            ferry__container_of(agent->peers.next, ferry_peer_t, link));
+    while (agent->mems.next != &agent->mems)
+        ferry__mem_drop(ferry__container_of(agent->mems.next, ferry_mem_t, link));
+    ferry__agent_unlock(agent);
+
+    for (unsigned k = FERRY__NBK; k-- > 0;)
+        ferry__backends[k]->fini(agent->bk_ctx[k]);
+    ferry__imap_free(&agent->registry);
+    pthread_mutex_destroy(&agent->lock);
+    free(agent);
+}
+
+const char *ferry_agent_name(const ferry_agent_t *agent)
+{
+    return agent != NULL ? agent->name : "";
+}
+
+ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
+{
+    if (agent == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "agent_progress: agent is NULL");
+    ferry__agent_lock(agent);
+    for (unsigned k = 0; k < FERRY__NBK; k++)
+        ferry__backends[k]->progress(agent->bk_ctx[k]);
+    ferry__agent_unlock(agent);
+    return FERRY_OK;
+}

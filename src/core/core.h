@@ -1,0 +1,151 @@
+/*
+ * Private structures of the core: the agent, its registrations, its peers
+ * and its requests, and the relations between them.
+ *
+ * Ownership and locking. The agent's one mutex guards everything below it:
+ * the registry, the peer list, every backend call and every request's
+ * in-flight state. A request's state word is also read without the lock by
+ * test/wait, so that a finished request is reported without contention.
+ *
+ * Lifetimes are reference counts held under the lock:
+ *  - a ferry_mem_t is referenced by the registry (until deregistered) and
+ *    by every prepared request that uses one of its regions; "active" counts
+ *    the requests in flight, which make deregistration BUSY;
+ *  - a peer's metadata is a ferry__remote_t, referenced by the peer (until
+ *    forgotten or replaced by a new incarnation) and by every prepared
+ *    request; a retired one refuses posts with PEER_LOST;
+ *  - a backend connection (ferry__conn_t) is shared by the metadata
+ *    versions of one peer incarnation, so reloading a blob after new
+ *    registrations keeps the same endpoint.
+ */
+#ifndef FERRY_CORE_CORE_H
+#define FERRY_CORE_CORE_H
+
+#include "backends/backend.h"
+#include "core/md.h"
+#include "util/imap.h"
+#include "util/status.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+/* Backends compiled in, by slot; a region or peer keeps one handle per slot. */
+#define FERRY__NBK 1
+
+typedef struct ferry__list {
+    struct ferry__list *prev, *next;
+} ferry__list_t;
+
+typedef struct ferry__region {
+    ferry_desc_t desc;
+    uint32_t id; /* unique within the agent, advertised in blobs */
+    ferry_mem_t *mem;
+    void *lreg[FERRY__NBK]; /* each backend's registration, or NULL */
+} ferry__region_t;
+
+struct ferry_mem {
+    ferry_agent_t *agent;
+    ferry__list_t link;
+    unsigned refs;   /* the registry's one plus one per prepared request */
+    unsigned active; /* requests in flight that use this memory */
+    bool dead;       /* deregistered; kept alive for prepared requests */
+    size_t n;
+    ferry__region_t regions[];
+};
+
+typedef struct ferry__conn {
+    unsigned refs;
+    void *h; /* the backend's connection */
+} ferry__conn_t;
+
+typedef struct ferry__rregion {
+    ferry__md_region_t md;    /* points into the remote's blob copy */
+    void *rkey[FERRY__NBK];   /* unpacked on first use, per backend */
+} ferry__rregion_t;
+
+typedef struct ferry__remote {
+    unsigned refs;
+    bool retired;
+    uint8_t *blob; /* private copy; md fields point into it */
+    ferry__md_t md;
+    ferry__rregion_t *regions;
+    ferry__imap_t map; /* remote address ranges -> ferry__rregion_t */
+    ferry__conn_t *conn[FERRY__NBK]; /* opened on first use */
+} ferry__remote_t;
+
+struct ferry_peer {
+    ferry_agent_t *agent;
+    ferry__list_t link;
+    char name[FERRY__MD_NAME_MAX + 1];
+    ferry__remote_t *remote;
+};
+
+enum {
+    FERRY__XFER_NEW = 0, /* prepared, never posted */
+    FERRY__XFER_ACTIVE,
+    FERRY__XFER_DONE
+};
+
+typedef struct ferry__xfer_part {
+    unsigned slot;
+    uint32_t first, count; /* a range of the request's segments */
+} ferry__xfer_part_t;
+
+struct ferry_xfer {
+    ferry_agent_t *agent;
+    ferry__list_t link;
+    ferry_xfer_op_t op;
+    ferry__remote_t *remote;
+    ferry_mem_t **mems; /* distinct local registrations used */
+    size_t nmems;
+    ferry__bk_seg_t *segs;
+    size_t nsegs;
+    ferry__xfer_part_t parts[FERRY__NBK];
+    unsigned nparts;
+    unsigned pending;         /* parts still in flight (under the lock) */
+    ferry_status_t first_err; /* first failure among the parts */
+    _Atomic int state;
+    _Atomic ferry_status_t result;
+    char errmsg[256]; /* detail text of a failure seen in progress */
+};
+
+struct ferry_agent {
+    pthread_mutex_t lock;
+    char name[FERRY__MD_NAME_MAX + 1];
+    char host_id[FERRY__MD_NAME_MAX + 1];
+    uint64_t incarnation; /* random per agent: tells restarts apart */
+    void *bk_ctx[FERRY__NBK];
+    ferry__imap_t registry; /* local address ranges -> ferry__region_t */
+    uint32_t next_region_id;
+    ferry__list_t mems, peers, xfers;
+};
+
+extern const ferry__backend_ops_t *const ferry__backends[FERRY__NBK];
+
+/* Intrusive doubly linked lists. */
+void ferry__list_init(ferry__list_t *l);
+void ferry__list_add(ferry__list_t *head, ferry__list_t *item);
+void ferry__list_del(ferry__list_t *item);
+#define ferry__container_of(ptr, type, member)                                \
+    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+void ferry__agent_lock(ferry_agent_t *agent);
+void ferry__agent_unlock(ferry_agent_t *agent);
+
+/* Under the lock: drop a reference; the last one frees (mem.c, peer.c). */
+void ferry__mem_unref(ferry_mem_t *mem);
+void ferry__remote_unref(ferry_agent_t *agent, ferry__remote_t *remote);
+/* Under the lock: the backend connection of a remote, opened on first use. */
+ferry_status_t ferry__remote_conn(ferry_agent_t *agent, ferry__remote_t *remote,
+                                  unsigned slot, void **conn_p);
+/* Under the lock: the unpacked key of a remote region, on first use. */
+ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
+                                  ferry__rregion_t *rr, unsigned slot,
+                                  void **rkey_p);
+/* Under the lock: deregister without the BUSY check (agent teardown). */
+void ferry__mem_drop(ferry_mem_t *mem);
+/* Agent teardown helpers. */
+void ferry__peer_forget_locked(ferry_peer_t *peer);
+
+#endif

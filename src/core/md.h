@@ -1,0 +1,97 @@
+/*
+ * The metadata blob: what an agent tells its peers about itself. Packing
+ * walks the agent (md.c); parsing validates every byte before anything is
+ * used and yields a ferry__md_t whose pointers refer into the caller's blob.
+ *
+ * Layout, all integers little-endian, no padding:
+ *
+ *   header (24 bytes)
+ *     0  u32  magic        0x59525246 ("FRRY")
+ *     4  u16  version      1
+ *     6  u16  flags        0
+ *     8  u32  length       of the whole blob, header included
+ *    12  u32  checksum     CRC-32 (IEEE) of the whole blob, this field zero
+ *    16  u32  nsections
+ *    20  u32  reserved     0
+ *   nsections times:
+ *     0  u16  type
+ *     2  u16  flags        0
+ *     4  u32  len          of the payload that follows
+ *     8  len bytes of payload; a reader skips types it does not know
+ *
+ *   AGENT (type 1), exactly once
+ *        u64  incarnation  random per agent instance
+ *        u16  name length (1..255), then the name (no NUL)
+ *        u16  host id length (0..255), then the host id
+ *   BACKEND (type 2), at most once per backend
+ *        u16  backend id, then the rest of the payload is that backend's
+ *             connection address
+ *   REGIONS (type 3), at most once
+ *        u32  count
+ *        count times (28 bytes, then the backend entries):
+ *          u32 id, u8 kind, u8 nbackends, u16 reserved,
+ *          i32 device, u64 addr, u64 len,
+ *          nbackends times: u16 backend id, u32 len, len bytes (remote key)
+ *
+ * A section's payload must be consumed exactly; the sections must fill the
+ * blob exactly. Anything else is FERRY_ERR_PROTOCOL.
+ */
+#ifndef FERRY_CORE_MD_H
+#define FERRY_CORE_MD_H
+
+#include "backends/backend.h"
+#include "util/status.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FERRY__MD_MAGIC 0x59525246u
+#define FERRY__MD_VERSION 1
+#define FERRY__MD_HDR_LEN 24
+#define FERRY__MD_NAME_MAX 255
+#define FERRY__MD_REGION_FIXED 28
+
+enum {
+    FERRY__MD_SEC_AGENT = 1,
+    FERRY__MD_SEC_BACKEND = 2,
+    FERRY__MD_SEC_REGIONS = 3
+};
+
+/* Bytes a backend contributed, by backend id (unknown ids are dropped). */
+typedef struct ferry__md_bytes {
+    const uint8_t *data; /* NULL when absent */
+    uint32_t len;
+} ferry__md_bytes_t;
+
+typedef struct ferry__md_region {
+    uint32_t id;
+    ferry_mem_kind_t kind;
+    int32_t device;
+    uint64_t addr;
+    uint64_t len;
+    ferry__md_bytes_t bk[FERRY__BK_MAX];
+} ferry__md_region_t;
+
+typedef struct ferry__md {
+    uint64_t incarnation;
+    char name[FERRY__MD_NAME_MAX + 1];
+    char host_id[FERRY__MD_NAME_MAX + 1];
+    ferry__md_bytes_t bk_addr[FERRY__BK_MAX];
+    uint32_t nregions;
+    ferry__md_region_t *regions; /* allocated; free with ferry__md_clear */
+} ferry__md_t;
+
+/*
+ * Validates blob[0..len) completely and fills *md (pointers into blob).
+ * max_len bounds the accepted size. Returns FERRY_ERR_PROTOCOL with a
+ * detail text on any malformed input, FERRY_ERR_NO_MEMORY, or FERRY_OK.
+ */
+ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
+                               ferry__md_t *md);
+void ferry__md_clear(ferry__md_t *md);
+
+/* Fills in the header's length and checksum of a blob whose sections have
+ * been written (also used by tests to forge blobs). */
+void ferry__md_seal(uint8_t *blob, size_t len);
+
+#endif

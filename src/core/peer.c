@@ -1,0 +1,225 @@
+/*
+ * Peers: loading a peer's blob into a metadata version (ferry__remote_t),
+ * replacing it when the same agent sends a new blob, and the lazily opened
+ * connections and remote keys that requests use.
+ */
+#include "core/core.h"
+#include "util/config.h"
+#include "util/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void ferry__conn_unref(ferry_agent_t *agent, unsigned slot,
+                              ferry__conn_t *conn)
+{
+    if (--conn->refs > 0)
+        return;
+    ferry__backends[slot]->conn_close(agent->bk_ctx[slot], conn->h);
+    free(conn);
+}
+
+void ferry__remote_unref(ferry_agent_t *agent, ferry__remote_t *remote)
+{
+    if (--remote->refs > 0)
+        return;
+    /* Keys before connections: a key is unpacked on its endpoint. */
+    for (uint32_t i = 0; i < remote->md.nregions; i++)
+        for (unsigned k = 0; k < FERRY__NBK; k++)
+            if (remote->regions[i].rkey[k] != NULL)
+                ferry__backends[k]->rkey_close(agent->bk_ctx[k],
+                                               remote->regions[i].rkey[k]);
+    for (unsigned k = 0; k < FERRY__NBK; k++)
+        if (remote->conn[k] != NULL)
+            ferry__conn_unref(agent, k, remote->conn[k]);
+    ferry__imap_free(&remote->map);
+    free(remote->regions);
+    ferry__md_clear(&remote->md);
+    free(remote->blob);
+    free(remote);
+}
+
+ferry_status_t ferry__remote_conn(ferry_agent_t *agent, ferry__remote_t *remote,
+                                  unsigned slot, void **conn_p)
+{
+    const ferry__backend_ops_t *ops = ferry__backends[slot];
+    const ferry__md_bytes_t *addr = &remote->md.bk_addr[ops->id];
+    ferry__conn_t *conn;
+    ferry_status_t st;
+
+    if (remote->conn[slot] != NULL) {
+        *conn_p = remote->conn[slot]->h;
+        return FERRY_OK;
+    }
+    if (addr->data == NULL)
+        return ferry__error(FERRY_ERR_UNSUPPORTED, "peer '%s' advertises no %s "
+                            "address", remote->md.name, ops->name);
+    conn = calloc(1, sizeof(*conn));
+    if (conn == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "no memory for a connection");
+    st = ops->conn_open(agent->bk_ctx[slot], addr->data, addr->len,
+                        remote->md.name, &conn->h);
+    if (st < 0) {
+        free(conn);
+        return st;
+    }
+    conn->refs = 1;
+    remote->conn[slot] = conn;
+    *conn_p = conn->h;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
+                                  ferry__rregion_t *rr, unsigned slot,
+                                  void **rkey_p)
+{
+    const ferry__backend_ops_t *ops = ferry__backends[slot];
+    const ferry__md_bytes_t *key = &rr->md.bk[ops->id];
+    void *conn;
+
+    if (rr->rkey[slot] == NULL) {
+        if (key->data == NULL)
+            return ferry__error(FERRY_ERR_UNSUPPORTED, "peer '%s' region %u "
+                                "carries no %s key", remote->md.name, rr->md.id,
+                                ops->name);
+        FERRY_CHECK(ferry__remote_conn(agent, remote, slot, &conn));
+        FERRY_CHECK(ops->rkey_open(agent->bk_ctx[slot], conn, key->data,
+                                   key->len, &rr->rkey[slot]));
+    }
+    *rkey_p = rr->rkey[slot];
+    return FERRY_OK;
+}
+
+/* Parses a copy of the blob into a new metadata version with one reference. */
+static ferry_status_t ferry__remote_new(const void *blob, size_t len,
+                                        ferry__remote_t **remote_p)
+{
+    ferry__remote_t *remote;
+    ferry_status_t st;
+
+    remote = calloc(1, sizeof(*remote));
+    if (remote == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "peer_load: no memory");
+    remote->blob = malloc(len ? len : 1);
+    if (remote->blob == NULL) {
+        st = ferry__error(FERRY_ERR_NO_MEMORY, "peer_load: no memory for a "
+                          "%zu-byte blob", len);
+        goto err_free;
+    }
+    memcpy(remote->blob, blob, len);
+    FERRY_CHECK_GOTO(ferry__md_parse(remote->blob, len,
+                                     ferry__config_get_size("FERRY_MD_MAX"),
+                                     &remote->md),
+                     st, err_blob);
+    remote->regions = calloc(remote->md.nregions ? remote->md.nregions : 1,
+                             sizeof(*remote->regions));
+    if (remote->regions == NULL) {
+        st = ferry__error(FERRY_ERR_NO_MEMORY, "peer_load: no memory for %u "
+                          "regions", remote->md.nregions);
+        goto err_md;
+    }
+    ferry__imap_init(&remote->map);
+    for (uint32_t i = 0; i < remote->md.nregions; i++) {
+        ferry__rregion_t *rr = &remote->regions[i];
+
+        rr->md = remote->md.regions[i];
+        FERRY_CHECK_GOTO(ferry__imap_append(&remote->map, rr->md.addr,
+                                            rr->md.len, rr), st, err_map);
+    }
+    ferry__imap_sort(&remote->map);
+    remote->refs = 1;
+    *remote_p = remote;
+    return FERRY_OK;
+
+err_map:
+    ferry__imap_free(&remote->map);
+    free(remote->regions);
+err_md:
+    ferry__md_clear(&remote->md);
+err_blob:
+    free(remote->blob);
+err_free:
+    free(remote);
+    return st;
+}
+
+static ferry_peer_t *ferry__peer_find(ferry_agent_t *agent, const char *name)
+{
+    for (ferry__list_t *l = agent->peers.next; l != &agent->peers; l = l->next) {
+        ferry_peer_t *p = ferry__container_of(l, ferry_peer_t, link);
+
+        if (strcmp(p->name, name) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+ferry_status_t ferry_peer_load(ferry_agent_t *agent, const void *blob,
+                               size_t len, ferry_peer_t **peer_p)
+{
+    ferry__remote_t *remote = NULL, *old;
+    ferry_peer_t *peer;
+
+    if (agent == NULL || peer_p == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "peer_load: NULL argument");
+    FERRY_CHECK(ferry__remote_new(blob, len, &remote));
+
+    ferry__agent_lock(agent);
+    peer = ferry__peer_find(agent, remote->md.name);
+    if (peer == NULL) {
+        peer = calloc(1, sizeof(*peer));
+        if (peer == NULL) {
+            ferry__remote_unref(agent, remote);
+            ferry__agent_unlock(agent);
+            return ferry__error(FERRY_ERR_NO_MEMORY, "peer_load: no memory");
+        }
+        peer->agent = agent;
+        memcpy(peer->name, remote->md.name, sizeof(peer->name));
+        ferry__list_add(&agent->peers, &peer->link);
+    } else {
+        old = peer->remote;
+        if (old->md.incarnation == remote->md.incarnation) {
+            /* The same running agent with new registrations: its endpoints
+             * and its earlier requests stay good. */
+            for (unsigned k = 0; k < FERRY__NBK; k++) {
+                remote->conn[k] = old->conn[k];
+                if (remote->conn[k] != NULL)
+                    remote->conn[k]->refs++;
+            }
+        } else {
+            ferry__info("peer '%s' restarted; requests prepared against its "
+                        "old metadata are retired", peer->name);
+            old->retired = true;
+        }
+        ferry__remote_unref(agent, old);
+    }
+    peer->remote = remote;
+    ferry__agent_unlock(agent);
+    *peer_p = peer;
+    return FERRY_OK;
+}
+
+void ferry__peer_forget_locked(ferry_peer_t *peer)
+{
+    ferry__list_del(&peer->link);
+    peer->remote->retired = true;
+    ferry__remote_unref(peer->agent, peer->remote);
+    free(peer);
+}
+
+void ferry_peer_forget(ferry_peer_t *peer)
+{
+    ferry_agent_t *agent;
+
+    if (peer == NULL)
+        return;
+    agent = peer->agent;
+    ferry__agent_lock(agent);
+    ferry__peer_forget_locked(peer);
+    ferry__agent_unlock(agent);
+}
+
+const char *ferry_peer_name(const ferry_peer_t *peer)
+{
+    return peer != NULL ? peer->name : "";
+}

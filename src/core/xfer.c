@@ -1,0 +1,395 @@
+/*
+ * Requests: prepared once (every descriptor validated, every region and key
+ * resolved, segments grouped by backend), then posted any number of times
+ * with no lookups and no allocation, and completed through the backends'
+ * callbacks during progress.
+ */
+#include "core/core.h"
+#include "util/log.h"
+#include "util/time.h"
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *ferry__kind_name(ferry_mem_kind_t kind)
+{
+    switch (kind) {
+    case FERRY_MEM_HOST: return "host";
+    case FERRY_MEM_CUDA: return "CUDA";
+    default: return "auto";
+    }
+}
+
+/* Finds the region covering d, or records which index failed and why. */
+static ferry_status_t ferry__lookup(const ferry__imap_t *map, const ferry_desc_t *d,
+                                    const char *side, size_t i, const char *peer,
+                                    void **val_p)
+{
+    switch (ferry__imap_find(map, d->addr, d->len, val_p)) {
+    case FERRY__IMAP_FOUND:
+        return FERRY_OK;
+    case FERRY__IMAP_PARTIAL:
+        return ferry__error(FERRY_ERR_OUT_OF_RANGE,
+                            "prepare: %s descriptor %zu (addr 0x%llx, len %llu) "
+                            "runs past the end of its registration%s%s%s", side,
+                            i, (unsigned long long)d->addr,
+                            (unsigned long long)d->len, peer ? " on peer '" : "",
+                            peer ? peer : "", peer ? "'" : "");
+    default:
+        return ferry__error(FERRY_ERR_NOT_REGISTERED,
+                            "prepare: %s descriptor %zu (addr 0x%llx, len %llu) "
+                            "lies in no registration%s%s%s", side, i,
+                            (unsigned long long)d->addr, (unsigned long long)d->len,
+                            peer ? " of peer '" : "", peer ? peer : "",
+                            peer ? "'" : "");
+    }
+}
+
+static ferry_status_t ferry__kind_check(const ferry_desc_t *d, ferry_mem_kind_t kind,
+                                        const char *side, size_t i)
+{
+    if (d->kind == FERRY_MEM_AUTO || d->kind == kind)
+        return FERRY_OK;
+    return ferry__error(FERRY_ERR_MISMATCH, "prepare: %s descriptor %zu says %s "
+                        "memory but lies in a %s registration", side, i,
+                        ferry__kind_name(d->kind), ferry__kind_name(kind));
+}
+
+static int ferry__ptr_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* Under the lock: resolves every pair into segs/slots and the distinct
+ * local registrations into mems (nmems_p). */
+static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remote,
+                                     const ferry_desc_t *local,
+                                     const ferry_desc_t *rdesc, size_t n,
+                                     ferry__bk_seg_t *segs, uint8_t *slots,
+                                     ferry_mem_t **mems, size_t *nmems_p)
+{
+    size_t nmems = 0;
+    ferry_status_t st;
+
+    for (size_t i = 0; i < n; i++) {
+        const ferry_desc_t *l = &local[i], *r = &rdesc[i];
+        ferry__region_t *g;
+        ferry__rregion_t *rr;
+        unsigned k;
+
+        if (l->len == 0)
+            return ferry__error(FERRY_ERR_INVALID, "prepare: descriptor %zu has "
+                                "zero length", i);
+        if (l->len != r->len)
+            return ferry__error(FERRY_ERR_MISMATCH, "prepare: descriptor %zu: local "
+                                "length %llu differs from remote length %llu", i,
+                                (unsigned long long)l->len, (unsigned long long)r->len);
+        FERRY_CHECK(ferry__lookup(&agent->registry, l, "local", i, NULL, (void **)&g));
+        FERRY_CHECK(ferry__lookup(&remote->map, r, "remote", i, remote->md.name,
+                                  (void **)&rr));
+        FERRY_CHECK(ferry__kind_check(l, g->desc.kind, "local", i));
+        FERRY_CHECK(ferry__kind_check(r, rr->md.kind, "remote", i));
+
+        for (k = 0; k < FERRY__NBK; k++)
+            if (g->lreg[k] != NULL && rr->md.bk[ferry__backends[k]->id].data != NULL)
+                break;
+        if (k == FERRY__NBK)
+            return ferry__error(FERRY_ERR_UNSUPPORTED, "prepare: descriptor %zu: no "
+                                "backend can move %s memory to %s memory on peer "
+                                "'%s'", i, ferry__kind_name(g->desc.kind),
+                                ferry__kind_name(rr->md.kind), remote->md.name);
+        segs[i].laddr = l->addr;
+        segs[i].raddr = r->addr;
+        segs[i].len = l->len;
+        segs[i].lreg = g->lreg[k];
+        st = ferry__remote_rkey(agent, remote, rr, k, &segs[i].rkey);
+        if (st < 0) {
+            ferry__error_prefix("prepare: descriptor %zu", i);
+            return st;
+        }
+        slots[i] = (uint8_t)k;
+        if (nmems == 0 || mems[nmems - 1] != g->mem)
+            mems[nmems++] = g->mem;
+    }
+    if (nmems > 1) {
+        size_t out = 1;
+
+        qsort(mems, nmems, sizeof(*mems), ferry__ptr_cmp);
+        for (size_t i = 1; i < nmems; i++)
+            if (mems[i] != mems[out - 1])
+                mems[out++] = mems[i];
+        nmems = out;
+    }
+    *nmems_p = nmems;
+    return FERRY_OK;
+}
+
+/* Orders segments by backend slot and describes each slot's range. */
+static void ferry__group(ferry_xfer_t *x, const ferry__bk_seg_t *segs,
+                         const uint8_t *slots)
+{
+    size_t count[FERRY__NBK] = {0}, at[FERRY__NBK];
+    size_t pos = 0;
+
+    for (size_t i = 0; i < x->nsegs; i++)
+        count[slots[i]]++;
+    x->nparts = 0;
+    for (unsigned k = 0; k < FERRY__NBK; k++) {
+        at[k] = pos;
+        if (count[k] > 0)
+            x->parts[x->nparts++] = (ferry__xfer_part_t){k, (uint32_t)pos,
+                                                         (uint32_t)count[k]};
+        pos += count[k];
+    }
+    for (size_t i = 0; i < x->nsegs; i++)
+        x->segs[at[slots[i]]++] = segs[i];
+}
+
+ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
+                                  const ferry_desc_t *local, size_t nlocal,
+                                  ferry_peer_t *peer, const ferry_desc_t *remote,
+                                  size_t nremote, const ferry_xfer_params_t *params,
+                                  ferry_xfer_t **xfer_p)
+{
+    ferry_xfer_t *x;
+    ferry__bk_seg_t *tmp = NULL;
+    uint8_t *slots = NULL;
+    ferry__remote_t *rm;
+    ferry_status_t st;
+
+    (void)params;
+    if (agent == NULL || peer == NULL || local == NULL || remote == NULL ||
+        xfer_p == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "prepare: NULL argument");
+    if (op != FERRY_OP_WRITE && op != FERRY_OP_READ)
+        return ferry__error(FERRY_ERR_INVALID, "prepare: unknown op %d", (int)op);
+    if (peer->agent != agent)
+        return ferry__error(FERRY_ERR_INVALID, "prepare: the peer belongs to "
+                            "another agent");
+    if (nlocal != nremote)
+        return ferry__error(FERRY_ERR_MISMATCH, "prepare: %zu local descriptors "
+                            "but %zu remote ones", nlocal, nremote);
+    if (nlocal == 0 || nlocal > UINT32_MAX)
+        return ferry__error(FERRY_ERR_INVALID, "prepare: %zu descriptors (1 to "
+                            "2^32-1 allowed)", nlocal);
+
+    x = calloc(1, sizeof(*x));
+    if (x != NULL) {
+        x->segs = malloc(nlocal * sizeof(*x->segs));
+        x->mems = malloc(nlocal * sizeof(*x->mems));
+        tmp = FERRY__NBK > 1 ? malloc(nlocal * sizeof(*tmp)) : NULL;
+        slots = malloc(nlocal);
+    }
+    if (x == NULL || x->segs == NULL || x->mems == NULL || slots == NULL ||
+        (FERRY__NBK > 1 && tmp == NULL)) {
+        st = ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory for %zu "
+                          "descriptors", nlocal);
+        goto err_free;
+    }
+    x->agent = agent;
+    x->op = op;
+    x->nsegs = nlocal;
+    atomic_init(&x->state, FERRY__XFER_NEW);
+    atomic_init(&x->result, FERRY_OK);
+
+    ferry__agent_lock(agent);
+    rm = peer->remote;
+    FERRY_CHECK_GOTO(ferry__resolve(agent, rm, local, remote, nlocal,
+                                    tmp != NULL ? tmp : x->segs, slots, x->mems,
+                                    &x->nmems),
+                     st, err_unlock);
+    ferry__group(x, tmp != NULL ? tmp : x->segs, slots);
+    for (size_t i = 0; i < x->nmems; i++)
+        x->mems[i]->refs++;
+    rm->refs++;
+    x->remote = rm;
+    ferry__list_add(&agent->xfers, &x->link);
+    ferry__agent_unlock(agent);
+    free(tmp);
+    free(slots);
+    *xfer_p = x;
+    return FERRY_OK;
+
+err_unlock:
+    ferry__agent_unlock(agent);
+err_free:
+    free(tmp);
+    free(slots);
+    if (x != NULL) {
+        free(x->segs);
+        free(x->mems);
+        free(x);
+    }
+    return st;
+}
+
+/* Records a part's failure on the request (under the lock). */
+static void ferry__xfer_fail(ferry_xfer_t *x, ferry_status_t st)
+{
+    if (x->first_err == FERRY_OK) {
+        x->first_err = st;
+        snprintf(x->errmsg, sizeof(x->errmsg), "%s", ferry_last_error());
+    }
+}
+
+static void ferry__xfer_finish(ferry_xfer_t *x)
+{
+    for (size_t i = 0; i < x->nmems; i++)
+        x->mems[i]->active--;
+    atomic_store_explicit(&x->result, x->first_err, memory_order_relaxed);
+    atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
+}
+
+/* Backend completion of one part; runs in progress, under the lock. */
+static void ferry__xfer_part_done(void *arg, ferry_status_t st)
+{
+    ferry_xfer_t *x = arg;
+
+    if (st < 0)
+        ferry__xfer_fail(x, st);
+    if (--x->pending == 0)
+        ferry__xfer_finish(x);
+}
+
+ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
+{
+    ferry_agent_t *agent;
+    ferry_status_t st;
+
+    if (x == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "xfer_post: NULL request");
+    agent = x->agent;
+    ferry__agent_lock(agent);
+    if (atomic_load_explicit(&x->state, memory_order_relaxed) == FERRY__XFER_ACTIVE) {
+        ferry__agent_unlock(agent);
+        return ferry__error(FERRY_ERR_BUSY, "xfer_post: the request is still in "
+                            "flight");
+    }
+    if (x->remote->retired) {
+        ferry__agent_unlock(agent);
+        return ferry__error(FERRY_ERR_PEER_LOST, "xfer_post: peer '%s' was "
+                            "forgotten or restarted; prepare the request again",
+                            x->remote->md.name);
+    }
+    for (size_t i = 0; i < x->nmems; i++) {
+        if (x->mems[i]->dead) {
+            ferry__agent_unlock(agent);
+            return ferry__error(FERRY_ERR_NOT_REGISTERED, "xfer_post: a local "
+                                "registration this request uses was deregistered");
+        }
+    }
+
+    x->first_err = FERRY_OK;
+    x->pending = x->nparts;
+    for (unsigned p = 0; p < x->nparts; p++) {
+        const ferry__xfer_part_t *part = &x->parts[p];
+        unsigned k = part->slot;
+
+        st = ferry__backends[k]->post(agent->bk_ctx[k], x->remote->conn[k]->h,
+                                      x->op, x->segs + part->first, part->count,
+                                      ferry__xfer_part_done, x);
+        if (st == FERRY_IN_PROGRESS)
+            continue;
+        if (st < 0)
+            ferry__xfer_fail(x, st);
+        x->pending--;
+    }
+    if (x->pending > 0) {
+        for (size_t i = 0; i < x->nmems; i++)
+            x->mems[i]->active++;
+        atomic_store_explicit(&x->state, FERRY__XFER_ACTIVE, memory_order_relaxed);
+        st = FERRY_IN_PROGRESS;
+    } else {
+        st = x->first_err;
+        atomic_store_explicit(&x->result, st, memory_order_relaxed);
+        atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
+        if (st < 0)
+            ferry__error(st, "%s", x->errmsg);
+    }
+    ferry__agent_unlock(agent);
+    return st;
+}
+
+/* The result of a finished request, with its detail text on failure. */
+static ferry_status_t ferry__xfer_result(ferry_xfer_t *x)
+{
+    ferry_status_t st = atomic_load_explicit(&x->result, memory_order_relaxed);
+
+    if (st < 0)
+        ferry__error(st, "%s", x->errmsg);
+    return st;
+}
+
+ferry_status_t ferry_xfer_test(ferry_xfer_t *x)
+{
+    ferry_agent_t *agent;
+    int state;
+
+    if (x == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "xfer_test: NULL request");
+    state = atomic_load_explicit(&x->state, memory_order_acquire);
+    if (state == FERRY__XFER_DONE)
+        return ferry__xfer_result(x);
+    if (state == FERRY__XFER_NEW)
+        return ferry__error(FERRY_ERR_INVALID, "xfer_test: the request was never "
+                            "posted");
+    agent = x->agent;
+    ferry__agent_lock(agent);
+    for (unsigned k = 0; k < FERRY__NBK; k++)
+        ferry__backends[k]->progress(agent->bk_ctx[k]);
+    ferry__agent_unlock(agent);
+    if (atomic_load_explicit(&x->state, memory_order_acquire) == FERRY__XFER_DONE)
+        return ferry__xfer_result(x);
+    return FERRY_IN_PROGRESS;
+}
+
+ferry_status_t ferry_xfer_wait(ferry_xfer_t *x, int64_t timeout_ns)
+{
+    uint64_t deadline = 0;
+    unsigned spins = 0;
+    ferry_status_t st;
+
+    if (timeout_ns > 0)
+        deadline = ferry__now_ns() + (uint64_t)timeout_ns;
+    for (;;) {
+        st = ferry_xfer_test(x);
+        if (st != FERRY_IN_PROGRESS)
+            return st;
+        if (timeout_ns == 0 || (timeout_ns > 0 && ferry__now_ns() >= deadline))
+            return ferry__error(FERRY_ERR_TIMEOUT, "xfer_wait: not finished "
+                                "after %lld ns", (long long)timeout_ns);
+        /* Poll hard at first, then give the core to others between polls. */
+        if (++spins > 64)
+            sched_yield();
+    }
+}
+
+void ferry_xfer_release(ferry_xfer_t *x)
+{
+    ferry_agent_t *agent;
+
+    if (x == NULL)
+        return;
+    agent = x->agent;
+    /* The transport may still write into local memory: never free while the
+     * request is in flight. A dead peer fails it through error handling. */
+    while (atomic_load_explicit(&x->state, memory_order_acquire) ==
+           FERRY__XFER_ACTIVE) {
+        if (ferry_xfer_wait(x, 10 * 1000000000ll) == FERRY_ERR_TIMEOUT)
+            ferry__warn("xfer_release: a request to peer '%s' is still in flight "
+                        "after 10 s; waiting", x->remote->md.name);
+    }
+    ferry__agent_lock(agent);
+    ferry__list_del(&x->link);
+    for (size_t i = 0; i < x->nmems; i++)
+        ferry__mem_unref(x->mems[i]);
+    ferry__remote_unref(agent, x->remote);
+    ferry__agent_unlock(agent);
+    free(x->segs);
+    free(x->mems);
+    free(x);
+}

@@ -1,0 +1,52 @@
+/*
+ * Log level from FERRY_LOG, parsed once, and the line writer. One fprintf
+ * per line keeps lines from different threads whole.
+ */
+#include "util/log.h"
+#include "util/config.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+static const char *const ferry__level_names[] = {"error", "warn", "info",
+                                                 "debug", "trace"};
+static ferry__log_level_t ferry__level = FERRY__LOG_WARN;
+static pthread_once_t ferry__level_once = PTHREAD_ONCE_INIT;
+
+static void ferry__log_init(void)
+{
+    const char *v = ferry__config_get("FERRY_LOG");
+
+    for (size_t i = 0; i < sizeof(ferry__level_names) / sizeof(*ferry__level_names); i++) {
+        if (strcasecmp(v, ferry__level_names[i]) == 0) {
+            ferry__level = (ferry__log_level_t)i;
+            return;
+        }
+    }
+    fprintf(stderr, "ferry: FERRY_LOG=%s is not a level (error, warn, info, "
+                    "debug, trace); using warn\n", v);
+}
+
+ferry__log_level_t ferry__log_level(void)
+{
+    pthread_once(&ferry__level_once, ferry__log_init);
+    return ferry__level;
+}
+
+void ferry__log_emit(ferry__log_level_t level, const char *file, int line,
+                     const char *fmt, ...)
+{
+    char msg[1024];
+    const char *base = strrchr(file, '/');
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "ferry[%d] %s %s:%d: %s\n", (int)getpid(),
+            ferry__level_names[level], base ? base + 1 : file, line, msg);
+}
