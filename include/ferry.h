@@ -215,9 +215,11 @@ FERRY_API void ferry_md_free(void *blob);
 /*
  * Validates a peer's blob completely and then loads it. A blob from an agent
  * whose name is already loaded replaces that peer's metadata and returns the
- * same handle; requests prepared against the old metadata then fail to post
- * with FERRY_ERR_PEER_LOST and must be prepared again. The agent's own blob
- * may be loaded (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text,
+ * same handle. If the blob comes from the same running agent (for example
+ * re-packed after new registrations), earlier requests stay valid; if it
+ * comes from a new instance under the same name (a restart), requests
+ * prepared against the old metadata fail to post with FERRY_ERR_PEER_LOST
+ * and must be prepared again. The agent's own blob may be loaded (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text,
  * for a truncated, oversized, corrupted, unknown-version or inconsistent
  * blob; unknown sections are skipped. Any thread.
  */

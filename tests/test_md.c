@@ -1,0 +1,289 @@
+/*
+ * Metadata blobs: a packed blob round-trips through the parser and loads as
+ * a peer; every malformed blob (each truncation point, bad magic, checksum,
+ * version, lengths past the end, overflowing counts, bad regions, missing or
+ * repeated sections, oversize) is FERRY_ERR_PROTOCOL with a detail text and
+ * never a crash; unknown sections and backends are skipped.
+ */
+#include "test.h"
+#include "core/md.h"
+#include "util/buf.h"
+
+/* What a forged blob contains; each field can be bent by a case. */
+typedef struct forge {
+    uint32_t magic;
+    uint16_t version;
+    int nsections_delta;  /* added to the true count */
+    int length_delta;     /* added to the header's length field */
+    int crc_delta;        /* added to the computed checksum */
+    int agent_sections;   /* 0, 1 or 2 */
+    const char *name;
+    int name_len_delta;   /* added to the name's length prefix */
+    uint32_t region_count_override; /* 0: the true count */
+    uint64_t region_len;  /* of the second region */
+    uint64_t region_addr;
+    uint8_t region_kind;
+    uint32_t rkey_len_delta; /* added to the first region's key length */
+    int unknown_section;  /* add a section of an unknown type */
+    int unknown_backend;  /* add a region entry of an unknown backend */
+    int trailing;         /* bytes appended after the last section */
+    size_t name_n;        /* bytes of name to write; 0: strlen(name) */
+} forge_t;
+
+static forge_t forge_default(void)
+{
+    return (forge_t){FERRY__MD_MAGIC, FERRY__MD_VERSION, 0, 0, 0, 1, "peer-a", 0,
+                     0, 4096, 0x20000, FERRY_MEM_HOST, 0, 0, 0, 0, 0};
+}
+
+static size_t section(ferry__wbuf_t *w, uint16_t type)
+{
+    ferry__wbuf_u16(w, type);
+    ferry__wbuf_u16(w, 0);
+    ferry__wbuf_u32(w, 0);
+    return w->len - 4;
+}
+
+static void section_end(ferry__wbuf_t *w, size_t pos)
+{
+    ferry__wbuf_put_u32_at(w, pos, (uint32_t)(w->len - pos - 4));
+}
+
+static void region(ferry__wbuf_t *w, const forge_t *f, uint32_t id, uint8_t kind,
+                   uint64_t addr, uint64_t len, uint32_t key_delta, int extra_bk)
+{
+    static const uint8_t key[5] = {1, 2, 3, 4, 5};
+
+    ferry__wbuf_u32(w, id);
+    ferry__wbuf_u8(w, kind);
+    ferry__wbuf_u8(w, (uint8_t)(1 + extra_bk));
+    ferry__wbuf_u16(w, 0);
+    ferry__wbuf_u32(w, (uint32_t)-1);
+    ferry__wbuf_u64(w, addr);
+    ferry__wbuf_u64(w, len);
+    ferry__wbuf_u16(w, FERRY__BK_UCX);
+    ferry__wbuf_u32(w, (uint32_t)sizeof(key) + key_delta);
+    ferry__wbuf_bytes(w, key, sizeof(key));
+    if (extra_bk) {
+        ferry__wbuf_u16(w, 3000); /* a backend from the future */
+        ferry__wbuf_u32(w, 2);
+        ferry__wbuf_u16(w, 0xbeef);
+    }
+    (void)f;
+}
+
+static void forge(const forge_t *f, ferry__wbuf_t *w)
+{
+    uint32_t n = 0;
+    size_t pos, name_n = f->name_n ? f->name_n : strlen(f->name);
+
+    ferry__wbuf_init(w);
+    ferry__wbuf_reserve(w, FERRY__MD_HDR_LEN);
+    memset(w->data, 0, FERRY__MD_HDR_LEN);
+    for (int a = 0; a < f->agent_sections; a++, n++) {
+        pos = section(w, FERRY__MD_SEC_AGENT);
+        ferry__wbuf_u64(w, 0x1122334455667788ull);
+        ferry__wbuf_u16(w, (uint16_t)(name_n + (size_t)f->name_len_delta));
+        ferry__wbuf_bytes(w, f->name, name_n);
+        ferry__wbuf_u16(w, 4);
+        ferry__wbuf_bytes(w, "host", 4);
+        section_end(w, pos);
+    }
+    pos = section(w, FERRY__MD_SEC_BACKEND);
+    ferry__wbuf_u16(w, FERRY__BK_UCX);
+    ferry__wbuf_bytes(w, "ucx-address", 11);
+    section_end(w, pos);
+    n++;
+    if (f->unknown_section) {
+        pos = section(w, 777);
+        ferry__wbuf_bytes(w, "from a newer version", 20);
+        section_end(w, pos);
+        n++;
+    }
+    pos = section(w, FERRY__MD_SEC_REGIONS);
+    ferry__wbuf_u32(w, f->region_count_override ? f->region_count_override : 2);
+    region(w, f, 0, FERRY_MEM_HOST, 0x10000, 0x1000, f->rkey_len_delta, f->unknown_backend);
+    region(w, f, 1, f->region_kind, f->region_addr, f->region_len, 0, 0);
+    section_end(w, pos);
+    n++;
+    for (int i = 0; i < f->trailing; i++)
+        ferry__wbuf_u8(w, 0);
+
+    ferry__store_le32(w->data, f->magic);
+    w->data[4] = (uint8_t)f->version;
+    w->data[5] = (uint8_t)(f->version >> 8);
+    ferry__store_le32(w->data + 16, (uint32_t)((int)n + f->nsections_delta));
+    ferry__md_seal(w->data, w->len);
+    if (f->length_delta || f->crc_delta) {
+        ferry__store_le32(w->data + 8, (uint32_t)((int)w->len + f->length_delta));
+        ferry__store_le32(w->data + 12, 0);
+        ferry__store_le32(w->data + 12, ferry__crc32(0, w->data, w->len) +
+                                            (uint32_t)f->crc_delta);
+    }
+}
+
+static ferry_status_t parse(const forge_t *f, ferry__md_t *md)
+{
+    ferry__wbuf_t w;
+    ferry_status_t st;
+
+    forge(f, &w);
+    ASSERT_TRUE(!w.oom);
+    st = ferry__md_parse(w.data, w.len, 1u << 20, md);
+    ferry__wbuf_free(&w);
+    return st;
+}
+
+#define EXPECT_BAD(label, mutate, needle)                                     \
+    do {                                                                      \
+        forge_t f_ = forge_default();                                         \
+        ferry__md_t md_;                                                      \
+        mutate;                                                               \
+        ferry_status_t st_ = parse(&f_, &md_);                                \
+        if (st_ != FERRY_ERR_PROTOCOL)                                        \
+            TEST_FAIL_AT_("%s: expected PROTOCOL, got %s", label,             \
+                          ferry_status_str(st_));                             \
+        else if (strstr(ferry_last_error(), needle) == NULL)                  \
+            TEST_FAIL_AT_("%s: detail '%s' lacks '%s'", label,                \
+                          ferry_last_error(), needle);                        \
+        cases++;                                                              \
+    } while (0)
+
+static int cases;
+
+static void forged_cases(void)
+{
+    forge_t f = forge_default();
+    ferry__md_t md;
+
+    /* The unbent forgery is valid, which makes every bent one meaningful. */
+    ASSERT_ST(FERRY_OK, parse(&f, &md));
+    EXPECT_TRUE(strcmp(md.name, "peer-a") == 0);
+    EXPECT_EQ(2, md.nregions);
+    EXPECT_EQ(0x10000, md.regions[0].addr);
+    EXPECT_EQ(5, md.regions[0].bk[FERRY__BK_UCX].len);
+    EXPECT_EQ(11, md.bk_addr[FERRY__BK_UCX].len);
+    ferry__md_clear(&md);
+
+    EXPECT_BAD("bad magic", f_.magic = 0x12345678, "magic");
+    EXPECT_BAD("version 2", f_.version = 2, "version 2");
+    EXPECT_BAD("version 0", f_.version = 0, "version 0");
+    EXPECT_BAD("bad checksum", f_.crc_delta = 1, "checksum");
+    EXPECT_BAD("length field too long", f_.length_delta = 1, "header says");
+    EXPECT_BAD("length field too short", f_.length_delta = -1, "header says");
+    EXPECT_BAD("one section more than present", f_.nsections_delta = 1, "past the end");
+    EXPECT_BAD("section count overflow", f_.nsections_delta = -10, "cannot fit");
+    EXPECT_BAD("one section fewer", f_.nsections_delta = -1, "after the last section");
+    EXPECT_BAD("trailing bytes", f_.trailing = 3, "after the last section");
+    EXPECT_BAD("region count overflows", f_.region_count_override = 0xFFFFFFFFu, "exceeds");
+    EXPECT_BAD("region count one too many", f_.region_count_override = 3, "region count 3");
+    EXPECT_BAD("region count too few", f_.region_count_override = 1, "trailing bytes");
+    EXPECT_BAD("zero-length region", f_.region_len = 0, "invalid range");
+    EXPECT_BAD("NULL region", f_.region_addr = 0, "invalid range");
+    EXPECT_BAD("region wraps around", (f_.region_addr = UINT64_MAX - 10, f_.region_len = 100),
+               "invalid range");
+    EXPECT_BAD("unknown memory kind", f_.region_kind = 9, "memory kind 9");
+    EXPECT_BAD("key length past the section", f_.rkey_len_delta = 1000, "runs past");
+    EXPECT_BAD("key length wraps", f_.rkey_len_delta = 0xFFFFFFF0u, "runs past");
+    EXPECT_BAD("empty agent name", f_.name = "", "name");
+    EXPECT_BAD("name length past the section", f_.name_len_delta = 200, "name");
+    EXPECT_BAD("name with a NUL", (f_.name = "ab\0cd", f_.name_n = 5), "name");
+    EXPECT_BAD("no agent section", f_.agent_sections = 0, "no agent section");
+    EXPECT_BAD("two agent sections", f_.agent_sections = 2, "repeats");
+
+    /* What a newer writer adds is skipped, not refused. */
+    f = forge_default();
+    f.unknown_section = 1;
+    f.unknown_backend = 1;
+    EXPECT_ST(FERRY_OK, parse(&f, &md));
+    EXPECT_EQ(2, md.nregions);
+    EXPECT_EQ(5, md.regions[0].bk[FERRY__BK_UCX].len);
+    ferry__md_clear(&md);
+}
+
+/* A real agent's blob: round trip, every truncation, public-path errors. */
+static void real_blob(void)
+{
+    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "md-test"};
+    ferry_agent_t *agent;
+    ferry_mem_t *mem;
+    ferry_peer_t *peer, *again;
+    static uint8_t buf[3][8192];
+    ferry_desc_t d[3];
+    void *blob;
+    size_t len;
+    ferry__md_t md;
+    uint8_t *copy;
+
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    for (int i = 0; i < 3; i++)
+        d[i] = (ferry_desc_t){(uintptr_t)buf[i], sizeof(buf[i]) - (uint64_t)i,
+                              FERRY_MEM_HOST, 0};
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 3, &mem));
+    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
+
+    ASSERT_ST(FERRY_OK, ferry__md_parse(blob, len, 1u << 20, &md));
+    EXPECT_TRUE(strcmp(md.name, "md-test") == 0);
+    EXPECT_TRUE(md.host_id[0] != '\0');
+    EXPECT_TRUE(md.bk_addr[FERRY__BK_UCX].data != NULL);
+    EXPECT_EQ(3, md.nregions);
+    for (uint32_t i = 0; i < md.nregions; i++) {
+        int found = 0;
+
+        for (int j = 0; j < 3; j++)
+            if (md.regions[i].addr == d[j].addr && md.regions[i].len == d[j].len &&
+                md.regions[i].kind == FERRY_MEM_HOST)
+                found = 1;
+        EXPECT_TRUE(found);
+        EXPECT_TRUE(md.regions[i].bk[FERRY__BK_UCX].len > 0);
+    }
+    ferry__md_clear(&md);
+
+    /* Every proper prefix is refused, through the public call. */
+    copy = malloc(len);
+    ASSERT_TRUE(copy != NULL);
+    for (size_t cut = 0; cut < len; cut++) {
+        memcpy(copy, blob, cut);
+        if (ferry_peer_load(agent, copy, cut, &peer) != FERRY_ERR_PROTOCOL) {
+            TEST_FAIL_AT_("prefix of %zu of %zu bytes was not refused", cut, len);
+            break;
+        }
+        cases++;
+    }
+    /* Every single flipped bit is caught (by the checksum if nothing else). */
+    for (size_t i = 0; i < len; i++) {
+        memcpy(copy, blob, len);
+        copy[i] ^= 0x10;
+        if (ferry_peer_load(agent, copy, len, &peer) != FERRY_ERR_PROTOCOL) {
+            TEST_FAIL_AT_("bit flip at byte %zu was not refused", i);
+            break;
+        }
+    }
+    free(copy);
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_peer_load(agent, NULL, 0, &peer));
+
+    /* Oversized by the configured limit. */
+    setenv("FERRY_MD_MAX", "64", 1);
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_peer_load(agent, blob, len, &peer));
+    EXPECT_ERR_HAS("FERRY_MD_MAX");
+    unsetenv("FERRY_MD_MAX");
+
+    /* The intact blob loads; loading it again gives the same peer. */
+    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
+    EXPECT_TRUE(strcmp(ferry_peer_name(peer), "md-test") == 0);
+    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &again));
+    EXPECT_TRUE(peer == again);
+    ferry_peer_forget(peer);
+    ferry_md_free(blob);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
+    ferry_agent_destroy(agent);
+}
+
+int main(void)
+{
+    forged_cases();
+    real_blob();
+    printf("malformed cases refused: %d\n", cases);
+    EXPECT_TRUE(cases >= 15);
+    return test_finish("test_md");
+}
