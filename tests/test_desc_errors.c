@@ -186,6 +186,80 @@ static void lifetime_rules(void)
     ferry_agent_destroy(agent);
 }
 
+/* Completes a request whose target agent lives in this process: a target
+ * must drive progress for the transport's active messages. */
+static ferry_status_t finish(ferry_xfer_t *x, ferry_agent_t *target)
+{
+    ferry_status_t st = ferry_xfer_post(x);
+
+    for (long i = 0; st == FERRY_IN_PROGRESS && i < 100000000; i++) {
+        ferry_agent_progress(target);
+        st = ferry_xfer_test(x);
+    }
+    return st;
+}
+
+/* Reloading a peer: the same running agent keeps requests valid; a new
+ * instance under the same name (a restart) retires them. */
+static void replacement_rules(void)
+{
+    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "replaced"};
+    ferry_agent_t *me, *old_inst, *new_inst;
+    ferry_mem_t *mine, *theirs_old, *theirs_new, *more;
+    ferry_peer_t *peer, *same;
+    ferry_xfer_t *x;
+    ferry_desc_t dl = desc(a, 4096), dr = desc(b, 4096), dm = desc(b + 8192, 4096);
+    void *blob;
+    size_t len;
+
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &me));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &old_inst));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(me, &dl, 1, &mine));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(old_inst, &dr, 1, &theirs_old));
+    ASSERT_ST(FERRY_OK, ferry_md_pack(old_inst, &blob, &len));
+    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &peer));
+    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &dl, 1, peer, &dr, 1,
+                                           NULL, &x));
+    test_fill(a, 4096, 5, 1, 0);
+    ASSERT_ST(FERRY_OK, finish(x, old_inst));
+    EXPECT_EQ(UINT64_MAX, test_verify(b, 4096, 5, 1, 0));
+
+    /* Same instance, one more registration: same peer, request still good. */
+    ASSERT_ST(FERRY_OK, ferry_mem_register(old_inst, &dm, 1, &more));
+    ASSERT_ST(FERRY_OK, ferry_md_pack(old_inst, &blob, &len));
+    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &same));
+    ferry_md_free(blob);
+    EXPECT_TRUE(same == peer);
+    test_fill(a, 4096, 5, 2, 0);
+    EXPECT_ST(FERRY_OK, finish(x, old_inst));
+    EXPECT_EQ(UINT64_MAX, test_verify(b, 4096, 5, 2, 0));
+
+    /* A new instance under the same name: the old request is retired. */
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &new_inst));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(new_inst, &dr, 1, &theirs_new));
+    ASSERT_ST(FERRY_OK, ferry_md_pack(new_inst, &blob, &len));
+    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &same));
+    ferry_md_free(blob);
+    EXPECT_TRUE(same == peer);
+    EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_xfer_post(x));
+    EXPECT_ERR_HAS("replaced");
+    ferry_xfer_release(x);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &dl, 1, peer, &dr, 1,
+                                           NULL, &x));
+    test_fill(a, 4096, 5, 3, 0);
+    EXPECT_ST(FERRY_OK, finish(x, new_inst));
+    EXPECT_EQ(UINT64_MAX, test_verify(b, 4096, 5, 3, 0));
+    ferry_xfer_release(x);
+    ferry_agent_destroy(new_inst);
+    ferry_agent_destroy(old_inst);
+    ferry_agent_destroy(me);
+    (void)mine;
+    (void)theirs_old;
+    (void)theirs_new;
+    (void)more;
+}
+
 int main(void)
 {
     ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "desc-errors"};
@@ -216,6 +290,7 @@ int main(void)
     ferry_agent_destroy(agent);
 
     lifetime_rules();
+    replacement_rules();
     free(a);
     free(b);
     return test_finish("test_desc_errors");

@@ -9,6 +9,8 @@
 #include "core/md.h"
 #include "util/buf.h"
 
+#include <unistd.h>
+
 /* What a forged blob contains; each field can be bent by a case. */
 typedef struct forge {
     uint32_t magic;
@@ -87,6 +89,7 @@ static void forge(const forge_t *f, ferry__wbuf_t *w)
         ferry__wbuf_bytes(w, f->name, name_n);
         ferry__wbuf_u16(w, 4);
         ferry__wbuf_bytes(w, "host", 4);
+        ferry__wbuf_u32(w, 4242);
         section_end(w, pos);
     }
     pos = section(w, FERRY__MD_SEC_BACKEND);
@@ -159,6 +162,8 @@ static void forged_cases(void)
     /* The unbent forgery is valid, which makes every bent one meaningful. */
     ASSERT_ST(FERRY_OK, parse(&f, &md));
     EXPECT_TRUE(strcmp(md.name, "peer-a") == 0);
+    EXPECT_TRUE(strcmp(md.host_id, "host") == 0);
+    EXPECT_EQ(4242, md.pid);
     EXPECT_EQ(2, md.nregions);
     EXPECT_EQ(0x10000, md.regions[0].addr);
     EXPECT_EQ(5, md.regions[0].bk[FERRY__BK_UCX].len);
@@ -225,6 +230,7 @@ static void real_blob(void)
     ASSERT_ST(FERRY_OK, ferry__md_parse(blob, len, 1u << 20, &md));
     EXPECT_TRUE(strcmp(md.name, "md-test") == 0);
     EXPECT_TRUE(md.host_id[0] != '\0');
+    EXPECT_EQ(getpid(), md.pid);
     EXPECT_TRUE(md.bk_addr[FERRY__BK_UCX].data != NULL);
     EXPECT_EQ(3, md.nregions);
     for (uint32_t i = 0; i < md.nregions; i++) {

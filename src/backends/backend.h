@@ -36,6 +36,13 @@ typedef struct ferry__bk_seg {
     void *rkey; /* the backend's unpacked key of the remote region */
 } ferry__bk_seg_t;
 
+/* Who a connection goes to. */
+typedef struct ferry__bk_peer {
+    const char *name; /* for messages */
+    bool same_host;   /* same kernel and PID namespace (host identity) */
+    int32_t pid;      /* the peer's process id, meaningful when same_host */
+} ferry__bk_peer_t;
+
 /* Completion of a posted batch: called once, from progress(). */
 typedef void (*ferry__bk_done_cb)(void *arg, ferry_status_t status);
 
@@ -58,9 +65,9 @@ typedef struct ferry__backend_ops {
     ferry_status_t (*mem_pack)(void *ctx, void *lreg, ferry__wbuf_t *out);
     void (*mem_deregister)(void *ctx, void *lreg);
 
-    /* Connects to a peer's packed address; peer_name is for messages. */
+    /* Connects to a peer's packed address. */
     ferry_status_t (*conn_open)(void *ctx, const uint8_t *addr, size_t len,
-                                const char *peer_name, void **conn_p);
+                                const ferry__bk_peer_t *peer, void **conn_p);
     /* Closes a connection, waiting (bounded) for what is in flight. */
     void (*conn_close)(void *ctx, void *conn);
     ferry_status_t (*rkey_open)(void *ctx, void *conn, const uint8_t *data,

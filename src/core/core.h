@@ -12,11 +12,13 @@
  *    by every prepared request that uses one of its regions; "active" counts
  *    the requests in flight, which make deregistration BUSY;
  *  - a peer's metadata is a ferry__remote_t, referenced by the peer (until
- *    forgotten or replaced by a new incarnation) and by every prepared
- *    request; a retired one refuses posts with PEER_LOST;
- *  - a backend connection (ferry__conn_t) is shared by the metadata
- *    versions of one peer incarnation, so reloading a blob after new
- *    registrations keeps the same endpoint.
+ *    replaced or forgotten) and by every prepared request;
+ *  - the metadata versions of one running instance of a peer share a
+ *    ferry__inst_t that holds the backend connections, so reloading a blob
+ *    after new registrations keeps the endpoints and earlier requests; when
+ *    the peer is forgotten or a new instance appears under its name, the
+ *    old instance is retired and every request on it refuses to post with
+ *    PEER_LOST.
  */
 #ifndef FERRY_CORE_CORE_H
 #define FERRY_CORE_CORE_H
@@ -54,10 +56,11 @@ struct ferry_mem {
     ferry__region_t regions[];
 };
 
-typedef struct ferry__conn {
-    unsigned refs;
-    void *h; /* the backend's connection */
-} ferry__conn_t;
+typedef struct ferry__inst {
+    unsigned refs; /* metadata versions of this instance */
+    bool retired;
+    void *conn[FERRY__NBK]; /* each backend's connection, opened on first use */
+} ferry__inst_t;
 
 typedef struct ferry__rregion {
     ferry__md_region_t md;    /* points into the remote's blob copy */
@@ -66,12 +69,11 @@ typedef struct ferry__rregion {
 
 typedef struct ferry__remote {
     unsigned refs;
-    bool retired;
+    ferry__inst_t *inst;
     uint8_t *blob; /* private copy; md fields point into it */
     ferry__md_t md;
     ferry__rregion_t *regions;
     ferry__imap_t map; /* remote address ranges -> ferry__rregion_t */
-    ferry__conn_t *conn[FERRY__NBK]; /* opened on first use */
 } ferry__remote_t;
 
 struct ferry_peer {

@@ -9,6 +9,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FERRY__MD_SEC_HDR 8
 
@@ -47,6 +48,7 @@ static ferry_status_t ferry__md_parse_agent(ferry__rbuf_t *r, ferry__md_t *md,
         return ferry__error(FERRY_ERR_PROTOCOL, "metadata: agent name at offset %zu is malformed", off);
     if (ferry__md_string(r, md->host_id, 0) != 0)
         return ferry__error(FERRY_ERR_PROTOCOL, "metadata: agent host id at offset %zu is malformed", off);
+    md->pid = ferry__rbuf_u32(r);
     return FERRY_OK;
 }
 
@@ -282,6 +284,7 @@ ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p, size_t *len_p)
     ferry__wbuf_u64(&w, agent->incarnation);
     ferry__md_put_string(&w, agent->name);
     ferry__md_put_string(&w, agent->host_id);
+    ferry__wbuf_u32(&w, (uint32_t)getpid());
     ferry__md_section_end(&w, pos);
     nsections++;
 

@@ -23,6 +23,7 @@
  *        u64  incarnation  random per agent instance
  *        u16  name length (1..255), then the name (no NUL)
  *        u16  host id length (0..255), then the host id
+ *        u32  process id   (liveness of peers on the same host)
  *   BACKEND (type 2), at most once per backend
  *        u16  backend id, then the rest of the payload is that backend's
  *             connection address
@@ -76,6 +77,7 @@ typedef struct ferry__md {
     uint64_t incarnation;
     char name[FERRY__MD_NAME_MAX + 1];
     char host_id[FERRY__MD_NAME_MAX + 1];
+    uint32_t pid;
     ferry__md_bytes_t bk_addr[FERRY__BK_MAX];
     uint32_t nregions;
     ferry__md_region_t *regions; /* allocated; free with ferry__md_clear */

@@ -10,13 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void ferry__conn_unref(ferry_agent_t *agent, unsigned slot,
-                              ferry__conn_t *conn)
+static void ferry__inst_unref(ferry_agent_t *agent, ferry__inst_t *inst)
 {
-    if (--conn->refs > 0)
+    if (--inst->refs > 0)
         return;
-    ferry__backends[slot]->conn_close(agent->bk_ctx[slot], conn->h);
-    free(conn);
+    for (unsigned k = 0; k < FERRY__NBK; k++)
+        if (inst->conn[k] != NULL)
+            ferry__backends[k]->conn_close(agent->bk_ctx[k], inst->conn[k]);
+    free(inst);
 }
 
 void ferry__remote_unref(ferry_agent_t *agent, ferry__remote_t *remote)
@@ -29,9 +30,8 @@ void ferry__remote_unref(ferry_agent_t *agent, ferry__remote_t *remote)
             if (remote->regions[i].rkey[k] != NULL)
                 ferry__backends[k]->rkey_close(agent->bk_ctx[k],
                                                remote->regions[i].rkey[k]);
-    for (unsigned k = 0; k < FERRY__NBK; k++)
-        if (remote->conn[k] != NULL)
-            ferry__conn_unref(agent, k, remote->conn[k]);
+    if (remote->inst != NULL)
+        ferry__inst_unref(agent, remote->inst);
     ferry__imap_free(&remote->map);
     free(remote->regions);
     ferry__md_clear(&remote->md);
@@ -44,28 +44,20 @@ ferry_status_t ferry__remote_conn(ferry_agent_t *agent, ferry__remote_t *remote,
 {
     const ferry__backend_ops_t *ops = ferry__backends[slot];
     const ferry__md_bytes_t *addr = &remote->md.bk_addr[ops->id];
-    ferry__conn_t *conn;
-    ferry_status_t st;
+    ferry__inst_t *inst = remote->inst;
+    ferry__bk_peer_t who;
 
-    if (remote->conn[slot] != NULL) {
-        *conn_p = remote->conn[slot]->h;
-        return FERRY_OK;
+    if (inst->conn[slot] == NULL) {
+        if (addr->data == NULL)
+            return ferry__error(FERRY_ERR_UNSUPPORTED, "peer '%s' advertises no "
+                                "%s address", remote->md.name, ops->name);
+        who.name = remote->md.name;
+        who.same_host = strcmp(remote->md.host_id, agent->host_id) == 0;
+        who.pid = (int32_t)remote->md.pid;
+        FERRY_CHECK(ops->conn_open(agent->bk_ctx[slot], addr->data, addr->len,
+                                   &who, &inst->conn[slot]));
     }
-    if (addr->data == NULL)
-        return ferry__error(FERRY_ERR_UNSUPPORTED, "peer '%s' advertises no %s "
-                            "address", remote->md.name, ops->name);
-    conn = calloc(1, sizeof(*conn));
-    if (conn == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "no memory for a connection");
-    st = ops->conn_open(agent->bk_ctx[slot], addr->data, addr->len,
-                        remote->md.name, &conn->h);
-    if (st < 0) {
-        free(conn);
-        return st;
-    }
-    conn->refs = 1;
-    remote->conn[slot] = conn;
-    *conn_p = conn->h;
+    *conn_p = inst->conn[slot];
     return FERRY_OK;
 }
 
@@ -127,6 +119,12 @@ static ferry_status_t ferry__remote_new(const void *blob, size_t len,
                                             rr->md.len, rr), st, err_map);
     }
     ferry__imap_sort(&remote->map);
+    remote->inst = calloc(1, sizeof(*remote->inst));
+    if (remote->inst == NULL) {
+        st = ferry__error(FERRY_ERR_NO_MEMORY, "peer_load: no memory");
+        goto err_map;
+    }
+    remote->inst->refs = 1;
     remote->refs = 1;
     *remote_p = remote;
     return FERRY_OK;
@@ -181,15 +179,13 @@ ferry_status_t ferry_peer_load(ferry_agent_t *agent, const void *blob,
         if (old->md.incarnation == remote->md.incarnation) {
             /* The same running agent with new registrations: its endpoints
              * and its earlier requests stay good. */
-            for (unsigned k = 0; k < FERRY__NBK; k++) {
-                remote->conn[k] = old->conn[k];
-                if (remote->conn[k] != NULL)
-                    remote->conn[k]->refs++;
-            }
+            free(remote->inst);
+            remote->inst = old->inst;
+            remote->inst->refs++;
         } else {
             ferry__info("peer '%s' restarted; requests prepared against its "
-                        "old metadata are retired", peer->name);
-            old->retired = true;
+                        "old instance are retired", peer->name);
+            old->inst->retired = true;
         }
         ferry__remote_unref(agent, old);
     }
@@ -202,7 +198,7 @@ ferry_status_t ferry_peer_load(ferry_agent_t *agent, const void *blob,
 void ferry__peer_forget_locked(ferry_peer_t *peer)
 {
     ferry__list_del(&peer->link);
-    peer->remote->retired = true;
+    peer->remote->inst->retired = true;
     ferry__remote_unref(peer->agent, peer->remote);
     free(peer);
 }

@@ -269,11 +269,11 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
         return ferry__error(FERRY_ERR_BUSY, "xfer_post: the request is still in "
                             "flight");
     }
-    if (x->remote->retired) {
+    if (x->remote->inst->retired) {
         ferry__agent_unlock(agent);
         return ferry__error(FERRY_ERR_PEER_LOST, "xfer_post: peer '%s' was "
-                            "forgotten or restarted; prepare the request again",
-                            x->remote->md.name);
+                            "forgotten or replaced by a new instance; prepare the "
+                            "request again", x->remote->md.name);
     }
     for (size_t i = 0; i < x->nmems; i++) {
         if (x->mems[i]->dead) {
@@ -289,7 +289,7 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
         const ferry__xfer_part_t *part = &x->parts[p];
         unsigned k = part->slot;
 
-        st = ferry__backends[k]->post(agent->bk_ctx[k], x->remote->conn[k]->h,
+        st = ferry__backends[k]->post(agent->bk_ctx[k], x->remote->inst->conn[k],
                                       x->op, x->segs + part->first, part->count,
                                       ferry__xfer_part_done, x);
         if (st == FERRY_IN_PROGRESS)

@@ -6,6 +6,14 @@
  * flush, whose completion means the bytes are in place remotely (WRITE) or
  * locally (READ).
  *
+ * Liveness. UCX's shared-memory transports (posix, sysv, cma) cannot serve
+ * an endpoint in peer error handling mode: asking for it leaves only TCP,
+ * about a hundred times slower. So an endpoint to a peer on the same host
+ * (same boot id and PID namespace) is created without UCX error handling and
+ * watched through a pidfd instead: when the peer process ends, the endpoint
+ * is marked failed and force-closed, which completes whatever was in flight
+ * with PEER_LOST. Peers on other hosts use UCX's peer error handling.
+ *
  * Posting allocates nothing: the per-operation requests are released at once
  * (their errors surface through the flush), and the flush's own completion
  * state lives in the space UCX reserves in each request for its user
@@ -15,12 +23,26 @@
 #include "util/config.h"
 #include "util/log.h"
 
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
 #include "util/time.h"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+/* How often endpoints to same-host peers are checked for a dead process. */
+#define FERRY__UCX_LIVENESS_NS 20000000ull
+
+struct ferry__ucx_conn;
 
 typedef struct ferry__ucx_ctx {
     ucp_context_h context;
@@ -28,6 +50,9 @@ typedef struct ferry__ucx_ctx {
     ucp_address_t *address;
     size_t address_len;
     uint64_t memory_types;
+    struct ferry__ucx_conn **watched; /* same-host connections */
+    size_t nwatched, capwatched;
+    uint64_t next_check_ns;
 } ferry__ucx_ctx_t;
 
 typedef struct ferry__ucx_reg {
@@ -37,8 +62,11 @@ typedef struct ferry__ucx_reg {
 } ferry__ucx_reg_t;
 
 typedef struct ferry__ucx_conn {
-    ucp_ep_h ep;
-    ucs_status_t failed; /* UCS_OK until the endpoint's error handler ran */
+    ucp_ep_h ep;         /* NULL once force-closed after a failure */
+    ucs_status_t failed; /* UCS_OK until the peer is known to be gone */
+    bool watched;        /* same host: liveness through pid/pidfd */
+    int pidfd;           /* -1 when pidfd_open was refused */
+    pid_t pid;
     char peer_name[256];
 } ferry__ucx_conn_t;
 
@@ -91,6 +119,7 @@ static void ferry__ucx_fini(void *vctx)
 
     if (ctx == NULL)
         return;
+    free(ctx->watched);
     if (ctx->address != NULL)
         ucp_worker_release_address(ctx->worker, ctx->address);
     if (ctx->worker != NULL)
@@ -131,7 +160,9 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
     }
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_REQUEST_SIZE |
                         UCP_PARAM_FIELD_NAME;
-    params.features = UCP_FEATURE_RMA;
+    /* AM as well as RMA: without it UCX 1.13 selects no zero-copy RMA lane
+     * (cma) for registered user memory on the same host. */
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
     params.request_size = sizeof(ferry__ucx_req_t);
     params.name = agent_name;
     s = ucp_init(&params, config, &ctx->context);
@@ -271,49 +302,64 @@ static void ferry__ucx_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
                 ucs_status_string(status));
 }
 
-static ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
-                                           size_t len, const char *peer_name,
-                                           void **conn_p)
+static bool ferry__ucx_peer_alive(ferry__ucx_conn_t *conn)
 {
-    ferry__ucx_ctx_t *ctx = vctx;
-    ferry__ucx_conn_t *conn;
-    ucp_ep_params_t ep = {0};
-    ucs_status_t s;
+    struct pollfd pfd = {conn->pidfd, POLLIN, 0};
 
-    (void)len; /* the blob parser checked the section's bounds */
-    conn = calloc(1, sizeof(*conn));
-    if (conn == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a connection");
-    snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer_name);
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.address = (const ucp_address_t *)addr;
-    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = ferry__ucx_ep_error;
-    ep.err_handler.arg = conn;
-    s = ucp_ep_create(ctx->worker, &ep, &conn->ep);
-    if (s != UCS_OK) {
-        free(conn);
-        return ferry__ucx_error(s, "ucp_ep_create", peer_name);
+    if (conn->pidfd >= 0)
+        return poll(&pfd, 1, 0) == 0; /* readable once the process ended */
+    return kill(conn->pid, 0) == 0 || errno != ESRCH;
+}
+
+static ferry_status_t ferry__ucx_watch(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn,
+                                       pid_t pid)
+{
+    if (ctx->nwatched == ctx->capwatched) {
+        size_t cap = ctx->capwatched ? ctx->capwatched * 2 : 8;
+        ferry__ucx_conn_t **w = realloc(ctx->watched, cap * sizeof(*w));
+
+        if (w == NULL)
+            return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory to watch a peer");
+        ctx->watched = w;
+        ctx->capwatched = cap;
     }
-    *conn_p = conn;
+    conn->pid = pid;
+    conn->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (conn->pidfd < 0 && errno == ESRCH)
+        return ferry__error(FERRY_ERR_PEER_LOST, "ucx: peer '%s' (pid %d) is not "
+                            "running", conn->peer_name, (int)pid);
+    conn->watched = true;
+    ctx->watched[ctx->nwatched++] = conn;
     return FERRY_OK;
 }
 
-static void ferry__ucx_conn_close(void *vctx, void *vconn)
+static void ferry__ucx_unwatch(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
 {
-    ferry__ucx_ctx_t *ctx = vctx;
-    ferry__ucx_conn_t *conn = vconn;
+    for (size_t i = 0; i < ctx->nwatched; i++) {
+        if (ctx->watched[i] == conn) {
+            ctx->watched[i] = ctx->watched[--ctx->nwatched];
+            break;
+        }
+    }
+    if (conn->pidfd >= 0)
+        close(conn->pidfd);
+    conn->watched = false;
+}
+
+/* Releases an endpoint; a failed one by force, which completes everything
+ * still in flight on it with an error. */
+static void ferry__ucx_ep_release(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
+{
     ucp_request_param_t p = {0};
     ucs_status_ptr_t req;
     uint64_t deadline = ferry__now_ns() + 5000000000ull;
 
-    /* A failed endpoint can only be closed by force; a healthy one is
-     * flushed first so that nothing posted is lost. */
+    if (conn->ep == NULL)
+        return;
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     p.flags = conn->failed != UCS_OK ? UCP_EP_CLOSE_FLAG_FORCE : 0;
     req = ucp_ep_close_nbx(conn->ep, &p);
+    conn->ep = NULL;
     if (UCS_PTR_IS_PTR(req)) {
         while (ucp_request_check_status(req) == UCS_INPROGRESS &&
                ferry__now_ns() < deadline)
@@ -326,6 +372,76 @@ static void ferry__ucx_conn_close(void *vctx, void *vconn)
         ferry__debug("ucx: ucp_ep_close_nbx (peer '%s'): %s", conn->peer_name,
                      ucs_status_string(UCS_PTR_STATUS(req)));
     }
+}
+
+/* Fails the endpoints of same-host peers whose process has ended. */
+static void ferry__ucx_check_liveness(ferry__ucx_ctx_t *ctx)
+{
+    for (size_t i = 0; i < ctx->nwatched; i++) {
+        ferry__ucx_conn_t *conn = ctx->watched[i];
+
+        if (conn->failed != UCS_OK || ferry__ucx_peer_alive(conn))
+            continue;
+        ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
+                    (int)conn->pid);
+        conn->failed = UCS_ERR_CONNECTION_RESET;
+        ferry__ucx_ep_release(ctx, conn);
+    }
+}
+
+static ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
+                                           size_t len, const ferry__bk_peer_t *peer,
+                                           void **conn_p)
+{
+    ferry__ucx_ctx_t *ctx = vctx;
+    ferry__ucx_conn_t *conn;
+    ucp_ep_params_t ep = {0};
+    ucs_status_t s;
+    ferry_status_t st;
+
+    (void)len; /* the blob parser checked the section's bounds */
+    conn = calloc(1, sizeof(*conn));
+    if (conn == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a connection");
+    conn->pidfd = -1;
+    snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    ep.address = (const ucp_address_t *)addr;
+    ep.err_mode = peer->same_host ? UCP_ERR_HANDLING_MODE_NONE
+                                  : UCP_ERR_HANDLING_MODE_PEER;
+    ep.err_handler.cb = ferry__ucx_ep_error;
+    ep.err_handler.arg = conn;
+    if (peer->same_host && peer->pid > 0) {
+        st = ferry__ucx_watch(ctx, conn, (pid_t)peer->pid);
+        if (st < 0)
+            goto err_free;
+    }
+    s = ucp_ep_create(ctx->worker, &ep, &conn->ep);
+    if (s != UCS_OK) {
+        st = ferry__ucx_error(s, "ucp_ep_create", peer->name);
+        goto err_unwatch;
+    }
+    *conn_p = conn;
+    return FERRY_OK;
+
+err_unwatch:
+    if (conn->watched)
+        ferry__ucx_unwatch(ctx, conn);
+err_free:
+    free(conn);
+    return st;
+}
+
+static void ferry__ucx_conn_close(void *vctx, void *vconn)
+{
+    ferry__ucx_ctx_t *ctx = vctx;
+    ferry__ucx_conn_t *conn = vconn;
+
+    if (conn->watched)
+        ferry__ucx_unwatch(ctx, conn);
+    ferry__ucx_ep_release(ctx, conn);
     free(conn);
 }
 
@@ -339,6 +455,8 @@ static ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
 
     (void)vctx;
     (void)len;
+    if (conn->ep == NULL)
+        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
     s = ucp_ep_rkey_unpack(conn->ep, data, &rkey);
     if (s != UCS_OK)
         return ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);
@@ -363,6 +481,8 @@ static void ferry__ucx_flush_done(void *request, ucs_status_t status,
     (void)user_data;
     if (r->deferred != UCS_OK)
         status = r->deferred;
+    if (status != UCS_OK && r->conn->failed != UCS_OK)
+        status = r->conn->failed; /* "canceled" by a force close: peer gone */
     if (status != UCS_OK)
         st = ferry__ucx_error(status, "flush", r->conn->peer_name);
     ucp_request_free(request);
@@ -431,8 +551,17 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
 static unsigned ferry__ucx_progress(void *vctx)
 {
     ferry__ucx_ctx_t *ctx = vctx;
+    unsigned n = ucp_worker_progress(ctx->worker);
 
-    return ucp_worker_progress(ctx->worker);
+    if (n == 0 && ctx->nwatched > 0) {
+        uint64_t now = ferry__now_ns();
+
+        if (now >= ctx->next_check_ns) {
+            ctx->next_check_ns = now + FERRY__UCX_LIVENESS_NS;
+            ferry__ucx_check_liveness(ctx);
+        }
+    }
+    return n;
 }
 
 const ferry__backend_ops_t ferry__ucx_ops = {
