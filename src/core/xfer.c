@@ -64,56 +64,88 @@ static int ferry__ptr_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Under the lock: resolves every pair into segs/slots and the distinct
- * local registrations into mems (nmems_p). */
+/* Under the lock: validates pair i and resolves it into a segment, its
+ * backend slot and its local registration. */
+static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *remote,
+                                         const ferry_desc_t *l, const ferry_desc_t *r,
+                                         size_t i, ferry__bk_seg_t *seg,
+                                         unsigned *slot_p, ferry_mem_t **mem_p)
+{
+    ferry__region_t *g;
+    ferry__rregion_t *rr;
+    ferry_status_t st;
+    unsigned k;
+
+    if (l->len == 0)
+        return ferry__error(FERRY_ERR_INVALID, "prepare: descriptor %zu has zero "
+                            "length", i);
+    if (l->len != r->len)
+        return ferry__error(FERRY_ERR_MISMATCH, "prepare: descriptor %zu: local "
+                            "length %llu differs from remote length %llu", i,
+                            (unsigned long long)l->len, (unsigned long long)r->len);
+    FERRY_CHECK(ferry__lookup(&agent->registry, l, "local", i, NULL, (void **)&g));
+    FERRY_CHECK(ferry__lookup(&remote->map, r, "remote", i, remote->md.name,
+                              (void **)&rr));
+    FERRY_CHECK(ferry__kind_check(l, g->desc.kind, "local", i));
+    FERRY_CHECK(ferry__kind_check(r, rr->md.kind, "remote", i));
+
+    for (k = 0; k < FERRY__NBK; k++)
+        if (g->lreg[k] != NULL && rr->md.bk[ferry__backends[k]->id].data != NULL)
+            break;
+    if (k == FERRY__NBK)
+        return ferry__error(FERRY_ERR_UNSUPPORTED, "prepare: descriptor %zu: no "
+                            "backend can move %s memory to %s memory on peer '%s'",
+                            i, ferry__kind_name(g->desc.kind),
+                            ferry__kind_name(rr->md.kind), remote->md.name);
+    st = ferry__remote_rkey(agent, remote, rr, k, &seg->rkey);
+    if (st < 0) {
+        ferry__error_prefix("prepare: descriptor %zu", i);
+        return st;
+    }
+    seg->laddr = l->addr;
+    seg->raddr = r->addr;
+    seg->len = l->len;
+    seg->lreg = g->lreg[k];
+    *slot_p = k;
+    *mem_p = g->mem;
+    return FERRY_OK;
+}
+
+/* Under the lock: resolves every pair into segs and slots (each segment's
+ * backend; NULL when only one backend is built) and collects the distinct
+ * local registrations into x->mems. */
 static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remote,
                                      const ferry_desc_t *local,
                                      const ferry_desc_t *rdesc, size_t n,
                                      ferry__bk_seg_t *segs, uint8_t *slots,
-                                     ferry_mem_t **mems, size_t *nmems_p)
+                                     ferry_xfer_t *x)
 {
-    size_t nmems = 0;
+    ferry_mem_t **mems = NULL, *mem = NULL;
+    size_t nmems = 0, cap = 0;
     ferry_status_t st;
+    unsigned k = 0;
 
     for (size_t i = 0; i < n; i++) {
-        const ferry_desc_t *l = &local[i], *r = &rdesc[i];
-        ferry__region_t *g;
-        ferry__rregion_t *rr;
-        unsigned k;
+        FERRY_CHECK_GOTO(ferry__resolve_one(agent, remote, &local[i], &rdesc[i], i,
+                                            &segs[i], &k, &mem),
+                         st, err);
+        if (slots != NULL)
+            slots[i] = (uint8_t)k;
+        /* Requests mostly use one registration: keep distinct neighbours,
+         * then sort out the rest below. */
+        if (nmems > 0 && mems[nmems - 1] == mem)
+            continue;
+        if (nmems == cap) {
+            ferry_mem_t **grown = realloc(mems, (cap ? cap * 2 : 4) * sizeof(*mems));
 
-        if (l->len == 0)
-            return ferry__error(FERRY_ERR_INVALID, "prepare: descriptor %zu has "
-                                "zero length", i);
-        if (l->len != r->len)
-            return ferry__error(FERRY_ERR_MISMATCH, "prepare: descriptor %zu: local "
-                                "length %llu differs from remote length %llu", i,
-                                (unsigned long long)l->len, (unsigned long long)r->len);
-        FERRY_CHECK(ferry__lookup(&agent->registry, l, "local", i, NULL, (void **)&g));
-        FERRY_CHECK(ferry__lookup(&remote->map, r, "remote", i, remote->md.name,
-                                  (void **)&rr));
-        FERRY_CHECK(ferry__kind_check(l, g->desc.kind, "local", i));
-        FERRY_CHECK(ferry__kind_check(r, rr->md.kind, "remote", i));
-
-        for (k = 0; k < FERRY__NBK; k++)
-            if (g->lreg[k] != NULL && rr->md.bk[ferry__backends[k]->id].data != NULL)
-                break;
-        if (k == FERRY__NBK)
-            return ferry__error(FERRY_ERR_UNSUPPORTED, "prepare: descriptor %zu: no "
-                                "backend can move %s memory to %s memory on peer "
-                                "'%s'", i, ferry__kind_name(g->desc.kind),
-                                ferry__kind_name(rr->md.kind), remote->md.name);
-        segs[i].laddr = l->addr;
-        segs[i].raddr = r->addr;
-        segs[i].len = l->len;
-        segs[i].lreg = g->lreg[k];
-        st = ferry__remote_rkey(agent, remote, rr, k, &segs[i].rkey);
-        if (st < 0) {
-            ferry__error_prefix("prepare: descriptor %zu", i);
-            return st;
+            if (grown == NULL) {
+                st = ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory");
+                goto err;
+            }
+            mems = grown;
+            cap = cap ? cap * 2 : 4;
         }
-        slots[i] = (uint8_t)k;
-        if (nmems == 0 || mems[nmems - 1] != g->mem)
-            mems[nmems++] = g->mem;
+        mems[nmems++] = mem;
     }
     if (nmems > 1) {
         size_t out = 1;
@@ -124,8 +156,13 @@ static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remo
                 mems[out++] = mems[i];
         nmems = out;
     }
-    *nmems_p = nmems;
+    x->mems = mems;
+    x->nmems = nmems;
     return FERRY_OK;
+
+err:
+    free(mems);
+    return st;
 }
 
 /* Orders segments by backend slot and describes each slot's range. */
@@ -134,6 +171,12 @@ static void ferry__group(ferry_xfer_t *x, const ferry__bk_seg_t *segs,
 {
     size_t count[FERRY__NBK] = {0}, at[FERRY__NBK];
     size_t pos = 0;
+
+    if (slots == NULL) { /* one backend: the segments are already in place */
+        x->parts[0] = (ferry__xfer_part_t){0, 0, (uint32_t)x->nsegs};
+        x->nparts = 1;
+        return;
+    }
 
     for (size_t i = 0; i < x->nsegs; i++)
         count[slots[i]]++;
@@ -180,12 +223,13 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     x = calloc(1, sizeof(*x));
     if (x != NULL) {
         x->segs = malloc(nlocal * sizeof(*x->segs));
-        x->mems = malloc(nlocal * sizeof(*x->mems));
-        tmp = FERRY__NBK > 1 ? malloc(nlocal * sizeof(*tmp)) : NULL;
-        slots = malloc(nlocal);
+        if (FERRY__NBK > 1) {
+            tmp = malloc(nlocal * sizeof(*tmp));
+            slots = malloc(nlocal);
+        }
     }
-    if (x == NULL || x->segs == NULL || x->mems == NULL || slots == NULL ||
-        (FERRY__NBK > 1 && tmp == NULL)) {
+    if (x == NULL || x->segs == NULL ||
+        (FERRY__NBK > 1 && (tmp == NULL || slots == NULL))) {
         st = ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory for %zu "
                           "descriptors", nlocal);
         goto err_free;
@@ -199,8 +243,7 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     ferry__agent_lock(agent);
     rm = peer->remote;
     FERRY_CHECK_GOTO(ferry__resolve(agent, rm, local, remote, nlocal,
-                                    tmp != NULL ? tmp : x->segs, slots, x->mems,
-                                    &x->nmems),
+                                    tmp != NULL ? tmp : x->segs, slots, x),
                      st, err_unlock);
     ferry__group(x, tmp != NULL ? tmp : x->segs, slots);
     for (size_t i = 0; i < x->nmems; i++)
