@@ -61,22 +61,25 @@ typedef struct ferry__ucx_reg {
     size_t rkey_len;
 } ferry__ucx_reg_t;
 
+/* Our part of every UCX request (request_size): the flush's completion,
+ * linked into its connection's list of flushes in flight. */
+typedef struct ferry__ucx_req {
+    ferry__bk_done_cb cb;
+    void *arg;
+    struct ferry__ucx_conn *conn; /* NULL once orphaned by a dead peer */
+    struct ferry__ucx_req *prev, *next;
+    ucs_status_t deferred; /* an error from posting, reported at flush end */
+} ferry__ucx_req_t;
+
 typedef struct ferry__ucx_conn {
     ucp_ep_h ep;         /* NULL once force-closed after a failure */
     ucs_status_t failed; /* UCS_OK until the peer is known to be gone */
     bool watched;        /* same host: liveness through pid/pidfd */
     int pidfd;           /* -1 when pidfd_open was refused */
     pid_t pid;
+    ferry__ucx_req_t *flushes; /* in flight on this endpoint */
     char peer_name[256];
 } ferry__ucx_conn_t;
-
-/* Our part of every UCX request (request_size): the flush's completion. */
-typedef struct ferry__ucx_req {
-    ferry__bk_done_cb cb;
-    void *arg;
-    ferry__ucx_conn_t *conn;
-    ucs_status_t deferred; /* an error from posting, reported at flush end */
-} ferry__ucx_req_t;
 
 static ferry_status_t ferry__ucx_status(ucs_status_t s)
 {
@@ -361,6 +364,8 @@ static void ferry__ucx_ep_release(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn
     req = ucp_ep_close_nbx(conn->ep, &p);
     conn->ep = NULL;
     if (UCS_PTR_IS_PTR(req)) {
+        if (conn->failed != UCS_OK)
+            deadline = ferry__now_ns() + 100000000ull; /* nothing to wait for */
         while (ucp_request_check_status(req) == UCS_INPROGRESS &&
                ferry__now_ns() < deadline)
             ucp_worker_progress(ctx->worker);
@@ -374,6 +379,39 @@ static void ferry__ucx_ep_release(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn
     }
 }
 
+static void ferry__ucx_unlink(ferry__ucx_req_t *r)
+{
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        r->conn->flushes = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+}
+
+/*
+ * Fails a same-host connection whose peer process has ended. Without UCX
+ * error handling nothing completes the flushes in flight, so they are
+ * completed here with PEER_LOST and orphaned (a late callback from UCX only
+ * frees them); the forced close then drops whatever UCX still queued, so no
+ * operation touches the requests' local memory after they are reported.
+ */
+static void ferry__ucx_fail(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
+{
+    conn->failed = UCS_ERR_CONNECTION_RESET;
+    while (conn->flushes != NULL) {
+        ferry__ucx_req_t *r = conn->flushes;
+        ferry_status_t st;
+
+        ferry__ucx_unlink(r);
+        r->conn = NULL;
+        st = ferry__ucx_error(conn->failed, "peer process exited", conn->peer_name);
+        r->cb(r->arg, st);
+    }
+    ferry__ucx_ep_release(ctx, conn);
+}
+
 /* Fails the endpoints of same-host peers whose process has ended. */
 static void ferry__ucx_check_liveness(ferry__ucx_ctx_t *ctx)
 {
@@ -384,8 +422,7 @@ static void ferry__ucx_check_liveness(ferry__ucx_ctx_t *ctx)
             continue;
         ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
                     (int)conn->pid);
-        conn->failed = UCS_ERR_CONNECTION_RESET;
-        ferry__ucx_ep_release(ctx, conn);
+        ferry__ucx_fail(ctx, conn);
     }
 }
 
@@ -442,6 +479,14 @@ static void ferry__ucx_conn_close(void *vctx, void *vconn)
     if (conn->watched)
         ferry__ucx_unwatch(ctx, conn);
     ferry__ucx_ep_release(ctx, conn);
+    /* The core closes a connection only once no request uses it; anything
+     * left would be a late callback, which must not find this memory. */
+    while (conn->flushes != NULL) {
+        ferry__ucx_req_t *r = conn->flushes;
+
+        ferry__ucx_unlink(r);
+        r->conn = NULL;
+    }
     free(conn);
 }
 
@@ -479,6 +524,11 @@ static void ferry__ucx_flush_done(void *request, ucs_status_t status,
     ferry_status_t st = FERRY_OK;
 
     (void)user_data;
+    if (r->conn == NULL) { /* already reported when its peer died */
+        ucp_request_free(request);
+        return;
+    }
+    ferry__ucx_unlink(r);
     if (r->deferred != UCS_OK)
         status = r->deferred;
     if (status != UCS_OK && r->conn->failed != UCS_OK)
@@ -545,6 +595,11 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
     r->arg = arg;
     r->conn = conn;
     r->deferred = deferred;
+    r->prev = NULL;
+    r->next = conn->flushes;
+    if (conn->flushes != NULL)
+        conn->flushes->prev = r;
+    conn->flushes = r;
     return FERRY_IN_PROGRESS;
 }
 
@@ -553,7 +608,7 @@ static unsigned ferry__ucx_progress(void *vctx)
     ferry__ucx_ctx_t *ctx = vctx;
     unsigned n = ucp_worker_progress(ctx->worker);
 
-    if (n == 0 && ctx->nwatched > 0) {
+    if (ctx->nwatched > 0) {
         uint64_t now = ferry__now_ns();
 
         if (now >= ctx->next_check_ns) {

@@ -1,0 +1,47 @@
+/*
+ * A minimal program built against an installed ferry, the way a user would
+ * build one (pkg-config or find_package). It uses only the public header and
+ * the shared library, and exits 0 only if the calls it makes behave: the
+ * version matches the header it was compiled with, a status has its text,
+ * and an agent (which starts UCX) can be created and destroyed.
+ */
+#include <ferry.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define HEADER_VERSION                                                         \
+    STR(FERRY_VERSION_MAJOR) "." STR(FERRY_VERSION_MINOR) "." STR(             \
+        FERRY_VERSION_PATCH)
+
+int main(void)
+{
+    const char *version = ferry_version();
+    const char *busy = ferry_status_str(FERRY_ERR_BUSY);
+    ferry_agent_t *agent = NULL;
+    ferry_status_t st;
+
+    /* A header from one install and a library from another would show
+     * here first, before anything subtler goes wrong. */
+    if (version == NULL || strcmp(version, HEADER_VERSION) != 0) {
+        fprintf(stderr, "consumer: ferry_version() is '%s', header says %s\n",
+                version ? version : "(null)", HEADER_VERSION);
+        return 1;
+    }
+    if (busy == NULL || strcmp(busy, "busy") != 0) {
+        fprintf(stderr, "consumer: ferry_status_str(FERRY_ERR_BUSY) is '%s'\n",
+                busy ? busy : "(null)");
+        return 1;
+    }
+    st = ferry_agent_create(NULL, &agent);
+    if (st != FERRY_OK || agent == NULL) {
+        fprintf(stderr, "consumer: ferry_agent_create: %s (%s)\n",
+                ferry_status_str(st), ferry_last_error());
+        return 1;
+    }
+    ferry_agent_destroy(agent);
+    printf("consumer: ferry %s works\n", version);
+    return 0;
+}

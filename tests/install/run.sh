@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The install test (CTest: test_install, label "install"), registered by
+# cmake/install.cmake. It checks ferry from a user's side: installs a built
+# tree into a fresh temporary prefix, checks the layout and the shared
+# library's ELF surface (SONAME, versioned links, only ferry_* exported),
+# then builds consumer.c against the install twice, through pkg-config and
+# through find_package(ferry), and runs both. The installed tools must find
+# the library without LD_LIBRARY_PATH. Everything is removed at the end.
+#
+# Usage: run.sh BUILD_DIR LIBDIR INCLUDEDIR BINDIR VERSION ABI_MAJOR
+#   LIBDIR, INCLUDEDIR, BINDIR are the relative CMAKE_INSTALL_* directories;
+#   CC, when set, is the compiler for the consumers (CTest passes the
+#   project's).
+set -euo pipefail
+
+if [ $# -ne 6 ]; then
+    echo "usage: $0 BUILD_DIR LIBDIR INCLUDEDIR BINDIR VERSION ABI_MAJOR" >&2
+    exit 2
+fi
+build=$1 libdir=$2 includedir=$3 bindir=$4 version=$5 abi=$6
+here=$(cd "$(dirname "$0")" && pwd)
+cc=${CC:-cc}
+
+fail() {
+    echo "test_install: FAIL: $*" >&2
+    exit 1
+}
+
+step() {
+    echo "test_install: $*"
+}
+
+# Runs a command with its output in a log that is shown only if it fails,
+# so that a passing run stays short and a failing one explains itself.
+logged() {
+    local name=$1
+    shift
+    if ! "$@" >"$tmp/$name.log" 2>&1; then
+        cat "$tmp/$name.log" >&2
+        fail "$name: '$*' failed (output above)"
+    fi
+}
+
+for dir in "$libdir" "$includedir" "$bindir"; do
+    case $dir in
+    /*) fail "install directory '$dir' is absolute; this test needs" \
+        "directories relative to the prefix" ;;
+    esac
+done
+for tool in cmake pkg-config readelf nm ldd "$cc"; do
+    command -v "$tool" >/dev/null || fail "'$tool' is not installed (make deps)"
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferry-install.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+prefix=$tmp/prefix
+lib=$prefix/$libdir
+real=libferry.so.$version
+
+step "installing $build into a temporary prefix ($prefix)"
+logged install cmake --install "$build" --prefix "$prefix"
+
+# --- Layout ------------------------------------------------------------
+# Only the public headers, the shared library with its links, its
+# pkg-config and CMake files, and the tools; no internal archive or header.
+step "checking the installed files"
+while IFS= read -r path; do
+    case $path in
+    "$includedir/ferry.h" | "$includedir"/ferry/*.h) ;;
+    "$libdir"/libferry.so | "$libdir/libferry.so.$abi" | "$libdir/$real") ;;
+    "$libdir/pkgconfig/ferry.pc") ;;
+    "$libdir"/cmake/ferry/ferry*.cmake) ;;
+    "$bindir"/ferry-*) ;;
+    *) fail "unexpected file installed: $path" ;;
+    esac
+done < <(cd "$prefix" && find . ! -type d | sed 's|^\./||' | sort)
+[ -f "$prefix/$includedir/ferry.h" ] || fail "include/ferry.h not installed"
+if [ ! -f "$lib/$real" ] || [ -L "$lib/$real" ]; then
+    fail "$libdir/$real is not installed as a regular file"
+fi
+[ "$(readlink "$lib/libferry.so.$abi" || true)" = "$real" ] ||
+    fail "$libdir/libferry.so.$abi is not a link to $real"
+[ "$(readlink "$lib/libferry.so" || true)" = "libferry.so.$abi" ] ||
+    fail "$libdir/libferry.so is not a link to libferry.so.$abi"
+
+# --- ELF surface ---------------------------------------------------------
+step "checking SONAME and exported symbols"
+soname=$(readelf -d "$lib/$real" | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')
+[ "$soname" = "libferry.so.$abi" ] ||
+    fail "SONAME is '$soname', expected libferry.so.$abi"
+# Hidden visibility must keep internal ferry__ functions and anything linked
+# in (UCX helpers, copies of libc functions) out of the ABI.
+nm -D --defined-only "$lib/$real" | awk '{ print $NF }' | sort >"$tmp/symbols"
+grep -q '^ferry_version$' "$tmp/symbols" ||
+    fail "ferry_version is not exported; exported symbols: $(tr '\n' ' ' <"$tmp/symbols")"
+bad=$(grep -v '^ferry_[^_]' "$tmp/symbols" | tr '\n' ' ' || true)
+[ -z "$bad" ] || fail "symbols exported outside the public API: $bad"
+
+# Which libferry a program loads: it must be the one just installed, not one
+# from the system or the build tree.
+check_loads_installed() {
+    local program=$1 loaded
+    loaded=$(ldd "$program" | awk '$1 == "libferry.so.'"$abi"'" { print $3 }')
+    if [ -z "$loaded" ] || [ "$loaded" = "not" ]; then
+        fail "$program does not find libferry.so.$abi"
+    fi
+    [ "$(realpath "$loaded")" = "$(realpath "$lib/$real")" ] ||
+        fail "$program loads $loaded, not the installed $lib/$real"
+}
+
+# The tools carry a run path to the library, so they work from any prefix.
+step "checking that installed tools find the library by themselves"
+for tool in "$prefix/$bindir"/ferry-*; do
+    [ -e "$tool" ] || continue
+    (unset LD_LIBRARY_PATH; check_loads_installed "$tool")
+done
+
+export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# --- pkg-config ---------------------------------------------------------------
+step "building the consumer with pkg-config"
+export PKG_CONFIG_PATH="$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+logged pkg-config-exists pkg-config --exists --print-errors ferry
+pc_prefix=$(pkg-config --variable=prefix ferry)
+[ "$pc_prefix" = "$prefix" ] ||
+    fail "ferry.pc says prefix=$pc_prefix, the install went to $prefix"
+pc_version=$(pkg-config --modversion ferry)
+[ "$pc_version" = "$version" ] ||
+    fail "ferry.pc says version $pc_version, expected $version"
+pc_flags=$(pkg-config --cflags --libs ferry)
+# pc_flags is split into words on purpose: it is a list of flags.
+# shellcheck disable=SC2086
+logged cc-pkg-config "$cc" -std=c11 -Wall -Wextra -Wpedantic -Werror \
+    "$here/consumer.c" $pc_flags -o "$tmp/consumer-pc"
+check_loads_installed "$tmp/consumer-pc"
+logged run-pkg-config "$tmp/consumer-pc"
+
+# --- CMake package ----------------------------------------------------------
+step "building the consumer with find_package(ferry $version)"
+logged cmake-configure cmake -S "$here" -B "$tmp/consumer-cmake" \
+    -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
+    -DFERRY_WANT_VERSION="$version"
+found=$(sed -n 's/^ferry_DIR:[A-Z]*=//p' "$tmp/consumer-cmake/CMakeCache.txt")
+[ "$(realpath "$found")" = "$(realpath "$lib/cmake/ferry")" ] ||
+    fail "find_package(ferry) found '$found', not the install in $prefix"
+logged cmake-build cmake --build "$tmp/consumer-cmake"
+check_loads_installed "$tmp/consumer-cmake/consumer"
+logged run-cmake "$tmp/consumer-cmake/consumer"
+
+# A different ABI major must be refused (SameMajorVersion), or a program
+# could build against a library whose SONAME it cannot load.
+step "checking that find_package(ferry $((abi + 1)).0) is refused"
+if cmake -S "$here" -B "$tmp/consumer-next-major" \
+    -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
+    -DFERRY_WANT_VERSION="$((abi + 1)).0" >"$tmp/next-major.log" 2>&1; then
+    cat "$tmp/next-major.log" >&2
+    fail "find_package(ferry $((abi + 1)).0) accepted version $version"
+fi
+
+step "all checks passed"

@@ -1,0 +1,458 @@
+/*
+ * Transfers between two real processes, the way users run ferry: a
+ * "target" process registers a large host buffer and hands its metadata
+ * blob to an "initiator" process, which prepares WRITE and READ requests
+ * against it and posts each one many times. The two talk over a socketpair
+ * (the rendezvous store is tested elsewhere), and the second process is this
+ * same binary started with fork + exec, so each process starts UCX in a
+ * fresh image, as separate programs would.
+ *
+ * Each case is a batch size (1, 7, 1024 and 100 000 descriptors) with
+ * random sizes (1 B up to 64 MiB, scaled down as batches grow so each post
+ * moves tens of megabytes at most) at random, non-overlapping, unaligned
+ * offsets whose address order is shuffled against descriptor order. A case
+ * prepares its request once and posts it 100 times, with fresh data each
+ * time, because "prepare once, post many" is the API's promise and stale or
+ * partial data on a re-post is exactly what a user would not notice until a
+ * model produced garbage. After every post the side that received the data
+ * checks every byte of every destination range and the guard bytes between
+ * and around them (and the whole buffer on the last post), and reports the
+ * case, iteration, descriptor index and byte offset of any mismatch.
+ *
+ * Nothing may hang: every wait has a finite timeout, the control socket is
+ * read with poll() and a deadline, the target dies with the initiator
+ * (PR_SET_PDEATHSIG), and the initiator kills and reaps the target on any
+ * failure and on a watchdog alarm.
+ *
+ * Knobs (for reproducing and debugging, not for CI): FERRY_TEST_SEED replays
+ * a run; FERRY_TEST_ITERS changes the post count; FERRY_TEST_CASES is a
+ * bit mask of the cases to run (bit c = cases[c]); FERRY_TEST_PASSIVE_TARGET=1
+ * makes the target stop driving its agent while it waits (a transport that
+ * needs the target's help for one-sided operations then shows up as
+ * timeouts), and =2 stops only after the first post of the first case (so
+ * connection setup still gets the target's help).
+ */
+#include "xfer_util.h"
+
+#define CAP (96ull << 20)        /* each side's registered buffer */
+#define WAIT_NS (30ll * 1000 * 1000 * 1000)
+#define CTRL_TIMEOUT_MS 60000
+#define GUARD_MARGIN 4096        /* bytes checked around a case's window */
+#define WATCHDOG_S 280
+
+enum {
+    M_HELLO = 1, /* target: a = buffer address, b = its size, iter = blob length; blob follows */
+    M_CASE,      /* initiator: arg = case, iter = op, a = layout digest */
+    M_ACK,       /* target: arg = 1 if it agrees on the layout and is ready */
+    M_WRITTEN,   /* initiator: arg = case, iter = iteration, a = 1 on the last one */
+    M_VERDICT,   /* target: arg = 1 if every byte checked out, iter = iteration */
+    M_FILL,      /* initiator: arg = case, iter = iteration: fill the READ sources */
+    M_READY,     /* target: the sources hold iteration iter's data */
+    M_QUIT
+};
+
+typedef struct xcase {
+    size_t n;
+    uint64_t max_len;
+    ferry_xfer_op_t op;
+} xcase_t;
+
+static const xcase_t cases[] = {
+    {1, 64ull << 20, FERRY_OP_WRITE},     {1, 64ull << 20, FERRY_OP_READ},
+    {7, 4ull << 20, FERRY_OP_WRITE},      {7, 4ull << 20, FERRY_OP_READ},
+    {1024, 16ull << 10, FERRY_OP_WRITE},  {1024, 16ull << 10, FERRY_OP_READ},
+    {100000, 256, FERRY_OP_WRITE},        {100000, 256, FERRY_OP_READ},
+};
+#define NCASES (sizeof(cases) / sizeof(cases[0]))
+
+static uint64_t seed;
+static pid_t child_pid;
+static unsigned busy_checked, busy_seen; /* in-flight re-posts tried / refused */
+
+static const char *op_name(ferry_xfer_op_t op)
+{
+    return op == FERRY_OP_WRITE ? "WRITE" : "READ";
+}
+
+/* Both processes derive a case's layout from the seed alone, so only a
+ * digest has to cross the socket. */
+static void case_layout(unsigned c, xu_layout_t *l)
+{
+    test_rng_t rng = {seed ^ ((uint64_t)(c + 1) * 0xA24BAED4963EE407ull)};
+
+    if (xu_layout_make(l, &rng, cases[c].n, cases[c].max_len, CAP, CAP) != 0) {
+        fprintf(stderr, "case %u: layout does not fit\n", c);
+        exit(1);
+    }
+}
+
+/* Iteration numbers are unique across cases, so data left over from an
+ * earlier case can never pass for the current one. */
+static uint64_t iter_id(unsigned c, uint64_t i)
+{
+    return (uint64_t)(c + 1) * 1000000 + i;
+}
+
+static void case_name(unsigned c, char *out, size_t len, const char *who)
+{
+    snprintf(out, len, "%s: case %u (%s, %zu x 1..%" PRIu64 " B)", who, c,
+             op_name(cases[c].op), cases[c].n, cases[c].max_len);
+}
+
+/* The destination check of one iteration: the window and a margin around
+ * it on most iterations, the whole buffer on the last. */
+static size_t check_iteration(const uint8_t *buf, const xu_layout_t *l,
+                              const xu_side_t *s, unsigned c, uint64_t i,
+                              int last, const char *what)
+{
+    uint64_t lo = s->lo > GUARD_MARGIN ? s->lo - GUARD_MARGIN : 0;
+    uint64_t hi = s->hi + GUARD_MARGIN < CAP ? s->hi + GUARD_MARGIN : CAP;
+
+    char where[160];
+
+    if (last) {
+        lo = 0;
+        hi = CAP;
+    }
+    snprintf(where, sizeof(where), "%s, iteration %" PRIu64, what, i);
+    return xu_check_dest(buf, l, s, lo, hi, seed, iter_id(c, i),
+                         XU_GUARD_ITER + c, where);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Target                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static int target_main(int fd)
+{
+    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "xfer-target"};
+    ferry_agent_t *agent = NULL;
+    ferry_agent_t *drive;
+    long passive;
+    ferry_mem_t *mem = NULL;
+    uint8_t *buf = xu_alloc_buf(CAP);
+    void *blob = NULL;
+    size_t blob_len = 0;
+    xu_layout_t l = {0};
+    int have_layout = 0, failed = 0;
+    unsigned cur = 0;
+    char what[128] = "";
+
+    alarm(WATCHDOG_S + 10);
+    memset(buf, 0, CAP);
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    passive = xu_env_long("FERRY_TEST_PASSIVE_TARGET", 0);
+    drive = passive == 1 ? NULL : agent;
+    {
+        ferry_desc_t d = {(uint64_t)(uintptr_t)buf, CAP, FERRY_MEM_HOST, 0};
+
+        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
+    }
+    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &blob_len));
+    if (xu_send_msg(fd, M_HELLO, 0, blob_len, (uint64_t)(uintptr_t)buf, CAP) != 0 ||
+        xu_send(fd, blob, blob_len) != 0)
+        return 1;
+    ferry_md_free(blob);
+
+    for (;;) {
+        xu_msg_t m;
+
+        if (xu_recv_msg(fd, &m, 0, CTRL_TIMEOUT_MS * 2, drive) != 0)
+            return 1;
+        if (m.type == M_QUIT)
+            break;
+        /* Mode 2: drive the agent only until the first transfer is done,
+         * which tells connection setup apart from the transfers. */
+        if (passive == 2 && (m.type == M_WRITTEN || m.type == M_FILL) && m.iter >= 2)
+            drive = NULL;
+        if (m.type == M_CASE) {
+            if (have_layout)
+                xu_layout_free(&l);
+            cur = m.arg;
+            if (cur >= NCASES)
+                return 1;
+            case_layout(cur, &l);
+            have_layout = 1;
+            case_name(cur, what, sizeof(what), "target");
+            /* A WRITE lands here: start from the case's guard pattern. */
+            if (cases[cur].op == FERRY_OP_WRITE)
+                xu_fill_guard(buf, 0, CAP, seed, XU_GUARD_ITER + cur);
+            if (xu_send_msg(fd, M_ACK, xu_layout_hash(&l) == m.a, 0, 0, 0) != 0)
+                return 1;
+        } else if (m.type == M_WRITTEN && have_layout && m.arg == cur) {
+            size_t bad = check_iteration(buf, &l, &l.remote, cur, m.iter, (int)m.a, what);
+
+            if (bad)
+                failed = 1;
+            if (xu_send_msg(fd, M_VERDICT, bad == 0, m.iter, bad, 0) != 0)
+                return 1;
+        } else if (m.type == M_FILL && have_layout && m.arg == cur) {
+            xu_fill_ranges(buf, &l, &l.remote, seed, iter_id(cur, m.iter));
+            if (xu_send_msg(fd, M_READY, 0, m.iter, 0, 0) != 0)
+                return 1;
+        } else {
+            fprintf(stderr, "target: unexpected message %u (case %u)\n", m.type, m.arg);
+            return 1;
+        }
+    }
+    if (have_layout)
+        xu_layout_free(&l);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
+    ferry_agent_destroy(agent);
+    free(buf);
+    return failed || test_failures ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Initiator                                                                */
+/* ------------------------------------------------------------------------ */
+
+static void on_watchdog(int sig)
+{
+    static const char text[] = "test_xfer_2proc: watchdog expired; killing the target\n";
+
+    (void)sig;
+    if (write(2, text, sizeof(text) - 1) < 0) {
+        /* Nothing more to do in a signal handler. */
+    }
+    if (child_pid > 0)
+        kill(child_pid, SIGKILL);
+    _exit(1);
+}
+
+/* Ends the test after a failure that leaves the two sides out of step. */
+static void abort_test(int fd, const char *why)
+{
+    fprintf(stderr, "test_xfer_2proc: %s; killing the target\n", why);
+    close(fd);
+    if (child_pid > 0) {
+        kill(child_pid, SIGKILL);
+        xu_reap(child_pid, 5000);
+    }
+    exit(1);
+}
+
+typedef struct case_stats {
+    double prep_ms, xfer_ms_total, xfer_ms_max, case_ms;
+    uint64_t iters;
+} case_stats_t;
+
+/*
+ * One post of the request and its completion. The first post of a case also
+ * checks the in-flight rules: re-posting must say BUSY, testing must say
+ * IN_PROGRESS or OK.
+ */
+static double post_and_wait(int fd, ferry_xfer_t *x, const char *what,
+                            uint64_t i, int check_busy, uint64_t bytes)
+{
+    uint64_t t0 = xu_now_ns();
+    ferry_status_t st = ferry_xfer_post(x), st2;
+
+    if (st != FERRY_OK && st != FERRY_IN_PROGRESS) {
+        TEST_FAIL_AT_("%s, iteration %" PRIu64 ": post returned %d (%s): %s", what, i,
+                      (int)st, ferry_status_str(st), ferry_last_error());
+        abort_test(fd, "post failed");
+    }
+    if (check_busy && st == FERRY_IN_PROGRESS) {
+        busy_checked++;
+        st2 = ferry_xfer_post(x);
+        if (st2 == FERRY_ERR_BUSY) {
+            busy_seen++;
+        } else {
+            /* Legal only if the first post had finished in between, which
+             * a transfer of megabytes cannot do in the microseconds
+             * between two calls: there it means a request was posted
+             * twice while in flight. */
+            if ((st2 == FERRY_OK || st2 == FERRY_IN_PROGRESS) && bytes < (4u << 20))
+                printf("%s: re-post right after an in-progress post returned %s, "
+                       "not BUSY (the first one finished in between)\n",
+                       what, ferry_status_str(st2));
+            else
+                TEST_FAIL_AT_("%s: re-post while in flight returned %d (%s), "
+                              "expected BUSY: %s",
+                              what, (int)st2, ferry_status_str(st2), ferry_last_error());
+        }
+        st2 = ferry_xfer_test(x);
+        if (st2 != FERRY_IN_PROGRESS && st2 != FERRY_OK)
+            TEST_FAIL_AT_("%s: test while in flight returned %d (%s): %s", what,
+                          (int)st2, ferry_status_str(st2), ferry_last_error());
+    }
+    st = ferry_xfer_wait(x, WAIT_NS);
+    if (st != FERRY_OK) {
+        TEST_FAIL_AT_("%s, iteration %" PRIu64 ": wait returned %d (%s) after %.0f ms: %s",
+                      what, i, (int)st, ferry_status_str(st), xu_ms_since(t0),
+                      ferry_last_error());
+        abort_test(fd, "transfer did not complete");
+    }
+    return xu_ms_since(t0);
+}
+
+static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
+                     uint8_t *buf, uint64_t rbase, unsigned c, uint64_t iters,
+                     case_stats_t *cs)
+{
+    const xcase_t *k = &cases[c];
+    xu_layout_t l;
+    ferry_desc_t *ld, *rd;
+    ferry_xfer_t *x = NULL;
+    uint64_t t_case = xu_now_ns(), t0;
+    char what[128];
+    xu_msg_t m;
+
+    memset(cs, 0, sizeof(*cs));
+    case_name(c, what, sizeof(what), "initiator");
+    case_layout(c, &l);
+    ld = xu_xcalloc(l.n, sizeof(*ld));
+    rd = xu_xcalloc(l.n, sizeof(*rd));
+    for (size_t i = 0; i < l.n; i++) {
+        ld[i] = (ferry_desc_t){(uint64_t)(uintptr_t)(buf + l.local.off[i]), l.len[i],
+                               FERRY_MEM_HOST, 0};
+        rd[i] = (ferry_desc_t){rbase + l.remote.off[i], l.len[i], FERRY_MEM_HOST, 0};
+    }
+    t0 = xu_now_ns();
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, k->op, ld, l.n, peer, rd, l.n,
+                                           NULL, &x));
+    cs->prep_ms = xu_ms_since(t0);
+    free(ld);
+    free(rd);
+
+    if (xu_send_msg(fd, M_CASE, c, k->op, xu_layout_hash(&l), 0) != 0 ||
+        xu_recv_msg(fd, &m, M_ACK, CTRL_TIMEOUT_MS, NULL) != 0)
+        abort_test(fd, "control socket failed");
+    if (m.arg != 1)
+        abort_test(fd, "the target computed a different layout (a test bug)");
+    if (k->op == FERRY_OP_READ)
+        xu_fill_guard(buf, 0, CAP, seed, XU_GUARD_ITER + c);
+
+    for (uint64_t i = 1; i <= iters; i++) {
+        int last = (i == iters);
+        double ms;
+
+        if (k->op == FERRY_OP_WRITE) {
+            xu_fill_ranges(buf, &l, &l.local, seed, iter_id(c, i));
+            ms = post_and_wait(fd, x, what, i, i == 1, l.total);
+            if (xu_send_msg(fd, M_WRITTEN, c, i, (uint64_t)last, 0) != 0 ||
+                xu_recv_msg(fd, &m, M_VERDICT, CTRL_TIMEOUT_MS, NULL) != 0 ||
+                m.iter != i)
+                abort_test(fd, "control socket failed");
+            if (m.arg != 1) {
+                TEST_FAIL_AT_("%s, iteration %" PRIu64 ": the target found %" PRIu64
+                              " bad ranges or gaps (details above)",
+                              what, i, m.a);
+                break;
+            }
+        } else {
+            if (xu_send_msg(fd, M_FILL, c, i, 0, 0) != 0 ||
+                xu_recv_msg(fd, &m, M_READY, CTRL_TIMEOUT_MS, NULL) != 0 || m.iter != i)
+                abort_test(fd, "control socket failed");
+            ms = post_and_wait(fd, x, what, i, i == 1, l.total);
+            if (check_iteration(buf, &l, &l.local, c, i, last, what) != 0) {
+                TEST_FAIL_AT_("%s, iteration %" PRIu64 ": READ data wrong (details above)",
+                              what, i);
+                break;
+            }
+        }
+        cs->iters++;
+        cs->xfer_ms_total += ms;
+        if (ms > cs->xfer_ms_max)
+            cs->xfer_ms_max = ms;
+    }
+    ferry_xfer_release(x);
+    cs->case_ms = xu_ms_since(t_case);
+    printf("  case %u %-5s n=%-6zu bytes/post=%-10" PRIu64 " prepare %8.2f ms  "
+           "post+wait avg %8.3f ms max %8.3f ms  (%.2f GB/s)  case %.2f s, %" PRIu64
+           " posts\n",
+           c, op_name(k->op), l.n, l.total, cs->prep_ms,
+           cs->iters ? cs->xfer_ms_total / (double)cs->iters : 0.0, cs->xfer_ms_max,
+           cs->xfer_ms_total > 0 ? (double)l.total * (double)cs->iters /
+                                       (cs->xfer_ms_total * 1e6)
+                                 : 0.0,
+           cs->case_ms / 1000.0, cs->iters);
+    fflush(stdout);
+    xu_layout_free(&l);
+}
+
+static int initiator_main(const char *argv0)
+{
+    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "xfer-initiator"};
+    ferry_agent_t *agent = NULL;
+    ferry_mem_t *mem = NULL;
+    ferry_peer_t *peer = NULL;
+    uint8_t *buf, *blob;
+    uint64_t iters = (uint64_t)xu_env_long("FERRY_TEST_ITERS", 100);
+    uint64_t t_all = xu_now_ns();
+    unsigned long case_mask = (unsigned long)xu_env_long("FERRY_TEST_CASES", 0xff);
+    char seedstr[32];
+    int fd, status;
+    xu_msg_t m;
+
+    /* Line-buffered, so progress survives a watchdog exit. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    seed = xu_seed(0x2b70c5eedull);
+    printf("test_xfer_2proc: seed %" PRIu64 " (FERRY_TEST_SEED=%" PRIu64
+           " replays it), %" PRIu64 " posts per case, cases 0x%lx\n",
+           seed, seed, iters, case_mask);
+    if (iters < 1 || iters > 999999) {
+        fprintf(stderr, "FERRY_TEST_ITERS must be 1..999999\n");
+        return 1;
+    }
+    snprintf(seedstr, sizeof(seedstr), "%" PRIu64, seed);
+    /* The target is started before this process touches UCX. */
+    fd = xu_spawn(argv0, "--target", seedstr, NULL, &child_pid);
+    if (fd < 0)
+        return 1;
+    signal(SIGALRM, on_watchdog);
+    alarm(WATCHDOG_S);
+
+    buf = xu_alloc_buf(CAP);
+    memset(buf, 0, CAP);
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    {
+        ferry_desc_t d = {(uint64_t)(uintptr_t)buf, CAP, FERRY_MEM_HOST, 0};
+
+        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
+    }
+    if (xu_recv_msg(fd, &m, M_HELLO, CTRL_TIMEOUT_MS, NULL) != 0 || m.b != CAP ||
+        m.iter == 0 || m.iter > (64u << 20))
+        abort_test(fd, "no valid hello from the target");
+    blob = xu_xcalloc(1, (size_t)m.iter);
+    if (xu_recv(fd, blob, (size_t)m.iter, CTRL_TIMEOUT_MS, NULL) != 0)
+        abort_test(fd, "no blob from the target");
+    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
+    free(blob);
+    EXPECT_TRUE(strcmp(ferry_peer_name(peer), "xfer-target") == 0);
+
+    for (unsigned c = 0; c < NCASES; c++) {
+        case_stats_t cs;
+
+        if (!(case_mask >> c & 1))
+            continue;
+        run_case(fd, agent, peer, buf, m.a, c, iters, &cs);
+    }
+
+    if (xu_send_msg(fd, M_QUIT, 0, 0, 0, 0) != 0)
+        abort_test(fd, "control socket failed");
+    status = xu_reap(child_pid, 30000);
+    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        TEST_FAIL_AT_("target exited badly (wait status %d)", status);
+    child_pid = 0;
+    close(fd);
+    ferry_peer_forget(peer);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
+    ferry_agent_destroy(agent);
+    free(buf);
+    printf("test_xfer_2proc: re-post in flight refused with BUSY %u of %u times "
+           "(cases whose first post completed inline are not counted)\n",
+           busy_seen, busy_checked);
+    printf("test_xfer_2proc: %.2f s in all\n", xu_ms_since(t_all) / 1000.0);
+    return test_finish("test_xfer_2proc");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 4 && strcmp(argv[1], "--target") == 0) {
+        seed = strtoull(argv[3], NULL, 0);
+        return target_main(atoi(argv[2]));
+    }
+    return initiator_main(argv[0]);
+}
