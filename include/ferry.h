@@ -18,6 +18,12 @@
  *    bit is set, and a NULL params pointer means all defaults.
  *  - Destroy-like functions accept NULL.
  *
+ * Progress: requests move forward only inside ferry calls (post, test,
+ * wait, ferry_agent_progress). This holds for targets too: a process whose
+ * memory peers READ or WRITE must call ferry_agent_progress() while they do,
+ * because UCX emulates one-sided operations on ordinary user memory between
+ * processes of one host with messages that the target's agent handles.
+ *
  * Thread safety: every function may be called from any thread. An agent
  * serialises its internal state, so different requests may be prepared,
  * posted, tested and waited on from different threads at once, and memory
@@ -163,8 +169,11 @@ FERRY_API void ferry_agent_destroy(ferry_agent_t *agent);
 FERRY_API const char *ferry_agent_name(const ferry_agent_t *agent);
 
 /*
- * Drives the agent's transports once without blocking, completing whatever
- * requests can complete. Returns FERRY_OK. Any thread.
+ * Drives the agent's transports once without blocking: completes whatever
+ * requests can complete, serves peers' operations on this agent's memory,
+ * and notices same-host peers whose process has ended. A target must call
+ * it while peers transfer (see "Progress" above). Returns FERRY_OK, or
+ * FERRY_ERR_INVALID for a NULL agent. Any thread.
  */
 FERRY_API ferry_status_t ferry_agent_progress(ferry_agent_t *agent);
 
