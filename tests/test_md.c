@@ -266,7 +266,7 @@ static void real_blob(void)
         }
     }
     free(copy);
-    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_peer_load(agent, NULL, 0, &peer));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_peer_load(agent, NULL, 0, &peer));
 
     /* Oversized by the configured limit. */
     setenv("FERRY_MD_MAX", "64", 1);

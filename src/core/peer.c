@@ -158,7 +158,7 @@ ferry_status_t ferry_peer_load(ferry_agent_t *agent, const void *blob,
     ferry__remote_t *remote = NULL, *old;
     ferry_peer_t *peer;
 
-    if (agent == NULL || peer_p == NULL)
+    if (agent == NULL || blob == NULL || peer_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "peer_load: NULL argument");
     FERRY_CHECK(ferry__remote_new(blob, len, &remote));
 
