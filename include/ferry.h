@@ -228,10 +228,11 @@ FERRY_API void ferry_md_free(void *blob);
  * re-packed after new registrations), earlier requests stay valid; if it
  * comes from a new instance under the same name (a restart), requests
  * prepared against the old metadata fail to post with FERRY_ERR_PEER_LOST
- * and must be prepared again. The agent's own blob may be loaded (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text,
- * for a truncated, oversized, corrupted, unknown-version or inconsistent
- * blob (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped.
- * Any thread.
+ * and must be prepared again. The agent's own blob may be loaded
+ * (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text, for a
+ * truncated, oversized, corrupted, unknown-version or inconsistent blob
+ * (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped. Any
+ * thread.
  */
 FERRY_API ferry_status_t ferry_peer_load(ferry_agent_t *agent,
                                          const void *blob, size_t len,
