@@ -45,9 +45,11 @@ static ferry_status_t ferry__md_parse_agent(ferry__rbuf_t *r, ferry__md_t *md,
 {
     md->incarnation = ferry__rbuf_u64(r);
     if (ferry__md_string(r, md->name, 1) != 0)
-        return ferry__error(FERRY_ERR_PROTOCOL, "metadata: agent name at offset %zu is malformed", off);
+        return ferry__error(FERRY_ERR_PROTOCOL,
+                            "metadata: agent name at offset %zu is malformed", off);
     if (ferry__md_string(r, md->host_id, 0) != 0)
-        return ferry__error(FERRY_ERR_PROTOCOL, "metadata: agent host id at offset %zu is malformed", off);
+        return ferry__error(FERRY_ERR_PROTOCOL,
+                            "metadata: agent host id at offset %zu is malformed", off);
     md->pid = ferry__rbuf_u32(r);
     return FERRY_OK;
 }
@@ -60,11 +62,13 @@ static ferry_status_t ferry__md_parse_backend(ferry__rbuf_t *r, ferry__md_t *md,
     const uint8_t *p = ferry__rbuf_bytes(r, n);
 
     if (r->err || n == 0)
-        return ferry__error(FERRY_ERR_PROTOCOL, "metadata: backend section at offset %zu is malformed", off);
+        return ferry__error(FERRY_ERR_PROTOCOL,
+                            "metadata: backend section at offset %zu is malformed", off);
     if (id == 0 || id >= FERRY__BK_MAX)
         return FERRY_OK; /* a backend this build does not know */
     if (md->bk_addr[id].data != NULL)
-        return ferry__error(FERRY_ERR_PROTOCOL, "metadata: backend section at offset %zu repeats a backend", off);
+        return ferry__error(FERRY_ERR_PROTOCOL,
+                            "metadata: backend section at offset %zu repeats a backend", off);
     md->bk_addr[id] = (ferry__md_bytes_t){p, (uint32_t)n};
     return FERRY_OK;
 }
@@ -189,14 +193,16 @@ ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
         slen = ferry__rbuf_u32(&r);
         payload = ferry__rbuf_bytes(&r, slen);
         if (payload == NULL) {
-            st = ferry__error(FERRY_ERR_PROTOCOL, "metadata: section at offset %zu runs past the end", off);
+            st = ferry__error(FERRY_ERR_PROTOCOL,
+                              "metadata: section at offset %zu runs past the end", off);
             goto err;
         }
         ferry__rbuf_init(&s, payload, slen);
         switch (type) {
         case FERRY__MD_SEC_AGENT:
             if (seen_agent) {
-                st = ferry__error(FERRY_ERR_PROTOCOL, "metadata: agent section at offset %zu repeats", off);
+                st = ferry__error(FERRY_ERR_PROTOCOL,
+                                  "metadata: agent section at offset %zu repeats", off);
                 goto err;
             }
             seen_agent = true;
@@ -207,7 +213,8 @@ ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
             break;
         case FERRY__MD_SEC_REGIONS:
             if (seen_regions) {
-                st = ferry__error(FERRY_ERR_PROTOCOL, "metadata: regions section at offset %zu repeats", off);
+                st = ferry__error(FERRY_ERR_PROTOCOL,
+                                  "metadata: regions section at offset %zu repeats", off);
                 goto err;
             }
             seen_regions = true;
