@@ -18,11 +18,13 @@
  *    bit is set, and a NULL params pointer means all defaults.
  *  - Destroy-like functions accept NULL.
  *
- * Progress: requests move forward only inside ferry calls (post, test,
- * wait, ferry_agent_progress). This holds for targets too: a process whose
- * memory peers READ or WRITE must call ferry_agent_progress() while they do,
- * because UCX emulates one-sided operations on ordinary user memory between
- * processes of one host with messages that the target's agent handles.
+ * Progress: requests move forward inside ferry calls (post, test, wait,
+ * ferry_agent_progress) or on the agent's progress thread when it has one.
+ * This holds for targets too: a process whose memory peers READ or WRITE
+ * must have a progress thread, or call ferry_agent_progress() (or sleep on
+ * ferry_agent_fd()) while they do, because UCX emulates one-sided operations
+ * on ordinary user memory between processes of one host with messages that
+ * the target's agent handles.
  *
  * Thread safety: every function may be called from any thread. An agent
  * serialises its internal state, so different requests may be prepared,
@@ -136,7 +138,8 @@ typedef struct ferry_peer ferry_peer_t;
 typedef struct ferry_xfer ferry_xfer_t;
 
 enum {
-    FERRY_AGENT_PARAM_NAME = 1u << 0
+    FERRY_AGENT_PARAM_NAME = 1u << 0,
+    FERRY_AGENT_PARAM_PROGRESS_THREAD = 1u << 1
 };
 
 typedef struct ferry_agent_params {
@@ -147,6 +150,17 @@ typedef struct ferry_agent_params {
      * known replaces that peer's metadata. Default: "<hostname>:<pid>".
      */
     const char *name;
+    /*
+     * FERRY_AGENT_PARAM_PROGRESS_THREAD: non-zero starts one thread that
+     * sleeps on the agent's events and drives its transports, so that
+     * requests complete, and peers' operations on this agent's memory are
+     * served, while the application does something else. Before reading
+     * memory that peers wrote (after learning by other means that they
+     * did), and before letting peers write it again, make a call on the
+     * agent, e.g. ferry_agent_progress(): its lock orders the application's
+     * thread with the progress thread's copies. Default: 0.
+     */
+    int progress_thread;
 } ferry_agent_params_t;
 
 /*
@@ -169,13 +183,26 @@ FERRY_API void ferry_agent_destroy(ferry_agent_t *agent);
 FERRY_API const char *ferry_agent_name(const ferry_agent_t *agent);
 
 /*
- * Drives the agent's transports once without blocking: completes whatever
+ * Drives the agent's transports without blocking: completes whatever
  * requests can complete, serves peers' operations on this agent's memory,
- * and notices same-host peers whose process has ended. A target must call
- * it while peers transfer (see "Progress" above). Returns FERRY_OK, or
- * FERRY_ERR_INVALID for a NULL agent. Any thread.
+ * and notices same-host peers whose process has ended. Returns FERRY_OK
+ * when nothing is left to do, after which ferry_agent_fd() becomes readable
+ * when there is; FERRY_IN_PROGRESS when more work is pending (call again
+ * before sleeping); FERRY_ERR_INVALID for a NULL agent. Any thread.
  */
 FERRY_API ferry_status_t ferry_agent_progress(ferry_agent_t *agent);
+
+/*
+ * Writes to *fd_p a file descriptor, owned by the agent, that becomes
+ * readable when ferry_agent_progress() has work to do, for an epoll, poll,
+ * libuv or asyncio loop: wait for it to be readable (or for a timeout of
+ * your choosing), then call ferry_agent_progress() until it returns
+ * FERRY_OK. Once this function has been called, ferry_agent_progress() arms
+ * the transports each time it finds nothing to do (a few microseconds, and
+ * peers then signal their messages), so call it only to sleep on the fd.
+ * Do not read from the fd or close it. Any thread.
+ */
+FERRY_API ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p);
 
 /* ------------------------------------------------------------------------ */
 /* Memory registration                                                      */
@@ -303,9 +330,11 @@ FERRY_API ferry_status_t ferry_xfer_test(ferry_xfer_t *xfer);
 
 /*
  * Waits for the request to finish: timeout_ns 0 tests once, a negative value
- * waits without limit. Returns what ferry_xfer_test() would, or
- * FERRY_ERR_TIMEOUT if the time ran out (the request stays valid and may be
- * waited on again). Any thread.
+ * waits without limit. It polls for a short time (FERRY_WAIT_SPIN_US) and
+ * then sleeps on the transports' events, so a long wait costs almost no CPU.
+ * Returns what ferry_xfer_test() would, or FERRY_ERR_TIMEOUT if the time ran
+ * out (the request stays valid and may be waited on again). Any thread; any
+ * number of threads may wait on different requests at once.
  */
 FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns);
 

@@ -120,7 +120,7 @@ static void prepare_errors(ferry_agent_t *agent, ferry_peer_t *peer)
 /* BUSY and retirement rules; the transfer goes over TCP so it takes time. */
 static void lifetime_rules(void)
 {
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "lifetime"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "lifetime"};
     ferry_agent_t *agent;
     ferry_mem_t *ma, *mb;
     ferry_peer_t *peer;
@@ -203,7 +203,7 @@ static ferry_status_t finish(ferry_xfer_t *x, ferry_agent_t *target)
  * instance under the same name (a restart) retires them. */
 static void replacement_rules(void)
 {
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "replaced"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "replaced"};
     ferry_agent_t *me, *old_inst, *new_inst;
     ferry_mem_t *mine, *theirs_old, *theirs_new, *more;
     ferry_peer_t *peer, *same;
@@ -262,7 +262,7 @@ static void replacement_rules(void)
 
 int main(void)
 {
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "desc-errors"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "desc-errors"};
     ferry_agent_t *agent;
     ferry_mem_t *ma, *mb;
     ferry_peer_t *peer;

@@ -209,7 +209,7 @@ static void forged_cases(void)
 /* A real agent's blob: round trip, every truncation, public-path errors. */
 static void real_blob(void)
 {
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "md-test"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "md-test"};
     ferry_agent_t *agent;
     ferry_mem_t *mem;
     ferry_peer_t *peer, *again;

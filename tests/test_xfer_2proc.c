@@ -125,7 +125,7 @@ static size_t check_iteration(const uint8_t *buf, const xu_layout_t *l,
 
 static int target_main(int fd)
 {
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "xfer-target"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "xfer-target"};
     ferry_agent_t *agent = NULL;
     ferry_agent_t *drive;
     long passive;
@@ -374,7 +374,7 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
 
 static int initiator_main(const char *argv0)
 {
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "xfer-initiator"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "xfer-initiator"};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem = NULL;
     ferry_peer_t *peer = NULL;

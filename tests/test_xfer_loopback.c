@@ -232,7 +232,7 @@ int main(void)
         {"B2", NULL, NULL, (1u << 20) + 13}, /* an odd size: no tail rounding */
     };
     space_t spaces[2] = {{{&bufs[A], NULL}, 1}, {{&bufs[B1], &bufs[B2]}, 2}};
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "loopback-agent"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "loopback-agent"};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem_a = NULL, *mem_b = NULL;
     ferry_peer_t *peer = NULL;

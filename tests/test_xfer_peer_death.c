@@ -47,7 +47,7 @@ static long death_bound_s = DEATH_BOUND_DEFAULT_S;
 static int target_main(int fd, unsigned idx)
 {
     char name[32];
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, name};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = name};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem = NULL;
     uint8_t *buf = xu_alloc_buf(TCAP);
@@ -193,7 +193,7 @@ static ferry_status_t until_error(ferry_xfer_t *x, const char *what)
 
 int main(int argc, char **argv)
 {
-    ferry_agent_params_t ap = {FERRY_AGENT_PARAM_NAME, "death-initiator"};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "death-initiator"};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem = NULL;
     uint8_t *lbuf;

@@ -85,6 +85,12 @@ typedef struct ferry__backend_ops {
                            ferry__bk_done_cb cb, void *arg);
     /* Drives the transport once; returns how many events it handled. */
     unsigned (*progress)(void *ctx);
+    /* A file descriptor that becomes readable when progress() has work,
+     * once arm() has returned FERRY_OK; -1 if the backend has none. */
+    int (*event_fd)(void *ctx);
+    /* Prepares event_fd() for sleeping: FERRY_OK, or FERRY_ERR_BUSY when
+     * events are already pending (progress first, then arm again). */
+    ferry_status_t (*arm)(void *ctx);
 } ferry__backend_ops_t;
 
 extern const ferry__backend_ops_t ferry__ucx_ops;

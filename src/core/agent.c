@@ -114,6 +114,11 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
         if (st < 0)
             goto err_backends;
     }
+    st = ferry__events_init(agent, params != NULL &&
+                                       (params->field_mask & FERRY_AGENT_PARAM_PROGRESS_THREAD) &&
+                                       params->progress_thread != 0);
+    if (st < 0)
+        goto err_backends;
     ferry__debug("agent '%s' created (host %s)", agent->name, agent->host_id);
     *agent_p = agent;
     return FERRY_OK;
@@ -147,6 +152,7 @@ void ferry_agent_destroy(ferry_agent_t *agent)
         ferry__mem_drop(ferry__container_of(agent->mems.next, ferry_mem_t, link));
     ferry__agent_unlock(agent);
 
+    ferry__events_fini(agent);
     for (unsigned k = FERRY__NBK; k-- > 0;)
         ferry__backends[k]->fini(agent->bk_ctx[k]);
     ferry__imap_free(&agent->registry);
@@ -157,15 +163,4 @@ void ferry_agent_destroy(ferry_agent_t *agent)
 const char *ferry_agent_name(const ferry_agent_t *agent)
 {
     return agent != NULL ? agent->name : "";
-}
-
-ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
-{
-    if (agent == NULL)
-        return ferry__error(FERRY_ERR_INVALID, "agent_progress: agent is NULL");
-    ferry__agent_lock(agent);
-    for (unsigned k = 0; k < FERRY__NBK; k++)
-        ferry__backends[k]->progress(agent->bk_ctx[k]);
-    ferry__agent_unlock(agent);
-    return FERRY_OK;
 }

@@ -114,6 +114,15 @@ struct ferry_xfer {
 
 struct ferry_agent {
     pthread_mutex_t lock;
+    pthread_cond_t done_cv; /* broadcast when a request finishes */
+    bool polling;           /* a thread sleeps on epfd for the others */
+    int epfd;               /* the backends' event fds and wakefd */
+    int wakefd;             /* eventfd: stops the progress thread */
+    bool has_thread;
+    atomic_bool stopping;
+    atomic_bool fd_used;    /* ferry_agent_fd() was called: progress arms */
+    uint64_t spin_ns;       /* how long a wait polls before sleeping */
+    pthread_t thread;
     char name[FERRY__MD_NAME_MAX + 1];
     char host_id[FERRY__MD_NAME_MAX + 1];
     uint64_t incarnation; /* random per agent: tells restarts apart */
@@ -134,6 +143,17 @@ void ferry__list_del(ferry__list_t *item);
 
 void ferry__agent_lock(ferry_agent_t *agent);
 void ferry__agent_unlock(ferry_agent_t *agent);
+
+/* progress.c: the agent's events, its progress thread, and waiting. */
+ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread);
+void ferry__events_fini(ferry_agent_t *agent);
+/* Under the lock: drives every backend once; returns the events handled. */
+unsigned ferry__progress_locked(ferry_agent_t *agent);
+/* Waits until x is no longer in flight or until deadline_ns (UINT64_MAX:
+ * none); returns x's result, FERRY_IN_PROGRESS on timeout. */
+ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns);
+/* The result of a finished request, with its detail text on failure. */
+ferry_status_t ferry__xfer_result(ferry_xfer_t *x);
 
 /* Under the lock: drop a reference; the last one frees (mem.c, peer.c). */
 void ferry__mem_unref(ferry_mem_t *mem);

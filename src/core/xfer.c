@@ -8,7 +8,6 @@
 #include "util/log.h"
 #include "util/time.h"
 
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,6 +284,7 @@ static void ferry__xfer_finish(ferry_xfer_t *x)
         x->mems[i]->active--;
     atomic_store_explicit(&x->result, x->first_err, memory_order_relaxed);
     atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
+    pthread_cond_broadcast(&x->agent->done_cv);
 }
 
 /* Backend completion of one part; runs in progress, under the lock. */
@@ -357,8 +357,7 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
     return st;
 }
 
-/* The result of a finished request, with its detail text on failure. */
-static ferry_status_t ferry__xfer_result(ferry_xfer_t *x)
+ferry_status_t ferry__xfer_result(ferry_xfer_t *x)
 {
     ferry_status_t st = atomic_load_explicit(&x->result, memory_order_relaxed);
 
@@ -392,23 +391,20 @@ ferry_status_t ferry_xfer_test(ferry_xfer_t *x)
 
 ferry_status_t ferry_xfer_wait(ferry_xfer_t *x, int64_t timeout_ns)
 {
-    uint64_t deadline = 0;
-    unsigned spins = 0;
     ferry_status_t st;
 
-    if (timeout_ns > 0)
-        deadline = ferry__now_ns() + (uint64_t)timeout_ns;
-    for (;;) {
+    if (timeout_ns == 0) {
         st = ferry_xfer_test(x);
-        if (st != FERRY_IN_PROGRESS)
-            return st;
-        if (timeout_ns == 0 || (timeout_ns > 0 && ferry__now_ns() >= deadline))
-            return ferry__error(FERRY_ERR_TIMEOUT, "xfer_wait: not finished "
-                                "after %lld ns", (long long)timeout_ns);
-        /* Poll hard at first, then give the core to others between polls. */
-        if (++spins > 64)
-            sched_yield();
+    } else {
+        if (x == NULL)
+            return ferry__error(FERRY_ERR_INVALID, "xfer_wait: NULL request");
+        st = ferry__wait(x, timeout_ns < 0 ? UINT64_MAX
+                                           : ferry__now_ns() + (uint64_t)timeout_ns);
     }
+    if (st == FERRY_IN_PROGRESS)
+        return ferry__error(FERRY_ERR_TIMEOUT, "xfer_wait: not finished after "
+                            "%lld ns", (long long)timeout_ns);
+    return st;
 }
 
 void ferry_xfer_release(ferry_xfer_t *x)

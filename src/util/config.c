@@ -16,6 +16,9 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_MD_MAX", "256m",
      "largest metadata blob ferry_peer_load() accepts, in bytes (k, m, g "
      "suffixes)"},
+    {"FERRY_WAIT_SPIN_US", "1000",
+     "how long ferry_xfer_wait polls, in microseconds, before it sleeps on "
+     "the transports' events"},
     {NULL, NULL, NULL},
 };
 

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
@@ -50,6 +51,7 @@ typedef struct ferry__ucx_ctx {
     ucp_address_t *address;
     size_t address_len;
     uint64_t memory_types;
+    int epfd; /* the worker's event fd and the watched peers' pidfds */
     struct ferry__ucx_conn **watched; /* same-host connections */
     size_t nwatched, capwatched;
     uint64_t next_check_ns;
@@ -123,6 +125,8 @@ static void ferry__ucx_fini(void *vctx)
     if (ctx == NULL)
         return;
     free(ctx->watched);
+    if (ctx->epfd >= 0)
+        close(ctx->epfd);
     if (ctx->address != NULL)
         ucp_worker_release_address(ctx->worker, ctx->address);
     if (ctx->worker != NULL)
@@ -130,6 +134,24 @@ static void ferry__ucx_fini(void *vctx)
     if (ctx->context != NULL)
         ucp_cleanup(ctx->context);
     free(ctx);
+}
+
+/* One fd for sleeping: the worker's wake-up fd and, later, the pidfds of
+ * same-host peers, so that a peer's death wakes a sleeping waiter. */
+static ferry_status_t ferry__ucx_events_init(ferry__ucx_ctx_t *ctx)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    ucs_status_t s;
+    int efd;
+
+    s = ucp_worker_get_efd(ctx->worker, &efd);
+    if (s != UCS_OK)
+        return ferry__ucx_error(s, "ucp_worker_get_efd", NULL);
+    ctx->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (ctx->epfd < 0 || epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, efd, &ev) != 0)
+        return ferry__error(FERRY_ERR_SYSTEM, "ucx: epoll for the worker's event "
+                            "fd: %s", strerror(errno));
+    return FERRY_OK;
 }
 
 static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
@@ -146,6 +168,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
     ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a context");
+    ctx->epfd = -1;
 
     s = ucp_config_read(NULL, NULL, &config);
     if (s != UCS_OK) {
@@ -165,7 +188,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
                         UCP_PARAM_FIELD_NAME;
     /* AM as well as RMA: without it UCX 1.13 selects no zero-copy RMA lane
      * (cma) for registered user memory on the same host. */
-    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
     params.request_size = sizeof(ferry__ucx_req_t);
     params.name = agent_name;
     s = ucp_init(&params, config, &ctx->context);
@@ -197,6 +220,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
         st = ferry__ucx_error(s, "ucp_worker_get_address", NULL);
         goto err_fini;
     }
+    FERRY_CHECK_GOTO(ferry__ucx_events_init(ctx), st, err_fini);
     *ctx_p = ctx;
     return FERRY_OK;
 
@@ -331,6 +355,13 @@ static ferry_status_t ferry__ucx_watch(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t 
     if (conn->pidfd < 0 && errno == ESRCH)
         return ferry__error(FERRY_ERR_PEER_LOST, "ucx: peer '%s' (pid %d) is not "
                             "running", conn->peer_name, (int)pid);
+    if (conn->pidfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN};
+
+        if (epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, conn->pidfd, &ev) != 0)
+            ferry__warn("ucx: cannot watch peer '%s' for exit: %s", conn->peer_name,
+                        strerror(errno));
+    }
     conn->watched = true;
     ctx->watched[ctx->nwatched++] = conn;
     return FERRY_OK;
@@ -344,8 +375,10 @@ static void ferry__ucx_unwatch(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
             break;
         }
     }
-    if (conn->pidfd >= 0)
+    if (conn->pidfd >= 0) {
+        (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->pidfd, NULL);
         close(conn->pidfd);
+    }
     conn->watched = false;
 }
 
@@ -400,6 +433,9 @@ static void ferry__ucx_unlink(ferry__ucx_req_t *r)
 static void ferry__ucx_fail(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
 {
     conn->failed = UCS_ERR_CONNECTION_RESET;
+    /* An exited process's pidfd stays readable: stop sleeping on it. */
+    if (conn->pidfd >= 0)
+        (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->pidfd, NULL);
     while (conn->flushes != NULL) {
         ferry__ucx_req_t *r = conn->flushes;
         ferry_status_t st;
@@ -619,6 +655,23 @@ static unsigned ferry__ucx_progress(void *vctx)
     return n;
 }
 
+static int ferry__ucx_event_fd(void *vctx)
+{
+    return ((ferry__ucx_ctx_t *)vctx)->epfd;
+}
+
+static ferry_status_t ferry__ucx_arm(void *vctx)
+{
+    ferry__ucx_ctx_t *ctx = vctx;
+    ucs_status_t s = ucp_worker_arm(ctx->worker);
+
+    if (s == UCS_OK)
+        return FERRY_OK;
+    if (s == UCS_ERR_BUSY)
+        return FERRY_ERR_BUSY;
+    return ferry__ucx_error(s, "ucp_worker_arm", NULL);
+}
+
 const ferry__backend_ops_t ferry__ucx_ops = {
     .size = sizeof(ferry__backend_ops_t),
     .name = "ucx",
@@ -636,4 +689,6 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .rkey_close = ferry__ucx_rkey_close,
     .post = ferry__ucx_post,
     .progress = ferry__ucx_progress,
+    .event_fd = ferry__ucx_event_fd,
+    .arm = ferry__ucx_arm,
 };

@@ -1,0 +1,282 @@
+/*
+ * Progress without spinning: the agent's one pollable fd (an epoll set of
+ * every backend's event fd, plus an eventfd that stops the progress thread),
+ * the optional progress thread, and the wait behind ferry_xfer_wait().
+ *
+ * Waiting polls for FERRY_WAIT_SPIN_US, then sleeps. Without a progress
+ * thread, one waiting thread at a time is the "poller": it arms the
+ * backends and sleeps on the epoll set with the agent's lock released; the
+ * other waiters sleep on the agent's condition variable, which is broadcast
+ * whenever a request finishes and whenever the poller wakes, so that another
+ * waiter takes over when the poller's own request is done. With a progress
+ * thread, that thread is the poller and every waiter sleeps on the condition
+ * variable. Polling goes on while the transports report events and stops
+ * FERRY_WAIT_SPIN_US after the last one. Sleeps are capped
+ * (FERRY__SLEEP_MAX_MS) so that an event no fd reports (room freed in a
+ * peer's FIFO) costs a short delay, never a hang.
+ */
+#include "core/core.h"
+#include "util/config.h"
+#include "util/log.h"
+#include "util/time.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+/* UCX does not signal its fd when a full shared-memory FIFO drains, so a
+ * sender with queued fragments must not sleep long: sleeps are short. */
+#define FERRY__SLEEP_MAX_MS 1
+
+unsigned ferry__progress_locked(ferry_agent_t *agent)
+{
+    unsigned n = 0;
+
+    for (unsigned k = 0; k < FERRY__NBK; k++)
+        n += ferry__backends[k]->progress(agent->bk_ctx[k]);
+    return n;
+}
+
+/* Under the lock: FERRY_OK when every backend will signal its fd on new
+ * work, FERRY_ERR_BUSY when work is already pending. */
+static ferry_status_t ferry__arm_locked(ferry_agent_t *agent)
+{
+    for (unsigned k = 0; k < FERRY__NBK; k++)
+        FERRY_CHECK(ferry__backends[k]->arm(agent->bk_ctx[k]));
+    return FERRY_OK;
+}
+
+static void ferry__sleep(ferry_agent_t *agent, int timeout_ms)
+{
+    struct epoll_event ev[4];
+
+    if (epoll_wait(agent->epfd, ev, 4, timeout_ms) < 0 && errno != EINTR)
+        ferry__warn("epoll_wait: %s", strerror(errno));
+}
+
+/* Sleeps without the fd: after a busy arm the fd may stay readable. */
+static void ferry__nap(int ms)
+{
+    struct timespec ts = {0, (long)ms * 1000000};
+
+    nanosleep(&ts, NULL);
+}
+
+static int ferry__ms_until(uint64_t deadline_ns)
+{
+    uint64_t now = ferry__now_ns(), ms;
+
+    if (deadline_ns <= now)
+        return 0;
+    ms = (deadline_ns - now + 999999) / 1000000;
+    return ms > FERRY__SLEEP_MAX_MS ? FERRY__SLEEP_MAX_MS : (int)ms;
+}
+
+/*
+ * The progress thread polls while there is traffic and for spin_ns after
+ * the last event, then arms and sleeps. Staying unarmed while busy matters:
+ * an armed UCX worker makes its peers signal every message they send it.
+ */
+static void *ferry__progress_thread(void *arg)
+{
+    ferry_agent_t *agent = arg;
+    uint64_t last_event = ferry__now_ns();
+
+    ferry__agent_lock(agent);
+    while (!atomic_load_explicit(&agent->stopping, memory_order_relaxed)) {
+        if (ferry__progress_locked(agent) > 0) {
+            last_event = ferry__now_ns();
+        } else if (ferry__now_ns() - last_event >= agent->spin_ns) {
+            /* Busy arming (sends queued for a stalled peer) naps instead. */
+            ferry_status_t st = ferry__arm_locked(agent);
+
+            ferry__agent_unlock(agent);
+            if (st == FERRY_OK)
+                ferry__sleep(agent, FERRY__SLEEP_MAX_MS);
+            else
+                ferry__nap(FERRY__SLEEP_MAX_MS);
+            ferry__agent_lock(agent);
+            last_event = ferry__now_ns();
+            continue;
+        }
+        /* Let the application's threads in between rounds. */
+        ferry__agent_unlock(agent);
+        ferry__agent_lock(agent);
+    }
+    ferry__agent_unlock(agent);
+    return NULL;
+}
+
+ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    pthread_condattr_t attr;
+    int err;
+
+    agent->spin_ns = ferry__config_get_size("FERRY_WAIT_SPIN_US") * 1000;
+    agent->epfd = epoll_create1(EPOLL_CLOEXEC);
+    agent->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (agent->epfd < 0 || agent->wakefd < 0 ||
+        epoll_ctl(agent->epfd, EPOLL_CTL_ADD, agent->wakefd, &ev) != 0)
+        goto err_sys;
+    for (unsigned k = 0; k < FERRY__NBK; k++) {
+        int fd = ferry__backends[k]->event_fd(agent->bk_ctx[k]);
+
+        if (fd >= 0 && epoll_ctl(agent->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+            goto err_sys;
+    }
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&agent->done_cv, &attr);
+    pthread_condattr_destroy(&attr);
+    if (thread) {
+        err = pthread_create(&agent->thread, NULL, ferry__progress_thread, agent);
+        if (err != 0) {
+            pthread_cond_destroy(&agent->done_cv);
+            errno = err;
+            goto err_sys;
+        }
+        agent->has_thread = true;
+    }
+    return FERRY_OK;
+
+err_sys:
+    err = errno;
+    if (agent->wakefd >= 0)
+        close(agent->wakefd);
+    if (agent->epfd >= 0)
+        close(agent->epfd);
+    return ferry__error(FERRY_ERR_SYSTEM, "agent_create: events: %s", strerror(err));
+}
+
+void ferry__events_fini(ferry_agent_t *agent)
+{
+    uint64_t one = 1;
+
+    if (agent->has_thread) {
+        atomic_store(&agent->stopping, true);
+        if (write(agent->wakefd, &one, sizeof(one)) != sizeof(one))
+            ferry__warn("agent '%s': cannot wake the progress thread: %s",
+                        agent->name, strerror(errno));
+        pthread_join(agent->thread, NULL);
+    }
+    pthread_cond_destroy(&agent->done_cv);
+    close(agent->wakefd);
+    close(agent->epfd);
+}
+
+ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
+{
+    ferry_status_t st;
+
+    if (agent == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "agent_progress: agent is NULL");
+    ferry__agent_lock(agent);
+    if (ferry__progress_locked(agent) > 0) {
+        ferry__agent_unlock(agent);
+        return FERRY_IN_PROGRESS;
+    }
+    /* Arm only for an application that sleeps on the fd: an armed worker
+     * makes every peer signal each message, which a polling loop would pay
+     * for without any use. */
+    if (!atomic_load_explicit(&agent->fd_used, memory_order_relaxed)) {
+        ferry__agent_unlock(agent);
+        return FERRY_OK;
+    }
+    st = ferry__arm_locked(agent);
+    ferry__agent_unlock(agent);
+    if (st == FERRY_ERR_BUSY)
+        return FERRY_IN_PROGRESS;
+    return st;
+}
+
+ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p)
+{
+    if (agent == NULL || fd_p == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "agent_fd: NULL argument");
+    atomic_store(&agent->fd_used, true);
+    *fd_p = agent->epfd;
+    return FERRY_OK;
+}
+
+static bool ferry__in_flight(ferry_xfer_t *x)
+{
+    return atomic_load_explicit(&x->state, memory_order_acquire) == FERRY__XFER_ACTIVE;
+}
+
+ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns)
+{
+    ferry_agent_t *agent = x->agent;
+    uint64_t spin_end = ferry__now_ns() + agent->spin_ns;
+    ferry_status_t st;
+
+    /* Poll while the transports are busy and briefly after: short waits are
+     * answered fastest that way, and queued sends keep moving. */
+    for (;;) {
+        uint64_t now;
+        unsigned n;
+
+        if (!ferry__in_flight(x))
+            return ferry_xfer_test(x);
+        ferry__agent_lock(agent);
+        n = ferry__progress_locked(agent);
+        ferry__agent_unlock(agent);
+        now = ferry__now_ns();
+        if (now >= deadline_ns)
+            return ferry_xfer_test(x);
+        if (n > 0) {
+            spin_end = now + agent->spin_ns;
+        } else {
+            if (now >= spin_end)
+                break;
+            /* Nothing moved: on a busy machine the peer that must move next
+             * may be waiting for this core. */
+            sched_yield();
+        }
+    }
+
+    ferry__agent_lock(agent);
+    while (ferry__in_flight(x)) {
+        int ms = ferry__ms_until(deadline_ns);
+
+        if (ms == 0 && ferry__now_ns() >= deadline_ns)
+            break;
+        if (!agent->has_thread && !agent->polling) {
+            if (ferry__progress_locked(agent) > 0) {
+                /* Traffic again: back to polling. */
+                ferry__agent_unlock(agent);
+                return ferry__wait(x, deadline_ns);
+            }
+            if (!ferry__in_flight(x))
+                continue;
+            /* Armed, the fd wakes us on new events; busy (sends queued for a
+             * peer that does not drain them), a short nap retries them. */
+            st = ferry__arm_locked(agent);
+            agent->polling = true;
+            ferry__agent_unlock(agent);
+            if (st == FERRY_OK)
+                ferry__sleep(agent, ms);
+            else
+                ferry__nap(ms);
+            ferry__agent_lock(agent);
+            ferry__progress_locked(agent);
+            agent->polling = false;
+            pthread_cond_broadcast(&agent->done_cv);
+        } else {
+            struct timespec ts;
+            uint64_t until = ferry__now_ns() + (uint64_t)(ms ? ms : 1) * 1000000;
+
+            ts.tv_sec = (time_t)(until / 1000000000u);
+            ts.tv_nsec = (long)(until % 1000000000u);
+            (void)pthread_cond_timedwait(&agent->done_cv, &agent->lock, &ts);
+        }
+    }
+    ferry__agent_unlock(agent);
+    if (ferry__in_flight(x))
+        return FERRY_IN_PROGRESS;
+    return ferry__xfer_result(x);
+}

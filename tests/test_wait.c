@@ -1,0 +1,221 @@
+/*
+ * Waiting without spinning, with a passive target. The target process
+ * creates its agent with a progress thread and then only sleeps in read():
+ * every transfer into its memory is served by that thread. The initiator
+ * stops the target (SIGSTOP) so that a WRITE cannot finish, and checks:
+ *  - a short wait returns TIMEOUT and leaves the request valid;
+ *  - a wait that lasts about a second costs the waiting thread under 5% of
+ *    a core (getrusage per thread), while a loop of ferry_xfer_test over the
+ *    same stall costs most of a core, which shows the measure can fail;
+ *  - after SIGCONT the same request completes and the target holds every
+ *    byte.
+ * Two processes are forked before either touches UCX.
+ */
+#include "test.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LEN (8u << 20)
+#define SEC 1000000000ll
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double thread_cpu_s(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_THREAD, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+static void io(int fd, void *p, size_t n, int out)
+{
+    uint8_t *b = p;
+
+    while (n > 0) {
+        ssize_t r = out ? write(fd, b, n) : read(fd, b, n);
+
+        if (r <= 0)
+            exit(2);
+        b += r;
+        n -= (size_t)r;
+    }
+}
+
+/* The target: a progress thread does all the work; main only sleeps. */
+static int target(int fd)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
+                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .name = "wait-target", .progress_thread = 1};
+    ferry_agent_t *agent;
+    ferry_mem_t *mem;
+    uint8_t *buf = calloc(1, LEN);
+    ferry_desc_t d = {(uintptr_t)buf, LEN, FERRY_MEM_HOST, 0};
+    void *blob;
+    size_t len;
+    uint64_t iter, bad;
+
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
+    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
+    io(fd, &len, sizeof(len), 1);
+    io(fd, blob, len, 1);
+    io(fd, &d.addr, sizeof(d.addr), 1);
+    /* Each request from the initiator: verify what it wrote. */
+    for (;;) {
+        io(fd, &iter, sizeof(iter), 0);
+        if (iter == UINT64_MAX)
+            break;
+        /* The progress thread wrote the bytes; a call on the agent orders
+         * this thread after it, as ferry.h asks (and ThreadSanitizer sees). */
+        ferry_agent_progress(agent);
+        bad = test_verify(buf, LEN, 31, iter, 0);
+        ferry_agent_progress(agent); /* and the next writes after this read */
+        io(fd, &bad, sizeof(bad), 1);
+    }
+    ferry_md_free(blob);
+    ferry_mem_deregister(mem);
+    ferry_agent_destroy(agent);
+    free(buf);
+    return 0;
+}
+
+struct resume {
+    pid_t pid;
+    double after_s;
+};
+
+static void *resume_later(void *arg)
+{
+    struct resume *r = arg;
+    struct timespec ts = {(time_t)r->after_s,
+                          (long)((r->after_s - (double)(time_t)r->after_s) * 1e9)};
+
+    nanosleep(&ts, NULL);
+    kill(r->pid, SIGCONT);
+    return NULL;
+}
+
+/* Stops the target, posts, and measures a wait (or a test loop) that lasts
+ * until the target is resumed about a second later. Returns CPU/wall. */
+static double stalled_wait(ferry_xfer_t *x, uint8_t *src, pid_t pid, int fd,
+                           uint64_t iter, int spin)
+{
+    struct resume r = {pid, 1.0};
+    pthread_t th;
+    double t0, c0, wall, cpu;
+    ferry_status_t st;
+    uint64_t bad = 0;
+
+    test_fill(src, LEN, 31, iter, 0);
+    kill(pid, SIGSTOP);
+    st = ferry_xfer_post(x);
+    ASSERT_TRUE(st == FERRY_IN_PROGRESS);
+    if (!spin) {
+        /* A stopped peer: a short wait times out, the request stays valid. */
+        EXPECT_ST(FERRY_ERR_TIMEOUT, ferry_xfer_wait(x, SEC / 5));
+        EXPECT_ST(FERRY_ERR_BUSY, ferry_xfer_post(x));
+    }
+    ASSERT_TRUE(pthread_create(&th, NULL, resume_later, &r) == 0);
+    t0 = now_s();
+    c0 = thread_cpu_s();
+    if (spin) {
+        while ((st = ferry_xfer_test(x)) == FERRY_IN_PROGRESS)
+            ;
+    } else {
+        st = ferry_xfer_wait(x, 30 * SEC);
+    }
+    cpu = thread_cpu_s() - c0;
+    wall = now_s() - t0;
+    pthread_join(th, NULL);
+    EXPECT_ST(FERRY_OK, st);
+    io(fd, &iter, sizeof(iter), 1);
+    io(fd, &bad, sizeof(bad), 0);
+    EXPECT_EQ(UINT64_MAX, bad);
+    printf("%s: %.3f s of wall time, %.3f s of the waiting thread's CPU (%.1f%%)\n",
+           spin ? "test loop" : "ferry_xfer_wait", wall, cpu, 100.0 * cpu / wall);
+    EXPECT_TRUE(wall > 0.5);
+    return cpu / wall;
+}
+
+int main(void)
+{
+    int sv[2];
+    pid_t pid;
+    ferry_agent_t *agent;
+    ferry_mem_t *mem;
+    ferry_peer_t *peer;
+    ferry_xfer_t *x;
+    uint8_t *src, *blob;
+    size_t len;
+    uint64_t raddr, done = UINT64_MAX;
+    ferry_desc_t l, r;
+    double sleeping, spinning;
+    int status;
+
+    ASSERT_TRUE(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        close(sv[0]);
+        return target(sv[1]);
+    }
+    close(sv[1]);
+    alarm(120); /* a hang fails the test instead of stalling the suite */
+
+    src = malloc(LEN);
+    ASSERT_TRUE(src != NULL);
+    l = (ferry_desc_t){(uintptr_t)src, LEN, FERRY_MEM_HOST, 0};
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &l, 1, &mem));
+    io(sv[0], &len, sizeof(len), 0);
+    blob = malloc(len);
+    io(sv[0], blob, len, 0);
+    io(sv[0], &raddr, sizeof(raddr), 0);
+    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
+    free(blob);
+    r = (ferry_desc_t){raddr, LEN, FERRY_MEM_HOST, 0};
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                           NULL, &x));
+
+    /* A warm-up transfer connects and checks the passive target serves it. */
+    test_fill(src, LEN, 31, 0, 0);
+    EXPECT_ST(FERRY_OK, ferry_xfer_post(x) == FERRY_OK ? FERRY_OK
+                                                         : ferry_xfer_wait(x, 30 * SEC));
+    {
+        uint64_t iter = 0, bad = 0;
+
+        io(sv[0], &iter, sizeof(iter), 1);
+        io(sv[0], &bad, sizeof(bad), 0);
+        EXPECT_EQ(UINT64_MAX, bad);
+    }
+
+    sleeping = stalled_wait(x, src, pid, sv[0], 1, 0);
+    spinning = stalled_wait(x, src, pid, sv[0], 2, 1);
+    EXPECT_TRUE(sleeping < 0.05);
+    EXPECT_TRUE(spinning > 0.3);
+
+    io(sv[0], &done, sizeof(done), 1);
+    ferry_xfer_release(x);
+    ferry_peer_forget(peer);
+    ferry_mem_deregister(mem);
+    ferry_agent_destroy(agent);
+    free(src);
+    EXPECT_EQ(pid, waitpid(pid, &status, 0));
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    return test_finish("test_wait");
+}
