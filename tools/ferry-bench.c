@@ -40,12 +40,18 @@
 #define WAIT_TIMEOUT_NS (60LL * 1000000000LL)
 
 enum { ROLE_LAUNCHER = -1, ROLE_INITIATOR = 0, ROLE_TARGET = 1 };
+/* How rank 1 serves: spinning on progress (as ucx_perftest's responder
+ * does), sleeping on ferry_agent_fd(), or leaving it to ferry's progress
+ * thread. Transports that emulate RMA need the target's CPU, so this
+ * matters; see --target. */
+enum { TARGET_SPIN, TARGET_FD, TARGET_THREAD };
 
 typedef struct options {
     size_t sizes[MAX_SIZES];
     size_t nsizes;
     size_t iters, warmup, batch;
     bool do_write, do_read, check;
+    int target_mode; /* TARGET_SPIN, TARGET_FD or TARGET_THREAD */
     const char *csv_path, *json_path;
     size_t prepare_n; /* 0: not in --prepare-bench mode */
     int role, fd;
@@ -240,6 +246,10 @@ static void rank_setup(rank_ctx_t *rc, const options_t *o)
 
     snprintf(name, sizeof(name), "ferry-bench-rank%d", o->role);
     ap.name = name;
+    if (o->role == ROLE_TARGET && o->target_mode == TARGET_THREAD) {
+        ap.field_mask |= FERRY_AGENT_PARAM_PROGRESS_THREAD;
+        ap.progress_thread = 1;
+    }
     CHECK(ferry_agent_create(&ap, &rc->agent));
     ferry_desc_t d = {.addr = (uintptr_t)rc->buf, .len = rc->buf_len,
                       .kind = FERRY_MEM_HOST};
@@ -286,16 +296,31 @@ static int run_target(const options_t *o)
     msg_t m, r;
 
     rank_setup(&rc, o);
+    struct pollfd pfd[2] = {{.fd = rc.fd, .events = POLLIN},
+                            {.fd = -1, .events = POLLIN}};
+    if (o->target_mode == TARGET_FD) {
+        CHECK(ferry_agent_fd(rc.agent, &pfd[1].fd));
+    }
     for (;;) {
-        ferry_agent_progress(rc.agent);
-        /* Checking the socket on every spin would make the target mostly
-         * a poll() loop; commands are rare and never timed. */
-        if ((++spins & 63) != 0) {
-            continue;
-        }
-        struct pollfd pfd = {.fd = rc.fd, .events = POLLIN};
-        if (poll(&pfd, 1, 0) <= 0) {
-            continue;
+        if (o->target_mode == TARGET_SPIN) {
+            ferry_agent_progress(rc.agent);
+            /* Checking the socket on every spin would make the target
+             * mostly a poll() loop; commands are rare and never timed. */
+            if ((++spins & 63) != 0 || poll(pfd, 1, 0) <= 0) {
+                continue;
+            }
+        } else {
+            /* Progress until nothing is left, then sleep on the socket
+             * and, in fd mode, on the agent's fd; the progress thread
+             * needs nothing from us. */
+            while (o->target_mode == TARGET_FD &&
+                   ferry_agent_progress(rc.agent) == FERRY_IN_PROGRESS) {
+            }
+            if (poll(pfd, o->target_mode == TARGET_FD ? 2 : 1,
+                     o->target_mode == TARGET_FD ? 100 : -1) <= 0 ||
+                !(pfd[0].revents & (POLLIN | POLLHUP))) {
+                continue;
+            }
         }
         sock_io(rc.fd, &m, sizeof(m), false);
         if (m.cmd == CMD_DONE) {
@@ -725,6 +750,9 @@ static void usage(FILE *f)
         "  --check            fill and verify data every iteration (untimed)\n"
         "  --csv FILE         also write the results as CSV\n"
         "  --json FILE        also write the results as JSON\n"
+        "  --target spin|fd|thread  how rank 1 drives progress: spinning\n"
+        "                     (default, like ucx_perftest), sleeping on\n"
+        "                     ferry_agent_fd(), or ferry's progress thread\n"
         "  --prepare-bench [N]  in one process, time preparing a WRITE of N\n"
         "                     64-byte descriptors (default 100000)\n");
 }
@@ -775,7 +803,7 @@ static void parse_sizes(options_t *o, const char *list)
 static void parse_options(options_t *o, int argc, char **argv)
 {
     enum { O_SIZES = 256, O_ITERS, O_WARMUP, O_BATCH, O_OP, O_CHECK, O_CSV,
-           O_JSON, O_PREP, O_ROLE, O_FD, O_HELP };
+           O_JSON, O_TARGET, O_PREP, O_ROLE, O_FD, O_HELP };
     static const struct option longs[] = {
         {"sizes", required_argument, NULL, O_SIZES},
         {"iters", required_argument, NULL, O_ITERS},
@@ -785,6 +813,7 @@ static void parse_options(options_t *o, int argc, char **argv)
         {"check", no_argument, NULL, O_CHECK},
         {"csv", required_argument, NULL, O_CSV},
         {"json", required_argument, NULL, O_JSON},
+        {"target", required_argument, NULL, O_TARGET},
         {"prepare-bench", optional_argument, NULL, O_PREP},
         {"role", required_argument, NULL, O_ROLE}, /* hidden: set by launch() */
         {"fd", required_argument, NULL, O_FD},     /* hidden: set by launch() */
@@ -815,6 +844,17 @@ static void parse_options(options_t *o, int argc, char **argv)
         case O_CHECK: o->check = true; break;
         case O_CSV: o->csv_path = optarg; break;
         case O_JSON: o->json_path = optarg; break;
+        case O_TARGET:
+            if (!strcmp(optarg, "spin")) {
+                o->target_mode = TARGET_SPIN;
+            } else if (!strcmp(optarg, "fd")) {
+                o->target_mode = TARGET_FD;
+            } else if (!strcmp(optarg, "thread")) {
+                o->target_mode = TARGET_THREAD;
+            } else {
+                die("--target takes spin, fd or thread, not '%s'", optarg);
+            }
+            break;
         case O_PREP:
             /* getopt only attaches an optional argument given with '=';
              * accept "--prepare-bench N" too. */
