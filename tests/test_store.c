@@ -102,6 +102,9 @@ static void case_ops(void)
     EXPECT_ST(FERRY_OK, ferry_store_add(b, "ctr", -12, &v));
     EXPECT_EQ(-7, v);
     EXPECT_ST(FERRY_OK, ferry_store_set(a, "ctr2", "40", 2));
+    /* SET has no reply in the protocol: a's ping returns only after the
+     * server applied a's set, which b's add must see. */
+    EXPECT_ST(FERRY_OK, ferry_store_ping(a));
     EXPECT_ST(FERRY_OK, ferry_store_add(b, "ctr2", 2, &v));
     EXPECT_EQ(42, v);
     void *txt = NULL;
@@ -140,7 +143,9 @@ static void case_ops(void)
 
     /* append */
     EXPECT_ST(FERRY_OK, ferry_store_append(a, "app", "ab", 2));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(a)); /* APPEND has no reply either */
     EXPECT_ST(FERRY_OK, ferry_store_append(b, "app", "cde", 3));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(b));
     EXPECT_ST(FERRY_OK, ferry_store_get(a, "app", &txt, &tlen));
     EXPECT_TRUE(tlen == 5 && memcmp(txt, "abcde", 5) == 0);
     ferry_store_free(txt);
