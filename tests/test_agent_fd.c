@@ -1,0 +1,88 @@
+/*
+ * Event-loop integration: an epoll loop on ferry_agent_fd() completes 10 000
+ * WRITE and READ requests, sleeping in epoll_wait between them instead of
+ * polling. The target is a second agent in this process with a progress
+ * thread. If the fd failed to report work, every request would wait for the
+ * loop's 200 ms timeout, so the test counts those timeouts and fails on any
+ * more than a handful; it also checks the bytes of every 100th request.
+ */
+#include "test.h"
+
+#include <sys/epoll.h>
+
+#define N 10000
+#define LEN 4096
+
+int main(void)
+{
+    ferry_agent_params_t tp = {.field_mask = FERRY_AGENT_PARAM_NAME |
+                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .name = "fd-target", .progress_thread = 1};
+    ferry_agent_t *me, *target;
+    ferry_mem_t *mm, *tm;
+    ferry_peer_t *peer;
+    ferry_xfer_t *w, *r;
+    static uint8_t src[LEN], dst[LEN], back[LEN];
+    ferry_desc_t ds = {(uintptr_t)src, LEN, FERRY_MEM_HOST, 0};
+    ferry_desc_t db = {(uintptr_t)back, LEN, FERRY_MEM_HOST, 0};
+    ferry_desc_t dd = {(uintptr_t)dst, LEN, FERRY_MEM_HOST, 0};
+    ferry_desc_t mine[2] = {ds, db};
+    struct epoll_event ev = {.events = EPOLLIN}, out;
+    void *blob;
+    size_t len;
+    int fd, ep, timeouts = 0, sleeps = 0;
+
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &me));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&tp, &target));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(me, mine, 2, &mm));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(target, &dd, 1, &tm));
+    ASSERT_ST(FERRY_OK, ferry_md_pack(target, &blob, &len));
+    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &peer));
+    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &ds, 1, peer, &dd, 1,
+                                           NULL, &w));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_READ, &db, 1, peer, &dd, 1,
+                                           NULL, &r));
+
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_agent_fd(NULL, &fd));
+    ASSERT_ST(FERRY_OK, ferry_agent_fd(me, &fd));
+    ep = epoll_create1(0);
+    ASSERT_TRUE(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+
+    for (int i = 0; i < N; i++) {
+        ferry_xfer_t *x = (i & 1) ? r : w;
+        ferry_status_t st;
+
+        if (i % 100 == 0 && x == w)
+            test_fill(src, LEN, 3, (uint64_t)i, 0);
+        st = ferry_xfer_post(x);
+        ASSERT_TRUE(st == FERRY_OK || st == FERRY_IN_PROGRESS);
+        while (st == FERRY_IN_PROGRESS) {
+            /* Drain the agent; sleep only once it says nothing is left. */
+            while (ferry_agent_progress(me) == FERRY_IN_PROGRESS)
+                ;
+            st = ferry_xfer_test(x);
+            if (st != FERRY_IN_PROGRESS)
+                break;
+            sleeps++;
+            if (epoll_wait(ep, &out, 1, 200) == 0)
+                timeouts++;
+            st = ferry_xfer_test(x);
+        }
+        ASSERT_ST(FERRY_OK, st);
+        if (i % 100 == 1) { /* the READ after a filled WRITE */
+            ferry_agent_progress(target); /* order with its progress thread */
+            EXPECT_EQ(UINT64_MAX, test_verify(back, LEN, 3, (uint64_t)i - 1, 0));
+        }
+    }
+    printf("test_agent_fd: %d requests, %d sleeps in epoll_wait, %d timed out\n", N,
+           sleeps, timeouts);
+    EXPECT_TRUE(timeouts <= 5);
+
+    ferry_xfer_release(w);
+    ferry_xfer_release(r);
+    ferry_peer_forget(peer);
+    ferry_agent_destroy(target);
+    ferry_agent_destroy(me);
+    return test_finish("test_agent_fd");
+}
