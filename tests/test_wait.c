@@ -123,6 +123,12 @@ static double stalled_wait(ferry_xfer_t *x, uint8_t *src, pid_t pid, int fd,
 
     test_fill(src, LEN, 31, iter, 0);
     kill(pid, SIGSTOP);
+    /* Signals arrive asynchronously: post only once the target has stopped. */
+    {
+        int ws;
+
+        ASSERT_TRUE(waitpid(pid, &ws, WUNTRACED) == pid && WIFSTOPPED(ws));
+    }
     st = ferry_xfer_post(x);
     ASSERT_TRUE(st == FERRY_IN_PROGRESS);
     if (!spin) {
