@@ -98,84 +98,62 @@ static void store_break(ferry_store_t *s)
     }
 }
 
-static ferry_status_t store_send(ferry_store_t *s, const void *p, size_t n,
-                                 uint64_t deadline, const char *op)
+/*
+ * Moves n bytes to (sending) or from the server before the deadline. A send
+ * that times out breaks the connection (a partial request would put it out
+ * of step); a receive that times out leaves it to the caller, which may
+ * still cancel a wait. Losing the connection is PEER_LOST.
+ */
+static ferry_status_t store_io(ferry_store_t *s, uint8_t *b, size_t n,
+                               uint64_t deadline, const char *op, bool sending)
 {
-    const uint8_t *b = p;
-
     while (n > 0) {
-        ssize_t k = send(s->fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t k = sending ? send(s->fd, b, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+                            : recv(s->fd, b, n, MSG_DONTWAIT);
+        int e = errno;
 
         if (k > 0) {
             b += k;
             n -= (size_t)k;
             continue;
         }
-        if (k < 0 && errno == EINTR)
+        if (k < 0 && e == EINTR)
             continue;
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int w = wait_fd(s->fd, POLLOUT, deadline);
+        if (k < 0 && (e == EAGAIN || e == EWOULDBLOCK)) {
+            int w = wait_fd(s->fd, sending ? POLLOUT : POLLIN, deadline);
 
             if (w > 0)
                 continue;
-            store_break(s);
+            e = errno;
+            if (w < 0 || sending)
+                store_break(s);
             if (w == 0)
-                return ferry__error(FERRY_ERR_TIMEOUT,
-                                    "store %s: %s: timed out sending the "
-                                    "request", s->url, op);
-            return ferry__error(FERRY_ERR_SYSTEM, "store %s: %s: poll: %s",
-                                s->url, op, strerror(errno));
+                return ferry__error(FERRY_ERR_TIMEOUT, "store %s: %s: %s", s->url,
+                                    op, sending ? "timed out sending the request"
+                                                : "no reply in time");
+            return ferry__error(FERRY_ERR_SYSTEM, "store %s: %s: poll: %s", s->url,
+                                op, strerror(e));
         }
-        int e = errno;
-
         store_break(s);
-        return ferry__error(FERRY_ERR_PEER_LOST,
-                            "store %s: %s: connection lost while sending: %s",
+        if (k == 0)
+            return ferry__error(FERRY_ERR_PEER_LOST, "store %s: %s: the server "
+                                "closed the connection", s->url, op);
+        return ferry__error(FERRY_ERR_PEER_LOST, "store %s: %s: connection lost: %s",
                             s->url, op, strerror(e));
     }
     return FERRY_OK;
 }
 
+static ferry_status_t store_send(ferry_store_t *s, const void *p, size_t n,
+                                 uint64_t deadline, const char *op)
+{
+    return store_io(s, (uint8_t *)(uintptr_t)p, n, deadline, op, true);
+}
+
 static ferry_status_t store_recv(ferry_store_t *s, void *p, size_t n,
                                  uint64_t deadline, const char *op)
 {
-    uint8_t *b = p;
-
-    while (n > 0) {
-        ssize_t k = recv(s->fd, b, n, MSG_DONTWAIT);
-
-        if (k > 0) {
-            b += k;
-            n -= (size_t)k;
-            continue;
-        }
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int w = wait_fd(s->fd, POLLIN, deadline);
-
-            if (w > 0)
-                continue;
-            if (w == 0)
-                return ferry__error(FERRY_ERR_TIMEOUT,
-                                    "store %s: %s: no reply in time", s->url,
-                                    op);
-            store_break(s);
-            return ferry__error(FERRY_ERR_SYSTEM, "store %s: %s: poll: %s",
-                                s->url, op, strerror(errno));
-        }
-        int e = errno;
-
-        store_break(s);
-        if (k == 0)
-            return ferry__error(FERRY_ERR_PEER_LOST,
-                                "store %s: %s: the server closed the "
-                                "connection", s->url, op);
-        return ferry__error(FERRY_ERR_PEER_LOST,
-                            "store %s: %s: connection lost: %s", s->url, op,
-                            strerror(e));
-    }
-    return FERRY_OK;
+    return store_io(s, p, n, deadline, op, false);
 }
 
 /* Receives a reply; a timeout here leaves the stream out of step, so it
