@@ -208,51 +208,65 @@ static bool ferry__in_flight(ferry_xfer_t *x)
     return atomic_load_explicit(&x->state, memory_order_acquire) == FERRY__XFER_ACTIVE;
 }
 
-ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns)
+/*
+ * Polls while the transports are busy and for spin_ns after the last event:
+ * short waits are answered fastest that way, and queued sends keep moving.
+ * Returns true when x finished or the deadline passed, false when it is
+ * time to sleep.
+ */
+static bool ferry__wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
 {
     ferry_agent_t *agent = x->agent;
     uint64_t spin_end = ferry__now_ns() + agent->spin_ns;
-    ferry_status_t st;
 
-    /* Poll while the transports are busy and briefly after: short waits are
-     * answered fastest that way, and queued sends keep moving. */
     for (;;) {
         uint64_t now;
         unsigned n;
 
         if (!ferry__in_flight(x))
-            return ferry_xfer_test(x);
+            return true;
         ferry__agent_lock(agent);
         n = ferry__progress_locked(agent);
         ferry__agent_unlock(agent);
         now = ferry__now_ns();
         if (now >= deadline_ns)
-            return ferry_xfer_test(x);
+            return true;
         if (n > 0) {
             spin_end = now + agent->spin_ns;
         } else {
             if (now >= spin_end)
-                break;
+                return false;
             /* Nothing moved: on a busy machine the peer that must move next
              * may be waiting for this core. */
             sched_yield();
         }
     }
+}
+
+/*
+ * Sleeps until x finishes or the deadline passes (true), or until traffic
+ * resumes (false: back to polling). See the top of this file for who sleeps
+ * on what.
+ */
+static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
+{
+    ferry_agent_t *agent = x->agent;
+    bool traffic = false;
+    ferry_status_t st;
 
     ferry__agent_lock(agent);
-    while (ferry__in_flight(x)) {
+    while (ferry__in_flight(x) && !traffic) {
         int ms = ferry__ms_until(deadline_ns);
 
         if (ms == 0 && ferry__now_ns() >= deadline_ns)
             break;
         if (!agent->has_thread && !agent->polling) {
             if (ferry__progress_locked(agent) > 0) {
-                /* Traffic again: back to polling. */
-                ferry__agent_unlock(agent);
-                return ferry__wait(x, deadline_ns);
+                traffic = true;
+                break;
             }
             if (!ferry__in_flight(x))
-                continue;
+                break;
             /* Armed, the fd wakes us on new events; busy (sends queued for a
              * peer that does not drain them), a short nap retries them. */
             st = ferry__arm_locked(agent);
@@ -263,7 +277,7 @@ ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns)
             else
                 ferry__nap(ms);
             ferry__agent_lock(agent);
-            ferry__progress_locked(agent);
+            traffic = ferry__progress_locked(agent) > 0;
             agent->polling = false;
             pthread_cond_broadcast(&agent->done_cv);
         } else {
@@ -276,7 +290,14 @@ ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns)
         }
     }
     ferry__agent_unlock(agent);
+    return !traffic;
+}
+
+ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns)
+{
+    while (!ferry__wait_polling(x, deadline_ns) && !ferry__wait_sleeping(x, deadline_ns))
+        ;
     if (ferry__in_flight(x))
         return FERRY_IN_PROGRESS;
-    return ferry__xfer_result(x);
+    return ferry_xfer_test(x);
 }
