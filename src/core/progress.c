@@ -31,6 +31,8 @@
 /* UCX does not signal its fd when a full shared-memory FIFO drains, so a
  * sender with queued fragments must not sleep long: sleeps are short. */
 #define FERRY__SLEEP_MAX_MS 1
+/* The longest nap between retries of sends queued for a stalled peer. */
+#define FERRY__NAP_MAX_MS 16
 
 unsigned ferry__progress_locked(ferry_agent_t *agent)
 {
@@ -64,6 +66,17 @@ static void ferry__nap(int ms)
     struct timespec ts = {0, (long)ms * 1000000};
 
     nanosleep(&ts, NULL);
+}
+
+/* Whole milliseconds left before the deadline, at least 1, at most a day. */
+static int ferry__ms_left(uint64_t deadline_ns)
+{
+    uint64_t now = ferry__now_ns(), ms;
+
+    if (deadline_ns <= now)
+        return 1;
+    ms = (deadline_ns - now + 999999) / 1000000;
+    return ms > 86400000 ? 86400000 : (int)ms;
 }
 
 static int ferry__ms_until(uint64_t deadline_ns)
@@ -252,6 +265,7 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
 {
     ferry_agent_t *agent = x->agent;
     bool traffic = false;
+    int nap_ms = 1;
     ferry_status_t st;
 
     ferry__agent_lock(agent);
@@ -272,10 +286,16 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
             st = ferry__arm_locked(agent);
             agent->polling = true;
             ferry__agent_unlock(agent);
-            if (st == FERRY_OK)
+            if (st == FERRY_OK) {
                 ferry__sleep(agent, ms);
-            else
-                ferry__nap(ms);
+            } else {
+                /* A peer that stays stalled is retried less and less often,
+                 * up to FERRY__NAP_MAX_MS; any traffic resets the pace. */
+                ferry__nap(nap_ms < ferry__ms_left(deadline_ns) ? nap_ms
+                                                                : ferry__ms_left(deadline_ns));
+                if (nap_ms < FERRY__NAP_MAX_MS)
+                    nap_ms *= 2;
+            }
             ferry__agent_lock(agent);
             traffic = ferry__progress_locked(agent) > 0;
             agent->polling = false;
