@@ -38,19 +38,6 @@ static forge_t forge_default(void)
                      0, 4096, 0x20000, FERRY_MEM_HOST, 0, 0, 0, 0, 0};
 }
 
-static size_t section(ferry__wbuf_t *w, uint16_t type)
-{
-    ferry__wbuf_u16(w, type);
-    ferry__wbuf_u16(w, 0);
-    ferry__wbuf_u32(w, 0);
-    return w->len - 4;
-}
-
-static void section_end(ferry__wbuf_t *w, size_t pos)
-{
-    ferry__wbuf_put_u32_at(w, pos, (uint32_t)(w->len - pos - 4));
-}
-
 static void region(ferry__wbuf_t *w, const forge_t *f, uint32_t id, uint8_t kind,
                    uint64_t addr, uint64_t len, uint32_t key_delta, int extra_bk)
 {
@@ -83,31 +70,31 @@ static void forge(const forge_t *f, ferry__wbuf_t *w)
     ferry__wbuf_reserve(w, FERRY__MD_HDR_LEN);
     memset(w->data, 0, FERRY__MD_HDR_LEN);
     for (int a = 0; a < f->agent_sections; a++, n++) {
-        pos = section(w, FERRY__MD_SEC_AGENT);
+        pos = ferry__md_section(w, FERRY__MD_SEC_AGENT);
         ferry__wbuf_u64(w, 0x1122334455667788ull);
         ferry__wbuf_u16(w, (uint16_t)(name_n + (size_t)f->name_len_delta));
         ferry__wbuf_bytes(w, f->name, name_n);
         ferry__wbuf_u16(w, 4);
         ferry__wbuf_bytes(w, "host", 4);
         ferry__wbuf_u32(w, 4242);
-        section_end(w, pos);
+        ferry__md_section_end(w, pos);
     }
-    pos = section(w, FERRY__MD_SEC_BACKEND);
+    pos = ferry__md_section(w, FERRY__MD_SEC_BACKEND);
     ferry__wbuf_u16(w, FERRY__BK_UCX);
     ferry__wbuf_bytes(w, "ucx-address", 11);
-    section_end(w, pos);
+    ferry__md_section_end(w, pos);
     n++;
     if (f->unknown_section) {
-        pos = section(w, 777);
+        pos = ferry__md_section(w, 777);
         ferry__wbuf_bytes(w, "from a newer version", 20);
-        section_end(w, pos);
+        ferry__md_section_end(w, pos);
         n++;
     }
-    pos = section(w, FERRY__MD_SEC_REGIONS);
+    pos = ferry__md_section(w, FERRY__MD_SEC_REGIONS);
     ferry__wbuf_u32(w, f->region_count_override ? f->region_count_override : 2);
     region(w, f, 0, FERRY_MEM_HOST, 0x10000, 0x1000, f->rkey_len_delta, f->unknown_backend);
     region(w, f, 1, f->region_kind, f->region_addr, f->region_len, 0, 0);
-    section_end(w, pos);
+    ferry__md_section_end(w, pos);
     n++;
     for (int i = 0; i < f->trailing; i++)
         ferry__wbuf_u8(w, 0);

@@ -250,8 +250,7 @@ err:
     return st;
 }
 
-/* Starts a section and returns the position of its length field. */
-static size_t ferry__md_section(ferry__wbuf_t *w, uint16_t type)
+size_t ferry__md_section(ferry__wbuf_t *w, uint16_t type)
 {
     ferry__wbuf_u16(w, type);
     ferry__wbuf_u16(w, 0);
@@ -259,7 +258,7 @@ static size_t ferry__md_section(ferry__wbuf_t *w, uint16_t type)
     return w->len - 4;
 }
 
-static void ferry__md_section_end(ferry__wbuf_t *w, size_t lenpos)
+void ferry__md_section_end(ferry__wbuf_t *w, size_t lenpos)
 {
     ferry__wbuf_put_u32_at(w, lenpos, (uint32_t)(w->len - lenpos - 4));
 }

@@ -41,6 +41,7 @@
 #define FERRY_CORE_MD_H
 
 #include "backends/backend.h"
+#include "util/buf.h"
 #include "util/status.h"
 
 #include <stddef.h>
@@ -91,6 +92,12 @@ typedef struct ferry__md {
 ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
                                ferry__md_t *md);
 void ferry__md_clear(ferry__md_t *md);
+
+/* Starts a section header and returns the position of its length field;
+ * ferry__md_section_end() fills that in once the payload is written (also
+ * used by tests to forge blobs). */
+size_t ferry__md_section(ferry__wbuf_t *w, uint16_t type);
+void ferry__md_section_end(ferry__wbuf_t *w, size_t lenpos);
 
 /* Fills in the header's length and checksum of a blob whose sections have
  * been written (also used by tests to forge blobs). */
