@@ -74,6 +74,22 @@ static int test_failures;
                           (substr));                                          \
     } while (0)
 
+/* The in-process metadata exchange: packs from's blob and loads it into
+ * into (from may be into itself, a loopback peer). */
+static inline ferry_status_t test_exchange(ferry_agent_t *into, ferry_agent_t *from,
+                                           ferry_peer_t **peer_p)
+{
+    void *blob;
+    size_t len;
+    ferry_status_t st = ferry_md_pack(from, &blob, &len);
+
+    if (st != FERRY_OK)
+        return st;
+    st = ferry_peer_load(into, blob, len, peer_p);
+    ferry_md_free(blob);
+    return st;
+}
+
 /* Prints the summary line and returns the process exit code. */
 static inline int test_finish(const char *name)
 {

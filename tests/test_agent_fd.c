@@ -28,17 +28,13 @@ int main(void)
     ferry_desc_t dd = {(uintptr_t)dst, LEN, FERRY_MEM_HOST, 0};
     ferry_desc_t mine[2] = {ds, db};
     struct epoll_event ev = {.events = EPOLLIN}, out;
-    void *blob;
-    size_t len;
     int fd, ep, timeouts = 0, sleeps = 0;
 
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &me));
     ASSERT_ST(FERRY_OK, ferry_agent_create(&tp, &target));
     ASSERT_ST(FERRY_OK, ferry_mem_register(me, mine, 2, &mm));
     ASSERT_ST(FERRY_OK, ferry_mem_register(target, &dd, 1, &tm));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(target, &blob, &len));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &peer));
-    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, test_exchange(me, target, &peer));
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &ds, 1, peer, &dd, 1,
                                            NULL, &w));
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_READ, &db, 1, peer, &dd, 1,

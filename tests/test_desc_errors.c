@@ -126,8 +126,6 @@ static void lifetime_rules(void)
     ferry_peer_t *peer;
     ferry_xfer_t *x, *y;
     ferry_desc_t da = desc(a, BUF), db = desc(b, BUF);
-    void *blob;
-    size_t len;
     ferry_status_t st;
     int saw_busy = 0;
 
@@ -136,8 +134,7 @@ static void lifetime_rules(void)
     unsetenv("FERRY_UCX_TLS");
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &da, 1, &ma));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &db, 1, &mb));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
+    ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &da, 1, peer, &db,
                                            1, NULL, &x));
     EXPECT_ST(FERRY_ERR_INVALID, ferry_xfer_test(x)); /* never posted */
@@ -180,7 +177,6 @@ static void lifetime_rules(void)
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_xfer_post(y));
     ferry_xfer_release(y);
-    ferry_md_free(blob);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(ma));
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mb));
     ferry_agent_destroy(agent);
@@ -209,16 +205,12 @@ static void replacement_rules(void)
     ferry_peer_t *peer, *same;
     ferry_xfer_t *x;
     ferry_desc_t dl = desc(a, 4096), dr = desc(b, 4096), dm = desc(b + 8192, 4096);
-    void *blob;
-    size_t len;
 
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &me));
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &old_inst));
     ASSERT_ST(FERRY_OK, ferry_mem_register(me, &dl, 1, &mine));
     ASSERT_ST(FERRY_OK, ferry_mem_register(old_inst, &dr, 1, &theirs_old));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(old_inst, &blob, &len));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &peer));
-    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, test_exchange(me, old_inst, &peer));
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &dl, 1, peer, &dr, 1,
                                            NULL, &x));
     test_fill(a, 4096, 5, 1, 0);
@@ -227,9 +219,7 @@ static void replacement_rules(void)
 
     /* Same instance, one more registration: same peer, request still good. */
     ASSERT_ST(FERRY_OK, ferry_mem_register(old_inst, &dm, 1, &more));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(old_inst, &blob, &len));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &same));
-    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, test_exchange(me, old_inst, &same));
     EXPECT_TRUE(same == peer);
     test_fill(a, 4096, 5, 2, 0);
     EXPECT_ST(FERRY_OK, finish(x, old_inst));
@@ -238,9 +228,7 @@ static void replacement_rules(void)
     /* A new instance under the same name: the old request is retired. */
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &new_inst));
     ASSERT_ST(FERRY_OK, ferry_mem_register(new_inst, &dr, 1, &theirs_new));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(new_inst, &blob, &len));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(me, blob, len, &same));
-    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, test_exchange(me, new_inst, &same));
     EXPECT_TRUE(same == peer);
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_xfer_post(x));
     EXPECT_ERR_HAS("replaced");
@@ -267,8 +255,6 @@ int main(void)
     ferry_mem_t *ma, *mb;
     ferry_peer_t *peer;
     ferry_desc_t da = desc(NULL, BUF / 2), db = desc(NULL, BUF / 2);
-    void *blob;
-    size_t len;
 
     a = malloc(BUF);
     b = malloc(BUF);
@@ -280,10 +266,8 @@ int main(void)
     registration_errors(agent);
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &da, 1, &ma));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &db, 1, &mb));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
+    ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
     prepare_errors(agent, peer);
-    ferry_md_free(blob);
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(ma));
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mb));

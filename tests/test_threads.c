@@ -84,8 +84,6 @@ int main(int argc, char **argv)
     ferry_desc_t d[2];
     ferry_mem_t *mem;
     pthread_t th[THREADS], ch;
-    void *blob;
-    size_t len;
 
     if (argc > 1)
         setenv("FERRY_UCX_TLS", argv[1], 1);
@@ -98,9 +96,7 @@ int main(int argc, char **argv)
     d[1] = (ferry_desc_t){(uintptr_t)dst, (uint64_t)THREADS * SLICE, FERRY_MEM_HOST, 0};
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 2, &mem));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
-    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
 
     ASSERT_TRUE(pthread_create(&ch, NULL, churner, NULL) == 0);
     for (intptr_t t = 0; t < THREADS; t++)

@@ -236,8 +236,6 @@ int main(void)
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem_a = NULL, *mem_b = NULL;
     ferry_peer_t *peer = NULL;
-    void *blob = NULL;
-    size_t blob_len = 0;
     test_rng_t rng;
     unsigned inline_posts = 0, async_posts = 0, busy_seen = 0;
     uint64_t t0 = xu_now_ns();
@@ -287,10 +285,7 @@ int main(void)
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &da, 1, &mem_a));
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, db, 2, &mem_b));
     }
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &blob_len));
-    ASSERT_TRUE(blob != NULL && blob_len > 0);
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, blob_len, &peer));
-    ferry_md_free(blob);
+    ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
     EXPECT_TRUE(strcmp(ferry_peer_name(peer), "loopback-agent") == 0);
 
     /* A request never posted has no result to report. */
