@@ -119,7 +119,11 @@ typedef enum ferry_mem_kind {
 /*
  * A contiguous range of memory. The same struct describes local and remote
  * memory: addr is always in the owner's address space. device is the GPU
- * ordinal for FERRY_MEM_CUDA and ignored for host memory.
+ * ordinal (as the owner's CUDA numbers its visible devices) for
+ * FERRY_MEM_CUDA and ignored for host memory. FERRY_MEM_AUTO asks
+ * ferry_mem_register() to find out (CUDA pointer attributes, when this
+ * process has loaded the CUDA driver; host memory otherwise); elsewhere it
+ * matches either kind.
  */
 typedef struct ferry_desc {
     uint64_t addr;
@@ -217,6 +221,18 @@ FERRY_API ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p);
  * FERRY_ERR_UNSUPPORTED for a memory kind no backend of this build can
  * register; FERRY_ERR_BACKEND if the transport refuses the memory. Any
  * thread.
+ *
+ * GPU memory (FERRY_MEM_CUDA, or AUTO on device memory) needs the CUDA
+ * driver, loaded on first use: without one the result is
+ * FERRY_ERR_UNSUPPORTED ("no CUDA driver was found"). The address must be
+ * device memory of the given device (else FERRY_ERR_INVALID), from
+ * cuMemAlloc/cudaMalloc or from cuMemCreate + cuMemMap with the POSIX file
+ * descriptor handle type (PyTorch's expandable segments); CUDA shares whole
+ * allocations, so a descriptor of cuMemAlloc memory must lie inside one
+ * allocation (FERRY_ERR_INVALID otherwise), while VMM memory may span
+ * several physical allocations mapped back to back. In a process that uses
+ * CUDA, host memory is page-locked while registered (FERRY_CUDA_PIN_HOST),
+ * so that host <-> GPU copies run at full speed.
  */
 FERRY_API ferry_status_t ferry_mem_register(ferry_agent_t *agent,
                                             const ferry_desc_t *descs,
@@ -284,8 +300,21 @@ typedef enum ferry_xfer_op {
     FERRY_OP_READ = 1   /* remote -> local */
 } ferry_xfer_op_t;
 
+/* Transport backends, as ferry_xfer_params_t.backend names them. */
+typedef enum ferry_backend {
+    FERRY_BACKEND_ANY = 0,     /* the library's choice (the default) */
+    FERRY_BACKEND_UCX = 1,     /* UCX: host memory, any host; GPU memory only
+                                * where UCX itself supports CUDA */
+    FERRY_BACKEND_CUDA_IPC = 2 /* CUDA IPC: the peer's GPU memory, same host */
+} ferry_backend_t;
+
+enum {
+    FERRY_XFER_PARAM_BACKEND = 1u << 0
+};
+
 typedef struct ferry_xfer_params {
-    uint64_t field_mask; /* no fields yet; pass NULL or 0 */
+    uint64_t field_mask;     /* FERRY_XFER_PARAM_* bits of the fields set */
+    ferry_backend_t backend; /* serve every pair with this backend only */
 } ferry_xfer_params_t;
 
 /*
@@ -300,6 +329,15 @@ typedef struct ferry_xfer_params {
  *   FERRY_ERR_OUT_OF_RANGE   a descriptor starts in a registration and runs
  *                            past its end
  *   FERRY_ERR_PEER_LOST      the peer was forgotten or replaced
+ *   FERRY_ERR_UNSUPPORTED    no backend can serve a pair; the text names
+ *                            the pair and what each backend lacks
+ * Each pair goes to a backend chosen here: GPU memory of a peer on the
+ * same host through CUDA IPC (the peer's allocation is mapped on first
+ * use), host memory through UCX, GPU memory to another host through UCX
+ * only where UCX reports CUDA support. CUDA IPC serves a remote GPU region
+ * with local GPU or host memory; a remote host region is reachable only
+ * through UCX. params->backend (FERRY_XFER_PARAM_BACKEND) restricts the
+ * choice to one backend.
  * Up to 2^32 - 1 descriptors per request. params may be NULL. On success
  * *xfer_p holds a request that may be posted any number of times. Any
  * thread.

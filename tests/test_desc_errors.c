@@ -9,9 +9,20 @@
  */
 #include "test.h"
 
+#include <dlfcn.h>
 #include <stdint.h>
 
 #define BUF (1u << 20)
+
+static int have_cuda_driver(void)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+
+    if (lib == NULL)
+        return 0;
+    dlclose(lib);
+    return 1;
+}
 
 static uint8_t *a, *b;
 
@@ -43,12 +54,22 @@ static void registration_errors(ferry_agent_t *agent)
     d[0].kind = (ferry_mem_kind_t)7;
     EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_register(agent, d, 3, &mem));
     EXPECT_ERR_HAS("descriptor 0");
-    /* Debian's UCX has no CUDA support and no GPU backend is built yet:
-     * GPU memory is refused up front, never handed to UCX as host memory. */
+    /* GPU memory: without a CUDA driver it is refused up front, saying so;
+     * with one, host memory that claims to be GPU memory is refused. */
     d[0] = (ferry_desc_t){(uintptr_t)a, 100, FERRY_MEM_CUDA, 0};
-    EXPECT_ST(FERRY_ERR_UNSUPPORTED, ferry_mem_register(agent, d, 1, &mem));
-    EXPECT_ERR_HAS("CUDA");
+    if (!have_cuda_driver()) {
+        EXPECT_ST(FERRY_ERR_UNSUPPORTED, ferry_mem_register(agent, d, 1, &mem));
+        EXPECT_ERR_HAS("no CUDA driver was found");
+    } else {
+        EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_register(agent, d, 1, &mem));
+        EXPECT_ERR_HAS("not device memory");
+    }
+    EXPECT_ERR_HAS("descriptor 0");
     EXPECT_TRUE(mem == NULL); /* outputs are written only on success */
+    /* AUTO on host memory registers it as host memory. */
+    d[0].kind = FERRY_MEM_AUTO;
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 1, &mem));
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
 }
 
 static void prepare_errors(ferry_agent_t *agent, ferry_peer_t *peer)
@@ -115,6 +136,26 @@ static void prepare_errors(ferry_agent_t *agent, ferry_peer_t *peer)
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, l, 3, peer, r, 3,
                                            NULL, &x));
     ferry_xfer_release(x);
+
+    /* Backend choice: an unknown backend is refused; CUDA IPC cannot reach
+     * a peer's host memory, and prepare says so, naming the pair. */
+    {
+        ferry_xfer_params_t xp = {.field_mask = FERRY_XFER_PARAM_BACKEND,
+                                  .backend = (ferry_backend_t)9};
+
+        EXPECT_ST(FERRY_ERR_INVALID, ferry_xfer_prepare(agent, FERRY_OP_WRITE, l, 3,
+                                                        peer, r, 3, &xp, &x));
+        EXPECT_ERR_HAS("unknown backend 9");
+        xp.backend = FERRY_BACKEND_CUDA_IPC;
+        EXPECT_ST(FERRY_ERR_UNSUPPORTED, ferry_xfer_prepare(agent, FERRY_OP_WRITE,
+                                                            l, 3, peer, r, 3, &xp, &x));
+        EXPECT_ERR_HAS("descriptor 0");
+        EXPECT_ERR_HAS("cuda_ipc cannot reach the peer's host memory");
+        xp.backend = FERRY_BACKEND_UCX;
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, l, 3, peer, r,
+                                               3, &xp, &x));
+        ferry_xfer_release(x);
+    }
 }
 
 /* BUSY and retirement rules; the transfer goes over TCP so it takes time. */

@@ -24,7 +24,14 @@
 /* Backend ids as they appear in metadata blobs; never renumbered. */
 enum {
     FERRY__BK_UCX = 1,
+    FERRY__BK_CUDA_IPC = 2,
     FERRY__BK_MAX = 4
+};
+
+/* Backend flags. */
+enum {
+    /* Reaches only peers on the same host (the blobs' host identities agree). */
+    FERRY__BK_SAME_HOST_ONLY = 1u << 0
 };
 
 /* One contiguous piece of a transfer, fully resolved at prepare. */
@@ -50,6 +57,7 @@ typedef struct ferry__backend_ops {
     size_t size; /* sizeof(ferry__backend_ops_t), for forward checks */
     const char *name;
     uint16_t id;
+    unsigned flags; /* FERRY__BK_* */
 
     /* Creates the per-agent context. */
     ferry_status_t (*init)(const char *agent_name, void **ctx_p);
@@ -61,7 +69,9 @@ typedef struct ferry__backend_ops {
 
     ferry_status_t (*mem_register)(void *ctx, const ferry_desc_t *desc,
                                    void **lreg_p);
-    /* Appends what a peer needs to reach the region (its remote key). */
+    /* Appends what a peer needs to reach the region (its remote key); a
+     * region for which nothing is appended is not advertised for this
+     * backend (it serves only the local side of transfers). */
     ferry_status_t (*mem_pack)(void *ctx, void *lreg, ferry__wbuf_t *out);
     void (*mem_deregister)(void *ctx, void *lreg);
 
@@ -94,5 +104,6 @@ typedef struct ferry__backend_ops {
 } ferry__backend_ops_t;
 
 extern const ferry__backend_ops_t ferry__ucx_ops;
+extern const ferry__backend_ops_t ferry__cuda_ipc_ops;
 
 #endif

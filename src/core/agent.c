@@ -11,7 +11,11 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+/* In order of preference: a pair of descriptors goes to the first backend
+ * that can serve it, so GPU memory of a peer on the same host takes CUDA
+ * IPC even where UCX could carry it too. */
 const ferry__backend_ops_t *const ferry__backends[FERRY__NBK] = {
+    &ferry__cuda_ipc_ops,
     &ferry__ucx_ops,
 };
 

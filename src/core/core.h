@@ -33,7 +33,7 @@
 #include <stdbool.h>
 
 /* Backends compiled in, by slot; a region or peer keeps one handle per slot. */
-#define FERRY__NBK 1
+#define FERRY__NBK 2
 
 typedef struct ferry__list {
     struct ferry__list *prev, *next;

@@ -308,13 +308,13 @@ ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p, size_t *len_p)
     ferry__wbuf_u32(&w, 0);
     for (size_t i = 0; i < agent->registry.n; i++) {
         const ferry__region_t *g = agent->registry.e[i].val;
+        size_t nbkpos;
         uint8_t nbk = 0;
 
-        for (unsigned k = 0; k < FERRY__NBK; k++)
-            nbk += g->lreg[k] != NULL;
         ferry__wbuf_u32(&w, g->id);
         ferry__wbuf_u8(&w, (uint8_t)g->desc.kind);
-        ferry__wbuf_u8(&w, nbk);
+        nbkpos = w.len;
+        ferry__wbuf_u8(&w, 0);
         ferry__wbuf_u16(&w, 0);
         ferry__wbuf_u32(&w, (uint32_t)g->desc.device);
         ferry__wbuf_u64(&w, g->desc.addr);
@@ -330,8 +330,15 @@ ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p, size_t *len_p)
             FERRY_CHECK_GOTO(ferry__backends[k]->mem_pack(agent->bk_ctx[k],
                                                           g->lreg[k], &w),
                              st, out_unlock);
+            if (!w.oom && w.len == lenpos + 4) { /* nothing to advertise */
+                w.len = lenpos - 2;
+                continue;
+            }
             ferry__wbuf_put_u32_at(&w, lenpos, (uint32_t)(w.len - lenpos - 4));
+            nbk++;
         }
+        if (!w.oom)
+            w.data[nbkpos] = nbk;
         nregions++;
     }
     ferry__wbuf_put_u32_at(&w, countpos, nregions);

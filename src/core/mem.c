@@ -4,6 +4,7 @@
  * map so that prepare finds the region covering a range in O(log n).
  */
 #include "core/core.h"
+#include "cuda/cuda.h"
 #include "util/log.h"
 
 #include <stdlib.h>
@@ -61,9 +62,40 @@ static ferry_status_t ferry__region_do(ferry_agent_t *agent, ferry__region_t *g,
     if (taken == 0)
         return ferry__error(FERRY_ERR_UNSUPPORTED,
                             "mem_register: descriptor %zu: no backend of this "
-                            "build can register %s memory (UCX here has no CUDA "
-                            "support and no CUDA IPC backend is built)", i,
+                            "build can register %s memory", i,
                             g->desc.kind == FERRY_MEM_CUDA ? "CUDA" : "this");
+    return FERRY_OK;
+}
+
+/* Settles a descriptor's kind and device: AUTO is detected, CUDA needs the
+ * driver and device memory of that device, and host memory must not be
+ * device memory (a transport handed a device pointer as host memory fails
+ * much later, far from the cause). */
+static ferry_status_t ferry__desc_kind(ferry_desc_t *d, size_t i)
+{
+    const ferry__cuda_t *cu;
+    ferry_mem_kind_t kind;
+    int32_t device;
+
+    if (d->kind == FERRY_MEM_CUDA && ferry__cuda_get(&cu) < 0) {
+        ferry__error_prefix("mem_register: descriptor %zu", i);
+        return FERRY_ERR_UNSUPPORTED;
+    }
+    ferry__cuda_classify(d->addr, &kind, &device);
+    if (d->kind == FERRY_MEM_CUDA && kind != FERRY_MEM_CUDA)
+        return ferry__error(FERRY_ERR_INVALID, "mem_register: descriptor %zu says "
+                            "CUDA memory, but 0x%llx is not device memory", i,
+                            (unsigned long long)d->addr);
+    if (d->kind == FERRY_MEM_CUDA && d->device != device)
+        return ferry__error(FERRY_ERR_INVALID, "mem_register: descriptor %zu says "
+                            "device %d, but 0x%llx is memory of device %d", i,
+                            (int)d->device, (unsigned long long)d->addr, (int)device);
+    if (d->kind == FERRY_MEM_HOST && kind == FERRY_MEM_CUDA)
+        return ferry__error(FERRY_ERR_INVALID, "mem_register: descriptor %zu says "
+                            "host memory, but 0x%llx is memory of CUDA device %d", i,
+                            (unsigned long long)d->addr, (int)device);
+    d->kind = kind;
+    d->device = kind == FERRY_MEM_CUDA ? device : -1;
     return FERRY_OK;
 }
 
@@ -89,17 +121,19 @@ ferry_status_t ferry_mem_register(ferry_agent_t *agent, const ferry_desc_t *desc
     mem->agent = agent;
     mem->n = n;
     mem->refs = 1;
+    for (i = 0; i < n; i++) {
+        mem->regions[i].desc = descs[i];
+        st = ferry__desc_kind(&mem->regions[i].desc, i);
+        if (st < 0) {
+            free(mem);
+            return st;
+        }
+    }
 
     ferry__agent_lock(agent);
     for (i = 0; i < n; i++) {
         ferry__region_t *g = &mem->regions[i];
 
-        g->desc = descs[i];
-        /* Without a CUDA driver loaded, AUTO can only mean host memory. */
-        if (g->desc.kind == FERRY_MEM_AUTO)
-            g->desc.kind = FERRY_MEM_HOST;
-        if (g->desc.kind == FERRY_MEM_HOST)
-            g->desc.device = -1;
         g->mem = mem;
         FERRY_CHECK_GOTO(ferry__region_do(agent, g, i), st, err_undo);
         st = ferry__imap_insert(&agent->registry, g->desc.addr, g->desc.len, g);

@@ -63,9 +63,53 @@ static int ferry__ptr_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* What prepare needs to know about the request beyond its descriptors. */
+typedef struct ferry__route {
+    bool same_host; /* the peer shares this host (CUDA IPC can reach it) */
+    uint16_t only;  /* the backend id the caller insists on, or 0 */
+} ferry__route_t;
+
+/* Why no backend can move pair i: each candidate's missing capability. */
+static ferry_status_t ferry__no_path(ferry_agent_t *agent, ferry__remote_t *remote,
+                                     const ferry__region_t *g,
+                                     const ferry__rregion_t *rr,
+                                     const ferry__route_t *route, size_t i)
+{
+    char why[384] = "";
+    size_t at = 0;
+
+    for (unsigned k = 0; k < FERRY__NBK && at < sizeof(why); k++) {
+        const ferry__backend_ops_t *ops = ferry__backends[k];
+
+        if (route->only != 0 && ops->id != route->only)
+            continue;
+        if (!ops->supports_kind(agent->bk_ctx[k], g->desc.kind))
+            at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s cannot take "
+                                   "%s memory (this build of it has no support "
+                                   "for it)", ops->name,
+                                   ferry__kind_name(g->desc.kind));
+        else if (g->lreg[k] == NULL)
+            at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s did not "
+                                   "register the local memory", ops->name);
+        else if (rr->md.bk[ops->id].data == NULL)
+            at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s cannot reach "
+                                   "the peer's %s memory (the peer offers no %s "
+                                   "access to it)", ops->name,
+                                   ferry__kind_name(rr->md.kind), ops->name);
+        else
+            at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s works only "
+                                   "between processes of one host", ops->name);
+    }
+    return ferry__error(FERRY_ERR_UNSUPPORTED, "prepare: descriptor %zu: no "
+                        "backend can move local %s memory to and from %s memory "
+                        "on peer '%s'%s", i, ferry__kind_name(g->desc.kind),
+                        ferry__kind_name(rr->md.kind), remote->md.name, why);
+}
+
 /* Under the lock: validates pair i and resolves it into a segment, its
  * backend slot and its local registration. */
 static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *remote,
+                                         const ferry__route_t *route,
                                          const ferry_desc_t *l, const ferry_desc_t *r,
                                          size_t i, ferry__bk_seg_t *seg,
                                          unsigned *slot_p, ferry_mem_t **mem_p)
@@ -88,14 +132,16 @@ static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *
     FERRY_CHECK(ferry__kind_check(l, g->desc.kind, "local", i));
     FERRY_CHECK(ferry__kind_check(r, rr->md.kind, "remote", i));
 
-    for (k = 0; k < FERRY__NBK; k++)
-        if (g->lreg[k] != NULL && rr->md.bk[ferry__backends[k]->id].data != NULL)
+    for (k = 0; k < FERRY__NBK; k++) {
+        const ferry__backend_ops_t *ops = ferry__backends[k];
+
+        if ((route->only == 0 || ops->id == route->only) && g->lreg[k] != NULL &&
+            rr->md.bk[ops->id].data != NULL &&
+            (route->same_host || !(ops->flags & FERRY__BK_SAME_HOST_ONLY)))
             break;
+    }
     if (k == FERRY__NBK)
-        return ferry__error(FERRY_ERR_UNSUPPORTED, "prepare: descriptor %zu: no "
-                            "backend can move %s memory to %s memory on peer '%s'",
-                            i, ferry__kind_name(g->desc.kind),
-                            ferry__kind_name(rr->md.kind), remote->md.name);
+        return ferry__no_path(agent, remote, g, rr, route, i);
     st = ferry__remote_rkey(agent, remote, rr, k, &seg->rkey);
     if (st < 0) {
         ferry__error_prefix("prepare: descriptor %zu", i);
@@ -114,6 +160,7 @@ static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *
  * backend; NULL when only one backend is built) and collects the distinct
  * local registrations into x->mems. */
 static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remote,
+                                     const ferry__route_t *route,
                                      const ferry_desc_t *local,
                                      const ferry_desc_t *rdesc, size_t n,
                                      ferry__bk_seg_t *segs, uint8_t *slots,
@@ -125,7 +172,7 @@ static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remo
     unsigned k = 0;
 
     for (size_t i = 0; i < n; i++) {
-        FERRY_CHECK_GOTO(ferry__resolve_one(agent, remote, &local[i], &rdesc[i], i,
+        FERRY_CHECK_GOTO(ferry__resolve_one(agent, remote, route, &local[i], &rdesc[i], i,
                                             &segs[i], &k, &mem),
                          st, err);
         if (slots != NULL)
@@ -201,9 +248,9 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     ferry__bk_seg_t *tmp = NULL;
     uint8_t *slots = NULL;
     ferry__remote_t *rm;
+    ferry__route_t route = {false, 0};
     ferry_status_t st;
 
-    (void)params;
     if (agent == NULL || peer == NULL || local == NULL || remote == NULL ||
         xfer_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "prepare: NULL argument");
@@ -218,6 +265,13 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     if (nlocal == 0 || nlocal > UINT32_MAX)
         return ferry__error(FERRY_ERR_INVALID, "prepare: %zu descriptors (1 to "
                             "2^32-1 allowed)", nlocal);
+    if (params != NULL && (params->field_mask & FERRY_XFER_PARAM_BACKEND)) {
+        if (params->backend != FERRY_BACKEND_ANY && params->backend != FERRY_BACKEND_UCX &&
+            params->backend != FERRY_BACKEND_CUDA_IPC)
+            return ferry__error(FERRY_ERR_INVALID, "prepare: unknown backend %d",
+                                (int)params->backend);
+        route.only = (uint16_t)params->backend;
+    }
 
     x = calloc(1, sizeof(*x));
     if (x != NULL) {
@@ -241,7 +295,8 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
 
     ferry__agent_lock(agent);
     rm = peer->remote;
-    FERRY_CHECK_GOTO(ferry__resolve(agent, rm, local, remote, nlocal,
+    route.same_host = strcmp(rm->md.host_id, agent->host_id) == 0;
+    FERRY_CHECK_GOTO(ferry__resolve(agent, rm, &route, local, remote, nlocal,
                                     tmp != NULL ? tmp : x->segs, slots, x),
                      st, err_unlock);
     ferry__group(x, tmp != NULL ? tmp : x->segs, slots);

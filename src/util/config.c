@@ -19,6 +19,13 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_WAIT_SPIN_US", "1000",
      "how long ferry_xfer_wait polls, in microseconds, before it sleeps on "
      "the transports' events"},
+    {"FERRY_CUDA_PIN_HOST", "1",
+     "1: page-lock registered host memory with cuMemHostRegister (in "
+     "processes that already use CUDA) so that host <-> GPU copies run at "
+     "full speed; 0: leave it pageable"},
+    {"FERRY_CUDA_FD_HANDOFF", "auto",
+     "how a peer's CUDA VMM file descriptors are fetched: auto (pidfd_getfd, "
+     "then the peer's hand-off socket), pidfd or socket"},
     {NULL, NULL, NULL},
 };
 

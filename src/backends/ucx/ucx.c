@@ -676,6 +676,7 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .size = sizeof(ferry__backend_ops_t),
     .name = "ucx",
     .id = FERRY__BK_UCX,
+    .flags = 0,
     .init = ferry__ucx_init,
     .fini = ferry__ucx_fini,
     .supports_kind = ferry__ucx_supports_kind,

@@ -1,0 +1,180 @@
+/*
+ * The lazy CUDA driver loader: one dlopen, one table, resolved through
+ * cuGetProcAddress at a pinned version, and the helpers every CUDA user in
+ * ferry shares (error texts, primary contexts, pointer classification).
+ */
+#include "cuda/cuda.h"
+#include "util/log.h"
+#include "util/status.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The driver's own lookup, as exported by libcuda.so.1 (the 4-argument
+ * form that every driver since CUDA 11.3 keeps for compatibility). */
+typedef CUresult (*ferry__cu_getproc_t)(const char *symbol, void **pfn,
+                                        int version, uint64_t flags);
+
+static pthread_once_t ferry__cuda_once = PTHREAD_ONCE_INIT;
+static ferry__cuda_t ferry__cuda_table;
+static ferry_status_t ferry__cuda_status = FERRY_ERR_UNSUPPORTED;
+static char ferry__cuda_why[256];
+
+static pthread_mutex_t ferry__cuda_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static CUcontext *ferry__cuda_ctxs; /* one per device, retained on first use */
+
+static void ferry__cuda_load(void)
+{
+    ferry__cuda_t *cu = &ferry__cuda_table;
+    ferry__cu_getproc_t getproc;
+    const char *missing = NULL;
+    CUresult res;
+    void *lib;
+
+    lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL) {
+        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why),
+                 "no CUDA driver was found (%s)", dlerror());
+        return;
+    }
+    getproc = (ferry__cu_getproc_t)dlsym(lib, "cuGetProcAddress");
+    if (getproc == NULL) {
+        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "the CUDA driver is "
+                 "too old: libcuda.so.1 has no cuGetProcAddress (CUDA 11.3+ needed)");
+        return;
+    }
+#define FERRY__CUDA_RESOLVE(name, params)                                     \
+    if (missing == NULL &&                                                    \
+        (getproc(#name, (void **)&cu->name, FERRY__CUDA_API_VERSION, 0) !=    \
+             CUDA_SUCCESS ||                                                  \
+         cu->name == NULL))                                                   \
+        missing = #name;
+    FERRY__CUDA_FNS(FERRY__CUDA_RESOLVE)
+#undef FERRY__CUDA_RESOLVE
+    if (missing != NULL) {
+        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "the CUDA driver "
+                 "lacks %s at API version %d (driver too old)", missing,
+                 FERRY__CUDA_API_VERSION);
+        return;
+    }
+    res = cu->cuInit(0);
+    if (res != CUDA_SUCCESS) {
+        const char *name = "unknown error";
+
+        cu->cuGetErrorName(res, &name);
+        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "a CUDA driver was "
+                 "found but cuInit failed: %s%s", name,
+                 res == CUDA_ERROR_NO_DEVICE ? " (no CUDA device is visible)" : "");
+        return;
+    }
+    if (cu->cuDriverGetVersion(&cu->driver_version) != CUDA_SUCCESS ||
+        cu->cuDeviceGetCount(&cu->ndevices) != CUDA_SUCCESS || cu->ndevices <= 0) {
+        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why),
+                 "a CUDA driver was found but no CUDA device is visible");
+        return;
+    }
+    ferry__cuda_ctxs = calloc((size_t)cu->ndevices, sizeof(*ferry__cuda_ctxs));
+    if (ferry__cuda_ctxs == NULL) {
+        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "no memory");
+        return;
+    }
+    ferry__cuda_status = FERRY_OK;
+    ferry__debug("CUDA driver %d.%d loaded, %d device(s)", cu->driver_version / 1000,
+                 cu->driver_version % 1000 / 10, cu->ndevices);
+}
+
+ferry_status_t ferry__cuda_get(const ferry__cuda_t **cu_p)
+{
+    pthread_once(&ferry__cuda_once, ferry__cuda_load);
+    if (ferry__cuda_status < 0)
+        return ferry__error(ferry__cuda_status, "%s", ferry__cuda_why);
+    *cu_p = &ferry__cuda_table;
+    return FERRY_OK;
+}
+
+const ferry__cuda_t *ferry__cuda_loaded(void)
+{
+    const ferry__cuda_t *cu;
+    void *lib;
+
+    /* A process whose own code has not loaded the driver holds no GPU
+     * memory: answer without paying for cuInit. */
+    lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+    if (lib == NULL)
+        return NULL;
+    dlclose(lib);
+    return ferry__cuda_get(&cu) == FERRY_OK ? cu : NULL;
+}
+
+ferry_status_t ferry__cuda_check(CUresult res, const char *call)
+{
+    const char *name = "unknown error", *text = "";
+
+    if (res == CUDA_SUCCESS)
+        return FERRY_OK;
+    ferry__cuda_table.cuGetErrorName(res, &name);
+    ferry__cuda_table.cuGetErrorString(res, &text);
+    return ferry__error(res == CUDA_ERROR_OUT_OF_MEMORY ? FERRY_ERR_NO_MEMORY
+                                                        : FERRY_ERR_BACKEND,
+                        "cuda: %s: %s (%s)", call, name, text);
+}
+
+ferry_status_t ferry__cuda_ctx(int device, CUcontext *ctx_p)
+{
+    const ferry__cuda_t *cu;
+    ferry_status_t st = FERRY_OK;
+    CUdevice dev;
+
+    FERRY_CHECK(ferry__cuda_get(&cu));
+    if (device < 0 || device >= cu->ndevices)
+        return ferry__error(FERRY_ERR_INVALID, "cuda: device %d does not exist "
+                            "(%d visible)", device, cu->ndevices);
+    pthread_mutex_lock(&ferry__cuda_ctx_lock);
+    if (ferry__cuda_ctxs[device] == NULL) {
+        st = FERRY__CU(cu, cuDeviceGet, (&dev, device));
+        if (st == FERRY_OK)
+            st = FERRY__CU(cu, cuDevicePrimaryCtxRetain,
+                           (&ferry__cuda_ctxs[device], dev));
+    }
+    *ctx_p = ferry__cuda_ctxs[device];
+    pthread_mutex_unlock(&ferry__cuda_ctx_lock);
+    return st;
+}
+
+ferry_status_t ferry__cuda_push(int device)
+{
+    CUcontext ctx;
+
+    FERRY_CHECK(ferry__cuda_ctx(device, &ctx));
+    return FERRY__CU(&ferry__cuda_table, cuCtxPushCurrent, (ctx));
+}
+
+void ferry__cuda_pop(void)
+{
+    CUcontext ctx;
+
+    ferry__cuda_table.cuCtxPopCurrent(&ctx);
+}
+
+void ferry__cuda_classify(uint64_t addr, ferry_mem_kind_t *kind_p,
+                          int32_t *device_p)
+{
+    const ferry__cuda_t *cu = ferry__cuda_loaded();
+    unsigned type = 0;
+    int ordinal = 0;
+
+    *kind_p = FERRY_MEM_HOST;
+    *device_p = 0;
+    if (cu == NULL ||
+        cu->cuPointerGetAttribute(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                                  (CUdeviceptr)addr) != CUDA_SUCCESS ||
+        type != CU_MEMORYTYPE_DEVICE ||
+        cu->cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                  (CUdeviceptr)addr) != CUDA_SUCCESS)
+        return;
+    *kind_p = FERRY_MEM_CUDA;
+    *device_p = ordinal;
+}
