@@ -32,9 +32,11 @@
  * timeouts), and =2 stops only after the first post of the first case (so
  * connection setup still gets the target's help).
  */
+#include "mem_util.h"
 #include "xfer_util.h"
 
-#define CAP (96ull << 20)        /* each side's registered buffer */
+#define HOST_CAP (96ull << 20)   /* each side's registered buffer, host runs */
+#define GPU_CAP (288ull << 20)   /* the same with GPU memory on either side */
 #define WAIT_NS (30ll * 1000 * 1000 * 1000)
 #define CTRL_TIMEOUT_MS 60000
 #define GUARD_MARGIN 4096        /* bytes checked around a case's window */
@@ -57,13 +59,45 @@ typedef struct xcase {
     ferry_xfer_op_t op;
 } xcase_t;
 
-static const xcase_t cases[] = {
+static const xcase_t host_cases[] = {
     {1, 64ull << 20, FERRY_OP_WRITE},     {1, 64ull << 20, FERRY_OP_READ},
     {7, 4ull << 20, FERRY_OP_WRITE},      {7, 4ull << 20, FERRY_OP_READ},
     {1024, 16ull << 10, FERRY_OP_WRITE},  {1024, 16ull << 10, FERRY_OP_READ},
     {100000, 256, FERRY_OP_WRITE},        {100000, 256, FERRY_OP_READ},
 };
-#define NCASES (sizeof(cases) / sizeof(cases[0]))
+
+/* With GPU memory: one copy per descriptor, so batches stop at 1 024, and
+ * single transfers go up to 256 MiB. */
+static const xcase_t gpu_cases[] = {
+    {1, 256ull << 20, FERRY_OP_WRITE},    {1, 256ull << 20, FERRY_OP_READ},
+    {7, 16ull << 20, FERRY_OP_WRITE},     {7, 16ull << 20, FERRY_OP_READ},
+    {1024, 64ull << 10, FERRY_OP_WRITE},  {1024, 64ull << 10, FERRY_OP_READ},
+};
+
+/* The run's memory: initiator and target kinds, and what follows. */
+static xm_kind_t mem_init = XM_HOST, mem_target = XM_HOST;
+static uint64_t CAP = HOST_CAP;
+static const xcase_t *cases = host_cases;
+static unsigned NCASES = sizeof(host_cases) / sizeof(host_cases[0]);
+
+/* Parses "INITIATOR:TARGET" memory kinds (host, pinned, cuda, vmm). */
+static int set_mem(const char *spec)
+{
+    char a[16], b[16];
+
+    if (sscanf(spec, "%15[a-z]:%15[a-z]", a, b) != 2 || xm_parse(a, &mem_init) != 0 ||
+        xm_parse(b, &mem_target) != 0) {
+        fprintf(stderr, "--mem wants INITIATOR:TARGET, each host, pinned, cuda or "
+                        "vmm (got '%s')\n", spec);
+        return -1;
+    }
+    if (xm_is_gpu(mem_init) || xm_is_gpu(mem_target)) {
+        CAP = GPU_CAP;
+        cases = gpu_cases;
+        NCASES = sizeof(gpu_cases) / sizeof(gpu_cases[0]);
+    }
+    return 0;
+}
 
 static uint64_t seed;
 static pid_t child_pid;
@@ -101,7 +135,7 @@ static void case_name(unsigned c, char *out, size_t len, const char *who)
 
 /* The destination check of one iteration: the window and a margin around
  * it on most iterations, the whole buffer on the last. */
-static size_t check_iteration(const uint8_t *buf, const xu_layout_t *l,
+static size_t check_iteration(xm_buf_t *xb, const xu_layout_t *l,
                               const xu_side_t *s, unsigned c, uint64_t i,
                               int last, const char *what)
 {
@@ -115,7 +149,8 @@ static size_t check_iteration(const uint8_t *buf, const xu_layout_t *l,
         hi = CAP;
     }
     snprintf(where, sizeof(where), "%s, iteration %" PRIu64, what, i);
-    return xu_check_dest(buf, l, s, lo, hi, seed, iter_id(c, i),
+    xm_from_dev(xb, lo, hi);
+    return xu_check_dest(xb->host, l, s, lo, hi, seed, iter_id(c, i),
                          XU_GUARD_ITER + c, where);
 }
 
@@ -130,7 +165,7 @@ static int target_main(int fd)
     ferry_agent_t *drive;
     long passive;
     ferry_mem_t *mem = NULL;
-    uint8_t *buf = xu_alloc_buf(CAP);
+    xm_buf_t xb;
     void *blob = NULL;
     size_t blob_len = 0;
     xu_layout_t l = {0};
@@ -139,17 +174,18 @@ static int target_main(int fd)
     char what[128] = "";
 
     alarm(WATCHDOG_S + 10);
-    memset(buf, 0, CAP);
+    if (xm_alloc(&xb, mem_target, CAP) != 0)
+        return 1;
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     passive = xu_env_long("FERRY_TEST_PASSIVE_TARGET", 0);
     drive = passive == 1 ? NULL : agent;
     {
-        ferry_desc_t d = {(uint64_t)(uintptr_t)buf, CAP, FERRY_MEM_HOST, 0};
+        ferry_desc_t d = {xb.addr, CAP, xm_ferry_kind(mem_target), 0};
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }
     ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &blob_len));
-    if (xu_send_msg(fd, M_HELLO, 0, blob_len, (uint64_t)(uintptr_t)buf, CAP) != 0 ||
+    if (xu_send_msg(fd, M_HELLO, 0, blob_len, xb.addr, CAP) != 0 ||
         xu_send(fd, blob, blob_len) != 0)
         return 1;
     ferry_md_free(blob);
@@ -175,19 +211,22 @@ static int target_main(int fd)
             have_layout = 1;
             case_name(cur, what, sizeof(what), "target");
             /* A WRITE lands here: start from the case's guard pattern. */
-            if (cases[cur].op == FERRY_OP_WRITE)
-                xu_fill_guard(buf, 0, CAP, seed, XU_GUARD_ITER + cur);
+            if (cases[cur].op == FERRY_OP_WRITE) {
+                xu_fill_guard(xb.host, 0, CAP, seed, XU_GUARD_ITER + cur);
+                xm_to_dev(&xb, 0, CAP);
+            }
             if (xu_send_msg(fd, M_ACK, xu_layout_hash(&l) == m.a, 0, 0, 0) != 0)
                 return 1;
         } else if (m.type == M_WRITTEN && have_layout && m.arg == cur) {
-            size_t bad = check_iteration(buf, &l, &l.remote, cur, m.iter, (int)m.a, what);
+            size_t bad = check_iteration(&xb, &l, &l.remote, cur, m.iter, (int)m.a, what);
 
             if (bad)
                 failed = 1;
             if (xu_send_msg(fd, M_VERDICT, bad == 0, m.iter, bad, 0) != 0)
                 return 1;
         } else if (m.type == M_FILL && have_layout && m.arg == cur) {
-            xu_fill_ranges(buf, &l, &l.remote, seed, iter_id(cur, m.iter));
+            xu_fill_ranges(xb.host, &l, &l.remote, seed, iter_id(cur, m.iter));
+            xm_to_dev(&xb, l.remote.lo, l.remote.hi);
             if (xu_send_msg(fd, M_READY, 0, m.iter, 0, 0) != 0)
                 return 1;
         } else {
@@ -199,7 +238,7 @@ static int target_main(int fd)
         xu_layout_free(&l);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
     ferry_agent_destroy(agent);
-    free(buf);
+    xm_free(&xb);
     return failed || test_failures ? 1 : 0;
 }
 
@@ -288,7 +327,7 @@ static double post_and_wait(int fd, ferry_xfer_t *x, const char *what,
 }
 
 static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
-                     uint8_t *buf, uint64_t rbase, unsigned c, uint64_t iters,
+                     xm_buf_t *xb, uint64_t rbase, unsigned c, uint64_t iters,
                      case_stats_t *cs)
 {
     const xcase_t *k = &cases[c];
@@ -305,9 +344,10 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
     ld = xu_xcalloc(l.n, sizeof(*ld));
     rd = xu_xcalloc(l.n, sizeof(*rd));
     for (size_t i = 0; i < l.n; i++) {
-        ld[i] = (ferry_desc_t){(uint64_t)(uintptr_t)(buf + l.local.off[i]), l.len[i],
-                               FERRY_MEM_HOST, 0};
-        rd[i] = (ferry_desc_t){rbase + l.remote.off[i], l.len[i], FERRY_MEM_HOST, 0};
+        ld[i] = (ferry_desc_t){xb->addr + l.local.off[i], l.len[i],
+                               xm_ferry_kind(mem_init), 0};
+        rd[i] = (ferry_desc_t){rbase + l.remote.off[i], l.len[i],
+                               xm_ferry_kind(mem_target), 0};
     }
     t0 = xu_now_ns();
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, k->op, ld, l.n, peer, rd, l.n,
@@ -321,15 +361,18 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
         abort_test(fd, "control socket failed");
     if (m.arg != 1)
         abort_test(fd, "the target computed a different layout (a test bug)");
-    if (k->op == FERRY_OP_READ)
-        xu_fill_guard(buf, 0, CAP, seed, XU_GUARD_ITER + c);
+    if (k->op == FERRY_OP_READ) {
+        xu_fill_guard(xb->host, 0, CAP, seed, XU_GUARD_ITER + c);
+        xm_to_dev(xb, 0, CAP);
+    }
 
     for (uint64_t i = 1; i <= iters; i++) {
         int last = (i == iters);
         double ms;
 
         if (k->op == FERRY_OP_WRITE) {
-            xu_fill_ranges(buf, &l, &l.local, seed, iter_id(c, i));
+            xu_fill_ranges(xb->host, &l, &l.local, seed, iter_id(c, i));
+            xm_to_dev(xb, l.local.lo, l.local.hi);
             ms = post_and_wait(fd, x, what, i, i == 1, l.total);
             if (xu_send_msg(fd, M_WRITTEN, c, i, (uint64_t)last, 0) != 0 ||
                 xu_recv_msg(fd, &m, M_VERDICT, CTRL_TIMEOUT_MS, NULL) != 0 ||
@@ -346,7 +389,7 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
                 xu_recv_msg(fd, &m, M_READY, CTRL_TIMEOUT_MS, NULL) != 0 || m.iter != i)
                 abort_test(fd, "control socket failed");
             ms = post_and_wait(fd, x, what, i, i == 1, l.total);
-            if (check_iteration(buf, &l, &l.local, c, i, last, what) != 0) {
+            if (check_iteration(xb, &l, &l.local, c, i, last, what) != 0) {
                 TEST_FAIL_AT_("%s, iteration %" PRIu64 ": READ data wrong (details above)",
                               what, i);
                 break;
@@ -372,13 +415,33 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
     xu_layout_free(&l);
 }
 
+/* The peer's GPU memory through UCX, which (as Debian builds it) has no
+ * CUDA support: prepare must refuse it, naming UCX, not fail later. */
+static void forced_ucx(ferry_agent_t *agent, ferry_peer_t *peer, xm_buf_t *xb,
+                       uint64_t rbase)
+{
+    ferry_xfer_params_t xp = {.field_mask = FERRY_XFER_PARAM_BACKEND,
+                              .backend = FERRY_BACKEND_UCX};
+    ferry_desc_t ld = {xb->addr + 1, 4096, xm_ferry_kind(mem_init), 0};
+    ferry_desc_t rd = {rbase + 3, 4096, xm_ferry_kind(mem_target), 0};
+    ferry_xfer_t *x = NULL;
+
+    EXPECT_ST(FERRY_ERR_UNSUPPORTED, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &ld, 1,
+                                                        peer, &rd, 1, &xp, &x));
+    EXPECT_ERR_HAS("ucx");
+    EXPECT_TRUE(x == NULL);
+    printf("forcing UCX for GPU memory: %s\n", ferry_last_error());
+}
+
 static int initiator_main(const char *argv0)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "xfer-initiator"};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem = NULL;
     ferry_peer_t *peer = NULL;
-    uint8_t *buf, *blob;
+    xm_buf_t xb;
+    uint8_t *blob;
+    char memspec[40];
     uint64_t iters = (uint64_t)xu_env_long("FERRY_TEST_ITERS", 100);
     uint64_t t_all = xu_now_ns();
     unsigned long case_mask = (unsigned long)xu_env_long("FERRY_TEST_CASES", 0xff);
@@ -389,26 +452,32 @@ static int initiator_main(const char *argv0)
     /* Line-buffered, so progress survives a watchdog exit. */
     setvbuf(stdout, NULL, _IOLBF, 0);
     seed = xu_seed(0x2b70c5eedull);
+    snprintf(memspec, sizeof(memspec), "%s:%s", xm_name(mem_init), xm_name(mem_target));
     printf("test_xfer_2proc: seed %" PRIu64 " (FERRY_TEST_SEED=%" PRIu64
-           " replays it), %" PRIu64 " posts per case, cases 0x%lx\n",
-           seed, seed, iters, case_mask);
+           " replays it), %" PRIu64 " posts per case, cases 0x%lx, memory %s\n",
+           seed, seed, iters, case_mask, memspec);
+    /* Without a GPU, GPU runs are skipped; the check loads CUDA here, which
+     * the target, started with exec, does not inherit. */
+    if ((xm_is_gpu(mem_init) || xm_is_gpu(mem_target) || mem_init == XM_PINNED ||
+         mem_target == XM_PINNED) && xm_cuda() == NULL)
+        return 77;
     if (iters < 1 || iters > 999999) {
         fprintf(stderr, "FERRY_TEST_ITERS must be 1..999999\n");
         return 1;
     }
     snprintf(seedstr, sizeof(seedstr), "%" PRIu64, seed);
     /* The target is started before this process touches UCX. */
-    fd = xu_spawn(argv0, "--target", seedstr, NULL, &child_pid);
+    fd = xu_spawn(argv0, "--target", seedstr, memspec, &child_pid);
     if (fd < 0)
         return 1;
     signal(SIGALRM, on_watchdog);
     alarm(WATCHDOG_S);
 
-    buf = xu_alloc_buf(CAP);
-    memset(buf, 0, CAP);
+    if (xm_alloc(&xb, mem_init, CAP) != 0)
+        abort_test(fd, "cannot allocate the initiator's buffer");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     {
-        ferry_desc_t d = {(uint64_t)(uintptr_t)buf, CAP, FERRY_MEM_HOST, 0};
+        ferry_desc_t d = {xb.addr, CAP, xm_ferry_kind(mem_init), 0};
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }
@@ -427,8 +496,10 @@ static int initiator_main(const char *argv0)
 
         if (!(case_mask >> c & 1))
             continue;
-        run_case(fd, agent, peer, buf, m.a, c, iters, &cs);
+        run_case(fd, agent, peer, &xb, m.a, c, iters, &cs);
     }
+    if (xm_is_gpu(mem_target))
+        forced_ucx(agent, peer, &xb, m.a);
 
     if (xu_send_msg(fd, M_QUIT, 0, 0, 0, 0) != 0)
         abort_test(fd, "control socket failed");
@@ -440,7 +511,7 @@ static int initiator_main(const char *argv0)
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
     ferry_agent_destroy(agent);
-    free(buf);
+    xm_free(&xb);
     printf("test_xfer_2proc: re-post in flight refused with BUSY %u of %u times "
            "(cases whose first post completed inline are not counted)\n",
            busy_seen, busy_checked);
@@ -450,9 +521,18 @@ static int initiator_main(const char *argv0)
 
 int main(int argc, char **argv)
 {
-    if (argc >= 4 && strcmp(argv[1], "--target") == 0) {
+    if (argc >= 5 && strcmp(argv[1], "--target") == 0) {
         seed = strtoull(argv[3], NULL, 0);
+        if (set_mem(argv[4]) != 0)
+            return 1;
         return target_main(atoi(argv[2]));
+    }
+    if (argc == 3 && strcmp(argv[1], "--mem") == 0) {
+        if (set_mem(argv[2]) != 0)
+            return 1;
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: %s [--mem INITIATOR:TARGET]\n", argv[0]);
+        return 1;
     }
     return initiator_main(argv[0]);
 }
