@@ -128,7 +128,8 @@ typedef struct ci_ctx {
     int ndevs;
     CUuuid *uuids;
     int evfd;                  /* written by host functions when work is done */
-    atomic_bool notify_pending;
+    atomic_bool notify_pending; /* a host function is queued */
+    atomic_bool notified;      /* one ran: evfd needs draining */
     ci_batch_t *ring;          /* batches in flight, oldest first */
     size_t head, count, cap;
     uint64_t id;
@@ -199,6 +200,7 @@ static ferry_status_t ci_init(const char *agent_name, void **ctx_p)
     ctx->srv_fd = ctx->stop_fd = -1;
     pthread_mutex_init(&ctx->export_lock, NULL);
     atomic_init(&ctx->notify_pending, false);
+    atomic_init(&ctx->notified, false);
     *ctx_p = ctx;
     return FERRY_OK;
 }
@@ -1088,10 +1090,13 @@ static unsigned ci_progress(void *vctx)
     unsigned done = 0;
     uint64_t v;
 
+    /* The fd is drained only after a host function wrote it, so polling
+     * costs no system call. */
+    if (atomic_exchange(&ctx->notified, false) &&
+        read(ctx->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+        ferry__debug("cuda_ipc: eventfd: %s", strerror(errno));
     if (ctx->count == 0)
         return 0;
-    if (read(ctx->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-        ferry__debug("cuda_ipc: eventfd: %s", strerror(errno));
     while (ctx->count > 0) {
         ci_batch_t b = ctx->ring[ctx->head];
         CUresult res;
@@ -1122,6 +1127,7 @@ static void ci_notify(void *arg)
     ci_ctx_t *ctx = arg;
     uint64_t one = 1;
 
+    atomic_store(&ctx->notified, true);
     atomic_store(&ctx->notify_pending, false);
     if (write(ctx->evfd, &one, sizeof(one)) < 0) {
         /* The counter is saturated: the fd is readable anyway. */
