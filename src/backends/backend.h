@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* Backend ids as they appear in metadata blobs; never renumbered. */
 enum {
@@ -104,6 +105,8 @@ typedef struct ferry__backend_ops {
 } ferry__backend_ops_t;
 
 extern const ferry__backend_ops_t ferry__ucx_ops;
+/* For ferry-info: UCX's version, transports and memory types. */
+void ferry__ucx_describe(FILE *out);
 extern const ferry__backend_ops_t ferry__cuda_ipc_ops;
 
 #endif

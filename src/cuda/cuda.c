@@ -178,3 +178,37 @@ void ferry__cuda_classify(uint64_t addr, ferry_mem_kind_t *kind_p,
     *kind_p = FERRY_MEM_CUDA;
     *device_p = ordinal;
 }
+
+void ferry__cuda_describe(FILE *out)
+{
+    const ferry__cuda_t *cu;
+
+    fprintf(out, "cuda:\n");
+    if (ferry__cuda_get(&cu) != FERRY_OK) {
+        fprintf(out, "  unavailable: %s\n", ferry_last_error());
+        return;
+    }
+    fprintf(out, "  driver API: %d.%d\n  devices: %d\n", cu->driver_version / 1000,
+            cu->driver_version % 1000 / 10, cu->ndevices);
+    for (int d = 0; d < cu->ndevices; d++) {
+        char name[128] = "?";
+        size_t mem = 0;
+        int bus = 0, dev_id = 0, domain = 0, vmm = 0, fd = 0;
+        CUdevice dev;
+
+        if (cu->cuDeviceGet(&dev, d) != CUDA_SUCCESS)
+            continue;
+        cu->cuDeviceGetName(name, sizeof(name), dev);
+        cu->cuDeviceTotalMem(&mem, dev);
+        cu->cuDeviceGetAttribute(&domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, dev);
+        cu->cuDeviceGetAttribute(&bus, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, dev);
+        cu->cuDeviceGetAttribute(&dev_id, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, dev);
+        cu->cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+                                 dev);
+        cu->cuDeviceGetAttribute(&fd, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+                                 dev);
+        fprintf(out, "  device %d: %s, %.1f GiB, PCI %04x:%02x:%02x, VMM %s, "
+                "POSIX fd export %s\n", d, name, (double)mem / (1 << 30), domain, bus,
+                dev_id, vmm ? "yes" : "no", fd ? "yes" : "no");
+    }
+}

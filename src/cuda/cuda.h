@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* The driver API version every entry point is resolved at (CUDA 12.0). */
 #define FERRY__CUDA_API_VERSION 12000
@@ -80,6 +81,8 @@ enum {
     CU_DEVICE_ATTRIBUTE_PCI_BUS_ID = 33,
     CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID = 34,
     CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID = 50,
+    CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102,
+    CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED = 103,
 
     CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1,
     CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1,
@@ -208,5 +211,8 @@ void ferry__cuda_pop(void);
  */
 void ferry__cuda_classify(uint64_t addr, ferry_mem_kind_t *kind_p,
                           int32_t *device_p);
+
+/* For ferry-info: the driver's version and devices, or why there are none. */
+void ferry__cuda_describe(FILE *out);
 
 #endif

@@ -693,3 +693,62 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .event_fd = ferry__ucx_event_fd,
     .arm = ferry__ucx_arm,
 };
+
+/* ferry-info: UCX's version, the transports a default context selects and
+ * the memory types it accepts. */
+void ferry__ucx_describe(FILE *out)
+{
+    ucp_params_t params = {0};
+    ucp_context_attr_t attr = {0};
+    ucp_config_t *config;
+    ucp_context_h context;
+    char *text = NULL, *line, *save = NULL;
+    size_t len = 0;
+    FILE *mem;
+    const char *tls = ferry__config_get("FERRY_UCX_TLS");
+
+    fprintf(out, "ucx:\n  version: %s\n", ucp_get_version_string());
+    if (ucp_config_read(NULL, NULL, &config) != UCS_OK) {
+        fprintf(out, "  unusable: cannot read UCX's configuration\n");
+        return;
+    }
+    if (tls[0] != '\0')
+        ucp_config_modify(config, "TLS", tls);
+    params.field_mask = UCP_PARAM_FIELD_FEATURES;
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    if (ucp_init(&params, config, &context) != UCS_OK) {
+        ucp_config_release(config);
+        fprintf(out, "  unusable: ucp_init failed\n");
+        return;
+    }
+    ucp_config_release(config);
+    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    if (ucp_context_query(context, &attr) == UCS_OK) {
+        fprintf(out, "  memory types:");
+        for (int t = 0; t < UCS_MEMORY_TYPE_LAST; t++)
+            if (attr.memory_types & UCS_BIT(t))
+                fprintf(out, " %s", ucs_memory_type_names[t]);
+        fprintf(out, "\n  accepts GPU memory: %s\n",
+                attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)
+                    ? "yes"
+                    : "no (this UCX has no CUDA support: GPU memory goes through "
+                      "CUDA IPC, on one host only)");
+    }
+    /* The transports, from UCX's own resource listing ("... -- tl/dev"). */
+    mem = open_memstream(&text, &len);
+    if (mem != NULL) {
+        ucp_context_print_info(context, mem);
+        fclose(mem);
+        fprintf(out, "  transports:");
+        for (line = strtok_r(text, "\n", &save); line != NULL;
+             line = strtok_r(NULL, "\n", &save)) {
+            const char *tl = strstr(line, "-- ");
+
+            if (strstr(line, "resource") != NULL && tl != NULL)
+                fprintf(out, " %s", tl + 3);
+        }
+        fprintf(out, "\n");
+        free(text);
+    }
+    ucp_cleanup(context);
+}
