@@ -143,19 +143,20 @@ typedef struct ci_ctx {
     pthread_t srv_thread;
 } ci_ctx_t;
 
-/* Makes room for one more element in a growing array of *cap elements. */
+/* Makes room for one more element in a growing array of *cap elements;
+ * arr_p points to the array's pointer (of any object type). */
 static bool ci_grow(void *arr_p, size_t *cap, size_t used, size_t elem)
 {
-    void **arr = arr_p;
     size_t n = *cap ? *cap * 2 : 16;
-    void *grown;
+    void *arr, *grown;
 
     if (used < *cap)
         return true;
-    grown = realloc(*arr, n * elem);
+    memcpy(&arr, arr_p, sizeof(arr));
+    grown = realloc(arr, n * elem);
     if (grown == NULL)
         return false;
-    *arr = grown;
+    memcpy(arr_p, &grown, sizeof(grown));
     *cap = n;
     return true;
 }
