@@ -58,7 +58,7 @@
 #define SYS_pidfd_getfd 438
 #endif
 
-enum { CI_HOST = 0, CI_LEGACY = 1, CI_VMM = 2 };
+enum { CI_HOST = 0, CI_LEGACY = 1, CI_VMM = 2, CI_SELF = 3 /* importer only */ };
 
 /* How long an importer waits for the owner's hand-off socket. */
 #define CI_HANDOFF_TIMEOUT_MS 5000
@@ -723,7 +723,7 @@ static void ci_map_close(ci_ctx_t *ctx, ci_map_t *m)
 {
     const ferry__cuda_t *cu = ctx->cu;
 
-    if (ferry__cuda_push(m->device) != FERRY_OK)
+    if (m->type == CI_SELF || ferry__cuda_push(m->device) != FERRY_OK)
         return;
     if (m->type == CI_LEGACY) {
         cu->cuIpcCloseMemHandle(m->lbase);
@@ -923,6 +923,14 @@ static ferry_status_t ci_map_open(ci_conn_t *conn, const uint8_t *data, size_t l
     }
     m->type = type;
     m->device = device;
+    if (conn->pid == ctx->pid && conn->id == ctx->id) {
+        /* The agent's own memory (a loopback peer): it is mapped already,
+         * and CUDA refuses to open a process's own IPC handle. */
+        m->type = CI_SELF;
+        m->lbase = m->rbase;
+        st = FERRY_OK;
+        goto done;
+    }
     FERRY_CHECK_GOTO(ferry__cuda_push(device), st, err);
     if (type == CI_LEGACY) {
         CUipcMemHandle h;
@@ -936,6 +944,7 @@ static ferry_status_t ci_map_open(ci_conn_t *conn, const uint8_t *data, size_t l
     ferry__cuda_pop();
     if (st < 0)
         goto err;
+done:
     m->refs = 1;
     m->keylen = len;
     memcpy(m->key, data, len);
