@@ -19,6 +19,10 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_WAIT_SPIN_US", "1000",
      "how long ferry_xfer_wait polls, in microseconds, before it sleeps on "
      "the transports' events"},
+    {"FERRY_XFER_STALL_MS", "10000",
+     "a request in flight whose transport makes no headway for this many "
+     "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "
+     "parameter stall_timeout_ns overrides it"},
     {NULL, NULL, NULL},
 };
 
