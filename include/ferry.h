@@ -143,7 +143,8 @@ typedef struct ferry_xfer ferry_xfer_t;
 
 enum {
     FERRY_AGENT_PARAM_NAME = 1u << 0,
-    FERRY_AGENT_PARAM_PROGRESS_THREAD = 1u << 1
+    FERRY_AGENT_PARAM_PROGRESS_THREAD = 1u << 1,
+    FERRY_AGENT_PARAM_STALL_TIMEOUT = 1u << 2
 };
 
 typedef struct ferry_agent_params {
@@ -165,6 +166,20 @@ typedef struct ferry_agent_params {
      * thread with the progress thread's copies. Default: 0.
      */
     int progress_thread;
+    /*
+     * FERRY_AGENT_PARAM_STALL_TIMEOUT: a request in flight whose transport
+     * makes no headway for this many nanoseconds ends with
+     * FERRY_ERR_TIMEOUT, as if canceled (see ferry_xfer_cancel(): its
+     * connection is closed, so every request in flight to that peer ends
+     * too, and nothing touches their memory afterwards). Headway is any
+     * event the transport handles for that peer (a fragment sent, an
+     * acknowledgement received); a stopped or unreachable peer makes none,
+     * a busy one does. The check runs in progress (ferry_xfer_wait, test,
+     * ferry_agent_progress or the progress thread), every stall/8 or 10 ms,
+     * whichever is shorter. 0 means never. Default: FERRY_XFER_STALL_MS
+     * milliseconds (10 000 unless set in the environment).
+     */
+    uint64_t stall_timeout_ns;
 } ferry_agent_params_t;
 
 /*
@@ -178,7 +193,7 @@ FERRY_API ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
 
 /*
  * Destroys an agent with everything it still owns: requests (in flight ones
- * are abandoned after their transport is closed), peers and registrations.
+ * are canceled first, see ferry_xfer_release()), peers and registrations.
  * Accepts NULL. No other thread may use the agent or its objects meanwhile.
  */
 FERRY_API void ferry_agent_destroy(ferry_agent_t *agent);
@@ -197,14 +212,18 @@ FERRY_API const char *ferry_agent_name(const ferry_agent_t *agent);
 FERRY_API ferry_status_t ferry_agent_progress(ferry_agent_t *agent);
 
 /*
- * Writes to *fd_p a file descriptor, owned by the agent, that becomes
- * readable when ferry_agent_progress() has work to do, for an epoll, poll,
- * libuv or asyncio loop: wait for it to be readable (or for a timeout of
- * your choosing), then call ferry_agent_progress() until it returns
- * FERRY_OK. Once this function has been called, ferry_agent_progress() arms
- * the transports each time it finds nothing to do (a few microseconds, and
- * peers then signal their messages), so call it only to sleep on the fd.
- * Do not read from the fd or close it. Any thread.
+ * Writes to *fd_p a file descriptor, owned by the agent, for an epoll,
+ * poll, libuv or asyncio loop. Without a progress thread it becomes
+ * readable when ferry_agent_progress() has work to do or the completion
+ * queue holds entries: wait for it to be readable (or for a timeout of
+ * your choosing), call ferry_agent_progress() until it returns FERRY_OK,
+ * then drain ferry_agent_completions(). Once this function has been
+ * called, ferry_agent_progress() arms the transports each time it finds
+ * nothing to do (a few microseconds, and peers then signal their
+ * messages), so call it only to sleep on the fd. With a progress thread,
+ * which does the progress itself, the fd is readable exactly while the
+ * completion queue holds entries. Do not read from the fd or close it.
+ * Any thread.
  */
 FERRY_API ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p);
 
@@ -309,12 +328,24 @@ typedef enum ferry_backend {
 } ferry_backend_t;
 
 enum {
-    FERRY_XFER_PARAM_BACKEND = 1u << 0
+    FERRY_XFER_PARAM_USER_DATA = 1u << 0,
+    FERRY_XFER_PARAM_BACKEND = 1u << 1
 };
 
 typedef struct ferry_xfer_params {
-    uint64_t field_mask;     /* FERRY_XFER_PARAM_* bits of the fields set */
-    ferry_backend_t backend; /* serve every pair with this backend only */
+    uint64_t field_mask;
+    /*
+     * FERRY_XFER_PARAM_USER_DATA: puts the request's completions in its
+     * agent's completion queue (see ferry_agent_completions()), each with
+     * this value of the caller's. Default: not queued.
+     */
+    void *user_data;
+    /*
+     * FERRY_XFER_PARAM_BACKEND: serves every pair with this backend only
+     * (prepare fails with FERRY_ERR_UNSUPPORTED where it cannot). Default:
+     * FERRY_BACKEND_ANY.
+     */
+    ferry_backend_t backend;
 } ferry_xfer_params_t;
 
 /*
@@ -377,11 +408,78 @@ FERRY_API ferry_status_t ferry_xfer_test(ferry_xfer_t *xfer);
 FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns);
 
 /*
- * Frees a request. A request still in flight is first waited for (its
- * transport may still touch its memory). Accepts NULL. The caller must not
- * use the request from another thread meanwhile.
+ * Stops a request in flight. Returns FERRY_OK once nothing will touch the
+ * request's local memory any more: it may then be deregistered and freed,
+ * and test and wait report FERRY_ERR_CANCELED. Returns FERRY_IN_PROGRESS if
+ * a transport must still hand the request back; test and wait then report
+ * FERRY_ERR_CANCELED once it has (UCX never needs this; the return exists
+ * for transports that cannot stop at once). A request that is not in
+ * flight (never posted, or finished) is left as it is: FERRY_OK, and test
+ * and wait keep reporting its result. FERRY_ERR_INVALID for NULL.
+ *
+ * What a canceled transfer leaves behind is undefined: a WRITE may have
+ * written any part of the remote range, a READ any part of the local one.
+ * Bytes of a WRITE that had already reached the peer's side may still be
+ * applied there after cancel returns (never read from local memory again),
+ * so the peer should not rely on that range until told by other means.
+ *
+ * A transport cannot recall one operation of many, so cancel closes the
+ * connection to the request's peer: every other request in flight to that
+ * peer ends as well, with FERRY_ERR_CANCELED and a detail text that says
+ * so. Requests are not harmed otherwise: any of them, the canceled one
+ * included, may be posted again, which reopens the connection (a peer that
+ * is gone still gives FERRY_ERR_PEER_LOST). To stop one request to a
+ * healthy peer without touching the others, wait for it instead. Any
+ * thread.
+ */
+FERRY_API ferry_status_t ferry_xfer_cancel(ferry_xfer_t *xfer);
+
+/*
+ * Frees a request. A request still in flight is canceled first (see
+ * ferry_xfer_cancel(), including what that does to other requests to the
+ * same peer), and freed only once its transport has handed it back, so
+ * that nothing writes into or reads from its memory afterwards; with UCX
+ * that is at once. Its entry in the completion queue, if one waits there,
+ * is dropped. Accepts NULL. No other thread may use the request
+ * meanwhile.
  */
 FERRY_API void ferry_xfer_release(ferry_xfer_t *xfer);
+
+/*
+ * The agent's completion queue. A request prepared with
+ * FERRY_XFER_PARAM_USER_DATA adds exactly one entry each time a post of it
+ * that returned FERRY_IN_PROGRESS finishes (successfully, with an error,
+ * canceled or timed out); a post that returns anything else reports its
+ * outcome by its return value and adds nothing. Such a request may still
+ * be tested and waited on. Posting it again before its entry was drained
+ * drops that entry (the caller evidently learned of the completion another
+ * way), so the queue never holds more entries than there are requests.
+ *
+ * A queue rather than a callback: entries are taken by the caller's own
+ * thread, when it chooses, so there are no rules about what may be called
+ * from inside a callback, no callbacks on the progress thread, and no lock
+ * held across the caller's code; and it fits an event loop through
+ * ferry_agent_fd(), which is readable while entries wait.
+ */
+typedef struct ferry_completion {
+    ferry_xfer_t *xfer;     /* the request that finished */
+    void *user_data;        /* its FERRY_XFER_PARAM_USER_DATA */
+    ferry_status_t status;  /* FERRY_OK or its error; ferry_xfer_test(xfer)
+                               gives the same status with its detail text
+                               until the request is posted again */
+} ferry_completion_t;
+
+/*
+ * Moves up to max entries, oldest first, from the agent's completion queue
+ * to out[0..*n_p) and writes their number to *n_p (0 when none waits). It
+ * does not drive progress: call it after ferry_agent_progress(), a wait, or
+ * when ferry_agent_fd() is readable; with a progress thread, whenever
+ * convenient. Returns FERRY_ERR_INVALID for a NULL agent or n_p, or a NULL
+ * out with max > 0. Any thread.
+ */
+FERRY_API ferry_status_t ferry_agent_completions(ferry_agent_t *agent,
+                                                 ferry_completion_t *out,
+                                                 size_t max, size_t *n_p);
 
 /* ------------------------------------------------------------------------ */
 /* Store (rendezvous key-value store, PyTorch c10d TCPStore wire protocol)  */

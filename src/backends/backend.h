@@ -102,6 +102,19 @@ typedef struct ferry__backend_ops {
     /* Prepares event_fd() for sleeping: FERRY_OK, or FERRY_ERR_BUSY when
      * events are already pending (progress first, then arm again). */
     ferry_status_t (*arm)(void *ctx);
+
+    /*
+     * Ends every batch in flight on the connection, calling each one's
+     * callback with why (the detail text is the caller's last error), and
+     * makes sure that the transport touches none of their memory any more:
+     * FERRY_OK when that is done before it returns, FERRY_IN_PROGRESS when
+     * the callbacks will come from a later progress(). The connection stays
+     * usable: the next post reopens it.
+     */
+    ferry_status_t (*conn_abort)(void *ctx, void *conn, ferry_status_t why);
+    /* A count that grows while the transport makes headway on the
+     * connection (events handled): the core's stall check compares it. */
+    uint64_t (*conn_events)(void *ctx, void *conn);
 } ferry__backend_ops_t;
 
 extern const ferry__backend_ops_t ferry__ucx_ops;

@@ -3,6 +3,7 @@
  * incarnation) and progress across its backends.
  */
 #include "core/core.h"
+#include "util/config.h"
 #include "util/log.h"
 
 #include <stdio.h>
@@ -112,6 +113,12 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
     ferry__list_init(&agent->mems);
     ferry__list_init(&agent->peers);
     ferry__list_init(&agent->xfers);
+    ferry__list_init(&agent->active);
+    ferry__list_init(&agent->cq);
+    if (params != NULL && (params->field_mask & FERRY_AGENT_PARAM_STALL_TIMEOUT))
+        agent->stall_ns = params->stall_timeout_ns;
+    else
+        agent->stall_ns = ferry__config_get_size("FERRY_XFER_STALL_MS") * 1000000;
 
     for (k = 0; k < FERRY__NBK; k++) {
         st = ferry__backends[k]->init(agent->name, &agent->bk_ctx[k]);

@@ -109,7 +109,18 @@ struct ferry_xfer {
     ferry_status_t first_err; /* first failure among the parts */
     _Atomic int state;
     _Atomic ferry_status_t result;
-    char errmsg[256]; /* detail text of a failure seen in progress */
+    char errmsg[512]; /* detail text of a failure seen in progress */
+    /* Under the lock, while in flight: */
+    ferry__list_t alink;  /* agent->active */
+    bool aborting;        /* its connections are being aborted */
+    uint64_t mark;        /* the transports' headway at mark_ns */
+    uint64_t mark_ns;
+    /* Completion queue (FERRY_XFER_PARAM_USER_DATA), under the lock: */
+    bool notify;
+    bool queued;          /* an entry waits in agent->cq */
+    ferry__list_t cqlink;
+    ferry_status_t cq_status;
+    void *user_data;
 };
 
 struct ferry_agent {
@@ -122,6 +133,10 @@ struct ferry_agent {
     atomic_bool stopping;
     atomic_bool fd_used;    /* ferry_agent_fd() was called: progress arms */
     uint64_t spin_ns;       /* how long a wait polls before sleeping */
+    uint64_t stall_ns;      /* no headway for this long: TIMEOUT (0: never) */
+    uint64_t next_stall_ns; /* when the stall check runs next */
+    int cqfd;               /* eventfd: readable while cq holds entries */
+    int appfd;              /* ferry_agent_fd(): epoll set for the caller */
     pthread_t thread;
     char name[FERRY__MD_NAME_MAX + 1];
     char host_id[FERRY__MD_NAME_MAX + 1];
@@ -130,9 +145,17 @@ struct ferry_agent {
     ferry__imap_t registry; /* local address ranges -> ferry__region_t */
     uint32_t next_region_id;
     ferry__list_t mems, peers, xfers;
+    ferry__list_t active; /* requests in flight */
+    ferry__list_t cq;     /* finished requests that asked to be queued */
 };
 
 extern const ferry__backend_ops_t *const ferry__backends[FERRY__NBK];
+
+/* Whether x is in flight; without the lock, a snapshot. */
+static inline bool ferry__in_flight(ferry_xfer_t *x)
+{
+    return atomic_load_explicit(&x->state, memory_order_acquire) == FERRY__XFER_ACTIVE;
+}
 
 /* Intrusive doubly linked lists. */
 void ferry__list_init(ferry__list_t *l);
@@ -146,6 +169,8 @@ void ferry__agent_unlock(ferry_agent_t *agent);
 
 /* progress.c: the agent's events, its progress thread, and waiting. */
 ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread);
+/* Under the lock: makes agent->cqfd readable (entries waiting) or not. */
+void ferry__cq_signal(ferry_agent_t *agent, bool ready);
 void ferry__events_fini(ferry_agent_t *agent);
 /* Under the lock: drives every backend once; returns the events handled. */
 unsigned ferry__progress_locked(ferry_agent_t *agent);
@@ -154,6 +179,9 @@ unsigned ferry__progress_locked(ferry_agent_t *agent);
 ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns);
 /* The result of a finished request, with its detail text on failure. */
 ferry_status_t ferry__xfer_result(ferry_xfer_t *x);
+/* Under the lock: times out requests whose transports made no headway for
+ * agent->stall_ns (xfer.c; called by every progress). */
+void ferry__stall_check_locked(ferry_agent_t *agent);
 
 /* Under the lock: drop a reference; the last one frees (mem.c, peer.c). */
 void ferry__mem_unref(ferry_mem_t *mem);

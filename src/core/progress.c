@@ -40,7 +40,23 @@ unsigned ferry__progress_locked(ferry_agent_t *agent)
 
     for (unsigned k = 0; k < FERRY__NBK; k++)
         n += ferry__backends[k]->progress(agent->bk_ctx[k]);
+    ferry__stall_check_locked(agent);
     return n;
+}
+
+void ferry__cq_signal(ferry_agent_t *agent, bool ready)
+{
+    uint64_t v = 1;
+    ssize_t r;
+
+    /* A level, not a count: set when the queue fills, cleared when drained. */
+    if (ready)
+        r = write(agent->cqfd, &v, sizeof(v));
+    else
+        r = read(agent->cqfd, &v, sizeof(v));
+    if (r < 0 && errno != EAGAIN)
+        ferry__warn("agent '%s': completion queue eventfd: %s", agent->name,
+                    strerror(errno));
 }
 
 /* Under the lock: FERRY_OK when every backend will signal its fd on new
@@ -133,8 +149,16 @@ ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread)
     agent->spin_ns = ferry__config_get_size("FERRY_WAIT_SPIN_US") * 1000;
     agent->epfd = epoll_create1(EPOLL_CLOEXEC);
     agent->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (agent->epfd < 0 || agent->wakefd < 0 ||
+    agent->cqfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    agent->appfd = epoll_create1(EPOLL_CLOEXEC);
+    if (agent->epfd < 0 || agent->wakefd < 0 || agent->cqfd < 0 || agent->appfd < 0 ||
         epoll_ctl(agent->epfd, EPOLL_CTL_ADD, agent->wakefd, &ev) != 0)
+        goto err_sys;
+    /* The caller's fd: the queue, and the transports unless the progress
+     * thread serves them. The agent's own sleepers use epfd, without the
+     * queue, which would keep them awake while entries wait. */
+    if (epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->cqfd, &ev) != 0 ||
+        (!thread && epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->epfd, &ev) != 0))
         goto err_sys;
     for (unsigned k = 0; k < FERRY__NBK; k++) {
         int fd = ferry__backends[k]->event_fd(agent->bk_ctx[k]);
@@ -159,6 +183,10 @@ ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread)
 
 err_sys:
     err = errno;
+    if (agent->appfd >= 0)
+        close(agent->appfd);
+    if (agent->cqfd >= 0)
+        close(agent->cqfd);
     if (agent->wakefd >= 0)
         close(agent->wakefd);
     if (agent->epfd >= 0)
@@ -178,6 +206,8 @@ void ferry__events_fini(ferry_agent_t *agent)
         pthread_join(agent->thread, NULL);
     }
     pthread_cond_destroy(&agent->done_cv);
+    close(agent->appfd);
+    close(agent->cqfd);
     close(agent->wakefd);
     close(agent->epfd);
 }
@@ -212,13 +242,8 @@ ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p)
     if (agent == NULL || fd_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "agent_fd: NULL argument");
     atomic_store(&agent->fd_used, true);
-    *fd_p = agent->epfd;
+    *fd_p = agent->appfd;
     return FERRY_OK;
-}
-
-static bool ferry__in_flight(ferry_xfer_t *x)
-{
-    return atomic_load_explicit(&x->state, memory_order_acquire) == FERRY__XFER_ACTIVE;
 }
 
 /*

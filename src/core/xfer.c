@@ -292,6 +292,12 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     x->nsegs = nlocal;
     atomic_init(&x->state, FERRY__XFER_NEW);
     atomic_init(&x->result, FERRY_OK);
+    ferry__list_init(&x->alink);
+    ferry__list_init(&x->cqlink);
+    if (params != NULL && (params->field_mask & FERRY_XFER_PARAM_USER_DATA)) {
+        x->notify = true;
+        x->user_data = params->user_data;
+    }
 
     ferry__agent_lock(agent);
     rm = peer->remote;
@@ -333,13 +339,36 @@ static void ferry__xfer_fail(ferry_xfer_t *x, ferry_status_t st)
     }
 }
 
+/* Under the lock: drops a request's entry from the completion queue. */
+static void ferry__cq_drop(ferry_xfer_t *x)
+{
+    if (!x->queued)
+        return;
+    ferry__list_del(&x->cqlink);
+    x->queued = false;
+    if (x->agent->cq.next == &x->agent->cq)
+        ferry__cq_signal(x->agent, false);
+}
+
 static void ferry__xfer_finish(ferry_xfer_t *x)
 {
+    ferry_agent_t *agent = x->agent;
+
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->active--;
+    ferry__list_del(&x->alink);
+    if (x->notify) {
+        bool was_empty = agent->cq.next == &agent->cq;
+
+        x->cq_status = x->first_err;
+        ferry__list_add(agent->cq.prev, &x->cqlink); /* at the tail */
+        x->queued = true;
+        if (was_empty)
+            ferry__cq_signal(agent, true);
+    }
     atomic_store_explicit(&x->result, x->first_err, memory_order_relaxed);
     atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
-    pthread_cond_broadcast(&x->agent->done_cv);
+    pthread_cond_broadcast(&agent->done_cv);
 }
 
 /* Backend completion of one part; runs in progress, under the lock. */
@@ -351,6 +380,96 @@ static void ferry__xfer_part_done(void *arg, ferry_status_t st)
         ferry__xfer_fail(x, st);
     if (--x->pending == 0)
         ferry__xfer_finish(x);
+}
+
+/* Under the lock: the sum of the headway marks of x's connections. */
+static uint64_t ferry__xfer_mark(ferry_xfer_t *x)
+{
+    uint64_t mark = 0;
+
+    for (unsigned p = 0; p < x->nparts; p++) {
+        unsigned k = x->parts[p].slot;
+
+        mark += ferry__backends[k]->conn_events(x->agent->bk_ctx[k],
+                                                x->remote->inst->conn[k]);
+    }
+    return mark;
+}
+
+/*
+ * Under the lock: ends the request in flight x with status why by aborting
+ * the connections its parts use. Its own detail text is own; every other
+ * request in flight on those connections ends with why too, and the text
+ * others. Returns FERRY_OK when x is done, FERRY_IN_PROGRESS when a
+ * transport will hand it back later.
+ */
+static ferry_status_t ferry__xfer_abort_locked(ferry_xfer_t *x, ferry_status_t why,
+                                               const char *own, const char *others)
+{
+    ferry_agent_t *agent = x->agent;
+
+    x->aborting = true;
+    if (x->first_err == FERRY_OK) {
+        x->first_err = why;
+        snprintf(x->errmsg, sizeof(x->errmsg), "%s", own);
+    }
+    for (unsigned p = 0; p < x->nparts && ferry__in_flight(x); p++) {
+        unsigned k = x->parts[p].slot;
+
+        /* The backend passes this text to every batch it ends. */
+        ferry__error(why, "%s", others);
+        (void)ferry__backends[k]->conn_abort(agent->bk_ctx[k],
+                                             x->remote->inst->conn[k], why);
+    }
+    return ferry__in_flight(x) ? FERRY_IN_PROGRESS : FERRY_OK;
+}
+
+void ferry__stall_check_locked(ferry_agent_t *agent)
+{
+    uint64_t now, every;
+    char own[384], others[448];
+
+    if (agent->stall_ns == 0 || agent->active.next == &agent->active)
+        return;
+    now = ferry__now_ns();
+    if (now < agent->next_stall_ns)
+        return;
+    every = agent->stall_ns / 8 < 10000000 ? agent->stall_ns / 8 : 10000000;
+    agent->next_stall_ns = now + every;
+restart:
+    for (ferry__list_t *l = agent->active.next; l != &agent->active; l = l->next) {
+        ferry_xfer_t *x = ferry__container_of(l, ferry_xfer_t, alink);
+        uint64_t mark = ferry__xfer_mark(x);
+
+        if (mark != x->mark) {
+            x->mark = mark;
+            x->mark_ns = now;
+            continue;
+        }
+        if (x->aborting || now - x->mark_ns < agent->stall_ns)
+            continue;
+        snprintf(own, sizeof(own), "xfer: no headway for %llu ms on the "
+                 "connection to peer '%s' (stall timeout)",
+                 (unsigned long long)((now - x->mark_ns) / 1000000),
+                 x->remote->md.name);
+        snprintf(others, sizeof(others), "%s; every request in flight to it "
+                 "ended", own);
+        ferry__info("%s", own);
+        (void)ferry__xfer_abort_locked(x, FERRY_ERR_TIMEOUT, own, others);
+        goto restart; /* the abort took requests off the list */
+    }
+}
+
+/* Under the lock: the abort that cancel and release perform. */
+static ferry_status_t ferry__xfer_cancel_locked(ferry_xfer_t *x, const char *call)
+{
+    char own[96], others[448];
+
+    snprintf(own, sizeof(own), "%s: the request was canceled", call);
+    snprintf(others, sizeof(others), "the connection to peer '%s' was closed "
+             "(%s of another request: a transport cannot recall one "
+             "operation); post again", x->remote->md.name, call);
+    return ferry__xfer_abort_locked(x, FERRY_ERR_CANCELED, own, others);
 }
 
 ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
@@ -381,7 +500,9 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
         }
     }
 
+    ferry__cq_drop(x);
     x->first_err = FERRY_OK;
+    x->aborting = false;
     x->pending = x->nparts;
     for (unsigned p = 0; p < x->nparts; p++) {
         const ferry__xfer_part_t *part = &x->parts[p];
@@ -399,6 +520,9 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
     if (x->pending > 0) {
         for (size_t i = 0; i < x->nmems; i++)
             x->mems[i]->active++;
+        ferry__list_add(&agent->active, &x->alink);
+        x->mark = ferry__xfer_mark(x);
+        x->mark_ns = ferry__now_ns();
         atomic_store_explicit(&x->state, FERRY__XFER_ACTIVE, memory_order_relaxed);
         st = FERRY_IN_PROGRESS;
     } else {
@@ -436,8 +560,7 @@ ferry_status_t ferry_xfer_test(ferry_xfer_t *x)
                             "posted");
     agent = x->agent;
     ferry__agent_lock(agent);
-    for (unsigned k = 0; k < FERRY__NBK; k++)
-        ferry__backends[k]->progress(agent->bk_ctx[k]);
+    (void)ferry__progress_locked(agent);
     ferry__agent_unlock(agent);
     if (atomic_load_explicit(&x->state, memory_order_acquire) == FERRY__XFER_DONE)
         return ferry__xfer_result(x);
@@ -462,6 +585,19 @@ ferry_status_t ferry_xfer_wait(ferry_xfer_t *x, int64_t timeout_ns)
     return st;
 }
 
+ferry_status_t ferry_xfer_cancel(ferry_xfer_t *x)
+{
+    ferry_status_t st = FERRY_OK;
+
+    if (x == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "xfer_cancel: NULL request");
+    ferry__agent_lock(x->agent);
+    if (ferry__in_flight(x))
+        st = x->aborting ? FERRY_IN_PROGRESS : ferry__xfer_cancel_locked(x, "xfer_cancel");
+    ferry__agent_unlock(x->agent);
+    return st;
+}
+
 void ferry_xfer_release(ferry_xfer_t *x)
 {
     ferry_agent_t *agent;
@@ -469,15 +605,20 @@ void ferry_xfer_release(ferry_xfer_t *x)
     if (x == NULL)
         return;
     agent = x->agent;
-    /* The transport may still write into local memory: never free while the
-     * request is in flight. A dead peer fails it through error handling. */
-    while (atomic_load_explicit(&x->state, memory_order_acquire) ==
-           FERRY__XFER_ACTIVE) {
+    /* The transport may still write into local memory: cancel, and never
+     * free while the request is in flight. */
+    ferry__agent_lock(agent);
+    if (ferry__in_flight(x) && !x->aborting)
+        (void)ferry__xfer_cancel_locked(x, "xfer_release");
+    ferry__agent_unlock(agent);
+    while (ferry__in_flight(x)) {
         if (ferry_xfer_wait(x, 10 * 1000000000ll) == FERRY_ERR_TIMEOUT)
-            ferry__warn("xfer_release: a request to peer '%s' is still in flight "
-                        "after 10 s; waiting", x->remote->md.name);
+            ferry__warn("xfer_release: a transport has not handed back a "
+                        "canceled request to peer '%s' after 10 s; waiting",
+                        x->remote->md.name);
     }
     ferry__agent_lock(agent);
+    ferry__cq_drop(x);
     ferry__list_del(&x->link);
     for (size_t i = 0; i < x->nmems; i++)
         ferry__mem_unref(x->mems[i]);
@@ -486,4 +627,23 @@ void ferry_xfer_release(ferry_xfer_t *x)
     free(x->segs);
     free(x->mems);
     free(x);
+}
+
+ferry_status_t ferry_agent_completions(ferry_agent_t *agent, ferry_completion_t *out,
+                                       size_t max, size_t *n_p)
+{
+    size_t n = 0;
+
+    if (agent == NULL || n_p == NULL || (out == NULL && max > 0))
+        return ferry__error(FERRY_ERR_INVALID, "agent_completions: NULL argument");
+    ferry__agent_lock(agent);
+    while (n < max && agent->cq.next != &agent->cq) {
+        ferry_xfer_t *x = ferry__container_of(agent->cq.next, ferry_xfer_t, cqlink);
+
+        out[n++] = (ferry_completion_t){x, x->user_data, x->cq_status};
+        ferry__cq_drop(x);
+    }
+    ferry__agent_unlock(agent);
+    *n_p = n;
+    return FERRY_OK;
 }

@@ -26,6 +26,10 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_CUDA_FD_HANDOFF", "auto",
      "how a peer's CUDA VMM file descriptors are fetched: auto (pidfd_getfd, "
      "then the peer's hand-off socket), pidfd or socket"},
+    {"FERRY_XFER_STALL_MS", "10000",
+     "a request in flight whose transport makes no headway for this many "
+     "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "
+     "parameter stall_timeout_ns overrides it"},
     {NULL, NULL, NULL},
 };
 

@@ -101,6 +101,7 @@ typedef struct ci_conn {
     uint64_t id;               /* the owner context's hand-off socket id */
     int pidfd;
     bool getfd_refused;
+    uint64_t events;           /* batches completed: the stall check's headway */
     ci_map_t *maps;
 } ci_conn_t;
 
@@ -118,6 +119,7 @@ typedef struct ci_dev {
 typedef struct ci_batch {
     CUevent event;
     int device;
+    ci_conn_t *conn;
     ferry__bk_done_cb cb;
     void *arg;
 } ci_batch_t;
@@ -734,12 +736,18 @@ static void ci_map_close(ci_ctx_t *ctx, ci_map_t *m)
     ferry__cuda_pop();
 }
 
+static ferry_status_t ci_conn_abort(void *vctx, void *vconn, ferry_status_t why);
+
 static void ci_conn_close(void *vctx, void *vconn)
 {
     ci_conn_t *conn = vconn;
 
-    (void)vctx;
-    /* Every key was closed before the connection; maps hold no refs here. */
+    /* Copies still queued for it finish first (they are never left to run
+     * against a closed connection). Every key was closed before the
+     * connection; maps hold no refs here. */
+    ferry__error(FERRY_ERR_CANCELED, "cuda_ipc: the connection to peer '%s' was "
+                 "closed", conn->name);
+    (void)ci_conn_abort(vctx, vconn, FERRY_ERR_CANCELED);
     if (conn->pidfd >= 0)
         close(conn->pidfd);
     free(conn);
@@ -1060,7 +1068,6 @@ static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
     ferry_status_t st;
     size_t i;
 
-    (void)vconn;
     FERRY_CHECK(ci_ring_reserve(ctx));
     FERRY_CHECK(ferry__cuda_push(device));
     FERRY_CHECK_GOTO(ci_stream(ctx, device, &stream), st, out);
@@ -1081,7 +1088,7 @@ static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
     }
     FERRY_CHECK_GOTO(FERRY__CU(cu, cuEventRecord, (ev, stream)), st, out_sync);
     b = &ctx->ring[(ctx->head + ctx->count++) % ctx->cap];
-    *b = (ci_batch_t){ev, device, cb, arg};
+    *b = (ci_batch_t){ev, device, vconn, cb, arg};
     ferry__cuda_pop();
     return FERRY_IN_PROGRESS;
 
@@ -1120,6 +1127,7 @@ static unsigned ci_progress(void *vctx)
         ctx->head = (ctx->head + 1) % ctx->cap;
         ctx->count--;
         ci_event_put(ctx, b.device, b.event);
+        b.conn->events++;
         b.cb(b.arg, ferry__cuda_check(res, "cuEventQuery (a copy failed)"));
         done++;
     }
@@ -1171,6 +1179,45 @@ static ferry_status_t ci_arm(void *vctx)
     return st;
 }
 
+/*
+ * A copy engine cannot be told to stop a copy, but every copy finishes on
+ * its own, quickly: wait for the streams, then end the connection's
+ * batches with why. Nothing touches their memory afterwards.
+ */
+static ferry_status_t ci_conn_abort(void *vctx, void *vconn, ferry_status_t why)
+{
+    ci_ctx_t *ctx = vctx;
+    size_t kept = 0, n = ctx->count;
+
+    if (n == 0)
+        return FERRY_OK;
+    for (int d = 0; d < ctx->ndevs; d++) {
+        if (ctx->devs[d].stream != NULL && ferry__cuda_push(d) == FERRY_OK) {
+            ctx->cu->cuStreamSynchronize(ctx->devs[d].stream);
+            ferry__cuda_pop();
+        }
+    }
+    /* Keep the other connections' batches in order; end this one's. */
+    for (size_t i = 0; i < n; i++) {
+        ci_batch_t b = ctx->ring[(ctx->head + i) % ctx->cap];
+
+        if (b.conn != vconn) {
+            ctx->ring[(ctx->head + kept++) % ctx->cap] = b;
+            continue;
+        }
+        ctx->count--;
+        ci_event_put(ctx, b.device, b.event);
+        b.cb(b.arg, why);
+    }
+    return FERRY_OK;
+}
+
+static uint64_t ci_conn_events(void *vctx, void *vconn)
+{
+    (void)vctx;
+    return ((ci_conn_t *)vconn)->events;
+}
+
 const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .size = sizeof(ferry__backend_ops_t),
     .name = "cuda_ipc",
@@ -1191,4 +1238,6 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .progress = ci_progress,
     .event_fd = ci_event_fd,
     .arm = ci_arm,
+    .conn_abort = ci_conn_abort,
+    .conn_events = ci_conn_events,
 };

@@ -14,6 +14,21 @@
  * is marked failed and force-closed, which completes whatever was in flight
  * with PEER_LOST. Peers on other hosts use UCX's peer error handling.
  *
+ * Aborting. UCX cannot recall one put or get, and in UCX 1.13 an endpoint
+ * without peer error handling (every same-host one, see above) cannot be
+ * force-closed either (ucp_ep_close_nbx refuses UCP_EP_CLOSE_FLAG_FORCE).
+ * The one thing that ends every operation of an endpoint, whatever its mode,
+ * is destroying its worker. So each connection has a worker of its own, and
+ * aborting a connection (a cancel, a stall, a dead peer) destroys that
+ * worker: once ucp_worker_destroy() returns, nothing UCX does can touch the
+ * memory its operations named (the FIFOs and sockets that could deliver a
+ * late reply are gone). The next post opens a fresh worker and endpoint and
+ * unpacks the keys again. The agent's own worker, whose address the metadata
+ * advertises, serves peers' operations on this agent's memory. The price is
+ * a worker per peer (about 4 MiB and 10 file descriptors with Debian's UCX
+ * 1.13 and its default transports, and a few milliseconds to open); a peer
+ * pays for one stale endpoint each time we abort a connection to it.
+ *
  * Posting allocates nothing: the per-operation requests are released at once
  * (their errors surface through the flush), and the flush's own completion
  * state lives in the space UCX reserves in each request for its user
@@ -30,8 +45,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <ucp/api/ucp.h>
+#include <ucs/debug/log_def.h>
 #include <unistd.h>
 
 #include "util/time.h"
@@ -43,15 +60,20 @@
 /* How often endpoints to same-host peers are checked for a dead process. */
 #define FERRY__UCX_LIVENESS_NS 20000000ull
 
+/* How long closing an idle endpoint may take before its worker is destroyed
+ * anyway. */
+#define FERRY__UCX_CLOSE_NS 1000000000ull
+
 struct ferry__ucx_conn;
 
 typedef struct ferry__ucx_ctx {
     ucp_context_h context;
-    ucp_worker_h worker;
+    ucp_worker_h worker; /* serves peers; its address is advertised */
     ucp_address_t *address;
     size_t address_len;
     uint64_t memory_types;
-    int epfd; /* the worker's event fd and the watched peers' pidfds */
+    int epfd; /* every worker's event fd and the watched peers' pidfds */
+    struct ferry__ucx_conn *conns; /* every open connection */
     struct ferry__ucx_conn **watched; /* same-host connections */
     size_t nwatched, capwatched;
     uint64_t next_check_ns;
@@ -73,14 +95,32 @@ typedef struct ferry__ucx_req {
     ucs_status_t deferred; /* an error from posting, reported at flush end */
 } ferry__ucx_req_t;
 
+/* A remote key, unpacked on its connection's current endpoint: NULL after
+ * an abort until the next post unpacks it again from the packed copy. */
+typedef struct ferry__ucx_rkey {
+    ucp_rkey_h rkey;
+    struct ferry__ucx_conn *conn;
+    struct ferry__ucx_rkey *prev, *next; /* the connection's keys */
+    size_t len;
+    uint8_t packed[];
+} ferry__ucx_rkey_t;
+
 typedef struct ferry__ucx_conn {
-    ucp_ep_h ep;         /* NULL once force-closed after a failure */
+    ucp_worker_h worker; /* this connection's own; NULL after an abort */
+    ucp_ep_h ep;
+    int efd;             /* the worker's event fd, in ctx->epfd */
+    uint64_t events;     /* events its worker handled: the stall check's mark */
+    ucp_err_handling_mode_t err_mode;
     ucs_status_t failed; /* UCS_OK until the peer is known to be gone */
     bool watched;        /* same host: liveness through pid/pidfd */
     int pidfd;           /* -1 when pidfd_open was refused */
     pid_t pid;
     ferry__ucx_req_t *flushes; /* in flight on this endpoint */
+    ferry__ucx_rkey_t *rkeys;
+    struct ferry__ucx_conn *prev, *next; /* ctx->conns */
     char peer_name[256];
+    size_t addr_len;
+    uint8_t addr[]; /* the peer's worker address, for reconnecting */
 } ferry__ucx_conn_t;
 
 static ferry_status_t ferry__ucx_status(ucs_status_t s)
@@ -207,9 +247,14 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
     ctx->memory_types = attr.memory_types;
 
     /* The core serialises every call into this backend under the agent's
-     * lock, so the worker needs no locking of its own. */
-    wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+     * lock, so the worker needs no locking of its own. It only serves
+     * peers: the requests it holds at the end are UCX's own replies to
+     * connections a peer aborted (see the top of this file), which UCX
+     * would otherwise report as leaks one by one. */
+    wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE |
+                         UCP_WORKER_PARAM_FIELD_FLAGS;
     wparams.thread_mode = UCS_THREAD_MODE_SINGLE;
+    wparams.flags = UCP_WORKER_FLAG_IGNORE_REQUEST_LEAK;
     s = ucp_worker_create(ctx->context, &wparams, &ctx->worker);
     if (s != UCS_OK) {
         st = ferry__ucx_error(s, "ucp_worker_create", NULL);
@@ -382,34 +427,137 @@ static void ferry__ucx_unwatch(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
     conn->watched = false;
 }
 
-/* Releases an endpoint; a failed one by force, which completes everything
- * still in flight on it with an error. */
-static void ferry__ucx_ep_release(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
+/*
+ * Destroying a worker with operations in flight is what an abort is for,
+ * but UCX warns about it ("N pending operations were not flushed"). A log
+ * handler, installed once, turns that one warning into a debug line while
+ * this thread is aborting; every other message goes on to UCX's own
+ * handlers.
+ */
+static _Thread_local bool ferry__ucx_aborting;
+static pthread_once_t ferry__ucx_log_once = PTHREAD_ONCE_INIT;
+
+static ucs_log_func_rc_t ferry__ucx_log(const char *file, unsigned line,
+                                        const char *function, ucs_log_level_t level,
+                                        const ucs_log_component_config_t *comp,
+                                        const char *message, va_list ap)
+{
+    (void)file;
+    (void)line;
+    (void)function;
+    (void)level;
+    (void)comp;
+    (void)ap;
+    if (ferry__ucx_aborting && strstr(message, "operations were not flushed") != NULL) {
+        ferry__debug("ucx: worker destroyed with operations in flight");
+        return UCS_LOG_FUNC_RC_STOP;
+    }
+    return UCS_LOG_FUNC_RC_CONTINUE;
+}
+
+static void ferry__ucx_log_install(void)
+{
+    ucs_log_push_handler(ferry__ucx_log);
+}
+
+/* Opens the connection's worker and its endpoint to the peer. */
+static ferry_status_t ferry__ucx_connect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
+{
+    ucp_worker_params_t wp = {0};
+    ucp_ep_params_t ep = {0};
+    struct epoll_event ev = {.events = EPOLLIN};
+    ucs_status_t s;
+    ferry_status_t st;
+
+    /* An abort abandons the requests in flight on purpose. */
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE | UCP_WORKER_PARAM_FIELD_FLAGS;
+    wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+    wp.flags = UCP_WORKER_FLAG_IGNORE_REQUEST_LEAK;
+    s = ucp_worker_create(ctx->context, &wp, &conn->worker);
+    if (s != UCS_OK) {
+        conn->worker = NULL;
+        return ferry__ucx_error(s, "ucp_worker_create", conn->peer_name);
+    }
+    s = ucp_worker_get_efd(conn->worker, &conn->efd);
+    if (s != UCS_OK) {
+        st = ferry__ucx_error(s, "ucp_worker_get_efd", conn->peer_name);
+        goto err_worker;
+    }
+    if (epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, conn->efd, &ev) != 0) {
+        st = ferry__error(FERRY_ERR_SYSTEM, "ucx: epoll for a connection's event "
+                          "fd: %s", strerror(errno));
+        goto err_worker;
+    }
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    ep.address = (const ucp_address_t *)conn->addr;
+    ep.err_mode = conn->err_mode;
+    ep.err_handler.cb = ferry__ucx_ep_error;
+    ep.err_handler.arg = conn;
+    s = ucp_ep_create(conn->worker, &ep, &conn->ep);
+    if (s != UCS_OK) {
+        st = ferry__ucx_error(s, "ucp_ep_create", conn->peer_name);
+        goto err_epoll;
+    }
+    return FERRY_OK;
+
+err_epoll:
+    (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
+err_worker:
+    ucp_worker_destroy(conn->worker);
+    conn->worker = NULL;
+    conn->ep = NULL;
+    return st;
+}
+
+/* Closes an idle endpoint politely, for a bounded time. */
+static void ferry__ucx_ep_close(ferry__ucx_conn_t *conn)
 {
     ucp_request_param_t p = {0};
-    ucs_status_ptr_t req;
-    uint64_t deadline = ferry__now_ns() + 5000000000ull;
+    ucs_status_ptr_t req = ucp_ep_close_nbx(conn->ep, &p);
+    uint64_t deadline = ferry__now_ns() + FERRY__UCX_CLOSE_NS;
 
-    if (conn->ep == NULL)
-        return;
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = conn->failed != UCS_OK ? UCP_EP_CLOSE_FLAG_FORCE : 0;
-    req = ucp_ep_close_nbx(conn->ep, &p);
-    conn->ep = NULL;
     if (UCS_PTR_IS_PTR(req)) {
-        if (conn->failed != UCS_OK)
-            deadline = ferry__now_ns() + 100000000ull; /* nothing to wait for */
         while (ucp_request_check_status(req) == UCS_INPROGRESS &&
                ferry__now_ns() < deadline)
-            ucp_worker_progress(ctx->worker);
+            ucp_worker_progress(conn->worker);
         if (ucp_request_check_status(req) == UCS_INPROGRESS)
-            ferry__warn("ucx: closing the endpoint to peer '%s' did not finish "
-                        "in 5 s; leaving it to the worker", conn->peer_name);
+            ferry__debug("ucx: closing the endpoint to peer '%s' did not finish; "
+                         "destroying its worker", conn->peer_name);
         ucp_request_free(req);
     } else if (UCS_PTR_IS_ERR(req)) {
         ferry__debug("ucx: ucp_ep_close_nbx (peer '%s'): %s", conn->peer_name,
                      ucs_status_string(UCS_PTR_STATUS(req)));
     }
+}
+
+/*
+ * Destroys the connection's worker, with its endpoint and every operation
+ * still queued or outstanding on it: afterwards UCX touches none of their
+ * memory. Keys go first (they were unpacked on the endpoint); they are
+ * unpacked again on the next connect. A polite close is tried first only
+ * when nothing is in flight and the peer is not known to be gone.
+ */
+static void ferry__ucx_disconnect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn,
+                                  bool polite)
+{
+    if (conn->worker == NULL)
+        return;
+    for (ferry__ucx_rkey_t *k = conn->rkeys; k != NULL; k = k->next) {
+        if (k->rkey != NULL)
+            ucp_rkey_destroy(k->rkey);
+        k->rkey = NULL;
+    }
+    if (polite && conn->flushes == NULL && conn->failed == UCS_OK)
+        ferry__ucx_ep_close(conn);
+    (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
+    pthread_once(&ferry__ucx_log_once, ferry__ucx_log_install);
+    ferry__ucx_aborting = true;
+    ucp_worker_destroy(conn->worker);
+    ferry__ucx_aborting = false;
+    conn->worker = NULL;
+    conn->ep = NULL;
 }
 
 static void ferry__ucx_unlink(ferry__ucx_req_t *r)
@@ -424,28 +572,53 @@ static void ferry__ucx_unlink(ferry__ucx_req_t *r)
 }
 
 /*
- * Fails a same-host connection whose peer process has ended. Without UCX
- * error handling nothing completes the flushes in flight, so they are
- * completed here with PEER_LOST and orphaned (a late callback from UCX only
- * frees them); the forced close then drops whatever UCX still queued, so no
- * operation touches the requests' local memory after they are reported.
+ * Ends every batch in flight on the connection with status why (the detail
+ * text is the caller's last error): their flushes are detached, the worker
+ * is destroyed, and only then are the completions reported, so that no
+ * caller learns of one while UCX could still touch its memory.
  */
+static ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why)
+{
+    ferry__ucx_ctx_t *ctx = vctx;
+    ferry__ucx_conn_t *conn = vconn;
+    struct ferry__ucx_done { ferry__bk_done_cb cb; void *arg; } *done;
+    size_t n = 0, i = 0;
+
+    for (ferry__ucx_req_t *r = conn->flushes; r != NULL; r = r->next)
+        n++;
+    done = n > 0 ? malloc(n * sizeof(*done)) : NULL;
+    while (conn->flushes != NULL) {
+        ferry__ucx_req_t *r = conn->flushes;
+
+        ferry__ucx_unlink(r);
+        r->conn = NULL; /* the request itself dies with the worker */
+        if (done != NULL) {
+            done[i++] = (struct ferry__ucx_done){r->cb, r->arg};
+        } else {
+            /* Out of memory for the list: report now. The caller holds the
+             * agent's lock, and the worker is destroyed before it lets go. */
+            r->cb(r->arg, why);
+        }
+    }
+    ferry__ucx_disconnect(ctx, conn, false);
+    for (size_t j = 0; j < i; j++)
+        done[j].cb(done[j].arg, why);
+    free(done);
+    return FERRY_OK;
+}
+
+/* Fails a same-host connection whose peer process has ended: without UCX
+ * error handling nothing else would complete its flushes. */
 static void ferry__ucx_fail(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
 {
+    ferry_status_t st;
+
     conn->failed = UCS_ERR_CONNECTION_RESET;
     /* An exited process's pidfd stays readable: stop sleeping on it. */
     if (conn->pidfd >= 0)
         (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->pidfd, NULL);
-    while (conn->flushes != NULL) {
-        ferry__ucx_req_t *r = conn->flushes;
-        ferry_status_t st;
-
-        ferry__ucx_unlink(r);
-        r->conn = NULL;
-        st = ferry__ucx_error(conn->failed, "peer process exited", conn->peer_name);
-        r->cb(r->arg, st);
-    }
-    ferry__ucx_ep_release(ctx, conn);
+    st = ferry__ucx_error(conn->failed, "peer process exited", conn->peer_name);
+    (void)ferry__ucx_conn_abort(ctx, conn, st);
 }
 
 /* Fails the endpoints of same-host peers whose process has ended. */
@@ -468,34 +641,28 @@ static ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
 {
     ferry__ucx_ctx_t *ctx = vctx;
     ferry__ucx_conn_t *conn;
-    ucp_ep_params_t ep = {0};
-    ucs_status_t s;
     ferry_status_t st;
 
-    (void)len; /* the blob parser checked the section's bounds */
-    conn = calloc(1, sizeof(*conn));
+    conn = calloc(1, sizeof(*conn) + len);
     if (conn == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a connection");
     conn->pidfd = -1;
+    conn->efd = -1;
     snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.address = (const ucp_address_t *)addr;
-    ep.err_mode = peer->same_host ? UCP_ERR_HANDLING_MODE_NONE
-                                  : UCP_ERR_HANDLING_MODE_PEER;
-    ep.err_handler.cb = ferry__ucx_ep_error;
-    ep.err_handler.arg = conn;
+    memcpy(conn->addr, addr, len);
+    conn->addr_len = len;
+    conn->err_mode = peer->same_host ? UCP_ERR_HANDLING_MODE_NONE
+                                     : UCP_ERR_HANDLING_MODE_PEER;
     if (peer->same_host && peer->pid > 0) {
         st = ferry__ucx_watch(ctx, conn, (pid_t)peer->pid);
         if (st < 0)
             goto err_free;
     }
-    s = ucp_ep_create(ctx->worker, &ep, &conn->ep);
-    if (s != UCS_OK) {
-        st = ferry__ucx_error(s, "ucp_ep_create", peer->name);
-        goto err_unwatch;
-    }
+    FERRY_CHECK_GOTO(ferry__ucx_connect(ctx, conn), st, err_unwatch);
+    conn->next = ctx->conns;
+    if (ctx->conns != NULL)
+        ctx->conns->prev = conn;
+    ctx->conns = conn;
     *conn_p = conn;
     return FERRY_OK;
 
@@ -514,15 +681,22 @@ static void ferry__ucx_conn_close(void *vctx, void *vconn)
 
     if (conn->watched)
         ferry__ucx_unwatch(ctx, conn);
-    ferry__ucx_ep_release(ctx, conn);
-    /* The core closes a connection only once no request uses it; anything
-     * left would be a late callback, which must not find this memory. */
+    /* The core closes a connection only once no request uses it and its
+     * keys are closed; a flush left here would be a late callback, which
+     * must not find this memory. */
     while (conn->flushes != NULL) {
         ferry__ucx_req_t *r = conn->flushes;
 
         ferry__ucx_unlink(r);
         r->conn = NULL;
     }
+    ferry__ucx_disconnect(ctx, conn, true);
+    if (conn->prev != NULL)
+        conn->prev->next = conn->next;
+    else
+        ctx->conns = conn->next;
+    if (conn->next != NULL)
+        conn->next->prev = conn->prev;
     free(conn);
 }
 
@@ -531,24 +705,50 @@ static ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
                                            void **rkey_p)
 {
     ferry__ucx_conn_t *conn = vconn;
-    ucp_rkey_h rkey;
+    ferry__ucx_rkey_t *k;
     ucs_status_t s;
 
     (void)vctx;
-    (void)len;
-    if (conn->ep == NULL)
+    if (conn->failed != UCS_OK)
         return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
-    s = ucp_ep_rkey_unpack(conn->ep, data, &rkey);
-    if (s != UCS_OK)
-        return ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);
-    *rkey_p = rkey;
+    k = calloc(1, sizeof(*k) + len);
+    if (k == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a remote key");
+    memcpy(k->packed, data, len);
+    k->len = len;
+    k->conn = conn;
+    /* After an abort the endpoint is reopened, and keys unpacked, at the
+     * next post. */
+    if (conn->ep != NULL) {
+        s = ucp_ep_rkey_unpack(conn->ep, data, &k->rkey);
+        if (s != UCS_OK) {
+            free(k);
+            return ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);
+        }
+    }
+    k->next = conn->rkeys;
+    if (conn->rkeys != NULL)
+        conn->rkeys->prev = k;
+    conn->rkeys = k;
+    *rkey_p = k;
     return FERRY_OK;
 }
 
-static void ferry__ucx_rkey_close(void *vctx, void *rkey)
+/* Keys are closed before their connection (peer.c). */
+static void ferry__ucx_rkey_close(void *vctx, void *vkey)
 {
+    ferry__ucx_rkey_t *k = vkey;
+
     (void)vctx;
-    ucp_rkey_destroy(rkey);
+    if (k->rkey != NULL)
+        ucp_rkey_destroy(k->rkey);
+    if (k->next != NULL)
+        k->next->prev = k->prev;
+    if (k->prev != NULL)
+        k->prev->next = k->next;
+    else
+        k->conn->rkeys = k->next;
+    free(k);
 }
 
 static void ferry__ucx_flush_done(void *request, ucs_status_t status,
@@ -560,7 +760,7 @@ static void ferry__ucx_flush_done(void *request, ucs_status_t status,
     ferry_status_t st = FERRY_OK;
 
     (void)user_data;
-    if (r->conn == NULL) { /* already reported when its peer died */
+    if (r->conn == NULL) { /* already reported by an abort */
         ucp_request_free(request);
         return;
     }
@@ -568,11 +768,32 @@ static void ferry__ucx_flush_done(void *request, ucs_status_t status,
     if (r->deferred != UCS_OK)
         status = r->deferred;
     if (status != UCS_OK && r->conn->failed != UCS_OK)
-        status = r->conn->failed; /* "canceled" by a force close: peer gone */
+        status = r->conn->failed; /* "canceled" by a failure: peer gone */
     if (status != UCS_OK)
         st = ferry__ucx_error(status, "flush", r->conn->peer_name);
     ucp_request_free(request);
     cb(arg, st);
+}
+
+/* Reopens a connection after an abort: a new worker, a new endpoint, and
+ * every key of the connection unpacked again. */
+static ferry_status_t ferry__ucx_reconnect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
+{
+    ucs_status_t s;
+
+    FERRY_CHECK(ferry__ucx_connect(ctx, conn));
+    for (ferry__ucx_rkey_t *k = conn->rkeys; k != NULL; k = k->next) {
+        s = ucp_ep_rkey_unpack(conn->ep, k->packed, &k->rkey);
+        if (s != UCS_OK) {
+            ferry_status_t st = ferry__ucx_error(s, "ucp_ep_rkey_unpack",
+                                                 conn->peer_name);
+
+            ferry__ucx_disconnect(ctx, conn, false);
+            return st;
+        }
+    }
+    ferry__debug("ucx: reconnected to peer '%s'", conn->peer_name);
+    return FERRY_OK;
 }
 
 static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t op,
@@ -586,21 +807,23 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
     const char *call = op == FERRY_OP_WRITE ? "ucp_put_nbx" : "ucp_get_nbx";
     ferry__ucx_req_t *r;
 
-    (void)vctx;
     if (conn->failed != UCS_OK)
         return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
+    if (conn->worker == NULL)
+        FERRY_CHECK(ferry__ucx_reconnect(vctx, conn));
 
     p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
     for (size_t i = 0; i < n; i++) {
         const ferry__bk_seg_t *s = &segs[i];
+        ucp_rkey_h rkey = ((ferry__ucx_rkey_t *)s->rkey)->rkey;
 
         p.memh = ((ferry__ucx_reg_t *)s->lreg)->memh;
         if (op == FERRY_OP_WRITE)
             sp = ucp_put_nbx(conn->ep, (const void *)(uintptr_t)s->laddr, s->len,
-                             s->raddr, s->rkey, &p);
+                             s->raddr, rkey, &p);
         else
             sp = ucp_get_nbx(conn->ep, (void *)(uintptr_t)s->laddr, s->len,
-                             s->raddr, s->rkey, &p);
+                             s->raddr, rkey, &p);
         if (UCS_PTR_IS_ERR(sp)) {
             /* Segments already posted are in flight: flush them, then
              * report this error when the flush ends. */
@@ -639,11 +862,21 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
     return FERRY_IN_PROGRESS;
 }
 
+/* Every worker, every time: an idle one costs a few nanoseconds, and one
+ * left unprogressed could keep its event fd readable for the sleepers. */
 static unsigned ferry__ucx_progress(void *vctx)
 {
     ferry__ucx_ctx_t *ctx = vctx;
     unsigned n = ucp_worker_progress(ctx->worker);
 
+    for (ferry__ucx_conn_t *c = ctx->conns; c != NULL; c = c->next) {
+        if (c->worker != NULL) {
+            unsigned k = ucp_worker_progress(c->worker);
+
+            c->events += k;
+            n += k;
+        }
+    }
     if (ctx->nwatched > 0) {
         uint64_t now = ferry__now_ns();
 
@@ -655,21 +888,37 @@ static unsigned ferry__ucx_progress(void *vctx)
     return n;
 }
 
+static uint64_t ferry__ucx_conn_events(void *vctx, void *vconn)
+{
+    (void)vctx;
+    return ((ferry__ucx_conn_t *)vconn)->events;
+}
+
 static int ferry__ucx_event_fd(void *vctx)
 {
     return ((ferry__ucx_ctx_t *)vctx)->epfd;
 }
 
-static ferry_status_t ferry__ucx_arm(void *vctx)
+static ferry_status_t ferry__ucx_arm_one(ucp_worker_h worker)
 {
-    ferry__ucx_ctx_t *ctx = vctx;
-    ucs_status_t s = ucp_worker_arm(ctx->worker);
+    ucs_status_t s = ucp_worker_arm(worker);
 
     if (s == UCS_OK)
         return FERRY_OK;
     if (s == UCS_ERR_BUSY)
         return FERRY_ERR_BUSY;
     return ferry__ucx_error(s, "ucp_worker_arm", NULL);
+}
+
+static ferry_status_t ferry__ucx_arm(void *vctx)
+{
+    ferry__ucx_ctx_t *ctx = vctx;
+
+    FERRY_CHECK(ferry__ucx_arm_one(ctx->worker));
+    for (ferry__ucx_conn_t *c = ctx->conns; c != NULL; c = c->next)
+        if (c->worker != NULL)
+            FERRY_CHECK(ferry__ucx_arm_one(c->worker));
+    return FERRY_OK;
 }
 
 const ferry__backend_ops_t ferry__ucx_ops = {
@@ -692,6 +941,8 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .progress = ferry__ucx_progress,
     .event_fd = ferry__ucx_event_fd,
     .arm = ferry__ucx_arm,
+    .conn_abort = ferry__ucx_conn_abort,
+    .conn_events = ferry__ucx_conn_events,
 };
 
 /* ferry-info: UCX's version, the transports a default context selects and
