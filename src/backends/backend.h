@@ -115,6 +115,14 @@ typedef struct ferry__backend_ops {
     /* A count that grows while the transport makes headway on the
      * connection (events handled): the core's stall check compares it. */
     uint64_t (*conn_events)(void *ctx, void *conn);
+    /*
+     * Enqueues n segments on a CUDA stream (a CUstream): stream-ordered
+     * transfers of a backend whose transfers are copies. Nothing is tracked:
+     * the stream orders what follows. FERRY_ERR_UNSUPPORTED elsewhere.
+     */
+    ferry_status_t (*post_stream)(void *ctx, void *conn, ferry_xfer_op_t op,
+                                  const ferry__bk_seg_t *segs, size_t n,
+                                  void *stream);
 } ferry__backend_ops_t;
 
 extern const ferry__backend_ops_t ferry__ucx_ops;

@@ -114,6 +114,7 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
     ferry__list_init(&agent->peers);
     ferry__list_init(&agent->xfers);
     ferry__list_init(&agent->active);
+    ferry__list_init(&agent->armed);
     ferry__list_init(&agent->cq);
     if (params != NULL && (params->field_mask & FERRY_AGENT_PARAM_STALL_TIMEOUT))
         agent->stall_ns = params->stall_timeout_ns;

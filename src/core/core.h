@@ -121,6 +121,7 @@ struct ferry_xfer {
     ferry__list_t cqlink;
     ferry_status_t cq_status;
     void *user_data;
+    struct ferry__xstream *stream; /* stream-ordered state (stream.c) */
 };
 
 struct ferry_agent {
@@ -146,6 +147,7 @@ struct ferry_agent {
     uint32_t next_region_id;
     ferry__list_t mems, peers, xfers;
     ferry__list_t active; /* requests in flight */
+    ferry__list_t armed;  /* requests a stream may trigger (stream.c) */
     ferry__list_t cq;     /* finished requests that asked to be queued */
 };
 
@@ -182,6 +184,19 @@ ferry_status_t ferry__xfer_result(ferry_xfer_t *x);
 /* Under the lock: times out requests whose transports made no headway for
  * agent->stall_ns (xfer.c; called by every progress). */
 void ferry__stall_check_locked(ferry_agent_t *agent);
+
+/* xfer.c, under the lock: whether x may be posted now (FERRY_OK, or BUSY,
+ * PEER_LOST, NOT_REGISTERED with a text naming call); and starting x's
+ * parts except those of backend skip_id (0: all), as a post does. */
+ferry_status_t ferry__xfer_postable_locked(ferry_xfer_t *x, const char *call);
+ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, uint16_t skip_id);
+
+/* stream.c, under the lock: triggers set by streams, started (returns how
+ * many); a triggered run's end, signalled to the stream; teardown. */
+typedef struct ferry__xstream ferry__xstream_t;
+unsigned ferry__stream_poll_locked(ferry_agent_t *agent);
+void ferry__stream_done_locked(ferry_xfer_t *x);
+void ferry__stream_release_locked(ferry_xfer_t *x);
 
 /* Under the lock: drop a reference; the last one frees (mem.c, peer.c). */
 void ferry__mem_unref(ferry_mem_t *mem);

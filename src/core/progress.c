@@ -41,6 +41,8 @@ unsigned ferry__progress_locked(ferry_agent_t *agent)
     for (unsigned k = 0; k < FERRY__NBK; k++)
         n += ferry__backends[k]->progress(agent->bk_ctx[k]);
     ferry__stall_check_locked(agent);
+    if (agent->armed.next != &agent->armed)
+        n += ferry__stream_poll_locked(agent);
     return n;
 }
 

@@ -368,6 +368,7 @@ static void ferry__xfer_finish(ferry_xfer_t *x)
     }
     atomic_store_explicit(&x->result, x->first_err, memory_order_relaxed);
     atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
+    ferry__stream_done_locked(x);
     pthread_cond_broadcast(&agent->done_cv);
 }
 
@@ -472,33 +473,41 @@ static ferry_status_t ferry__xfer_cancel_locked(ferry_xfer_t *x, const char *cal
     return ferry__xfer_abort_locked(x, FERRY_ERR_CANCELED, own, others);
 }
 
+ferry_status_t ferry__xfer_postable_locked(ferry_xfer_t *x, const char *call)
+{
+    if (atomic_load_explicit(&x->state, memory_order_relaxed) == FERRY__XFER_ACTIVE)
+        return ferry__error(FERRY_ERR_BUSY, "%s: the request is still in flight",
+                            call);
+    if (x->remote->inst->retired)
+        return ferry__error(FERRY_ERR_PEER_LOST, "%s: peer '%s' was forgotten or "
+                            "replaced by a new instance; prepare the request again",
+                            call, x->remote->md.name);
+    for (size_t i = 0; i < x->nmems; i++)
+        if (x->mems[i]->dead)
+            return ferry__error(FERRY_ERR_NOT_REGISTERED, "%s: a local "
+                                "registration this request uses was deregistered",
+                                call);
+    return FERRY_OK;
+}
+
 ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
 {
-    ferry_agent_t *agent;
     ferry_status_t st;
 
     if (x == NULL)
         return ferry__error(FERRY_ERR_INVALID, "xfer_post: NULL request");
-    agent = x->agent;
-    ferry__agent_lock(agent);
-    if (atomic_load_explicit(&x->state, memory_order_relaxed) == FERRY__XFER_ACTIVE) {
-        ferry__agent_unlock(agent);
-        return ferry__error(FERRY_ERR_BUSY, "xfer_post: the request is still in "
-                            "flight");
-    }
-    if (x->remote->inst->retired) {
-        ferry__agent_unlock(agent);
-        return ferry__error(FERRY_ERR_PEER_LOST, "xfer_post: peer '%s' was "
-                            "forgotten or replaced by a new instance; prepare the "
-                            "request again", x->remote->md.name);
-    }
-    for (size_t i = 0; i < x->nmems; i++) {
-        if (x->mems[i]->dead) {
-            ferry__agent_unlock(agent);
-            return ferry__error(FERRY_ERR_NOT_REGISTERED, "xfer_post: a local "
-                                "registration this request uses was deregistered");
-        }
-    }
+    ferry__agent_lock(x->agent);
+    st = ferry__xfer_postable_locked(x, "xfer_post");
+    if (st == FERRY_OK)
+        st = ferry__xfer_start_locked(x, 0);
+    ferry__agent_unlock(x->agent);
+    return st;
+}
+
+ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, uint16_t skip_id)
+{
+    ferry_agent_t *agent = x->agent;
+    ferry_status_t st;
 
     ferry__cq_drop(x);
     x->first_err = FERRY_OK;
@@ -508,6 +517,10 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
         const ferry__xfer_part_t *part = &x->parts[p];
         unsigned k = part->slot;
 
+        if (ferry__backends[k]->id == skip_id) {
+            x->pending--;
+            continue;
+        }
         st = ferry__backends[k]->post(agent->bk_ctx[k], x->remote->inst->conn[k],
                                       x->op, x->segs + part->first, part->count,
                                       ferry__xfer_part_done, x);
@@ -532,7 +545,6 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
         if (st < 0)
             ferry__error(st, "%s", x->errmsg);
     }
-    ferry__agent_unlock(agent);
     return st;
 }
 
@@ -619,6 +631,7 @@ void ferry_xfer_release(ferry_xfer_t *x)
     }
     ferry__agent_lock(agent);
     ferry__cq_drop(x);
+    ferry__stream_release_locked(x);
     ferry__list_del(&x->link);
     for (size_t i = 0; i < x->nmems; i++)
         ferry__mem_unref(x->mems[i]);

@@ -161,6 +161,7 @@ enum {
     X(cuEventDestroy, (CUevent event))                                        \
     X(cuEventRecord, (CUevent event, CUstream stream))                        \
     X(cuEventQuery, (CUevent event))                                          \
+    X(cuStreamWaitEvent, (CUstream stream, CUevent event, unsigned flags))    \
     X(cuLaunchHostFunc, (CUstream stream, CUhostFn fn, void *user))           \
     X(cuStreamWriteValue32, (CUstream stream, CUdeviceptr addr,               \
                              uint32_t value, unsigned flags))                 \

@@ -1101,6 +1101,29 @@ out:
     return st;
 }
 
+static ferry_status_t ci_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op,
+                                     const ferry__bk_seg_t *segs, size_t n,
+                                     void *stream)
+{
+    ci_ctx_t *ctx = vctx;
+    int device = ((const ci_rkey_t *)segs[0].rkey)->map->device;
+    ferry_status_t st = FERRY_OK;
+
+    (void)vconn;
+    FERRY_CHECK(ferry__cuda_push(device));
+    for (size_t i = 0; i < n && st == FERRY_OK; i++) {
+        CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ci_remote_ptr(&segs[i]);
+
+        st = op == FERRY_OP_WRITE
+                 ? FERRY__CU(ctx->cu, cuMemcpyAsync, (r, l, segs[i].len, (CUstream)stream))
+                 : FERRY__CU(ctx->cu, cuMemcpyAsync, (l, r, segs[i].len, (CUstream)stream));
+        if (st < 0)
+            ferry__error_prefix("cuda_ipc: segment %zu", i);
+    }
+    ferry__cuda_pop();
+    return st;
+}
+
 static unsigned ci_progress(void *vctx)
 {
     ci_ctx_t *ctx = vctx;
@@ -1240,4 +1263,5 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .arm = ci_arm,
     .conn_abort = ci_conn_abort,
     .conn_events = ci_conn_events,
+    .post_stream = ci_post_stream,
 };

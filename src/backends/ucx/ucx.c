@@ -888,6 +888,16 @@ static unsigned ferry__ucx_progress(void *vctx)
     return n;
 }
 
+/* A stream orders UCX transfers through the core's flags, never directly. */
+static ferry_status_t ferry__ucx_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op,
+                                             const ferry__bk_seg_t *segs, size_t n,
+                                             void *stream)
+{
+    (void)vctx, (void)vconn, (void)op, (void)segs, (void)n, (void)stream;
+    return ferry__error(FERRY_ERR_UNSUPPORTED, "ucx: transfers cannot be enqueued "
+                        "on a CUDA stream");
+}
+
 static uint64_t ferry__ucx_conn_events(void *vctx, void *vconn)
 {
     (void)vctx;
@@ -943,6 +953,7 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .arm = ferry__ucx_arm,
     .conn_abort = ferry__ucx_conn_abort,
     .conn_events = ferry__ucx_conn_events,
+    .post_stream = ferry__ucx_post_stream,
 };
 
 /* ferry-info: UCX's version, the transports a default context selects and
