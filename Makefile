@@ -58,6 +58,8 @@ all: build
 # Each check names the Debian package that provides what it looks for.
 # As root (CI, containers) the missing packages are installed; otherwise the
 # command to run is printed and make stops, rather than calling sudo.
+# iproute2 (`ip`) serves only the two-namespace test, which needs root
+# anyway, so it is asked for only as root.
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
@@ -66,6 +68,9 @@ deps:
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev"; \
 	command -v ucx_perftest >/dev/null || missing="$$missing ucx-utils"; \
+	if [ "$$(id -u)" = 0 ] && ! command -v ip >/dev/null; then \
+		missing="$$missing iproute2"; \
+	fi; \
 	if [ -z "$$missing" ]; then \
 		echo "deps: cmake, gcc, pkg-config, libucx-dev and ucx-utils are present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
