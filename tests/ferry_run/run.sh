@@ -26,11 +26,20 @@ run() {
     err=$(cat "$tmp/err")
 }
 
+# The pids of processes whose command line matches (from /proc, so that
+# the test needs no procps).
+find_procs() {
+    local f
+    for f in /proc/[0-9]*/cmdline; do
+        tr '\0' ' ' <"$f" 2>/dev/null | grep -qE "$1" && basename "$(dirname "$f")"
+    done
+}
+
 leftovers() {
     local pids
-    pids=$(pgrep -f "$mark|sleep $NAP")
+    pids=$(find_procs "$mark|sleep $NAP" | grep -vx "$$")
     if [ -n "$pids" ]; then
-        fail "$1: processes left running: $(ps -o pid=,args= -p "${pids//$'\n'/,}")"
+        fail "$1: processes left running: $pids"
         kill -KILL $pids 2>/dev/null
     fi
 }
@@ -76,7 +85,12 @@ for sig in INT TERM; do
         "trap 'touch $tmp/got.\$FERRY_RANK; exit 5' $sig; sleep \$NAP & touch $tmp/ready.\$FERRY_RANK; wait" "$mark" \
         >"$tmp/out" 2>&1 &
     pid=$!
-    (sleep 60; kill -KILL $pid 2>/dev/null) &
+    # A watchdog that ends by itself soon after ferry-run does.
+    (for _ in $(seq 600); do
+        kill -0 $pid 2>/dev/null || exit 0
+        sleep 0.1
+    done
+    kill -KILL $pid) &
     watchdog=$!
     # Wait until every rank has set its trap.
     for _ in $(seq 300); do
@@ -86,8 +100,7 @@ for sig in INT TERM; do
     kill -$sig $pid
     wait $pid
     rc=$?
-    pkill -P $watchdog 2>/dev/null # its sleep, by parent id
-    wait $watchdog 2>/dev/null
+    wait $watchdog
     [ $rc = 5 ] || fail "SIG$sig: expected 5, got $rc ($(cat "$tmp/out"))"
     for r in 0 1 2; do
         [ -e "$tmp/got.$r" ] || fail "SIG$sig did not reach rank $r"
