@@ -199,8 +199,9 @@ static int spawn(int r, char **argv, char **envp)
 }
 
 /* The environment of rank r: ours, without the variables we set, plus
- * them. */
-static char **rank_env(int r, const char *url, const char *prefix)
+ * them, which start at *own_p (free them and the array with env_free). */
+static char **rank_env(int r, const char *url, const char *prefix,
+                       size_t *own_p)
 {
     static const char *const ours[] = {"FERRY_RANK=", "FERRY_WORLD_SIZE=",
                                        "FERRY_STORE=", "LOCAL_RANK=",
@@ -222,6 +223,7 @@ static char **rank_env(int r, const char *url, const char *prefix)
         if (!skip)
             e[k++] = environ[i];
     }
+    *own_p = k;
     if (asprintf(&e[k++], "FERRY_RANK=%d", r) < 0 ||
         asprintf(&e[k++], "FERRY_WORLD_SIZE=%d", nranks) < 0 ||
         asprintf(&e[k++], "FERRY_STORE=%s", url) < 0 ||
@@ -230,6 +232,13 @@ static char **rank_env(int r, const char *url, const char *prefix)
         (prefix && asprintf(&e[k++], "FERRY_COMM_PREFIX=%s", prefix) < 0))
         return NULL;
     return e;
+}
+
+static void env_free(char **e, size_t own)
+{
+    for (size_t i = own; e != NULL && e[i] != NULL; i++)
+        free(e[i]);
+    free(e);
 }
 
 static int exit_code(int status)
@@ -331,18 +340,20 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int r = 0; r < nranks; r++) {
-        char **envp = rank_env(r, url, prefix);
+        size_t own = 0;
+        char **envp = rank_env(r, url, prefix, &own);
+        int rc;
 
         ranks[r].io[0].fd = ranks[r].io[1].fd = -1;
-        if (envp == NULL || spawn(r, argv + first, envp) != 0) {
+        rc = envp != NULL ? spawn(r, argv + first, envp) : -1;
+        env_free(envp, own);
+        if (rc != 0) {
             fprintf(stderr, "ferry-run: cannot start rank %d\n", r);
             result = 1;
             failed = true;
             signal_ranks(SIGKILL);
             break;
         }
-        /* The strings we added stay allocated; the process is small. */
-        free(envp);
     }
 
     live = 0;

@@ -31,7 +31,7 @@ run() {
 find_procs() {
     local f
     for f in /proc/[0-9]*/cmdline; do
-        tr '\0' ' ' <"$f" 2>/dev/null | grep -qE "$1" && basename "$(dirname "$f")"
+        tr '\0' ' ' 2>/dev/null <"$f" | grep -qE "$1" && basename "$(dirname "$f")"
     done
 }
 
