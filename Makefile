@@ -8,7 +8,7 @@
 #   make test       build, then run the whole test suite
 #   make bench      build, then run ferry-bench with its default sweep
 #   make sanitize   ASan + UBSan build in build-asan/, run the test suite
-#   make tsan       TSan build in build-tsan/, run the unit and xfer tests
+#   make tsan       TSan build in build-tsan/, run the unit, xfer and comm tests
 #   make install    install build/ under PREFIX (default /usr/local);
 #                   DESTDIR is honoured for staged installs
 #   make clean      remove the build directories
@@ -104,7 +104,7 @@ sanitize: deps
 tsan: deps
 	cmake -S . -B $(TSAN_DIR) -DFERRY_SANITIZE=thread
 	cmake --build $(TSAN_DIR) -j $(JOBS)
-	$(TSAN_ENV) $(CTEST) --test-dir $(TSAN_DIR) -L 'unit|xfer'
+	$(TSAN_ENV) $(CTEST) --test-dir $(TSAN_DIR) -L 'unit|xfer|comm'
 
 install: build
 	cmake --install $(BUILD_DIR) --prefix $(PREFIX)

@@ -5,8 +5,11 @@
  *       Small-value store throughput on loopback: each client (a thread
  *       with its own connection) repeats SET of a 16-byte value and GET of
  *       it back, on keys of its own; every SET and every GET counts as one
- *       operation. Without --store the server is ferry's, embedded in this
- *       process (its own thread).
+ *       operation. A GET is two round trips (WAIT for the key, then GET, as
+ *       torch's client does), a SET none (the protocol has no reply). The
+ *       reference, in the same run: PINGs per second, one round trip each,
+ *       from the same number of clients. Without --store the server is
+ *       ferry's, embedded in this process (its own thread).
  *
  *   ferry-run -n N -- ferry-comm-bench exchange [--reps R]
  *       Wall time of ferry_comm_exchange() across N ranks: the first
@@ -63,6 +66,7 @@ typedef struct client {
     int id;
     double seconds;
     pthread_barrier_t *start;
+    bool ping; /* the reference: PING only */
     unsigned long long ops;
 } client_t;
 
@@ -82,6 +86,11 @@ static void *client_main(void *arg)
         size_t len;
 
         /* 1000 keys per client, so the table holds more than one. */
+        if (c->ping) {
+            check(ferry_store_ping(s), "ping");
+            c->ops++;
+            continue;
+        }
         snprintf(key, sizeof(key), "bench/%d/%u", c->id, i % 1000);
         check(ferry_store_set(s, key, val, sizeof(val)), "set");
         check(ferry_store_get(s, key, &got, &len), "get");
@@ -118,31 +127,34 @@ static int bench_store(int argc, char **argv)
                  (unsigned)ferry_store_server_port(srv));
         url = urlbuf;
     }
-    printf("%-8s %14s %16s %18s\n", "clients", "ops/s", "ops/s/client",
-           "us per set+get");
+    printf("%-8s %14s %16s %18s %14s\n", "clients", "set+get ops/s",
+           "ops/s/client", "us per set+get", "ref: pings/s");
     snprintf(list, sizeof(list), "%s", clients);
     for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
         int n = atoi(tok);
         client_t *cs = calloc((size_t)(n > 0 ? n : 1), sizeof(*cs));
         pthread_barrier_t start;
-        unsigned long long total = 0;
+        unsigned long long total[2] = {0, 0};
 
         if (n < 1 || cs == NULL)
             return 2;
-        pthread_barrier_init(&start, NULL, (unsigned)n);
-        for (int i = 0; i < n; i++) {
-            cs[i] = (client_t){.url = url, .id = i, .seconds = seconds,
-                               .start = &start};
-            pthread_create(&cs[i].thread, NULL, client_main, &cs[i]);
+        for (int ping = 0; ping < 2; ping++) {
+            pthread_barrier_init(&start, NULL, (unsigned)n);
+            for (int i = 0; i < n; i++) {
+                cs[i] = (client_t){.url = url, .id = i, .seconds = seconds,
+                                   .start = &start, .ping = ping};
+                pthread_create(&cs[i].thread, NULL, client_main, &cs[i]);
+            }
+            for (int i = 0; i < n; i++) {
+                pthread_join(cs[i].thread, NULL);
+                total[ping] += cs[i].ops;
+            }
+            pthread_barrier_destroy(&start);
         }
-        for (int i = 0; i < n; i++) {
-            pthread_join(cs[i].thread, NULL);
-            total += cs[i].ops;
-        }
-        pthread_barrier_destroy(&start);
-        printf("%-8d %14.0f %16.0f %18.1f\n", n, (double)total / seconds,
-               (double)total / seconds / n,
-               1e6 * seconds * n / ((double)total / 2));
+        printf("%-8d %14.0f %16.0f %18.1f %14.0f\n", n,
+               (double)total[0] / seconds, (double)total[0] / seconds / n,
+               1e6 * seconds * n / ((double)total[0] / 2),
+               (double)total[1] / seconds);
         free(cs);
     }
     ferry_store_server_stop(srv);
