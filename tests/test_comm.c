@@ -21,6 +21,9 @@
  *                 a barrier). In all but "store", rank 0 hosts the store.
  *   env           resolution of rank, size and store from each launcher's
  *                 variables, and the errors for conflicting or bad ones.
+ *   api           one rank in process: a world of one, NULL arguments, a
+ *                 second claim of a rank, garbage in the failure record and
+ *                 abort keys, and a rank's own abort.
  *
  * A watchdog alarm turns any hang into a failure.
  */
@@ -529,6 +532,110 @@ static int run_fail(const char *self, const char *cas)
 }
 
 /* ------------------------------------------------------------------------ */
+/* One rank, in process: the API's edges and garbage from the store         */
+/* ------------------------------------------------------------------------ */
+
+static ferry_comm_t *comm_one(const char *url, const char *prefix)
+{
+    ferry_comm_params_t p = {
+        .field_mask = FERRY_COMM_PARAM_RANK | FERRY_COMM_PARAM_SIZE |
+                      FERRY_COMM_PARAM_STORE_URL | FERRY_COMM_PARAM_PREFIX |
+                      FERRY_COMM_PARAM_TIMEOUT,
+        .rank = 0, .size = 1, .store_url = url, .prefix = prefix,
+        .timeout_ns = 10000000000ull};
+    ferry_comm_t *c = NULL;
+
+    ASSERT_ST(FERRY_OK, ferry_comm_create(&p, &c));
+    return c;
+}
+
+static int run_api(void)
+{
+    ferry_store_server_t *srv;
+    ferry_store_t *rogue;
+    ferry_comm_t *c, *c2 = NULL;
+    ferry_agent_t *agent;
+    char url[64];
+    void *val;
+    size_t len;
+    ferry_comm_params_t p = {.field_mask = FERRY_COMM_PARAM_RANK |
+                                           FERRY_COMM_PARAM_SIZE |
+                                           FERRY_COMM_PARAM_STORE_URL |
+                                           FERRY_COMM_PARAM_PREFIX,
+                             .rank = 0, .size = 1, .prefix = "api/"};
+
+    ASSERT_ST(FERRY_OK, ferry_store_server_start(NULL, NULL, &srv));
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u",
+             (unsigned)ferry_store_server_port(srv));
+    ASSERT_ST(FERRY_OK, ferry_store_connect(url, NULL, &rogue));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
+
+    /* A world of one: collectives work, the peer table has one entry. */
+    c = comm_one(url, "api/");
+    EXPECT_EQ(0, ferry_comm_rank(c));
+    EXPECT_EQ(1, ferry_comm_size(c));
+    EXPECT_ST(FERRY_OK, ferry_comm_barrier(c, TMO));
+    EXPECT_ST(FERRY_OK, ferry_comm_allgather(c, "abc", 3, &val, &len, TMO));
+    EXPECT_TRUE(len == 3 && memcmp(val, "abc", 4) == 0);
+    ferry_store_free(val);
+    EXPECT_ST(FERRY_OK, ferry_comm_exchange(c, agent, TMO));
+    EXPECT_TRUE(ferry_comm_peer(c, 0) != NULL);
+    EXPECT_TRUE(ferry_comm_peer(c, 1) == NULL && ferry_comm_peer(c, -1) == NULL);
+    EXPECT_TRUE(ferry_comm_peer(NULL, 0) == NULL);
+
+    /* NULL arguments are INVALID, never a crash. */
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_barrier(NULL, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_allgather(c, NULL, 1, &val, &len, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_allgather(c, "a", 1, NULL, &len, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_exchange(c, NULL, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_abort(NULL, "x"));
+    ferry_comm_destroy(NULL);
+
+    /* A second process claiming the same rank under the same prefix. */
+    p.store_url = url;
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_create(&p, &c2));
+    EXPECT_ERR_HAS("rank 0 was already joined by another process");
+    EXPECT_TRUE(c2 == NULL);
+
+    /* A failure record that is not one: PROTOCOL, quoted. */
+    EXPECT_ST(FERRY_OK, ferry_store_set(rogue, "api/x/2/err", "bogus", 5));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(rogue));
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_comm_exchange(c, agent, TMO));
+    EXPECT_ERR_HAS("malformed failure record 'bogus'");
+    EXPECT_ST(FERRY_OK, ferry_store_set(rogue, "api/x/3/err", "-999 x", 6));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(rogue));
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_comm_exchange(c, agent, TMO));
+
+    /* An abort key holding garbage still aborts, and says what it held. */
+    EXPECT_ST(FERRY_OK, ferry_store_set(rogue, "api/abort", "zzz", 3));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(rogue));
+    ferry_comm_t *c3 = NULL;
+    p.prefix = "api/";
+    p.field_mask |= FERRY_COMM_PARAM_PREFIX;
+    ferry_comm_destroy(c);
+    ferry_comm_destroy(c2);
+    EXPECT_ST(FERRY_OK, ferry_store_delete_key(rogue, "api/join/0", NULL));
+    EXPECT_ST(FERRY_ERR_ABORTED, ferry_comm_create(&p, &c3));
+    EXPECT_ERR_HAS("abort key holds 'zzz'");
+
+    /* An abort of this rank's own: every later collective, at once. */
+    c = comm_one(url, "api2/");
+    EXPECT_ST(FERRY_OK, ferry_comm_abort(c, "enough"));
+    EXPECT_ST(FERRY_ERR_ABORTED, ferry_comm_barrier(c, -1));
+    EXPECT_ERR_HAS("aborted by rank 0 (this rank): enough");
+    EXPECT_ST(FERRY_ERR_ABORTED, ferry_comm_exchange(c, agent, -1));
+    EXPECT_ST(FERRY_OK, ferry_store_get(rogue, "api2/abort", &val, &len));
+    EXPECT_TRUE(strcmp(val, "0 enough") == 0);
+    ferry_store_free(val);
+    ferry_comm_destroy(c);
+
+    ferry_agent_destroy(agent);
+    ferry_store_close(rogue);
+    ferry_store_server_stop(srv);
+    return test_finish("test_comm api");
+}
+
+/* ------------------------------------------------------------------------ */
 /* Environment                                                              */
 /* ------------------------------------------------------------------------ */
 
@@ -690,6 +797,8 @@ int main(int argc, char **argv)
         return run_fail(argv[0], argv[2]);
     if (argc >= 2 && strcmp(argv[1], "env") == 0)
         return run_env();
+    if (argc >= 2 && strcmp(argv[1], "api") == 0)
+        return run_api();
     fprintf(stderr, "usage: test_comm ring | fail CASE | env\n");
     return 2;
 }

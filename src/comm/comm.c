@@ -5,7 +5,8 @@
  * rank fails. exchange.c builds the metadata exchange on the round below.
  *
  * Keys, all under the prefix P (docs/COMM.md):
- *   P join/<r>    "<size> <host> <pid> <hosted>", created once (compare_set):
+ *   P join/<r>    "<size> <host> <pid> <nonce> <hosted>", created once
+ *                 (compare_set):
  *                 a second process claiming the same rank is refused
  *   P hb/<r>      the heartbeat counter, or "done" once the rank has left
  *   P abort       "<rank> <reason>": the first abort of the job
@@ -712,10 +713,10 @@ static ferry_status_t comm_connect(ferry_comm_t *c)
     const char *h = c->cfg.url + 6, *colon = strrchr(c->cfg.url, ':');
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
 
-    if (c->rank != 0 || ferry_store_connect(c->cfg.url, &probe, &c->store) ==
-                            FERRY_OK)
-        return c->store ? FERRY_OK
-                        : ferry_store_connect(c->cfg.url, &sp, &c->store);
+    if (c->rank != 0)
+        return ferry_store_connect(c->cfg.url, &sp, &c->store);
+    if (ferry_store_connect(c->cfg.url, &probe, &c->store) == FERRY_OK)
+        return FERRY_OK; /* a store is running there */
     /* tcp://host:port or tcp://[v6]:port, already checked by the probe. */
     if (*h == '[')
         h++;
@@ -759,14 +760,16 @@ static ferry_status_t comm_join(ferry_comm_t *c)
     ferry__comm_key(c, key, "hb/%d", c->rank);
     FERRY_CHECK(ferry_store_set(c->store, key, "0", 1));
     ferry__comm_key(c, key, "join/%d", c->rank);
-    snprintf(mine, sizeof(mine), "%d %s %d %d", c->size, host, (int)getpid(),
-             c->hosted);
+    /* The nonce tells two communicators of one process apart. */
+    snprintf(mine, sizeof(mine), "%d %s %d %llx %d", c->size, host,
+             (int)getpid(),
+             (unsigned long long)(ferry__now_ns() ^ (uintptr_t)c), c->hosted);
     FERRY_CHECK(ferry_store_compare_set(c->store, key, "", 0, mine,
                                         strlen(mine), &got, &glen));
     if (glen != strlen(mine) || memcmp(got, mine, glen) != 0) {
         st = ferry__error(FERRY_ERR_INVALID,
                           "comm: rank %d was already joined by another process "
-                          "('%.*s': size, host, pid); two processes with one "
+                          "('%.*s': size, host, pid, ...); two processes with one "
                           "rank, or a store that still holds an earlier job "
                           "under prefix '%s'", c->rank,
                           (int)(glen > 200 ? 200 : glen), (char *)got,
@@ -796,6 +799,8 @@ static ferry_status_t comm_join(ferry_comm_t *c)
     st = wait_keys(c, keys, n, ferry__comm_deadline((int64_t)c->cfg.timeout_ns));
     if (st == FERRY_ERR_TIMEOUT)
         st = give_up(c, keys, n, started, "joining");
+    if (st == FERRY_OK)
+        st = check_abort(c); /* a job that aborted before this rank came */
     if (st != FERRY_OK)
         goto out;
     FERRY_CHECK_GOTO(ferry_store_multi_get(c->store, keys, n, vals, lens), st,
@@ -812,7 +817,7 @@ static ferry_status_t comm_join(ferry_comm_t *c)
         char reason[FERRY__COMM_TEXT_MAX];
 
         snprintf(reason, sizeof(reason), "rank %zu joined as '%.100s' (size, "
-                 "host, pid), but rank %d's world size is %d", i,
+                 "host, pid, ...), but rank %d's world size is %d", i,
                  (char *)vals[i], c->rank, c->size);
         (void)publish_abort(c, c->store, c->rank, reason);
         st = ferry__error(FERRY_ERR_INVALID, "comm: %s", reason);

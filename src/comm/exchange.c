@@ -78,7 +78,10 @@ static ferry_status_t exchange_result(uint64_t epoch, const char *v, size_t len)
     char *end;
     long code = strtol(v, &end, 10);
 
-    if (end == v || *end != ' ' || code >= 0 || code < -1000 ||
+    /* The record comes from another process: only a known failure code
+     * is taken as it is. */
+    if (end == v || *end != ' ' || code >= 0 || code < INT32_MIN ||
+        strcmp(ferry_status_str((ferry_status_t)code), "unknown status") == 0 ||
         strlen(v) != len)
         return ferry__error(FERRY_ERR_PROTOCOL, "comm: exchange %" PRIu64
                             ": malformed failure record '%.*s'", epoch,
