@@ -8,7 +8,7 @@
 #   make test       build, then run the whole test suite
 #   make bench      build, then run ferry-bench with its default sweep
 #   make sanitize   ASan + UBSan build in build-asan/, run the test suite
-#   make tsan       TSan build in build-tsan/, run the unit and xfer tests
+#   make tsan       TSan build in build-tsan/, run the unit, xfer and comm tests
 #   make install    install build/ under PREFIX (default /usr/local);
 #                   DESTDIR is honoured for staged installs
 #   make clean      remove the build directories
@@ -58,6 +58,8 @@ all: build
 # Each check names the Debian package that provides what it looks for.
 # As root (CI, containers) the missing packages are installed; otherwise the
 # command to run is printed and make stops, rather than calling sudo.
+# iproute2 (`ip`) serves only the two-namespace test, which needs root
+# anyway, so it is asked for only as root.
 deps:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
@@ -66,6 +68,9 @@ deps:
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev"; \
 	command -v ucx_perftest >/dev/null || missing="$$missing ucx-utils"; \
+	if [ "$$(id -u)" = 0 ] && ! command -v ip >/dev/null; then \
+		missing="$$missing iproute2"; \
+	fi; \
 	if [ -z "$$missing" ]; then \
 		echo "deps: cmake, gcc, pkg-config, libucx-dev and ucx-utils are present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
@@ -99,7 +104,7 @@ sanitize: deps
 tsan: deps
 	cmake -S . -B $(TSAN_DIR) -DFERRY_SANITIZE=thread
 	cmake --build $(TSAN_DIR) -j $(JOBS)
-	$(TSAN_ENV) $(CTEST) --test-dir $(TSAN_DIR) -L 'unit|xfer'
+	$(TSAN_ENV) $(CTEST) --test-dir $(TSAN_DIR) -L 'unit|xfer|comm'
 
 install: build
 	cmake --install $(BUILD_DIR) --prefix $(PREFIX)

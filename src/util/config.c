@@ -30,6 +30,19 @@ const ferry__config_entry_t ferry__config_table[] = {
      "a request in flight whose transport makes no headway for this many "
      "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "
      "parameter stall_timeout_ns overrides it"},
+    {"FERRY_RANK", "", "this process's rank in its job (set by ferry-run); "
+     "torchrun's RANK, OMPI_COMM_WORLD_RANK and SLURM_PROCID are read when "
+     "it is unset"},
+    {"FERRY_WORLD_SIZE", "", "the number of ranks in the job (set by "
+     "ferry-run); WORLD_SIZE, OMPI_COMM_WORLD_SIZE, SLURM_NTASKS otherwise"},
+    {"FERRY_STORE", "", "the job's store, tcp://host:port (set by ferry-run); "
+     "tcp://MASTER_ADDR:MASTER_PORT otherwise"},
+    {"FERRY_COMM_PREFIX", "ferry/",
+     "prefix of every store key a communicator uses"},
+    {"FERRY_COMM_TIMEOUT_MS", "300000",
+     "how long ferry_comm_create waits for every rank to join, in ms"},
+    {"FERRY_COMM_LIVENESS_MS", "10000",
+     "a rank whose heartbeat is this old, in ms, is declared dead"},
     {NULL, NULL, NULL},
 };
 

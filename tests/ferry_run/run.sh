@@ -1,0 +1,124 @@
+#!/bin/bash
+# ferry-run's launcher duties, checked from the outside with shell ranks:
+# the environment each rank gets, "[rank] " line prefixes on stdout and
+# stderr, exit code propagation (first failed rank's code, 128 + signal for
+# a signal), stopping the other ranks (SIGTERM, then SIGKILL after the
+# grace period), and forwarding SIGINT/SIGTERM. Every case runs under
+# timeout(1), and no rank may be left running afterwards.
+# Usage: run.sh path/to/ferry-run
+set -u
+RUN=$1
+fails=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# Markers in every rank's command line (its $0) and in every sleep a rank
+# starts (a duration no other process uses), to find leftovers by.
+mark="ferry-run-test-$$"
+export NAP="49.$$"
+
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# Runs ferry-run under a hard limit; sets rc, out, err.
+run() {
+    timeout -s KILL 60 "$RUN" "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    out=$(cat "$tmp/out")
+    err=$(cat "$tmp/err")
+}
+
+# The pids of processes whose command line matches (from /proc, so that
+# the test needs no procps).
+find_procs() {
+    local f
+    for f in /proc/[0-9]*/cmdline; do
+        tr '\0' ' ' 2>/dev/null <"$f" | grep -qE "$1" && basename "$(dirname "$f")"
+    done
+}
+
+leftovers() {
+    local pids
+    pids=$(find_procs "$mark|sleep $NAP" | grep -vx "$$")
+    if [ -n "$pids" ]; then
+        fail "$1: processes left running: $pids"
+        kill -KILL $pids 2>/dev/null
+    fi
+}
+
+# 1. Environment and prefixes; a partial last line is completed.
+run -n 3 -- sh -c 'echo "env $FERRY_RANK $FERRY_WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE ${FERRY_STORE%%:*}"; echo "to stderr" >&2; printf "no newline"' "$mark"
+[ $rc = 0 ] || fail "plain run: exit $rc"
+for r in 0 1 2; do
+    grep -qx "\[$r\] env $r 3 $r 3 tcp" <<<"$out" || fail "rank $r env line missing: $out"
+    grep -qx "\[$r\] no newline" <<<"$out" || fail "rank $r partial line missing"
+    grep -qx "\[$r\] to stderr" <<<"$err" || fail "rank $r stderr line missing: $err"
+done
+[ "$(wc -l <<<"$out")" = 6 ] || fail "expected 6 stdout lines, got: $out"
+# The store ferry-run hosts answers while the ranks run.
+run -n 1 -- bash -c 'a=${FERRY_STORE#tcp://}; exec 3<>/dev/tcp/${a%:*}/${a##*:} && echo ok' "$mark"
+[ $rc = 0 ] && grep -qx "\[0\] ok" <<<"$out" || fail "store not reachable: $rc $out $err"
+
+# 2. One rank fails: its code comes back, the others are stopped at once.
+start=$(date +%s)
+run -n 4 -- sh -c 'if [ $FERRY_RANK = 2 ]; then exit 7; fi; exec sleep $NAP' "$mark"
+[ $rc = 7 ] || fail "exit code: expected 7, got $rc"
+[ $(($(date +%s) - start)) -lt 20 ] || fail "the others were not stopped"
+grep -q "rank 2 exited with 7" <<<"$err" || fail "no report of rank 2: $err"
+leftovers "exit 7"
+
+# 3. A rank that ignores SIGTERM is SIGKILLed after the grace period.
+run -n 2 --grace 1 -- sh -c 'if [ $FERRY_RANK = 0 ]; then exit 3; fi; trap "" TERM; sleep $NAP; echo survived' "$mark"
+[ $rc = 3 ] || fail "grace: expected 3, got $rc"
+grep -q survived <<<"$out" && fail "a rank survived SIGTERM and SIGKILL"
+leftovers "grace"
+
+# 4. A rank killed by a signal: 128 + the signal.
+run -n 3 -- sh -c 'if [ $FERRY_RANK = 1 ]; then kill -KILL $$; fi; exec sleep $NAP' "$mark"
+[ $rc = 137 ] || fail "signal: expected 137, got $rc"
+leftovers "signal"
+
+# 5. SIGINT and SIGTERM to ferry-run reach every rank.
+for sig in INT TERM; do
+    rm -f "$tmp"/got.*
+    rm -f "$tmp"/ready.*
+    # Not under timeout(1), which would turn the signal into its own.
+    "$RUN" -n 3 -- sh -c \
+        "trap 'touch $tmp/got.\$FERRY_RANK; exit 5' $sig; sleep \$NAP & touch $tmp/ready.\$FERRY_RANK; wait" "$mark" \
+        >"$tmp/out" 2>&1 &
+    pid=$!
+    # A watchdog that ends by itself soon after ferry-run does.
+    (for _ in $(seq 600); do
+        kill -0 $pid 2>/dev/null || exit 0
+        sleep 0.1
+    done
+    kill -KILL $pid) &
+    watchdog=$!
+    # Wait until every rank has set its trap.
+    for _ in $(seq 300); do
+        [ -e "$tmp/ready.0" ] && [ -e "$tmp/ready.1" ] && [ -e "$tmp/ready.2" ] && break
+        sleep 0.1
+    done
+    kill -$sig $pid
+    wait $pid
+    rc=$?
+    wait $watchdog
+    [ $rc = 5 ] || fail "SIG$sig: expected 5, got $rc ($(cat "$tmp/out"))"
+    for r in 0 1 2; do
+        [ -e "$tmp/got.$r" ] || fail "SIG$sig did not reach rank $r"
+    done
+    leftovers "SIG$sig"
+done
+
+# 6. Usage errors and a program that does not exist.
+run -n 0 -- true
+[ $rc = 2 ] || fail "-n 0: expected 2, got $rc"
+run -n 2
+[ $rc = 2 ] || fail "no program: expected 2, got $rc"
+run -n 2 -- /nonexistent/program
+[ $rc = 127 ] || fail "missing program: expected 127, got $rc"
+grep -q "cannot run '/nonexistent/program'" <<<"$err" || fail "no text for a missing program: $err"
+
+if [ $fails -gt 0 ]; then
+    echo "test_ferry_run: $fails check(s) failed"
+    exit 1
+fi
+echo "test_ferry_run: all checks passed"

@@ -1,0 +1,804 @@
+/*
+ * Communicator tests, one executable in several roles (CTest runs each as
+ * its own test, see tests/CMakeLists.txt):
+ *
+ *   ring          a rank of the ring test, started by ferry-run -n N: each
+ *                 rank registers random data, exchanges, WRITEs into rank
+ *                 (r+1)%N and READs from rank (r-1+N)%N at random offsets
+ *                 and lengths, and checks every byte (and the guard bytes
+ *                 around them); then again after registering a second
+ *                 buffer, and a third exchange in which only the even ranks
+ *                 changed must load only their blobs.
+ *   fail CASE     a launcher: starts 4 ranks of this binary (role "rank")
+ *                 with a fault injected in rank 2, waits for all under a
+ *                 hard deadline, and checks what each rank saw (its exit
+ *                 code encodes the status it got and whether the detail
+ *                 text named the right rank and reason) and that no process
+ *                 is left. CASE is corrupt (rank 2's blob is damaged),
+ *                 abort (rank 2 aborts mid-exchange), kill (rank 2 is
+ *                 SIGKILLed before the exchange's barrier), store (the
+ *                 store process is killed), timeout (rank 2 never comes to
+ *                 a barrier). In all but "store", rank 0 hosts the store.
+ *   env           resolution of rank, size and store from each launcher's
+ *                 variables, and the errors for conflicting or bad ones.
+ *   api           one rank in process: a world of one, NULL arguments, a
+ *                 second claim of a rank, garbage in the failure record and
+ *                 abort keys, and a rank's own abort.
+ *
+ * A watchdog alarm turns any hang into a failure.
+ */
+#include "test.h"
+#include "xfer_util.h"
+
+#include "comm/comm.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/stat.h>
+
+#define TMO (60LL * 1000000000LL)
+#define NFAIL 4
+#define VICTIM 2
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* ------------------------------------------------------------------------ */
+/* Ring                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Each rank's buffer has three parts: src (its own random data, which the
+ * next rank READs and this rank WRITEs from), inbox (the previous rank
+ * WRITEs into it) and landing (this rank READs into it). Inbox and landing
+ * hold guard bytes except where a transfer just put data.
+ */
+typedef struct ring_buf {
+    uint8_t *p;
+    uint64_t part; /* bytes per part */
+    ferry_mem_t *mem;
+    uint64_t addr[64], parts[64]; /* every rank's buffer (allgather) */
+} ring_buf_t;
+
+static uint64_t rank_seed(int r, int which)
+{
+    return 0xC0FFEE00ull + (uint64_t)r * 1000 + (uint64_t)which;
+}
+
+/* Registers a buffer (unless part is 0) and learns everyone's. */
+static void ring_register(ferry_comm_t *comm, ferry_agent_t *agent,
+                          ring_buf_t *b, uint64_t part, int which)
+{
+    int me = ferry_comm_rank(comm), n = ferry_comm_size(comm);
+    void *vals[64];
+    size_t lens[64];
+    uint64_t mine[2] = {0, part};
+
+    ASSERT_TRUE(n <= 64);
+    b->part = part;
+    b->p = NULL;
+    if (part > 0) {
+        b->p = xu_alloc_buf(3 * part);
+        test_fill_fast(b->p, part, rank_seed(me, which), 1, 0);
+        xu_fill_guard(b->p, part, 3 * part, rank_seed(me, which),
+                      XU_GUARD_ITER);
+        ferry_desc_t d = {.addr = (uintptr_t)b->p, .len = 3 * part,
+                          .kind = FERRY_MEM_HOST};
+        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &b->mem));
+        mine[0] = (uintptr_t)b->p;
+    }
+
+    /* Everyone's buffer, through the communicator itself. */
+    ASSERT_ST(FERRY_OK, ferry_comm_allgather(comm, mine, sizeof(mine), vals,
+                                             lens, TMO));
+    for (int r = 0; r < n; r++) {
+        EXPECT_EQ(sizeof(mine), lens[r]);
+        if (lens[r] == sizeof(mine)) {
+            memcpy(&b->addr[r], vals[r], sizeof(uint64_t));
+            memcpy(&b->parts[r], (uint8_t *)vals[r] + 8, sizeof(uint64_t));
+        }
+        ferry_store_free(vals[r]);
+    }
+    EXPECT_TRUE(b->addr[me] == mine[0] && b->parts[me] == part);
+}
+
+/* One transfer of len bytes between local offset loff and remote offset
+ * roff of the same buffer on both sides. */
+static void ring_xfer(ferry_agent_t *agent, ferry_peer_t *peer,
+                      ferry_xfer_op_t op, ring_buf_t *b, int peer_rank,
+                      uint64_t loff, uint64_t roff, uint64_t len)
+{
+    /* loff and roff are offsets from the start of each side's buffer. */
+    ferry_desc_t l = {.addr = (uintptr_t)b->p + loff, .len = len,
+                      .kind = FERRY_MEM_HOST};
+    ferry_desc_t r = {.addr = b->addr[peer_rank] + roff, .len = len,
+                      .kind = FERRY_MEM_HOST};
+    ferry_xfer_t *x;
+    ferry_status_t st;
+
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, NULL,
+                                           &x));
+    st = ferry_xfer_post(x);
+    if (st == FERRY_IN_PROGRESS)
+        st = ferry_xfer_wait(x, TMO);
+    ASSERT_ST(FERRY_OK, st);
+    ferry_xfer_release(x);
+}
+
+typedef struct ring_step {
+    uint64_t src, dst, len;
+} ring_step_t;
+
+/* The random transfer rank r makes in iteration it: the same on every
+ * rank, so the receiver knows what to expect. Offsets fall inside parts of
+ * `part` bytes (the smaller of the two ranks' parts). */
+static ring_step_t ring_step(uint64_t part, int r, int which, int it, int op)
+{
+    test_rng_t g = {.s = rank_seed(r, which) * 7919 + (uint64_t)it * 31 +
+                         (uint64_t)op};
+    ring_step_t s;
+
+    s.len = test_rand_range(&g, 1, part / 2);
+    s.src = test_rand_range(&g, 0, part - s.len);
+    s.dst = test_rand_range(&g, 0, part - s.len);
+    return s;
+}
+
+/* Checks that part p of this rank's buffer holds rank `from`'s data at
+ * [s.dst, s.dst+s.len) and the guard elsewhere, then restores the guard. */
+static void ring_check(ring_buf_t *b, int me, int from, int which, int part_no,
+                       ring_step_t s, const char *what)
+{
+    uint8_t *base = b->p + (uint64_t)part_no * b->part;
+    uint64_t goff = (uint64_t)part_no * b->part, bad;
+
+    bad = test_verify_fast(base + s.dst, s.len, rank_seed(from, which), 1, s.src);
+    if (bad != UINT64_MAX)
+        TEST_FAIL_AT_("rank %d: %s: byte %" PRIu64 " of %" PRIu64 " from rank "
+                      "%d is wrong", me, what, bad, s.len, from);
+    bad = test_verify_fast(base, s.dst, rank_seed(me, which), XU_GUARD_ITER,
+                           goff);
+    if (bad != UINT64_MAX)
+        TEST_FAIL_AT_("rank %d: %s: guard byte %" PRIu64 " changed", me, what,
+                      bad);
+    bad = test_verify_fast(base + s.dst + s.len, b->part - s.dst - s.len,
+                           rank_seed(me, which), XU_GUARD_ITER,
+                           goff + s.dst + s.len);
+    if (bad != UINT64_MAX)
+        TEST_FAIL_AT_("rank %d: %s: guard byte %" PRIu64 " after the data "
+                      "changed", me, what, s.dst + s.len + bad);
+    xu_fill_guard(b->p, goff + s.dst, goff + s.dst + s.len, rank_seed(me, which),
+                  XU_GUARD_ITER);
+}
+
+static void ring_rounds(ferry_comm_t *comm, ferry_agent_t *agent, ring_buf_t *b,
+                        int which, int iters)
+{
+    int me = ferry_comm_rank(comm), n = ferry_comm_size(comm);
+    int next = (me + 1) % n, prev = (me - 1 + n) % n;
+    ferry_peer_t *pn = ferry_comm_peer(comm, next);
+    ferry_peer_t *pp = ferry_comm_peer(comm, prev);
+
+    ASSERT_TRUE(pn != NULL && pp != NULL);
+    for (int it = 0; it < iters; it++) {
+        uint64_t to_next = MIN(b->part, b->parts[next]);
+        uint64_t from_prev = MIN(b->part, b->parts[prev]);
+        ring_step_t w = ring_step(to_next, me, which, it, 0);
+        ring_step_t r = ring_step(from_prev, prev, which, it, 1);
+        ring_step_t in = ring_step(from_prev, prev, which, it, 0);
+
+        /* WRITE my src into next's inbox; READ prev's src into my landing. */
+        ring_xfer(agent, pn, FERRY_OP_WRITE, b, next, w.src,
+                  b->parts[next] + w.dst, w.len);
+        ring_xfer(agent, pp, FERRY_OP_READ, b, prev, 2 * b->part + r.dst, r.src,
+                  r.len);
+        ASSERT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
+        ferry_agent_progress(agent); /* orders the progress thread's copies */
+        ring_check(b, me, prev, which, 1, in, "WRITE into the inbox");
+        ring_check(b, me, prev, which, 2, r, "READ into the landing area");
+        ferry_agent_progress(agent);
+        ASSERT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
+    }
+}
+
+static int run_ring(void)
+{
+    ferry_comm_t *comm;
+    ferry_agent_t *agent;
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
+                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .progress_thread = 1};
+    ring_buf_t b1, b2, b3 = {0};
+    char name[32];
+    int me, n, changed = 0;
+
+    ASSERT_ST(FERRY_OK, ferry_comm_create(NULL, &comm));
+    me = ferry_comm_rank(comm);
+    n = ferry_comm_size(comm);
+    snprintf(name, sizeof(name), "ring%d", me);
+    ap.name = name;
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    EXPECT_TRUE(ferry_comm_peer(comm, me) == NULL);
+
+    /* First buffer: every rank's blob is new. */
+    ring_register(comm, agent, &b1, 96 * 1024 + (uint64_t)me * 4099, 1);
+    ASSERT_ST(FERRY_OK, ferry_comm_exchange(comm, agent, TMO));
+    EXPECT_EQ(n, ferry__comm_loads(comm));
+    EXPECT_TRUE(strcmp(ferry_peer_name(ferry_comm_peer(comm, (me + 1) % n)),
+                       "") != 0);
+    ring_rounds(comm, agent, &b1, 1, 6);
+
+    /* Nothing changed: nothing is loaded. */
+    ASSERT_ST(FERRY_OK, ferry_comm_exchange(comm, agent, TMO));
+    EXPECT_EQ(0, ferry__comm_loads(comm));
+
+    /* Second buffer on every rank: every blob is reloaded, and the first
+     * buffer stays usable through the same peer handles. */
+    ferry_peer_t *before = ferry_comm_peer(comm, (me + 1) % n);
+    ring_register(comm, agent, &b2, 200 * 1024 + (uint64_t)me * 1237, 2);
+    ASSERT_ST(FERRY_OK, ferry_comm_exchange(comm, agent, TMO));
+    EXPECT_EQ(n, ferry__comm_loads(comm));
+    EXPECT_TRUE(before == ferry_comm_peer(comm, (me + 1) % n));
+    ring_rounds(comm, agent, &b2, 2, 6);
+    ring_rounds(comm, agent, &b1, 1, 2);
+
+    /* Only the even ranks register more: only their blobs are loaded. */
+    ring_register(comm, agent, &b3, me % 2 == 0 ? 4096 : 0, 3);
+    for (int r = 0; r < n; r++)
+        changed += r % 2 == 0;
+    ASSERT_ST(FERRY_OK, ferry_comm_exchange(comm, agent, TMO));
+    EXPECT_EQ(changed, ferry__comm_loads(comm));
+    ring_rounds(comm, agent, &b2, 2, 2);
+
+    ASSERT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
+    ferry_comm_destroy(comm);
+    ferry_agent_destroy(agent);
+    free(b1.p);
+    free(b2.p);
+    free(b3.p);
+    return test_finish("test_comm ring");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Failure injection: the ranks                                             */
+/* ------------------------------------------------------------------------ */
+
+/* A rank's exit code: 100 + -status when the status and the detail text
+ * were as expected (the launcher checks the status), 1 otherwise. */
+static int verdict(ferry_status_t st, const char *want1, const char *want2)
+{
+    const char *e = ferry_last_error();
+
+    fprintf(stderr, "rank %s: %s: %s\n", getenv("FERRY_RANK"),
+            ferry_status_str(st), e);
+    if (st < 0 && ((want1 && !strstr(e, want1)) || (want2 && !strstr(e, want2)))) {
+        fprintf(stderr, "rank %s: the text lacks '%s' or '%s'\n",
+                getenv("FERRY_RANK"), want1 ? want1 : "", want2 ? want2 : "");
+        return 1;
+    }
+    return 100 - (int)st;
+}
+
+static void hook_corrupt(void *blob, size_t len, void *arg)
+{
+    (void)arg;
+    ((uint8_t *)blob)[len / 2] ^= 0x5a;
+}
+
+static void hook_abort(ferry_comm_t *comm, void *arg)
+{
+    (void)arg;
+    ferry_comm_abort(comm, "injected abort before the barrier");
+}
+
+static void hook_kill(ferry_comm_t *comm, void *arg)
+{
+    (void)comm;
+    (void)arg;
+    raise(SIGKILL);
+}
+
+static void wait_for_file(const char *path)
+{
+    struct stat sb;
+
+    while (stat(path, &sb) != 0)
+        usleep(10000);
+}
+
+static int run_rank(const char *cas)
+{
+    ferry_comm_t *comm;
+    ferry_agent_t *agent;
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .progress_thread = 1};
+    ferry__comm_hooks_t hooks = {0};
+    ferry_status_t st;
+    static uint8_t buf[65536];
+    ferry_mem_t *mem;
+    int me, rc;
+
+    ASSERT_ST(FERRY_OK, ferry_comm_create(NULL, &comm));
+    me = ferry_comm_rank(comm);
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    ferry_desc_t d = {.addr = (uintptr_t)buf, .len = sizeof(buf),
+                      .kind = FERRY_MEM_HOST};
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
+
+    if (strcmp(cas, "corrupt") == 0) {
+        if (me == VICTIM) {
+            hooks.blob = hook_corrupt;
+            ferry__comm_set_hooks(comm, &hooks);
+        }
+        st = ferry_comm_exchange(comm, agent, TMO);
+        rc = verdict(st, "the blob of rank 2", "checksum");
+        /* The communicator survives a failed exchange: the next one,
+         * without the damage, works on every rank. */
+        memset(&hooks, 0, sizeof(hooks));
+        ferry__comm_set_hooks(comm, &hooks);
+        if (ferry_comm_exchange(comm, agent, TMO) != FERRY_OK) {
+            verdict(FERRY_ERR_INVALID, NULL, NULL);
+            rc = 1;
+        }
+    } else if (strcmp(cas, "abort") == 0 || strcmp(cas, "kill") == 0) {
+        if (me == VICTIM) {
+            hooks.before_barrier = cas[0] == 'a' ? hook_abort : hook_kill;
+            ferry__comm_set_hooks(comm, &hooks);
+        }
+        st = ferry_comm_exchange(comm, agent, TMO);
+        rc = verdict(st, "aborted by rank 2",
+                     cas[0] == 'a' ? "injected abort" : "no heartbeat");
+        /* Aborted stays aborted, at once. */
+        if (ferry_comm_barrier(comm, TMO) != FERRY_ERR_ABORTED)
+            rc = 1;
+    } else if (strcmp(cas, "store") == 0) {
+        char path[512];
+        const char *dir = getenv("TEST_COMM_DIR");
+
+        ASSERT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
+        snprintf(path, sizeof(path), "%s/ready.%d", dir, me);
+        fclose(fopen(path, "w"));
+        snprintf(path, sizeof(path), "%s/killed", dir);
+        wait_for_file(path);
+        st = ferry_comm_barrier(comm, TMO);
+        rc = verdict(st, "store", NULL);
+    } else if (strcmp(cas, "timeout") == 0) {
+        if (me == VICTIM) {
+            /* Alive (its heartbeat goes on) but late: by the time it comes,
+             * the others have given up. */
+            usleep(2500000);
+            st = ferry_comm_barrier(comm, TMO);
+            rc = verdict(st, "aborted by rank", "timed out");
+        } else {
+            st = ferry_comm_barrier(comm, 1500000000LL);
+            rc = st == FERRY_ERR_TIMEOUT
+                     ? verdict(st, "waiting for rank 2", NULL)
+                     : verdict(st, "timed out", "waiting for rank 2");
+        }
+    } else {
+        fprintf(stderr, "unknown case '%s'\n", cas);
+        rc = 1;
+    }
+    ferry_comm_destroy(comm);
+    ferry_agent_destroy(agent);
+    return test_failures ? 1 : rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Failure injection: the launcher                                          */
+/* ------------------------------------------------------------------------ */
+
+static uint16_t free_port(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_TRUE(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    ASSERT_TRUE(getsockname(fd, (struct sockaddr *)&sa, &len) == 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static pid_t spawn_env(char *const argv[], const char *url, int rank)
+{
+    pid_t parent = getpid();
+    pid_t pid;
+
+    fflush(NULL);
+    pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        char r[16], n[16];
+
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(1);
+        snprintf(r, sizeof(r), "%d", rank);
+        snprintf(n, sizeof(n), "%d", NFAIL);
+        setenv("FERRY_RANK", r, 1);
+        setenv("FERRY_WORLD_SIZE", n, 1);
+        setenv("FERRY_STORE", url, 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Starts ferry-store on a free port (it prints the port). */
+static pid_t start_store(uint16_t *port)
+{
+    int p[2];
+    char line[128] = "";
+    pid_t pid;
+    size_t got = 0;
+
+    ASSERT_TRUE(pipe(p) == 0);
+    pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(p[1], 1);
+        execl(FERRY_STORE_TOOL, "ferry-store", "--port", "0", (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    while (got < sizeof(line) - 1 && !strchr(line, '\n')) {
+        ssize_t k = read(p[0], line + got, sizeof(line) - 1 - got);
+
+        ASSERT_TRUE(k > 0);
+        got += (size_t)k;
+        line[got] = 0;
+    }
+    close(p[0]);
+    ASSERT_TRUE(sscanf(line, "ferry-store listening on %*s port %hu", port) == 1);
+    return pid;
+}
+
+static int run_fail(const char *self, const char *cas)
+{
+    char url[64], dir[] = "/tmp/ferry-test-comm-XXXXXX", path[600];
+    char *argv[] = {(char *)self, "rank", (char *)cas, NULL};
+    pid_t pids[NFAIL], store = 0;
+    int codes[NFAIL], ntimeout = 0;
+    uint16_t port;
+
+    ASSERT_TRUE(mkdtemp(dir) != NULL);
+    setenv("TEST_COMM_DIR", dir, 1);
+    /* Liveness short enough for the kill case to end quickly, long enough
+     * that a loaded machine does not declare a live rank dead. */
+    setenv("FERRY_COMM_LIVENESS_MS", "3000", 1);
+    if (strcmp(cas, "store") == 0)
+        store = start_store(&port);
+    else
+        port = free_port(); /* nothing there: rank 0 hosts the store */
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", port);
+    for (int r = 0; r < NFAIL; r++)
+        pids[r] = spawn_env(argv, url, r);
+
+    if (store) {
+        for (int r = 0; r < NFAIL; r++) {
+            snprintf(path, sizeof(path), "%s/ready.%d", dir, r);
+            wait_for_file(path);
+        }
+        kill(store, SIGKILL);
+        EXPECT_TRUE(xu_reap(store, 10000) != -1);
+        snprintf(path, sizeof(path), "%s/killed", dir);
+        fclose(fopen(path, "w"));
+    }
+    for (int r = 0; r < NFAIL; r++) {
+        int status = xu_reap(pids[r], 60000);
+
+        codes[r] = status == -1 ? -1
+                   : WIFEXITED(status) ? WEXITSTATUS(status)
+                                       : 128 + WTERMSIG(status);
+        /* Reaped (or killed and reaped): nothing of it is left. */
+        EXPECT_TRUE(kill(pids[r], 0) != 0 && errno == ESRCH);
+    }
+    for (int r = 0; r < NFAIL; r++) {
+        int want = 0;
+
+        if (strcmp(cas, "corrupt") == 0)
+            want = 100 - FERRY_ERR_PROTOCOL;
+        else if (strcmp(cas, "abort") == 0)
+            want = 100 - FERRY_ERR_ABORTED;
+        else if (strcmp(cas, "kill") == 0)
+            want = r == VICTIM ? 128 + SIGKILL : 100 - FERRY_ERR_ABORTED;
+        else if (strcmp(cas, "store") == 0)
+            want = 100 - FERRY_ERR_PEER_LOST;
+        else if (strcmp(cas, "timeout") == 0) {
+            ntimeout += codes[r] == 100 - FERRY_ERR_TIMEOUT;
+            want = r == VICTIM || codes[r] == 100 - FERRY_ERR_TIMEOUT
+                       ? codes[r]
+                       : 100 - FERRY_ERR_ABORTED;
+            if (r == VICTIM)
+                EXPECT_EQ(100 - FERRY_ERR_ABORTED, codes[r]);
+        }
+        if (codes[r] != want)
+            TEST_FAIL_AT_("case %s: rank %d exited %d, expected %d", cas, r,
+                          codes[r], want);
+    }
+    /* Exactly one rank's timeout becomes the job's abort. */
+    if (strcmp(cas, "timeout") == 0)
+        EXPECT_EQ(1, ntimeout);
+    for (int r = 0; r < NFAIL; r++) {
+        snprintf(path, sizeof(path), "%s/ready.%d", dir, r);
+        unlink(path);
+    }
+    snprintf(path, sizeof(path), "%s/killed", dir);
+    unlink(path);
+    rmdir(dir);
+    return test_finish("test_comm fail");
+}
+
+/* ------------------------------------------------------------------------ */
+/* One rank, in process: the API's edges and garbage from the store         */
+/* ------------------------------------------------------------------------ */
+
+static ferry_comm_t *comm_one(const char *url, const char *prefix)
+{
+    ferry_comm_params_t p = {
+        .field_mask = FERRY_COMM_PARAM_RANK | FERRY_COMM_PARAM_SIZE |
+                      FERRY_COMM_PARAM_STORE_URL | FERRY_COMM_PARAM_PREFIX |
+                      FERRY_COMM_PARAM_TIMEOUT,
+        .rank = 0, .size = 1, .store_url = url, .prefix = prefix,
+        .timeout_ns = 10000000000ull};
+    ferry_comm_t *c = NULL;
+
+    ASSERT_ST(FERRY_OK, ferry_comm_create(&p, &c));
+    return c;
+}
+
+static int run_api(void)
+{
+    ferry_store_server_t *srv;
+    ferry_store_t *rogue;
+    ferry_comm_t *c, *c2 = NULL;
+    ferry_agent_t *agent;
+    char url[64];
+    void *val;
+    size_t len;
+    ferry_comm_params_t p = {.field_mask = FERRY_COMM_PARAM_RANK |
+                                           FERRY_COMM_PARAM_SIZE |
+                                           FERRY_COMM_PARAM_STORE_URL |
+                                           FERRY_COMM_PARAM_PREFIX,
+                             .rank = 0, .size = 1, .prefix = "api/"};
+
+    ASSERT_ST(FERRY_OK, ferry_store_server_start(NULL, NULL, &srv));
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u",
+             (unsigned)ferry_store_server_port(srv));
+    ASSERT_ST(FERRY_OK, ferry_store_connect(url, NULL, &rogue));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
+
+    /* A world of one: collectives work, the peer table has one entry. */
+    c = comm_one(url, "api/");
+    EXPECT_EQ(0, ferry_comm_rank(c));
+    EXPECT_EQ(1, ferry_comm_size(c));
+    EXPECT_ST(FERRY_OK, ferry_comm_barrier(c, TMO));
+    EXPECT_ST(FERRY_OK, ferry_comm_allgather(c, "abc", 3, &val, &len, TMO));
+    EXPECT_TRUE(len == 3 && memcmp(val, "abc", 4) == 0);
+    ferry_store_free(val);
+    EXPECT_ST(FERRY_OK, ferry_comm_exchange(c, agent, TMO));
+    EXPECT_TRUE(ferry_comm_peer(c, 0) != NULL);
+    EXPECT_TRUE(ferry_comm_peer(c, 1) == NULL && ferry_comm_peer(c, -1) == NULL);
+    EXPECT_TRUE(ferry_comm_peer(NULL, 0) == NULL);
+
+    /* NULL arguments are INVALID, never a crash. */
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_barrier(NULL, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_allgather(c, NULL, 1, &val, &len, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_allgather(c, "a", 1, NULL, &len, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_exchange(c, NULL, TMO));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_abort(NULL, "x"));
+    ferry_comm_destroy(NULL);
+
+    /* A second process claiming the same rank under the same prefix. */
+    p.store_url = url;
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_create(&p, &c2));
+    EXPECT_ERR_HAS("rank 0 was already joined by another process");
+    EXPECT_TRUE(c2 == NULL);
+
+    /* A failure record that is not one: PROTOCOL, quoted. */
+    EXPECT_ST(FERRY_OK, ferry_store_set(rogue, "api/x/2/err", "bogus", 5));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(rogue));
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_comm_exchange(c, agent, TMO));
+    EXPECT_ERR_HAS("malformed failure record 'bogus'");
+    EXPECT_ST(FERRY_OK, ferry_store_set(rogue, "api/x/3/err", "-999 x", 6));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(rogue));
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_comm_exchange(c, agent, TMO));
+
+    /* An abort key holding garbage still aborts, and says what it held. */
+    EXPECT_ST(FERRY_OK, ferry_store_set(rogue, "api/abort", "zzz", 3));
+    EXPECT_ST(FERRY_OK, ferry_store_ping(rogue));
+    ferry_comm_t *c3 = NULL;
+    p.prefix = "api/";
+    p.field_mask |= FERRY_COMM_PARAM_PREFIX;
+    ferry_comm_destroy(c);
+    ferry_comm_destroy(c2);
+    EXPECT_ST(FERRY_OK, ferry_store_delete_key(rogue, "api/join/0", NULL));
+    EXPECT_ST(FERRY_ERR_ABORTED, ferry_comm_create(&p, &c3));
+    EXPECT_ERR_HAS("abort key holds 'zzz'");
+
+    /* An abort of this rank's own: every later collective, at once. */
+    c = comm_one(url, "api2/");
+    EXPECT_ST(FERRY_OK, ferry_comm_abort(c, "enough"));
+    EXPECT_ST(FERRY_ERR_ABORTED, ferry_comm_barrier(c, -1));
+    EXPECT_ERR_HAS("aborted by rank 0 (this rank): enough");
+    EXPECT_ST(FERRY_ERR_ABORTED, ferry_comm_exchange(c, agent, -1));
+    EXPECT_ST(FERRY_OK, ferry_store_get(rogue, "api2/abort", &val, &len));
+    EXPECT_TRUE(strcmp(val, "0 enough") == 0);
+    ferry_store_free(val);
+    ferry_comm_destroy(c);
+
+    ferry_agent_destroy(agent);
+    ferry_store_close(rogue);
+    ferry_store_server_stop(srv);
+    return test_finish("test_comm api");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Environment                                                              */
+/* ------------------------------------------------------------------------ */
+
+static const char *const all_vars[] = {
+    "FERRY_RANK", "FERRY_WORLD_SIZE", "FERRY_STORE", "RANK", "WORLD_SIZE",
+    "MASTER_ADDR", "MASTER_PORT", "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS",
+    "FERRY_COMM_PREFIX", "FERRY_COMM_TIMEOUT_MS", "FERRY_COMM_LIVENESS_MS"};
+
+/* Sets exactly the variables given ("NAME=value", NULL-terminated). */
+static void env_only(const char *const *vars)
+{
+    for (size_t i = 0; i < sizeof(all_vars) / sizeof(all_vars[0]); i++)
+        unsetenv(all_vars[i]);
+    for (; *vars; vars++)
+        putenv((char *)*vars);
+}
+
+#define ENV(...) env_only((const char *const[]){__VA_ARGS__, NULL})
+
+static void expect_cfg(int line, int rank, int size, const char *url,
+                       const char *source)
+{
+    ferry__comm_cfg_t cfg;
+    ferry_status_t st = ferry__comm_resolve(NULL, &cfg);
+
+    if (st != FERRY_OK) {
+        TEST_FAIL_AT_("line %d: %s: %s", line, ferry_status_str(st),
+                      ferry_last_error());
+        return;
+    }
+    if (cfg.rank != rank || cfg.size != size || strcmp(cfg.url, url) != 0 ||
+        strcmp(cfg.source, source) != 0)
+        TEST_FAIL_AT_("line %d: got rank %d size %d url %s source %s", line,
+                      cfg.rank, cfg.size, cfg.url, cfg.source);
+}
+
+static void expect_invalid(int line, const char *text)
+{
+    ferry__comm_cfg_t cfg;
+    ferry_status_t st = ferry__comm_resolve(NULL, &cfg);
+
+    if (st != FERRY_ERR_INVALID || strstr(ferry_last_error(), text) == NULL)
+        TEST_FAIL_AT_("line %d: expected INVALID with '%s', got %s: %s", line,
+                      text, ferry_status_str(st), ferry_last_error());
+}
+
+static int run_env(void)
+{
+    ferry__comm_cfg_t cfg;
+    ferry_comm_params_t p = {0};
+
+    /* Each launcher's variables, and the defaults. */
+    ENV("FERRY_RANK=3", "FERRY_WORLD_SIZE=8", "FERRY_STORE=tcp://h:1");
+    expect_cfg(__LINE__, 3, 8, "tcp://h:1", "FERRY");
+    ASSERT_ST(FERRY_OK, ferry__comm_resolve(NULL, &cfg));
+    EXPECT_EQ(300000000000ull, cfg.timeout_ns);
+    EXPECT_EQ(10000000000ull, cfg.liveness_ns);
+    EXPECT_TRUE(strcmp(cfg.prefix, "ferry/") == 0);
+    ENV("RANK=1", "WORLD_SIZE=4", "MASTER_ADDR=10.0.0.5", "MASTER_PORT=29500");
+    expect_cfg(__LINE__, 1, 4, "tcp://10.0.0.5:29500", "torchrun");
+    ENV("RANK=0", "WORLD_SIZE=1", "MASTER_ADDR=::1", "MASTER_PORT=29500");
+    expect_cfg(__LINE__, 0, 1, "tcp://[::1]:29500", "torchrun");
+    ENV("OMPI_COMM_WORLD_RANK=2", "OMPI_COMM_WORLD_SIZE=3",
+        "FERRY_STORE=tcp://a:5");
+    expect_cfg(__LINE__, 2, 3, "tcp://a:5", "Open MPI");
+    ENV("SLURM_PROCID=0", "SLURM_NTASKS=1", "MASTER_ADDR=n1", "MASTER_PORT=7");
+    expect_cfg(__LINE__, 0, 1, "tcp://n1:7", "Slurm");
+
+    /* Precedence: ferry's own, then torchrun (which may run under Slurm or
+     * mpirun, whose variables then describe the launcher, not the rank);
+     * FERRY_STORE before MASTER_ADDR. */
+    ENV("FERRY_RANK=1", "FERRY_WORLD_SIZE=2", "RANK=5", "WORLD_SIZE=9",
+        "FERRY_STORE=tcp://f:1", "MASTER_ADDR=m", "MASTER_PORT=2");
+    expect_cfg(__LINE__, 1, 2, "tcp://f:1", "FERRY");
+    ENV("RANK=5", "WORLD_SIZE=8", "SLURM_PROCID=1", "SLURM_NTASKS=2",
+        "OMPI_COMM_WORLD_RANK=0", "OMPI_COMM_WORLD_SIZE=1",
+        "MASTER_ADDR=m", "MASTER_PORT=2");
+    expect_cfg(__LINE__, 5, 8, "tcp://m:2", "torchrun");
+
+    /* Parameters win over the environment, field by field. */
+    ENV("FERRY_RANK=1", "FERRY_WORLD_SIZE=4", "FERRY_STORE=tcp://e:1");
+    p.field_mask = FERRY_COMM_PARAM_RANK | FERRY_COMM_PARAM_STORE_URL |
+                   FERRY_COMM_PARAM_PREFIX | FERRY_COMM_PARAM_TIMEOUT;
+    p.rank = 3;
+    p.store_url = "tcp://p:9";
+    p.prefix = "job7/";
+    p.timeout_ns = 5;
+    ASSERT_ST(FERRY_OK, ferry__comm_resolve(&p, &cfg));
+    EXPECT_EQ(3, cfg.rank);
+    EXPECT_EQ(4, cfg.size);
+    EXPECT_TRUE(strcmp(cfg.url, "tcp://p:9") == 0);
+    EXPECT_TRUE(strcmp(cfg.prefix, "job7/") == 0);
+    EXPECT_EQ(5, cfg.timeout_ns);
+    p.rank = 4; /* not below FERRY_WORLD_SIZE */
+    EXPECT_ST(FERRY_ERR_INVALID, ferry__comm_resolve(&p, &cfg));
+    EXPECT_ERR_HAS("rank 4 and size 4");
+    p.field_mask = FERRY_COMM_PARAM_PREFIX;
+    p.prefix = NULL;
+    EXPECT_ST(FERRY_ERR_INVALID, ferry__comm_resolve(&p, &cfg));
+    EXPECT_ERR_HAS("prefix");
+
+    /* Partial pairs, bad numbers, bad stores: INVALID naming the variable. */
+    ENV("FERRY_RANK=0", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "FERRY_RANK is set but FERRY_WORLD_SIZE is not");
+    ENV("WORLD_SIZE=2", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "WORLD_SIZE is set but RANK is not");
+    ENV("SLURM_PROCID=0", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "SLURM_PROCID is set but SLURM_NTASKS is not");
+    ENV("FERRY_RANK=2", "FERRY_WORLD_SIZE=2", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "FERRY_RANK=2 is not below the world size 2");
+    ENV("FERRY_RANK=abc", "FERRY_WORLD_SIZE=2", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "FERRY_RANK='abc' is not a number");
+    ENV("FERRY_RANK=-1", "FERRY_WORLD_SIZE=2", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "FERRY_RANK='-1'");
+    ENV("FERRY_RANK=1x", "FERRY_WORLD_SIZE=2", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "FERRY_RANK='1x'");
+    ENV("RANK=0", "WORLD_SIZE=0", "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "WORLD_SIZE='0'");
+    ENV("OMPI_COMM_WORLD_RANK=0", "OMPI_COMM_WORLD_SIZE=99999999999999999999",
+        "FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "OMPI_COMM_WORLD_SIZE='99999999999999999999'");
+    ENV("FERRY_STORE=tcp://h:1");
+    expect_invalid(__LINE__, "no rank and world size");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1");
+    expect_invalid(__LINE__, "no store");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "MASTER_ADDR=m");
+    expect_invalid(__LINE__, "MASTER_ADDR is set but MASTER_PORT is not");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "MASTER_ADDR=m",
+        "MASTER_PORT=70000");
+    expect_invalid(__LINE__, "MASTER_PORT='70000'");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=http://h:1");
+    expect_invalid(__LINE__, "FERRY_STORE='http://h:1' is not tcp://host:port");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=tcp://h:1",
+        "FERRY_COMM_TIMEOUT_MS=soon");
+    expect_invalid(__LINE__, "FERRY_COMM_TIMEOUT_MS='soon'");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=tcp://h:1",
+        "FERRY_COMM_LIVENESS_MS=5");
+    expect_invalid(__LINE__, "under 10 ms");
+
+    /* ferry_comm_create reports the same, before touching any store. */
+    ferry_comm_t *comm = NULL;
+    ENV("FERRY_RANK=1", "FERRY_STORE=tcp://h:1");
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_create(NULL, &comm));
+    EXPECT_ERR_HAS("FERRY_RANK is set but FERRY_WORLD_SIZE is not");
+    EXPECT_TRUE(comm == NULL);
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_create(NULL, NULL));
+    return test_finish("test_comm env");
+}
+
+int main(int argc, char **argv)
+{
+    alarm(170);
+    if (argc >= 2 && strcmp(argv[1], "ring") == 0)
+        return run_ring();
+    if (argc >= 3 && strcmp(argv[1], "rank") == 0)
+        return run_rank(argv[2]);
+    if (argc >= 3 && strcmp(argv[1], "fail") == 0)
+        return run_fail(argv[0], argv[2]);
+    if (argc >= 2 && strcmp(argv[1], "env") == 0)
+        return run_env();
+    if (argc >= 2 && strcmp(argv[1], "api") == 0)
+        return run_api();
+    fprintf(stderr, "usage: test_comm ring | fail CASE | env\n");
+    return 2;
+}
