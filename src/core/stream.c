@@ -22,6 +22,7 @@
 #include "cuda/cuda.h"
 #include "util/log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -139,6 +140,7 @@ unsigned ferry__stream_poll_locked(ferry_agent_t *agent)
 
     for (ferry__list_t *l = agent->armed.next; l != &agent->armed; l = l->next) {
         ferry__xstream_t *xs = ferry__container_of(l, ferry__xstream_t, link);
+        ferry_status_t st;
         ferry_xfer_t *x;
 
         if (atomic_load_explicit(&xs->flags[FERRY__TRIGGER], memory_order_acquire) != 1)
@@ -148,8 +150,16 @@ unsigned ferry__stream_poll_locked(ferry_agent_t *agent)
             continue; /* the run before is still going: it comes next */
         atomic_store_explicit(&xs->flags[FERRY__TRIGGER], 0, memory_order_relaxed);
         xs->triggered = true;
-        /* The copies already went onto the stream: start the rest. */
-        if (ferry__xfer_start_locked(x, FERRY__BK_CUDA_IPC) != FERRY_IN_PROGRESS)
+        /* The copies already went onto the stream: start the rest. A request
+         * that cannot start any more still releases the stream. */
+        st = ferry__xfer_postable_locked(x, "a post triggered by a stream");
+        if (st < 0) {
+            snprintf(x->errmsg, sizeof(x->errmsg), "%s", ferry_last_error());
+            atomic_store_explicit(&x->result, st, memory_order_relaxed);
+        } else {
+            st = ferry__xfer_start_locked(x, FERRY__BK_CUDA_IPC);
+        }
+        if (st != FERRY_IN_PROGRESS)
             ferry__stream_done_locked(x);
         n++;
     }

@@ -1,0 +1,242 @@
+/*
+ * Stream-ordered transfers between two processes (skipped without a GPU):
+ * a kernel-free pipeline on one CUDA stream (copy in, WRITE to the peer,
+ * READ back, copy out), checked on the host, first enqueued directly and
+ * then captured into a CUDA graph and replayed 1 000 times with new data
+ * each time, every replay's bytes checked. Once through CUDA IPC (the peer's
+ * GPU memory: copies on the stream) and once through UCX (host memory: the
+ * flag protocol serviced by the progress thread). Last, the peer is killed
+ * and the host-path graph replayed: the stream must still finish, and the
+ * request must report the failure on the host.
+ */
+#include "mem_util.h"
+#include "xfer_util.h"
+
+#define GPU_N (1u << 20)
+#define HOST_N (256u << 10)
+#define REPLAYS 1000
+#define DIRECT 10
+#define WAIT_MS 20000
+
+enum { M_HELLO = 1, M_QUIT };
+
+static pid_t child;
+
+static int target_main(int fd)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
+                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .name = "stream-target", .progress_thread = 1};
+    ferry_agent_t *agent;
+    ferry_mem_t *mem;
+    xm_buf_t g, h;
+    void *blob;
+    size_t len;
+    xu_msg_t m;
+
+    if (xm_alloc(&g, XM_CUDA, GPU_N) != 0 || xm_alloc(&h, XM_HOST, HOST_N) != 0)
+        return 77;
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    {
+        ferry_desc_t d[2] = {{g.addr, GPU_N, FERRY_MEM_CUDA, 0},
+                             {h.addr, HOST_N, FERRY_MEM_HOST, 0}};
+
+        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 2, &mem));
+    }
+    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
+    if (xu_send_msg(fd, M_HELLO, 0, len, g.addr, h.addr) != 0 || xu_send(fd, blob, len) != 0)
+        return 1;
+    ferry_md_free(blob);
+    (void)xu_recv_msg(fd, &m, M_QUIT, 600000, NULL);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
+    ferry_agent_destroy(agent);
+    xm_free(&g);
+    xm_free(&h);
+    return test_failures ? 1 : 0;
+}
+
+/* Waits for the stream with a deadline: a stream-ordered transfer must never
+ * hang the GPU. */
+static void stream_sync(const ferry__cuda_t *cu, CUstream s, const char *what)
+{
+    CUevent ev;
+    uint64_t t0 = xu_now_ns();
+    CUresult res;
+
+    XM_CU(cu->cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    XM_CU(cu->cuEventRecord(ev, s));
+    while ((res = cu->cuEventQuery(ev)) == CUDA_ERROR_NOT_READY) {
+        if (xu_ms_since(t0) > WAIT_MS) {
+            fprintf(stderr, "test_gpu_stream: %s: the stream is still busy after %d "
+                            "ms\n", what, WAIT_MS);
+            kill(child, SIGKILL);
+            _exit(1);
+        }
+        usleep(20);
+    }
+    XM_CU(res);
+    XM_CU(cu->cuEventDestroy(ev));
+}
+
+typedef struct pipe {
+    const char *name;
+    size_t n;
+    uint64_t in, out;      /* pinned staging, outside ferry */
+    uint64_t src, dst;     /* registered, local */
+    ferry_xfer_t *w, *r;   /* WRITE src -> peer, READ dst <- peer */
+} pipe_t;
+
+/* copy in, WRITE, READ back, copy out: all on stream s. */
+static void enqueue(const ferry__cuda_t *cu, pipe_t *p, CUstream s)
+{
+    XM_CU(cu->cuMemcpyAsync(p->src, p->in, p->n, s));
+    ASSERT_ST(FERRY_OK, ferry_xfer_post_on_stream(p->w, s));
+    ASSERT_ST(FERRY_OK, ferry_xfer_wait_on_stream(p->w, s));
+    ASSERT_ST(FERRY_OK, ferry_xfer_post_on_stream(p->r, s));
+    ASSERT_ST(FERRY_OK, ferry_xfer_wait_on_stream(p->r, s));
+    XM_CU(cu->cuMemcpyAsync(p->out, p->dst, p->n, s));
+}
+
+/* New data in, the pipeline run (by run()), the bytes checked. */
+static int round_trip(const ferry__cuda_t *cu, pipe_t *p, CUstream s, uint64_t iter,
+                      CUgraphExec exec)
+{
+    uint8_t *in = (uint8_t *)(uintptr_t)p->in, *out = (uint8_t *)(uintptr_t)p->out;
+
+    test_fill(in, p->n, 0x57, iter, 0);
+    memset(out, 0, p->n);
+    if (exec != NULL)
+        XM_CU(cu->cuGraphLaunch(exec, s));
+    else
+        enqueue(cu, p, s);
+    stream_sync(cu, s, p->name);
+    if (memcmp(in, out, p->n) != 0) {
+        TEST_FAIL_AT_("%s: %s iteration %llu: the bytes that came back differ", p->name,
+                      exec ? "graph" : "direct", (unsigned long long)iter);
+        return 1;
+    }
+    return 0;
+}
+
+static void run_pipe(const ferry__cuda_t *cu, pipe_t *p, CUstream s)
+{
+    CUgraph graph;
+    CUgraphExec exec;
+    uint64_t t0;
+    int bad = 0;
+
+    for (uint64_t i = 1; i <= DIRECT && !bad; i++)
+        bad = round_trip(cu, p, s, i, NULL);
+    XM_CU(cu->cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+    enqueue(cu, p, s);
+    XM_CU(cu->cuStreamEndCapture(s, &graph));
+    XM_CU(cu->cuGraphInstantiateWithFlags(&exec, graph, 0));
+    t0 = xu_now_ns();
+    for (uint64_t i = 1; i <= REPLAYS && !bad; i++)
+        bad = round_trip(cu, p, s, 1000 + i, exec);
+    printf("%s: %d direct runs and %d graph replays, every byte checked (%.1f us "
+           "per replay with the checks)\n", p->name, DIRECT, REPLAYS,
+           (double)(xu_now_ns() - t0) / 1e3 / REPLAYS);
+    XM_CU(cu->cuGraphExecDestroy(exec));
+    XM_CU(cu->cuGraphDestroy(graph));
+}
+
+int main(int argc, char **argv)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
+                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .name = "stream-initiator", .progress_thread = 1};
+    const ferry__cuda_t *cu;
+    ferry_agent_t *agent;
+    ferry_peer_t *peer;
+    ferry_mem_t *mem;
+    xm_buf_t in, out, g_src, g_dst, h_src, h_dst;
+    pipe_t gp, hp;
+    CUstream s;
+    uint8_t *blob;
+    xu_msg_t m;
+    int fd, status;
+
+    if (argc >= 3 && strcmp(argv[1], "--target") == 0)
+        return target_main(atoi(argv[2]));
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if ((cu = xm_cuda()) == NULL)
+        return 77;
+    fd = xu_spawn(argv[0], "--target", NULL, NULL, &child);
+    ASSERT_TRUE(fd >= 0);
+    alarm(280);
+    if (xm_alloc(&in, XM_PINNED, GPU_N) || xm_alloc(&out, XM_PINNED, GPU_N) ||
+        xm_alloc(&g_src, XM_CUDA, GPU_N) || xm_alloc(&g_dst, XM_CUDA, GPU_N) ||
+        xm_alloc(&h_src, XM_PINNED, HOST_N) || xm_alloc(&h_dst, XM_PINNED, HOST_N))
+        return 1;
+    XM_CU(cu->cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    {
+        ferry_desc_t d[4] = {{g_src.addr, GPU_N, FERRY_MEM_CUDA, 0},
+                             {g_dst.addr, GPU_N, FERRY_MEM_CUDA, 0},
+                             {h_src.addr, HOST_N, FERRY_MEM_HOST, 0},
+                             {h_dst.addr, HOST_N, FERRY_MEM_HOST, 0}};
+
+        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 4, &mem));
+    }
+    ASSERT_TRUE(xu_recv_msg(fd, &m, M_HELLO, 60000, NULL) == 0);
+    blob = xu_xcalloc(1, m.iter);
+    ASSERT_TRUE(xu_recv(fd, blob, m.iter, 60000, NULL) == 0);
+    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, m.iter, &peer));
+    free(blob);
+
+    gp = (pipe_t){"CUDA IPC (GPU memory)", GPU_N, in.addr, out.addr, g_src.addr, g_dst.addr,
+                  NULL, NULL};
+    hp = (pipe_t){"UCX (host memory, flags)", HOST_N, in.addr, out.addr, h_src.addr,
+                  h_dst.addr, NULL, NULL};
+    {
+        ferry_desc_t l, r;
+
+        l = (ferry_desc_t){gp.src, GPU_N, FERRY_MEM_CUDA, 0};
+        r = (ferry_desc_t){m.a, GPU_N, FERRY_MEM_CUDA, 0};
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                               NULL, &gp.w));
+        l.addr = gp.dst;
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &l, 1, peer, &r, 1,
+                                               NULL, &gp.r));
+        l = (ferry_desc_t){hp.src, HOST_N, FERRY_MEM_HOST, 0};
+        r = (ferry_desc_t){m.b, HOST_N, FERRY_MEM_HOST, 0};
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                               NULL, &hp.w));
+        l.addr = hp.dst;
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &l, 1, peer, &r, 1,
+                                               NULL, &hp.r));
+    }
+    /* Waiting on a stream for a request never posted on one is an error. */
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_xfer_wait_on_stream(gp.w, s));
+    /* Armed requests keep their registrations busy. */
+    run_pipe(cu, &gp, s);
+    run_pipe(cu, &hp, s);
+    EXPECT_ST(FERRY_ERR_BUSY, ferry_mem_deregister(mem));
+
+    /* The peer dies: the host-path pipeline must still let the stream go on,
+     * and the request must say what happened. */
+    kill(child, SIGKILL);
+    status = xu_reap(child, 10000);
+    (void)status;
+    child = 0;
+    {
+        uint8_t *o = (uint8_t *)(uintptr_t)hp.out;
+
+        memset(o, 0, hp.n);
+        enqueue(cu, &hp, s);
+        stream_sync(cu, s, "after the peer died");
+        EXPECT_TRUE(ferry_xfer_test(hp.w) < 0);
+        printf("after the peer died, the stream went on; the WRITE reports: %s (%s)\n",
+               ferry_status_str(ferry_xfer_test(hp.w)), ferry_last_error());
+    }
+    ferry_xfer_release(gp.w);
+    ferry_xfer_release(gp.r);
+    ferry_xfer_release(hp.w);
+    ferry_xfer_release(hp.r);
+    ferry_peer_forget(peer);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
+    ferry_agent_destroy(agent);
+    close(fd);
+    return test_finish("test_gpu_stream");
+}
