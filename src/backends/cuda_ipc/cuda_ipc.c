@@ -472,8 +472,10 @@ static void ci_reg_free(ci_ctx_t *ctx, ci_reg_t *reg)
         if (reg->chunks[i].h != 0)
             ctx->cu->cuMemRelease(reg->chunks[i].h);
     }
-    if (reg->pinned != NULL)
+    if (reg->pinned != NULL && ferry__cuda_push(0) == FERRY_OK) {
         ctx->cu->cuMemHostUnregister(reg->pinned);
+        ferry__cuda_pop();
+    }
     free(reg);
 }
 
