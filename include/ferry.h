@@ -389,8 +389,17 @@ FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns)
  * so. Requests are not harmed otherwise: any of them, the canceled one
  * included, may be posted again, which reopens the connection (a peer that
  * is gone still gives FERRY_ERR_PEER_LOST). To stop one request to a
- * healthy peer without touching the others, wait for it instead. Any
- * thread.
+ * healthy peer without touching the others, wait for it instead. A request
+ * to this same agent (a loopback peer) needs no one else to finish, so it
+ * is not stopped: cancel returns FERRY_IN_PROGRESS and it ends, CANCELED,
+ * when its transfer does.
+ *
+ * Known limit of UCX 1.13 over TCP (FERRY_UCX_TLS=tcp, or peers on other
+ * hosts without RDMA): a peer that receives emulated WRITEs from a
+ * connection that was closed meanwhile aborts (a UCX bug, the same that
+ * takes a target down when an initiator process dies mid-transfer). Over
+ * shared memory, the default between processes of one host, it does not.
+ * Any thread.
  */
 FERRY_API ferry_status_t ferry_xfer_cancel(ferry_xfer_t *xfer);
 
