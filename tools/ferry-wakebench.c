@@ -9,9 +9,14 @@
  *   sleep       ferry_xfer_wait() with FERRY_WAIT_SPIN_US=0: it sleeps on
  *               the transports' fd at once, so every completion is a
  *               wake-up from epoll_wait
- *   thread      the initiator's progress thread drives progress, and
- *               ferry_xfer_wait() (spin 0) sleeps on the agent's condition
- *               variable until the thread finishes the request
+ *   thread      the initiator's progress thread drives progress and
+ *               ferry_xfer_wait() (default spin) waits
+ *   thread0     the same with FERRY_WAIT_SPIN_US=0: the waiter sleeps on
+ *               the agent's condition variable at once, and the progress
+ *               thread sleeps on the fd after every event
+ *
+ * "inline" counts the posts that completed inside ferry_xfer_post() (no
+ * wait at all); the latency columns include them.
  *
  * For each it prints the round trip (post to completion seen) as median,
  * 99th percentile and mean in microseconds, and the waiting thread's CPU
@@ -19,7 +24,7 @@
  * cost is the difference to "spin". Then, for each way, one wait of about
  * a second on a stopped target (SIGSTOP), with its CPU per second.
  *
- *   ferry-wakebench [--iters N] [--size BYTES] [--modes spin,wait,sleep,thread]
+ *   ferry-wakebench [--iters N] [--size BYTES] [--modes spin,wait,sleep,thread,thread0]
  *
  * A benchmark, not a test: it asserts nothing about time.
  */
@@ -125,15 +130,20 @@ static const wb_mode_t modes[] = {
     {"spin", NULL, 0, 1},
     {"wait", NULL, 0, 0},
     {"sleep", "0", 0, 0},
-    {"thread", "0", 1, 0},
+    {"thread", NULL, 1, 0},
+    {"thread0", "0", 1, 0},
 };
+
+static long inline_posts;
 
 static ferry_status_t complete(ferry_xfer_t *x, const wb_mode_t *m)
 {
     ferry_status_t st = ferry_xfer_post(x);
 
-    if (st != FERRY_IN_PROGRESS)
+    if (st != FERRY_IN_PROGRESS) {
+        inline_posts += st == FERRY_OK;
         return st;
+    }
     if (m->spin) {
         while ((st = ferry_xfer_test(x)) == FERRY_IN_PROGRESS)
             ;
@@ -169,6 +179,7 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
     for (long i = 0; i < iters / 10 + 100; i++) /* warm-up: connect, caches */
         check(complete(x, m), "warm-up");
 
+    inline_posts = 0;
     c0 = thread_cpu_s();
     t0 = now_s();
     for (long i = 0; i < iters; i++) {
@@ -181,9 +192,9 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
     wall = now_s() - t0;
     cpu = thread_cpu_s() - c0;
     qsort(lat, (size_t)iters, sizeof(*lat), cmp_double);
-    printf("| %-6s | %zu | %ld | %.2f | %.2f | %.2f | %.3f |", m->name, size, iters,
-           lat[iters / 2], lat[(size_t)((double)iters * 0.99)], sum / (double)iters,
-           cpu / wall);
+    printf("| %-7s | %zu | %ld | %ld | %.2f | %.2f | %.2f | %.3f |", m->name, size, iters,
+           inline_posts, lat[iters / 2], lat[(size_t)((double)iters * 0.99)],
+           sum / (double)iters, cpu / wall);
 
     /* One long wait: the target stopped for about a second. */
     kill(pid, SIGSTOP);
@@ -230,7 +241,7 @@ int main(int argc, char **argv)
 {
     long iters = 20000;
     size_t size = 64, blob_len;
-    const char *which = "spin,wait,sleep,thread";
+    const char *which = "spin,wait,sleep,thread,thread0";
     int sv[2];
     pid_t pid;
     void *blob;
@@ -246,7 +257,7 @@ int main(int argc, char **argv)
             which = argv[++i];
         } else {
             fprintf(stderr, "usage: ferry-wakebench [--iters N] [--size BYTES] "
-                            "[--modes spin,wait,sleep,thread]\n");
+                            "[--modes spin,wait,sleep,thread,thread0]\n");
             return 2;
         }
     }
@@ -274,9 +285,9 @@ int main(int argc, char **argv)
     io(sv[0], blob, blob_len, 0);
     io(sv[0], &raddr, sizeof(raddr), 0);
 
-    printf("| wait | size (B) | iters | median (us) | p99 (us) | mean (us) | CPU s/s "
-           "| stalled wait (s) | CPU s/s stalled |\n");
-    printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| wait | size (B) | iters | inline | median (us) | p99 (us) | mean (us) | "
+           "CPU s/s | stalled wait (s) | CPU s/s stalled |\n");
+    printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++) {
         const char *p = strstr(which, modes[k].name);
         size_t n = strlen(modes[k].name);
