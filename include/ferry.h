@@ -391,9 +391,10 @@ FERRY_API ferry_status_t ferry_xfer_post(ferry_xfer_t *xfer);
 /*
  * Makes progress without blocking and reports the request's state:
  * FERRY_IN_PROGRESS while in flight, then FERRY_OK or the transfer's error
- * (FERRY_ERR_PEER_LOST if the peer died) once it has finished; the result
- * stays until the next post. Returns FERRY_ERR_INVALID for a request never
- * posted. Any thread.
+ * once it has finished (FERRY_ERR_PEER_LOST if the peer died,
+ * FERRY_ERR_CANCELED after ferry_xfer_cancel(), FERRY_ERR_TIMEOUT after the
+ * stall timeout); the result stays until the next post. Returns
+ * FERRY_ERR_INVALID for a request never posted. Any thread.
  */
 FERRY_API ferry_status_t ferry_xfer_test(ferry_xfer_t *xfer);
 
@@ -402,8 +403,11 @@ FERRY_API ferry_status_t ferry_xfer_test(ferry_xfer_t *xfer);
  * waits without limit. It polls for a short time (FERRY_WAIT_SPIN_US) and
  * then sleeps on the transports' events, so a long wait costs almost no CPU.
  * Returns what ferry_xfer_test() would, or FERRY_ERR_TIMEOUT if the time ran
- * out (the request stays valid and may be waited on again). Any thread; any
- * number of threads may wait on different requests at once.
+ * out (the request stays valid and may be waited on again). A request that
+ * ended by the stall timeout reports FERRY_ERR_TIMEOUT too, with a detail
+ * text that says "stall timeout"; ferry_xfer_test() tells the two apart
+ * (FERRY_IN_PROGRESS for the first). Any thread; any number of threads may
+ * wait on different requests at once.
  */
 FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns);
 
@@ -429,8 +433,17 @@ FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns)
  * so. Requests are not harmed otherwise: any of them, the canceled one
  * included, may be posted again, which reopens the connection (a peer that
  * is gone still gives FERRY_ERR_PEER_LOST). To stop one request to a
- * healthy peer without touching the others, wait for it instead. Any
- * thread.
+ * healthy peer without touching the others, wait for it instead. A request
+ * to this same agent (a loopback peer) needs no one else to finish, so it
+ * is not stopped: cancel returns FERRY_IN_PROGRESS and it ends, CANCELED,
+ * when its transfer does.
+ *
+ * Known limit of UCX 1.13 over TCP (FERRY_UCX_TLS=tcp, or peers on other
+ * hosts without RDMA): a peer that receives emulated WRITEs from a
+ * connection that was closed meanwhile aborts (a UCX bug, the same that
+ * takes a target down when an initiator process dies mid-transfer). Over
+ * shared memory, the default between processes of one host, it does not.
+ * Any thread.
  */
 FERRY_API ferry_status_t ferry_xfer_cancel(ferry_xfer_t *xfer);
 

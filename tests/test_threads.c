@@ -1,31 +1,34 @@
 /*
- * The thread-safety contract of ferry.h: different requests of one agent are
- * prepared, posted, tested and waited on from different threads at once,
- * while other threads register and deregister memory and pack metadata. Each
- * worker checks every byte its requests moved. Run once over UCX's default
- * loopback path and once over TCP, where requests stay in flight long enough
- * for threads to overlap; `make tsan` runs it under ThreadSanitizer.
+ * The thread-safety contract of ferry.h: eight application threads prepare,
+ * post, test and wait on different requests of one agent at once, while
+ * another thread registers and deregisters memory and packs metadata. Each
+ * worker checks every byte its requests moved (random lengths at random
+ * offsets, fresh data each time). Run over UCX's default path and over TCP,
+ * where requests stay in flight long enough for threads to overlap, each
+ * with and without the agent's progress thread (arguments "tcp" and
+ * "thread"); `make tsan` runs all four under ThreadSanitizer.
  */
 #include "test.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define THREADS 4
+#define THREADS 8
 #define SLICE (256u << 10)
-#define ITERS 150
+#define ITERS 150 /* FERRY_TEST_ITERS lowers it for sanitizers */
 
 static ferry_agent_t *agent;
 static ferry_peer_t *peer;
 static uint8_t *src, *dst;
 static atomic_int stop;
+static int iters = ITERS;
 
 static void *worker(void *arg)
 {
     int t = (int)(intptr_t)arg;
     test_rng_t rng = {(uint64_t)t * 7919 + 1};
 
-    for (int iter = 0; iter < ITERS; iter++) {
+    for (int iter = 0; iter < iters; iter++) {
         /* A fresh request every few iterations: prepare runs concurrently too. */
         uint64_t off = test_rand_range(&rng, 0, SLICE / 2);
         uint64_t len = test_rand_range(&rng, 1, SLICE / 2);
@@ -81,12 +84,24 @@ static void *churner(void *arg)
 
 int main(int argc, char **argv)
 {
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_PROGRESS_THREAD};
     ferry_desc_t d[2];
     ferry_mem_t *mem;
     pthread_t th[THREADS], ch;
+    char name[64] = "test_threads";
+    const char *it = getenv("FERRY_TEST_ITERS");
 
-    if (argc > 1)
-        setenv("FERRY_UCX_TLS", argv[1], 1);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "tcp") == 0)
+            setenv("FERRY_UCX_TLS", "tcp", 1);
+        else if (strcmp(argv[i], "thread") == 0)
+            ap.progress_thread = 1;
+        else
+            return fprintf(stderr, "usage: test_threads [tcp] [thread]\n"), 2;
+        snprintf(name + strlen(name), sizeof(name) - strlen(name), " %s", argv[i]);
+    }
+    if (it != NULL && atoi(it) > 0 && atoi(it) < ITERS)
+        iters = atoi(it);
     src = malloc((size_t)THREADS * SLICE);
     dst = malloc((size_t)THREADS * SLICE);
     ASSERT_TRUE(src != NULL && dst != NULL);
@@ -94,7 +109,7 @@ int main(int argc, char **argv)
     memset(dst, 0, (size_t)THREADS * SLICE);
     d[0] = (ferry_desc_t){(uintptr_t)src, (uint64_t)THREADS * SLICE, FERRY_MEM_HOST, 0};
     d[1] = (ferry_desc_t){(uintptr_t)dst, (uint64_t)THREADS * SLICE, FERRY_MEM_HOST, 0};
-    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 2, &mem));
     ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
 
@@ -111,5 +126,5 @@ int main(int argc, char **argv)
     ferry_agent_destroy(agent);
     free(src);
     free(dst);
-    return test_finish(argc > 1 ? "test_threads (tcp)" : "test_threads");
+    return test_finish(name);
 }

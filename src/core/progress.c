@@ -63,11 +63,40 @@ void ferry__cq_signal(ferry_agent_t *agent, bool ready)
 
 /* Under the lock: FERRY_OK when every backend will signal its fd on new
  * work, FERRY_ERR_BUSY when work is already pending. */
-static ferry_status_t ferry__arm_locked(ferry_agent_t *agent)
+static ferry_status_t ferry__arm_once_locked(ferry_agent_t *agent)
 {
     for (unsigned k = 0; k < FERRY__NBK; k++)
         FERRY_CHECK(ferry__backends[k]->arm(agent->bk_ctx[k]));
     return FERRY_OK;
+}
+
+/* How often arming is retried before a busy transport counts as stuck. */
+#define FERRY__ARM_TRIES 4
+
+/*
+ * Under the lock: arms for sleeping. UCX answers BUSY both when work is
+ * queued that only time can move (sends for a stalled peer) and when it has
+ * just consumed the wake-up signals that the last sleep was woken by; the
+ * latter only asks for a progress and a second try. Napping on it instead
+ * (as this did before) cost every wake-up a millisecond, on the waiter and
+ * on a target's progress thread alike. Returns FERRY_OK (armed), or
+ * FERRY_ERR_BUSY with *events_p the events that the retries' progress
+ * handled (traffic: poll again) or 0 (stuck: nap).
+ */
+static ferry_status_t ferry__arm_locked(ferry_agent_t *agent, unsigned *events_p)
+{
+    ferry_status_t st = FERRY_ERR_BUSY;
+
+    *events_p = 0;
+    for (unsigned i = 0; i < FERRY__ARM_TRIES && st == FERRY_ERR_BUSY; i++) {
+        st = ferry__arm_once_locked(agent);
+        if (st != FERRY_ERR_BUSY)
+            break;
+        *events_p = ferry__progress_locked(agent);
+        if (*events_p > 0)
+            break;
+    }
+    return st;
 }
 
 static void ferry__sleep(ferry_agent_t *agent, int timeout_ms)
@@ -123,8 +152,13 @@ static void *ferry__progress_thread(void *arg)
             last_event = ferry__now_ns();
         } else if (ferry__now_ns() - last_event >= agent->spin_ns) {
             /* Busy arming (sends queued for a stalled peer) naps instead. */
-            ferry_status_t st = ferry__arm_locked(agent);
+            unsigned events;
+            ferry_status_t st = ferry__arm_locked(agent, &events);
 
+            if (st == FERRY_ERR_BUSY && events > 0) {
+                last_event = ferry__now_ns();
+                continue;
+            }
             ferry__agent_unlock(agent);
             if (st == FERRY_OK)
                 ferry__sleep(agent, FERRY__SLEEP_MAX_MS);
@@ -232,7 +266,7 @@ ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
         ferry__agent_unlock(agent);
         return FERRY_OK;
     }
-    st = ferry__arm_locked(agent);
+    st = ferry__arm_once_locked(agent);
     ferry__agent_unlock(agent);
     if (st == FERRY_ERR_BUSY)
         return FERRY_IN_PROGRESS;
@@ -293,6 +327,7 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
     ferry_agent_t *agent = x->agent;
     bool traffic = false;
     int nap_ms = 1;
+    unsigned events;
     ferry_status_t st;
 
     ferry__agent_lock(agent);
@@ -310,7 +345,11 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
                 break;
             /* Armed, the fd wakes us on new events; busy (sends queued for a
              * peer that does not drain them), a short nap retries them. */
-            st = ferry__arm_locked(agent);
+            st = ferry__arm_locked(agent, &events);
+            if (st == FERRY_ERR_BUSY && events > 0) {
+                traffic = true;
+                break;
+            }
             agent->polling = true;
             ferry__agent_unlock(agent);
             if (st == FERRY_OK) {

@@ -27,7 +27,21 @@
  * advertises, serves peers' operations on this agent's memory. The price is
  * a worker per peer (about 4 MiB and 10 file descriptors with Debian's UCX
  * 1.13 and its default transports, and a few milliseconds to open); a peer
- * pays for one stale endpoint each time we abort a connection to it.
+ * pays for one stale endpoint each time we abort a connection to it. Two
+ * exceptions. A loopback connection (an agent that loaded its own blob)
+ * stays on the agent's worker: what it has in flight needs no one else to
+ * finish, so an abort lets it finish (two workers of one process over TCP
+ * also crash UCX 1.13 now and then). And when the configured transports
+ * (FERRY_UCX_TLS) include no shared memory, same-host endpoints use UCX
+ * error handling like remote ones: nothing is lost, since only shared
+ * memory could not serve it.
+ *
+ * Known limit (UCX 1.13): a peer replies to operations it received before
+ * an abort. Over shared memory the replies vanish into the destroyed
+ * worker's FIFO. Over TCP, the peer's UCX cannot deliver the completion of
+ * an emulated put and aborts the peer process (ucs_fatal in
+ * ucp_request_try_send, via ucp_rma_sw_send_cmpl, whatever the error mode),
+ * exactly as it does when an initiator process dies with puts in flight.
  *
  * Posting allocates nothing: the per-operation requests are released at once
  * (their errors surface through the flush), and the flush's own completion
@@ -72,6 +86,7 @@ typedef struct ferry__ucx_ctx {
     ucp_address_t *address;
     size_t address_len;
     uint64_t memory_types;
+    bool local_err_mode; /* same-host peers get UCX error handling too */
     int epfd; /* every worker's event fd and the watched peers' pidfds */
     struct ferry__ucx_conn *conns; /* every open connection */
     struct ferry__ucx_conn **watched; /* same-host connections */
@@ -106,7 +121,8 @@ typedef struct ferry__ucx_rkey {
 } ferry__ucx_rkey_t;
 
 typedef struct ferry__ucx_conn {
-    ucp_worker_h worker; /* this connection's own; NULL after an abort */
+    ucp_worker_h worker; /* NULL after an abort */
+    bool own_worker;     /* false: the context's (a loopback connection) */
     ucp_ep_h ep;
     int efd;             /* the worker's event fd, in ctx->epfd */
     uint64_t events;     /* events its worker handled: the stall check's mark */
@@ -194,6 +210,25 @@ static ferry_status_t ferry__ucx_events_init(ferry__ucx_ctx_t *ctx)
     return FERRY_OK;
 }
 
+/* Whether a UCX_TLS-style list may select shared-memory transports: an
+ * empty list or an exclusion ("^tcp") leaves them in, and so do their names
+ * and the aliases that include them. */
+static bool ferry__ucx_tls_has_shm(const char *tls)
+{
+    static const char *const shm[] = {"all", "sm", "shm", "posix", "sysv",
+                                      "cma", "knem", "xpmem", "mm"};
+    char buf[256], *save = NULL;
+
+    if (tls[0] == '\0' || tls[0] == '^' || strlen(tls) >= sizeof(buf))
+        return true;
+    memcpy(buf, tls, strlen(tls) + 1);
+    for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save))
+        for (size_t i = 0; i < sizeof(shm) / sizeof(shm[0]); i++)
+            if (strcmp(t, shm[i]) == 0)
+                return true;
+    return false;
+}
+
 static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
 {
     ferry__ucx_ctx_t *ctx;
@@ -245,6 +280,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
         goto err_fini;
     }
     ctx->memory_types = attr.memory_types;
+    ctx->local_err_mode = !ferry__ucx_tls_has_shm(tls);
 
     /* The core serialises every call into this backend under the agent's
      * lock, so the worker needs no locking of its own. It only serves
@@ -460,15 +496,39 @@ static void ferry__ucx_log_install(void)
     ucs_log_push_handler(ferry__ucx_log);
 }
 
-/* Opens the connection's worker and its endpoint to the peer. */
+static ferry_status_t ferry__ucx_ep_create(ferry__ucx_conn_t *conn)
+{
+    ucp_ep_params_t ep = {0};
+    ucs_status_t s;
+
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    ep.address = (const ucp_address_t *)conn->addr;
+    ep.err_mode = conn->err_mode;
+    ep.err_handler.cb = ferry__ucx_ep_error;
+    ep.err_handler.arg = conn;
+    s = ucp_ep_create(conn->worker, &ep, &conn->ep);
+    if (s != UCS_OK) {
+        conn->ep = NULL;
+        return ferry__ucx_error(s, "ucp_ep_create", conn->peer_name);
+    }
+    return FERRY_OK;
+}
+
+/* Opens the connection's worker (unless it shares the context's) and its
+ * endpoint to the peer. */
 static ferry_status_t ferry__ucx_connect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
 {
     ucp_worker_params_t wp = {0};
-    ucp_ep_params_t ep = {0};
     struct epoll_event ev = {.events = EPOLLIN};
     ucs_status_t s;
     ferry_status_t st;
 
+    if (!conn->own_worker) {
+        conn->worker = ctx->worker;
+        return ferry__ucx_ep_create(conn);
+    }
     /* An abort abandons the requests in flight on purpose. */
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE | UCP_WORKER_PARAM_FIELD_FLAGS;
     wp.thread_mode = UCS_THREAD_MODE_SINGLE;
@@ -488,18 +548,7 @@ static ferry_status_t ferry__ucx_connect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_
                           "fd: %s", strerror(errno));
         goto err_worker;
     }
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.address = (const ucp_address_t *)conn->addr;
-    ep.err_mode = conn->err_mode;
-    ep.err_handler.cb = ferry__ucx_ep_error;
-    ep.err_handler.arg = conn;
-    s = ucp_ep_create(conn->worker, &ep, &conn->ep);
-    if (s != UCS_OK) {
-        st = ferry__ucx_error(s, "ucp_ep_create", conn->peer_name);
-        goto err_epoll;
-    }
+    FERRY_CHECK_GOTO(ferry__ucx_ep_create(conn), st, err_epoll);
     return FERRY_OK;
 
 err_epoll:
@@ -549,6 +598,13 @@ static void ferry__ucx_disconnect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn
             ucp_rkey_destroy(k->rkey);
         k->rkey = NULL;
     }
+    if (!conn->own_worker) {
+        /* Only the last close: a loopback connection is never aborted. */
+        ferry__ucx_ep_close(conn);
+        conn->worker = NULL;
+        conn->ep = NULL;
+        return;
+    }
     if (polite && conn->flushes == NULL && conn->failed == UCS_OK)
         ferry__ucx_ep_close(conn);
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
@@ -584,6 +640,9 @@ static ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_statu
     struct ferry__ucx_done { ferry__bk_done_cb cb; void *arg; } *done;
     size_t n = 0, i = 0;
 
+    /* Our own agent on the other side: its batches finish by themselves. */
+    if (!conn->own_worker)
+        return conn->flushes != NULL ? FERRY_IN_PROGRESS : FERRY_OK;
     for (ferry__ucx_req_t *r = conn->flushes; r != NULL; r = r->next)
         n++;
     done = n > 0 ? malloc(n * sizeof(*done)) : NULL;
@@ -651,8 +710,10 @@ static ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
     snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
     memcpy(conn->addr, addr, len);
     conn->addr_len = len;
-    conn->err_mode = peer->same_host ? UCP_ERR_HANDLING_MODE_NONE
-                                     : UCP_ERR_HANDLING_MODE_PEER;
+    conn->err_mode = peer->same_host && !ctx->local_err_mode
+                         ? UCP_ERR_HANDLING_MODE_NONE
+                         : UCP_ERR_HANDLING_MODE_PEER;
+    conn->own_worker = !(peer->same_host && peer->pid == (int32_t)getpid());
     if (peer->same_host && peer->pid > 0) {
         st = ferry__ucx_watch(ctx, conn, (pid_t)peer->pid);
         if (st < 0)
@@ -869,8 +930,12 @@ static unsigned ferry__ucx_progress(void *vctx)
     ferry__ucx_ctx_t *ctx = vctx;
     unsigned n = ucp_worker_progress(ctx->worker);
 
+    unsigned shared = n;
+
     for (ferry__ucx_conn_t *c = ctx->conns; c != NULL; c = c->next) {
-        if (c->worker != NULL) {
+        if (!c->own_worker) {
+            c->events += shared;
+        } else if (c->worker != NULL) {
             unsigned k = ucp_worker_progress(c->worker);
 
             c->events += k;
@@ -926,7 +991,7 @@ static ferry_status_t ferry__ucx_arm(void *vctx)
 
     FERRY_CHECK(ferry__ucx_arm_one(ctx->worker));
     for (ferry__ucx_conn_t *c = ctx->conns; c != NULL; c = c->next)
-        if (c->worker != NULL)
+        if (c->own_worker && c->worker != NULL)
             FERRY_CHECK(ferry__ucx_arm_one(c->worker));
     return FERRY_OK;
 }
