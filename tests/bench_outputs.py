@@ -13,8 +13,8 @@ import subprocess
 import sys
 import tempfile
 
-CONF = ["op", "initiator_mem", "target_mem", "alloc", "scheme", "ranks",
-        "threads", "block_size", "batch_size", "iters"]
+CONF = ["op", "initiator_mem", "target_mem", "alloc", "layout", "scheme",
+        "ranks", "threads", "block_size", "batch_size", "iters"]
 FIGURES = ["bw_gbps", "avg_lat_us", "avg_prep_us", "p99_prep_us",
            "avg_post_us", "p99_post_us", "avg_tx_us", "p99_tx_us"]
 INTS = {"ranks", "threads", "block_size", "batch_size", "iters"}
@@ -95,8 +95,9 @@ def main():
             if r.get("iters") != 20 or r.get("bw_gbps", 0) <= 0:
                 fail(f"row {r}: wrong iters or no bandwidth")
             if (r.get("initiator_mem"), r.get("target_mem"), r.get("alloc"),
-                    r.get("scheme"), r.get("ranks"), r.get("threads")) != \
-                    ("host", "host", "ferry", "pairwise", 2, 1):
+                    r.get("layout"), r.get("scheme"), r.get("ranks"),
+                    r.get("threads")) != \
+                    ("host", "host", "ferry", "seq", "pairwise", 2, 1):
                 fail(f"row {r}: wrong configuration columns")
         if doc.get("checked") is not False:
             fail("JSON says checked without --check")

@@ -87,6 +87,8 @@ enum { WAIT_POLL, WAIT_BLOCK };
 static const char *const wait_names[] = {"poll", "block"};
 enum { ALLOC_FERRY, ALLOC_MMAP };
 static const char *const alloc_names[] = {"ferry", "mmap"};
+enum { LAYOUT_SEQ, LAYOUT_RANDOM };
+static const char *const layout_names[] = {"seq", "random"};
 
 typedef struct options {
     size_t sizes[MAX_LIST], nsizes;
@@ -94,7 +96,7 @@ typedef struct options {
     size_t iters, warmup; /* 0: automatic */
     bool warmup_set;
     bool do_write, do_read, check, progress_thread;
-    int scheme, world, rank, threads, wait_mode, target_mode, alloc;
+    int scheme, world, rank, threads, wait_mode, target_mode, alloc, layout;
     ferry_mem_kind_t init_mem, target_mem;
     const char *csv_path, *json_path, *store_url;
     size_t prepare_n; /* 0: not in --prepare-bench mode */
@@ -286,7 +288,7 @@ static uint8_t pattern_byte(uint64_t seed, uint64_t off)
 /* Writes the pattern (fill) or returns the first offset that differs from
  * it, or len if none does. Only host memory can be checked here. */
 static size_t pattern(const bench_buf_t *b, size_t at, size_t len,
-                      uint64_t seed, bool fill)
+                      uint64_t seed, uint64_t pat_off, bool fill)
 {
     uint8_t *buf = b->p + at;
 
@@ -296,8 +298,8 @@ static size_t pattern(const bench_buf_t *b, size_t at, size_t len,
     }
     for (size_t i = 0; i < len; i++) {
         if (fill) {
-            buf[i] = pattern_byte(seed, i);
-        } else if (buf[i] != pattern_byte(seed, i)) {
+            buf[i] = pattern_byte(seed, pat_off + i);
+        } else if (buf[i] != pattern_byte(seed, pat_off + i)) {
             return i;
         }
     }
@@ -610,7 +612,7 @@ static bool serve_command(rank_ctx_t *rc, int src, int t, uint64_t *seq)
     }
     /* A call on the agent orders a progress thread's copies before ours. */
     ferry_agent_progress(rc->agent);
-    a.bad = pattern(&rc->buf, c.off, c.len, c.seed, c.cmd == CMD_FILL);
+    a.bad = pattern(&rc->buf, c.off, c.len, c.seed, 0, c.cmd == CMD_FILL);
     kv_set(j, &a, sizeof(a), "ack/%d/%d/%d/%" PRIu64, me, src, t, *seq);
     (*seq)++;
     return true;
@@ -690,6 +692,7 @@ typedef struct thread_ctx {
     uint64_t *prep_v; /* one per target */
     uint64_t *post_v, *tx_v;
     uint64_t loop_ns;
+    size_t *slot; /* --layout random: the remote block of local block i */
 } thread_ctx_t;
 
 /* Asks target k to fill or verify this thread's slice; returns the ack. */
@@ -745,6 +748,27 @@ static void wait_done(const options_t *o, ferry_xfer_t *x)
     }
 }
 
+/* Fills or verifies this thread's local slice at at, block by block where
+ * blocks are shuffled, with the pattern the target's slice has in its own
+ * order. Returns the first wrong local offset, or the span. */
+static size_t local_pattern(thread_ctx_t *tc, size_t at, uint64_t seed, bool fill)
+{
+    const step_t *s = tc->step;
+    const bench_buf_t *b = &tc->rc->buf;
+
+    if (tc->slot == NULL) {
+        return pattern(b, at, s->size * s->batch, seed, 0, fill);
+    }
+    for (size_t i = 0; i < s->batch; i++) {
+        size_t bad = pattern(b, at + i * s->size, s->size, seed,
+                             tc->slot[i] * s->size, fill);
+        if (bad != s->size) {
+            return i * s->size + bad;
+        }
+    }
+    return s->size * s->batch;
+}
+
 /* Fills the sources of one iteration (outside the timing), or, after it,
  * verifies the destinations. */
 static void check_iter(thread_ctx_t *tc, size_t it, bool after)
@@ -761,7 +785,7 @@ static void check_iter(thread_ctx_t *tc, size_t it, bool after)
         uint64_t bad;
 
         if (s->op == FERRY_OP_WRITE && !after) {
-            pattern(&rc->buf, at, span, seed, true);
+            local_pattern(tc, at, seed, true);
         } else if (s->op == FERRY_OP_READ && !after) {
             target_call(tc, k, CMD_FILL, seed, span);
         } else if (s->op == FERRY_OP_WRITE) {
@@ -770,7 +794,7 @@ static void check_iter(thread_ctx_t *tc, size_t it, bool after)
                 report_mismatch(tc, k, "remote", it, bad, seed);
             }
         } else {
-            bad = pattern(&rc->buf, at, span, seed, false);
+            bad = local_pattern(tc, at, seed, false);
             if (bad != span) {
                 report_mismatch(tc, k, "local", it, bad, seed);
             }
@@ -791,6 +815,22 @@ static void *initiator_thread(void *arg)
     ferry_desc_t *l = xcalloc(s->batch, sizeof(*l));
     ferry_desc_t *r = xcalloc(s->batch, sizeof(*r));
 
+    if (o->layout == LAYOUT_RANDOM) {
+        /* A fixed shuffle (Fisher-Yates), as scattered as a KV cache's
+         * block table, so that no two descriptors neighbour remotely as
+         * they do locally and none can be merged. */
+        uint64_t h = mix(s->index, (uint64_t)tc->t);
+        tc->slot = xcalloc(s->batch, sizeof(*tc->slot));
+        for (size_t i = 0; i < s->batch; i++) {
+            tc->slot[i] = i;
+        }
+        for (size_t i = s->batch; i > 1; i--) {
+            h = mix(h, i);
+            size_t j = (size_t)(h % i), v = tc->slot[i - 1];
+            tc->slot[i - 1] = tc->slot[j];
+            tc->slot[j] = v;
+        }
+    }
     for (int k = 0; k < nt; k++) {
         uint64_t lbase = (uintptr_t)rc->buf.p +
                          ((uint64_t)tc->t * (uint64_t)nt + (uint64_t)k) * rc->span;
@@ -800,7 +840,8 @@ static void *initiator_thread(void *arg)
         for (size_t i = 0; i < s->batch; i++) {
             l[i] = (ferry_desc_t){.addr = lbase + i * s->size, .len = s->size,
                                   .kind = o->init_mem};
-            r[i] = (ferry_desc_t){.addr = rbase + i * s->size, .len = s->size,
+            size_t slot = tc->slot != NULL ? tc->slot[i] : i;
+            r[i] = (ferry_desc_t){.addr = rbase + slot * s->size, .len = s->size,
                                   .kind = o->target_mem};
         }
         uint64_t t0 = now_ns();
@@ -852,6 +893,7 @@ static void *initiator_thread(void *arg)
     for (int k = 0; k < nt; k++) {
         ferry_xfer_release(x[k]);
     }
+    free(tc->slot);
     return NULL;
 }
 
@@ -994,8 +1036,9 @@ static void close_out(FILE *f, const char *path)
 }
 
 /* The configuration columns every row carries, for CSV and JSON alike. */
-#define CONF_KEYS "op", "initiator_mem", "target_mem", "alloc", "scheme", \
-                  "ranks", "threads", "block_size", "batch_size", "iters"
+#define CONF_KEYS "op", "initiator_mem", "target_mem", "alloc", "layout", \
+                  "scheme", "ranks", "threads", "block_size", "batch_size", \
+                  "iters"
 static const char *const conf_keys[] = {CONF_KEYS};
 enum { NCONF = sizeof(conf_keys) / sizeof(conf_keys[0]) };
 
@@ -1011,12 +1054,13 @@ static void conf_values(const options_t *o, const result_t *r, bool json,
     snprintf(v[1], 32, "%s%s%s", q, kind_names[o->init_mem], q);
     snprintf(v[2], 32, "%s%s%s", q, kind_names[o->target_mem], q);
     snprintf(v[3], 32, "%s%s%s", q, local ? "mmap" : alloc_names[o->alloc], q);
-    snprintf(v[4], 32, "%s%s%s", q, local ? "none" : scheme_names[o->scheme], q);
-    snprintf(v[5], 32, "%d", local ? 1 : o->world);
-    snprintf(v[6], 32, "%d", local ? 1 : o->threads);
-    snprintf(v[7], 32, "%zu", r->size);
-    snprintf(v[8], 32, "%zu", r->batch);
-    snprintf(v[9], 32, "%zu", r->iters);
+    snprintf(v[4], 32, "%s%s%s", q, layout_names[o->layout], q);
+    snprintf(v[5], 32, "%s%s%s", q, local ? "none" : scheme_names[o->scheme], q);
+    snprintf(v[6], 32, "%d", local ? 1 : o->world);
+    snprintf(v[7], 32, "%d", local ? 1 : o->threads);
+    snprintf(v[8], 32, "%zu", r->size);
+    snprintf(v[9], 32, "%zu", r->batch);
+    snprintf(v[10], 32, "%zu", r->iters);
 }
 
 static void write_files(const options_t *o, const result_t *res, size_t n)
@@ -1370,6 +1414,9 @@ static void usage(FILE *f)
         "                     B, lists are comma-separated; K/M/G suffixes are\n"
         "                     binary (default 4K:64M)\n"
         "  --batch LIST       descriptors per request, same syntax (default 1)\n"
+        "  --layout seq|random  a request's remote blocks in the local order\n"
+        "                     (default; neighbours are merged into one\n"
+        "                     operation) or shuffled (none can be)\n"
         "  --iters N          timed iterations per row (default: enough for\n"
         "                     1 GiB, %d to %d)\n"
         "  --warmup N         untimed iterations first (default iters/10)\n"
@@ -1486,7 +1533,7 @@ static void parse_options(options_t *o, int argc, char **argv)
     enum { O_SIZES = 256, O_ITERS, O_WARMUP, O_BATCH, O_OP, O_CHECK, O_CSV,
            O_JSON, O_TARGET, O_PREP, O_INIT_MEM, O_TARGET_MEM, O_ALLOC,
            O_SCHEME, O_THREADS, O_PROGRESS, O_WAIT, O_STORE, O_RANK, O_MEMCPY,
-           O_HELP };
+           O_LAYOUT, O_HELP };
     static const struct option longs[] = {
         {"sizes", required_argument, NULL, O_SIZES},
         {"iters", required_argument, NULL, O_ITERS},
@@ -1509,6 +1556,7 @@ static void parse_options(options_t *o, int argc, char **argv)
         {"store", required_argument, NULL, O_STORE},
         {"rank", required_argument, NULL, O_RANK},
         {"memcpy", no_argument, NULL, O_MEMCPY},
+        {"layout", required_argument, NULL, O_LAYOUT},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
     static const char *const ops[] = {"write", "read", "both"};
@@ -1555,6 +1603,9 @@ static void parse_options(options_t *o, int argc, char **argv)
         case O_STORE: o->store_url = optarg; break;
         case O_RANK: o->rank = (int)parse_count(optarg, "--rank", true); break;
         case O_MEMCPY: o->memcpy_mode = true; break;
+        case O_LAYOUT:
+            o->layout = parse_choice(optarg, "--layout", layout_names, 2);
+            break;
         case O_PREP:
             /* getopt only attaches an optional argument given with '=';
              * accept "--prepare-bench N" too. */
