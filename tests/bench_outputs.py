@@ -14,10 +14,10 @@ import sys
 import tempfile
 
 CONF = ["op", "initiator_mem", "target_mem", "alloc", "layout", "scheme",
-        "ranks", "threads", "block_size", "batch_size", "iters"]
+        "ranks", "threads", "lanes", "block_size", "batch_size", "iters"]
 FIGURES = ["bw_gbps", "avg_lat_us", "avg_prep_us", "p99_prep_us",
            "avg_post_us", "p99_post_us", "avg_tx_us", "p99_tx_us"]
-INTS = {"ranks", "threads", "block_size", "batch_size", "iters"}
+INTS = {"ranks", "threads", "lanes", "block_size", "batch_size", "iters"}
 
 failures = []
 
@@ -96,8 +96,8 @@ def main():
                 fail(f"row {r}: wrong iters or no bandwidth")
             if (r.get("initiator_mem"), r.get("target_mem"), r.get("alloc"),
                     r.get("layout"), r.get("scheme"), r.get("ranks"),
-                    r.get("threads")) != \
-                    ("host", "host", "ferry", "seq", "pairwise", 2, 1):
+                    r.get("threads"), r.get("lanes")) != \
+                    ("host", "host", "ferry", "seq", "pairwise", 2, 1, 1):
                 fail(f"row {r}: wrong configuration columns")
         if doc.get("checked") is not False:
             fail("JSON says checked without --check")

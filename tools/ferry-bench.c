@@ -97,6 +97,7 @@ typedef struct options {
     bool warmup_set;
     bool do_write, do_read, check, progress_thread;
     int scheme, world, rank, threads, wait_mode, target_mode, alloc, layout;
+    int lanes; /* FERRY_UCX_LANES for every rank; 0: the environment's */
     ferry_mem_kind_t init_mem, target_mem;
     const char *csv_path, *json_path, *store_url;
     size_t prepare_n; /* 0: not in --prepare-bench mode */
@@ -1095,8 +1096,8 @@ static void close_out(FILE *f, const char *path)
 
 /* The configuration columns every row carries, for CSV and JSON alike. */
 #define CONF_KEYS "op", "initiator_mem", "target_mem", "alloc", "layout", \
-                  "scheme", "ranks", "threads", "block_size", "batch_size", \
-                  "iters"
+                  "scheme", "ranks", "threads", "lanes", "block_size", \
+                  "batch_size", "iters"
 static const char *const conf_keys[] = {CONF_KEYS};
 enum { NCONF = sizeof(conf_keys) / sizeof(conf_keys[0]) };
 
@@ -1116,9 +1117,10 @@ static void conf_values(const options_t *o, const result_t *r, bool json,
     snprintf(v[5], 32, "%s%s%s", q, local ? "none" : scheme_names[o->scheme], q);
     snprintf(v[6], 32, "%d", local ? 1 : o->world);
     snprintf(v[7], 32, "%d", local ? 1 : o->threads);
-    snprintf(v[8], 32, "%zu", r->size);
-    snprintf(v[9], 32, "%zu", r->batch);
-    snprintf(v[10], 32, "%zu", r->iters);
+    snprintf(v[8], 32, "%d", local ? 1 : o->lanes);
+    snprintf(v[9], 32, "%zu", r->size);
+    snprintf(v[10], 32, "%zu", r->batch);
+    snprintf(v[11], 32, "%zu", r->iters);
 }
 
 static void write_files(const options_t *o, const result_t *res, size_t n)
@@ -1202,10 +1204,10 @@ static void run_initiator(rank_ctx_t *rc)
     }
     if (lead) {
         printf("ferry-bench: ferry %s, %s, %d ranks (%d initiating), %d "
-               "thread(s) each, %s memory (%s) -> %s memory, wait %s, target "
-               "%s%s%s; B/W in decimal GB/s\n",
+               "thread(s) and %d UCX lane(s) each, %s memory (%s) -> %s memory, "
+               "wait %s, target %s%s%s; B/W in decimal GB/s\n",
                ferry_version(), scheme_names[o->scheme], o->world,
-               rc->topo.ninitiators, o->threads, kind_names[o->init_mem],
+               rc->topo.ninitiators, o->threads, o->lanes, kind_names[o->init_mem],
                o->alloc == ALLOC_FERRY ? "ferry_mem_alloc" : "mmap",
                kind_names[o->target_mem], wait_names[o->wait_mode],
                target_names[o->target_mode],
@@ -1260,6 +1262,11 @@ static void run_initiator(rank_ctx_t *rc)
 static int run_rank(const options_t *o)
 {
     rank_ctx_t rc;
+    char lanes[16];
+
+    /* Every rank's agent reads it; ferry checks the range. */
+    snprintf(lanes, sizeof(lanes), "%d", o->lanes);
+    setenv("FERRY_UCX_LANES", lanes, 1);
 
     rank_setup(&rc, o);
     if (initiates(o, o->rank)) {
@@ -1488,6 +1495,10 @@ static void usage(FILE *f)
         "  --scheme pairwise|manytoone|onetomany  who initiates to whom\n"
         "  -n, --world N      ranks (default 2)\n"
         "  --threads N        threads per initiating rank (default 1)\n"
+        "  --lanes N          UCX lanes each agent stripes segments of\n"
+        "                     FERRY_UCX_STRIPE_MIN (4 MiB) or more across\n"
+        "                     (FERRY_UCX_LANES; default 1). They pay off\n"
+        "                     where cores are idle: with --target fd|thread\n"
         "  --progress-thread  every agent runs ferry's progress thread\n"
         "  --wait poll|block  poll with ferry_xfer_test (default) or sleep in\n"
         "                     ferry_xfer_wait\n"
@@ -1593,7 +1604,7 @@ static void parse_options(options_t *o, int argc, char **argv)
     enum { O_SIZES = 256, O_ITERS, O_WARMUP, O_BATCH, O_OP, O_CHECK, O_CSV,
            O_JSON, O_TARGET, O_PREP, O_INIT_MEM, O_TARGET_MEM, O_ALLOC,
            O_SCHEME, O_THREADS, O_PROGRESS, O_WAIT, O_STORE, O_RANK, O_MEMCPY,
-           O_LAYOUT, O_HELP };
+           O_LAYOUT, O_LANES, O_HELP };
     static const struct option longs[] = {
         {"sizes", required_argument, NULL, O_SIZES},
         {"iters", required_argument, NULL, O_ITERS},
@@ -1617,6 +1628,7 @@ static void parse_options(options_t *o, int argc, char **argv)
         {"rank", required_argument, NULL, O_RANK},
         {"memcpy", no_argument, NULL, O_MEMCPY},
         {"layout", required_argument, NULL, O_LAYOUT},
+        {"lanes", required_argument, NULL, O_LANES},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
     static const char *const ops[] = {"write", "read", "both"};
@@ -1666,6 +1678,7 @@ static void parse_options(options_t *o, int argc, char **argv)
         case O_LAYOUT:
             o->layout = parse_choice(optarg, "--layout", layout_names, 2);
             break;
+        case O_LANES: o->lanes = (int)parse_count(optarg, "--lanes", false); break;
         case O_PREP:
             /* getopt only attaches an optional argument given with '=';
              * accept "--prepare-bench N" too. */
@@ -1688,6 +1701,12 @@ static void parse_options(options_t *o, int argc, char **argv)
     }
     if (o->scheme == SCHEME_PAIRWISE && o->world % 2 != 0) {
         die("--scheme pairwise needs an even number of ranks, not %d", o->world);
+    }
+    if (o->lanes == 0) {
+        const char *env = getenv("FERRY_UCX_LANES");
+        o->lanes = env != NULL && *env ? (int)parse_count(env, "FERRY_UCX_LANES",
+                                                          false)
+                                       : 1;
     }
     if (o->threads > MAX_THREADS) {
         die("--threads takes 1 to %d", MAX_THREADS);

@@ -16,6 +16,12 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_MD_MAX", "256m",
      "largest metadata blob ferry_peer_load() accepts, in bytes (k, m, g "
      "suffixes)"},
+    {"FERRY_UCX_LANES", "1",
+     "UCX lanes (a worker and a thread each) that large segments are split "
+     "across, 1 to 9; 1 moves every segment on the posting thread"},
+    {"FERRY_UCX_STRIPE_MIN", "4m",
+     "segments at least this long are split across the UCX lanes (k, m, g "
+     "suffixes)"},
     {"FERRY_WAIT_SPIN_US", "1000",
      "how long ferry_xfer_wait polls, in microseconds, before it sleeps on "
      "the transports' events"},

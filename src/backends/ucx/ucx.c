@@ -26,6 +26,16 @@
  * emulated with active messages, one copy on each side, and need the
  * target's CPU. mem_alloc hands out such segments, as ucx_perftest uses, and
  * a registration inside one reuses the segment's memory handle.
+ *
+ * Lanes (FERRY_UCX_LANES > 1). A copy into shared memory runs on the
+ * posting thread, and one thread's copy is limited by what one core can
+ * move. Segments of FERRY_UCX_STRIPE_MIN bytes or more are then split into
+ * one piece per lane: the posting thread moves the first on the agent's
+ * worker, and each other lane, a thread with a worker and an endpoint per
+ * connection of its own, moves its piece in parallel and flushes it. The
+ * lane threads sleep on a condition variable when idle. A striped batch
+ * completes in progress() once the main flush and every lane are done,
+ * which lanes signal through an eventfd in the agent's event set.
  */
 #include "backends/backend.h"
 #include "util/config.h"
@@ -33,11 +43,14 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <ucp/api/ucp.h>
 #include <unistd.h>
@@ -52,6 +65,26 @@
 #define FERRY__UCX_LIVENESS_NS 20000000ull
 
 struct ferry__ucx_conn;
+struct ferry__ucx_lane;
+
+/* Lanes besides the agent's worker, striped batches in flight at once, and
+ * jobs queued per lane: fixed, so that posting allocates nothing. */
+#define FERRY__UCX_MAX_LANES 8
+#define FERRY__UCX_STRIPES 64
+#define FERRY__UCX_LANE_JOBS 64
+
+/* A striped batch in flight. Under the agent's lock except the two atomics,
+ * which lane threads update. */
+typedef struct ferry__ucx_stripe {
+    ferry__bk_done_cb cb;
+    void *arg;
+    bool main_done;          /* the posting thread's piece is flushed */
+    ferry_status_t main_st;  /* and how it ended */
+    char errmsg[256];        /* its detail text on failure */
+    atomic_uint lanes_left;  /* lane jobs still running */
+    _Atomic ucs_status_t lane_status; /* the first lane failure */
+    struct ferry__ucx_stripe *next; /* free list, or the in-flight list */
+} ferry__ucx_stripe_t;
 
 /* A segment from mem_alloc(); registrations inside it share its handle. */
 typedef struct ferry__ucx_alloc {
@@ -73,6 +106,12 @@ typedef struct ferry__ucx_ctx {
     size_t nwatched, capwatched;
     uint64_t next_check_ns;
     ferry__ucx_alloc_t *allocs;
+    unsigned nlanes;                /* lanes besides the agent's worker */
+    struct ferry__ucx_lane *lanes;
+    uint64_t stripe_min;            /* segments this long are striped */
+    int lane_efd;                   /* eventfd: a lane finished a job */
+    ferry__ucx_stripe_t *stripes;   /* FERRY__UCX_STRIPES of them */
+    ferry__ucx_stripe_t *free_stripes, *busy_stripes;
 } ferry__ucx_ctx_t;
 
 typedef struct ferry__ucx_reg {
@@ -92,8 +131,15 @@ typedef struct ferry__ucx_req {
     ucs_status_t deferred; /* an error from posting, reported at flush end */
 } ferry__ucx_req_t;
 
+/* A remote key unpacked on the agent's endpoint and on each lane's. */
+typedef struct ferry__ucx_rkey {
+    ucp_rkey_h main;
+    ucp_rkey_h lane[FERRY__UCX_MAX_LANES];
+} ferry__ucx_rkey_t;
+
 typedef struct ferry__ucx_conn {
     ucp_ep_h ep;         /* NULL once force-closed after a failure */
+    ucp_ep_h lane_ep[FERRY__UCX_MAX_LANES]; /* one per lane, or none */
     ucs_status_t failed; /* UCS_OK until the peer is known to be gone */
     bool watched;        /* same host: liveness through pid/pidfd */
     int pidfd;           /* -1 when pidfd_open was refused */
@@ -137,12 +183,206 @@ static ferry_status_t ferry__ucx_error(ucs_status_t s, const char *call,
                         ucs_status_string(s));
 }
 
+/* ---- Lanes --------------------------------------------------------------- */
+
+/* A job for a lane: its pieces of a posted batch. The segments belong to
+ * the request, which stays alive while in flight. */
+typedef struct ferry__ucx_job {
+    ucp_ep_h ep;
+    const ferry__bk_seg_t *segs;
+    size_t n;
+    ferry_xfer_op_t op;
+    unsigned k, nl; /* this lane's piece, of nl */
+    uint64_t min;
+    ferry__ucx_stripe_t *stripe;
+} ferry__ucx_job_t;
+
+typedef struct ferry__ucx_lane {
+    ucp_worker_h worker; /* thread mode MULTI: the agent's thread opens and
+                          * closes endpoints on it while the lane posts */
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    ferry__ucx_job_t jobs[FERRY__UCX_LANE_JOBS]; /* a ring, under lock */
+    unsigned head, tail;
+    bool stop;
+    unsigned k; /* its piece: 1 .. nlanes */
+    int efd;    /* the context's lane_efd */
+} ferry__ucx_lane_t;
+
+static ucs_status_t ferry__ucx_issue(ucp_ep_h ep, ferry_xfer_op_t op,
+                                     const ferry__bk_seg_t *segs, size_t n,
+                                     unsigned k, unsigned nl, uint64_t min);
+
+/* Progresses a worker until a request from it is done; returns its status. */
+static ucs_status_t ferry__ucx_wait_req(ucp_worker_h worker, ucs_status_ptr_t req)
+{
+    ucs_status_t s;
+
+    if (req == NULL)
+        return UCS_OK;
+    if (UCS_PTR_IS_ERR(req))
+        return UCS_PTR_STATUS(req);
+    while ((s = ucp_request_check_status(req)) == UCS_INPROGRESS)
+        ucp_worker_progress(worker);
+    ucp_request_free(req);
+    return s;
+}
+
+static void *ferry__ucx_lane_main(void *arg)
+{
+    ferry__ucx_lane_t *lane = arg;
+    ucp_request_param_t p = {0};
+    const uint64_t one = 1;
+
+    pthread_mutex_lock(&lane->lock);
+    for (;;) {
+        ferry__ucx_job_t job;
+        ucs_status_t s, f;
+
+        while (lane->head == lane->tail && !lane->stop)
+            pthread_cond_wait(&lane->cv, &lane->lock);
+        if (lane->head == lane->tail)
+            break;
+        job = lane->jobs[lane->head++ % FERRY__UCX_LANE_JOBS];
+        pthread_mutex_unlock(&lane->lock);
+
+        s = ferry__ucx_issue(job.ep, job.op, job.segs, job.n, job.k, job.nl, job.min);
+        f = ferry__ucx_wait_req(lane->worker, ucp_ep_flush_nbx(job.ep, &p));
+        if (s == UCS_OK)
+            s = f;
+        if (s != UCS_OK) {
+            ucs_status_t ok = UCS_OK;
+            atomic_compare_exchange_strong(&job.stripe->lane_status, &ok, s);
+        }
+        atomic_fetch_sub_explicit(&job.stripe->lanes_left, 1, memory_order_release);
+        if (write(lane->efd, &one, sizeof(one)) != sizeof(one))
+            ferry__warn("ucx: lane %u cannot signal a finished job: %s", lane->k,
+                        strerror(errno));
+        pthread_mutex_lock(&lane->lock);
+    }
+    pthread_mutex_unlock(&lane->lock);
+    return NULL;
+}
+
+static void ferry__ucx_lanes_fini(ferry__ucx_ctx_t *ctx)
+{
+    for (unsigned i = 0; ctx->lanes != NULL && i < ctx->nlanes; i++) {
+        ferry__ucx_lane_t *lane = &ctx->lanes[i];
+
+        if (lane->started) {
+            pthread_mutex_lock(&lane->lock);
+            lane->stop = true;
+            pthread_cond_signal(&lane->cv);
+            pthread_mutex_unlock(&lane->lock);
+            pthread_join(lane->thread, NULL);
+            pthread_cond_destroy(&lane->cv);
+            pthread_mutex_destroy(&lane->lock);
+        }
+        if (lane->worker != NULL)
+            ucp_worker_destroy(lane->worker);
+    }
+    free(ctx->lanes);
+    free(ctx->stripes);
+    if (ctx->lane_efd >= 0)
+        close(ctx->lane_efd);
+}
+
+/* FERRY_UCX_LANES - 1 lanes, each a worker and a sleeping thread. */
+static ferry_status_t ferry__ucx_lanes_init(ferry__ucx_ctx_t *ctx)
+{
+    uint64_t lanes = ferry__config_get_size("FERRY_UCX_LANES");
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_MULTI};
+    struct epoll_event ev = {.events = EPOLLIN};
+    ucs_status_t s;
+
+    ctx->lane_efd = -1;
+    if (lanes < 1 || lanes > FERRY__UCX_MAX_LANES + 1)
+        return ferry__error(FERRY_ERR_INVALID, "ucx: FERRY_UCX_LANES=%llu (1 to %d "
+                            "allowed)", (unsigned long long)lanes,
+                            FERRY__UCX_MAX_LANES + 1);
+    if (lanes == 1)
+        return FERRY_OK;
+    ctx->stripe_min = ferry__config_get_size("FERRY_UCX_STRIPE_MIN");
+    if (ctx->stripe_min < lanes * 4096)
+        ctx->stripe_min = lanes * 4096; /* every piece at least a page */
+    ctx->lanes = calloc(lanes - 1, sizeof(*ctx->lanes));
+    ctx->stripes = calloc(FERRY__UCX_STRIPES, sizeof(*ctx->stripes));
+    ctx->lane_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ctx->lanes == NULL || ctx->stripes == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for lanes");
+    if (ctx->lane_efd < 0 || epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, ctx->lane_efd, &ev) != 0)
+        return ferry__error(FERRY_ERR_SYSTEM, "ucx: lanes' eventfd: %s", strerror(errno));
+    for (unsigned i = 0; i < FERRY__UCX_STRIPES; i++) {
+        ctx->stripes[i].next = ctx->free_stripes;
+        ctx->free_stripes = &ctx->stripes[i];
+    }
+    ctx->nlanes = (unsigned)lanes - 1;
+    for (unsigned i = 0; i < ctx->nlanes; i++) {
+        ferry__ucx_lane_t *lane = &ctx->lanes[i];
+
+        lane->k = i + 1;
+        lane->efd = ctx->lane_efd;
+        s = ucp_worker_create(ctx->context, &wp, &lane->worker);
+        if (s != UCS_OK)
+            return ferry__ucx_error(s, "ucp_worker_create (lane)", NULL);
+        pthread_mutex_init(&lane->lock, NULL);
+        pthread_cond_init(&lane->cv, NULL);
+        if (pthread_create(&lane->thread, NULL, ferry__ucx_lane_main, lane) != 0) {
+            pthread_cond_destroy(&lane->cv);
+            pthread_mutex_destroy(&lane->lock);
+            return ferry__error(FERRY_ERR_SYSTEM, "ucx: cannot start lane thread");
+        }
+        lane->started = true;
+    }
+    return FERRY_OK;
+}
+
+/* Opens the connection's endpoint on every lane, with the parameters of
+ * the main one. */
+static ferry_status_t ferry__ucx_lane_eps_open(ferry__ucx_ctx_t *ctx,
+                                               ferry__ucx_conn_t *conn,
+                                               const ucp_ep_params_t *ep)
+{
+    ucp_ep_params_t lp = *ep;
+    ucs_status_t s;
+
+    /* Failures reach the lanes through their flushes; the handler would run
+     * on the lane's thread, so lane endpoints have none. */
+    lp.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    for (unsigned i = 0; i < ctx->nlanes; i++) {
+        s = ucp_ep_create(ctx->lanes[i].worker, &lp, &conn->lane_ep[i]);
+        if (s != UCS_OK)
+            return ferry__ucx_error(s, "ucp_ep_create (lane)", conn->peer_name);
+    }
+    return FERRY_OK;
+}
+
+/* Closes the lane endpoints; the core closes a connection only when no
+ * request on it is in flight, so no lane job uses them. */
+static void ferry__ucx_lane_eps_close(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
+{
+    ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                             .flags = UCP_EP_CLOSE_FLAG_FORCE};
+
+    for (unsigned i = 0; i < ctx->nlanes; i++) {
+        if (conn->lane_ep[i] == NULL)
+            continue;
+        (void)ferry__ucx_wait_req(ctx->lanes[i].worker,
+                                  ucp_ep_close_nbx(conn->lane_ep[i], &p));
+        conn->lane_ep[i] = NULL;
+    }
+}
+
 static void ferry__ucx_fini(void *vctx)
 {
     ferry__ucx_ctx_t *ctx = vctx;
 
     if (ctx == NULL)
         return;
+    ferry__ucx_lanes_fini(ctx);
     while (ctx->allocs != NULL) {
         ferry__ucx_alloc_t *a = ctx->allocs;
 
@@ -196,6 +436,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
     if (ctx == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a context");
     ctx->epfd = -1;
+    ctx->lane_efd = -1;
 
     s = ucp_config_read(NULL, NULL, &config);
     if (s != UCS_OK) {
@@ -248,6 +489,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
         goto err_fini;
     }
     FERRY_CHECK_GOTO(ferry__ucx_events_init(ctx), st, err_fini);
+    FERRY_CHECK_GOTO(ferry__ucx_lanes_init(ctx), st, err_fini);
     *ctx_p = ctx;
     return FERRY_OK;
 
@@ -603,9 +845,13 @@ static ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
         st = ferry__ucx_error(s, "ucp_ep_create", peer->name);
         goto err_unwatch;
     }
+    FERRY_CHECK_GOTO(ferry__ucx_lane_eps_open(ctx, conn, &ep), st, err_close);
     *conn_p = conn;
     return FERRY_OK;
 
+err_close:
+    ferry__ucx_lane_eps_close(ctx, conn);
+    ferry__ucx_ep_release(ctx, conn);
 err_unwatch:
     if (conn->watched)
         ferry__ucx_unwatch(ctx, conn);
@@ -621,6 +867,7 @@ static void ferry__ucx_conn_close(void *vctx, void *vconn)
 
     if (conn->watched)
         ferry__ucx_unwatch(ctx, conn);
+    ferry__ucx_lane_eps_close(ctx, conn);
     ferry__ucx_ep_release(ctx, conn);
     /* The core closes a connection only once no request uses it; anything
      * left would be a late callback, which must not find this memory. */
@@ -633,29 +880,43 @@ static void ferry__ucx_conn_close(void *vctx, void *vconn)
     free(conn);
 }
 
+static void ferry__ucx_rkey_close(void *vctx, void *vrkey)
+{
+    ferry__ucx_rkey_t *rk = vrkey;
+
+    (void)vctx;
+    if (rk->main != NULL)
+        ucp_rkey_destroy(rk->main);
+    for (unsigned k = 0; k < FERRY__UCX_MAX_LANES; k++)
+        if (rk->lane[k] != NULL)
+            ucp_rkey_destroy(rk->lane[k]);
+    free(rk);
+}
+
 static ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
                                            const uint8_t *data, size_t len,
                                            void **rkey_p)
 {
     ferry__ucx_conn_t *conn = vconn;
-    ucp_rkey_h rkey;
+    ferry__ucx_rkey_t *rk;
     ucs_status_t s;
 
-    (void)vctx;
     (void)len;
     if (conn->ep == NULL)
         return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
-    s = ucp_ep_rkey_unpack(conn->ep, data, &rkey);
-    if (s != UCS_OK)
+    rk = calloc(1, sizeof(*rk));
+    if (rk == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a remote key");
+    s = ucp_ep_rkey_unpack(conn->ep, data, &rk->main);
+    for (unsigned k = 0; s == UCS_OK && k < FERRY__UCX_MAX_LANES; k++)
+        if (conn->lane_ep[k] != NULL)
+            s = ucp_ep_rkey_unpack(conn->lane_ep[k], data, &rk->lane[k]);
+    if (s != UCS_OK) {
+        ferry__ucx_rkey_close(vctx, rk);
         return ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);
-    *rkey_p = rkey;
+    }
+    *rkey_p = rk;
     return FERRY_OK;
-}
-
-static void ferry__ucx_rkey_close(void *vctx, void *rkey)
-{
-    (void)vctx;
-    ucp_rkey_destroy(rkey);
 }
 
 static void ferry__ucx_flush_done(void *request, ucs_status_t status,
@@ -682,44 +943,77 @@ static void ferry__ucx_flush_done(void *request, ucs_status_t status,
     cb(arg, st);
 }
 
-static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t op,
-                                      const ferry__bk_seg_t *segs, size_t n,
-                                      ferry__bk_done_cb cb, void *arg)
+/* The piece of segment s that lane k of nl moves: all of it for lane 0
+ * when the segment is shorter than min (nothing for the others), else the
+ * k-th of nl page-aligned parts, the last taking the rest. Returns its
+ * length, 0 for none. */
+static uint64_t ferry__ucx_piece(const ferry__bk_seg_t *s, unsigned k, unsigned nl,
+                                 uint64_t min, uint64_t *off_p)
 {
-    ferry__ucx_conn_t *conn = vconn;
-    ucp_request_param_t p = {0};
+    uint64_t step;
+
+    *off_p = 0;
+    if (nl == 1 || s->len < min)
+        return k == 0 ? s->len : 0;
+    step = (s->len / nl) & ~(uint64_t)4095;
+    *off_p = step * k;
+    return k + 1 == nl ? s->len - *off_p : step;
+}
+
+/* Issues lane k's pieces of the n segments on ep (rkeys for lane k: the
+ * main key for 0, else lane[k - 1]). Returns UCS_OK or the first error;
+ * pieces issued before it are in flight, for the caller's flush. */
+static ucs_status_t ferry__ucx_issue(ucp_ep_h ep, ferry_xfer_op_t op,
+                                     const ferry__bk_seg_t *segs, size_t n,
+                                     unsigned k, unsigned nl, uint64_t min)
+{
+    ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH};
     ucs_status_ptr_t sp;
-    ucs_status_t deferred = UCS_OK;
-    const char *call = op == FERRY_OP_WRITE ? "ucp_put_nbx" : "ucp_get_nbx";
-    ferry__ucx_req_t *r;
 
-    (void)vctx;
-    if (conn->failed != UCS_OK)
-        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
-
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
     for (size_t i = 0; i < n; i++) {
         const ferry__bk_seg_t *s = &segs[i];
+        const ferry__ucx_rkey_t *rk = s->rkey;
+        ucp_rkey_h rkey = k == 0 ? rk->main : rk->lane[k - 1];
+        uint64_t off, len = ferry__ucx_piece(s, k, nl, min, &off);
 
+        if (len == 0)
+            continue;
         p.memh = ((ferry__ucx_reg_t *)s->lreg)->memh;
         if (op == FERRY_OP_WRITE)
-            sp = ucp_put_nbx(conn->ep, (const void *)(uintptr_t)s->laddr, s->len,
-                             s->raddr, s->rkey, &p);
+            sp = ucp_put_nbx(ep, (const void *)(uintptr_t)(s->laddr + off), len,
+                             s->raddr + off, rkey, &p);
         else
-            sp = ucp_get_nbx(conn->ep, (void *)(uintptr_t)s->laddr, s->len,
-                             s->raddr, s->rkey, &p);
+            sp = ucp_get_nbx(ep, (void *)(uintptr_t)(s->laddr + off), len,
+                             s->raddr + off, rkey, &p);
         if (UCS_PTR_IS_ERR(sp)) {
-            /* Segments already posted are in flight: flush them, then
-             * report this error when the flush ends. */
-            deferred = UCS_PTR_STATUS(sp);
-            ferry__debug("ucx: %s failed at segment %zu: %s", call, i,
-                         ucs_status_string(deferred));
-            break;
+            ferry__debug("ucx: %s failed at segment %zu: %s",
+                         op == FERRY_OP_WRITE ? "ucp_put_nbx" : "ucp_get_nbx", i,
+                         ucs_status_string(UCS_PTR_STATUS(sp)));
+            return UCS_PTR_STATUS(sp);
         }
         if (sp != NULL)
             ucp_request_free(sp); /* completes on its own; errors reach the flush */
     }
+    return UCS_OK;
+}
 
+/* Issues the pieces of lane 0 on the connection's endpoint and flushes it;
+ * cb(arg) reports the end unless it ended inline (FERRY_OK or an error
+ * returned). */
+static ferry_status_t ferry__ucx_post_main(ferry__ucx_conn_t *conn, ferry_xfer_op_t op,
+                                           const ferry__bk_seg_t *segs, size_t n,
+                                           unsigned nl, uint64_t min,
+                                           ferry__bk_done_cb cb, void *arg)
+{
+    ucp_request_param_t p = {0};
+    ucs_status_ptr_t sp;
+    ucs_status_t deferred;
+    const char *call = op == FERRY_OP_WRITE ? "ucp_put_nbx" : "ucp_get_nbx";
+    ferry__ucx_req_t *r;
+
+    /* Segments already posted when one fails are in flight: flush them,
+     * then report the error when the flush ends. */
+    deferred = ferry__ucx_issue(conn->ep, op, segs, n, 0, nl, min);
     p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK;
     p.cb.send = ferry__ucx_flush_done;
     sp = ucp_ep_flush_nbx(conn->ep, &p);
@@ -746,10 +1040,132 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
     return FERRY_IN_PROGRESS;
 }
 
+/* Completion of the posting thread's piece of a striped batch. */
+static void ferry__ucx_stripe_main_done(void *arg, ferry_status_t st)
+{
+    ferry__ucx_stripe_t *g = arg;
+
+    g->main_done = true;
+    g->main_st = st;
+    if (st < 0)
+        snprintf(g->errmsg, sizeof(g->errmsg), "%s", ferry_last_error());
+}
+
+/* Hands each lane its pieces, moves the first on the agent's worker, and
+ * completes in progress() once all are done. Falls back to the posting
+ * thread alone when every stripe or a lane's queue is taken. */
+static ferry_status_t ferry__ucx_post_striped(ferry__ucx_ctx_t *ctx,
+                                              ferry__ucx_conn_t *conn,
+                                              ferry_xfer_op_t op,
+                                              const ferry__bk_seg_t *segs, size_t n,
+                                              ferry__bk_done_cb cb, void *arg)
+{
+    ferry__ucx_stripe_t *g = ctx->free_stripes;
+    unsigned nl = ctx->nlanes + 1;
+    ferry_status_t st;
+
+    for (unsigned i = 0; g != NULL && i < ctx->nlanes; i++)
+        if (conn->lane_ep[i] == NULL)
+            g = NULL;
+    if (g == NULL)
+        return ferry__ucx_post_main(conn, op, segs, n, 1, UINT64_MAX, cb, arg);
+    ctx->free_stripes = g->next;
+    g->cb = cb;
+    g->arg = arg;
+    g->main_done = false;
+    atomic_store(&g->lanes_left, 0);
+    atomic_store(&g->lane_status, UCS_OK);
+    for (unsigned i = 0; i < ctx->nlanes; i++) {
+        ferry__ucx_lane_t *lane = &ctx->lanes[i];
+        ferry__ucx_job_t job = {conn->lane_ep[i], segs, n, op, i + 1, nl,
+                                ctx->stripe_min, g};
+
+        pthread_mutex_lock(&lane->lock);
+        if (lane->tail - lane->head < FERRY__UCX_LANE_JOBS) {
+            lane->jobs[lane->tail++ % FERRY__UCX_LANE_JOBS] = job;
+            atomic_fetch_add(&g->lanes_left, 1);
+            pthread_cond_signal(&lane->cv);
+        } else {
+            /* The lane is that far behind: the posting thread takes its
+             * piece too, as an unstriped segment list of one lane. */
+            atomic_store(&g->lane_status, UCS_ERR_NO_RESOURCE);
+        }
+        pthread_mutex_unlock(&lane->lock);
+    }
+    if (atomic_load(&g->lane_status) == UCS_ERR_NO_RESOURCE) {
+        /* Rare: let the lanes that took a job finish it, and move the whole
+         * batch here (their pieces are moved twice, with the same bytes). */
+        atomic_store(&g->lane_status, UCS_OK);
+        nl = 1;
+    }
+    st = ferry__ucx_post_main(conn, op, segs, n, nl, nl == 1 ? UINT64_MAX
+                                                            : ctx->stripe_min,
+                              ferry__ucx_stripe_main_done, g);
+    if (st != FERRY_IN_PROGRESS)
+        ferry__ucx_stripe_main_done(g, st);
+    g->next = ctx->busy_stripes;
+    ctx->busy_stripes = g;
+    return FERRY_IN_PROGRESS;
+}
+
+/* Completes the striped batches whose pieces are all done. */
+static unsigned ferry__ucx_reap_stripes(ferry__ucx_ctx_t *ctx)
+{
+    ferry__ucx_stripe_t **pg = &ctx->busy_stripes;
+    unsigned n = 0;
+    uint64_t count;
+
+    if (read(ctx->lane_efd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+        ferry__warn("ucx: reading the lanes' eventfd: %s", strerror(errno));
+    while (*pg != NULL) {
+        ferry__ucx_stripe_t *g = *pg;
+        ferry_status_t st;
+        ucs_status_t ls;
+
+        if (!g->main_done ||
+            atomic_load_explicit(&g->lanes_left, memory_order_acquire) > 0) {
+            pg = &g->next;
+            continue;
+        }
+        *pg = g->next;
+        st = g->main_st;
+        ls = atomic_load(&g->lane_status);
+        if (st < 0)
+            ferry__error(st, "%s", g->errmsg);
+        else if (ls != UCS_OK)
+            st = ferry__ucx_error(ls, "lane flush", NULL);
+        g->next = ctx->free_stripes;
+        ctx->free_stripes = g;
+        g->cb(g->arg, st);
+        n++;
+    }
+    return n;
+}
+
+static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t op,
+                                      const ferry__bk_seg_t *segs, size_t n,
+                                      ferry__bk_done_cb cb, void *arg)
+{
+    ferry__ucx_ctx_t *ctx = vctx;
+    ferry__ucx_conn_t *conn = vconn;
+
+    if (conn->failed != UCS_OK)
+        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
+    if (ctx->nlanes > 0) {
+        for (size_t i = 0; i < n; i++)
+            if (segs[i].len >= ctx->stripe_min)
+                return ferry__ucx_post_striped(ctx, conn, op, segs, n, cb, arg);
+    }
+    return ferry__ucx_post_main(conn, op, segs, n, 1, UINT64_MAX, cb, arg);
+}
+
 static unsigned ferry__ucx_progress(void *vctx)
 {
     ferry__ucx_ctx_t *ctx = vctx;
     unsigned n = ucp_worker_progress(ctx->worker);
+
+    if (ctx->busy_stripes != NULL)
+        n += ferry__ucx_reap_stripes(ctx);
 
     if (ctx->nwatched > 0) {
         uint64_t now = ferry__now_ns();
