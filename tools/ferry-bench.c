@@ -348,6 +348,25 @@ static uint64_t mix(uint64_t h, uint64_t v)
     return h * 0xff51afd7ed558ccdull;
 }
 
+/* A fixed shuffle (Fisher-Yates) of n block slots, as scattered as a KV
+ * cache's block table, so that no two blocks neighbour at the destination
+ * as they do at the source and none can be merged. */
+static size_t *shuffled_slots(size_t n, uint64_t h)
+{
+    size_t *slot = xcalloc(n, sizeof(*slot));
+
+    for (size_t i = 0; i < n; i++) {
+        slot[i] = i;
+    }
+    for (size_t i = n; i > 1; i--) {
+        h = mix(h, i);
+        size_t j = (size_t)(h % i), v = slot[i - 1];
+        slot[i - 1] = slot[j];
+        slot[j] = v;
+    }
+    return slot;
+}
+
 /* ---- Store helpers ------------------------------------------------------- */
 
 typedef struct job {
@@ -860,20 +879,7 @@ static void *initiator_thread(void *arg)
     ferry_desc_t *r = xcalloc(s->batch, sizeof(*r));
 
     if (o->layout == LAYOUT_RANDOM) {
-        /* A fixed shuffle (Fisher-Yates), as scattered as a KV cache's
-         * block table, so that no two descriptors neighbour remotely as
-         * they do locally and none can be merged. */
-        uint64_t h = mix(s->index, (uint64_t)tc->t);
-        tc->slot = xcalloc(s->batch, sizeof(*tc->slot));
-        for (size_t i = 0; i < s->batch; i++) {
-            tc->slot[i] = i;
-        }
-        for (size_t i = s->batch; i > 1; i--) {
-            h = mix(h, i);
-            size_t j = (size_t)(h % i), v = tc->slot[i - 1];
-            tc->slot[i - 1] = tc->slot[j];
-            tc->slot[j] = v;
-        }
+        tc->slot = shuffled_slots(s->batch, mix(s->index, (uint64_t)tc->t));
     }
     for (int k = 0; k < nt; k++) {
         uint64_t lbase = (uintptr_t)rc->buf.p +
@@ -1344,43 +1350,55 @@ static int run_prepare_bench(size_t n)
 
 /* ---- --memcpy ------------------------------------------------------------ */
 
-/* The host's limit: one thread's memcpy between two buffers of each block
- * size, in one process, with the same iteration counts as a transfer row.
- * Only B/W and Avg Lat. mean anything in its rows. */
+/* The host's limit: one thread's memcpy between two buffers, of each block
+ * size and batch size (a batch copies its blocks one by one, to shuffled
+ * places with --layout random), in one process, with the same iteration
+ * counts as a transfer row. Only B/W and Avg Lat. mean anything here. */
 static int run_memcpy_bench(const options_t *o)
 {
-    result_t *res = xcalloc(o->nsizes, sizeof(*res));
+    result_t *res = xcalloc(o->nsizes * o->nbatches, sizeof(*res));
+    size_t nres = 0;
 
     printf("ferry-bench --memcpy: one thread's memcpy, B/W in decimal GB/s\n");
     print_header("MEMCPY, host memory -> host memory (one process)");
     for (size_t i = 0; i < o->nsizes; i++) {
-        size_t size = o->sizes[i], iters = auto_iters(o, size);
-        size_t warmup = o->warmup_set ? o->warmup : (iters / 10 ? iters / 10 : 1);
-        bench_buf_t src, dst;
+        for (size_t bi = 0; bi < o->nbatches; bi++) {
+            size_t size = o->sizes[i], batch = o->batches[bi];
+            size_t iters = auto_iters(o, size * batch);
+            size_t warmup = o->warmup_set ? o->warmup
+                                          : (iters / 10 ? iters / 10 : 1);
+            size_t *slot = o->layout == LAYOUT_RANDOM ? shuffled_slots(batch, 1)
+                                                      : NULL;
+            bench_buf_t src, dst;
+            uint64_t t0 = 0, t = 0;
 
-        bench_alloc(NULL, FERRY_MEM_HOST, ALLOC_MMAP, size, &src);
-        bench_alloc(NULL, FERRY_MEM_HOST, ALLOC_MMAP, size, &dst);
-        for (size_t it = 0; it < warmup; it++) {
-            memcpy(dst.p, src.p, size);
+            bench_alloc(NULL, FERRY_MEM_HOST, ALLOC_MMAP, size * batch, &src);
+            bench_alloc(NULL, FERRY_MEM_HOST, ALLOC_MMAP, size * batch, &dst);
+            /* Timed as the transfers are, one clock reading per batch. */
+            for (size_t it = 0; it < warmup + iters; it++) {
+                if (it == warmup) {
+                    t0 = ticks();
+                }
+                for (size_t b = 0; b < batch; b++) {
+                    memcpy(dst.p + (slot != NULL ? slot[b] : b) * size,
+                           src.p + b * size, size);
+                }
+                /* Keeps the compiler from merging or dropping copies. */
+                __asm__ __volatile__("" : : "r"(dst.p) : "memory");
+                t = ticks();
+            }
+            double ns = (double)ticks_ns(t - t0);
+            res[nres] = (result_t){.op = "MEMCPY", .size = size, .batch = batch,
+                                   .iters = iters};
+            res[nres].v[BW] = (double)(size * batch) * (double)iters / ns;
+            res[nres].v[AVG_LAT] = ns / (double)iters / 1e3;
+            print_row(&res[nres++]);
+            bench_free(NULL, &src);
+            bench_free(NULL, &dst);
+            free(slot);
         }
-        /* Timed as the transfers are, one clock reading per copy. */
-        uint64_t t0 = ticks(), t = t0;
-        for (size_t it = 0; it < iters; it++) {
-            memcpy(dst.p, src.p, size);
-            /* Keeps the compiler from merging or dropping copies. */
-            __asm__ __volatile__("" : : "r"(dst.p) : "memory");
-            t = ticks();
-        }
-        double ns = (double)ticks_ns(t - t0);
-        res[i] = (result_t){.op = "MEMCPY", .size = size, .batch = 1,
-                            .iters = iters};
-        res[i].v[BW] = (double)size * (double)iters / ns;
-        res[i].v[AVG_LAT] = ns / (double)iters / 1e3;
-        print_row(&res[i]);
-        bench_free(NULL, &src);
-        bench_free(NULL, &dst);
     }
-    write_files(o, res, o->nsizes);
+    write_files(o, res, nres);
     free(res);
     return 0;
 }
