@@ -266,6 +266,38 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_agent_t *agent,
  */
 FERRY_API ferry_status_t ferry_mem_deregister(ferry_mem_t *mem);
 
+/*
+ * Allocates len bytes (len >= 1) of memory of the given kind (FERRY_MEM_HOST
+ * or FERRY_MEM_CUDA) that the agent's transports move fastest, and writes
+ * its address to *addr_p. Host memory comes from UCX's own allocator
+ * (shared memory on one host), which peers on the same host read and write
+ * with one direct copy; UCX 1.13 can only emulate one-sided transfers on
+ * memory it did not allocate, with a copy on each side and the target's
+ * CPU, several times slower. GPU memory is one cuMemCreate allocation
+ * with a shareable (POSIX file descriptor) handle, on the device of the
+ * calling thread's current CUDA context (device 0 without one), which peers
+ * on the same host map through CUDA IPC. The memory is not registered: register any
+ * range inside it with ferry_mem_register() before use. Its contents are
+ * undefined, and it lives until ferry_mem_free() or the agent's
+ * destruction. Returns FERRY_ERR_INVALID for a NULL argument, a
+ * zero length or a kind other than HOST or CUDA; FERRY_ERR_UNSUPPORTED for
+ * a kind no backend can allocate here (CUDA memory without a CUDA driver:
+ * "no CUDA driver was found"); FERRY_ERR_NO_MEMORY or FERRY_ERR_BACKEND when the
+ * transport cannot allocate it. Any thread.
+ */
+FERRY_API ferry_status_t ferry_mem_alloc(ferry_agent_t *agent, size_t len,
+                                         ferry_mem_kind_t kind, void **addr_p);
+
+/*
+ * Frees memory from ferry_mem_alloc() on the same agent. Returns FERRY_OK
+ * (also for a NULL addr), FERRY_ERR_BUSY (and frees nothing) while
+ * registrations inside it remain (deregister them first),
+ * FERRY_ERR_NOT_FOUND for an address that ferry_mem_alloc() did not return
+ * on this agent or that was freed already, FERRY_ERR_INVALID for a NULL
+ * agent. Any thread.
+ */
+FERRY_API ferry_status_t ferry_mem_free(ferry_agent_t *agent, void *addr);
+
 /* ------------------------------------------------------------------------ */
 /* Metadata and peers                                                       */
 /* ------------------------------------------------------------------------ */

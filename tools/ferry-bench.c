@@ -1,17 +1,35 @@
 /*
- * ferry-bench: measures ferry's one-sided WRITE and READ between two local
- * processes, the figure every performance claim in docs/PERFORMANCE.md rests
- * on.
+ * ferry-bench: measures ferry's one-sided WRITE and READ between processes,
+ * the figure every performance claim in docs/PERFORMANCE.md rests on.
  *
- * Run with no arguments, it is a launcher: it creates a socketpair, starts
- * itself twice (fork, then exec of /proc/self/exe with a hidden --role
- * argument) as rank 0, the initiator, and rank 1, the target, and waits for
- * both. The launcher never touches ferry, because UCX must be initialised in
- * the process that uses it, after any fork. The ranks swap metadata blobs
- * over the socketpair; rank 0 then prepares one request per operation and
- * block size (timing the prepare), posts and waits on it repeatedly, and
- * prints nixlbench's columns in decimal GB (1e9 bytes). Rank 1 only drives
- * its agent's progress and answers fill/verify commands for --check.
+ * Ranks. Every measuring process is a rank of a job that meets through a
+ * c10d-compatible store: rank R of N with --store URL --rank R --world N
+ * (several hosts; the store may be ferry-store or a torchrun job's), or,
+ * with no --store, a launcher that starts an embedded store server and N
+ * local ranks (fork, then exec of /proc/self/exe, so that UCX starts in a
+ * fresh image; the launcher itself never creates an agent). A scheme says
+ * who initiates towards whom:
+ *   pairwise   even ranks initiate to the next odd rank (0->1, 2->3, ...)
+ *   manytoone  ranks 0..N-2 initiate to rank N-1
+ *   onetomany  rank 0 initiates to ranks 1..N-1, posting to all at once
+ * Ranks publish their metadata blob and buffer address in the store. Every
+ * initiator rank runs --threads threads, each with its own prepared request
+ * per target and its own slices of the buffers, so that no two writers
+ * share a byte. Targets only serve: they drive progress (--target) and
+ * answer fill/verify commands for --check, also through the store.
+ *
+ * Steps. For each operation, block size and batch size, every initiator
+ * thread prepares (timed), warms up, meets the others at a barrier, then
+ * posts and waits --iters times, timing each post and each post-to-done.
+ * Each rank publishes its figures; rank 0 combines them and prints the row
+ * at once, in nixlbench's columns, bandwidth in decimal GB/s (1e9 B/s):
+ * the bytes of all initiators over the slowest one's time.
+ *
+ * Memory. Host buffers come from ferry_mem_alloc() by default (UCX's own
+ * shared memory, copied into directly by same-host peers); --alloc mmap
+ * uses ordinary memory instead, which UCX 1.13 reaches only through
+ * emulated RMA. One function, bench_alloc(), allocates a buffer of a memory
+ * kind, so GPU memory plugs in there.
  *
  * --prepare-bench N measures the cost of preparing (and releasing) a request
  * of N small descriptors in one process, against its own blob (loopback).
@@ -22,6 +40,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -29,36 +48,62 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_SIZES 64
+#define MAX_LIST 64
+#define MAX_RANKS 256
+#define MAX_THREADS 64
 /* No blocking call may hang the benchmark; a transfer taking this long is an
  * error worth reporting, not a slow figure. */
 #define WAIT_TIMEOUT_NS (60LL * 1000000000LL)
+/* Store calls (results, acknowledgements, barriers) wait this long. */
+#define STORE_TIMEOUT_NS (120ull * 1000000000ull)
+/* How often a target looks in the store for commands and for the end: often
+ * while commands come (--check), rarely otherwise, so that a spinning
+ * target spends its time on progress, not on the store. */
+#define TARGET_POLL_BUSY_NS 100000ull
+#define TARGET_POLL_IDLE_NS 2000000ull
+#define TARGET_BUSY_NS 100000000ull
+/* Automatic iteration counts: enough to move this much per row, within
+ * [AUTO_MIN_ITERS, AUTO_MAX_ITERS], so the default sweep takes seconds;
+ * with --check, whose fills and verifies cost far more than the transfers,
+ * a smoke run's worth. */
+#define AUTO_BYTES (4ull << 30)
+#define AUTO_MIN_ITERS 16
+#define AUTO_MAX_ITERS 100000
+#define AUTO_CHECK_BYTES (64ull << 20)
+#define AUTO_CHECK_MAX_ITERS 20
 
-enum { ROLE_LAUNCHER = -1, ROLE_INITIATOR = 0, ROLE_TARGET = 1 };
-/* How rank 1 serves: spinning on progress (as ucx_perftest's responder
+enum { SCHEME_PAIRWISE, SCHEME_MANYTOONE, SCHEME_ONETOMANY };
+static const char *const scheme_names[] = {"pairwise", "manytoone", "onetomany"};
+/* How a target serves: spinning on progress (as ucx_perftest's responder
  * does), sleeping on ferry_agent_fd(), or leaving it to ferry's progress
- * thread. Transports that emulate RMA need the target's CPU, so this
- * matters; see --target. */
+ * thread. Emulated RMA needs the target's CPU, so this matters. */
 enum { TARGET_SPIN, TARGET_FD, TARGET_THREAD };
+static const char *const target_names[] = {"spin", "fd", "thread"};
+enum { WAIT_POLL, WAIT_BLOCK };
+static const char *const wait_names[] = {"poll", "block"};
+enum { ALLOC_FERRY, ALLOC_MMAP };
+static const char *const alloc_names[] = {"ferry", "mmap"};
+enum { LAYOUT_SEQ, LAYOUT_RANDOM };
+static const char *const layout_names[] = {"seq", "random"};
 
 typedef struct options {
-    size_t sizes[MAX_SIZES];
-    size_t nsizes;
-    size_t iters, warmup, batch;
-    bool do_write, do_read, check;
-    int target_mode; /* TARGET_SPIN, TARGET_FD or TARGET_THREAD */
-    const char *csv_path, *json_path;
+    size_t sizes[MAX_LIST], nsizes;
+    size_t batches[MAX_LIST], nbatches;
+    size_t iters, warmup; /* 0: automatic */
+    bool warmup_set;
+    bool do_write, do_read, check, progress_thread;
+    int scheme, world, rank, threads, wait_mode, target_mode, alloc, layout;
+    ferry_mem_kind_t init_mem, target_mem;
+    const char *csv_path, *json_path, *store_url;
     size_t prepare_n; /* 0: not in --prepare-bench mode */
-    int role, fd;
+    bool memcpy_mode;
 } options_t;
 
-/* A result row: nixlbench's columns, in its order. One prepare per row, so
- * its average and 99th percentile coincide. */
+/* A result row: nixlbench's columns, in its order. */
 enum { BW, AVG_LAT, AVG_PREP, P99_PREP, AVG_POST, P99_POST, AVG_TX, P99_TX,
        NCOLS };
 static const char *const col_names[NCOLS] = {
@@ -69,23 +114,41 @@ static const char *const col_keys[NCOLS] = {
     "avg_post_us", "p99_post_us", "avg_tx_us", "p99_tx_us"};
 
 typedef struct result {
-    ferry_xfer_op_t op;
+    const char *op; /* "WRITE", "READ", or "MEMCPY" for --memcpy */
     size_t size, batch, iters;
     double v[NCOLS];
 } result_t;
 
-/* Commands rank 0 sends to rank 1 over the socketpair, and the reply. */
-enum { CMD_FILL = 1, CMD_VERIFY, CMD_DONE, CMD_REPLY };
+/* What a rank publishes per step; rank 0 combines them. Means are kept as
+ * sums and counts so that the combined mean is exact; the combined 99th
+ * percentile is the largest of the ranks' (exact with one initiator). */
+typedef struct rank_res {
+    double bytes, loop_ns;
+    double prep_sum, prep_n, prep_p99;
+    double post_sum, post_n, post_p99;
+    double tx_sum, tx_n, tx_p99;
+} rank_res_t;
 
-typedef struct msg {
+/* A command to a target for --check, and its answer. */
+enum { CMD_FILL = 1, CMD_VERIFY };
+
+typedef struct cmd {
     uint32_t cmd;
-    int32_t status; /* CMD_REPLY: 0, or 1 for a mismatch at .offset */
-    uint64_t seed;  /* the pattern to fill or to expect */
-    uint64_t len;   /* bytes from the start of the buffer */
-    uint64_t offset;
-} msg_t;
+    uint32_t pad;
+    uint64_t seed, off, len; /* the pattern; the range of the target's buffer */
+} cmd_t;
 
-static int g_rank = ROLE_LAUNCHER;
+typedef struct ack {
+    uint64_t bad; /* len if every byte matched, else the first wrong offset */
+} ack_t;
+
+static int g_rank = -1;
+
+static const char *op_name(ferry_xfer_op_t op)
+{
+    return op == FERRY_OP_WRITE ? "WRITE" : "READ";
+}
+static const char *const kind_names[] = {"auto", "host", "cuda"};
 
 /* ---- Helpers ------------------------------------------------------------- */
 
@@ -123,35 +186,48 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Sends or receives exactly len bytes on the socketpair; any failure, or the
- * other rank closing its end, ends this rank. */
-static void sock_io(int fd, void *buf, size_t len, bool out)
+/*
+ * The timed loops' clock. On x86 it is the time-stamp counter, which costs
+ * about 10 ns here against clock_gettime()'s 23 on this VM (three readings
+ * an iteration were 5% of a 64 KiB transfer's time), calibrated against
+ * CLOCK_MONOTONIC at start; elsewhere it is CLOCK_MONOTONIC itself.
+ * ucx_perftest times its loops with the same counter.
+ */
+static double g_ns_per_tick = 1.0;
+
+static inline uint64_t ticks(void)
 {
-    for (char *p = buf; len > 0;) {
-        /* MSG_NOSIGNAL: a dead peer must give an error message, not SIGPIPE. */
-        ssize_t n = out ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            die("%s the other rank: %s", out ? "send to" : "recv from",
-                n == 0 ? "connection closed (did it fail?)" : strerror(errno));
-        }
-        p += n;
-        len -= (size_t)n;
-    }
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#else
+    return now_ns();
+#endif
 }
 
-static void *alloc_buffer(size_t len)
+static void ticks_calibrate(void)
 {
-    /* Anonymous mmap gives page-aligned memory; touching it now keeps page
-     * faults out of the timed loop. */
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        die("mmap of %zu bytes: %s", len, strerror(errno));
+#if defined(__x86_64__) || defined(__i386__)
+    uint64_t n0 = now_ns(), t0 = ticks(), n1, t1;
+
+    nanosleep(&(struct timespec){.tv_nsec = 20000000}, NULL);
+    n1 = now_ns();
+    t1 = ticks();
+    g_ns_per_tick = (double)(n1 - n0) / (double)(t1 - t0);
+#endif
+}
+
+static uint64_t ticks_ns(uint64_t t)
+{
+    return (uint64_t)((double)t * g_ns_per_tick + 0.5);
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+
+    if (p == NULL) {
+        die("out of memory");
     }
-    memset(p, 0xa5, len);
     return p;
 }
 
@@ -170,20 +246,73 @@ static uint64_t p99(uint64_t *v, size_t n)
     return v[rank - 1];
 }
 
-static double mean_us(const uint64_t *v, size_t n)
+static double sum_u64(const uint64_t *v, size_t n)
 {
     double sum = 0;
 
     for (size_t i = 0; i < n; i++) {
         sum += (double)v[i];
     }
-    return n ? sum / (double)n / 1e3 : 0;
+    return sum;
+}
+
+/* ---- Buffers of a memory kind --------------------------------------------- */
+
+typedef struct bench_buf {
+    ferry_mem_kind_t kind;
+    bool from_ferry; /* ferry_mem_alloc, else mmap */
+    uint8_t *p;
+    size_t len;
+} bench_buf_t;
+
+/*
+ * Allocates len bytes of the given kind: the one place that knows how. Host
+ * memory comes from ferry_mem_alloc() or, with --alloc mmap, from an
+ * anonymous mapping; other kinds from ferry_mem_alloc(), which refuses them
+ * with its reason where the build cannot allocate them.
+ */
+static void bench_alloc(ferry_agent_t *agent, ferry_mem_kind_t kind, int alloc,
+                        size_t len, bench_buf_t *b)
+{
+    void *p;
+    ferry_status_t st;
+
+    *b = (bench_buf_t){.kind = kind, .len = len};
+    if (kind == FERRY_MEM_HOST && alloc == ALLOC_MMAP) {
+        p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+        if (p == MAP_FAILED) {
+            die("mmap of %zu bytes: %s", len, strerror(errno));
+        }
+    } else {
+        st = ferry_mem_alloc(agent, len, kind, &p);
+        if (st != FERRY_OK) {
+            die("allocating %zu B of %s memory: %s (%s)", len, kind_names[kind],
+                ferry_status_str(st), ferry_last_error());
+        }
+        b->from_ferry = true;
+    }
+    b->p = p;
+    if (kind == FERRY_MEM_HOST) {
+        /* Touching it now keeps page faults out of the timed loops. */
+        memset(b->p, 0xa5, len);
+    }
+}
+
+static void bench_free(ferry_agent_t *agent, bench_buf_t *b)
+{
+    if (b->from_ferry) {
+        CHECK(ferry_mem_free(agent, b->p));
+    } else {
+        munmap(b->p, b->len);
+    }
 }
 
 /* ---- Data pattern for --check -------------------------------------------- */
 
-/* The byte at offset off of pattern seed. It changes with every iteration,
- * operation and size, so that stale data from an earlier post never passes. */
+/* The byte at offset off of pattern seed. The seed changes with every
+ * iteration, step, rank, thread and target, so that stale data from an
+ * earlier post or another writer never passes. */
 static uint8_t pattern_byte(uint64_t seed, uint64_t off)
 {
     uint64_t x = (seed ^ (off >> 3)) * 0x9e3779b97f4a7c15ull;
@@ -192,291 +321,750 @@ static uint8_t pattern_byte(uint64_t seed, uint64_t off)
 }
 
 /* Writes the pattern (fill) or returns the first offset that differs from
- * it, or len if none does. */
-static size_t pattern(uint8_t *buf, size_t len, uint64_t seed, bool fill)
+ * it, or len if none does. Only host memory can be checked here. */
+static size_t pattern(const bench_buf_t *b, size_t at, size_t len,
+                      uint64_t seed, uint64_t pat_off, bool fill)
 {
+    uint8_t *buf = b->p + at;
+
+    if (b->kind != FERRY_MEM_HOST) {
+        die("--check on %s memory is not supported by this build",
+            kind_names[b->kind]);
+    }
     for (size_t i = 0; i < len; i++) {
         if (fill) {
-            buf[i] = pattern_byte(seed, i);
-        } else if (buf[i] != pattern_byte(seed, i)) {
+            buf[i] = pattern_byte(seed, pat_off + i);
+        } else if (buf[i] != pattern_byte(seed, pat_off + i)) {
             return i;
         }
     }
     return len;
 }
 
-static uint64_t pattern_seed(ferry_xfer_op_t op, size_t size, size_t iter)
+static uint64_t mix(uint64_t h, uint64_t v)
 {
-    return ((uint64_t)op << 62) ^ ((uint64_t)size << 24) ^ iter ^
-           0x5eed0000000000ull;
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    return h * 0xff51afd7ed558ccdull;
 }
 
-/* ---- The two ranks ------------------------------------------------------- */
+/* A fixed shuffle (Fisher-Yates) of n block slots, as scattered as a KV
+ * cache's block table, so that no two blocks neighbour at the destination
+ * as they do at the source and none can be merged. */
+static size_t *shuffled_slots(size_t n, uint64_t h)
+{
+    size_t *slot = xcalloc(n, sizeof(*slot));
+
+    for (size_t i = 0; i < n; i++) {
+        slot[i] = i;
+    }
+    for (size_t i = n; i > 1; i--) {
+        h = mix(h, i);
+        size_t j = (size_t)(h % i), v = slot[i - 1];
+        slot[i - 1] = slot[j];
+        slot[j] = v;
+    }
+    return slot;
+}
+
+/* ---- Store helpers ------------------------------------------------------- */
+
+typedef struct job {
+    ferry_store_t *store;
+    char prefix[48]; /* this run's keys: "ferry-bench/<generation>/" */
+} job_t;
+
+static void key_fmt(const job_t *j, char *key, size_t cap, const char *fmt,
+                    va_list ap)
+{
+    int n = snprintf(key, cap, "%s", j->prefix);
+
+    vsnprintf(key + n, cap - (size_t)n, fmt, ap);
+}
+
+#define KEY_MAX 128
+
+static void kv_set(const job_t *j, const void *v, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void kv_set(const job_t *j, const void *v, size_t len, const char *fmt, ...)
+{
+    char key[KEY_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    key_fmt(j, key, sizeof(key), fmt, ap);
+    va_end(ap);
+    CHECK(ferry_store_set(j->store, key, v, len));
+}
+
+/* Waits for a key and returns its value (free with ferry_store_free). */
+static void *kv_get(const job_t *j, size_t *len_p, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void *kv_get(const job_t *j, size_t *len_p, const char *fmt, ...)
+{
+    char key[KEY_MAX];
+    void *v;
+    size_t len;
+    va_list ap;
+
+    va_start(ap, fmt);
+    key_fmt(j, key, sizeof(key), fmt, ap);
+    va_end(ap);
+    CHECK(ferry_store_get(j->store, key, &v, len_p != NULL ? len_p : &len));
+    return v;
+}
+
+/* Like kv_get for a fixed-size value, which it copies to out. */
+static void kv_get_exact(const job_t *j, void *out, size_t len, const char *fmt,
+                         ...) __attribute__((format(printf, 4, 5)));
+static void kv_get_exact(const job_t *j, void *out, size_t len, const char *fmt,
+                         ...)
+{
+    char key[KEY_MAX];
+    void *v;
+    size_t got;
+    va_list ap;
+
+    va_start(ap, fmt);
+    key_fmt(j, key, sizeof(key), fmt, ap);
+    va_end(ap);
+    CHECK(ferry_store_get(j->store, key, &v, &got));
+    if (got != len) {
+        die("store key %s holds %zu bytes, expected %zu", key, got, len);
+    }
+    memcpy(out, v, len);
+    ferry_store_free(v);
+}
+
+static int64_t kv_add(const job_t *j, int64_t delta, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int64_t kv_add(const job_t *j, int64_t delta, const char *fmt, ...)
+{
+    char key[KEY_MAX];
+    int64_t v;
+    va_list ap;
+
+    va_start(ap, fmt);
+    key_fmt(j, key, sizeof(key), fmt, ap);
+    va_end(ap);
+    CHECK(ferry_store_add(j->store, key, delta, &v));
+    return v;
+}
+
+/* Whether a key exists, without waiting. */
+static bool kv_has(const job_t *j, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static bool kv_has(const job_t *j, const char *fmt, ...)
+{
+    char key[KEY_MAX];
+    const char *keys[1] = {key};
+    int ready;
+    va_list ap;
+
+    va_start(ap, fmt);
+    key_fmt(j, key, sizeof(key), fmt, ap);
+    va_end(ap);
+    CHECK(ferry_store_check(j->store, keys, 1, &ready));
+    return ready != 0;
+}
+
+/* All n members meet: each adds one; the last one opens the gate. */
+static void barrier(const job_t *j, int n, const char *name)
+{
+    if (kv_add(j, 1, "%s/count", name) == n) {
+        kv_set(j, "", 0, "%s/open", name);
+    }
+    ferry_store_free(kv_get(j, NULL, "%s/open", name));
+}
+
+/* ---- Roles --------------------------------------------------------------- */
+
+typedef struct topo {
+    int ntargets, targets[MAX_RANKS]; /* whom this rank initiates to */
+    int nsources, sources[MAX_RANKS]; /* who initiates to this rank */
+    int ninitiators;                  /* initiating ranks in the job */
+} topo_t;
+
+static bool initiates(const options_t *o, int r)
+{
+    switch (o->scheme) {
+    case SCHEME_PAIRWISE: return r % 2 == 0;
+    case SCHEME_MANYTOONE: return r < o->world - 1;
+    default: return r == 0;
+    }
+}
+
+static bool initiates_to(const options_t *o, int from, int to)
+{
+    switch (o->scheme) {
+    case SCHEME_PAIRWISE: return from % 2 == 0 && to == from + 1;
+    case SCHEME_MANYTOONE: return from < o->world - 1 && to == o->world - 1;
+    default: return from == 0 && to > 0;
+    }
+}
+
+static void topo_make(const options_t *o, int rank, topo_t *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (int r = 0; r < o->world; r++) {
+        if (initiates_to(o, rank, r)) {
+            t->targets[t->ntargets++] = r;
+        }
+        if (initiates_to(o, r, rank)) {
+            t->sources[t->nsources++] = r;
+        }
+        t->ninitiators += initiates(o, r);
+    }
+}
+
+/* The index of src among dst's sources: which slice of dst's buffer is its. */
+static int slot_of(const options_t *o, int src, int dst)
+{
+    int k = 0;
+
+    for (int r = 0; r < src; r++) {
+        k += initiates_to(o, r, dst);
+    }
+    return k;
+}
+
+/* ---- A rank -------------------------------------------------------------- */
 
 typedef struct rank_ctx {
+    const options_t *o;
+    job_t job;
+    topo_t topo;
     ferry_agent_t *agent;
+    bench_buf_t buf;
     ferry_mem_t *mem;
-    ferry_peer_t *peer;
-    uint8_t *buf;
-    size_t buf_len;
-    uint64_t remote_addr; /* the other rank's buffer, in its address space */
-    int fd;
+    size_t span; /* one slice: the largest block size times batch */
+    ferry_peer_t *peers[MAX_RANKS]; /* by target index */
+    uint64_t raddr[MAX_RANKS];      /* each target's buffer */
+    uint64_t *cmd_seq; /* --check commands sent, by thread and target */
 } rank_ctx_t;
 
-/* Creates the agent, registers the buffer and swaps blobs (with the
- * buffer's address) with the other rank; both ranks load the other's blob,
- * as real users of one-sided transfers do. */
+/* The metadata a rank publishes: its buffer, then its blob. */
+typedef struct md_hdr {
+    uint64_t addr, len, blob_len;
+} md_hdr_t;
+
+static void load_peer(rank_ctx_t *rc, int r, ferry_peer_t **peer_p,
+                      uint64_t *addr_p)
+{
+    size_t len;
+    uint8_t *v = kv_get(&rc->job, &len, "md/%d", r);
+    md_hdr_t h;
+
+    if (len < sizeof(h)) {
+        die("short metadata from rank %d", r);
+    }
+    memcpy(&h, v, sizeof(h));
+    if (h.blob_len != len - sizeof(h)) {
+        die("inconsistent metadata from rank %d", r);
+    }
+    CHECK(ferry_peer_load(rc->agent, v + sizeof(h), h.blob_len, peer_p));
+    *addr_p = h.addr;
+    ferry_store_free(v);
+}
+
+/* Connects to the store, creates the agent and the buffer, and swaps
+ * metadata with the ranks this one talks to (targets load their sources'
+ * blobs too, as real users of one-sided transfers do). */
 static void rank_setup(rank_ctx_t *rc, const options_t *o)
 {
+    ferry_store_params_t sp = {.field_mask = FERRY_STORE_PARAM_TIMEOUT,
+                               .timeout_ns = STORE_TIMEOUT_NS};
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME};
+    size_t max_size = 0, max_batch = 0, slices, blob_len;
     char name[32];
-    uint64_t hdr[3], peer_hdr[3];
-    void *blob, *peer_blob;
-    size_t blob_len, max_size = 0;
+    void *blob;
+    bool init = initiates(o, o->rank);
 
+    memset(rc, 0, sizeof(*rc));
+    rc->o = o;
+    topo_make(o, o->rank, &rc->topo);
     for (size_t i = 0; i < o->nsizes; i++) {
         max_size = o->sizes[i] > max_size ? o->sizes[i] : max_size;
     }
-    if (max_size > SIZE_MAX / o->batch) {
-        die("--sizes times --batch overflows");
+    for (size_t i = 0; i < o->nbatches; i++) {
+        max_batch = o->batches[i] > max_batch ? o->batches[i] : max_batch;
     }
-    rc->fd = o->fd;
-    rc->buf_len = max_size * o->batch;
-    rc->buf = alloc_buffer(rc->buf_len);
+    slices = (size_t)o->threads *
+             (size_t)(init ? rc->topo.ntargets : rc->topo.nsources);
+    if (max_size > SIZE_MAX / max_batch / slices) {
+        die("block size x batch x threads x peers overflows");
+    }
+    rc->span = max_size * max_batch;
 
-    snprintf(name, sizeof(name), "ferry-bench-rank%d", o->role);
+    CHECK(ferry_store_connect(o->store_url, &sp, &rc->job.store));
+    /* A run's keys live under a generation number, so that a store used
+     * before (a long-lived ferry-store) holds nothing this run misreads. */
+    int64_t arrived;
+    CHECK(ferry_store_add(rc->job.store, "ferry-bench/arrivals", 1, &arrived));
+    snprintf(rc->job.prefix, sizeof(rc->job.prefix), "ferry-bench/%" PRId64 "/",
+             (arrived - 1) / o->world);
+
+    snprintf(name, sizeof(name), "ferry-bench-rank%d", o->rank);
     ap.name = name;
-    if (o->role == ROLE_TARGET && o->target_mode == TARGET_THREAD) {
+    if (o->progress_thread || (!init && o->target_mode == TARGET_THREAD)) {
         ap.field_mask |= FERRY_AGENT_PARAM_PROGRESS_THREAD;
         ap.progress_thread = 1;
     }
     CHECK(ferry_agent_create(&ap, &rc->agent));
-    ferry_desc_t d = {.addr = (uintptr_t)rc->buf, .len = rc->buf_len,
-                      .kind = FERRY_MEM_HOST};
+    bench_alloc(rc->agent, init ? o->init_mem : o->target_mem, o->alloc,
+                rc->span * slices, &rc->buf);
+    ferry_desc_t d = {.addr = (uintptr_t)rc->buf.p, .len = rc->buf.len,
+                      .kind = rc->buf.kind};
     CHECK(ferry_mem_register(rc->agent, &d, 1, &rc->mem));
     CHECK(ferry_md_pack(rc->agent, &blob, &blob_len));
-
-    hdr[0] = (uintptr_t)rc->buf;
-    hdr[1] = rc->buf_len;
-    hdr[2] = blob_len;
-    sock_io(rc->fd, hdr, sizeof(hdr), true);
-    sock_io(rc->fd, blob, blob_len, true);
+    md_hdr_t h = {(uintptr_t)rc->buf.p, rc->buf.len, blob_len};
+    uint8_t *v = xcalloc(1, sizeof(h) + blob_len);
+    memcpy(v, &h, sizeof(h));
+    memcpy(v + sizeof(h), blob, blob_len);
+    kv_set(&rc->job, v, sizeof(h) + blob_len, "md/%d", o->rank);
+    free(v);
     ferry_md_free(blob);
 
-    sock_io(rc->fd, peer_hdr, sizeof(peer_hdr), false);
-    if (peer_hdr[2] == 0 || peer_hdr[2] > (64u << 20) ||
-        peer_hdr[1] != rc->buf_len) {
-        die("bad metadata header from the other rank");
+    for (int k = 0; k < rc->topo.ntargets; k++) {
+        load_peer(rc, rc->topo.targets[k], &rc->peers[k], &rc->raddr[k]);
     }
-    peer_blob = malloc(peer_hdr[2]);
-    if (peer_blob == NULL) {
-        die("out of memory");
+    rc->cmd_seq = xcalloc((size_t)o->threads * (size_t)rc->topo.ntargets,
+                          sizeof(*rc->cmd_seq));
+    for (int k = 0; k < rc->topo.nsources; k++) {
+        ferry_peer_t *p;
+        uint64_t unused;
+        load_peer(rc, rc->topo.sources[k], &p, &unused);
     }
-    sock_io(rc->fd, peer_blob, peer_hdr[2], false);
-    CHECK(ferry_peer_load(rc->agent, peer_blob, peer_hdr[2], &rc->peer));
-    free(peer_blob);
-    rc->remote_addr = peer_hdr[0];
 }
 
 static void rank_teardown(rank_ctx_t *rc)
 {
-    ferry_peer_forget(rc->peer);
     CHECK(ferry_mem_deregister(rc->mem));
+    bench_free(rc->agent, &rc->buf);
     ferry_agent_destroy(rc->agent);
-    munmap(rc->buf, rc->buf_len);
+    ferry_store_close(rc->job.store);
+    free(rc->cmd_seq);
 }
 
-/* Rank 1: drives its agent (some transports, e.g. emulated RMA over active
- * messages, need the target to progress; ucx_perftest's responder polls the
- * same way) and serves fill/verify commands until told to stop. */
-static int run_target(const options_t *o)
+/* ---- Targets ------------------------------------------------------------- */
+
+/* Serves one command from (source rank src, its thread t) if it is there;
+ * returns whether it was. */
+static bool serve_command(rank_ctx_t *rc, int src, int t, uint64_t *seq)
 {
-    rank_ctx_t rc;
-    unsigned spins = 0;
-    msg_t m, r;
+    const job_t *j = &rc->job;
+    int me = rc->o->rank;
+    cmd_t c;
+    ack_t a;
 
-    rank_setup(&rc, o);
-    struct pollfd pfd[2] = {{.fd = rc.fd, .events = POLLIN},
-                            {.fd = -1, .events = POLLIN}};
-    if (o->target_mode == TARGET_FD) {
-        CHECK(ferry_agent_fd(rc.agent, &pfd[1].fd));
+    if (!kv_has(j, "cmd/%d/%d/%d/%" PRIu64, me, src, t, *seq)) {
+        return false;
     }
-    for (;;) {
-        if (o->target_mode == TARGET_SPIN) {
-            ferry_agent_progress(rc.agent);
-            /* Checking the socket on every spin would make the target
-             * mostly a poll() loop; commands are rare and never timed. */
-            if ((++spins & 63) != 0 || poll(pfd, 1, 0) <= 0) {
-                continue;
-            }
-        } else {
-            /* Progress until nothing is left, then sleep on the socket
-             * and, in fd mode, on the agent's fd; the progress thread
-             * needs nothing from us. */
-            while (o->target_mode == TARGET_FD &&
-                   ferry_agent_progress(rc.agent) == FERRY_IN_PROGRESS) {
-            }
-            if (poll(pfd, o->target_mode == TARGET_FD ? 2 : 1,
-                     o->target_mode == TARGET_FD ? 100 : -1) <= 0 ||
-                !(pfd[0].revents & (POLLIN | POLLHUP))) {
-                continue;
-            }
-        }
-        sock_io(rc.fd, &m, sizeof(m), false);
-        if (m.cmd == CMD_DONE) {
-            break;
-        }
-        if (m.len > rc.buf_len) {
-            die("command length %" PRIu64 " exceeds the buffer", m.len);
-        }
-        memset(&r, 0, sizeof(r));
-        r.cmd = CMD_REPLY;
-        if (m.cmd == CMD_FILL) {
-            pattern(rc.buf, m.len, m.seed, true);
-        } else if (m.cmd == CMD_VERIFY) {
-            r.offset = pattern(rc.buf, m.len, m.seed, false);
-            r.status = r.offset != m.len;
-        } else {
-            die("unknown command %u", m.cmd);
-        }
-        sock_io(rc.fd, &r, sizeof(r), true);
+    kv_get_exact(j, &c, sizeof(c), "cmd/%d/%d/%d/%" PRIu64, me, src, t, *seq);
+    if (c.off > rc->buf.len || c.len > rc->buf.len - c.off) {
+        die("command from rank %d for bytes [%" PRIu64 ", +%" PRIu64
+            ") outside the buffer", src, c.off, c.len);
     }
-    rank_teardown(&rc);
-    return 0;
+    /* A call on the agent orders a progress thread's copies before ours. */
+    ferry_agent_progress(rc->agent);
+    a.bad = pattern(&rc->buf, c.off, c.len, c.seed, 0, c.cmd == CMD_FILL);
+    kv_set(j, &a, sizeof(a), "ack/%d/%d/%d/%" PRIu64, me, src, t, *seq);
+    (*seq)++;
+    return true;
 }
 
-static msg_t target_call(int fd, uint32_t cmd, uint64_t seed, uint64_t len)
+/* A target rank: drives its agent as --target says and serves commands
+ * until every source has said it is done. */
+static void run_target(rank_ctx_t *rc)
 {
-    msg_t m = {.cmd = cmd, .seed = seed, .len = len}, r;
+    const options_t *o = rc->o;
+    const topo_t *tp = &rc->topo;
+    int fd = -1, ndone = 0, nthreads = o->threads;
+    uint64_t *seq = xcalloc((size_t)tp->nsources * (size_t)nthreads, sizeof(*seq));
+    bool *done = xcalloc((size_t)tp->nsources, sizeof(*done));
+    int64_t rung = 0;
+    uint64_t next_poll = 0, last_cmd = 0;
 
-    sock_io(fd, &m, sizeof(m), true);
-    sock_io(fd, &r, sizeof(r), false);
-    if (r.cmd != CMD_REPLY) {
-        die("unexpected reply %u from the target", r.cmd);
+    if (o->target_mode == TARGET_FD && !o->progress_thread) {
+        CHECK(ferry_agent_fd(rc->agent, &fd));
     }
-    return r;
+    while (ndone < tp->nsources) {
+        uint64_t now = now_ns();
+
+        if (o->target_mode == TARGET_SPIN && !o->progress_thread) {
+            ferry_agent_progress(rc->agent);
+        } else if (fd >= 0) {
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            while (ferry_agent_progress(rc->agent) == FERRY_IN_PROGRESS) {
+            }
+            (void)poll(&pfd, 1, 1);
+        } else {
+            nanosleep(&(struct timespec){.tv_nsec = (long)TARGET_POLL_BUSY_NS},
+                      NULL);
+        }
+        if (now < next_poll) {
+            continue;
+        }
+        next_poll = now + (now - last_cmd < TARGET_BUSY_NS ? TARGET_POLL_BUSY_NS
+                                                           : TARGET_POLL_IDLE_NS);
+        /* Sources ring a bell after each command and when done, so one
+         * round trip tells whether there is anything to look for. */
+        int64_t bell = kv_add(&rc->job, 0, "bell/%d", o->rank);
+        if (bell == rung) {
+            continue;
+        }
+        rung = bell;
+        last_cmd = now;
+        for (int s = 0; s < tp->nsources; s++) {
+            for (int t = 0; t < nthreads; t++) {
+                while (serve_command(rc, tp->sources[s], t,
+                                     &seq[s * nthreads + t])) {
+                }
+            }
+            if (!done[s] && kv_has(&rc->job, "done/%d", tp->sources[s])) {
+                done[s] = true;
+                ndone++;
+            }
+        }
+    }
+    free(seq);
+    free(done);
 }
 
-static void report_mismatch(const char *where, ferry_xfer_op_t op, size_t size,
+/* ---- Initiators ---------------------------------------------------------- */
+
+typedef struct step {
+    ferry_xfer_op_t op;
+    size_t size, batch, iters, warmup;
+    unsigned index;
+} step_t;
+
+typedef struct thread_ctx {
+    rank_ctx_t *rc;
+    const step_t *step;
+    int t;
+    pthread_barrier_t *go;
+    uint64_t *prep_v; /* one per target */
+    uint64_t *post_v, *tx_v;
+    uint64_t loop_ns;
+    size_t *slot; /* --layout random: the remote block of local block i */
+} thread_ctx_t;
+
+/* Asks target k to fill or verify this thread's slice; returns the ack. */
+static uint64_t target_call(thread_ctx_t *tc, int k, uint32_t cmd, uint64_t seed,
+                            uint64_t len)
+{
+    rank_ctx_t *rc = tc->rc;
+    int me = rc->o->rank, tgt = rc->topo.targets[k];
+    uint64_t off = ((uint64_t)slot_of(rc->o, me, tgt) * (uint64_t)rc->o->threads +
+                    (uint64_t)tc->t) * rc->span;
+    cmd_t c = {.cmd = cmd, .seed = seed, .off = off, .len = len};
+    uint64_t seq = rc->cmd_seq[tc->t * rc->topo.ntargets + k]++;
+    ack_t a;
+
+    kv_set(&rc->job, &c, sizeof(c), "cmd/%d/%d/%d/%" PRIu64, tgt, me, tc->t, seq);
+    kv_add(&rc->job, 1, "bell/%d", tgt);
+    kv_get_exact(&rc->job, &a, sizeof(a), "ack/%d/%d/%d/%" PRIu64, tgt, me, tc->t,
+                 seq);
+    return a.bad;
+}
+
+static void report_mismatch(thread_ctx_t *tc, int k, const char *where,
                             size_t iter, uint64_t off, uint64_t seed)
 {
-    die("--check: %s data wrong after %s of %zu B, iteration %zu: first "
-        "mismatch at byte %" PRIu64 " (descriptor %" PRIu64 ", offset %" PRIu64
-        "), expected 0x%02x",
-        where, op == FERRY_OP_WRITE ? "WRITE" : "READ", size, iter, off,
-        off / size, off % size, pattern_byte(seed, off));
+    const step_t *s = tc->step;
+
+    die("--check: %s data wrong after %s of %zu x %zu B to rank %d (thread %d), "
+        "iteration %zu: first mismatch at byte %" PRIu64 " (descriptor %" PRIu64
+        ", offset %" PRIu64 "), expected 0x%02x",
+        where, op_name(s->op), s->batch, s->size,
+        tc->rc->topo.targets[k], tc->t, iter, off, off / s->size, off % s->size,
+        pattern_byte(seed, off));
 }
 
-/* Posts the request and waits for it; returns the post time in *post_ns. */
-static void post_wait(ferry_xfer_t *x, uint64_t *post_ns)
+static void wait_done(const options_t *o, ferry_xfer_t *x)
 {
-    uint64_t t0 = now_ns();
-    ferry_status_t st = ferry_xfer_post(x);
-    *post_ns = now_ns() - t0;
-    if (st == FERRY_IN_PROGRESS) {
+    ferry_status_t st;
+
+    if (o->wait_mode == WAIT_BLOCK) {
         st = ferry_xfer_wait(x, WAIT_TIMEOUT_NS);
+    } else {
+        /* The clock is read only once a transfer has been tested a
+         * thousand times: most finish before, and reading it on every
+         * post would cost a small transfer several percent. */
+        uint64_t deadline = 0;
+        unsigned n = 0;
+        while ((st = ferry_xfer_test(x)) == FERRY_IN_PROGRESS) {
+            if ((++n & 1023) != 0) {
+                continue;
+            }
+            if (deadline == 0) {
+                deadline = now_ns() + WAIT_TIMEOUT_NS;
+            } else if (now_ns() > deadline) {
+                die("a transfer took longer than %lld s",
+                    WAIT_TIMEOUT_NS / 1000000000LL);
+            }
+        }
     }
     if (st != FERRY_OK) {
-        die("ferry_xfer_post/wait: %s (%s)", ferry_status_str(st),
-            ferry_last_error());
+        die("ferry_xfer_wait: %s (%s)", ferry_status_str(st), ferry_last_error());
     }
 }
 
-/* One operation at one block size: prepare once, warm up, then time. */
-static result_t bench_one(rank_ctx_t *rc, const options_t *o,
-                          ferry_xfer_op_t op, size_t size, uint64_t *post_v,
-                          uint64_t *tx_v)
+/* Fills or verifies this thread's local slice at at, block by block where
+ * blocks are shuffled, with the pattern the target's slice has in its own
+ * order. Returns the first wrong local offset, or the span. */
+static size_t local_pattern(thread_ctx_t *tc, size_t at, uint64_t seed, bool fill)
 {
-    result_t res = {.op = op, .size = size, .batch = o->batch,
-                    .iters = o->iters};
-    ferry_desc_t *l = calloc(o->batch, sizeof(*l));
-    ferry_desc_t *r = calloc(o->batch, sizeof(*r));
-    size_t span = size * o->batch, total = o->warmup + o->iters;
-    ferry_xfer_t *x;
-    uint64_t t0, loop_ns = 0;
+    const step_t *s = tc->step;
+    const bench_buf_t *b = &tc->rc->buf;
 
-    if (l == NULL || r == NULL) {
-        die("out of memory");
+    if (tc->slot == NULL) {
+        return pattern(b, at, s->size * s->batch, seed, 0, fill);
     }
-    for (size_t i = 0; i < o->batch; i++) {
-        l[i] = (ferry_desc_t){.addr = (uintptr_t)rc->buf + i * size,
-                              .len = size, .kind = FERRY_MEM_HOST};
-        r[i] = (ferry_desc_t){.addr = rc->remote_addr + i * size, .len = size,
-                              .kind = FERRY_MEM_HOST};
+    for (size_t i = 0; i < s->batch; i++) {
+        size_t bad = pattern(b, at + i * s->size, s->size, seed,
+                             tc->slot[i] * s->size, fill);
+        if (bad != s->size) {
+            return i * s->size + bad;
+        }
     }
-    t0 = now_ns();
-    CHECK(ferry_xfer_prepare(rc->agent, op, l, o->batch, rc->peer, r,
-                             o->batch, NULL, &x));
-    res.v[AVG_PREP] = res.v[P99_PREP] = (double)(now_ns() - t0) / 1e3;
+    return s->size * s->batch;
+}
 
-    for (size_t it = 0; it < total; it++) {
-        bool timed = it >= o->warmup;
-        size_t k = it - o->warmup; /* only meaningful when timed */
-        uint64_t seed = pattern_seed(op, size, it), post_ns;
+/* Fills the sources of one iteration (outside the timing), or, after it,
+ * verifies the destinations. */
+static void check_iter(thread_ctx_t *tc, size_t it, bool after)
+{
+    rank_ctx_t *rc = tc->rc;
+    const step_t *s = tc->step;
+    size_t span = s->size * s->batch;
 
-        if (o->check) {
-            /* The source gets this iteration's pattern, outside the timing. */
-            if (op == FERRY_OP_WRITE) {
-                pattern(rc->buf, span, seed, true);
-            } else {
-                target_call(rc->fd, CMD_FILL, seed, span);
+    for (int k = 0; k < rc->topo.ntargets; k++) {
+        size_t at = ((size_t)tc->t * (size_t)rc->topo.ntargets + (size_t)k) *
+                    rc->span;
+        uint64_t seed = mix(mix(mix(mix(s->index, it), (uint64_t)rc->o->rank),
+                                (uint64_t)tc->t), (uint64_t)k);
+        uint64_t bad;
+
+        if (s->op == FERRY_OP_WRITE && !after) {
+            local_pattern(tc, at, seed, true);
+        } else if (s->op == FERRY_OP_READ && !after) {
+            target_call(tc, k, CMD_FILL, seed, span);
+        } else if (s->op == FERRY_OP_WRITE) {
+            bad = target_call(tc, k, CMD_VERIFY, seed, span);
+            if (bad != span) {
+                report_mismatch(tc, k, "remote", it, bad, seed);
             }
-        }
-        if (timed && k == 0) {
-            loop_ns = now_ns();
-        }
-        t0 = now_ns();
-        post_wait(x, &post_ns);
-        if (timed) {
-            tx_v[k] = now_ns() - t0;
-            post_v[k] = post_ns;
-        }
-        if (o->check) {
-            if (op == FERRY_OP_WRITE) {
-                msg_t rep = target_call(rc->fd, CMD_VERIFY, seed, span);
-                if (rep.status != 0) {
-                    report_mismatch("remote", op, size, it, rep.offset, seed);
-                }
-            } else {
-                size_t off = pattern(rc->buf, span, seed, false);
-                if (off != span) {
-                    report_mismatch("local", op, size, it, off, seed);
-                }
+        } else {
+            bad = local_pattern(tc, at, seed, false);
+            if (bad != span) {
+                report_mismatch(tc, k, "local", it, bad, seed);
             }
         }
     }
-    loop_ns = now_ns() - loop_ns;
-    ferry_xfer_release(x);
+}
+
+/* One thread of an initiator for one step: prepare a request per target,
+ * warm up, meet the others, then the timed posts. */
+static void *initiator_thread(void *arg)
+{
+    thread_ctx_t *tc = arg;
+    rank_ctx_t *rc = tc->rc;
+    const options_t *o = rc->o;
+    const step_t *s = tc->step;
+    int nt = rc->topo.ntargets, me = o->rank;
+    ferry_xfer_t *x[MAX_RANKS];
+    ferry_desc_t *l = xcalloc(s->batch, sizeof(*l));
+    ferry_desc_t *r = xcalloc(s->batch, sizeof(*r));
+
+    if (o->layout == LAYOUT_RANDOM) {
+        tc->slot = shuffled_slots(s->batch, mix(s->index, (uint64_t)tc->t));
+    }
+    for (int k = 0; k < nt; k++) {
+        uint64_t lbase = (uintptr_t)rc->buf.p +
+                         ((uint64_t)tc->t * (uint64_t)nt + (uint64_t)k) * rc->span;
+        uint64_t rbase = rc->raddr[k] +
+                         ((uint64_t)slot_of(o, me, rc->topo.targets[k]) *
+                              (uint64_t)o->threads + (uint64_t)tc->t) * rc->span;
+        for (size_t i = 0; i < s->batch; i++) {
+            l[i] = (ferry_desc_t){.addr = lbase + i * s->size, .len = s->size,
+                                  .kind = o->init_mem};
+            size_t slot = tc->slot != NULL ? tc->slot[i] : i;
+            r[i] = (ferry_desc_t){.addr = rbase + slot * s->size, .len = s->size,
+                                  .kind = o->target_mem};
+        }
+        uint64_t t0 = now_ns();
+        CHECK(ferry_xfer_prepare(rc->agent, s->op, l, s->batch, rc->peers[k], r,
+                                 s->batch, NULL, &x[k]));
+        tc->prep_v[k] = now_ns() - t0;
+    }
     free(l);
     free(r);
 
+    /* Back to back, an iteration starts when the previous one ended, so
+     * the clock is read twice per iteration: after posting and after
+     * completion. Samples are kept in ticks until the loop is over. */
+    uint64_t start = 0, end = 0;
+    bool chained = false;
+    for (size_t it = 0; it < s->warmup + s->iters; it++) {
+        bool timed = it >= s->warmup;
+        size_t n = it - s->warmup; /* only meaningful when timed */
+
+        if (it == s->warmup) {
+            /* Every thread of every initiator starts timing together. */
+            pthread_barrier_wait(tc->go);
+            start = ticks();
+            end = start;
+            chained = true;
+        }
+        if (o->check) {
+            check_iter(tc, it, false);
+            chained = false;
+        }
+        uint64_t t0 = chained ? end : ticks();
+        for (int k = 0; k < nt; k++) {
+            ferry_status_t st = ferry_xfer_post(x[k]);
+            if (st < 0) {
+                die("ferry_xfer_post: %s (%s)", ferry_status_str(st),
+                    ferry_last_error());
+            }
+        }
+        uint64_t t1 = ticks();
+        for (int k = 0; k < nt; k++) {
+            wait_done(o, x[k]);
+        }
+        end = ticks();
+        chained = true;
+        if (timed) {
+            tc->post_v[n] = t1 - t0;
+            tc->tx_v[n] = end - t0;
+        }
+        if (o->check) {
+            check_iter(tc, it, true);
+            chained = false;
+        }
+    }
+    tc->loop_ns = ticks_ns(end - start);
+    for (size_t n = 0; n < s->iters; n++) {
+        tc->post_v[n] = ticks_ns(tc->post_v[n]);
+        tc->tx_v[n] = ticks_ns(tc->tx_v[n]);
+    }
     /* With --check the loop's wall time includes the fills and verifies, so
      * the bandwidth comes from the transfers' own times instead. */
     if (o->check) {
-        loop_ns = 0;
-        for (size_t k = 0; k < o->iters; k++) {
-            loop_ns += tx_v[k];
+        tc->loop_ns = (uint64_t)sum_u64(tc->tx_v, s->iters);
+    }
+    for (int k = 0; k < nt; k++) {
+        ferry_xfer_release(x[k]);
+    }
+    free(tc->slot);
+    return NULL;
+}
+
+/* Runs one step on this rank's threads and returns its published figures. */
+static rank_res_t run_step(rank_ctx_t *rc, const step_t *s)
+{
+    const options_t *o = rc->o;
+    int nthr = o->threads, nt = rc->topo.ntargets;
+    thread_ctx_t *tcs = xcalloc((size_t)nthr, sizeof(*tcs));
+    pthread_t *tids = xcalloc((size_t)nthr, sizeof(*tids));
+    pthread_barrier_t go;
+    rank_res_t res = {0};
+    size_t nsamples = (size_t)nthr * s->iters;
+    uint64_t *post = xcalloc(nsamples, sizeof(*post));
+    uint64_t *tx = xcalloc(nsamples, sizeof(*tx));
+    uint64_t *prep = xcalloc((size_t)nthr * (size_t)nt, sizeof(*prep));
+    char name[32];
+
+    /* The initiating ranks meet before their threads start, and the threads
+     * of a rank meet again after their warm-up. */
+    snprintf(name, sizeof(name), "step%u", s->index);
+    barrier(&rc->job, rc->topo.ninitiators, name);
+    pthread_barrier_init(&go, NULL, (unsigned)nthr);
+    for (int t = 0; t < nthr; t++) {
+        tcs[t] = (thread_ctx_t){.rc = rc, .step = s, .t = t, .go = &go,
+                                .prep_v = prep + (size_t)t * (size_t)nt,
+                                .post_v = post + (size_t)t * s->iters,
+                                .tx_v = tx + (size_t)t * s->iters};
+        if (nthr == 1) {
+            initiator_thread(&tcs[0]);
+        } else if (pthread_create(&tids[t], NULL, initiator_thread, &tcs[t]) != 0) {
+            die("pthread_create failed");
         }
     }
-    res.v[BW] = (double)span * (double)o->iters / (double)loop_ns;
-    res.v[AVG_LAT] = (double)loop_ns / (double)o->iters / 1e3;
-    res.v[AVG_POST] = mean_us(post_v, o->iters);
-    res.v[AVG_TX] = mean_us(tx_v, o->iters);
-    res.v[P99_POST] = (double)p99(post_v, o->iters) / 1e3;
-    res.v[P99_TX] = (double)p99(tx_v, o->iters) / 1e3;
+    for (int t = 0; t < nthr && nthr > 1; t++) {
+        pthread_join(tids[t], NULL);
+    }
+    pthread_barrier_destroy(&go);
+
+    for (int t = 0; t < nthr; t++) {
+        res.loop_ns = (double)tcs[t].loop_ns > res.loop_ns ? (double)tcs[t].loop_ns
+                                                          : res.loop_ns;
+    }
+    res.bytes = (double)s->size * (double)s->batch * (double)nt * (double)nthr *
+                (double)s->iters;
+    res.prep_n = (double)nthr * nt;
+    res.prep_sum = sum_u64(prep, (size_t)nthr * (size_t)nt);
+    res.prep_p99 = (double)p99(prep, (size_t)nthr * (size_t)nt);
+    res.post_n = res.tx_n = (double)nsamples;
+    res.post_sum = sum_u64(post, nsamples);
+    res.post_p99 = (double)p99(post, nsamples);
+    res.tx_sum = sum_u64(tx, nsamples);
+    res.tx_p99 = (double)p99(tx, nsamples);
+    free(tcs);
+    free(tids);
+    free(post);
+    free(tx);
+    free(prep);
     return res;
 }
 
-static const char *op_name(ferry_xfer_op_t op)
+/* Rank 0: combines every initiator's figures into the row. */
+static result_t combine(rank_ctx_t *rc, const step_t *s, const rank_res_t *mine)
 {
-    return op == FERRY_OP_WRITE ? "WRITE" : "READ";
+    result_t row = {.op = op_name(s->op), .size = s->size, .batch = s->batch,
+                    .iters = s->iters};
+    rank_res_t sum = {0};
+
+    for (int r = 0; r < rc->o->world; r++) {
+        rank_res_t x;
+
+        if (!initiates(rc->o, r)) {
+            continue;
+        }
+        if (r == rc->o->rank) {
+            x = *mine;
+        } else {
+            kv_get_exact(&rc->job, &x, sizeof(x), "res/%u/%d", s->index, r);
+        }
+        sum.bytes += x.bytes;
+        sum.loop_ns = x.loop_ns > sum.loop_ns ? x.loop_ns : sum.loop_ns;
+        sum.prep_sum += x.prep_sum;
+        sum.prep_n += x.prep_n;
+        sum.prep_p99 = x.prep_p99 > sum.prep_p99 ? x.prep_p99 : sum.prep_p99;
+        sum.post_sum += x.post_sum;
+        sum.post_n += x.post_n;
+        sum.post_p99 = x.post_p99 > sum.post_p99 ? x.post_p99 : sum.post_p99;
+        sum.tx_sum += x.tx_sum;
+        sum.tx_n += x.tx_n;
+        sum.tx_p99 = x.tx_p99 > sum.tx_p99 ? x.tx_p99 : sum.tx_p99;
+    }
+    row.v[BW] = sum.bytes / sum.loop_ns;
+    row.v[AVG_LAT] = sum.loop_ns / (double)s->iters / 1e3;
+    row.v[AVG_PREP] = sum.prep_sum / sum.prep_n / 1e3;
+    row.v[P99_PREP] = sum.prep_p99 / 1e3;
+    row.v[AVG_POST] = sum.post_sum / sum.post_n / 1e3;
+    row.v[P99_POST] = sum.post_p99 / 1e3;
+    row.v[AVG_TX] = sum.tx_sum / sum.tx_n / 1e3;
+    row.v[P99_TX] = sum.tx_p99 / 1e3;
+    return row;
 }
 
-static void print_header(ferry_xfer_op_t op)
+/* ---- Output -------------------------------------------------------------- */
+
+static void print_header(const char *title)
 {
-    printf("\n%s, host memory, rank 0 -> rank 1 (%s)\n%-16s%-12s", op_name(op),
-           op == FERRY_OP_WRITE ? "local to remote" : "remote to local",
-           "Block Size (B)", "Batch Size");
+    printf("\n%s\n%-16s%-12s", title, "Block Size (B)", "Batch Size");
     for (int i = 0; i < NCOLS; i++) {
         printf(i + 1 < NCOLS ? "%-15s" : "%s\n", col_names[i]);
     }
@@ -504,89 +1092,190 @@ static FILE *open_out(const char *path)
     return f;
 }
 
+static void close_out(FILE *f, const char *path)
+{
+    if (ferror(f) || fclose(f) != 0) {
+        die("writing %s failed", path);
+    }
+}
+
+/* The configuration columns every row carries, for CSV and JSON alike. */
+#define CONF_KEYS "op", "initiator_mem", "target_mem", "alloc", "layout", \
+                  "scheme", "ranks", "threads", "block_size", \
+                  "batch_size", "iters"
+static const char *const conf_keys[] = {CONF_KEYS};
+enum { NCONF = sizeof(conf_keys) / sizeof(conf_keys[0]) };
+
+/* Writes row r's configuration values as text, JSON-quoted or not. A
+ * MEMCPY row is one thread copying within one process. */
+static void conf_values(const options_t *o, const result_t *r, bool json,
+                        char v[NCONF][32])
+{
+    const char *q = json ? "\"" : "";
+    bool local = strcmp(r->op, "MEMCPY") == 0;
+
+    snprintf(v[0], 32, "%s%s%s", q, r->op, q);
+    snprintf(v[1], 32, "%s%s%s", q, kind_names[o->init_mem], q);
+    snprintf(v[2], 32, "%s%s%s", q, kind_names[o->target_mem], q);
+    snprintf(v[3], 32, "%s%s%s", q, local ? "mmap" : alloc_names[o->alloc], q);
+    snprintf(v[4], 32, "%s%s%s", q, layout_names[o->layout], q);
+    snprintf(v[5], 32, "%s%s%s", q, local ? "none" : scheme_names[o->scheme], q);
+    snprintf(v[6], 32, "%d", local ? 1 : o->world);
+    snprintf(v[7], 32, "%d", local ? 1 : o->threads);
+    snprintf(v[8], 32, "%zu", r->size);
+    snprintf(v[9], 32, "%zu", r->batch);
+    snprintf(v[10], 32, "%zu", r->iters);
+}
+
 static void write_files(const options_t *o, const result_t *res, size_t n)
 {
+    char v[NCONF][32];
     FILE *f;
 
     if (o->csv_path != NULL) {
         f = open_out(o->csv_path);
-        fprintf(f, "op,block_size,batch_size,iters");
-        for (int c = 0; c < NCOLS; c++) {
-            fprintf(f, ",%s", col_keys[c]);
+        for (int c = 0; c < NCONF + NCOLS; c++) {
+            fprintf(f, "%s%s", c ? "," : "",
+                    c < NCONF ? conf_keys[c] : col_keys[c - NCONF]);
         }
         for (size_t i = 0; i < n; i++) {
-            fprintf(f, "\n%s,%zu,%zu,%zu", op_name(res[i].op), res[i].size,
-                    res[i].batch, res[i].iters);
+            conf_values(o, &res[i], false, v);
+            fputc('\n', f);
+            for (int c = 0; c < NCONF; c++) {
+                fprintf(f, "%s%s", c ? "," : "", v[c]);
+            }
             for (int c = 0; c < NCOLS; c++) {
                 fprintf(f, ",%.6f", res[i].v[c]);
             }
         }
         fprintf(f, "\n");
-        fclose(f);
+        close_out(f, o->csv_path);
     }
     if (o->json_path != NULL) {
         f = open_out(o->json_path);
         fprintf(f, "{\"tool\": \"ferry-bench\", \"ferry_version\": \"%s\", "
-                   "\"memory\": \"host\", \"bw_unit\": \"1e9 B/s\", "
-                   "\"checked\": %s, \"results\": [",
-                ferry_version(), o->check ? "true" : "false");
+                   "\"bw_unit\": \"1e9 B/s\", \"time_unit\": \"us\", "
+                   "\"wait\": \"%s\", \"target\": \"%s\", \"progress_thread\": "
+                   "%s, \"checked\": %s, \"results\": [",
+                ferry_version(), wait_names[o->wait_mode],
+                target_names[o->target_mode],
+                o->progress_thread ? "true" : "false",
+                o->check ? "true" : "false");
         for (size_t i = 0; i < n; i++) {
-            fprintf(f, "%s\n  {\"op\": \"%s\", \"block_size\": %zu, "
-                       "\"batch_size\": %zu, \"iters\": %zu",
-                    i ? "," : "", op_name(res[i].op), res[i].size,
-                    res[i].batch, res[i].iters);
+            conf_values(o, &res[i], true, v);
+            fprintf(f, "%s\n  {", i ? "," : "");
+            for (int c = 0; c < NCONF; c++) {
+                fprintf(f, "%s\"%s\": %s", c ? ", " : "", conf_keys[c], v[c]);
+            }
             for (int c = 0; c < NCOLS; c++) {
                 fprintf(f, ", \"%s\": %.6f", col_keys[c], res[i].v[c]);
             }
             fprintf(f, "}");
         }
         fprintf(f, "\n]}\n");
-        fclose(f);
+        close_out(f, o->json_path);
     }
 }
 
-/* Rank 0: the initiator, which runs the sweep and reports. */
-static int run_initiator(const options_t *o)
+/* ---- A rank's main ------------------------------------------------------- */
+
+static size_t auto_iters(const options_t *o, size_t bytes)
 {
+    size_t lo = o->check ? 2 : AUTO_MIN_ITERS;
+    size_t hi = o->check ? AUTO_CHECK_MAX_ITERS : AUTO_MAX_ITERS;
+    size_t n = (o->check ? AUTO_CHECK_BYTES : AUTO_BYTES) / (bytes ? bytes : 1);
+
+    if (o->iters != 0) {
+        return o->iters;
+    }
+    return n < lo ? lo : n > hi ? hi : n;
+}
+
+static void run_initiator(rank_ctx_t *rc)
+{
+    const options_t *o = rc->o;
     ferry_xfer_op_t ops[2];
     size_t nops = 0, nres = 0;
-    result_t *res = calloc(2 * o->nsizes, sizeof(*res));
-    uint64_t *post_v = calloc(o->iters, sizeof(uint64_t));
-    uint64_t *tx_v = calloc(o->iters, sizeof(uint64_t));
-    rank_ctx_t rc;
+    bool lead = o->rank == 0;
+    result_t *res = xcalloc(2 * o->nsizes * o->nbatches, sizeof(*res));
+    unsigned index = 0;
 
-    if (res == NULL || post_v == NULL || tx_v == NULL) {
-        die("out of memory");
-    }
     if (o->do_write) {
         ops[nops++] = FERRY_OP_WRITE;
     }
     if (o->do_read) {
         ops[nops++] = FERRY_OP_READ;
     }
-    rank_setup(&rc, o);
-    printf("ferry-bench: ferry %s, 2 local ranks, %zu iterations (+%zu "
-           "warm-up) per size%s; B/W in decimal GB/s\n",
-           ferry_version(), o->iters, o->warmup,
-           o->check ? ", data checked after every iteration" : "");
+    if (lead) {
+        printf("ferry-bench: ferry %s, %s, %d ranks (%d initiating), %d "
+               "thread(s) each, %s memory (%s) -> %s memory, "
+               "wait %s, target %s%s%s; B/W in decimal GB/s\n",
+               ferry_version(), scheme_names[o->scheme], o->world,
+               rc->topo.ninitiators, o->threads, kind_names[o->init_mem],
+               o->alloc == ALLOC_FERRY ? "ferry_mem_alloc" : "mmap",
+               kind_names[o->target_mem], wait_names[o->wait_mode],
+               target_names[o->target_mode],
+               o->progress_thread ? ", progress threads" : "",
+               o->check ? ", every byte checked after every iteration" : "");
+    }
     for (size_t i = 0; i < nops; i++) {
-        print_header(ops[i]);
-        for (size_t s = 0; s < o->nsizes; s++) {
-            res[nres] = bench_one(&rc, o, ops[i], o->sizes[s], post_v, tx_v);
-            print_row(&res[nres++]);
+        if (lead) {
+            char title[128];
+            snprintf(title, sizeof(title), "%s, %s memory -> %s memory (%s)",
+                     op_name(ops[i]), kind_names[o->init_mem],
+                     kind_names[o->target_mem],
+                     ops[i] == FERRY_OP_WRITE ? "initiator's to target's"
+                                              : "target's to initiator's");
+            print_header(title);
+        }
+        for (size_t si = 0; si < o->nsizes; si++) {
+            for (size_t bi = 0; bi < o->nbatches; bi++) {
+                step_t s = {.op = ops[i], .size = o->sizes[si],
+                            .batch = o->batches[bi], .index = index++};
+                s.iters = auto_iters(o, s.size * s.batch);
+                s.warmup = o->warmup_set ? o->warmup
+                                         : (s.iters / 10 ? s.iters / 10 : 1);
+                rank_res_t mine = run_step(rc, &s);
+                if (lead) {
+                    res[nres] = combine(rc, &s, &mine);
+                    print_row(&res[nres++]);
+                } else {
+                    kv_set(&rc->job, &mine, sizeof(mine), "res/%u/%d", s.index,
+                           o->rank);
+                }
+            }
         }
     }
-    /* Close the connection while the target still drives progress, so that
-     * closing never waits on a process that has already gone. */
-    ferry_peer_forget(rc.peer);
-    rc.peer = NULL;
-    msg_t done = {.cmd = CMD_DONE};
-    sock_io(rc.fd, &done, sizeof(done), true);
-    rank_teardown(&rc);
-    write_files(o, res, nres);
+    /* Close the connections while the targets still drive progress, so
+     * that closing never waits on a process that has already gone; then
+     * tell them. */
+    for (int k = 0; k < rc->topo.ntargets; k++) {
+        ferry_peer_forget(rc->peers[k]);
+        rc->peers[k] = NULL;
+    }
+    kv_set(&rc->job, "", 0, "done/%d", o->rank);
+    for (int k = 0; k < rc->topo.ntargets; k++) {
+        kv_add(&rc->job, 1, "bell/%d", rc->topo.targets[k]);
+    }
+    if (lead) {
+        write_files(o, res, nres);
+    }
     free(res);
-    free(post_v);
-    free(tx_v);
+}
+
+static int run_rank(const options_t *o)
+{
+    rank_ctx_t rc;
+
+    rank_setup(&rc, o);
+    if (initiates(o, o->rank)) {
+        run_initiator(&rc);
+    } else {
+        run_target(&rc);
+    }
+    /* Nobody leaves before everyone is done with everyone's memory. */
+    barrier(&rc.job, o->world, "end");
+    rank_teardown(&rc);
     return 0;
 }
 
@@ -603,16 +1292,14 @@ static int run_prepare_bench(size_t n)
     ferry_mem_t *mem;
     ferry_peer_t *peer;
     void *blob;
-    size_t blob_len, len = 2 * n * DESC_LEN;
-    uint8_t *buf = alloc_buffer(len);
-    ferry_desc_t *l = calloc(n, sizeof(*l)), *r = calloc(n, sizeof(*r));
+    size_t blob_len;
+    bench_buf_t buf;
+    ferry_desc_t *l = xcalloc(n, sizeof(*l)), *r = xcalloc(n, sizeof(*r));
     uint64_t prep[RUNS + 1], rel[RUNS + 1], prep_sum = 0, rel_sum = 0;
 
-    if (l == NULL || r == NULL) {
-        die("out of memory");
-    }
     CHECK(ferry_agent_create(NULL, &agent));
-    ferry_desc_t d = {.addr = (uintptr_t)buf, .len = len,
+    bench_alloc(agent, FERRY_MEM_HOST, ALLOC_MMAP, 2 * n * DESC_LEN, &buf);
+    ferry_desc_t d = {.addr = (uintptr_t)buf.p, .len = buf.len,
                       .kind = FERRY_MEM_HOST};
     CHECK(ferry_mem_register(agent, &d, 1, &mem));
     CHECK(ferry_md_pack(agent, &blob, &blob_len));
@@ -620,9 +1307,9 @@ static int run_prepare_bench(size_t n)
     ferry_md_free(blob);
     /* Sources fill the first half of the region, destinations the second. */
     for (size_t i = 0; i < n; i++) {
-        l[i] = (ferry_desc_t){.addr = (uintptr_t)buf + i * DESC_LEN,
+        l[i] = (ferry_desc_t){.addr = (uintptr_t)buf.p + i * DESC_LEN,
                               .len = DESC_LEN, .kind = FERRY_MEM_HOST};
-        r[i] = (ferry_desc_t){.addr = (uintptr_t)buf + (n + i) * DESC_LEN,
+        r[i] = (ferry_desc_t){.addr = (uintptr_t)buf.p + (n + i) * DESC_LEN,
                               .len = DESC_LEN, .kind = FERRY_MEM_HOST};
     }
     for (int run = 0; run <= RUNS; run++) {
@@ -647,68 +1334,119 @@ static int run_prepare_bench(size_t n)
            (double)rel_sum / RUNS / 1e6, RUNS);
     ferry_peer_forget(peer);
     CHECK(ferry_mem_deregister(mem));
+    bench_free(agent, &buf);
     ferry_agent_destroy(agent);
     free(l);
     free(r);
-    munmap(buf, len);
+    return 0;
+}
+
+/* ---- --memcpy ------------------------------------------------------------ */
+
+/* The host's limit: one thread's memcpy between two buffers, of each block
+ * size and batch size (a batch copies its blocks one by one, to shuffled
+ * places with --layout random), in one process, with the same iteration
+ * counts as a transfer row. Only B/W and Avg Lat. mean anything here. */
+static int run_memcpy_bench(const options_t *o)
+{
+    result_t *res = xcalloc(o->nsizes * o->nbatches, sizeof(*res));
+    size_t nres = 0;
+
+    printf("ferry-bench --memcpy: one thread's memcpy, B/W in decimal GB/s\n");
+    print_header("MEMCPY, host memory -> host memory (one process)");
+    for (size_t i = 0; i < o->nsizes; i++) {
+        for (size_t bi = 0; bi < o->nbatches; bi++) {
+            size_t size = o->sizes[i], batch = o->batches[bi];
+            size_t iters = auto_iters(o, size * batch);
+            size_t warmup = o->warmup_set ? o->warmup
+                                          : (iters / 10 ? iters / 10 : 1);
+            size_t *slot = o->layout == LAYOUT_RANDOM ? shuffled_slots(batch, 1)
+                                                      : NULL;
+            bench_buf_t src, dst;
+            uint64_t t0 = 0, t = 0;
+
+            bench_alloc(NULL, FERRY_MEM_HOST, ALLOC_MMAP, size * batch, &src);
+            bench_alloc(NULL, FERRY_MEM_HOST, ALLOC_MMAP, size * batch, &dst);
+            /* Timed as the transfers are, one clock reading per batch. */
+            for (size_t it = 0; it < warmup + iters; it++) {
+                if (it == warmup) {
+                    t0 = ticks();
+                }
+                for (size_t b = 0; b < batch; b++) {
+                    memcpy(dst.p + (slot != NULL ? slot[b] : b) * size,
+                           src.p + b * size, size);
+                }
+                /* Keeps the compiler from merging or dropping copies. */
+                __asm__ __volatile__("" : : "r"(dst.p) : "memory");
+                t = ticks();
+            }
+            double ns = (double)ticks_ns(t - t0);
+            res[nres] = (result_t){.op = "MEMCPY", .size = size, .batch = batch,
+                                   .iters = iters};
+            res[nres].v[BW] = (double)(size * batch) * (double)iters / ns;
+            res[nres].v[AVG_LAT] = ns / (double)iters / 1e3;
+            print_row(&res[nres++]);
+            bench_free(NULL, &src);
+            bench_free(NULL, &dst);
+            free(slot);
+        }
+    }
+    write_files(o, res, nres);
+    free(res);
     return 0;
 }
 
 /* ---- Launcher ------------------------------------------------------------ */
 
-/* Starts both ranks as fresh processes and returns the first failure's exit
- * code; when one rank fails, the other is ended rather than left waiting. */
-static int launch(int argc, char **argv)
+/* Starts the embedded store and o->world local ranks, each this program
+ * with "--store URL --rank R" added, and returns the first failure's exit
+ * code; when one rank fails, the others get a moment to report their own
+ * view, then are ended rather than left waiting. */
+static int launch(const options_t *o, int argc, char **argv)
 {
-    int sv[2], rc = 0;
-    pid_t pids[2];
-    char **args = calloc((size_t)argc + 3, sizeof(*args));
+    ferry_store_server_t *server;
+    char url[64], rank_arg[16];
+    char **args = xcalloc((size_t)argc + 8, sizeof(*args));
+    pid_t *pids = xcalloc((size_t)o->world, sizeof(*pids));
+    int rc = 0, left = o->world;
+    uint64_t deadline = 0;
 
-    if (args == NULL) {
-        die("out of memory");
+    CHECK(ferry_store_server_start("127.0.0.1", NULL, &server));
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u",
+             (unsigned)ferry_store_server_port(server));
+    for (int i = 0; i < argc; i++) {
+        args[i] = argv[i];
     }
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
-        die("socketpair: %s", strerror(errno));
-    }
+    args[argc] = "--store";
+    args[argc + 1] = url;
+    args[argc + 2] = "--rank";
+    args[argc + 3] = rank_arg;
     fflush(NULL);
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < o->world; r++) {
+        snprintf(rank_arg, sizeof(rank_arg), "%d", r);
         pids[r] = fork();
         if (pids[r] < 0) {
             die("fork: %s", strerror(errno));
         }
         if (pids[r] == 0) {
-            char role[32], fd[32];
-            close(sv[1 - r]);
-            snprintf(role, sizeof(role), "--role=%d", r);
-            snprintf(fd, sizeof(fd), "--fd=%d", sv[r]);
-            args[0] = argv[0];
-            args[1] = role;
-            args[2] = fd;
-            for (int i = 1; i < argc; i++) {
-                args[i + 2] = argv[i];
-            }
             execv("/proc/self/exe", args);
             fprintf(stderr, "ferry-bench: exec: %s\n", strerror(errno));
             _exit(127);
         }
     }
-    close(sv[0]);
-    close(sv[1]);
-    free(args);
-
-    /* After a failure the survivor gets a grace period to notice on its
-     * own (ferry must fail its requests with PEER_LOST rather than hang, and
-     * its message is worth seeing); only then is it ended. */
-    uint64_t deadline = 0;
-    for (int left = 2; left > 0;) {
-        int status;
+    while (left > 0) {
+        int status, r;
         pid_t pid = waitpid(-1, &status, deadline ? WNOHANG : 0);
+
         if (pid == 0) {
             if (now_ns() > deadline) {
-                fprintf(stderr, "ferry-bench: rank %d still running 10 s "
-                                "after the other failed; ending it\n",
-                        pids[0] ? 0 : 1);
-                kill(pids[0] ? pids[0] : pids[1], SIGKILL);
+                for (r = 0; r < o->world; r++) {
+                    if (pids[r] > 0) {
+                        fprintf(stderr, "ferry-bench: ending rank %d, still "
+                                        "running after another failed\n", r);
+                        kill(pids[r], SIGKILL);
+                    }
+                }
                 deadline = 0;
             }
             nanosleep(&(struct timespec){.tv_nsec = 10000000}, NULL);
@@ -720,17 +1458,24 @@ static int launch(int argc, char **argv)
             }
             die("waitpid: %s", strerror(errno));
         }
+        for (r = 0; r < o->world && pids[r] != pid; r++) {
+        }
+        if (r == o->world) {
+            continue;
+        }
         int code = WIFEXITED(status) ? WEXITSTATUS(status)
                                      : 128 + WTERMSIG(status);
-        int r = pid == pids[0] ? 0 : 1;
         pids[r] = 0;
         left--;
         if (code != 0 && rc == 0) {
             rc = code;
             fprintf(stderr, "ferry-bench: rank %d failed (exit %d)\n", r, code);
-            deadline = left ? now_ns() + 10000000000ull : 0;
+            deadline = left ? now_ns() + 2000000000ull : 0;
         }
     }
+    ferry_store_server_stop(server);
+    free(args);
+    free(pids);
     return rc;
 }
 
@@ -740,21 +1485,43 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: ferry-bench [options]\n"
-        "  Starts two local ranks and sweeps block sizes for WRITE and READ.\n"
-        "  --sizes LIST       block sizes, comma-separated, K/M/G suffixes in\n"
-        "                     binary units (default 4K,64K,1M,16M)\n"
-        "  --iters N          timed iterations per size (default 1000)\n"
-        "  --warmup N         untimed iterations first (default 100)\n"
-        "  --batch N          descriptors per request (default 1)\n"
-        "  --op write|read|both  (default both)\n"
-        "  --check            fill and verify data every iteration (untimed)\n"
-        "  --csv FILE         also write the results as CSV\n"
-        "  --json FILE        also write the results as JSON\n"
-        "  --target spin|fd|thread  how rank 1 drives progress: spinning\n"
+        "  With no --store, starts -n local ranks (default 2) over an embedded\n"
+        "  store and sweeps block sizes for WRITE, then READ.\n"
+        "  --op write|read|both  operations (default both: WRITE, then READ)\n"
+        "  --sizes LIST       block sizes: A:B is every power of two from A to\n"
+        "                     B, lists are comma-separated; K/M/G suffixes are\n"
+        "                     binary (default 4K:64M)\n"
+        "  --batch LIST       descriptors per request, same syntax (default 1)\n"
+        "  --layout seq|random  a request's remote blocks in the local order\n"
+        "                     (default; neighbours are merged into one\n"
+        "                     operation) or shuffled (none can be)\n"
+        "  --iters N          timed iterations per row (default: enough for\n"
+        "                     1 GiB, %d to %d)\n"
+        "  --warmup N         untimed iterations first (default iters/10)\n"
+        "  --initiator-mem host|cuda, --target-mem host|cuda\n"
+        "                     memory kind of each side (default host)\n"
+        "  --alloc ferry|mmap host buffers from ferry_mem_alloc (default: UCX\n"
+        "                     shared memory, copied directly) or plain mmap\n"
+        "                     (user memory, emulated RMA on UCX 1.13)\n"
+        "  --scheme pairwise|manytoone|onetomany  who initiates to whom\n"
+        "  -n, --world N      ranks (default 2)\n"
+        "  --threads N        threads per initiating rank (default 1)\n"
+        "  --progress-thread  every agent runs ferry's progress thread\n"
+        "  --wait poll|block  poll with ferry_xfer_test (default) or sleep in\n"
+        "                     ferry_xfer_wait\n"
+        "  --target spin|fd|thread  how targets drive progress: spinning\n"
         "                     (default, like ucx_perftest), sleeping on\n"
         "                     ferry_agent_fd(), or ferry's progress thread\n"
+        "  --check            fill and verify every byte of every iteration\n"
+        "                     (untimed; B/W then from the transfers' times)\n"
+        "  --csv FILE, --json FILE  also write the results there\n"
+        "  --store URL --rank R  be rank R of a job whose ranks meet at the\n"
+        "                     store URL (tcp://host:port), e.g. on several hosts\n"
         "  --prepare-bench [N]  in one process, time preparing a WRITE of N\n"
-        "                     64-byte descriptors (default 100000)\n");
+        "                     64-byte descriptors (default 100000)\n"
+        "  --memcpy           in one process, one thread's memcpy at each\n"
+        "                     block size: the host's limit, as a reference\n",
+        AUTO_MIN_ITERS, AUTO_MAX_ITERS);
 }
 
 static size_t parse_count(const char *s, const char *what, bool allow_zero)
@@ -764,46 +1531,87 @@ static size_t parse_count(const char *s, const char *what, bool allow_zero)
 
     errno = 0;
     v = strtoull(s, &end, 10);
-    if (errno != 0 || end == s || *s == '-') {
+    if (errno != 0 || end == s || *s == '-' || *s == '+') {
         die("bad %s '%s'", what, s);
     }
+    int shift = 0;
     switch (*end) {
-    case 'K': case 'k': v <<= 10; end++; break;
-    case 'M': case 'm': v <<= 20; end++; break;
-    case 'G': case 'g': v <<= 30; end++; break;
+    case 'K': case 'k': shift = 10; end++; break;
+    case 'M': case 'm': shift = 20; end++; break;
+    case 'G': case 'g': shift = 30; end++; break;
     default: break;
     }
-    if (*end != '\0' || (v == 0 && !allow_zero) || v > SIZE_MAX / 2) {
+    if (*end != '\0' || (v == 0 && !allow_zero) || v > (SIZE_MAX / 2) >> shift) {
         die("bad %s '%s'", what, s);
     }
-    return (size_t)v;
+    return (size_t)(v << shift);
 }
 
-static void parse_sizes(options_t *o, const char *list)
+/* "A:B" (powers of two from A up to B) and single values, comma-separated. */
+static void parse_list(const char *list, const char *what, size_t *out,
+                       size_t *n_p)
 {
     char *copy = strdup(list), *save = NULL;
+    size_t n = 0;
 
     if (copy == NULL) {
         die("out of memory");
     }
-    o->nsizes = 0;
     for (char *t = strtok_r(copy, ",", &save); t != NULL;
          t = strtok_r(NULL, ",", &save)) {
-        if (o->nsizes == MAX_SIZES) {
-            die("at most %d sizes", MAX_SIZES);
+        char *colon = strchr(t, ':');
+        size_t lo, hi;
+
+        if (colon != NULL) {
+            *colon = '\0';
         }
-        o->sizes[o->nsizes++] = parse_count(t, "size", false);
+        lo = parse_count(t, what, false);
+        hi = colon != NULL ? parse_count(colon + 1, what, false) : lo;
+        if (hi < lo) {
+            die("%s range %zu:%zu runs backwards", what, lo, hi);
+        }
+        for (size_t v = lo; v <= hi; v *= 2) {
+            if (n == MAX_LIST) {
+                die("at most %d values for %s", MAX_LIST, what);
+            }
+            out[n++] = v;
+            if (v > hi / 2) {
+                break;
+            }
+        }
     }
-    if (o->nsizes == 0) {
-        die("--sizes needs at least one size");
+    if (n == 0) {
+        die("%s needs at least one value", what);
     }
     free(copy);
+    *n_p = n;
+}
+
+static int parse_choice(const char *arg, const char *what,
+                        const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (strcmp(arg, names[i]) == 0) {
+            return i;
+        }
+    }
+    die("%s does not take '%s' (see --help)", what, arg);
+}
+
+static ferry_mem_kind_t parse_kind(const char *arg, const char *what)
+{
+    static const char *const kinds[] = {"host", "cuda"};
+
+    return parse_choice(arg, what, kinds, 2) == 0 ? FERRY_MEM_HOST
+                                                  : FERRY_MEM_CUDA;
 }
 
 static void parse_options(options_t *o, int argc, char **argv)
 {
     enum { O_SIZES = 256, O_ITERS, O_WARMUP, O_BATCH, O_OP, O_CHECK, O_CSV,
-           O_JSON, O_TARGET, O_PREP, O_ROLE, O_FD, O_HELP };
+           O_JSON, O_TARGET, O_PREP, O_INIT_MEM, O_TARGET_MEM, O_ALLOC,
+           O_SCHEME, O_THREADS, O_PROGRESS, O_WAIT, O_STORE, O_RANK, O_MEMCPY,
+           O_LAYOUT, O_HELP };
     static const struct option longs[] = {
         {"sizes", required_argument, NULL, O_SIZES},
         {"iters", required_argument, NULL, O_ITERS},
@@ -815,45 +1623,66 @@ static void parse_options(options_t *o, int argc, char **argv)
         {"json", required_argument, NULL, O_JSON},
         {"target", required_argument, NULL, O_TARGET},
         {"prepare-bench", optional_argument, NULL, O_PREP},
-        {"role", required_argument, NULL, O_ROLE}, /* hidden: set by launch() */
-        {"fd", required_argument, NULL, O_FD},     /* hidden: set by launch() */
+        {"initiator-mem", required_argument, NULL, O_INIT_MEM},
+        {"target-mem", required_argument, NULL, O_TARGET_MEM},
+        {"alloc", required_argument, NULL, O_ALLOC},
+        {"scheme", required_argument, NULL, O_SCHEME},
+        {"world", required_argument, NULL, 'n'},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"progress-thread", no_argument, NULL, O_PROGRESS},
+        {"wait", required_argument, NULL, O_WAIT},
+        {"store", required_argument, NULL, O_STORE},
+        {"rank", required_argument, NULL, O_RANK},
+        {"memcpy", no_argument, NULL, O_MEMCPY},
+        {"layout", required_argument, NULL, O_LAYOUT},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
-    static const size_t defaults[] = {4096, 65536, 1048576, 16777216};
-    int c;
+    static const char *const ops[] = {"write", "read", "both"};
+    int c, op;
 
-    *o = (options_t){.iters = 1000, .warmup = 100, .batch = 1,
-                     .do_write = true, .do_read = true,
-                     .role = ROLE_LAUNCHER, .fd = -1};
-    o->nsizes = sizeof(defaults) / sizeof(defaults[0]);
-    memcpy(o->sizes, defaults, sizeof(defaults));
+    *o = (options_t){.do_write = true, .do_read = true, .world = 2, .rank = -1,
+                     .threads = 1, .init_mem = FERRY_MEM_HOST,
+                     .target_mem = FERRY_MEM_HOST};
+    parse_list("4K:64M", "--sizes", o->sizes, &o->nsizes);
+    parse_list("1", "--batch", o->batches, &o->nbatches);
 
-    while ((c = getopt_long(argc, argv, "h", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hn:", longs, NULL)) != -1) {
         switch (c) {
-        case O_SIZES: parse_sizes(o, optarg); break;
+        case O_SIZES: parse_list(optarg, "--sizes", o->sizes, &o->nsizes); break;
+        case O_BATCH:
+            parse_list(optarg, "--batch", o->batches, &o->nbatches);
+            break;
         case O_ITERS: o->iters = parse_count(optarg, "--iters", false); break;
-        case O_WARMUP: o->warmup = parse_count(optarg, "--warmup", true); break;
-        case O_BATCH: o->batch = parse_count(optarg, "--batch", false); break;
+        case O_WARMUP:
+            o->warmup = parse_count(optarg, "--warmup", true);
+            o->warmup_set = true;
+            break;
         case O_OP:
-            o->do_write = !strcmp(optarg, "write") || !strcmp(optarg, "both");
-            o->do_read = !strcmp(optarg, "read") || !strcmp(optarg, "both");
-            if (!o->do_write && !o->do_read) {
-                die("--op takes write, read or both, not '%s'", optarg);
-            }
+            op = parse_choice(optarg, "--op", ops, 3);
+            o->do_write = op != 1;
+            o->do_read = op != 0;
             break;
         case O_CHECK: o->check = true; break;
         case O_CSV: o->csv_path = optarg; break;
         case O_JSON: o->json_path = optarg; break;
         case O_TARGET:
-            if (!strcmp(optarg, "spin")) {
-                o->target_mode = TARGET_SPIN;
-            } else if (!strcmp(optarg, "fd")) {
-                o->target_mode = TARGET_FD;
-            } else if (!strcmp(optarg, "thread")) {
-                o->target_mode = TARGET_THREAD;
-            } else {
-                die("--target takes spin, fd or thread, not '%s'", optarg);
-            }
+            o->target_mode = parse_choice(optarg, "--target", target_names, 3);
+            break;
+        case O_INIT_MEM: o->init_mem = parse_kind(optarg, "--initiator-mem"); break;
+        case O_TARGET_MEM: o->target_mem = parse_kind(optarg, "--target-mem"); break;
+        case O_ALLOC: o->alloc = parse_choice(optarg, "--alloc", alloc_names, 2); break;
+        case O_SCHEME:
+            o->scheme = parse_choice(optarg, "--scheme", scheme_names, 3);
+            break;
+        case 'n': o->world = (int)parse_count(optarg, "-n", false); break;
+        case O_THREADS: o->threads = (int)parse_count(optarg, "--threads", false); break;
+        case O_PROGRESS: o->progress_thread = true; break;
+        case O_WAIT: o->wait_mode = parse_choice(optarg, "--wait", wait_names, 2); break;
+        case O_STORE: o->store_url = optarg; break;
+        case O_RANK: o->rank = (int)parse_count(optarg, "--rank", true); break;
+        case O_MEMCPY: o->memcpy_mode = true; break;
+        case O_LAYOUT:
+            o->layout = parse_choice(optarg, "--layout", layout_names, 2);
             break;
         case O_PREP:
             /* getopt only attaches an optional argument given with '=';
@@ -865,8 +1694,6 @@ static void parse_options(options_t *o, int argc, char **argv)
                                                 false)
                                   : 100000;
             break;
-        case O_ROLE: o->role = (int)parse_count(optarg, "--role", true); break;
-        case O_FD: o->fd = (int)parse_count(optarg, "--fd", true); break;
         case 'h': case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -874,8 +1701,20 @@ static void parse_options(options_t *o, int argc, char **argv)
     if (optind < argc) {
         die("unexpected argument '%s' (see --help)", argv[optind]);
     }
-    if (o->role > ROLE_TARGET || (o->role != ROLE_LAUNCHER && o->fd < 0)) {
-        die("--role and --fd are internal options");
+    if (o->world < 2 || o->world > MAX_RANKS) {
+        die("-n takes 2 to %d ranks, not %d", MAX_RANKS, o->world);
+    }
+    if (o->scheme == SCHEME_PAIRWISE && o->world % 2 != 0) {
+        die("--scheme pairwise needs an even number of ranks, not %d", o->world);
+    }
+    if (o->threads > MAX_THREADS) {
+        die("--threads takes 1 to %d", MAX_THREADS);
+    }
+    if ((o->store_url == NULL) != (o->rank < 0)) {
+        die("--store and --rank go together");
+    }
+    if (o->rank >= o->world) {
+        die("--rank %d is not below the world size %d", o->rank, o->world);
     }
 }
 
@@ -887,10 +1726,14 @@ int main(int argc, char **argv)
     if (o.prepare_n > 0) {
         return run_prepare_bench(o.prepare_n);
     }
-    g_rank = o.role;
-    switch (o.role) {
-    case ROLE_INITIATOR: return run_initiator(&o);
-    case ROLE_TARGET: return run_target(&o);
-    default: return launch(argc, argv);
+    if (o.memcpy_mode) {
+        ticks_calibrate();
+        return run_memcpy_bench(&o);
     }
+    if (o.store_url == NULL) {
+        return launch(&o, argc, argv);
+    }
+    g_rank = o.rank;
+    ticks_calibrate();
+    return run_rank(&o);
 }

@@ -123,6 +123,19 @@ typedef struct ferry__backend_ops {
     ferry_status_t (*post_stream)(void *ctx, void *conn, ferry_xfer_op_t op,
                                   const ferry__bk_seg_t *segs, size_t n,
                                   void *stream);
+    /*
+     * Allocates len bytes of memory of the given kind that this backend
+     * moves fastest, writing its address to *addr_p (UCX on one host:
+     * shared memory that peers map and copy into directly). A later
+     * mem_register of a range inside it uses the allocation's own
+     * registration. FERRY_ERR_UNSUPPORTED for a kind it cannot allocate.
+     */
+    ferry_status_t (*mem_alloc)(void *ctx, size_t len, ferry_mem_kind_t kind,
+                                void **addr_p);
+    /* Frees an allocation from mem_alloc(): FERRY_ERR_NOT_FOUND if addr
+     * starts none of this backend's, FERRY_ERR_BUSY while registrations
+     * still use it. */
+    ferry_status_t (*mem_free)(void *ctx, void *addr);
 } ferry__backend_ops_t;
 
 extern const ferry__backend_ops_t ferry__ucx_ops;

@@ -238,6 +238,39 @@ static void ferry__group(ferry_xfer_t *x, const ferry__bk_seg_t *segs,
         x->segs[at[slots[i]]++] = segs[i];
 }
 
+/*
+ * Merges, within each part, every segment that continues the previous one
+ * in both address spaces through the same registration and key (a batch of
+ * neighbouring blocks, as KV-cache pages often are): the same bytes move,
+ * in one operation instead of many. The descriptors stay as given for
+ * errors, which prepare reports before this runs.
+ */
+static void ferry__coalesce(ferry_xfer_t *x)
+{
+    size_t out = 0;
+
+    for (unsigned p = 0; p < x->nparts; p++) {
+        ferry__xfer_part_t *part = &x->parts[p];
+        size_t first = out;
+
+        for (size_t i = part->first; i < (size_t)part->first + part->count; i++) {
+            ferry__bk_seg_t *prev = out > first ? &x->segs[out - 1] : NULL;
+            const ferry__bk_seg_t *s = &x->segs[i];
+
+            if (prev != NULL && prev->laddr + prev->len == s->laddr &&
+                prev->raddr + prev->len == s->raddr && prev->lreg == s->lreg &&
+                prev->rkey == s->rkey) {
+                prev->len += s->len;
+                continue;
+            }
+            x->segs[out++] = *s;
+        }
+        part->first = (uint32_t)first;
+        part->count = (uint32_t)(out - first);
+    }
+    x->nsegs = out;
+}
+
 ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
                                   const ferry_desc_t *local, size_t nlocal,
                                   ferry_peer_t *peer, const ferry_desc_t *remote,
@@ -306,6 +339,7 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
                                     tmp != NULL ? tmp : x->segs, slots, x),
                      st, err_unlock);
     ferry__group(x, tmp != NULL ? tmp : x->segs, slots);
+    ferry__coalesce(x);
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->refs++;
     rm->refs++;

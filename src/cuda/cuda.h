@@ -116,6 +116,7 @@ enum {
     X(cuDevicePrimaryCtxRetain, (CUcontext *ctx, CUdevice dev))               \
     X(cuCtxPushCurrent, (CUcontext ctx))                                      \
     X(cuCtxPopCurrent, (CUcontext *ctx))                                      \
+    X(cuCtxGetDevice, (CUdevice *dev))                                        \
     X(cuPointerGetAttribute, (void *data, int attr, CUdeviceptr ptr))         \
     X(cuMemGetAddressRange, (CUdeviceptr *base, size_t *size, CUdeviceptr p)) \
     X(cuMemAlloc, (CUdeviceptr *ptr, size_t size))                            \

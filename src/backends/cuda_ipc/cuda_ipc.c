@@ -71,8 +71,18 @@ typedef struct ci_chunk {
     CUmemGenericAllocationHandle h; /* retained handle (owner side) */
 } ci_chunk_t;
 
+/* GPU memory from mem_alloc(): VMM memory with a shareable handle. */
+typedef struct ci_alloc {
+    struct ci_alloc *next;
+    CUdeviceptr va;
+    size_t size;
+    CUmemGenericAllocationHandle h;
+    unsigned regs;             /* registrations inside it */
+} ci_alloc_t;
+
 typedef struct ci_reg {
     int type;                  /* CI_HOST, CI_LEGACY or CI_VMM */
+    ci_alloc_t *alloc;         /* the allocation it lies in, or NULL */
     int device;
     void *pinned;              /* host memory this registration pinned */
     uint64_t base, size;       /* the allocation range holding the region */
@@ -143,6 +153,7 @@ typedef struct ci_ctx {
     int srv_fd, stop_fd;
     bool srv_running;
     pthread_t srv_thread;
+    ci_alloc_t *allocs;
 } ci_ctx_t;
 
 /* Makes room for one more element in a growing array of *cap elements;
@@ -259,11 +270,21 @@ static ferry_status_t ci_stream(ci_ctx_t *ctx, int device, CUstream *stream_p)
 
 static void ci_server_stop(ci_ctx_t *ctx);
 
+static void ci_alloc_release(ci_ctx_t *ctx, ci_alloc_t *a);
+
 static void ci_fini(void *vctx)
 {
     ci_ctx_t *ctx = vctx;
 
     ci_server_stop(ctx);
+    while (ctx->allocs != NULL) {
+        ci_alloc_t *a = ctx->allocs;
+
+        ferry__debug("cuda_ipc: freeing a GPU allocation of %zu B the user left",
+                     a->size);
+        ctx->allocs = a->next;
+        ci_alloc_release(ctx, a);
+    }
     if (ctx->cu != NULL) {
         for (int d = 0; d < ctx->ndevs; d++) {
             ci_dev_t *dev = &ctx->devs[d];
@@ -464,6 +485,8 @@ static void ci_export_del(ci_ctx_t *ctx, int fd)
 
 static void ci_reg_free(ci_ctx_t *ctx, ci_reg_t *reg)
 {
+    if (reg->alloc != NULL)
+        reg->alloc->regs--;
     for (uint32_t i = 0; i < reg->nchunks; i++) {
         if (reg->chunks[i].fd >= 0) {
             ci_export_del(ctx, reg->chunks[i].fd);
@@ -644,6 +667,13 @@ static ferry_status_t ci_mem_register(void *vctx, const ferry_desc_t *d,
     st = ci_reg_cuda(ctx, d, &reg);
     ferry__cuda_pop();
     FERRY_CHECK(st);
+    for (ci_alloc_t *a = ctx->allocs; a != NULL; a = a->next) {
+        if (d->addr >= a->va && d->addr - a->va < a->size) {
+            reg->alloc = a;
+            a->regs++;
+            break;
+        }
+    }
     reg->device = d->device;
     reg->uuid = ctx->uuids[d->device];
     *lreg_p = reg;
@@ -1243,6 +1273,103 @@ static uint64_t ci_conn_events(void *vctx, void *vconn)
     return ((ci_conn_t *)vconn)->events;
 }
 
+/*
+ * GPU memory that any peer on this host can map: one physical allocation
+ * (cuMemCreate, with the POSIX file descriptor handle type) mapped into a
+ * reserved range, on the device of the caller's current context (device 0
+ * when there is none).
+ */
+static ferry_status_t ci_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kind,
+                                   void **addr_p)
+{
+    ci_ctx_t *ctx = vctx;
+    const ferry__cuda_t *cu;
+    CUmemAllocationProp prop = {0};
+    CUmemAccessDesc access = {{CU_MEM_LOCATION_TYPE_DEVICE, 0},
+                              CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    CUdevice dev = 0;
+    size_t gran = 0;
+    ci_alloc_t *a;
+    ferry_status_t st;
+
+    if (kind != FERRY_MEM_CUDA)
+        return ferry__error(FERRY_ERR_UNSUPPORTED, "cuda_ipc: allocates GPU memory "
+                            "only");
+    FERRY_CHECK(ci_cuda(ctx));
+    cu = ctx->cu;
+    if (cu->cuCtxGetDevice(&dev) != CUDA_SUCCESS)
+        dev = 0;
+    a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "cuda_ipc: no memory");
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = dev;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    access.location.id = dev;
+    FERRY_CHECK_GOTO(ferry__cuda_push(dev), st, err_free);
+    st = FERRY__CU(cu, cuMemGetAllocationGranularity,
+                   (&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    if (st == FERRY_OK) {
+        a->size = (len + gran - 1) / gran * gran;
+        st = FERRY__CU(cu, cuMemCreate, (&a->h, a->size, &prop, 0));
+    }
+    if (st == FERRY_OK) {
+        st = FERRY__CU(cu, cuMemAddressReserve, (&a->va, a->size, gran, 0, 0));
+        if (st < 0)
+            cu->cuMemRelease(a->h);
+    }
+    if (st == FERRY_OK) {
+        st = FERRY__CU(cu, cuMemMap, (a->va, a->size, 0, a->h, 0));
+        if (st == FERRY_OK)
+            st = FERRY__CU(cu, cuMemSetAccess, (a->va, a->size, &access, 1));
+        if (st < 0) {
+            cu->cuMemUnmap(a->va, a->size);
+            cu->cuMemAddressFree(a->va, a->size);
+            cu->cuMemRelease(a->h);
+        }
+    }
+    ferry__cuda_pop();
+    if (st < 0)
+        goto err_free;
+    a->next = ctx->allocs;
+    ctx->allocs = a;
+    *addr_p = (void *)(uintptr_t)a->va;
+    return FERRY_OK;
+
+err_free:
+    free(a);
+    return st;
+}
+
+static void ci_alloc_release(ci_ctx_t *ctx, ci_alloc_t *a)
+{
+    ctx->cu->cuMemUnmap(a->va, a->size);
+    ctx->cu->cuMemAddressFree(a->va, a->size);
+    ctx->cu->cuMemRelease(a->h);
+    free(a);
+}
+
+static ferry_status_t ci_mem_free(void *vctx, void *addr)
+{
+    ci_ctx_t *ctx = vctx;
+    ci_alloc_t **pa, *a;
+
+    for (pa = &ctx->allocs; *pa != NULL && (*pa)->va != (CUdeviceptr)(uintptr_t)addr;
+         pa = &(*pa)->next)
+        ;
+    a = *pa;
+    if (a == NULL)
+        return ferry__error(FERRY_ERR_NOT_FOUND, "cuda_ipc: %p starts no allocation",
+                            addr);
+    if (a->regs > 0)
+        return ferry__error(FERRY_ERR_BUSY, "cuda_ipc: %u registration(s) still use "
+                            "the allocation at %p", a->regs, addr);
+    *pa = a->next;
+    ci_alloc_release(ctx, a);
+    return FERRY_OK;
+}
+
 const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .size = sizeof(ferry__backend_ops_t),
     .name = "cuda_ipc",
@@ -1266,4 +1393,6 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .conn_abort = ci_conn_abort,
     .conn_events = ci_conn_events,
     .post_stream = ci_post_stream,
+    .mem_alloc = ci_mem_alloc,
+    .mem_free = ci_mem_free,
 };

@@ -1,0 +1,185 @@
+/*
+ * ferry_mem_alloc / ferry_mem_free: memory from UCX's own allocator, moved
+ * with one direct copy. A second process allocates, registers part of its
+ * allocation and then blocks on its control socket without ever driving its
+ * agent, while this process WRITEs into that memory and READs it back. On
+ * memory ferry did not allocate, UCX 1.13 emulates one-sided operations
+ * between processes with messages that only the target's progress answers,
+ * so the transfers completing at all shows the direct path. The bytes that
+ * arrive are checked on both sides, and so is every bad input (typed status,
+ * detail text).
+ */
+#include "xfer_util.h"
+
+#define LEN (1u << 20)
+#define WAIT_NS (5ll * 1000 * 1000 * 1000)
+#define ITERS 8
+#define SEED 0xa110cull
+
+enum { MSG_BLOB = 1, MSG_VERIFY, MSG_VERDICT };
+
+static void check_bad_inputs(ferry_agent_t *a, ferry_agent_t *b)
+{
+    void *p = NULL, *q;
+    int on_stack;
+
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_alloc(NULL, 4096, FERRY_MEM_HOST, &p));
+    EXPECT_ERR_HAS("NULL");
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_alloc(a, 4096, FERRY_MEM_HOST, NULL));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_alloc(a, 0, FERRY_MEM_HOST, &p));
+    EXPECT_ERR_HAS("zero length");
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_alloc(a, 4096, FERRY_MEM_AUTO, &p));
+    EXPECT_ERR_HAS("kind");
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_alloc(a, 4096, (ferry_mem_kind_t)77, &p));
+    EXPECT_ERR_HAS("kind 77");
+    EXPECT_TRUE(p == NULL); /* outputs are written only on success */
+
+    /* Without a CUDA driver, CUDA memory is refused with a reason; where
+     * there is one, it must also be freed. */
+    ferry_status_t st = ferry_mem_alloc(a, 4096, FERRY_MEM_CUDA, &q);
+    if (st == FERRY_OK) {
+        EXPECT_ST(FERRY_OK, ferry_mem_free(a, q));
+    } else {
+        EXPECT_ST(FERRY_ERR_UNSUPPORTED, st);
+        EXPECT_ERR_HAS("CUDA");
+    }
+
+    EXPECT_ST(FERRY_OK, ferry_mem_free(a, NULL));
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_free(NULL, &on_stack));
+    EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_mem_free(a, &on_stack));
+    EXPECT_ERR_HAS("not returned by ferry_mem_alloc");
+
+    /* Another agent's allocation, an inner pointer, a double free. */
+    ASSERT_ST(FERRY_OK, ferry_mem_alloc(a, 4096, FERRY_MEM_HOST, &q));
+    EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_mem_free(b, q));
+    EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_mem_free(a, (uint8_t *)q + 64));
+    EXPECT_ST(FERRY_OK, ferry_mem_free(a, q));
+    EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_mem_free(a, q));
+}
+
+/* Posts x and waits, failing the test (not hanging) on a timeout. */
+static void post_wait(ferry_xfer_t *x, const char *what)
+{
+    ferry_status_t st = ferry_xfer_post(x);
+
+    if (st == FERRY_IN_PROGRESS)
+        st = ferry_xfer_wait(x, WAIT_NS);
+    if (st == FERRY_ERR_TIMEOUT)
+        TEST_FAIL_AT_("%s on allocated memory did not complete without the "
+                      "target's progress: not a direct copy", what);
+    else
+        EXPECT_ST(FERRY_OK, st);
+}
+
+/* The second process: allocates, registers the first half, sends its blob
+ * and the address, then only answers one verify request, never driving its
+ * agent. Returns the exit code. */
+static int run_target(int fd)
+{
+    ferry_agent_t *a;
+    ferry_mem_t *m;
+    uint8_t *p;
+    void *blob;
+    size_t len;
+    xu_msg_t msg;
+    uint64_t bad;
+
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &a));
+    ASSERT_ST(FERRY_OK, ferry_mem_alloc(a, LEN, FERRY_MEM_HOST, (void **)&p));
+    memset(p, 0, LEN);
+    ferry_desc_t d = {.addr = (uintptr_t)p, .len = LEN / 2, .kind = FERRY_MEM_HOST};
+    ASSERT_ST(FERRY_OK, ferry_mem_register(a, &d, 1, &m));
+    EXPECT_ST(FERRY_ERR_BUSY, ferry_mem_free(a, p));
+    EXPECT_ERR_HAS("registration");
+    ASSERT_ST(FERRY_OK, ferry_md_pack(a, &blob, &len));
+    if (xu_send_msg(fd, MSG_BLOB, 0, 0, (uintptr_t)p, len) != 0 ||
+        xu_send(fd, blob, len) != 0)
+        return 1;
+    ferry_md_free(blob);
+    /* No agent here: the wait does not drive progress. */
+    if (xu_recv_msg(fd, &msg, MSG_VERIFY, 60000, NULL) != 0)
+        return 1;
+    bad = test_verify_fast(p, LEN / 2, SEED, msg.iter, 0);
+    for (size_t i = LEN / 2; i < LEN && bad == UINT64_MAX; i++)
+        if (p[i] != 0)
+            bad = i; /* written past the registered range */
+    if (xu_send_msg(fd, MSG_VERDICT, 0, 0, bad, 0) != 0)
+        return 1;
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
+    EXPECT_ST(FERRY_OK, ferry_mem_free(a, p));
+    ferry_agent_destroy(a);
+    return test_finish("test_mem_alloc (target)");
+}
+
+static void run_initiator(const char *argv0, ferry_agent_t *b)
+{
+    ferry_mem_t *mb;
+    ferry_peer_t *peer;
+    ferry_xfer_t *w, *r;
+    xu_msg_t msg;
+    uint8_t *ib, *blob;
+    pid_t pid;
+    int fd = xu_spawn(argv0, "target", NULL, NULL, &pid), status;
+
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_TRUE(xu_recv_msg(fd, &msg, MSG_BLOB, 30000, NULL) == 0);
+    blob = xu_xcalloc(msg.b, 1);
+    ASSERT_TRUE(xu_recv(fd, blob, msg.b, 30000, NULL) == 0);
+    ASSERT_ST(FERRY_OK, ferry_peer_load(b, blob, msg.b, &peer));
+    free(blob);
+    ferry_desc_t rd = {.addr = msg.a, .len = LEN / 2, .kind = FERRY_MEM_HOST};
+
+    /* The initiator's memory is allocated too; WRITE its first half, READ
+     * back into its second. */
+    ASSERT_ST(FERRY_OK, ferry_mem_alloc(b, LEN, FERRY_MEM_HOST, (void **)&ib));
+    ferry_desc_t db = {.addr = (uintptr_t)ib, .len = LEN, .kind = FERRY_MEM_HOST};
+    ferry_desc_t lw = {.addr = (uintptr_t)ib, .len = LEN / 2, .kind = FERRY_MEM_HOST};
+    ferry_desc_t lr = {.addr = (uintptr_t)ib + LEN / 2, .len = LEN / 2,
+                       .kind = FERRY_MEM_HOST};
+    ASSERT_ST(FERRY_OK, ferry_mem_register(b, &db, 1, &mb));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(b, FERRY_OP_WRITE, &lw, 1, peer, &rd, 1,
+                                           NULL, &w));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(b, FERRY_OP_READ, &lr, 1, peer, &rd, 1,
+                                           NULL, &r));
+    uint64_t it = 0;
+    for (; it < ITERS && test_failures == 0; it++) {
+        test_fill_fast(ib, LEN / 2, SEED, it, 0);
+        post_wait(w, "WRITE");
+        memset(ib + LEN / 2, 0, LEN / 2);
+        post_wait(r, "READ");
+        EXPECT_EQ(UINT64_MAX, test_verify_fast(ib + LEN / 2, LEN / 2, SEED, it, 0));
+    }
+    ASSERT_TRUE(xu_send_msg(fd, MSG_VERIFY, 0, it - 1, 0, 0) == 0);
+    ASSERT_TRUE(xu_recv_msg(fd, &msg, MSG_VERDICT, 30000, NULL) == 0);
+    if (msg.a != UINT64_MAX)
+        TEST_FAIL_AT_("target's memory wrong at byte %" PRIu64, msg.a);
+
+    ferry_xfer_release(w);
+    ferry_xfer_release(r);
+    ferry_peer_forget(peer);
+    status = xu_reap(pid, 30000);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(fd);
+    EXPECT_ST(FERRY_ERR_BUSY, ferry_mem_free(b, ib));
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mb));
+    EXPECT_ST(FERRY_OK, ferry_mem_free(b, ib));
+}
+
+int main(int argc, char **argv)
+{
+    ferry_agent_t *a, *b;
+    void *left;
+
+    if (argc >= 3 && strcmp(argv[1], "target") == 0)
+        return run_target(atoi(argv[2]));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &a));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &b));
+    check_bad_inputs(a, b);
+    run_initiator(argv[0], b);
+    /* An allocation left to the agent is freed with it (LeakSanitizer in
+     * `make sanitize` would report it otherwise). */
+    ASSERT_ST(FERRY_OK, ferry_mem_alloc(a, 4096, FERRY_MEM_HOST, &left));
+    ferry_agent_destroy(b);
+    ferry_agent_destroy(a);
+    return test_finish("test_mem_alloc");
+}
