@@ -36,6 +36,7 @@
  */
 #include "ferry.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -99,6 +100,7 @@ typedef struct options {
     int scheme, world, rank, threads, wait_mode, target_mode, alloc, layout;
     ferry_mem_kind_t init_mem, target_mem;
     const char *csv_path, *json_path, *store_url;
+    bool mem_set; /* --initiator-mem or --target-mem was given */
     size_t prepare_n; /* 0: not in --prepare-bench mode */
     bool memcpy_mode;
 } options_t;
@@ -320,16 +322,70 @@ static uint8_t pattern_byte(uint64_t seed, uint64_t off)
     return (uint8_t)(x >> ((off & 7) * 8));
 }
 
+/*
+ * GPU memory for --check: the pattern is written and read on the host and
+ * copied with the driver's cuMemcpyHtoD/DtoH on device 0's primary context.
+ * The benchmark links only the public library, so it loads these few entry
+ * points itself (at the driver API version the library uses, 12.0).
+ */
+static struct {
+    pthread_once_t once;
+    int (*htod)(uint64_t dst, const void *src, size_t n);
+    int (*dtoh)(void *dst, uint64_t src, size_t n);
+    int (*set_current)(void *ctx);
+    void *ctx;
+} g_cu = {PTHREAD_ONCE_INIT, NULL, NULL, NULL, NULL};
+
+static void cuda_load(void)
+{
+    int (*getproc)(const char *, void **, int, uint64_t);
+    int (*retain)(void **, int);
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+
+    if (lib == NULL || (*(void **)&getproc = dlsym(lib, "cuGetProcAddress")) == NULL ||
+        getproc("cuMemcpyHtoD", (void **)&g_cu.htod, 12000, 0) != 0 ||
+        getproc("cuMemcpyDtoH", (void **)&g_cu.dtoh, 12000, 0) != 0 ||
+        getproc("cuCtxSetCurrent", (void **)&g_cu.set_current, 12000, 0) != 0 ||
+        getproc("cuDevicePrimaryCtxRetain", (void **)&retain, 12000, 0) != 0 ||
+        retain(&g_cu.ctx, 0) != 0) {
+        g_cu.htod = NULL;
+    }
+}
+
+/* Copies between the host and GPU memory (to_gpu: host -> GPU). */
+static void cuda_copy(bool to_gpu, void *host, uint64_t gpu, size_t n)
+{
+    pthread_once(&g_cu.once, cuda_load);
+    if (g_cu.htod == NULL) {
+        die("--check on GPU memory: cannot load the CUDA driver's copies");
+    }
+    if (g_cu.set_current(g_cu.ctx) != 0 ||
+        (to_gpu ? g_cu.htod(gpu, host, n) : g_cu.dtoh(host, gpu, n)) != 0) {
+        die("--check on GPU memory: a CUDA copy of %zu B failed", n);
+    }
+}
+
 /* Writes the pattern (fill) or returns the first offset that differs from
- * it, or len if none does. Only host memory can be checked here. */
+ * it, or len if none does; GPU memory through a host copy. */
 static size_t pattern(const bench_buf_t *b, size_t at, size_t len,
                       uint64_t seed, uint64_t pat_off, bool fill)
 {
     uint8_t *buf = b->p + at;
+    size_t bad = len;
 
     if (b->kind != FERRY_MEM_HOST) {
-        die("--check on %s memory is not supported by this build",
-            kind_names[b->kind]);
+        uint8_t *host = xcalloc(len ? len : 1, 1);
+        bench_buf_t hb = {.kind = FERRY_MEM_HOST, .p = host, .len = len};
+
+        if (!fill) {
+            cuda_copy(false, host, (uint64_t)(uintptr_t)buf, len);
+        }
+        bad = pattern(&hb, 0, len, seed, pat_off, fill);
+        if (fill) {
+            cuda_copy(true, host, (uint64_t)(uintptr_t)buf, len);
+        }
+        free(host);
+        return bad;
     }
     for (size_t i = 0; i < len; i++) {
         if (fill) {
@@ -1479,6 +1535,63 @@ static int launch(const options_t *o, int argc, char **argv)
     return rc;
 }
 
+/* Whether this machine has a GPU and a driver: checked without initialising
+ * CUDA in this process, which only launches the ranks. */
+static bool gpu_present(void)
+{
+    void *lib;
+
+    if (access("/dev/nvidiactl", F_OK) != 0) {
+        return false;
+    }
+    lib = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (lib == NULL) {
+        return false;
+    }
+    dlclose(lib);
+    return true;
+}
+
+/* "out.csv" -> "out-cuda.csv" (or "out-cuda" without an extension). */
+static char *cuda_path(const char *path)
+{
+    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    size_t stem = (dot != NULL && (slash == NULL || dot > slash)) ? (size_t)(dot - path)
+                                                                  : strlen(path);
+    char *out = xcalloc(strlen(path) + 8, 1);
+
+    memcpy(out, path, stem);
+    strcpy(out + stem, "-cuda");
+    strcat(out, path + stem);
+    return out;
+}
+
+/* The default run's second sweep: GPU memory on both sides, its CSV and
+ * JSON beside the host run's ("-cuda" before the extension). */
+static int launch_gpu(const options_t *o, int argc, char **argv)
+{
+    char **args = xcalloc((size_t)argc + 5, sizeof(*args));
+    options_t g = *o;
+    int n = 0, rc;
+
+    for (int i = 0; i < argc; i++) {
+        args[n++] = argv[i];
+        if (i + 1 < argc && (strcmp(argv[i], "--csv") == 0 ||
+                             strcmp(argv[i], "--json") == 0)) {
+            args[n++] = cuda_path(argv[++i]);
+        }
+    }
+    args[n++] = "--initiator-mem";
+    args[n++] = "cuda";
+    args[n++] = "--target-mem";
+    args[n++] = "cuda";
+    g.init_mem = g.target_mem = FERRY_MEM_CUDA;
+    printf("\n");
+    rc = launch(&g, n, args);
+    free(args);
+    return rc;
+}
+
 /* ---- Options ------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -1499,7 +1612,9 @@ static void usage(FILE *f)
         "                     1 GiB, %d to %d)\n"
         "  --warmup N         untimed iterations first (default iters/10)\n"
         "  --initiator-mem host|cuda, --target-mem host|cuda\n"
-        "                     memory kind of each side (default host)\n"
+        "                     memory kind of each side (default: host, then\n"
+        "                     a second sweep with cuda on both sides when a\n"
+        "                     GPU is present; its --csv/--json go to FILE-cuda)\n"
         "  --alloc ferry|mmap host buffers from ferry_mem_alloc (default: UCX\n"
         "                     shared memory, copied directly) or plain mmap\n"
         "                     (user memory, emulated RMA on UCX 1.13)\n"
@@ -1668,8 +1783,14 @@ static void parse_options(options_t *o, int argc, char **argv)
         case O_TARGET:
             o->target_mode = parse_choice(optarg, "--target", target_names, 3);
             break;
-        case O_INIT_MEM: o->init_mem = parse_kind(optarg, "--initiator-mem"); break;
-        case O_TARGET_MEM: o->target_mem = parse_kind(optarg, "--target-mem"); break;
+        case O_INIT_MEM:
+            o->init_mem = parse_kind(optarg, "--initiator-mem");
+            o->mem_set = true;
+            break;
+        case O_TARGET_MEM:
+            o->target_mem = parse_kind(optarg, "--target-mem");
+            o->mem_set = true;
+            break;
         case O_ALLOC: o->alloc = parse_choice(optarg, "--alloc", alloc_names, 2); break;
         case O_SCHEME:
             o->scheme = parse_choice(optarg, "--scheme", scheme_names, 3);
@@ -1731,7 +1852,14 @@ int main(int argc, char **argv)
         return run_memcpy_bench(&o);
     }
     if (o.store_url == NULL) {
-        return launch(&o, argc, argv);
+        int rc = launch(&o, argc, argv);
+
+        /* With no memory kinds given, GPU memory gets the same sweep
+         * wherever a GPU is present. */
+        if (rc == 0 && !o.mem_set && gpu_present()) {
+            rc = launch_gpu(&o, argc, argv);
+        }
+        return rc;
     }
     g_rank = o.rank;
     ticks_calibrate();
