@@ -396,7 +396,9 @@ typedef struct ferry_xfer_params {
  *                            the pair and what each backend lacks
  * Each pair goes to a backend chosen here: GPU memory of a peer on the
  * same host through CUDA IPC (the peer's allocation is mapped on first
- * use), host memory through UCX, GPU memory to another host through UCX
+ * use; a post's copies start after the work queued before it on the
+ * legacy default stream, not after other streams' work: synchronise those,
+ * or use ferry_xfer_post_on_stream()), host memory through UCX, GPU memory to another host through UCX
  * only where UCX reports CUDA support. CUDA IPC serves a remote GPU region
  * with local GPU or host memory; a remote host region is reachable only
  * through UCX. params->backend (FERRY_XFER_PARAM_BACKEND) restricts the

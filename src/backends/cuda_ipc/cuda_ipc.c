@@ -255,15 +255,19 @@ static ferry_status_t ci_cuda(ci_ctx_t *ctx)
     return FERRY_OK;
 }
 
-/* The device's stream, created on first use; the caller has pushed the
- * device's context. */
+/*
+ * The device's stream, created on first use; the caller has pushed the
+ * device's context. A blocking stream: its copies start only after the work
+ * queued before them on the legacy default stream, where an application
+ * (PyTorch's default stream, cuMemcpy from pageable memory, whose DMA may
+ * still be running when it returns) has just produced the bytes to send.
+ */
 static ferry_status_t ci_stream(ci_ctx_t *ctx, int device, CUstream *stream_p)
 {
     ci_dev_t *d = &ctx->devs[device];
 
     if (d->stream == NULL)
-        FERRY_CHECK(FERRY__CU(ctx->cu, cuStreamCreate, (&d->stream,
-                                                        CU_STREAM_NON_BLOCKING)));
+        FERRY_CHECK(FERRY__CU(ctx->cu, cuStreamCreate, (&d->stream, 0)));
     *stream_p = d->stream;
     return FERRY_OK;
 }
