@@ -117,6 +117,44 @@ static void loopback(ferry_agent_t *agent)
             break;
         }
     ferry_xfer_release(x);
+
+    /* One request, two backends: a GPU pair (CUDA IPC) and a host pair
+     * (UCX), split into two parts at prepare and completed as one. */
+    {
+        xm_buf_t hs, hd;
+        ferry_mem_t *mh;
+        ferry_desc_t hreg[2], l[2], r[2];
+
+        ASSERT_TRUE(xm_alloc(&hs, XM_HOST, 1 << 20) == 0);
+        ASSERT_TRUE(xm_alloc(&hd, XM_HOST, 1 << 20) == 0);
+        test_fill(hs.host, 1 << 20, 8, 1, 0);
+        test_fill(src.host, cap, 9, 1, 0);
+        xm_to_dev(&src, 0, cap);
+        hreg[0] = (ferry_desc_t){hs.addr, 1 << 20, FERRY_MEM_HOST, 0};
+        hreg[1] = (ferry_desc_t){hd.addr, 1 << 20, FERRY_MEM_HOST, 0};
+        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, hreg, 2, &mh));
+        ferry_peer_forget(peer);
+        ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
+        l[0] = (ferry_desc_t){src.addr + 5, 4096, FERRY_MEM_CUDA, 0};
+        r[0] = (ferry_desc_t){dst.addr + 77, 4096, FERRY_MEM_CUDA, 0};
+        l[1] = (ferry_desc_t){hs.addr + 3, 65536, FERRY_MEM_HOST, 0};
+        r[1] = (ferry_desc_t){hd.addr + 11, 65536, FERRY_MEM_HOST, 0};
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, l, 2, peer, r, 2,
+                                               NULL, &x));
+        for (int i = 0; i < 3; i++) {
+            ferry_status_t st = ferry_xfer_post(x);
+
+            EXPECT_TRUE(st == FERRY_OK || st == FERRY_IN_PROGRESS);
+            EXPECT_ST(FERRY_OK, ferry_xfer_wait(x, 10ll * 1000 * 1000 * 1000));
+        }
+        xm_from_dev(&dst, 0, cap);
+        EXPECT_TRUE(memcmp(dst.host + 77, src.host + 5, 4096) == 0);
+        EXPECT_TRUE(memcmp(hd.host + 11, hs.host + 3, 65536) == 0);
+        ferry_xfer_release(x);
+        EXPECT_ST(FERRY_OK, ferry_mem_deregister(mh));
+        xm_free(&hs);
+        xm_free(&hd);
+    }
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(ms));
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(md));

@@ -212,20 +212,18 @@ err:
 }
 
 /* Orders segments by backend slot and describes each slot's range. */
-static void ferry__group(ferry_xfer_t *x, const ferry__bk_seg_t *segs,
-                         const uint8_t *slots)
+/* Orders x->segs by backend slot (slots[i]: segment i's; NULL with one
+ * backend built) and describes each slot's range. A request that uses one
+ * backend, the common case, is left in place without a copy. */
+static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
 {
     size_t count[FERRY__NBK] = {0}, at[FERRY__NBK];
     size_t pos = 0;
+    ferry__bk_seg_t *copy;
 
-    if (slots == NULL) { /* one backend: the segments are already in place */
-        x->parts[0] = (ferry__xfer_part_t){0, 0, (uint32_t)x->nsegs};
-        x->nparts = 1;
-        return;
-    }
-
-    for (size_t i = 0; i < x->nsegs; i++)
-        count[slots[i]]++;
+    if (slots != NULL)
+        for (size_t i = 0; i < x->nsegs; i++)
+            count[slots[i]]++;
     x->nparts = 0;
     for (unsigned k = 0; k < FERRY__NBK; k++) {
         at[k] = pos;
@@ -234,8 +232,21 @@ static void ferry__group(ferry_xfer_t *x, const ferry__bk_seg_t *segs,
                                                          (uint32_t)count[k]};
         pos += count[k];
     }
+    if (x->nparts <= 1) {
+        x->parts[0] = (ferry__xfer_part_t){slots != NULL ? slots[0] : 0, 0,
+                                           (uint32_t)x->nsegs};
+        x->nparts = 1;
+        return FERRY_OK;
+    }
+    copy = malloc(x->nsegs * sizeof(*copy));
+    if (copy == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory for %zu "
+                            "descriptors", x->nsegs);
+    memcpy(copy, x->segs, x->nsegs * sizeof(*copy));
     for (size_t i = 0; i < x->nsegs; i++)
-        x->segs[at[slots[i]]++] = segs[i];
+        x->segs[at[slots[i]]++] = copy[i];
+    free(copy);
+    return FERRY_OK;
 }
 
 /*
@@ -278,7 +289,6 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
                                   ferry_xfer_t **xfer_p)
 {
     ferry_xfer_t *x;
-    ferry__bk_seg_t *tmp = NULL;
     uint8_t *slots = NULL;
     ferry__remote_t *rm;
     ferry__route_t route = {false, 0};
@@ -309,13 +319,10 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     x = calloc(1, sizeof(*x));
     if (x != NULL) {
         x->segs = malloc(nlocal * sizeof(*x->segs));
-        if (FERRY__NBK > 1) {
-            tmp = malloc(nlocal * sizeof(*tmp));
+        if (FERRY__NBK > 1)
             slots = malloc(nlocal);
-        }
     }
-    if (x == NULL || x->segs == NULL ||
-        (FERRY__NBK > 1 && (tmp == NULL || slots == NULL))) {
+    if (x == NULL || x->segs == NULL || (FERRY__NBK > 1 && slots == NULL)) {
         st = ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory for %zu "
                           "descriptors", nlocal);
         goto err_free;
@@ -336,9 +343,14 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     rm = peer->remote;
     route.same_host = strcmp(rm->md.host_id, agent->host_id) == 0;
     FERRY_CHECK_GOTO(ferry__resolve(agent, rm, &route, local, remote, nlocal,
-                                    tmp != NULL ? tmp : x->segs, slots, x),
+                                    x->segs, slots, x),
                      st, err_unlock);
-    ferry__group(x, tmp != NULL ? tmp : x->segs, slots);
+    st = ferry__group(x, slots);
+    if (st < 0) {
+        free(x->mems);
+        x->mems = NULL;
+        goto err_unlock;
+    }
     ferry__coalesce(x);
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->refs++;
@@ -346,7 +358,6 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     x->remote = rm;
     ferry__list_add(&agent->xfers, &x->link);
     ferry__agent_unlock(agent);
-    free(tmp);
     free(slots);
     *xfer_p = x;
     return FERRY_OK;
@@ -354,7 +365,6 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
 err_unlock:
     ferry__agent_unlock(agent);
 err_free:
-    free(tmp);
     free(slots);
     if (x != NULL) {
         free(x->segs);
