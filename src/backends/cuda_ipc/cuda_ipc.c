@@ -781,9 +781,16 @@ static void ci_conn_close(void *vctx, void *vconn)
     /* Copies still queued for it finish first (they are never left to run
      * against a closed connection). Every key was closed before the
      * connection; maps hold no refs here. */
-    ferry__error(FERRY_ERR_CANCELED, "cuda_ipc: the connection to peer '%s' was "
-                 "closed", conn->name);
-    (void)ci_conn_abort(vctx, vconn, FERRY_ERR_CANCELED);
+    for (size_t i = 0; i < ((ci_ctx_t *)vctx)->count; i++) {
+        const ci_ctx_t *ctx = vctx;
+
+        if (ctx->ring[(ctx->head + i) % ctx->cap].conn == conn) {
+            ferry__error(FERRY_ERR_CANCELED, "cuda_ipc: the connection to peer "
+                         "'%s' was closed", conn->name);
+            (void)ci_conn_abort(vctx, vconn, FERRY_ERR_CANCELED);
+            break;
+        }
+    }
     if (conn->pidfd >= 0)
         close(conn->pidfd);
     free(conn);
