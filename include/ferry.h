@@ -398,7 +398,10 @@ typedef struct ferry_xfer_params {
  * same host through CUDA IPC (the peer's allocation is mapped on first
  * use; a post's copies start after the work queued before it on the
  * legacy default stream, not after other streams' work: synchronise those,
- * or use ferry_xfer_post_on_stream()), host memory through UCX, GPU memory to another host through UCX
+ * or use ferry_xfer_post_on_stream(); the peer's own writes to its memory
+ * are the peer's to finish, with a synchronisation, before it lets a READ
+ * start, since a cuMemcpy from pageable memory may return before its DMA
+ * ends), host memory through UCX, GPU memory to another host through UCX
  * only where UCX reports CUDA support. CUDA IPC serves a remote GPU region
  * with local GPU or host memory; a remote host region is reachable only
  * through UCX. params->backend (FERRY_XFER_PARAM_BACKEND) restricts the

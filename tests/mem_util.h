@@ -158,12 +158,16 @@ static inline int xm_alloc(xm_buf_t *b, xm_kind_t kind, size_t cap)
     return 0;
 }
 
-/* After the host shadow's [lo, hi) changed: the device gets it. */
+/* After the host shadow's [lo, hi) changed: the device gets it, completely
+ * (a copy from pageable memory may return before its DMA ends, and another
+ * process is about to read the bytes). */
 static inline void xm_to_dev(xm_buf_t *b, uint64_t lo, uint64_t hi)
 {
-    if (xm_is_gpu(b->kind) && hi > lo)
+    if (xm_is_gpu(b->kind) && hi > lo) {
         XM_CU(xm_cuda()->cuMemcpy((CUdeviceptr)(b->addr + lo),
                                   (CUdeviceptr)(uintptr_t)(b->host + lo), hi - lo));
+        XM_CU(xm_cuda()->cuCtxSynchronize());
+    }
 }
 
 /* Before checking [lo, hi): the host shadow gets the device's bytes. */

@@ -333,8 +333,9 @@ static struct {
     int (*htod)(uint64_t dst, const void *src, size_t n);
     int (*dtoh)(void *dst, uint64_t src, size_t n);
     int (*set_current)(void *ctx);
+    int (*sync)(void);
     void *ctx;
-} g_cu = {PTHREAD_ONCE_INIT, NULL, NULL, NULL, NULL};
+} g_cu = {PTHREAD_ONCE_INIT, NULL, NULL, NULL, NULL, NULL};
 
 static void cuda_load(void)
 {
@@ -346,13 +347,16 @@ static void cuda_load(void)
         getproc("cuMemcpyHtoD", (void **)&g_cu.htod, 12000, 0) != 0 ||
         getproc("cuMemcpyDtoH", (void **)&g_cu.dtoh, 12000, 0) != 0 ||
         getproc("cuCtxSetCurrent", (void **)&g_cu.set_current, 12000, 0) != 0 ||
+        getproc("cuCtxSynchronize", (void **)&g_cu.sync, 12000, 0) != 0 ||
         getproc("cuDevicePrimaryCtxRetain", (void **)&retain, 12000, 0) != 0 ||
         retain(&g_cu.ctx, 0) != 0) {
         g_cu.htod = NULL;
     }
 }
 
-/* Copies between the host and GPU memory (to_gpu: host -> GPU). */
+/* Copies between the host and GPU memory (to_gpu: host -> GPU), complete
+ * when it returns: a copy from pageable memory may return before its DMA
+ * ends, and a peer process reads the bytes next. */
 static void cuda_copy(bool to_gpu, void *host, uint64_t gpu, size_t n)
 {
     pthread_once(&g_cu.once, cuda_load);
@@ -360,7 +364,8 @@ static void cuda_copy(bool to_gpu, void *host, uint64_t gpu, size_t n)
         die("--check on GPU memory: cannot load the CUDA driver's copies");
     }
     if (g_cu.set_current(g_cu.ctx) != 0 ||
-        (to_gpu ? g_cu.htod(gpu, host, n) : g_cu.dtoh(host, gpu, n)) != 0) {
+        (to_gpu ? g_cu.htod(gpu, host, n) : g_cu.dtoh(host, gpu, n)) != 0 ||
+        g_cu.sync() != 0) {
         die("--check on GPU memory: a CUDA copy of %zu B failed", n);
     }
 }

@@ -117,6 +117,7 @@ enum {
     X(cuCtxPushCurrent, (CUcontext ctx))                                      \
     X(cuCtxPopCurrent, (CUcontext *ctx))                                      \
     X(cuCtxGetDevice, (CUdevice *dev))                                        \
+    X(cuCtxSynchronize, (void))                                               \
     X(cuPointerGetAttribute, (void *data, int attr, CUdeviceptr ptr))         \
     X(cuMemGetAddressRange, (CUdeviceptr *base, size_t *size, CUdeviceptr p)) \
     X(cuMemAlloc, (CUdeviceptr *ptr, size_t size))                            \
