@@ -12,11 +12,13 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #define TEST_SKIP_CODE 77
 
-static int test_failures;
+/* Atomic: threads of one test may fail at once. */
+static _Atomic int test_failures;
 
 #define TEST_FAIL_AT_(...)                                                    \
     do {                                                                      \

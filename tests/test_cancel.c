@@ -119,15 +119,6 @@ static ferry_xfer_t *prepare(ferry_agent_t *agent, ferry_xfer_op_t op, ferry_pee
     return x;
 }
 
-static ferry_status_t post_wait(ferry_xfer_t *x)
-{
-    ferry_status_t st = ferry_xfer_post(x);
-
-    if (st == FERRY_IN_PROGRESS)
-        st = ferry_xfer_wait(x, 60 * SEC);
-    return st;
-}
-
 /*
  * The connection works: a WRITE of fresh random data to a random offset of
  * the target's buffer, read back into a second buffer at another random
@@ -146,8 +137,8 @@ static void check_connection(ferry_agent_t *agent, ferry_peer_t *peer, uint64_t 
                               NULL);
     uint64_t bad;
 
-    EXPECT_ST(FERRY_OK, post_wait(w));
-    EXPECT_ST(FERRY_OK, post_wait(r));
+    EXPECT_ST(FERRY_OK, xu_post_wait(w, 60 * SEC));
+    EXPECT_ST(FERRY_OK, xu_post_wait(r, 60 * SEC));
     bad = test_verify_fast(back.p + boff, len, seed, iter, 0);
     if (bad != UINT64_MAX)
         TEST_FAIL_AT_("%s: byte %" PRIu64 " of %" PRIu64 " read back from remote offset "
@@ -204,7 +195,7 @@ static void quarantine_check(quarantine_t *q, ferry_agent_t *agent, ferry_peer_t
                                   q->b.len, NULL);
         uint64_t hits = 0;
 
-        EXPECT_ST(FERRY_OK, post_wait(r));
+        EXPECT_ST(FERRY_OK, xu_post_wait(r, 60 * SEC));
         for (uint64_t i = 0; i + 8 <= q->b.len; i += 8) {
             uint64_t got;
 
@@ -318,11 +309,22 @@ int main(int argc, char **argv)
 
         EXPECT_ST(FERRY_OK, ferry_xfer_cancel(x));
         EXPECT_ST(FERRY_ERR_INVALID, ferry_xfer_test(x));
-        EXPECT_ST(FERRY_OK, post_wait(x));
+        EXPECT_ST(FERRY_OK, xu_post_wait(x, 60 * SEC));
         EXPECT_ST(FERRY_OK, ferry_xfer_cancel(x));
         EXPECT_ST(FERRY_OK, ferry_xfer_test(x));
         EXPECT_ST(FERRY_OK, ferry_xfer_wait(x, SEC));
         ferry_xfer_release(x);
+        {
+            /* The WRITE landed: read it back into other bytes. */
+            lbuf_t back = lbuf_new(agent, 8192, 99);
+            ferry_xfer_t *r = prepare(agent, FERRY_OP_READ, peer, &back, 0, rbase, 8192,
+                                      NULL);
+
+            EXPECT_ST(FERRY_OK, xu_post_wait(r, 60 * SEC));
+            EXPECT_EQ(UINT64_MAX, test_verify_fast(back.p, 8192, seed, 3, 0));
+            ferry_xfer_release(r);
+            lbuf_free(&back);
+        }
         lbuf_free(&b);
     }
 
@@ -386,7 +388,7 @@ int main(int argc, char **argv)
         EXPECT_TRUE(st == FERRY_IN_PROGRESS);
         resume_target();
         EXPECT_ST(FERRY_OK, ferry_xfer_wait(w, 60 * SEC));
-        EXPECT_ST(FERRY_OK, post_wait(r));
+        EXPECT_ST(FERRY_OK, xu_post_wait(r, 60 * SEC));
         EXPECT_EQ(UINT64_MAX, test_verify_fast(back.p, BIG, seed, 7, 0));
         ferry_xfer_release(w);
         ferry_xfer_release(r);

@@ -135,6 +135,7 @@ static void dropped_entries(void)
     int queued = 0;
 
     for (int i = 0; i < 2; i++) {
+        test_fill(src, 4096, 7, 900000 + (uint64_t)i, 0);
         st = ferry_xfer_post(x);
         if (st == FERRY_IN_PROGRESS) {
             queued = 1;
@@ -143,6 +144,7 @@ static void dropped_entries(void)
             queued = 0;
         }
         ASSERT_ST(FERRY_OK, st);
+        EXPECT_EQ(UINT64_MAX, test_verify(dst, 4096, 7, 900000 + (uint64_t)i, 0));
     }
     ASSERT_ST(FERRY_OK, ferry_agent_completions(me, c, 4, &n));
     EXPECT_EQ(queued, n); /* only the second post's entry, if it had one */
@@ -150,10 +152,12 @@ static void dropped_entries(void)
         EXPECT_TRUE(c[0].xfer == x && c[0].user_data == (void *)&dropped_entries);
         EXPECT_ST(FERRY_OK, c[0].status);
     }
+    test_fill(src, 4096, 7, 900002, 0);
     st = ferry_xfer_post(x);
     if (st == FERRY_IN_PROGRESS)
         st = ferry_xfer_wait(x, 30 * SEC);
     ASSERT_ST(FERRY_OK, st);
+    EXPECT_EQ(UINT64_MAX, test_verify(dst, 4096, 7, 900002, 0));
     ferry_xfer_release(x);
     ASSERT_ST(FERRY_OK, ferry_agent_completions(me, c, 4, &n));
     EXPECT_EQ(0, n);

@@ -193,7 +193,10 @@ static void lifetime_rules(void)
                 saw_busy++;
             EXPECT_TRUE(dereg == FERRY_ERR_BUSY || dereg == FERRY_OK);
             if (dereg == FERRY_OK) {
-                /* It had finished: registration is gone; nothing else to do. */
+                /* It had finished (deregistration is refused otherwise):
+                 * its bytes are in place. */
+                EXPECT_ST(FERRY_OK, ferry_xfer_wait(x, 10 * 1000000000ll));
+                EXPECT_EQ(UINT64_MAX, test_verify(b, BUF, 99, (uint64_t)iter, 0));
                 break;
             }
         }

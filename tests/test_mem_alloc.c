@@ -60,10 +60,8 @@ static void check_bad_inputs(ferry_agent_t *a, ferry_agent_t *b)
 /* Posts x and waits, failing the test (not hanging) on a timeout. */
 static void post_wait(ferry_xfer_t *x, const char *what)
 {
-    ferry_status_t st = ferry_xfer_post(x);
+    ferry_status_t st = xu_post_wait(x, WAIT_NS);
 
-    if (st == FERRY_IN_PROGRESS)
-        st = ferry_xfer_wait(x, WAIT_NS);
     if (st == FERRY_ERR_TIMEOUT)
         TEST_FAIL_AT_("%s on allocated memory did not complete without the "
                       "target's progress: not a direct copy", what);

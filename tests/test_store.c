@@ -694,12 +694,19 @@ static void case_tool(const char *tool)
 
         /* SIGTERM stops it cleanly, and its clients see PEER_LOST. */
         kill(pid, SIGTERM);
-        int status = 0;
+        int status = -1;
         uint64_t t0 = ferry__now_ns();
-        while (waitpid(pid, &status, WNOHANG) == 0 &&
+        pid_t reaped = 0;
+
+        while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 &&
                ferry__now_ns() - t0 < 10000000000ull)
             usleep(10000);
-        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (reaped != pid) { /* it ignored SIGTERM: fail, and leave nothing behind */
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            status = -1;
+        }
+        EXPECT_TRUE(reaped == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
         EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_store_ping(b));
         ferry_store_close(b);
     } else {

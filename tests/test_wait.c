@@ -11,7 +11,7 @@
  *    byte.
  * Two processes are forked before either touches UCX.
  */
-#include "test.h"
+#include "xfer_util.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -31,37 +31,7 @@
 #define MAX_WAIT_CPU 0.05
 #endif
 #define SEC 1000000000ll
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static double thread_cpu_s(void)
-{
-    struct rusage ru;
-
-    getrusage(RUSAGE_THREAD, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
-}
-
-static void io(int fd, void *p, size_t n, int out)
-{
-    uint8_t *b = p;
-
-    while (n > 0) {
-        ssize_t r = out ? write(fd, b, n) : read(fd, b, n);
-
-        if (r <= 0)
-            exit(2);
-        b += r;
-        n -= (size_t)r;
-    }
-}
+#define IO_TIMEOUT_MS 60000 /* control messages */
 
 /* The target: a progress thread does all the work; main only sleeps. */
 static int target(int fd)
@@ -80,12 +50,12 @@ static int target(int fd)
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
-    io(fd, &len, sizeof(len), 1);
-    io(fd, blob, len, 1);
-    io(fd, &d.addr, sizeof(d.addr), 1);
+    xu_io(fd, &len, sizeof(len), 1, IO_TIMEOUT_MS);
+    xu_io(fd, blob, len, 1, IO_TIMEOUT_MS);
+    xu_io(fd, &d.addr, sizeof(d.addr), 1, IO_TIMEOUT_MS);
     /* Each request from the initiator: verify what it wrote. */
     for (;;) {
-        io(fd, &iter, sizeof(iter), 0);
+        xu_io(fd, &iter, sizeof(iter), 0, IO_TIMEOUT_MS);
         if (iter == UINT64_MAX)
             break;
         /* The progress thread wrote the bytes; a call on the agent orders
@@ -93,7 +63,7 @@ static int target(int fd)
         ferry_agent_progress(agent);
         bad = test_verify(buf, LEN, 31, iter, 0);
         ferry_agent_progress(agent); /* and the next writes after this read */
-        io(fd, &bad, sizeof(bad), 1);
+        xu_io(fd, &bad, sizeof(bad), 1, IO_TIMEOUT_MS);
     }
     ferry_md_free(blob);
     ferry_mem_deregister(mem);
@@ -145,20 +115,20 @@ static double stalled_wait(ferry_xfer_t *x, uint8_t *src, pid_t pid, int fd,
         EXPECT_ST(FERRY_ERR_BUSY, ferry_xfer_post(x));
     }
     ASSERT_TRUE(pthread_create(&th, NULL, resume_later, &r) == 0);
-    t0 = now_s();
-    c0 = thread_cpu_s();
+    t0 = xu_now_s();
+    c0 = xu_thread_cpu_s();
     if (spin) {
         while ((st = ferry_xfer_test(x)) == FERRY_IN_PROGRESS)
             ;
     } else {
         st = ferry_xfer_wait(x, 30 * SEC);
     }
-    cpu = thread_cpu_s() - c0;
-    wall = now_s() - t0;
+    cpu = xu_thread_cpu_s() - c0;
+    wall = xu_now_s() - t0;
     pthread_join(th, NULL);
     EXPECT_ST(FERRY_OK, st);
-    io(fd, &iter, sizeof(iter), 1);
-    io(fd, &bad, sizeof(bad), 0);
+    xu_io(fd, &iter, sizeof(iter), 1, IO_TIMEOUT_MS);
+    xu_io(fd, &bad, sizeof(bad), 0, IO_TIMEOUT_MS);
     EXPECT_EQ(UINT64_MAX, bad);
     printf("%s: %.3f s of wall time, %.3f s of the waiting thread's CPU (%.1f%%)\n",
            spin ? "test loop" : "ferry_xfer_wait", wall, cpu, 100.0 * cpu / wall);
@@ -196,10 +166,10 @@ int main(void)
     l = (ferry_desc_t){(uintptr_t)src, LEN, FERRY_MEM_HOST, 0};
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &l, 1, &mem));
-    io(sv[0], &len, sizeof(len), 0);
+    xu_io(sv[0], &len, sizeof(len), 0, IO_TIMEOUT_MS);
     blob = malloc(len);
-    io(sv[0], blob, len, 0);
-    io(sv[0], &raddr, sizeof(raddr), 0);
+    xu_io(sv[0], blob, len, 0, IO_TIMEOUT_MS);
+    xu_io(sv[0], &raddr, sizeof(raddr), 0, IO_TIMEOUT_MS);
     ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
     free(blob);
     r = (ferry_desc_t){raddr, LEN, FERRY_MEM_HOST, 0};
@@ -213,8 +183,8 @@ int main(void)
     {
         uint64_t iter = 0, bad = 0;
 
-        io(sv[0], &iter, sizeof(iter), 1);
-        io(sv[0], &bad, sizeof(bad), 0);
+        xu_io(sv[0], &iter, sizeof(iter), 1, IO_TIMEOUT_MS);
+        xu_io(sv[0], &bad, sizeof(bad), 0, IO_TIMEOUT_MS);
         EXPECT_EQ(UINT64_MAX, bad);
     }
 
@@ -223,7 +193,7 @@ int main(void)
     EXPECT_TRUE(sleeping < MAX_WAIT_CPU);
     EXPECT_TRUE(spinning > 0.3);
 
-    io(sv[0], &done, sizeof(done), 1);
+    xu_io(sv[0], &done, sizeof(done), 1, IO_TIMEOUT_MS);
     ferry_xfer_release(x);
     ferry_peer_forget(peer);
     ferry_mem_deregister(mem);

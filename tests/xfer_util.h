@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -36,6 +37,21 @@ static inline uint64_t xu_now_ns(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline double xu_now_s(void)
+{
+    return (double)xu_now_ns() * 1e-9;
+}
+
+/* The calling thread's CPU time (user + system), in seconds. */
+static inline double xu_thread_cpu_s(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_THREAD, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
 static inline double xu_ms_since(uint64_t t0)
@@ -484,6 +500,26 @@ static inline int xu_recv(int fd, void *p, size_t len, int timeout_ms,
         len -= (size_t)k;
     }
     return 0;
+}
+
+/* Posts x and, if it is under way, waits for it up to timeout_ns; returns
+ * the outcome (FERRY_ERR_TIMEOUT if it is still in flight). */
+static inline ferry_status_t xu_post_wait(ferry_xfer_t *x, int64_t timeout_ns)
+{
+    ferry_status_t st = ferry_xfer_post(x);
+
+    if (st == FERRY_IN_PROGRESS)
+        st = ferry_xfer_wait(x, timeout_ns);
+    return st;
+}
+
+/* Sends (out) or receives exactly n bytes, ending the process (exit 2) on
+ * failure or after timeout_ms without them: for control messages whose loss
+ * leaves nothing sensible to do. */
+static inline void xu_io(int fd, void *p, size_t n, int out, int timeout_ms)
+{
+    if ((out ? xu_send(fd, p, n) : xu_recv(fd, p, n, timeout_ms, NULL)) != 0)
+        exit(2);
 }
 
 /* Receives one message and checks its type; prints what came instead. */

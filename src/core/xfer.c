@@ -157,8 +157,7 @@ static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *
 }
 
 /* Under the lock: resolves every pair into segs and slots (each segment's
- * backend; NULL when only one backend is built) and collects the distinct
- * local registrations into x->mems. */
+ * backend) and collects the distinct local registrations into x->mems. */
 static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remote,
                                      const ferry__route_t *route,
                                      const ferry_desc_t *local,
@@ -175,8 +174,7 @@ static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remo
         FERRY_CHECK_GOTO(ferry__resolve_one(agent, remote, route, &local[i], &rdesc[i], i,
                                             &segs[i], &k, &mem),
                          st, err);
-        if (slots != NULL)
-            slots[i] = (uint8_t)k;
+        slots[i] = (uint8_t)k;
         /* Requests mostly use one registration: keep distinct neighbours,
          * then sort out the rest below. */
         if (nmems > 0 && mems[nmems - 1] == mem)
@@ -211,9 +209,8 @@ err:
     return st;
 }
 
-/* Orders segments by backend slot and describes each slot's range. */
-/* Orders x->segs by backend slot (slots[i]: segment i's; NULL with one
- * backend built) and describes each slot's range. A request that uses one
+/* Orders x->segs by backend slot (slots[i]: segment i's) and describes
+ * each slot's range. A request that uses one
  * backend, the common case, is left in place without a copy. */
 static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
 {
@@ -221,9 +218,8 @@ static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
     size_t pos = 0;
     ferry__bk_seg_t *copy;
 
-    if (slots != NULL)
-        for (size_t i = 0; i < x->nsegs; i++)
-            count[slots[i]]++;
+    for (size_t i = 0; i < x->nsegs; i++)
+        count[slots[i]]++;
     x->nparts = 0;
     for (unsigned k = 0; k < FERRY__NBK; k++) {
         at[k] = pos;
@@ -233,7 +229,7 @@ static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
         pos += count[k];
     }
     if (x->nparts <= 1) {
-        x->parts[0] = (ferry__xfer_part_t){slots != NULL ? slots[0] : 0, 0,
+        x->parts[0] = (ferry__xfer_part_t){slots[0], 0,
                                            (uint32_t)x->nsegs};
         x->nparts = 1;
         return FERRY_OK;
@@ -319,10 +315,9 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     x = calloc(1, sizeof(*x));
     if (x != NULL) {
         x->segs = malloc(nlocal * sizeof(*x->segs));
-        if (FERRY__NBK > 1)
-            slots = malloc(nlocal);
+        slots = malloc(nlocal);
     }
-    if (x == NULL || x->segs == NULL || (FERRY__NBK > 1 && slots == NULL)) {
+    if (x == NULL || x->segs == NULL || slots == NULL) {
         st = ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory for %zu "
                           "descriptors", nlocal);
         goto err_free;
@@ -578,16 +573,16 @@ ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, uint16_t skip_id)
         for (size_t i = 0; i < x->nmems; i++)
             x->mems[i]->active++;
         ferry__list_add(&agent->active, &x->alink);
-        x->mark = ferry__xfer_mark(x);
-        x->mark_ns = ferry__now_ns();
+        if (agent->stall_ns != 0) { /* the stall check's starting point */
+            x->mark = ferry__xfer_mark(x);
+            x->mark_ns = ferry__now_ns();
+        }
         atomic_store_explicit(&x->state, FERRY__XFER_ACTIVE, memory_order_relaxed);
         st = FERRY_IN_PROGRESS;
     } else {
-        st = x->first_err;
-        atomic_store_explicit(&x->result, st, memory_order_relaxed);
+        atomic_store_explicit(&x->result, x->first_err, memory_order_relaxed);
         atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
-        if (st < 0)
-            ferry__error(st, "%s", x->errmsg);
+        st = ferry__xfer_result(x);
     }
     return st;
 }

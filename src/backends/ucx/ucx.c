@@ -149,7 +149,6 @@ typedef struct ferry__ucx_rkey {
     uintptr_t delta;
     struct ferry__ucx_conn *conn;
     struct ferry__ucx_rkey *prev, *next; /* the connection's keys */
-    size_t len;
     uint8_t packed[];
 } ferry__ucx_rkey_t;
 
@@ -168,7 +167,6 @@ typedef struct ferry__ucx_conn {
     ferry__ucx_rkey_t *rkeys;
     struct ferry__ucx_conn *prev, *next; /* ctx->conns */
     char peer_name[256];
-    size_t addr_len;
     uint8_t addr[]; /* the peer's worker address, for reconnecting */
 } ferry__ucx_conn_t;
 
@@ -831,7 +829,6 @@ static ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
     conn->efd = -1;
     snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
     memcpy(conn->addr, addr, len);
-    conn->addr_len = len;
     conn->err_mode = peer->same_host && !ctx->local_err_mode
                          ? UCP_ERR_HANDLING_MODE_NONE
                          : UCP_ERR_HANDLING_MODE_PEER;
@@ -898,7 +895,6 @@ static ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
     if (k == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a remote key");
     memcpy(k->packed, data, len);
-    k->len = len;
     k->conn = conn;
     /* After an abort the endpoint is reopened, and keys unpacked, at the
      * next post. */

@@ -28,7 +28,7 @@
  *
  * A benchmark, not a test: it asserts nothing about time.
  */
-#include "ferry.h"
+#include "xfer_util.h"
 
 #include <signal.h>
 #include <stdint.h>
@@ -42,39 +42,7 @@
 #include <unistd.h>
 
 #define SEC 1000000000ll
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static double thread_cpu_s(void)
-{
-    struct rusage ru;
-
-    getrusage(RUSAGE_THREAD, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
-}
-
-static void io(int fd, void *p, size_t n, int out)
-{
-    uint8_t *b = p;
-
-    while (n > 0) {
-        ssize_t r = out ? write(fd, b, n) : read(fd, b, n);
-
-        if (r <= 0) {
-            perror("ferry-wakebench: control socket");
-            exit(2);
-        }
-        b += r;
-        n -= (size_t)r;
-    }
-}
+#define IO_TIMEOUT_MS 3600000 /* control messages */
 
 static void check(ferry_status_t st, const char *what)
 {
@@ -101,11 +69,11 @@ static int target(int fd, size_t size)
     check(ferry_agent_create(&ap, &agent), "target: agent_create");
     check(ferry_mem_register(agent, &d, 1, &mem), "target: mem_register");
     check(ferry_md_pack(agent, &blob, &len), "target: md_pack");
-    io(fd, &len, sizeof(len), 1);
-    io(fd, blob, len, 1);
-    io(fd, &d.addr, sizeof(d.addr), 1);
+    xu_io(fd, &len, sizeof(len), 1, IO_TIMEOUT_MS);
+    xu_io(fd, blob, len, 1, IO_TIMEOUT_MS);
+    xu_io(fd, &d.addr, sizeof(d.addr), 1, IO_TIMEOUT_MS);
     ferry_md_free(blob);
-    io(fd, &quit, 1, 0);
+    xu_io(fd, &quit, 1, 0, IO_TIMEOUT_MS);
     ferry_mem_deregister(mem);
     ferry_agent_destroy(agent);
     free(buf);
@@ -180,17 +148,17 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
         check(complete(x, m), "warm-up");
 
     inline_posts = 0;
-    c0 = thread_cpu_s();
-    t0 = now_s();
+    c0 = xu_thread_cpu_s();
+    t0 = xu_now_s();
     for (long i = 0; i < iters; i++) {
-        double s = now_s();
+        double s = xu_now_s();
 
         check(complete(x, m), "transfer");
-        lat[i] = (now_s() - s) * 1e6;
+        lat[i] = (xu_now_s() - s) * 1e6;
         sum += lat[i];
     }
-    wall = now_s() - t0;
-    cpu = thread_cpu_s() - c0;
+    wall = xu_now_s() - t0;
+    cpu = xu_thread_cpu_s() - c0;
     qsort(lat, (size_t)iters, sizeof(*lat), cmp_double);
     printf("| %-7s | %zu | %ld | %ld | %.2f | %.2f | %.2f | %.3f |", m->name, size, iters,
            inline_posts, lat[iters / 2], lat[(size_t)((double)iters * 0.99)],
@@ -201,16 +169,16 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
     waitpid(pid, &ws, WUNTRACED);
     {
         ferry_status_t st = ferry_xfer_post(x);
-        double resume = now_s() + 1.0;
+        double resume = xu_now_s() + 1.0;
 
-        c0 = thread_cpu_s();
-        t0 = now_s();
+        c0 = xu_thread_cpu_s();
+        t0 = xu_now_s();
         if (st == FERRY_IN_PROGRESS) {
             /* Resumed from this thread: without a helper, the waiting loop
              * checks the clock itself, which a real wait would not need. */
             if (m->spin) {
                 while ((st = ferry_xfer_test(x)) == FERRY_IN_PROGRESS)
-                    if (now_s() >= resume && resume > 0) {
+                    if (xu_now_s() >= resume && resume > 0) {
                         kill(pid, SIGCONT);
                         resume = 0;
                     }
@@ -224,8 +192,8 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
         }
         if (resume > 0)
             kill(pid, SIGCONT);
-        wall = now_s() - t0;
-        cpu = thread_cpu_s() - c0;
+        wall = xu_now_s() - t0;
+        cpu = xu_thread_cpu_s() - c0;
         check(st, "stalled transfer");
         printf(" %.2f | %.3f |\n", wall, cpu / wall);
     }
@@ -280,10 +248,10 @@ int main(int argc, char **argv)
         return target(sv[1], size);
     }
     close(sv[1]);
-    io(sv[0], &blob_len, sizeof(blob_len), 0);
+    xu_io(sv[0], &blob_len, sizeof(blob_len), 0, IO_TIMEOUT_MS);
     blob = malloc(blob_len);
-    io(sv[0], blob, blob_len, 0);
-    io(sv[0], &raddr, sizeof(raddr), 0);
+    xu_io(sv[0], blob, blob_len, 0, IO_TIMEOUT_MS);
+    xu_io(sv[0], &raddr, sizeof(raddr), 0, IO_TIMEOUT_MS);
 
     printf("| wait | size (B) | iters | inline | median (us) | p99 (us) | mean (us) | "
            "CPU s/s | stalled wait (s) | CPU s/s stalled |\n");
@@ -295,7 +263,7 @@ int main(int argc, char **argv)
         if (p != NULL && (p == which || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
             run_mode(&modes[k], blob, blob_len, raddr, size, iters, pid);
     }
-    io(sv[0], &quit, 1, 1);
+    xu_io(sv[0], &quit, 1, 1, IO_TIMEOUT_MS);
     waitpid(pid, NULL, 0);
     free(blob);
     return 0;
