@@ -769,6 +769,10 @@ static int run_env(void)
     expect_invalid(__LINE__, "MASTER_PORT='70000'");
     ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=http://h:1");
     expect_invalid(__LINE__, "FERRY_STORE='http://h:1' is not tcp://host:port");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=tcp://h:99999");
+    expect_invalid(__LINE__, "FERRY_STORE='tcp://h:99999' is not tcp://host:port");
+    ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=tcp://h:");
+    expect_invalid(__LINE__, "FERRY_STORE='tcp://h:' is not tcp://host:port");
     ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=tcp://h:1",
         "FERRY_COMM_TIMEOUT_MS=soon");
     expect_invalid(__LINE__, "FERRY_COMM_TIMEOUT_MS='soon'");

@@ -359,24 +359,25 @@ int main(int argc, char **argv)
     live = 0;
     for (int r = 0; r < nranks; r++)
         live += ranks[r].pid > 0;
-    for (;;) {
-        struct pollfd *pfd = calloc((size_t)nranks * 2 + 1, sizeof(*pfd));
+    /* The poll set and, for each entry after the signal fd, its rank and
+     * stream: built afresh each round, allocated once. */
+    struct pollfd *pfd = calloc((size_t)nranks * 2 + 1, sizeof(*pfd));
+    int *owner = calloc((size_t)nranks * 2 + 1, sizeof(*owner));
+
+    for (; pfd != NULL && owner != NULL;) {
         int np = 0, timeout = -1, open_streams = 0;
 
-        if (pfd == NULL)
-            break;
         pfd[np++] = (struct pollfd){.fd = sfd, .events = POLLIN};
         for (int r = 0; r < nranks; r++)
             for (int i = 0; i < 2; i++)
                 if (ranks[r].io[i].fd >= 0) {
+                    owner[np] = r * 2 + i;
                     pfd[np++] = (struct pollfd){.fd = ranks[r].io[i].fd,
                                                 .events = POLLIN};
                     open_streams++;
                 }
-        if (live == 0 && open_streams == 0) {
-            free(pfd);
+        if (live == 0 && open_streams == 0)
             break;
-        }
         if (live == 0) {
             /* Every rank is gone; a process a rank started may still hold
              * its pipe, so read what is there for a moment, not forever. */
@@ -393,22 +394,15 @@ int main(int argc, char **argv)
                 for (int i = 0; i < 2; i++)
                     if (ranks[r].io[i].fd >= 0)
                         finish(r, &ranks[r].io[i]);
-            free(pfd);
             break;
         }
         if (kill_at != 0 && now_ms() >= kill_at) {
             signal_ranks(SIGKILL);
             kill_at = 0;
         }
-        for (int k = 1; k < np; k++) {
-            if (!(pfd[k].revents & (POLLIN | POLLHUP | POLLERR)))
-                continue;
-            for (int r = 0; r < nranks; r++)
-                for (int i = 0; i < 2; i++)
-                    if (ranks[r].io[i].fd == pfd[k].fd)
-                        pump(r, &ranks[r].io[i]);
-        }
-        free(pfd);
+        for (int k = 1; k < np; k++)
+            if (pfd[k].revents & (POLLIN | POLLHUP | POLLERR))
+                pump(owner[k] / 2, &ranks[owner[k] / 2].io[owner[k] % 2]);
 
         struct signalfd_siginfo si;
 
@@ -455,6 +449,13 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (pfd == NULL || owner == NULL) {
+        fprintf(stderr, "ferry-run: out of memory; stopping the ranks\n");
+        signal_ranks(SIGKILL);
+        result = 1;
+    }
+    free(pfd);
+    free(owner);
     ferry_store_server_stop(server);
     return result;
 }

@@ -25,6 +25,7 @@
  * its rank declared dead, which is an abort naming that rank.
  */
 #include "comm/comm.h"
+#include "store/store.h"
 #include "util/config.h"
 #include "util/log.h"
 #include "util/time.h"
@@ -169,11 +170,15 @@ static ferry_status_t resolve_url(const ferry_comm_params_t *p,
                                 "comm: MASTER_ADDR is too long");
         return FERRY_OK;
     }
-    if (url == NULL || strncmp(url, "tcp://", 6) != 0 ||
-        strrchr(url, ':') == url + 3 || strlen(url) >= sizeof(cfg->url))
-        return ferry__error(FERRY_ERR_INVALID,
-                            "comm: %s='%s' is not tcp://host:port", what,
-                            url ? url : "(null)");
+    {
+        char uhost[FERRY__COMM_URL_MAX], uport[8];
+
+        if (url == NULL || strlen(url) >= sizeof(cfg->url) ||
+            ferry__store_parse_url(url, uhost, sizeof(uhost), uport, sizeof(uport)) < 0)
+            return ferry__error(FERRY_ERR_INVALID,
+                                "comm: %s='%s' is not tcp://host:port (port 1 to "
+                                "65535)", what, url ? url : "(null)");
+    }
     strcpy(cfg->url, url);
     return FERRY_OK;
 }
@@ -577,22 +582,17 @@ static void hb_sleep(ferry_comm_t *c, uint64_t ns)
     pthread_mutex_unlock(&c->hb_lock);
 }
 
-/* Reads every rank's heartbeat; declares dead (aborts the job for) the
+/* Reads every rank's heartbeat (into vals and lens, n entries each, kept
+ * by the caller across beats); declares dead (aborts the job for) the
  * first whose counter has not moved for the liveness time. */
-static ferry_status_t hb_watch(ferry_comm_t *c, const char *const *keys)
+static ferry_status_t hb_watch(ferry_comm_t *c, const char *const *keys, void **vals,
+                               size_t *lens)
 {
     size_t n = (size_t)c->size;
-    void **vals = calloc(n, sizeof(*vals));
-    size_t *lens = calloc(n, sizeof(*lens));
     uint64_t now;
     bool gone = true;
     ferry_status_t st;
 
-    if (vals == NULL || lens == NULL) {
-        free(vals);
-        free(lens);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "comm: heartbeat: no memory");
-    }
     st = ferry_store_multi_get(c->hb_store, keys, n, vals, lens);
     now = ferry__now_ns();
     for (size_t i = 0; st == FERRY_OK && i < n; i++) {
@@ -623,10 +623,10 @@ static ferry_status_t hb_watch(ferry_comm_t *c, const char *const *keys)
         if ((int)i != c->rank && !done)
             gone = false;
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         ferry_store_free(vals[i]);
-    free(vals);
-    free(lens);
+        vals[i] = NULL;
+    }
     if (st == FERRY_OK) {
         pthread_mutex_lock(&c->hb_lock);
         c->others_gone = gone;
@@ -643,6 +643,8 @@ static void *hb_main(void *arg)
     char (*names)[FERRY__COMM_KEY_MAX] = calloc((size_t)c->size,
                                                 sizeof(*names));
     const char **keys = calloc((size_t)c->size, sizeof(*keys));
+    void **vals = calloc((size_t)c->size, sizeof(*vals));
+    size_t *lens = calloc((size_t)c->size, sizeof(*lens));
     ferry_status_t st = FERRY_OK;
     uint64_t beat = 0;
 
@@ -663,8 +665,8 @@ static void *hb_main(void *arg)
         pthread_mutex_unlock(&c->hb_lock);
         snprintf(val, sizeof(val), "%llu", (unsigned long long)++beat);
         st = ferry_store_set(c->hb_store, key, val, strlen(val));
-        if (st == FERRY_OK && watch && names && keys)
-            st = hb_watch(c, keys);
+        if (st == FERRY_OK && watch && names && keys && vals && lens)
+            st = hb_watch(c, keys, vals, lens);
         if (st != FERRY_OK)
             break;
         hb_sleep(c, c->beat_ns);
@@ -677,6 +679,8 @@ static void *hb_main(void *arg)
     pthread_mutex_unlock(&c->hb_lock);
     free(names);
     free(keys);
+    free(vals);
+    free(lens);
     return NULL;
 }
 
@@ -709,21 +713,17 @@ static ferry_status_t comm_connect(ferry_comm_t *c)
                                   .timeout_ns = PROBE_NS};
     ferry_store_server_params_t srvp = {
         .field_mask = FERRY_STORE_SERVER_PARAM_PORT};
-    char host[FERRY__COMM_URL_MAX], addr[INET6_ADDRSTRLEN] = "";
-    const char *h = c->cfg.url + 6, *colon = strrchr(c->cfg.url, ':');
+    char host[FERRY__COMM_URL_MAX], port[8], addr[INET6_ADDRSTRLEN] = "";
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
 
     if (c->rank != 0)
         return ferry_store_connect(c->cfg.url, &sp, &c->store);
     if (ferry_store_connect(c->cfg.url, &probe, &c->store) == FERRY_OK)
         return FERRY_OK; /* a store is running there */
-    /* tcp://host:port or tcp://[v6]:port, already checked by the probe. */
-    if (*h == '[')
-        h++;
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - h), h);
-    if (host[0] && host[strlen(host) - 1] == ']')
-        host[strlen(host) - 1] = 0;
-    srvp.port = (uint16_t)atoi(colon + 1);
+    /* The URL was checked when the configuration was resolved. */
+    FERRY_CHECK(ferry__store_parse_url(c->cfg.url, host, sizeof(host), port,
+                                       sizeof(port)));
+    srvp.port = (uint16_t)strtoul(port, NULL, 10);
     if (getaddrinfo(host, NULL, &hints, &ai) == 0) {
         void *a = ai->ai_family == AF_INET6
                       ? (void *)&((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr

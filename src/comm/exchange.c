@@ -91,6 +91,23 @@ static ferry_status_t exchange_result(uint64_t epoch, const char *v, size_t len)
 }
 
 /* Fetches and loads the blobs that changed; fills err on failure. */
+/* Loads rank i's blob, whose digest is d; a failure is noted and forgets
+ * the digest, so that the next exchange tries again. */
+static void load_one(ferry_comm_t *c, ferry_agent_t *agent, int i, const void *blob,
+                     size_t len, uint64_t d, char *err, size_t errcap)
+{
+    ferry_status_t st = ferry_peer_load(agent, blob, len, &c->peers[i]);
+
+    if (st != FERRY_OK) {
+        c->digests[i] = 0;
+        note_failure(err, errcap, st, "rank %d could not load the blob of rank %d: "
+                     "%s", c->rank, i, ferry_last_error());
+        return;
+    }
+    c->digests[i] = d;
+    c->loads++;
+}
+
 static void load_changed(ferry_comm_t *c, ferry_agent_t *agent,
                          void **contrib, size_t *clens, const void *own_blob,
                          size_t own_len, uint64_t own_digest, char *err,
@@ -125,16 +142,7 @@ static void load_changed(ferry_comm_t *c, ferry_agent_t *agent,
             continue; /* the blob this rank loaded last time */
         if (i == c->rank && d == own_digest) {
             /* Its own blob is at hand. */
-            st = ferry_peer_load(agent, own_blob, own_len, &c->peers[i]);
-            if (st != FERRY_OK) {
-                c->digests[i] = 0;
-                note_failure(err, errcap, st, "rank %d could not load the "
-                             "blob of rank %d: %s", c->rank, i,
-                             ferry_last_error());
-            } else {
-                c->digests[i] = d;
-                c->loads++;
-            }
+            load_one(c, agent, i, own_blob, own_len, d, err, errcap);
             continue;
         }
         ferry__comm_key(c, names[nfetch], "x/%llu/b/%d",
@@ -164,15 +172,7 @@ static void load_changed(ferry_comm_t *c, ferry_agent_t *agent,
                          c->rank, i);
             continue;
         }
-        st = ferry_peer_load(agent, blobs[k], lens[k], &c->peers[i]);
-        if (st != FERRY_OK) {
-            c->digests[i] = 0;
-            note_failure(err, errcap, st, "rank %d could not load the blob of "
-                         "rank %d: %s", c->rank, i, ferry_last_error());
-            continue;
-        }
-        c->digests[i] = dig[k];
-        c->loads++;
+        load_one(c, agent, i, blobs[k], lens[k], dig[k], err, errcap);
     }
 out:
     for (size_t k = 0; blobs && k < nfetch; k++)

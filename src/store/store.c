@@ -14,6 +14,7 @@
  */
 #include "ferry.h"
 #include "store/proto.h"
+#include "store/store.h"
 #include "util/buf.h"
 #include "util/log.h"
 #include "util/status.h"
@@ -331,8 +332,8 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
 /* ------------------------------------------------------------------------ */
 
 /* Splits "tcp://host:port" (host may be "[v6]") into its parts. */
-static ferry_status_t parse_url(const char *url, char *host, size_t hostcap,
-                                char *port, size_t portcap)
+ferry_status_t ferry__store_parse_url(const char *url, char *host, size_t hostcap,
+                                      char *port, size_t portcap)
 {
     const char *p, *colon, *hend;
 
@@ -439,7 +440,7 @@ ferry_status_t ferry_store_connect(const char *url,
 
     if (store_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: NULL store_p");
-    FERRY_CHECK(parse_url(url, host, sizeof(host), port, sizeof(port)));
+    FERRY_CHECK(ferry__store_parse_url(url, host, sizeof(host), port, sizeof(port)));
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "store: no memory");

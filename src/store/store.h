@@ -1,0 +1,17 @@
+/*
+ * The store client's internals that the layer above (src/comm) shares.
+ */
+#ifndef FERRY_STORE_STORE_H
+#define FERRY_STORE_STORE_H
+
+#include "ferry.h"
+
+#include <stddef.h>
+
+/* Splits "tcp://host:port" or "tcp://[v6addr]:port" into host (brackets
+ * removed) and port (decimal, 1 to 65535); FERRY_ERR_INVALID with a text
+ * naming the URL otherwise. */
+ferry_status_t ferry__store_parse_url(const char *url, char *host, size_t hostcap,
+                                      char *port, size_t portcap);
+
+#endif
