@@ -34,6 +34,7 @@
 #define SLICE_NS (5ll * 1000 * 1000 * 1000)
 #define CTRL_TIMEOUT_MS 60000
 #define READ_ITER 7            /* the pattern a target's buffer holds */
+#define WBACK_OFF (2u << 20)   /* where the small WRITE's bytes are read back */
 
 enum { M_HELLO = 1, M_QUIT };
 
@@ -118,6 +119,7 @@ typedef struct tgt {
     uint64_t rbase;
     int fd;
     ferry_xfer_t *w_small, *r_small, *w_big, *w_many;
+    ferry_xfer_t *r_wback; /* reads back what w_small wrote */
 } tgt_t;
 
 static ferry_xfer_t *prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
@@ -160,6 +162,16 @@ static int check_small_read(const uint8_t *lbuf)
         }
     }
     return 0;
+}
+
+/* What the small WRITE put on a target (the small READ's bytes, from the
+ * start of lbuf), read back into a cleared area and checked. */
+static void check_small_write(ferry_xfer_t *r_wback, uint8_t *lbuf, const char *what)
+{
+    memset(lbuf + WBACK_OFF, 0, 1u << 20);
+    EXPECT_ST(FERRY_OK, post_wait(r_wback, NULL));
+    if (check_small_read(lbuf + WBACK_OFF) != 0)
+        fail_out(what);
 }
 
 /*
@@ -264,6 +276,11 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < SMALL_N; i++)
             rd[i].addr = m.a + (uint64_t)i * SMALL_LEN * 3;
         tg[t].r_small = prepare(agent, FERRY_OP_READ, tg[t].peer, ld, rd, SMALL_N);
+        for (unsigned i = 0; i < SMALL_N; i++) {
+            ld[i].addr = (uint64_t)(uintptr_t)(lbuf + WBACK_OFF + i * SMALL_LEN * 2);
+            rd[i].addr = m.a + (1u << 20) + (uint64_t)i * SMALL_LEN * 3;
+        }
+        tg[t].r_wback = prepare(agent, FERRY_OP_READ, tg[t].peer, ld, rd, SMALL_N);
         ld[0] = (ferry_desc_t){(uint64_t)(uintptr_t)(lbuf + (4u << 20)), BIG,
                                FERRY_MEM_HOST, 0};
         rd[0] = (ferry_desc_t){m.a + (4u << 20), BIG, FERRY_MEM_HOST, 0};
@@ -284,6 +301,7 @@ int main(int argc, char **argv)
         if (check_small_read(lbuf) != 0)
             fail_out("READ before any death moved wrong data");
         ASSERT_ST(FERRY_OK, post_wait(tg[t].w_small, NULL));
+        check_small_write(tg[t].r_wback, lbuf, "WRITE before any death moved wrong data");
         ASSERT_ST(FERRY_OK, post_wait(tg[t].w_big, NULL));
         ASSERT_ST(FERRY_OK, post_wait(tg[t].w_many, NULL));
     }
@@ -325,6 +343,8 @@ int main(int argc, char **argv)
         if (check_small_read(lbuf) != 0)
             fail_out("the surviving target's READ moved wrong data");
         EXPECT_ST(FERRY_OK, post_wait(tg[1].w_small, NULL));
+        check_small_write(tg[1].r_wback, lbuf, "the surviving target's WRITE moved "
+                          "wrong data");
     }
 
     /* Phase 2: target 1 dies with requests in flight. */
@@ -370,6 +390,7 @@ int main(int argc, char **argv)
     for (unsigned t = 0; t < NTARGETS; t++) {
         ferry_xfer_release(tg[t].w_small);
         ferry_xfer_release(tg[t].r_small);
+        ferry_xfer_release(tg[t].r_wback);
         ferry_xfer_release(tg[t].w_big);
         ferry_xfer_release(tg[t].w_many);
         ferry_peer_forget(tg[t].peer);
