@@ -1404,8 +1404,9 @@ static int run_prepare_bench(size_t n)
 
 /* ---- --memcpy ------------------------------------------------------------ */
 
-/* The host's limit: one thread's memcpy between two buffers, of each block
- * size and batch size (a batch copies its blocks one by one, to shuffled
+/* The reference copy: one thread's memcpy (glibc's, which UCX's shared-memory
+ * put and get use too) between two buffers, of each block size and batch
+ * size (a batch copies its blocks one by one, to shuffled
  * places with --layout random), in one process, with the same iteration
  * counts as a transfer row. Only B/W and Avg Lat. mean anything here. */
 static int run_memcpy_bench(const options_t *o)
@@ -1640,7 +1641,7 @@ static void usage(FILE *f)
         "  --prepare-bench [N]  in one process, time preparing a WRITE of N\n"
         "                     64-byte descriptors (default 100000)\n"
         "  --memcpy           in one process, one thread's memcpy at each\n"
-        "                     block size: the host's limit, as a reference\n",
+        "                     block size: the reference copy\n",
         AUTO_MIN_ITERS, AUTO_MAX_ITERS);
 }
 

@@ -26,6 +26,10 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_CUDA_FD_HANDOFF", "auto",
      "how a peer's CUDA VMM file descriptors are fetched: auto (pidfd_getfd, "
      "then the peer's hand-off socket), pidfd or socket"},
+    {"FERRY_COPY_NT_MIN", "auto",
+     "copies into or out of a same-host peer's memory of this many bytes or "
+     "more bypass the cache (non-temporal stores); auto: half the last-level "
+     "cache that sysfs reports, off: never"},
     {"FERRY_XFER_STALL_MS", "10000",
      "a request in flight whose transport makes no headway for this many "
      "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "
@@ -64,7 +68,7 @@ const char *ferry__config_get(const char *name)
     return (v != NULL && v[0] != '\0') ? v : e->default_value;
 }
 
-static int ferry__parse_size(const char *s, uint64_t *out)
+int ferry__parse_size(const char *s, uint64_t *out)
 {
     char *end;
     unsigned long long v;

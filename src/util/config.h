@@ -21,6 +21,10 @@ extern const ferry__config_entry_t ferry__config_table[];
  * be in the table (asserted). */
 const char *ferry__config_get(const char *name);
 
+/* Parses an unsigned number with an optional k/m/g suffix (powers of 1024)
+ * into *out; returns 0, or -1 when s is not such a number. */
+int ferry__parse_size(const char *s, uint64_t *out);
+
 /* The value parsed as an unsigned number with an optional k/m/g suffix
  * (powers of 1024); falls back to the default, with a warning, when it does
  * not parse. */

@@ -24,7 +24,7 @@ else
 fi
 cfg=$("$info" -c) || { echo "FAIL: ferry-info -c exited with $?"; exit 1; }
 for v in FERRY_LOG FERRY_UCX_TLS FERRY_MD_MAX FERRY_WAIT_SPIN_US FERRY_CUDA_PIN_HOST \
-         FERRY_CUDA_FD_HANDOFF; do
+         FERRY_CUDA_FD_HANDOFF FERRY_COPY_NT_MIN FERRY_XFER_STALL_MS; do
     expect "^  $v = " "$cfg"
 done
 if "$info" --bogus >/dev/null 2>&1; then echo "FAIL: a bad argument was accepted"; fail=1; fi

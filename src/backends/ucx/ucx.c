@@ -63,10 +63,14 @@
  * for it too, without the per-operation request handling and the flush
  * of every lane of the endpoint (0.1 us a post; a 64 KiB copy takes 1.3).
  * The segment is attached whole, so the offset from remote to local
- * address found once holds for the key's whole region.
+ * address found once holds for the key's whole region. Copies of at least
+ * FERRY_COPY_NT_MIN bytes (half the last-level cache) use non-temporal
+ * stores (util/copy.h): 1.6 to 2 times glibc's memcpy, which UCX uses, from
+ * 16 MiB up on the machine of docs/PERFORMANCE.md.
  */
 #include "backends/backend.h"
 #include "util/config.h"
+#include "util/copy.h"
 #include "util/log.h"
 
 #include <errno.h>
@@ -120,6 +124,7 @@ typedef struct ferry__ucx_ctx {
     size_t nwatched, capwatched;
     uint64_t next_check_ns;
     ferry__ucx_alloc_t *allocs;
+    size_t nt_min; /* mapped copies this large bypass the cache */
 } ferry__ucx_ctx_t;
 
 typedef struct ferry__ucx_reg {
@@ -283,6 +288,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
     if (ctx == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a context");
     ctx->epfd = -1;
+    ctx->nt_min = ferry__copy_nt_min();
 
     s = ucp_config_read(NULL, NULL, &config);
     if (s != UCS_OK) {
@@ -998,8 +1004,8 @@ static void *ferry__ucx_mapped(ferry__ucx_rkey_t *rk, uint64_t raddr)
  * how many. The fences order the copy with whatever tells the peer (after
  * a WRITE) or told us (before a READ) that the data is ready, as UCX's
  * flush of a shared-memory lane does. */
-static size_t ferry__ucx_copy_mapped(ferry_xfer_op_t op, const ferry__bk_seg_t *segs,
-                                     size_t n)
+static size_t ferry__ucx_copy_mapped(const ferry__ucx_ctx_t *ctx, ferry_xfer_op_t op,
+                                     const ferry__bk_seg_t *segs, size_t n)
 {
     size_t i;
 
@@ -1011,9 +1017,9 @@ static size_t ferry__ucx_copy_mapped(ferry_xfer_op_t op, const ferry__bk_seg_t *
         if (remote == NULL)
             break;
         if (op == FERRY_OP_WRITE)
-            memmove(remote, local, segs[i].len);
+            ferry__copy(remote, local, segs[i].len, ctx->nt_min);
         else
-            memmove(local, remote, segs[i].len);
+            ferry__copy(local, remote, segs[i].len, ctx->nt_min);
     }
     atomic_thread_fence(memory_order_seq_cst);
     return i;
@@ -1036,7 +1042,7 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
     if (conn->worker == NULL)
         FERRY_CHECK(ferry__ucx_reconnect(vctx, conn));
     /* Segments into regions mapped here are copied now; the rest go to UCX. */
-    done = ferry__ucx_copy_mapped(op, segs, n);
+    done = ferry__ucx_copy_mapped(vctx, op, segs, n);
     if (done == n)
         return FERRY_OK;
     segs += done;
