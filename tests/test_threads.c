@@ -3,7 +3,8 @@
  * post, test and wait on different requests of one agent at once, while
  * another thread registers and deregisters memory and packs metadata. Each
  * worker checks every byte its requests moved (random lengths at random
- * offsets, fresh data each time). Run over UCX's default path and over TCP,
+ * offsets, fresh data each time) and that the bytes around each destination
+ * range kept theirs. Run over UCX's default path and over TCP,
  * where requests stay in flight long enough for threads to overlap, each
  * with and without the agent's progress thread (arguments "tcp" and
  * "thread"); `make tsan` runs all four under ThreadSanitizer.
@@ -16,6 +17,8 @@
 #define THREADS 8
 #define SLICE (256u << 10)
 #define ITERS 150 /* FERRY_TEST_ITERS lowers it for sanitizers */
+#define GUARD 256 /* bytes checked on either side of each destination range */
+#define GUARD_TAG 0xF000000000000000ull /* the guard bytes' pattern iteration */
 
 static ferry_agent_t *agent;
 static ferry_peer_t *peer;
@@ -42,16 +45,26 @@ static void *worker(void *arg)
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, NULL, &x));
         for (int rep = 0; rep < 3; rep++) {
             uint64_t tag = (uint64_t)iter * 3 + (uint64_t)rep;
+            uint8_t *from = op == FERRY_OP_WRITE ? s : d, *to = op == FERRY_OP_WRITE ? d : s;
+            /* GUARD bytes on either side of the destination range, within
+             * the thread's slice, must keep their own pattern. */
+            uint64_t lo = off > GUARD ? off - GUARD : 0;
+            uint64_t hi = off + len + GUARD < SLICE ? off + len + GUARD : SLICE;
+            uint64_t bad;
 
-            /* The source of this op holds the pattern; the other side is stale. */
-            test_fill(op == FERRY_OP_WRITE ? s + off : d + off, len, (uint64_t)t, tag, 0);
+            test_fill(to + lo, hi - lo, (uint64_t)t, GUARD_TAG, lo);
+            test_fill(from + off, len, (uint64_t)t, tag, 0);
             st = ferry_xfer_post(x);
             if (st == FERRY_IN_PROGRESS)
                 st = ferry_xfer_wait(x, 20 * 1000000000ll);
             ASSERT_ST(FERRY_OK, st);
-            if (test_verify(op == FERRY_OP_WRITE ? d + off : s + off, len, (uint64_t)t,
-                            tag, 0) != UINT64_MAX) {
-                TEST_FAIL_AT_("thread %d iteration %d: bytes differ", t, iter);
+            if ((bad = test_verify(to + off, len, (uint64_t)t, tag, 0)) != UINT64_MAX ||
+                (bad = test_verify(to + lo, off - lo, (uint64_t)t, GUARD_TAG, lo)) != UINT64_MAX ||
+                (bad = test_verify(to + off + len, hi - off - len, (uint64_t)t, GUARD_TAG,
+                                   off + len)) != UINT64_MAX) {
+                TEST_FAIL_AT_("thread %d iteration %d: %s of %" PRIu64 " B at +%" PRIu64
+                              ": bytes differ (byte %" PRIu64 " of a checked part)",
+                              t, iter, op == FERRY_OP_WRITE ? "WRITE" : "READ", len, off, bad);
                 return NULL;
             }
         }

@@ -8,7 +8,8 @@
  *    a core (getrusage per thread), while a loop of ferry_xfer_test over the
  *    same stall costs most of a core, which shows the measure can fail;
  *  - after SIGCONT the same request completes and the target holds every
- *    byte.
+ *    byte, at the random offset the request names, and nothing outside it
+ *    changed.
  * Two processes are forked before either touches UCX.
  */
 #include "xfer_util.h"
@@ -45,7 +46,7 @@ static int target(int fd)
     ferry_desc_t d = {(uintptr_t)buf, LEN, FERRY_MEM_HOST, 0};
     void *blob;
     size_t len;
-    uint64_t iter, bad;
+    uint64_t req[3], bad; /* iteration, offset, length */
 
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
@@ -55,13 +56,16 @@ static int target(int fd)
     xu_io(fd, &d.addr, sizeof(d.addr), 1, IO_TIMEOUT_MS);
     /* Each request from the initiator: verify what it wrote. */
     for (;;) {
-        xu_io(fd, &iter, sizeof(iter), 0, IO_TIMEOUT_MS);
-        if (iter == UINT64_MAX)
+        xu_io(fd, req, sizeof(req), 0, IO_TIMEOUT_MS);
+        if (req[0] == UINT64_MAX)
             break;
         /* The progress thread wrote the bytes; a call on the agent orders
          * this thread after it, as ferry.h asks (and ThreadSanitizer sees). */
         ferry_agent_progress(agent);
-        bad = test_verify(buf, LEN, 31, iter, 0);
+        bad = test_verify(buf + req[1], req[2], 31, req[0], 0);
+        for (uint64_t i = 0; i < LEN && bad == UINT64_MAX; i++)
+            if ((i < req[1] || i >= req[1] + req[2]) && buf[i] != 0)
+                bad = i; /* outside the range: still zero */
         ferry_agent_progress(agent); /* and the next writes after this read */
         xu_io(fd, &bad, sizeof(bad), 1, IO_TIMEOUT_MS);
     }
@@ -90,16 +94,16 @@ static void *resume_later(void *arg)
 
 /* Stops the target, posts, and measures a wait (or a test loop) that lasts
  * until the target is resumed about a second later. Returns CPU/wall. */
-static double stalled_wait(ferry_xfer_t *x, uint8_t *src, pid_t pid, int fd,
-                           uint64_t iter, int spin)
+static double stalled_wait(ferry_xfer_t *x, uint8_t *src, const uint64_t *req,
+                           pid_t pid, int fd, uint64_t iter, int spin)
 {
     struct resume r = {pid, 1.0};
     pthread_t th;
     double t0, c0, wall, cpu;
     ferry_status_t st;
-    uint64_t bad = 0;
+    uint64_t bad = 0, msg[3] = {iter, req[1], req[2]};
 
-    test_fill(src, LEN, 31, iter, 0);
+    test_fill(src, req[2], 31, iter, 0);
     kill(pid, SIGSTOP);
     /* Signals arrive asynchronously: post only once the target has stopped. */
     {
@@ -127,7 +131,7 @@ static double stalled_wait(ferry_xfer_t *x, uint8_t *src, pid_t pid, int fd,
     wall = xu_now_s() - t0;
     pthread_join(th, NULL);
     EXPECT_ST(FERRY_OK, st);
-    xu_io(fd, &iter, sizeof(iter), 1, IO_TIMEOUT_MS);
+    xu_io(fd, msg, sizeof(msg), 1, IO_TIMEOUT_MS);
     xu_io(fd, &bad, sizeof(bad), 0, IO_TIMEOUT_MS);
     EXPECT_EQ(UINT64_MAX, bad);
     printf("%s: %.3f s of wall time, %.3f s of the waiting thread's CPU (%.1f%%)\n",
@@ -144,9 +148,10 @@ int main(void)
     ferry_mem_t *mem;
     ferry_peer_t *peer;
     ferry_xfer_t *x;
-    uint8_t *src, *blob;
+    uint8_t *src, *from, *blob;
     size_t len;
-    uint64_t raddr, done = UINT64_MAX;
+    uint64_t raddr, req[3], done[3] = {UINT64_MAX, 0, 0};
+    test_rng_t rng = {xu_seed(0x5a17)};
     ferry_desc_t l, r;
     double sleeping, spinning;
     int status;
@@ -164,36 +169,43 @@ int main(void)
     src = malloc(LEN);
     ASSERT_TRUE(src != NULL);
     l = (ferry_desc_t){(uintptr_t)src, LEN, FERRY_MEM_HOST, 0};
+    /* One request, between random unaligned places of the two buffers. */
+    req[2] = test_rand_range(&rng, LEN / 2, LEN - 4096);
+    req[1] = test_rand_range(&rng, 0, LEN - req[2]);
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &l, 1, &mem));
+    l.addr += test_rand_range(&rng, 0, LEN - req[2]);
+    l.len = req[2];
+    from = (uint8_t *)(uintptr_t)l.addr;
     xu_io(sv[0], &len, sizeof(len), 0, IO_TIMEOUT_MS);
     blob = malloc(len);
     xu_io(sv[0], blob, len, 0, IO_TIMEOUT_MS);
     xu_io(sv[0], &raddr, sizeof(raddr), 0, IO_TIMEOUT_MS);
     ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
     free(blob);
-    r = (ferry_desc_t){raddr, LEN, FERRY_MEM_HOST, 0};
+    r = (ferry_desc_t){raddr + req[1], req[2], FERRY_MEM_HOST, 0};
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                            NULL, &x));
 
     /* A warm-up transfer connects and checks the passive target serves it. */
-    test_fill(src, LEN, 31, 0, 0);
+    test_fill(from, req[2], 31, 0, 0);
     EXPECT_ST(FERRY_OK, ferry_xfer_post(x) == FERRY_OK ? FERRY_OK
                                                          : ferry_xfer_wait(x, 30 * SEC));
     {
-        uint64_t iter = 0, bad = 0;
+        uint64_t bad = 0;
 
-        xu_io(sv[0], &iter, sizeof(iter), 1, IO_TIMEOUT_MS);
+        req[0] = 0;
+        xu_io(sv[0], req, sizeof(req), 1, IO_TIMEOUT_MS);
         xu_io(sv[0], &bad, sizeof(bad), 0, IO_TIMEOUT_MS);
         EXPECT_EQ(UINT64_MAX, bad);
     }
 
-    sleeping = stalled_wait(x, src, pid, sv[0], 1, 0);
-    spinning = stalled_wait(x, src, pid, sv[0], 2, 1);
+    sleeping = stalled_wait(x, from, req, pid, sv[0], 1, 0);
+    spinning = stalled_wait(x, from, req, pid, sv[0], 2, 1);
     EXPECT_TRUE(sleeping < MAX_WAIT_CPU);
     EXPECT_TRUE(spinning > 0.3);
 
-    xu_io(sv[0], &done, sizeof(done), 1, IO_TIMEOUT_MS);
+    xu_io(sv[0], done, sizeof(done), 1, IO_TIMEOUT_MS);
     ferry_xfer_release(x);
     ferry_peer_forget(peer);
     ferry_mem_deregister(mem);
