@@ -5,7 +5,9 @@
  * then captured into a CUDA graph and replayed 1 000 times with new data
  * each time, every replay's bytes checked. Once through CUDA IPC (the peer's
  * GPU memory: copies on the stream) and once through UCX (host memory: the
- * flag protocol serviced by the progress thread). Last, the peer is killed
+ * flag protocol serviced by the progress thread). Each pipeline moves a
+ * random length between random unaligned places of its buffers (seed:
+ * FERRY_TEST_SEED). Last, the peer is killed
  * and the host-path graph replayed: the stream must still finish, and the
  * request must report the failure on the host.
  */
@@ -156,6 +158,10 @@ int main(int argc, char **argv)
     uint8_t *blob;
     xu_msg_t m;
     int fd, status;
+    test_rng_t rng = {xu_seed(0x57)};
+    uint64_t goff[3], hoff[3]; /* offsets into src, dst and the peer's buffer */
+    size_t gn = (size_t)test_rand_range(&rng, GPU_N / 2, GPU_N - 4096);
+    size_t hn = (size_t)test_rand_range(&rng, HOST_N / 2, HOST_N - 4096);
 
     if (argc >= 3 && strcmp(argv[1], "--target") == 0)
         return target_main(atoi(argv[2]));
@@ -185,22 +191,29 @@ int main(int argc, char **argv)
     ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, m.iter, &peer));
     free(blob);
 
-    gp = (pipe_t){"CUDA IPC (GPU memory)", GPU_N, in.addr, out.addr, g_src.addr, g_dst.addr,
-                  NULL, NULL};
-    hp = (pipe_t){"UCX (host memory, flags)", HOST_N, in.addr, out.addr, h_src.addr,
-                  h_dst.addr, NULL, NULL};
+    for (int i = 0; i < 3; i++) {
+        goff[i] = test_rand_range(&rng, 0, GPU_N - gn);
+        hoff[i] = test_rand_range(&rng, 0, HOST_N - hn);
+    }
+    printf("GPU pipeline: %zu B at +%" PRIu64 ", +%" PRIu64 ", peer +%" PRIu64 "; host "
+           "pipeline: %zu B at +%" PRIu64 ", +%" PRIu64 ", peer +%" PRIu64 "\n",
+           gn, goff[0], goff[1], goff[2], hn, hoff[0], hoff[1], hoff[2]);
+    gp = (pipe_t){"CUDA IPC (GPU memory)", gn, in.addr, out.addr, g_src.addr + goff[0],
+                  g_dst.addr + goff[1], NULL, NULL};
+    hp = (pipe_t){"UCX (host memory, flags)", hn, in.addr, out.addr, h_src.addr + hoff[0],
+                  h_dst.addr + hoff[1], NULL, NULL};
     {
         ferry_desc_t l, r;
 
-        l = (ferry_desc_t){gp.src, GPU_N, FERRY_MEM_CUDA, 0};
-        r = (ferry_desc_t){m.a, GPU_N, FERRY_MEM_CUDA, 0};
+        l = (ferry_desc_t){gp.src, gn, FERRY_MEM_CUDA, 0};
+        r = (ferry_desc_t){m.a + goff[2], gn, FERRY_MEM_CUDA, 0};
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                                NULL, &gp.w));
         l.addr = gp.dst;
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &l, 1, peer, &r, 1,
                                                NULL, &gp.r));
-        l = (ferry_desc_t){hp.src, HOST_N, FERRY_MEM_HOST, 0};
-        r = (ferry_desc_t){m.b, HOST_N, FERRY_MEM_HOST, 0};
+        l = (ferry_desc_t){hp.src, hn, FERRY_MEM_HOST, 0};
+        r = (ferry_desc_t){m.b + hoff[2], hn, FERRY_MEM_HOST, 0};
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                                NULL, &hp.w));
         l.addr = hp.dst;
