@@ -243,6 +243,21 @@ static void case_wait(void)
     EXPECT_TRUE(el >= 250000000ull);
     EXPECT_TRUE(el < 5000000000ull);
 
+    /* Keys that are all there (one named twice) answer at once; a missing
+     * key named twice is satisfied by one set. */
+    const char *present[] = {"w/one", "w/two", "w/one"};
+    t0 = ferry__now_ns();
+    EXPECT_ST(FERRY_OK, ferry_store_wait(a, present, 3, 10000000000ll));
+    EXPECT_TRUE(ferry__now_ns() - t0 < 100000000ull);
+    const char *twice[] = {"w/dup", "w/one", "w/dup"};
+    setter_t t2 = {.port = port, .delay_ns = 100000000ull, .key = "w/dup"};
+    t0 = ferry__now_ns();
+    pthread_create(&th, NULL, setter_main, &t2);
+    EXPECT_ST(FERRY_OK, ferry_store_wait(a, twice, 3, 10000000000ll));
+    el = ferry__now_ns() - t0;
+    pthread_join(th, NULL);
+    EXPECT_TRUE(el >= 80000000ull && el < 5000000000ull);
+
     /* Times out, then the connection is still in step. */
     const char *missing[] = {"w/never"};
     t0 = ferry__now_ns();
@@ -263,7 +278,7 @@ static void case_wait(void)
     EXPECT_ST(FERRY_OK, ferry_store_set(a, "w/never", "late", 4));
     int64_t nk = 0;
     EXPECT_ST(FERRY_OK, ferry_store_num_keys(a, &nk));
-    EXPECT_EQ(3, nk);
+    EXPECT_EQ(4, nk);
 
     /* get waits for the key with the store's timeout. */
     ferry_store_t *quick = connect_port(port, 300000000ull);

@@ -116,24 +116,13 @@ static void ferry__nap(int ms)
 }
 
 /* Whole milliseconds left before the deadline, at least 1, at most a day. */
-static int ferry__ms_left(uint64_t deadline_ns)
+/* Milliseconds from now to deadline_ns, rounded up, clamped to [lo, hi]. */
+static int ferry__ms_to(uint64_t deadline_ns, int lo, int hi)
 {
-    uint64_t now = ferry__now_ns(), ms;
+    uint64_t now = ferry__now_ns();
+    uint64_t ms = deadline_ns > now ? (deadline_ns - now + 999999) / 1000000 : 0;
 
-    if (deadline_ns <= now)
-        return 1;
-    ms = (deadline_ns - now + 999999) / 1000000;
-    return ms > 86400000 ? 86400000 : (int)ms;
-}
-
-static int ferry__ms_until(uint64_t deadline_ns)
-{
-    uint64_t now = ferry__now_ns(), ms;
-
-    if (deadline_ns <= now)
-        return 0;
-    ms = (deadline_ns - now + 999999) / 1000000;
-    return ms > FERRY__SLEEP_MAX_MS ? FERRY__SLEEP_MAX_MS : (int)ms;
+    return ms < (uint64_t)lo ? lo : ms > (uint64_t)hi ? hi : (int)ms;
 }
 
 /*
@@ -332,7 +321,7 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
 
     ferry__agent_lock(agent);
     while (ferry__in_flight(x) && !traffic) {
-        int ms = ferry__ms_until(deadline_ns);
+        int ms = ferry__ms_to(deadline_ns, 0, FERRY__SLEEP_MAX_MS);
 
         if (ms == 0 && ferry__now_ns() >= deadline_ns)
             break;
@@ -357,8 +346,7 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
             } else {
                 /* A peer that stays stalled is retried less and less often,
                  * up to FERRY__NAP_MAX_MS; any traffic resets the pace. */
-                ferry__nap(nap_ms < ferry__ms_left(deadline_ns) ? nap_ms
-                                                                : ferry__ms_left(deadline_ns));
+                ferry__nap(ferry__ms_to(deadline_ns, 1, nap_ms));
                 if (nap_ms < FERRY__NAP_MAX_MS)
                     nap_ms *= 2;
             }

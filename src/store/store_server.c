@@ -385,56 +385,47 @@ static void srv_wake(ferry_store_server_t *s, srv_entry_t *e)
     }
 }
 
+/* Puts the client on the waiters of a key that has no value yet (creating
+ * its entry); false when memory runs out. */
+static bool srv_hook_wait(ferry_store_server_t *s, srv_client_t *c,
+                          const uint8_t *key, size_t klen)
+{
+    srv_entry_t *e = srv_lookup_create(s, key, klen);
+    srv_waiter_t *w = e != NULL ? calloc(1, sizeof(*w)) : NULL;
+
+    if (w == NULL) {
+        if (e != NULL)
+            srv_gc(s, e);
+        return false;
+    }
+    w->entry = e;
+    w->client = c;
+    w->next = e->waiters;
+    if (e->waiters)
+        e->waiters->prev = w;
+    e->waiters = w;
+    w->cnext = c->waiters;
+    c->waiters = w;
+    c->keys_awaited++;
+    return true;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Parsing                                                                  */
 /* ------------------------------------------------------------------------ */
 
 typedef enum { P_DONE, P_MORE, P_BAD } srv_parse_t;
 
-/* A cursor over the buffered bytes of one message. "short" means the
- * message is not all there yet. */
-typedef struct srv_rd {
-    const uint8_t *p;
-    size_t left;
-    bool short_;
-} srv_rd_t;
-
-static uint64_t rd_u64(srv_rd_t *r)
-{
-    if (r->short_ || r->left < 8) {
-        r->short_ = true;
-        return 0;
-    }
-    uint64_t v = ferry__load_le64(r->p);
-
-    r->p += 8;
-    r->left -= 8;
-    return v;
-}
-
-static uint32_t rd_u32(srv_rd_t *r)
-{
-    if (r->short_ || r->left < 4) {
-        r->short_ = true;
-        return 0;
-    }
-    uint32_t v = (uint32_t)r->p[0] | (uint32_t)r->p[1] << 8 |
-                 (uint32_t)r->p[2] << 16 | (uint32_t)r->p[3] << 24;
-
-    r->p += 4;
-    r->left -= 4;
-    return v;
-}
-
 /* Reads a length-prefixed field no longer than max; *bad names the field
  * when it is longer. */
-static const uint8_t *rd_field(srv_rd_t *r, uint64_t max, size_t *len,
+static const uint8_t *rd_field(ferry__rbuf_t *r, uint64_t max, size_t *len,
                                const char *what, char *why, size_t why_len,
                                bool *bad)
 {
-    uint64_t n = rd_u64(r);
+    uint64_t n = ferry__rbuf_u64(r);
+    const uint8_t *p;
 
-    if (r->short_)
+    if (r->err)
         return NULL;
     if (n > max) {
         snprintf(why, why_len, "%s of %llu bytes exceeds the limit of %llu",
@@ -442,15 +433,8 @@ static const uint8_t *rd_field(srv_rd_t *r, uint64_t max, size_t *len,
         *bad = true;
         return NULL;
     }
-    if (r->left < n) {
-        r->short_ = true;
-        return NULL;
-    }
-    const uint8_t *p = r->p;
-
-    r->p += n;
-    r->left -= n;
-    *len = (size_t)n;
+    if ((p = ferry__rbuf_bytes(r, (size_t)n)) != NULL)
+        *len = (size_t)n;
     return p;
 }
 
@@ -500,12 +484,12 @@ static const char *srv_qname(unsigned q)
         (var) = rd_field(&r, (max), &(len), (what), why, why_len, &bad_);     \
         if (bad_)                                                             \
             return P_BAD;                                                     \
-        if (r.short_)                                                         \
+        if (r.err)                                                            \
             return P_MORE;                                                    \
     } while (0)
 #define NEED()                                                                \
     do {                                                                      \
-        if (r.short_)                                                         \
+        if (r.err)                                                            \
             return P_MORE;                                                    \
     } while (0)
 #define OUT(expr)                                                             \
@@ -524,17 +508,18 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
                                bool exec, size_t *used, char *why,
                                size_t why_len)
 {
-    srv_rd_t r = {.p = c->in + 1, .left = c->in_len - 1, .short_ = false};
+    ferry__rbuf_t r;
     unsigned q = c->in[0];
     const uint8_t *key, *val, *val2;
     size_t klen = 0, vlen = 0, v2len = 0;
 
+    ferry__rbuf_init(&r, c->in + 1, c->in_len - 1);
     if (!c->validated && q != FERRY__Q_VALIDATE)
         BAD("first message is %s (%u), not VALIDATE", srv_qname(q), q);
 
     switch (q) {
     case FERRY__Q_VALIDATE: {
-        uint32_t magic = rd_u32(&r);
+        uint32_t magic = ferry__rbuf_u32(&r);
 
         NEED();
         if (magic != FERRY__STORE_MAGIC)
@@ -545,7 +530,7 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
         break;
     }
     case FERRY__Q_PING: {
-        uint32_t nonce = rd_u32(&r);
+        uint32_t nonce = ferry__rbuf_u32(&r);
 
         NEED();
         if (exec) {
@@ -620,7 +605,7 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
         break;
     case FERRY__Q_ADD: {
         FIELD(key, klen, s->max_key_len, "key");
-        int64_t delta = (int64_t)rd_u64(&r);
+        int64_t delta = (int64_t)ferry__rbuf_u64(&r);
 
         NEED();
         if (exec) {
@@ -651,7 +636,7 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
     case FERRY__Q_WAIT:
     case FERRY__Q_MULTI_GET:
     case FERRY__Q_MULTI_SET: {
-        uint64_t n = rd_u64(&r);
+        uint64_t n = ferry__rbuf_u64(&r);
         bool ready = true;
 
         NEED();
@@ -681,52 +666,25 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
                     BAD("out of memory for a value");
                 }
                 srv_wake(s, e);
+            } else if (q == FERRY__Q_WAIT) {
+                /* Hooked on each missing key (twice for a key named twice,
+                 * as torch counts); none missing, the reply comes now. */
+                if ((e == NULL || !e->has_value) && !srv_hook_wait(s, c, key, klen)) {
+                    srv_clear_wait(s, c);
+                    BAD("out of memory for a wait");
+                }
             } else if (e == NULL || !e->has_value) {
                 ready = false;
             }
         }
         if (!exec)
             break;
-        if (q == FERRY__Q_CHECK) {
-            OUT(srv_out_u8(c, ready ? FERRY__CHECK_READY
-                                    : FERRY__CHECK_NOT_READY));
-        } else if (q == FERRY__Q_WAIT && ready) {
+        if (q == FERRY__Q_CHECK)
+            OUT(srv_out_u8(c, ready ? FERRY__CHECK_READY : FERRY__CHECK_NOT_READY));
+        else if (q == FERRY__Q_WAIT && c->keys_awaited == 0)
             OUT(srv_out_u8(c, FERRY__WAIT_STOP_WAITING));
-        } else if (q == FERRY__Q_WAIT) {
-            /* Second pass over the keys: hook the client on each one still
-             * missing (twice for a key named twice, as torch counts). */
-            srv_rd_t r2 = {.p = c->in + 9, .left = c->in_len - 9};
-
+        else if (q == FERRY__Q_WAIT)
             c->wait_pending = true;
-            for (uint64_t i = 0; i < n; i++) {
-                uint64_t kl = rd_u64(&r2);
-                const uint8_t *k = r2.p;
-
-                r2.p += kl;
-                r2.left -= kl;
-                srv_entry_t *e = srv_lookup_create(s, k, (size_t)kl);
-                srv_waiter_t *w;
-
-                if (e != NULL && e->has_value)
-                    continue;
-                w = e != NULL ? calloc(1, sizeof(*w)) : NULL;
-                if (w == NULL) {
-                    if (e != NULL)
-                        srv_gc(s, e);
-                    srv_clear_wait(s, c);
-                    BAD("out of memory for a wait");
-                }
-                w->entry = e;
-                w->client = c;
-                w->next = e->waiters;
-                if (e->waiters)
-                    e->waiters->prev = w;
-                e->waiters = w;
-                w->cnext = c->waiters;
-                c->waiters = w;
-                c->keys_awaited++;
-            }
-        }
         break;
     }
     case FERRY__Q_GETNUMKEYS:
