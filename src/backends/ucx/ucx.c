@@ -273,12 +273,51 @@ static bool ferry__ucx_tls_has_shm(const char *tls)
     return false;
 }
 
-static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
+/* A UCP context as ferry uses it (FERRY_UCX_TLS applied, RMA + AM +
+ * wake-up), and the memory types it accepts. */
+static ferry_status_t ferry__ucx_context(const char *name, ucp_context_h *context,
+                                         uint64_t *memory_types)
 {
-    ferry__ucx_ctx_t *ctx;
     ucp_config_t *config;
     ucp_params_t params = {0};
     ucp_context_attr_t attr = {0};
+    const char *tls = ferry__config_get("FERRY_UCX_TLS");
+    ucs_status_t s;
+
+    s = ucp_config_read(NULL, NULL, &config);
+    if (s != UCS_OK)
+        return ferry__ucx_error(s, "ucp_config_read", NULL);
+    if (tls[0] != '\0' && (s = ucp_config_modify(config, "TLS", tls)) != UCS_OK) {
+        ucp_config_release(config);
+        return ferry__error(FERRY_ERR_INVALID, "ucx: FERRY_UCX_TLS=%s: %s", tls,
+                            ucs_status_string(s));
+    }
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_REQUEST_SIZE;
+    /* AM as well as RMA: without it UCX 1.13 selects no zero-copy RMA lane
+     * (cma) for registered user memory on the same host. */
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    params.request_size = sizeof(ferry__ucx_req_t);
+    if (name != NULL) {
+        params.field_mask |= UCP_PARAM_FIELD_NAME;
+        params.name = name;
+    }
+    s = ucp_init(&params, config, context);
+    ucp_config_release(config);
+    if (s != UCS_OK)
+        return ferry__ucx_error(s, "ucp_init", NULL);
+    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+    s = ucp_context_query(*context, &attr);
+    if (s != UCS_OK) {
+        ucp_cleanup(*context);
+        return ferry__ucx_error(s, "ucp_context_query", NULL);
+    }
+    *memory_types = attr.memory_types;
+    return FERRY_OK;
+}
+
+static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
+{
+    ferry__ucx_ctx_t *ctx;
     ucp_worker_params_t wparams = {0};
     const char *tls = ferry__config_get("FERRY_UCX_TLS");
     ucs_status_t s;
@@ -290,41 +329,9 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
     ctx->epfd = -1;
     ctx->nt_min = ferry__copy_nt_min();
 
-    s = ucp_config_read(NULL, NULL, &config);
-    if (s != UCS_OK) {
-        st = ferry__ucx_error(s, "ucp_config_read", NULL);
+    st = ferry__ucx_context(agent_name, &ctx->context, &ctx->memory_types);
+    if (st != FERRY_OK)
         goto err_free;
-    }
-    if (tls[0] != '\0') {
-        s = ucp_config_modify(config, "TLS", tls);
-        if (s != UCS_OK) {
-            ucp_config_release(config);
-            st = ferry__error(FERRY_ERR_INVALID, "ucx: FERRY_UCX_TLS=%s: %s",
-                              tls, ucs_status_string(s));
-            goto err_free;
-        }
-    }
-    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_REQUEST_SIZE |
-                        UCP_PARAM_FIELD_NAME;
-    /* AM as well as RMA: without it UCX 1.13 selects no zero-copy RMA lane
-     * (cma) for registered user memory on the same host. */
-    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
-    params.request_size = sizeof(ferry__ucx_req_t);
-    params.name = agent_name;
-    s = ucp_init(&params, config, &ctx->context);
-    ucp_config_release(config);
-    if (s != UCS_OK) {
-        st = ferry__ucx_error(s, "ucp_init", NULL);
-        goto err_free;
-    }
-
-    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
-    s = ucp_context_query(ctx->context, &attr);
-    if (s != UCS_OK) {
-        st = ferry__ucx_error(s, "ucp_context_query", NULL);
-        goto err_fini;
-    }
-    ctx->memory_types = attr.memory_types;
     ctx->local_err_mode = !ferry__ucx_tls_has_shm(tls);
 
     /* The core serialises every call into this backend under the agent's
@@ -1202,42 +1209,26 @@ const ferry__backend_ops_t ferry__ucx_ops = {
  * the memory types it accepts. */
 void ferry__ucx_describe(FILE *out)
 {
-    ucp_params_t params = {0};
-    ucp_context_attr_t attr = {0};
-    ucp_config_t *config;
     ucp_context_h context;
+    uint64_t types;
     char *text = NULL, *line, *save = NULL;
     size_t len = 0;
     FILE *mem;
-    const char *tls = ferry__config_get("FERRY_UCX_TLS");
 
     fprintf(out, "ucx:\n  version: %s\n", ucp_get_version_string());
-    if (ucp_config_read(NULL, NULL, &config) != UCS_OK) {
-        fprintf(out, "  unusable: cannot read UCX's configuration\n");
+    if (ferry__ucx_context(NULL, &context, &types) != FERRY_OK) {
+        fprintf(out, "  unusable: %s\n", ferry_last_error());
         return;
     }
-    if (tls[0] != '\0')
-        ucp_config_modify(config, "TLS", tls);
-    params.field_mask = UCP_PARAM_FIELD_FEATURES;
-    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
-    if (ucp_init(&params, config, &context) != UCS_OK) {
-        ucp_config_release(config);
-        fprintf(out, "  unusable: ucp_init failed\n");
-        return;
-    }
-    ucp_config_release(config);
-    attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
-    if (ucp_context_query(context, &attr) == UCS_OK) {
-        fprintf(out, "  memory types:");
-        for (int t = 0; t < UCS_MEMORY_TYPE_LAST; t++)
-            if (attr.memory_types & UCS_BIT(t))
-                fprintf(out, " %s", ucs_memory_type_names[t]);
-        fprintf(out, "\n  accepts GPU memory: %s\n",
-                attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)
-                    ? "yes"
-                    : "no (this UCX has no CUDA support: GPU memory goes through "
-                      "CUDA IPC, on one host only)");
-    }
+    fprintf(out, "  memory types:");
+    for (int t = 0; t < UCS_MEMORY_TYPE_LAST; t++)
+        if (types & UCS_BIT(t))
+            fprintf(out, " %s", ucs_memory_type_names[t]);
+    fprintf(out, "\n  accepts GPU memory: %s\n",
+            types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)
+                ? "yes"
+                : "no (this UCX has no CUDA support: GPU memory goes through "
+                  "CUDA IPC, on one host only)");
     /* The transports, from UCX's own resource listing ("... -- tl/dev"). */
     mem = open_memstream(&text, &len);
     if (mem != NULL) {
