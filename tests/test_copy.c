@@ -32,6 +32,7 @@ static void one(test_rng_t *r, size_t so, size_t d_off, size_t len, size_t nt_mi
     memcpy(want + lo, dst + lo, n);
     memmove(want + d_off, src + so, len);
     ferry__copy(dst + d_off, src + so, len, nt_min);
+    ferry__copy_fence();
     if (memcmp(dst + lo, want + lo, n) != 0) {
         size_t i = lo;
 
@@ -45,11 +46,13 @@ static void one(test_rng_t *r, size_t so, size_t d_off, size_t len, size_t nt_mi
 
 static void alignments(test_rng_t *r)
 {
-    /* Every head alignment of both sides, tails of 0 to 63 bytes after the
-     * 64-byte rounds, and lengths below one round. */
+    /* Every position of the destination in a cache line (the head copied
+     * before the first whole line), 16 of the source, lengths up to five
+     * lines by 7 bytes (every tail), and lengths below the smallest copy
+     * that uses non-temporal stores. */
     for (size_t sa = 0; sa < 16; sa++)
-        for (size_t da = 0; da < 16; da++)
-            for (size_t len = 0; len < 64 * 3 + 64; len += 7)
+        for (size_t da = 0; da < 64; da++)
+            for (size_t len = 0; len < 64 * 5; len += 7)
                 one(r, PAD + sa, PAD + 4096 + da, len, 0);
 }
 

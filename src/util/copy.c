@@ -75,12 +75,13 @@ size_t ferry__copy_nt_min(void)
 }
 
 #if defined(__x86_64__)
-/* Unaligned 16-byte loads, aligned non-temporal 16-byte stores (SSE2, which
- * every x86-64 has; wider stores measured no faster, since the copy is
- * bound by memory), a line per round. */
+/* Unaligned 16-byte loads, non-temporal 16-byte stores (SSE2, which every
+ * x86-64 has; wider stores measured no faster, since the copy is bound by
+ * memory), one whole cache line per round: the head up to the destination's
+ * first line boundary and the tail after its last are ordinary copies. */
 static void ferry__copy_nt(uint8_t *d, const uint8_t *s, size_t len)
 {
-    size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+    size_t head = (64 - ((uintptr_t)d & 63)) & 63;
 
     memcpy(d, s, head);
     d += head;
@@ -98,7 +99,6 @@ static void ferry__copy_nt(uint8_t *d, const uint8_t *s, size_t len)
         _mm_stream_si128((__m128i *)(void *)(d + 48), e);
     }
     memcpy(d, s, len);
-    _mm_sfence();
 }
 #endif
 
@@ -107,7 +107,7 @@ void ferry__copy(void *dst, const void *src, size_t len, size_t nt_min)
 #if defined(__x86_64__)
     uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
 
-    if (len >= nt_min && len >= 64 && (d + len <= s || s + len <= d)) {
+    if (len >= nt_min && len >= 128 && (d + len <= s || s + len <= d)) {
         ferry__copy_nt(dst, src, len);
         return;
     }
@@ -115,4 +115,11 @@ void ferry__copy(void *dst, const void *src, size_t len, size_t nt_min)
     (void)nt_min;
 #endif
     memmove(dst, src, len);
+}
+
+void ferry__copy_fence(void)
+{
+#if defined(__x86_64__)
+    _mm_sfence();
+#endif
 }

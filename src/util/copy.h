@@ -23,10 +23,14 @@
  * (SIZE_MAX) when that is unknown; "off" is never. */
 size_t ferry__copy_nt_min(void);
 
-/* memmove(dst, src, len), with non-temporal stores when len >= nt_min, the
- * ranges do not overlap and the processor has them (x86-64). Non-temporal
- * stores are weakly ordered, so that path ends with a store fence: what the
- * caller stores next (a completion, a flag) is not seen before the bytes. */
+/* memmove(dst, src, len), with non-temporal stores when len >= nt_min and
+ * len >= 128, the ranges do not overlap and the processor has them (x86-64).
+ * Non-temporal stores are weakly ordered: call ferry__copy_fence() after the
+ * last copy, before anything that tells a reader the bytes are there. */
 void ferry__copy(void *dst, const void *src, size_t len, size_t nt_min);
+
+/* Orders every earlier non-temporal store of ferry__copy() before the
+ * stores that follow (a store fence; nothing where there are none). */
+void ferry__copy_fence(void);
 
 #endif

@@ -63,10 +63,10 @@
  * for it too, without the per-operation request handling and the flush
  * of every lane of the endpoint (0.1 us a post; a 64 KiB copy takes 1.3).
  * The segment is attached whole, so the offset from remote to local
- * address found once holds for the key's whole region. Copies of at least
- * FERRY_COPY_NT_MIN bytes (half the last-level cache) use non-temporal
- * stores (util/copy.h): 1.6 to 2 times glibc's memcpy, which UCX uses, from
- * 16 MiB up on the machine of docs/PERFORMANCE.md.
+ * address found once holds for the key's whole region. A post of at least
+ * FERRY_COPY_NT_MIN bytes (half the last-level cache) copies with
+ * non-temporal stores (util/copy.h): 1.6 to 2 times glibc's memcpy, which
+ * UCX uses, from 16 MiB up on the machine of docs/PERFORMANCE.md.
  */
 #include "backends/backend.h"
 #include "util/config.h"
@@ -1008,14 +1008,21 @@ static void *ferry__ucx_mapped(ferry__ucx_rkey_t *rk, uint64_t raddr)
 }
 
 /* Copies the leading segments whose remote region is mapped here; returns
- * how many. The fences order the copy with whatever tells the peer (after
- * a WRITE) or told us (before a READ) that the data is ready, as UCX's
- * flush of a shared-memory lane does. */
+ * how many. A post that moves FERRY_COPY_NT_MIN bytes or more, in one
+ * segment or many, bypasses the cache for its segments of a page or more
+ * (smaller ones would leave partial lines). The fences order the copy with
+ * whatever tells the peer (after a WRITE) or told us (before a READ) that
+ * the data is ready, as UCX's flush of a shared-memory lane does; the last
+ * one also orders the non-temporal stores. */
 static size_t ferry__ucx_copy_mapped(const ferry__ucx_ctx_t *ctx, ferry_xfer_op_t op,
                                      const ferry__bk_seg_t *segs, size_t n)
 {
-    size_t i;
+    size_t i, total = 0, nt_min = SIZE_MAX;
 
+    for (i = 0; i < n && total < ctx->nt_min; i++)
+        total += segs[i].len;
+    if (total >= ctx->nt_min)
+        nt_min = ctx->nt_min < 4096 ? ctx->nt_min : 4096;
     atomic_thread_fence(memory_order_acquire);
     for (i = 0; i < n; i++) {
         uint8_t *remote = ferry__ucx_mapped(segs[i].rkey, segs[i].raddr);
@@ -1024,10 +1031,11 @@ static size_t ferry__ucx_copy_mapped(const ferry__ucx_ctx_t *ctx, ferry_xfer_op_
         if (remote == NULL)
             break;
         if (op == FERRY_OP_WRITE)
-            ferry__copy(remote, local, segs[i].len, ctx->nt_min);
+            ferry__copy(remote, local, segs[i].len, nt_min);
         else
-            ferry__copy(local, remote, segs[i].len, ctx->nt_min);
+            ferry__copy(local, remote, segs[i].len, nt_min);
     }
+    ferry__copy_fence();
     atomic_thread_fence(memory_order_seq_cst);
     return i;
 }
