@@ -27,9 +27,9 @@ const ferry__config_entry_t ferry__config_table[] = {
      "how a peer's CUDA VMM file descriptors are fetched: auto (pidfd_getfd, "
      "then the peer's hand-off socket), pidfd or socket"},
     {"FERRY_COPY_NT_MIN", "auto",
-     "copies into or out of a same-host peer's memory of this many bytes or "
-     "more bypass the cache (non-temporal stores); auto: half the last-level "
-     "cache that sysfs reports, off: never"},
+     "a post that copies this many bytes or more into or out of a same-host "
+     "peer's memory bypasses the cache (non-temporal stores); auto: half the "
+     "last-level cache that sysfs reports, at most 16m; off: never"},
     {"FERRY_XFER_STALL_MS", "10000",
      "a request in flight whose transport makes no headway for this many "
      "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "

@@ -55,6 +55,19 @@ static uint64_t ferry__llc_size(void)
     return size;
 }
 
+/* The default threshold: half the last-level cache (copies whose source and
+ * destination fill it), at most 16 MiB, since a virtual machine may be told
+ * of a cache far larger than its share (300 MiB on one whose copies of
+ * 4 MiB already run at memory speed); never when sysfs has no cache size. */
+static size_t ferry__copy_nt_auto(void)
+{
+    uint64_t n = ferry__llc_size() / 2;
+
+    if (n == 0)
+        return SIZE_MAX;
+    return n > (16u << 20) ? (16u << 20) : (size_t)n;
+}
+
 size_t ferry__copy_nt_min(void)
 {
     const char *v = ferry__config_get("FERRY_COPY_NT_MIN");
@@ -62,14 +75,11 @@ size_t ferry__copy_nt_min(void)
 
     if (strcmp(v, "off") == 0)
         return SIZE_MAX;
-    if (strcmp(v, "auto") == 0) {
-        n = ferry__llc_size() / 2;
-        return n == 0 ? SIZE_MAX : (size_t)n;
-    }
+    if (strcmp(v, "auto") == 0)
+        return ferry__copy_nt_auto();
     if (ferry__parse_size(v, &n) != 0) {
         ferry__warn("FERRY_COPY_NT_MIN=%s is neither auto, off nor a size; using auto", v);
-        n = ferry__llc_size() / 2;
-        return n == 0 ? SIZE_MAX : (size_t)n;
+        return ferry__copy_nt_auto();
     }
     return n > SIZE_MAX ? SIZE_MAX : (size_t)n;
 }

@@ -17,10 +17,10 @@
 
 #include <stddef.h>
 
-/* The size from which ferry__copy() uses non-temporal stores:
+/* The size of a post from which copies use non-temporal stores:
  * FERRY_COPY_NT_MIN, whose default "auto" is half the last-level cache as
- * sysfs gives it (copies whose source and destination fill it), or never
- * (SIZE_MAX) when that is unknown; "off" is never. */
+ * sysfs gives it (copies whose source and destination fill it), at most
+ * 16 MiB, or never (SIZE_MAX) when sysfs has none; "off" is never. */
 size_t ferry__copy_nt_min(void);
 
 /* memmove(dst, src, len), with non-temporal stores when len >= nt_min and

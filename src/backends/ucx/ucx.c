@@ -64,7 +64,8 @@
  * of every lane of the endpoint (0.1 us a post; a 64 KiB copy takes 1.3).
  * The segment is attached whole, so the offset from remote to local
  * address found once holds for the key's whole region. A post of at least
- * FERRY_COPY_NT_MIN bytes (half the last-level cache) copies with
+ * FERRY_COPY_NT_MIN bytes (by default half the last-level cache, at most
+ * 16 MiB) copies with
  * non-temporal stores (util/copy.h): 1.6 to 2 times glibc's memcpy, which
  * UCX uses, from 16 MiB up on the machine of docs/PERFORMANCE.md.
  */
