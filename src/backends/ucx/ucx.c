@@ -65,9 +65,9 @@
  * The segment is attached whole, so the offset from remote to local
  * address found once holds for the key's whole region. A post of at least
  * FERRY_COPY_NT_MIN bytes (by default half the last-level cache, at most
- * 16 MiB) copies with
- * non-temporal stores (util/copy.h): 1.6 to 2 times glibc's memcpy, which
- * UCX uses, from 16 MiB up on the machine of docs/PERFORMANCE.md.
+ * 16 MiB) copies with non-temporal stores (util/copy.h): 1.4 to 1.9 times
+ * glibc's memcpy, which UCX uses, from 16 MiB up on the 2-core machine of
+ * docs/PERFORMANCE.md.
  */
 #include "backends/backend.h"
 #include "util/config.h"
