@@ -3,7 +3,8 @@
  * ferry (CUDA IPC), each figure a ratio to the CUDA copy that is its
  * ceiling, measured in the same run:
  *   - GPU -> GPU WRITE and READ into the peer's cuMemAlloc buffer, against
- *     cuMemcpyDtoD within one process;
+ *     a device-to-device copy within one process between the same two
+ *     devices (cuMemcpyPeerAsync when they differ);
  *   - host -> GPU (WRITE from local pinned memory into the peer's GPU
  *     buffer) and GPU -> host (READ), against pinned cuMemcpyHtoD/DtoH
  *   (each reference copy, like each transfer, complete before the next);
@@ -14,6 +15,10 @@
  * bytes that arrived are checked once per size.
  *
  *   ferry-gpu-bench [--sizes 1m,16m,256m] [--rounds 5] [--min-bytes 4g]
+ *
+ * The initiator's GPU memory is on device FERRY_TEST_DEVICE (default 0), the
+ * target's on FERRY_TEST_TARGET_DEVICE (default: the same), as in the tests
+ * (tests/mem_util.h).
  */
 #include "mem_util.h"
 #include "xfer_util.h"
@@ -78,8 +83,8 @@ static int target_main(int fd)
     ap.progress_thread = 1;
     die_st(ferry_agent_create(&ap, &agent), "agent_create");
     {
-        ferry_desc_t d[2] = {{b.addr, MAX_SIZE, FERRY_MEM_CUDA, 0},
-                             {h.addr, 4096, FERRY_MEM_HOST, 0}};
+        ferry_desc_t d[2] = {xm_desc(XM_CUDA, b.addr, MAX_SIZE),
+                             xm_desc(XM_HOST, h.addr, 4096)};
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
     }
@@ -103,8 +108,9 @@ typedef struct run {
     ferry_agent_t *agent;
     ferry_peer_t *peer;
     uint64_t raddr;
-    xm_buf_t gpu, gpu2, pinned;
-    CUstream stream;
+    xm_buf_t gpu, gpu2, pinned; /* gpu2 on the target's device */
+    CUcontext ctx, ctx2;        /* gpu's and gpu2's devices' */
+    CUstream stream, stream2;   /* on gpu's and gpu2's devices */
     uint64_t min_bytes;
 } run_t;
 
@@ -116,11 +122,12 @@ static unsigned iters_for(const run_t *r, uint64_t size)
 }
 
 /* GB/s of copies dst <- src (device to device, host to device or device to
- * host by the pointers), size bytes, iters times, each complete before the
- * next starts, as each ferry transfer is (cuMemcpy alone does not wait for a
- * device-to-device copy). */
-static double ref_gbps(CUstream stream, uint64_t dst, uint64_t src, uint64_t size,
-                       unsigned iters)
+ * host by the pointers; between two devices' contexts when dctx != sctx),
+ * size bytes, iters times, each complete before the next starts, as each
+ * ferry transfer is (cuMemcpy alone does not wait for a device-to-device
+ * copy). */
+static double ref_gbps(CUstream stream, uint64_t dst, CUcontext dctx, uint64_t src,
+                       CUcontext sctx, uint64_t size, unsigned iters)
 {
     const ferry__cuda_t *cu = xm_cuda();
     uint64_t t0 = 0;
@@ -128,7 +135,10 @@ static double ref_gbps(CUstream stream, uint64_t dst, uint64_t src, uint64_t siz
     for (unsigned i = 0; i <= iters; i++) {
         if (i == 1)
             t0 = xu_now_ns(); /* the first copy warms up */
-        XM_CU(cu->cuMemcpyAsync(dst, src, size, stream));
+        if (dctx != sctx)
+            XM_CU(cu->cuMemcpyPeerAsync(dst, dctx, src, sctx, size, stream));
+        else
+            XM_CU(cu->cuMemcpyAsync(dst, src, size, stream));
         XM_CU(cu->cuStreamSynchronize(stream));
     }
     return (double)size * iters / (double)(xu_now_ns() - t0);
@@ -152,8 +162,8 @@ static double ferry_gbps(ferry_xfer_t *x, uint64_t size, unsigned iters)
 static ferry_xfer_t *prepare(const run_t *r, ferry_xfer_op_t op, const xm_buf_t *local,
                              uint64_t size, double *us_p)
 {
-    ferry_desc_t ld = {local->addr, size, xm_ferry_kind(local->kind), 0};
-    ferry_desc_t rd = {r->raddr, size, FERRY_MEM_CUDA, 0};
+    ferry_desc_t ld = {local->addr, size, xm_ferry_kind(local->kind), local->dev};
+    ferry_desc_t rd = xm_target_desc(XM_CUDA, r->raddr, size);
     ferry_xfer_t *x;
     uint64_t t0 = xu_now_ns();
 
@@ -257,16 +267,16 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     test_fill(h.host, 4096, 9, 1, 0);
     die_st(ferry_agent_create(&ap, &agent), "agent_create");
     {
-        ferry_desc_t d[2] = {{h.addr, 4096, FERRY_MEM_HOST, 0},
-                             {r->gpu.addr, MAX_SIZE, FERRY_MEM_CUDA, 0}};
+        ferry_desc_t d[2] = {xm_desc(XM_HOST, h.addr, 4096),
+                             xm_desc(XM_CUDA, r->gpu.addr, MAX_SIZE)};
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
     }
     die_st(ferry_peer_load(agent, blob, len, &peer), "peer_load");
     {
         ferry_desc_t l = {h.addr, 8, FERRY_MEM_HOST, 0}, rd = {rhost, 8, FERRY_MEM_HOST, 0};
-        ferry_desc_t lg = {r->gpu.addr, 8, FERRY_MEM_CUDA, 0};
-        ferry_desc_t rg = {r->raddr, 8, FERRY_MEM_CUDA, 0};
+        ferry_desc_t lg = xm_desc(XM_CUDA, r->gpu.addr, 8);
+        ferry_desc_t rg = xm_target_desc(XM_CUDA, r->raddr, 8);
 
         die_st(ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &rd, 1, NULL, &xh),
                "prepare");
@@ -385,16 +395,21 @@ int main(int argc, char **argv)
         printf("ferry-gpu-bench: no GPU here\n");
         return 77;
     }
-    xm_alloc(&r.gpu2, XM_CUDA, MAX_SIZE);
+    xm_alloc_on(&r.gpu2, XM_CUDA, MAX_SIZE, xm_target_device());
+    XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx, xm_device()));
+    XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx2, xm_target_device()));
     xm_alloc(&r.pinned, XM_PINNED, MAX_SIZE);
     fill_random(&r.gpu, 1);
     fill_random(&r.pinned, 2);
     XM_CU(xm_cuda()->cuStreamCreate(&r.stream, CU_STREAM_NON_BLOCKING));
+    xm_push(r.gpu2.dev);
+    XM_CU(xm_cuda()->cuStreamCreate(&r.stream2, CU_STREAM_NON_BLOCKING));
+    xm_pop(r.gpu2.dev);
     die_st(ferry_agent_create(&ap, &r.agent), "agent_create");
     {
-        ferry_desc_t d[3] = {{r.gpu.addr, MAX_SIZE, FERRY_MEM_CUDA, 0},
-                             {r.gpu2.addr, MAX_SIZE, FERRY_MEM_CUDA, 0},
-                             {r.pinned.addr, MAX_SIZE, FERRY_MEM_HOST, 0}};
+        ferry_desc_t d[3] = {xm_desc(XM_CUDA, r.gpu.addr, MAX_SIZE),
+                             {r.gpu2.addr, MAX_SIZE, FERRY_MEM_CUDA, r.gpu2.dev},
+                             xm_desc(XM_HOST, r.pinned.addr, MAX_SIZE)};
 
         die_st(ferry_mem_register(r.agent, d, 3, &mem), "mem_register");
     }
@@ -425,6 +440,15 @@ int main(int argc, char **argv)
     }
     printf("# ferry-gpu-bench: %d rounds (reference and ferry alternating), medians; "
            "GB/s are 10^9 bytes of payload per second\n", rounds);
+    for (int d = 0; d < 2; d++) {
+        int dev = d ? xm_target_device() : xm_device();
+        char name[128] = "?";
+        CUdevice h;
+
+        if (xm_cuda()->cuDeviceGet(&h, dev) == CUDA_SUCCESS)
+            (void)xm_cuda()->cuDeviceGetName(name, (int)sizeof(name), h);
+        printf("# %s: device %d, %s\n", d ? "target" : "initiator", dev, name);
+    }
     printf("first prepare against the peer (opens its allocation): %.1f us; "
            "a second prepare: %.1f us; one 4 KiB WRITE after that: %.1f us\n\n",
            open_us, again_us, small_us);
@@ -463,7 +487,12 @@ int main(int argc, char **argv)
                 src = r.gpu.addr;
             }
             for (int i = 0; i < rounds; i++) {
-                rv[i] = ref_gbps(r.stream, dst, src, size, iters);
+                /* GPU -> GPU: gpu2 (the target's device) <- gpu, on a stream
+                 * of gpu's device; host <-> gpu2 on one of gpu2's. */
+                if (kinds[k].host)
+                    rv[i] = ref_gbps(r.stream2, dst, r.ctx2, src, r.ctx2, size, iters);
+                else
+                    rv[i] = ref_gbps(r.stream, dst, r.ctx2, src, r.ctx, size, iters);
                 fv[i] = ferry_gbps(x, size, iters);
             }
             ferry_xfer_release(x);
@@ -473,7 +502,8 @@ int main(int argc, char **argv)
                 double f = median(fv, rounds), ref = median(rv, rounds);
 
                 printf("%-10llu %-14s %12.1f %9.1f %-4s %8.3f %6s\n",
-                       (unsigned long long)size, kinds[k].name, f, ref, kinds[k].ref,
+                       (unsigned long long)size, kinds[k].name, f, ref,
+                       !kinds[k].host && r.ctx != r.ctx2 ? "Peer" : kinds[k].ref,
                        f / ref, bad ? "WRONG" : "ok");
             }
             fflush(stdout);

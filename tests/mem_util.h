@@ -10,6 +10,12 @@
  * (xm_from_dev); for host kinds both are no-ops. CUDA comes from ferry's own
  * lazy loader, so these helpers run unchanged where there is no GPU, and
  * xm_alloc() then says so (77, the skip code).
+ *
+ * Devices. A process's GPU buffers live on device FERRY_TEST_DEVICE (default
+ * 0); a target process that xu_spawn() starts gets FERRY_TEST_TARGET_DEVICE
+ * as its FERRY_TEST_DEVICE when that is set, so that
+ * FERRY_TEST_TARGET_DEVICE=1 puts the two processes of a test on different
+ * GPUs (xm_target_device() tells the initiator which).
  */
 #ifndef FERRY_TEST_MEM_UTIL_H
 #define FERRY_TEST_MEM_UTIL_H
@@ -34,7 +40,26 @@ typedef struct xm_buf {
     CUdeviceptr va; /* VMM: the reserved range */
     size_t va_size;
     CUmemGenericAllocationHandle h[XM_VMM_CHUNKS];
+    int dev; /* GPU kinds: the device */
 } xm_buf_t;
+
+static inline int xm_env_device(const char *name, int dflt)
+{
+    const char *s = getenv(name);
+
+    return (s != NULL && *s != '\0') ? atoi(s) : dflt;
+}
+
+/* This process's device, and the device of the targets it spawns. */
+static inline int xm_device(void)
+{
+    return xm_env_device("FERRY_TEST_DEVICE", 0);
+}
+
+static inline int xm_target_device(void)
+{
+    return xm_env_device("FERRY_TEST_TARGET_DEVICE", xm_device());
+}
 
 static inline const char *xm_name(xm_kind_t k)
 {
@@ -65,8 +90,21 @@ static inline ferry_mem_kind_t xm_ferry_kind(xm_kind_t k)
     return k == XM_CUDA ? FERRY_MEM_CUDA : k == XM_VMM ? FERRY_MEM_AUTO : FERRY_MEM_HOST;
 }
 
-/* The driver table with device 0's context current on this thread, or
- * NULL (and the reason printed) where there is no usable GPU. */
+/* A descriptor of this process's memory of kind k at addr (device: this
+ * process's), and one of a spawned target's (its device). */
+static inline ferry_desc_t xm_desc(xm_kind_t k, uint64_t addr, uint64_t len)
+{
+    return (ferry_desc_t){addr, len, xm_ferry_kind(k), xm_device()};
+}
+
+static inline ferry_desc_t xm_target_desc(xm_kind_t k, uint64_t addr, uint64_t len)
+{
+    return (ferry_desc_t){addr, len, xm_ferry_kind(k), xm_target_device()};
+}
+
+/* The driver table with this process's device's context current on this
+ * thread, or NULL (and the reason printed) where there is no usable GPU or
+ * not that device. */
 static inline const ferry__cuda_t *xm_cuda(void)
 {
     static const ferry__cuda_t *cu;
@@ -77,7 +115,12 @@ static inline const ferry__cuda_t *xm_cuda(void)
             cu = NULL;
             return NULL;
         }
-        if (ferry__cuda_push(0) != FERRY_OK) {
+        int n = 0;
+
+        if (cu->cuDeviceGetCount(&n) != CUDA_SUCCESS || xm_device() >= n) {
+            printf("no CUDA device %d here (%d device(s))\n", xm_device(), n);
+            cu = NULL;
+        } else if (ferry__cuda_push(xm_device()) != FERRY_OK) {
             printf("no CUDA context: %s\n", ferry_last_error());
             cu = NULL;
         }
@@ -98,7 +141,7 @@ static inline const ferry__cuda_t *xm_cuda(void)
 static inline void xm_alloc_vmm(const ferry__cuda_t *cu, xm_buf_t *b)
 {
     CUmemAllocationProp prop = {0};
-    CUmemAccessDesc access = {{CU_MEM_LOCATION_TYPE_DEVICE, 0},
+    CUmemAccessDesc access = {{CU_MEM_LOCATION_TYPE_DEVICE, b->dev},
                               CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
     size_t gran, chunk;
 
@@ -118,16 +161,35 @@ static inline void xm_alloc_vmm(const ferry__cuda_t *cu, xm_buf_t *b)
     b->addr = b->va;
 }
 
-/* 0 on success, 77 if the kind needs a GPU that is not there. */
-static inline int xm_alloc(xm_buf_t *b, xm_kind_t kind, size_t cap)
+/* Makes device dev's context current for a moment when it is not this
+ * process's device (xm_pop() undoes it). */
+static inline void xm_push(int dev)
+{
+    if (dev != xm_device() && ferry__cuda_push(dev) != FERRY_OK) {
+        fprintf(stderr, "no context for CUDA device %d: %s\n", dev, ferry_last_error());
+        exit(1);
+    }
+}
+
+static inline void xm_pop(int dev)
+{
+    if (dev != xm_device())
+        ferry__cuda_pop();
+}
+
+/* 0 on success, 77 if the kind needs a GPU that is not there; GPU kinds on
+ * device dev. */
+static inline int xm_alloc_on(xm_buf_t *b, xm_kind_t kind, size_t cap, int dev)
 {
     const ferry__cuda_t *cu = NULL;
 
     memset(b, 0, sizeof(*b));
     b->kind = kind;
     b->cap = cap;
+    b->dev = dev;
     if (kind != XM_HOST && (cu = xm_cuda()) == NULL)
         return 77;
+    xm_push(dev);
     switch (kind) {
     case XM_HOST:
         if (posix_memalign((void **)&b->host, 4096, cap) != 0)
@@ -155,7 +217,15 @@ static inline int xm_alloc(xm_buf_t *b, xm_kind_t kind, size_t cap)
     memset(b->host, 0, cap);
     if (xm_is_gpu(kind))
         XM_CU(cu->cuMemcpy((CUdeviceptr)b->addr, (CUdeviceptr)(uintptr_t)b->host, cap));
+    if (kind != XM_HOST)
+        xm_pop(dev);
     return 0;
+}
+
+/* The same on this process's device. */
+static inline int xm_alloc(xm_buf_t *b, xm_kind_t kind, size_t cap)
+{
+    return xm_alloc_on(b, kind, cap, xm_device());
 }
 
 /* After the host shadow's [lo, hi) changed: the device gets it, completely
@@ -182,6 +252,8 @@ static inline void xm_free(xm_buf_t *b)
 {
     const ferry__cuda_t *cu = b->kind == XM_HOST ? NULL : xm_cuda();
 
+    if (cu != NULL)
+        xm_push(b->dev);
     switch (b->kind) {
     case XM_HOST:
         free(b->host);
@@ -201,6 +273,8 @@ static inline void xm_free(xm_buf_t *b)
         free(b->host);
         break;
     }
+    if (cu != NULL)
+        xm_pop(b->dev);
     memset(b, 0, sizeof(*b));
 }
 

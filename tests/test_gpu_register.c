@@ -27,8 +27,13 @@ static void register_rules(ferry_agent_t *agent, const ferry__cuda_t *cu)
     desc.kind = FERRY_MEM_CUDA;
     desc.device = 1 + cu->ndevices;
     EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_register(agent, &desc, 1, &mem));
-    EXPECT_ERR_HAS("memory of device 0");
-    desc.device = 0;
+    {
+        char want[32];
+
+        snprintf(want, sizeof(want), "memory of device %d", xm_device());
+        EXPECT_ERR_HAS(want);
+    }
+    desc.device = xm_device();
     desc.len = size + 1;
     EXPECT_ST(FERRY_ERR_INVALID, ferry_mem_register(agent, &desc, 1, &mem));
     EXPECT_ERR_HAS("runs past the end of its CUDA allocation");
@@ -46,7 +51,7 @@ static void register_rules(ferry_agent_t *agent, const ferry__cuda_t *cu)
 static void vmm_unshareable(ferry_agent_t *agent, const ferry__cuda_t *cu)
 {
     CUmemAllocationProp prop = {0};
-    CUmemAccessDesc access = {{CU_MEM_LOCATION_TYPE_DEVICE, 0},
+    CUmemAccessDesc access = {{CU_MEM_LOCATION_TYPE_DEVICE, xm_device()},
                               CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
     CUmemGenericAllocationHandle h;
     CUdeviceptr va;
@@ -62,7 +67,7 @@ static void vmm_unshareable(ferry_agent_t *agent, const ferry__cuda_t *cu)
     XM_CU(cu->cuMemCreate(&h, gran, &prop, 0));
     XM_CU(cu->cuMemMap(va, gran, 0, h, 0));
     XM_CU(cu->cuMemSetAccess(va, gran, &access, 1));
-    desc = (ferry_desc_t){va, gran, FERRY_MEM_CUDA, 0};
+    desc = (ferry_desc_t){va, gran, FERRY_MEM_CUDA, xm_device()};
     EXPECT_ST(FERRY_ERR_UNSUPPORTED, ferry_mem_register(agent, &desc, 1, &mem));
     EXPECT_ERR_HAS("CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR");
     XM_CU(cu->cuMemUnmap(va, gran));
@@ -87,16 +92,16 @@ static void loopback(ferry_agent_t *agent)
     ASSERT_TRUE(xm_alloc(&src, XM_CUDA, cap) == 0);
     ASSERT_TRUE(xm_alloc(&dst, XM_VMM, cap) == 0);
     {
-        ferry_desc_t a = {src.addr, cap, FERRY_MEM_CUDA, 0};
-        ferry_desc_t b = {dst.addr, cap, FERRY_MEM_AUTO, 0};
+        ferry_desc_t a = {src.addr, cap, FERRY_MEM_CUDA, xm_device()};
+        ferry_desc_t b = {dst.addr, cap, FERRY_MEM_AUTO, xm_device()};
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &a, 1, &ms));
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &b, 1, &md));
     }
     ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
     {
-        ferry_desc_t l = {src.addr + off_s, len, FERRY_MEM_CUDA, 0};
-        ferry_desc_t r = {dst.addr + off_d, len, FERRY_MEM_CUDA, 0};
+        ferry_desc_t l = {src.addr + off_s, len, FERRY_MEM_CUDA, xm_device()};
+        ferry_desc_t r = {dst.addr + off_d, len, FERRY_MEM_CUDA, xm_device()};
 
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                                NULL, &x));
@@ -132,8 +137,8 @@ static void loopback(ferry_agent_t *agent)
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, hreg, 2, &mh));
         ferry_peer_forget(peer);
         ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
-        l[0] = (ferry_desc_t){src.addr + 5, 4096, FERRY_MEM_CUDA, 0};
-        r[0] = (ferry_desc_t){dst.addr + 77, 4096, FERRY_MEM_CUDA, 0};
+        l[0] = (ferry_desc_t){src.addr + 5, 4096, FERRY_MEM_CUDA, xm_device()};
+        r[0] = (ferry_desc_t){dst.addr + 77, 4096, FERRY_MEM_CUDA, xm_device()};
         l[1] = (ferry_desc_t){hs.addr + 3, 65536, FERRY_MEM_HOST, 0};
         r[1] = (ferry_desc_t){hd.addr + 11, 65536, FERRY_MEM_HOST, 0};
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, l, 2, peer, r, 2,

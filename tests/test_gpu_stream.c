@@ -40,8 +40,8 @@ static int target_main(int fd)
         return 77;
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     {
-        ferry_desc_t d[2] = {{g.addr, GPU_N, FERRY_MEM_CUDA, 0},
-                             {h.addr, HOST_N, FERRY_MEM_HOST, 0}};
+        ferry_desc_t d[2] = {xm_desc(XM_CUDA, g.addr, GPU_N),
+                             xm_desc(XM_HOST, h.addr, HOST_N)};
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 2, &mem));
     }
@@ -178,8 +178,8 @@ int main(int argc, char **argv)
     XM_CU(cu->cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     {
-        ferry_desc_t d[4] = {{g_src.addr, GPU_N, FERRY_MEM_CUDA, 0},
-                             {g_dst.addr, GPU_N, FERRY_MEM_CUDA, 0},
+        ferry_desc_t d[4] = {xm_desc(XM_CUDA, g_src.addr, GPU_N),
+                             xm_desc(XM_CUDA, g_dst.addr, GPU_N),
                              {h_src.addr, HOST_N, FERRY_MEM_HOST, 0},
                              {h_dst.addr, HOST_N, FERRY_MEM_HOST, 0}};
 
@@ -205,8 +205,8 @@ int main(int argc, char **argv)
     {
         ferry_desc_t l, r;
 
-        l = (ferry_desc_t){gp.src, gn, FERRY_MEM_CUDA, 0};
-        r = (ferry_desc_t){m.a + goff[2], gn, FERRY_MEM_CUDA, 0};
+        l = xm_desc(XM_CUDA, gp.src, gn);
+        r = xm_target_desc(XM_CUDA, m.a + goff[2], gn);
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                                NULL, &gp.w));
         l.addr = gp.dst;

@@ -180,7 +180,7 @@ static int target_main(int fd)
     passive = xu_env_long("FERRY_TEST_PASSIVE_TARGET", 0);
     drive = passive == 1 ? NULL : agent;
     {
-        ferry_desc_t d = {xb.addr, CAP, xm_ferry_kind(mem_target), 0};
+        ferry_desc_t d = xm_desc(mem_target, xb.addr, CAP);
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }
@@ -344,10 +344,8 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
     ld = xu_xcalloc(l.n, sizeof(*ld));
     rd = xu_xcalloc(l.n, sizeof(*rd));
     for (size_t i = 0; i < l.n; i++) {
-        ld[i] = (ferry_desc_t){xb->addr + l.local.off[i], l.len[i],
-                               xm_ferry_kind(mem_init), 0};
-        rd[i] = (ferry_desc_t){rbase + l.remote.off[i], l.len[i],
-                               xm_ferry_kind(mem_target), 0};
+        ld[i] = xm_desc(mem_init, xb->addr + l.local.off[i], l.len[i]);
+        rd[i] = xm_target_desc(mem_target, rbase + l.remote.off[i], l.len[i]);
     }
     t0 = xu_now_ns();
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, k->op, ld, l.n, peer, rd, l.n,
@@ -422,8 +420,8 @@ static void forced_ucx(ferry_agent_t *agent, ferry_peer_t *peer, xm_buf_t *xb,
 {
     ferry_xfer_params_t xp = {.field_mask = FERRY_XFER_PARAM_BACKEND,
                               .backend = FERRY_BACKEND_UCX};
-    ferry_desc_t ld = {xb->addr + 1, 4096, xm_ferry_kind(mem_init), 0};
-    ferry_desc_t rd = {rbase + 3, 4096, xm_ferry_kind(mem_target), 0};
+    ferry_desc_t ld = xm_desc(mem_init, xb->addr + 1, 4096);
+    ferry_desc_t rd = xm_target_desc(mem_target, rbase + 3, 4096);
     ferry_xfer_t *x = NULL;
 
     EXPECT_ST(FERRY_ERR_UNSUPPORTED, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &ld, 1,
@@ -477,7 +475,7 @@ static int initiator_main(const char *argv0)
         abort_test(fd, "cannot allocate the initiator's buffer");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     {
-        ferry_desc_t d = {xb.addr, CAP, xm_ferry_kind(mem_init), 0};
+        ferry_desc_t d = xm_desc(mem_init, xb.addr, CAP);
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }

@@ -383,21 +383,60 @@ typedef struct xu_msg {
  * child dies with its parent (PR_SET_PDEATHSIG), so a killed test leaves no
  * orphan behind. Returns the parent's end of the socketpair, or -1.
  */
+extern char **environ;
+
+/* The environment of a spawned target, built before fork (the child may not
+ * allocate): this one, with FERRY_TEST_DEVICE set to FERRY_TEST_TARGET_DEVICE
+ * (tests/mem_util.h); NULL, to inherit it unchanged, when that is unset. */
+static inline char **xu_target_env(void)
+{
+    const char *t = getenv("FERRY_TEST_TARGET_DEVICE");
+    size_t n = 0, k = 0;
+    char **e;
+
+    if (t == NULL)
+        return NULL;
+    while (environ[n] != NULL)
+        n++;
+    e = calloc(n + 2, sizeof(*e));
+    if (e == NULL || asprintf(&e[0], "FERRY_TEST_DEVICE=%s", t) < 0) {
+        free(e);
+        return NULL;
+    }
+    k = 1;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "FERRY_TEST_DEVICE=", 18) != 0)
+            e[k++] = environ[i];
+    e[k] = NULL;
+    return e;
+}
+
+static inline void xu_env_free(char **env)
+{
+    if (env != NULL) {
+        free(env[0]);
+        free(env);
+    }
+}
+
 static inline int xu_spawn(const char *argv0, const char *role,
                            const char *extra1, const char *extra2,
                            pid_t *pid_p)
 {
     int sv[2];
     pid_t parent = getpid(), pid;
+    char **env = xu_target_env();
 
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
         perror("socketpair");
+        xu_env_free(env);
         return -1;
     }
     fflush(NULL);
     pid = fork();
     if (pid < 0) {
         perror("fork");
+        xu_env_free(env);
         close(sv[0]);
         close(sv[1]);
         return -1;
@@ -413,10 +452,16 @@ static inline int xu_spawn(const char *argv0, const char *role,
          * CLOEXEC or does not exist yet. */
         fcntl(sv[1], F_SETFD, 0);
         snprintf(fdstr, sizeof(fdstr), "%d", sv[1]);
-        execl("/proc/self/exe", argv0, role, fdstr, extra1, extra2, (char *)NULL);
-        perror("execl /proc/self/exe");
+        {
+            char *args[] = {(char *)argv0, (char *)role, fdstr, (char *)extra1,
+                            (char *)extra2, NULL};
+
+            execve("/proc/self/exe", args, env ? env : environ);
+        }
+        perror("execve /proc/self/exe");
         _exit(127);
     }
+    xu_env_free(env);
     close(sv[1]);
     *pid_p = pid;
     return sv[0];

@@ -103,6 +103,7 @@ typedef struct options {
     bool mem_set; /* --initiator-mem or --target-mem was given */
     size_t prepare_n; /* 0: not in --prepare-bench mode */
     bool memcpy_mode;
+    int gpu; /* the device of a rank's GPU memory; -1: rank modulo the count */
 } options_t;
 
 /* A result row: nixlbench's columns, in its order. */
@@ -262,6 +263,7 @@ static double sum_u64(const uint64_t *v, size_t n)
 
 typedef struct bench_buf {
     ferry_mem_kind_t kind;
+    int device; /* GPU memory's */
     bool from_ferry; /* ferry_mem_alloc, else mmap */
     uint8_t *p;
     size_t len;
@@ -323,10 +325,12 @@ static uint8_t pattern_byte(uint64_t seed, uint64_t off)
 }
 
 /*
- * GPU memory for --check: the pattern is written and read on the host and
- * copied with the driver's cuMemcpyHtoD/DtoH on device 0's primary context.
- * The benchmark links only the public library, so it loads these few entry
- * points itself (at the driver API version the library uses, 12.0).
+ * GPU memory: a rank's lives on one device (--gpu), whose primary context
+ * is made current while ferry_mem_alloc() allocates it (ferry allocates on
+ * the current context's device) and while --check fills and reads it, with
+ * the driver's cuMemcpyHtoD/DtoH. The benchmark links only the public
+ * library, so it loads these few entry points itself (at the driver API
+ * version the library uses, 12.0).
  */
 static struct {
     pthread_once_t once;
@@ -334,32 +338,66 @@ static struct {
     int (*dtoh)(void *dst, uint64_t src, size_t n);
     int (*set_current)(void *ctx);
     int (*sync)(void);
+    int (*retain)(void **ctx, int dev);
+    int (*count)(int *n);
     void *ctx;
-} g_cu = {PTHREAD_ONCE_INIT, NULL, NULL, NULL, NULL, NULL};
+} g_cu = {PTHREAD_ONCE_INIT, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
 
 static void cuda_load(void)
 {
     int (*getproc)(const char *, void **, int, uint64_t);
-    int (*retain)(void **, int);
+    int (*init)(unsigned);
     void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
 
     if (lib == NULL || (*(void **)&getproc = dlsym(lib, "cuGetProcAddress")) == NULL ||
+        getproc("cuInit", (void **)&init, 12000, 0) != 0 || init(0) != 0 ||
         getproc("cuMemcpyHtoD", (void **)&g_cu.htod, 12000, 0) != 0 ||
         getproc("cuMemcpyDtoH", (void **)&g_cu.dtoh, 12000, 0) != 0 ||
         getproc("cuCtxSetCurrent", (void **)&g_cu.set_current, 12000, 0) != 0 ||
         getproc("cuCtxSynchronize", (void **)&g_cu.sync, 12000, 0) != 0 ||
-        getproc("cuDevicePrimaryCtxRetain", (void **)&retain, 12000, 0) != 0 ||
-        retain(&g_cu.ctx, 0) != 0) {
+        getproc("cuDeviceGetCount", (void **)&g_cu.count, 12000, 0) != 0 ||
+        getproc("cuDevicePrimaryCtxRetain", (void **)&g_cu.retain, 12000, 0) != 0) {
         g_cu.htod = NULL;
     }
 }
 
+/* Makes the device of this rank's GPU memory current on the calling thread
+ * (its context chosen on the first call); returns the device. Without a
+ * driver it returns 0 and leaves ferry_mem_alloc() to say why. */
+static int cuda_use(const options_t *o)
+{
+    static int dev = -1;
+
+    pthread_once(&g_cu.once, cuda_load);
+    if (g_cu.htod == NULL) {
+        return 0;
+    }
+    if (dev < 0) {
+        int n = 0;
+
+        if (g_cu.count(&n) != 0 || n < 1) {
+            die("GPU memory: no CUDA device");
+        }
+        dev = o->gpu >= 0 ? o->gpu : o->rank % n;
+        if (dev >= n) {
+            die("--gpu %d: this host has %d CUDA device(s)", dev, n);
+        }
+        if (g_cu.retain(&g_cu.ctx, dev) != 0) {
+            die("GPU memory: no context for device %d", dev);
+        }
+    }
+    if (g_cu.set_current(g_cu.ctx) != 0) {
+        die("GPU memory: cannot make device %d current", dev);
+    }
+    return dev;
+}
+
 /* Copies between the host and GPU memory (to_gpu: host -> GPU), complete
  * when it returns: a copy from pageable memory may return before its DMA
- * ends, and a peer process reads the bytes next. */
+ * ends, and a peer process reads the bytes next. The context is current
+ * already (cuda_use() ran when the memory was allocated). */
 static void cuda_copy(bool to_gpu, void *host, uint64_t gpu, size_t n)
 {
-    pthread_once(&g_cu.once, cuda_load);
     if (g_cu.htod == NULL) {
         die("--check on GPU memory: cannot load the CUDA driver's copies");
     }
@@ -600,16 +638,18 @@ typedef struct rank_ctx {
     size_t span; /* one slice: the largest block size times batch */
     ferry_peer_t *peers[MAX_RANKS]; /* by target index */
     uint64_t raddr[MAX_RANKS];      /* each target's buffer */
+    int32_t rdev[MAX_RANKS];        /* and its device, for GPU memory */
     uint64_t *cmd_seq; /* --check commands sent, by thread and target */
 } rank_ctx_t;
 
 /* The metadata a rank publishes: its buffer, then its blob. */
 typedef struct md_hdr {
     uint64_t addr, len, blob_len;
+    int64_t device;
 } md_hdr_t;
 
 static void load_peer(rank_ctx_t *rc, int r, ferry_peer_t **peer_p,
-                      uint64_t *addr_p)
+                      uint64_t *addr_p, int32_t *dev_p)
 {
     size_t len;
     uint8_t *v = kv_get(&rc->job, &len, "md/%d", r);
@@ -624,6 +664,7 @@ static void load_peer(rank_ctx_t *rc, int r, ferry_peer_t **peer_p,
     }
     CHECK(ferry_peer_load(rc->agent, v + sizeof(h), h.blob_len, peer_p));
     *addr_p = h.addr;
+    *dev_p = (int32_t)h.device;
     ferry_store_free(v);
 }
 
@@ -671,13 +712,16 @@ static void rank_setup(rank_ctx_t *rc, const options_t *o)
         ap.progress_thread = 1;
     }
     CHECK(ferry_agent_create(&ap, &rc->agent));
-    bench_alloc(rc->agent, init ? o->init_mem : o->target_mem, o->alloc,
-                rc->span * slices, &rc->buf);
+    ferry_mem_kind_t kind = init ? o->init_mem : o->target_mem;
+    int dev = kind == FERRY_MEM_CUDA ? cuda_use(o) : 0;
+
+    bench_alloc(rc->agent, kind, o->alloc, rc->span * slices, &rc->buf);
+    rc->buf.device = dev;
     ferry_desc_t d = {.addr = (uintptr_t)rc->buf.p, .len = rc->buf.len,
-                      .kind = rc->buf.kind};
+                      .kind = rc->buf.kind, .device = dev};
     CHECK(ferry_mem_register(rc->agent, &d, 1, &rc->mem));
     CHECK(ferry_md_pack(rc->agent, &blob, &blob_len));
-    md_hdr_t h = {(uintptr_t)rc->buf.p, rc->buf.len, blob_len};
+    md_hdr_t h = {(uintptr_t)rc->buf.p, rc->buf.len, blob_len, dev};
     uint8_t *v = xcalloc(1, sizeof(h) + blob_len);
     memcpy(v, &h, sizeof(h));
     memcpy(v + sizeof(h), blob, blob_len);
@@ -686,14 +730,15 @@ static void rank_setup(rank_ctx_t *rc, const options_t *o)
     ferry_md_free(blob);
 
     for (int k = 0; k < rc->topo.ntargets; k++) {
-        load_peer(rc, rc->topo.targets[k], &rc->peers[k], &rc->raddr[k]);
+        load_peer(rc, rc->topo.targets[k], &rc->peers[k], &rc->raddr[k], &rc->rdev[k]);
     }
     rc->cmd_seq = xcalloc((size_t)o->threads * (size_t)rc->topo.ntargets,
                           sizeof(*rc->cmd_seq));
     for (int k = 0; k < rc->topo.nsources; k++) {
         ferry_peer_t *p;
         uint64_t unused;
-        load_peer(rc, rc->topo.sources[k], &p, &unused);
+        int32_t unused_dev;
+        load_peer(rc, rc->topo.sources[k], &p, &unused, &unused_dev);
     }
 }
 
@@ -949,10 +994,10 @@ static void *initiator_thread(void *arg)
                               (uint64_t)o->threads + (uint64_t)tc->t) * rc->span;
         for (size_t i = 0; i < s->batch; i++) {
             l[i] = (ferry_desc_t){.addr = lbase + i * s->size, .len = s->size,
-                                  .kind = o->init_mem};
+                                  .kind = o->init_mem, .device = rc->buf.device};
             size_t slot = tc->slot != NULL ? tc->slot[i] : i;
             r[i] = (ferry_desc_t){.addr = rbase + slot * s->size, .len = s->size,
-                                  .kind = o->target_mem};
+                                  .kind = o->target_mem, .device = rc->rdev[k]};
         }
         uint64_t t0 = now_ns();
         CHECK(ferry_xfer_prepare(rc->agent, s->op, l, s->batch, rc->peers[k], r,
@@ -1268,13 +1313,22 @@ static void run_initiator(rank_ctx_t *rc)
         ops[nops++] = FERRY_OP_READ;
     }
     if (lead) {
+        char gpu[48] = "";
+
+        if (o->init_mem == FERRY_MEM_CUDA || o->target_mem == FERRY_MEM_CUDA) {
+            if (o->gpu >= 0) {
+                snprintf(gpu, sizeof(gpu), ", GPU memory on device %d", o->gpu);
+            } else {
+                snprintf(gpu, sizeof(gpu), ", GPU memory on device rank %% count");
+            }
+        }
         printf("ferry-bench: ferry %s, %s, %d ranks (%d initiating), %d "
-               "thread(s) each, %s memory (%s) -> %s memory, "
+               "thread(s) each, %s memory (%s) -> %s memory%s, "
                "wait %s, target %s%s%s; B/W in decimal GB/s\n",
                ferry_version(), scheme_names[o->scheme], o->world,
                rc->topo.ninitiators, o->threads, kind_names[o->init_mem],
                o->alloc == ALLOC_FERRY ? "ferry_mem_alloc" : "mmap",
-               kind_names[o->target_mem], wait_names[o->wait_mode],
+               kind_names[o->target_mem], gpu, wait_names[o->wait_mode],
                target_names[o->target_mode],
                o->progress_thread ? ", progress threads" : "",
                o->check ? ", every byte checked after every iteration" : "");
@@ -1621,6 +1675,8 @@ static void usage(FILE *f)
         "                     memory kind of each side (default: host, then\n"
         "                     a second sweep with cuda on both sides when a\n"
         "                     GPU is present; its --csv/--json go to FILE-cuda)\n"
+        "  --gpu N|rank       the CUDA device of a rank's GPU memory: N\n"
+        "                     (default 0), or rank modulo the device count\n"
         "  --alloc ferry|mmap host buffers from ferry_mem_alloc (default: UCX\n"
         "                     shared memory, copied directly) or plain mmap\n"
         "                     (user memory, emulated RMA on UCX 1.13)\n"
@@ -1732,7 +1788,7 @@ static void parse_options(options_t *o, int argc, char **argv)
     enum { O_SIZES = 256, O_ITERS, O_WARMUP, O_BATCH, O_OP, O_CHECK, O_CSV,
            O_JSON, O_TARGET, O_PREP, O_INIT_MEM, O_TARGET_MEM, O_ALLOC,
            O_SCHEME, O_THREADS, O_PROGRESS, O_WAIT, O_STORE, O_RANK, O_MEMCPY,
-           O_LAYOUT, O_HELP };
+           O_LAYOUT, O_GPU, O_HELP };
     static const struct option longs[] = {
         {"sizes", required_argument, NULL, O_SIZES},
         {"iters", required_argument, NULL, O_ITERS},
@@ -1756,6 +1812,7 @@ static void parse_options(options_t *o, int argc, char **argv)
         {"rank", required_argument, NULL, O_RANK},
         {"memcpy", no_argument, NULL, O_MEMCPY},
         {"layout", required_argument, NULL, O_LAYOUT},
+        {"gpu", required_argument, NULL, O_GPU},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
     static const char *const ops[] = {"write", "read", "both"};
@@ -1810,6 +1867,11 @@ static void parse_options(options_t *o, int argc, char **argv)
         case O_MEMCPY: o->memcpy_mode = true; break;
         case O_LAYOUT:
             o->layout = parse_choice(optarg, "--layout", layout_names, 2);
+            break;
+        case O_GPU:
+            o->gpu = strcmp(optarg, "rank") == 0
+                         ? -1
+                         : (int)parse_count(optarg, "--gpu", true);
             break;
         case O_PREP:
             /* getopt only attaches an optional argument given with '=';

@@ -130,6 +130,9 @@ enum {
     X(cuMemcpy, (CUdeviceptr dst, CUdeviceptr src, size_t size))              \
     X(cuMemcpyAsync, (CUdeviceptr dst, CUdeviceptr src, size_t size,          \
                       CUstream stream))                                       \
+    /* Only ferry-gpu-bench's reference between two devices calls this. */   \
+    X(cuMemcpyPeerAsync, (CUdeviceptr dst, CUcontext dctx, CUdeviceptr src,   \
+                          CUcontext sctx, size_t size, CUstream stream))      \
     X(cuIpcGetMemHandle, (CUipcMemHandle *handle, CUdeviceptr ptr))           \
     X(cuIpcOpenMemHandle, (CUdeviceptr *ptr, CUipcMemHandle handle,           \
                            unsigned flags))                                   \

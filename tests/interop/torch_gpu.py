@@ -26,6 +26,14 @@ if not torch.cuda.is_available():
     print("torch sees no GPU; skipping")
     sys.exit(77)
 
+# The device of this process's tensors: FERRY_TEST_DEVICE (default 0); the
+# target gets FERRY_TEST_TARGET_DEVICE when that is set (as in the C tests).
+DEVICE = int(os.environ.get("FERRY_TEST_DEVICE", "0"))
+if DEVICE >= torch.cuda.device_count():
+    print(f"no CUDA device {DEVICE} here ({torch.cuda.device_count()} device(s)); skipping")
+    sys.exit(77)
+torch.cuda.set_device(DEVICE)
+
 LIB = ctypes.CDLL(sys.argv[1])
 SIZE = 48 << 20      # each tensor, bytes
 ITERS = 20
@@ -141,9 +149,12 @@ def initiator():
     rng = random.Random(int(os.environ.get("FERRY_TEST_SEED", "7")))
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
+    env = dict(os.environ)
+    if "FERRY_TEST_TARGET_DEVICE" in env:
+        env["FERRY_TEST_DEVICE"] = env["FERRY_TEST_TARGET_DEVICE"]
     child = subprocess.Popen([sys.executable, __file__, sys.argv[1], "--role", "target",
                               str(to_child_r), str(from_child_w)],
-                             pass_fds=(to_child_r, from_child_w))
+                             pass_fds=(to_child_r, from_child_w), env=env)
     os.close(to_child_r)
     os.close(from_child_w)
     fout, fin = os.fdopen(to_child_w, "wb"), os.fdopen(from_child_r, "rb")
@@ -195,7 +206,8 @@ def initiator():
             failures += 1
             print(f"FAIL: the target exited with {child.returncode}")
     conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default allocator")
-    print(f"torch_gpu ({conf}): {ITERS} WRITEs and {ITERS} READs of up to "
+    print(f"torch_gpu ({conf}, device {DEVICE} to device "
+          f"{env.get('FERRY_TEST_DEVICE', DEVICE)}): {ITERS} WRITEs and {ITERS} READs of up to "
           f"{SIZE // 2} bytes: {'FAILED' if failures else 'all bytes right'}")
     return 1 if failures else 0
 
