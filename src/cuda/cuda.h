@@ -113,6 +113,7 @@ enum {
     X(cuDeviceGetUuid, (CUuuid *uuid, CUdevice dev))                          \
     X(cuDeviceGetAttribute, (int *value, int attr, CUdevice dev))             \
     X(cuDeviceTotalMem, (size_t *bytes, CUdevice dev))                        \
+    X(cuDeviceCanAccessPeer, (int *can, CUdevice dev, CUdevice peer))         \
     X(cuDevicePrimaryCtxRetain, (CUcontext *ctx, CUdevice dev))               \
     X(cuCtxPushCurrent, (CUcontext ctx))                                      \
     X(cuCtxPopCurrent, (CUcontext *ctx))                                      \

@@ -24,7 +24,8 @@
  * Mappings are shared by every key that names the same export and released
  * with the last of them, that is when the peer is forgotten or replaced.
  *
- * Transfers are cuMemcpyAsync calls on an internal stream per device and
+ * Transfers are cuMemcpyAsync calls on an internal stream per device (the
+ * local GPU memory's device, else the peer memory's: ci_copy_device) and
  * complete through an event per batch, queried in progress(). To sleep,
  * arm() enqueues a host function behind the oldest unfinished batch that
  * writes an eventfd, so waiting costs no CPU.
@@ -869,7 +870,9 @@ static ferry_status_t ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
     return FERRY_OK;
 }
 
-/* Maps the owner's VMM allocations into one reserved range, same layout. */
+/* Maps the owner's VMM allocations into one reserved range, same layout,
+ * open to its device and to every device here that can reach that one
+ * (a batch is copied on the stream of its local GPU memory's device). */
 static ferry_status_t ci_map_vmm(ci_conn_t *conn, ci_map_t *m, ferry__rbuf_t *r)
 {
     const ferry__cuda_t *cu = conn->ctx->cu;
@@ -877,7 +880,8 @@ static ferry_status_t ci_map_vmm(ci_conn_t *conn, ci_map_t *m, ferry__rbuf_t *r)
     CUmemAllocationProp prop = {0};
     CUmemAccessDesc access = {{CU_MEM_LOCATION_TYPE_DEVICE, m->device},
                               CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
-    size_t gran = 0, mapped = 0;
+    CUmemAccessDesc *all;
+    size_t gran = 0, mapped = 0, nall = 0;
     ferry_status_t st;
 
     if (r->err || n == 0 || n > CI_MAX_CHUNKS || r->left != (size_t)n * 20)
@@ -918,8 +922,25 @@ static ferry_status_t ci_map_vmm(ci_conn_t *conn, ci_map_t *m, ferry__rbuf_t *r)
                           "layout that does not cover its allocation", conn->name);
         goto err;
     }
-    FERRY_CHECK_GOTO(FERRY__CU(cu, cuMemSetAccess, (m->lbase, m->size, &access, 1)),
-                     st, err);
+    all = calloc((size_t)conn->ctx->ndevs, sizeof(*all));
+    if (all == NULL) {
+        st = ferry__error(FERRY_ERR_NO_MEMORY, "cuda_ipc: no memory");
+        goto err;
+    }
+    for (int d = 0; d < conn->ctx->ndevs; d++) {
+        int can = d == m->device;
+
+        if (!can && cu->cuDeviceCanAccessPeer(&can, d, m->device) != CUDA_SUCCESS)
+            can = 0;
+        if (can) {
+            all[nall] = access;
+            all[nall++].location.id = d;
+        }
+    }
+    st = FERRY__CU(cu, cuMemSetAccess, (m->lbase, m->size, all, nall));
+    free(all);
+    if (st < 0)
+        goto err;
     return FERRY_OK;
 
 err:
@@ -1098,13 +1119,30 @@ static CUdeviceptr ci_remote_ptr(const ferry__bk_seg_t *s)
     return rk->map->lbase + (s->raddr - rk->map->rbase);
 }
 
+/*
+ * The device whose stream copies a batch: its first local region's, when
+ * that is GPU memory (the application produced or will consume it in
+ * that device's stream order, and that device's engine always reaches it,
+ * VMM memory included), else the peer region's device. The peer's mapping
+ * is open to every device that can reach it (ci_map_vmm); with one GPU
+ * both are the same.
+ */
+static int ci_copy_device(const ferry__bk_seg_t *s)
+{
+    const ci_reg_t *reg = s->lreg;
+
+    if (reg != NULL && reg->type != CI_HOST)
+        return reg->device;
+    return ((const ci_rkey_t *)s->rkey)->map->device;
+}
+
 static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
                               const ferry__bk_seg_t *segs, size_t n,
                               ferry__bk_done_cb cb, void *arg)
 {
     ci_ctx_t *ctx = vctx;
     const ferry__cuda_t *cu = ctx->cu;
-    int device = ((const ci_rkey_t *)segs[0].rkey)->map->device;
+    int device = ci_copy_device(&segs[0]);
     ci_batch_t *b;
     CUstream stream;
     CUevent ev = NULL;
@@ -1149,7 +1187,7 @@ static ferry_status_t ci_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op
                                      void *stream)
 {
     ci_ctx_t *ctx = vctx;
-    int device = ((const ci_rkey_t *)segs[0].rkey)->map->device;
+    int device = ci_copy_device(&segs[0]);
     ferry_status_t st = FERRY_OK;
 
     (void)vconn;
