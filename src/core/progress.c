@@ -115,7 +115,6 @@ static void ferry__nap(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Whole milliseconds left before the deadline, at least 1, at most a day. */
 /* Milliseconds from now to deadline_ns, rounded up, clamped to [lo, hi]. */
 static int ferry__ms_to(uint64_t deadline_ns, int lo, int hi)
 {
