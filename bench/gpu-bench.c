@@ -23,6 +23,8 @@
 #include "mem_util.h"
 #include "xfer_util.h"
 
+#include "util/config.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -31,17 +33,12 @@
 
 enum { M_HELLO = 1, M_QUIT, M_BYE };
 
+/* A size with an optional k/m/g suffix (util/config.h); 0 when s is none. */
 static uint64_t parse_size(const char *s)
 {
-    char *end;
-    uint64_t v = strtoull(s, &end, 0);
+    uint64_t v;
 
-    switch (*end) {
-    case 'k': case 'K': return v << 10;
-    case 'm': case 'M': return v << 20;
-    case 'g': case 'G': return v << 30;
-    default: return v;
-    }
+    return ferry__parse_size(s, &v) == 0 ? v : 0;
 }
 
 static void die_st(ferry_status_t st, const char *what)
@@ -144,19 +141,24 @@ static double ref_gbps(CUstream stream, uint64_t dst, CUcontext dctx, uint64_t s
     return (double)size * iters / (double)(xu_now_ns() - t0);
 }
 
-/* GB/s of a prepared request posted and waited for iters times. */
-static double ferry_gbps(ferry_xfer_t *x, uint64_t size, unsigned iters)
+/* Nanoseconds to post a prepared request and wait for it, n times. */
+static uint64_t post_wait_ns(ferry_xfer_t *x, unsigned n)
 {
-    uint64_t t0;
+    uint64_t t0 = xu_now_ns();
 
-    die_st(ferry_xfer_post(x), "post");
-    die_st(ferry_xfer_wait(x, WAIT_NS), "wait");
-    t0 = xu_now_ns();
-    for (unsigned i = 0; i < iters; i++) {
+    for (unsigned i = 0; i < n; i++) {
         die_st(ferry_xfer_post(x), "post");
         die_st(ferry_xfer_wait(x, WAIT_NS), "wait");
     }
-    return (double)size * iters / (double)(xu_now_ns() - t0);
+    return xu_now_ns() - t0;
+}
+
+/* GB/s of a prepared request posted and waited for iters times, after one
+ * untimed round. */
+static double ferry_gbps(ferry_xfer_t *x, uint64_t size, unsigned iters)
+{
+    (void)post_wait_ns(x, 1);
+    return (double)size * iters / (double)post_wait_ns(x, iters);
 }
 
 static ferry_xfer_t *prepare(const run_t *r, ferry_xfer_op_t op, const xm_buf_t *local,
@@ -179,8 +181,7 @@ static int verify(run_t *r, xm_buf_t *local, uint64_t size)
 {
     ferry_xfer_t *x = prepare(r, FERRY_OP_READ, &r->gpu2, size, NULL);
 
-    die_st(ferry_xfer_post(x), "post");
-    die_st(ferry_xfer_wait(x, WAIT_NS), "wait");
+    (void)post_wait_ns(x, 1);
     ferry_xfer_release(x);
     xm_from_dev(&r->gpu2, 0, size);
     xm_from_dev(local, 0, size);
@@ -306,16 +307,9 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     eg = capture_xfer(r->stream, xg);
 
     for (int i = 0; i < rounds; i++) {
-        uint64_t t0;
-
         raw[i] = replay_us(r->stream, eraw, n);
         fh[i] = replay_us(r->stream, eh, n);
-        t0 = xu_now_ns();
-        for (unsigned j = 0; j < n; j++) {
-            die_st(ferry_xfer_post(xh), "post");
-            die_st(ferry_xfer_wait(xh, WAIT_NS), "wait");
-        }
-        host[i] = (double)(xu_now_ns() - t0) / 1e3 / n;
+        host[i] = (double)post_wait_ns(xh, n) / 1e3 / n;
         copy[i] = replay_us(r->stream, ecopy, n);
         fg[i] = replay_us(r->stream, eg, n);
     }
@@ -358,6 +352,7 @@ static void fill_random(xm_buf_t *b, uint64_t seed)
 int main(int argc, char **argv)
 {
     const char *sizes = "1m,16m,256m";
+    char *list, *save = NULL;
     int rounds = 5, fd, status, failures = 0;
     pid_t pid;
     run_t r = {.min_bytes = 4ull << 30};
@@ -426,15 +421,9 @@ int main(int argc, char **argv)
         ferry_xfer_t *x = prepare(&r, FERRY_OP_WRITE, &r.gpu, 4096, &open_us);
         ferry_xfer_t *y = prepare(&r, FERRY_OP_WRITE, &r.gpu, 4096, &again_us);
         unsigned n = 2000;
-        uint64_t t0;
 
         (void)ferry_gbps(y, 4096, 10);
-        t0 = xu_now_ns();
-        for (unsigned i = 0; i < n; i++) {
-            die_st(ferry_xfer_post(x), "post");
-            die_st(ferry_xfer_wait(x, WAIT_NS), "wait");
-        }
-        small_us = (double)(xu_now_ns() - t0) / 1e3 / n;
+        small_us = (double)post_wait_ns(x, n) / 1e3 / n;
         ferry_xfer_release(x);
         ferry_xfer_release(y);
     }
@@ -455,8 +444,11 @@ int main(int argc, char **argv)
     printf("%-10s %-14s %12s %14s %8s %6s\n", "size", "transfer", "ferry GB/s",
            "reference GB/s", "ratio", "bytes");
 
-    for (const char *p = sizes; *p;) {
-        uint64_t size = parse_size(p);
+    list = strdup(sizes);
+    if (list == NULL)
+        return 1;
+    for (char *t = strtok_r(list, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        uint64_t size = parse_size(t);
         static const struct {
             const char *name, *ref;
             ferry_xfer_op_t op;
@@ -480,11 +472,12 @@ int main(int argc, char **argv)
 
             /* The reference copies the same bytes the same way in one
              * process: between the two GPU buffers, or pinned <-> GPU. */
-            dst = kinds[k].op == FERRY_OP_WRITE ? r.gpu2.addr : local->addr;
-            src = kinds[k].op == FERRY_OP_WRITE ? local->addr : r.gpu2.addr;
-            if (!kinds[k].host) {
+            if (!kinds[k].host || kinds[k].op == FERRY_OP_WRITE) {
                 dst = r.gpu2.addr;
-                src = r.gpu.addr;
+                src = local->addr;
+            } else {
+                dst = local->addr;
+                src = r.gpu2.addr;
             }
             for (int i = 0; i < rounds; i++) {
                 /* GPU -> GPU: gpu2 (the target's device) <- gpu, on a stream
@@ -510,11 +503,8 @@ int main(int argc, char **argv)
             /* Fresh bytes for the next kind, so no check passes on stale data. */
             fill_random(local, size + k + 3);
         }
-        p = strchr(p, ',');
-        if (p == NULL)
-            break;
-        p++;
     }
+    free(list);
     stream_section(&r, blob, m.iter, m.b, rounds);
     free(blob);
     xu_send_msg(fd, M_QUIT, 0, 0, 0, 0);

@@ -123,6 +123,13 @@ static inline uint64_t test_rand_range(test_rng_t *r, uint64_t lo, uint64_t hi)
     return lo + test_rand(r) % (hi - lo + 1);
 }
 
+/* n bytes straight from the generator, for data no check recomputes. */
+static inline void test_rand_bytes(test_rng_t *r, uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (uint8_t)test_rand(r);
+}
+
 /* The byte expected at address offset off of a buffer in iteration iter:
  * cheap to compute anywhere, different for every (seed, iter, off). */
 static inline uint8_t test_pattern(uint64_t seed, uint64_t iter, uint64_t off)

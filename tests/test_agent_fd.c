@@ -5,14 +5,17 @@
  * thread. If the fd failed to report work, every request would wait for the
  * loop's 200 ms timeout, so the test counts those timeouts and fails on any
  * more than a handful; every WRITE carries new bytes, and every READ
- * brings them back into a cleared buffer, checked byte for byte.
+ * brings them back into a cleared buffer, checked byte for byte. The
+ * requests move one random length between random places of the three
+ * buffers (seed: FERRY_TEST_SEED).
  */
-#include "test.h"
+#include "xfer_util.h"
 
 #include <sys/epoll.h>
 
 #define N 10000
 #define LEN 4096
+#define CAP (2 * LEN) /* each buffer */
 
 int main(void)
 {
@@ -23,18 +26,24 @@ int main(void)
     ferry_mem_t *mm, *tm;
     ferry_peer_t *peer;
     ferry_xfer_t *w, *r;
-    static uint8_t src[LEN], dst[LEN], back[LEN];
-    ferry_desc_t ds = {(uintptr_t)src, LEN, FERRY_MEM_HOST, 0};
-    ferry_desc_t db = {(uintptr_t)back, LEN, FERRY_MEM_HOST, 0};
-    ferry_desc_t dd = {(uintptr_t)dst, LEN, FERRY_MEM_HOST, 0};
-    ferry_desc_t mine[2] = {ds, db};
+    static uint8_t src[CAP], dst[CAP], back[CAP];
+    test_rng_t rng = {xu_seed(0xfd)};
+    uint64_t n = test_rand_range(&rng, 1, LEN);
+    uint64_t so = test_rand_range(&rng, 0, CAP - n), bo = test_rand_range(&rng, 0, CAP - n);
+    ferry_desc_t ds = {(uintptr_t)src + so, n, FERRY_MEM_HOST, 0};
+    ferry_desc_t db = {(uintptr_t)back + bo, n, FERRY_MEM_HOST, 0};
+    ferry_desc_t dd = {(uintptr_t)dst + test_rand_range(&rng, 0, CAP - n), n,
+                       FERRY_MEM_HOST, 0};
+    ferry_desc_t mine[2] = {{(uintptr_t)src, CAP, FERRY_MEM_HOST, 0},
+                            {(uintptr_t)back, CAP, FERRY_MEM_HOST, 0}};
+    ferry_desc_t theirs = {(uintptr_t)dst, CAP, FERRY_MEM_HOST, 0};
     struct epoll_event ev = {.events = EPOLLIN}, out;
     int fd, ep, timeouts = 0, sleeps = 0;
 
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &me));
     ASSERT_ST(FERRY_OK, ferry_agent_create(&tp, &target));
     ASSERT_ST(FERRY_OK, ferry_mem_register(me, mine, 2, &mm));
-    ASSERT_ST(FERRY_OK, ferry_mem_register(target, &dd, 1, &tm));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(target, &theirs, 1, &tm));
     ASSERT_ST(FERRY_OK, test_exchange(me, target, &peer));
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &ds, 1, peer, &dd, 1,
                                            NULL, &w));
@@ -51,9 +60,9 @@ int main(void)
         ferry_status_t st;
 
         if (x == w)
-            test_fill_fast(src, LEN, 3, (uint64_t)i, 0);
+            test_fill_fast(src + so, n, 3, (uint64_t)i, 0);
         else
-            memset(back, 0, LEN);
+            memset(back, 0, CAP);
         st = ferry_xfer_post(x);
         ASSERT_TRUE(st == FERRY_OK || st == FERRY_IN_PROGRESS);
         while (st == FERRY_IN_PROGRESS) {
@@ -69,8 +78,15 @@ int main(void)
             st = ferry_xfer_test(x);
         }
         ASSERT_ST(FERRY_OK, st);
-        if (x == r) /* the READ brings back the WRITE before it */
-            EXPECT_EQ(UINT64_MAX, test_verify_fast(back, LEN, 3, (uint64_t)i - 1, 0));
+        if (x == r) { /* the READ brings back the WRITE before it, and only it */
+            EXPECT_EQ(UINT64_MAX, test_verify_fast(back + bo, n, 3, (uint64_t)i - 1, 0));
+            for (uint64_t k = 0; k < CAP; k++)
+                if ((k < bo || k >= bo + n) && back[k] != 0) {
+                    TEST_FAIL_AT_("request %d: the READ wrote byte %" PRIu64 ", outside "
+                                  "its range", i, k);
+                    break;
+                }
+        }
     }
     printf("test_agent_fd: %d requests, %d sleeps in epoll_wait, %d timed out\n", N,
            sleeps, timeouts);

@@ -41,18 +41,14 @@ static int target_main(int fd)
     ferry_mem_t *mem;
     uint8_t *buf = xu_alloc_buf(TCAP);
     ferry_desc_t d = {(uintptr_t)buf, TCAP, FERRY_MEM_HOST, 0};
-    void *blob;
-    size_t len;
     xu_msg_t m;
 
     alarm(300);
     memset(buf, 0, TCAP);
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
-    if (xu_send_msg(fd, M_HELLO, 0, len, d.addr, TCAP) != 0 || xu_send(fd, blob, len) != 0)
+    if (xu_send_blob(fd, agent, M_HELLO, 0, d.addr, TCAP) != 0)
         return 1;
-    ferry_md_free(blob);
     /* The progress thread serves every transfer; this thread only waits. */
     if (xu_recv_msg(fd, &m, M_QUIT, 280000, NULL) != 0)
         return 1;
@@ -60,15 +56,6 @@ static int target_main(int fd)
     ferry_agent_destroy(agent);
     free(buf);
     return 0;
-}
-
-static void stop_target(void)
-{
-    int ws;
-
-    kill(target_pid, SIGSTOP);
-    /* Signals arrive asynchronously: go on only once it has stopped. */
-    ASSERT_TRUE(waitpid(target_pid, &ws, WUNTRACED) == target_pid && WIFSTOPPED(ws));
 }
 
 static void resume_target(void)
@@ -287,10 +274,9 @@ int main(int argc, char **argv)
     ASSERT_TRUE(fd >= 0);
     alarm(240); /* a hang fails the test; the target dies with us */
 
-    ASSERT_TRUE(xu_recv_msg(fd, &m, M_HELLO, 60000, NULL) == 0 && m.b == TCAP);
+    blob = xu_recv_blob(fd, &m, M_HELLO, 60000);
+    ASSERT_TRUE(blob != NULL && m.b == TCAP);
     rbase = m.a;
-    blob = xu_xcalloc(1, (size_t)m.iter);
-    ASSERT_TRUE(xu_recv(fd, blob, (size_t)m.iter, 60000, NULL) == 0);
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
     ASSERT_ST(FERRY_OK, ferry_agent_create(&sp, &stall_agent));
@@ -304,8 +290,10 @@ int main(int argc, char **argv)
     /* Cancel of requests not in flight changes nothing. */
     printf("cancel of a finished and of a never-posted request\n");
     {
+        uint64_t roff = test_rand_range(&rng, 0, TCAP - 8192);
         lbuf_t b = lbuf_new(agent, 8192, 3);
-        ferry_xfer_t *x = prepare(agent, FERRY_OP_WRITE, peer, &b, 0, rbase, 8192, NULL);
+        ferry_xfer_t *x = prepare(agent, FERRY_OP_WRITE, peer, &b, 0, rbase + roff, 8192,
+                                  NULL);
 
         EXPECT_ST(FERRY_OK, ferry_xfer_cancel(x));
         EXPECT_ST(FERRY_ERR_INVALID, ferry_xfer_test(x));
@@ -317,8 +305,8 @@ int main(int argc, char **argv)
         {
             /* The WRITE landed: read it back into other bytes. */
             lbuf_t back = lbuf_new(agent, 8192, 99);
-            ferry_xfer_t *r = prepare(agent, FERRY_OP_READ, peer, &back, 0, rbase, 8192,
-                                      NULL);
+            ferry_xfer_t *r = prepare(agent, FERRY_OP_READ, peer, &back, 0, rbase + roff,
+                                      8192, NULL);
 
             EXPECT_ST(FERRY_OK, xu_post_wait(r, 60 * SEC));
             EXPECT_EQ(UINT64_MAX, test_verify_fast(back.p, 8192, seed, 3, 0));
@@ -346,7 +334,7 @@ int main(int argc, char **argv)
         ferry_status_t cst;
         quarantine_t qw, qr;
 
-        stop_target();
+        xu_stop_child(target_pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(r));
         EXPECT_ST(FERRY_ERR_TIMEOUT, ferry_xfer_wait(w, SEC / 5));
@@ -379,7 +367,7 @@ int main(int argc, char **argv)
         ferry_xfer_t *r = prepare(agent, FERRY_OP_READ, peer, &back, 0, rbase + roff, BIG,
                                   NULL);
 
-        stop_target();
+        xu_stop_child(target_pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         st = ferry_xfer_cancel(w);
         expect_end(w, FERRY_ERR_CANCELED, "canceled", st);
@@ -411,7 +399,7 @@ int main(int argc, char **argv)
         quarantine_t qw, qr;
         uint64_t t0;
 
-        stop_target();
+        xu_stop_child(target_pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(r));
         t0 = xu_now_ns();
@@ -444,7 +432,7 @@ int main(int argc, char **argv)
         ferry_completion_t c;
         quarantine_t qw, qr;
 
-        stop_target();
+        xu_stop_child(target_pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(r));
         ferry_xfer_release(w);

@@ -43,7 +43,6 @@ int main(void)
     ferry_desc_t l[N], r[N];
     ferry_mem_t *mem;
     ferry_xfer_t *x;
-    ferry_status_t st;
 
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, regs, 2, &mem));
@@ -89,10 +88,7 @@ int main(void)
     test_fill_fast(buf, 8 * N * BLK, 0xc0a1e5ull, 0, 0);
     test_fill_fast(buf, N * BLK, 0xc0a1e5ull, 1, 0);
     EXPECT_EQ(1, segs_of(l, r, N, &x));
-    st = ferry_xfer_post(x);
-    if (st == FERRY_IN_PROGRESS)
-        st = ferry_xfer_wait(x, WAIT_NS);
-    EXPECT_ST(FERRY_OK, st);
+    EXPECT_ST(FERRY_OK, xu_post_wait(x, WAIT_NS));
     EXPECT_EQ(UINT64_MAX, test_verify_fast(buf + 4 * N * BLK, N * BLK, 0xc0a1e5ull, 1, 0));
     EXPECT_EQ(UINT64_MAX, test_verify_fast(buf + 5 * N * BLK, 3 * N * BLK, 0xc0a1e5ull,
                                            0, 5 * N * BLK));

@@ -27,7 +27,6 @@
  *
  * A watchdog alarm turns any hang into a failure.
  */
-#include "test.h"
 #include "xfer_util.h"
 
 #include "comm/comm.h"
@@ -112,14 +111,10 @@ static void ring_xfer(ferry_agent_t *agent, ferry_peer_t *peer,
     ferry_desc_t r = {.addr = b->addr[peer_rank] + roff, .len = len,
                       .kind = FERRY_MEM_HOST};
     ferry_xfer_t *x;
-    ferry_status_t st;
 
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, NULL,
                                            &x));
-    st = ferry_xfer_post(x);
-    if (st == FERRY_IN_PROGRESS)
-        st = ferry_xfer_wait(x, TMO);
-    ASSERT_ST(FERRY_OK, st);
+    ASSERT_ST(FERRY_OK, xu_post_wait(x, TMO));
     ferry_xfer_release(x);
 }
 
@@ -610,8 +605,6 @@ static int run_api(void)
     EXPECT_ST(FERRY_OK, ferry_store_set(rogue, "api/abort", "zzz", 3));
     EXPECT_ST(FERRY_OK, ferry_store_ping(rogue));
     ferry_comm_t *c3 = NULL;
-    p.prefix = "api/";
-    p.field_mask |= FERRY_COMM_PARAM_PREFIX;
     ferry_comm_destroy(c);
     ferry_comm_destroy(c2);
     EXPECT_ST(FERRY_OK, ferry_store_delete_key(rogue, "api/join/0", NULL));
@@ -803,6 +796,6 @@ int main(int argc, char **argv)
         return run_env();
     if (argc >= 2 && strcmp(argv[1], "api") == 0)
         return run_api();
-    fprintf(stderr, "usage: test_comm ring | fail CASE | env\n");
+    fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE | env | api\n");
     return 2;
 }

@@ -38,6 +38,8 @@ static slot_t slots[SLOTS];
 static test_rng_t rng = {0x5eed};
 static long inline_done;
 
+/* A request between local and the target's dst, both at off; one with a
+ * NULL user_data is prepared without it, and queues no entries. */
 static ferry_xfer_t *prep(ferry_xfer_op_t op, uint8_t *local, uint64_t off, uint64_t len,
                           void *user_data)
 {
@@ -47,7 +49,8 @@ static ferry_xfer_t *prep(ferry_xfer_op_t op, uint8_t *local, uint64_t off, uint
                               .user_data = user_data};
     ferry_xfer_t *x;
 
-    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, op, &l, 1, peer, &r, 1, &xp, &x));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, op, &l, 1, peer, &r, 1,
+                                           user_data ? &xp : NULL, &x));
     return x;
 }
 
@@ -125,33 +128,31 @@ static void bad_arguments(void)
     EXPECT_EQ(0, n);
 }
 
-/* The target's first 4 KiB hold pattern iter: read back into this agent's
- * own memory (a request without user data, so it queues nothing). */
-static void check_dst(uint64_t iter)
+/* The target's [off, off+len) holds pattern iter: read back into this
+ * agent's own memory (a request without user data, so it queues nothing). */
+static void check_dst(uint64_t off, uint64_t len, uint64_t iter)
 {
-    ferry_desc_t l = {(uintptr_t)back, 4096, FERRY_MEM_HOST, 0};
-    ferry_desc_t r = {(uintptr_t)dst, 4096, FERRY_MEM_HOST, 0};
-    ferry_xfer_t *x;
+    ferry_xfer_t *x = prep(FERRY_OP_READ, back, off, len, NULL);
 
-    memset(back, 0, 4096);
-    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_READ, &l, 1, peer, &r, 1, NULL,
-                                           &x));
+    memset(back + off, 0, len);
     EXPECT_ST(FERRY_OK, xu_post_wait(x, 30 * SEC));
-    EXPECT_EQ(UINT64_MAX, test_verify(back, 4096, 7, iter, 0));
+    EXPECT_EQ(UINT64_MAX, test_verify(back + off, len, 7, iter, 0));
     ferry_xfer_release(x);
 }
 
 /* Re-posting before draining drops the old entry; release drops it too. */
 static void dropped_entries(void)
 {
-    ferry_xfer_t *x = prep(FERRY_OP_WRITE, src, 0, 4096, &dropped_entries);
+    uint64_t len = test_rand_range(&rng, 1, SLICE);
+    uint64_t off = test_rand_range(&rng, 0, SLOTS * SLICE - len);
+    ferry_xfer_t *x = prep(FERRY_OP_WRITE, src, off, len, &dropped_entries);
     ferry_completion_t c[4];
     size_t n = 0;
     ferry_status_t st;
     int queued = 0;
 
     for (int i = 0; i < 2; i++) {
-        test_fill(src, 4096, 7, 900000 + (uint64_t)i, 0);
+        test_fill(src + off, len, 7, 900000 + (uint64_t)i, 0);
         st = ferry_xfer_post(x);
         if (st == FERRY_IN_PROGRESS) {
             queued = 1;
@@ -160,7 +161,7 @@ static void dropped_entries(void)
             queued = 0;
         }
         ASSERT_ST(FERRY_OK, st);
-        check_dst(900000 + (uint64_t)i);
+        check_dst(off, len, 900000 + (uint64_t)i);
     }
     ASSERT_ST(FERRY_OK, ferry_agent_completions(me, c, 4, &n));
     EXPECT_EQ(queued, n); /* only the second post's entry, if it had one */
@@ -168,12 +169,9 @@ static void dropped_entries(void)
         EXPECT_TRUE(c[0].xfer == x && c[0].user_data == (void *)&dropped_entries);
         EXPECT_ST(FERRY_OK, c[0].status);
     }
-    test_fill(src, 4096, 7, 900002, 0);
-    st = ferry_xfer_post(x);
-    if (st == FERRY_IN_PROGRESS)
-        st = ferry_xfer_wait(x, 30 * SEC);
-    ASSERT_ST(FERRY_OK, st);
-    check_dst(900002);
+    test_fill(src + off, len, 7, 900002, 0);
+    ASSERT_ST(FERRY_OK, xu_post_wait(x, 30 * SEC));
+    check_dst(off, len, 900002);
     ferry_xfer_release(x);
     ASSERT_ST(FERRY_OK, ferry_agent_completions(me, c, 4, &n));
     EXPECT_EQ(0, n);

@@ -15,12 +15,6 @@
 
 static uint8_t *src, *dst, *want;
 
-static void fill_random(test_rng_t *r, uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)test_rand(r);
-}
-
 /* Copies [so, so+len) of src to [d_off, d_off+len) of dst with threshold
  * nt_min and compares the destination, with PAD bytes on either side, with
  * what memmove gives. */
@@ -28,7 +22,7 @@ static void one(test_rng_t *r, size_t so, size_t d_off, size_t len, size_t nt_mi
 {
     size_t lo = d_off - PAD, n = len + 2 * PAD;
 
-    fill_random(r, dst + lo, n);
+    test_rand_bytes(r, dst + lo, n);
     memcpy(want + lo, dst + lo, n);
     memmove(want + d_off, src + so, len);
     ferry__copy(dst + d_off, src + so, len, nt_min);
@@ -78,7 +72,7 @@ static void overlapping(test_rng_t *r)
         size_t shift = (size_t)test_rand_range(r, 1, 4096);
         size_t from = (i & 1) ? a : a + shift, to = (i & 1) ? a + shift : a;
 
-        fill_random(r, dst, AREA);
+        test_rand_bytes(r, dst, AREA);
         memcpy(want, dst, AREA);
         memmove(want + to, want + from, len);
         ferry__copy(dst + to, dst + from, len, 0);
@@ -118,7 +112,7 @@ int main(void)
     dst = malloc(AREA);
     want = malloc(AREA);
     ASSERT_TRUE(src && dst && want);
-    fill_random(&r, src, AREA);
+    test_rand_bytes(&r, src, AREA);
     alignments(&r);
     random_ranges(&r);
     overlapping(&r);

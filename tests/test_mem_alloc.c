@@ -77,8 +77,6 @@ static int run_target(int fd)
     ferry_agent_t *a;
     ferry_mem_t *m;
     uint8_t *p;
-    void *blob;
-    size_t len;
     xu_msg_t msg;
     uint64_t bad;
 
@@ -89,18 +87,16 @@ static int run_target(int fd)
     ASSERT_ST(FERRY_OK, ferry_mem_register(a, &d, 1, &m));
     EXPECT_ST(FERRY_ERR_BUSY, ferry_mem_free(a, p));
     EXPECT_ERR_HAS("registration");
-    ASSERT_ST(FERRY_OK, ferry_md_pack(a, &blob, &len));
-    if (xu_send_msg(fd, MSG_BLOB, 0, 0, (uintptr_t)p, len) != 0 ||
-        xu_send(fd, blob, len) != 0)
+    if (xu_send_blob(fd, a, MSG_BLOB, 0, (uintptr_t)p, LEN / 2) != 0)
         return 1;
-    ferry_md_free(blob);
-    /* No agent here: the wait does not drive progress. */
-    if (xu_recv_msg(fd, &msg, MSG_VERIFY, 60000, NULL) != 0)
+    /* No agent here: the wait does not drive progress. The request names
+     * the iteration, offset and length of the range the WRITEs went to. */
+    if (xu_recv_msg(fd, &msg, MSG_VERIFY, 60000, NULL) != 0 || msg.a + msg.b > LEN / 2)
         return 1;
-    bad = test_verify_fast(p, LEN / 2, SEED, msg.iter, 0);
-    for (size_t i = LEN / 2; i < LEN && bad == UINT64_MAX; i++)
-        if (p[i] != 0)
-            bad = i; /* written past the registered range */
+    bad = test_verify_fast(p + msg.a, msg.b, SEED, msg.iter, 0);
+    for (size_t i = 0; i < LEN && bad == UINT64_MAX; i++)
+        if ((i < msg.a || i >= msg.a + msg.b) && p[i] != 0)
+            bad = i; /* written outside the range */
     if (xu_send_msg(fd, MSG_VERDICT, 0, 0, bad, 0) != 0)
         return 1;
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
@@ -115,25 +111,33 @@ static void run_initiator(const char *argv0, ferry_agent_t *b)
     ferry_peer_t *peer;
     ferry_xfer_t *w, *r;
     xu_msg_t msg;
-    uint8_t *ib, *blob;
-    pid_t pid;
+    uint8_t *ib;
+    void *blob;
+    pid_t pid = -1;
     int fd = xu_spawn(argv0, "target", NULL, NULL, &pid), status;
+    /* One random length, at random places of the target's registered half
+     * and of the initiator's two halves (WRITE from the first, READ back
+     * into the second). */
+    test_rng_t rng = {xu_seed(SEED)};
+    uint64_t n = test_rand_range(&rng, LEN / 8, LEN / 2);
+    uint64_t roff = test_rand_range(&rng, 0, LEN / 2 - n);
+    uint64_t woff = test_rand_range(&rng, 0, LEN / 2 - n);
+    uint64_t boff = test_rand_range(&rng, LEN / 2, LEN - n);
 
     ASSERT_TRUE(fd >= 0);
-    ASSERT_TRUE(xu_recv_msg(fd, &msg, MSG_BLOB, 30000, NULL) == 0);
-    blob = xu_xcalloc(msg.b, 1);
-    ASSERT_TRUE(xu_recv(fd, blob, msg.b, 30000, NULL) == 0);
-    ASSERT_ST(FERRY_OK, ferry_peer_load(b, blob, msg.b, &peer));
+    blob = xu_recv_blob(fd, &msg, MSG_BLOB, 30000);
+    ASSERT_TRUE(blob != NULL && msg.b == LEN / 2);
+    ASSERT_ST(FERRY_OK, ferry_peer_load(b, blob, (size_t)msg.iter, &peer));
     free(blob);
-    ferry_desc_t rd = {.addr = msg.a, .len = LEN / 2, .kind = FERRY_MEM_HOST};
+    printf("test_mem_alloc: %" PRIu64 " B from +%" PRIu64 " to the target's +%" PRIu64
+           ", back to +%" PRIu64 "\n", n, woff, roff, boff);
+    ferry_desc_t rd = {.addr = msg.a + roff, .len = n, .kind = FERRY_MEM_HOST};
 
-    /* The initiator's memory is allocated too; WRITE its first half, READ
-     * back into its second. */
+    /* The initiator's memory is allocated too. */
     ASSERT_ST(FERRY_OK, ferry_mem_alloc(b, LEN, FERRY_MEM_HOST, (void **)&ib));
     ferry_desc_t db = {.addr = (uintptr_t)ib, .len = LEN, .kind = FERRY_MEM_HOST};
-    ferry_desc_t lw = {.addr = (uintptr_t)ib, .len = LEN / 2, .kind = FERRY_MEM_HOST};
-    ferry_desc_t lr = {.addr = (uintptr_t)ib + LEN / 2, .len = LEN / 2,
-                       .kind = FERRY_MEM_HOST};
+    ferry_desc_t lw = {.addr = (uintptr_t)ib + woff, .len = n, .kind = FERRY_MEM_HOST};
+    ferry_desc_t lr = {.addr = (uintptr_t)ib + boff, .len = n, .kind = FERRY_MEM_HOST};
     ASSERT_ST(FERRY_OK, ferry_mem_register(b, &db, 1, &mb));
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(b, FERRY_OP_WRITE, &lw, 1, peer, &rd, 1,
                                            NULL, &w));
@@ -141,13 +145,19 @@ static void run_initiator(const char *argv0, ferry_agent_t *b)
                                            NULL, &r));
     uint64_t it = 0;
     for (; it < ITERS && test_failures == 0; it++) {
-        test_fill_fast(ib, LEN / 2, SEED, it, 0);
+        test_fill_fast(ib + woff, n, SEED, it, 0);
         post_wait(w, "WRITE");
         memset(ib + LEN / 2, 0, LEN / 2);
         post_wait(r, "READ");
-        EXPECT_EQ(UINT64_MAX, test_verify_fast(ib + LEN / 2, LEN / 2, SEED, it, 0));
+        EXPECT_EQ(UINT64_MAX, test_verify_fast(ib + boff, n, SEED, it, 0));
+        for (uint64_t i = LEN / 2; i < LEN; i++)
+            if ((i < boff || i >= boff + n) && ib[i] != 0) {
+                TEST_FAIL_AT_("iteration %" PRIu64 ": the READ wrote byte %" PRIu64
+                              ", outside its range", it, i);
+                break;
+            }
     }
-    ASSERT_TRUE(xu_send_msg(fd, MSG_VERIFY, 0, it - 1, 0, 0) == 0);
+    ASSERT_TRUE(xu_send_msg(fd, MSG_VERIFY, 0, it - 1, roff, n) == 0);
     ASSERT_TRUE(xu_recv_msg(fd, &msg, MSG_VERDICT, 30000, NULL) == 0);
     if (msg.a != UINT64_MAX)
         TEST_FAIL_AT_("target's memory wrong at byte %" PRIu64, msg.a);

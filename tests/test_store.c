@@ -9,7 +9,7 @@
  * server gets PEER_LOST promptly; "tool" runs ferry-store as a process.
  * A watchdog alarm turns any hang into a failure.
  */
-#include "test.h"
+#include "xfer_util.h"
 
 #include "store/proto.h"
 #include "util/buf.h"
@@ -27,8 +27,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-extern char **environ;
-
 static ferry_store_t *connect_port(uint16_t port, uint64_t timeout_ns)
 {
     char url[64];
@@ -41,12 +39,6 @@ static ferry_store_t *connect_port(uint16_t port, uint64_t timeout_ns)
     return s;
 }
 
-static void rand_bytes(test_rng_t *r, uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)test_rand(r);
-}
-
 static void rand_key(test_rng_t *r, char *k, size_t cap)
 {
     size_t n = test_rand_range(r, 1, cap - 1);
@@ -54,6 +46,21 @@ static void rand_key(test_rng_t *r, char *k, size_t cap)
     for (size_t i = 0; i < n; i++)
         k[i] = (char)test_rand_range(r, 33, 126);
     k[n] = 0;
+}
+
+/* compare_set(key, expected, desired) on s succeeds and answers want. */
+static void expect_cas(ferry_store_t *s, const char *key, const char *expected,
+                       const char *desired, const char *want)
+{
+    void *v = NULL;
+    size_t len = 0;
+
+    EXPECT_ST(FERRY_OK, ferry_store_compare_set(s, key, expected, strlen(expected), desired,
+                                                strlen(desired), &v, &len));
+    if (v == NULL || len != strlen(want) || memcmp(v, want, len) != 0)
+        TEST_FAIL_AT_("compare_set('%s', '%s', '%s') answered %zu bytes, not '%s'", key,
+                      expected, desired, len, want);
+    ferry_store_free(v);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -81,7 +88,7 @@ static void case_ops(void)
 
         snprintf(key, sizeof(key), "k%d/", i);
         rand_key(&rng, key + strlen(key), 40);
-        rand_bytes(&rng, val, len);
+        test_rand_bytes(&rng, val, len);
         EXPECT_ST(FERRY_OK, ferry_store_set(a, key, val, len));
         EXPECT_ST(FERRY_OK, ferry_store_get(b, key, &got, &glen));
         EXPECT_EQ(len, glen);
@@ -123,20 +130,10 @@ static void case_ops(void)
 
     /* compare_set: create on empty expected, swap on match, keep on
      * mismatch, and the protocol's answer for a missing key. */
-    void *cv = NULL;
-    size_t clen = 0;
-    EXPECT_ST(FERRY_OK, ferry_store_compare_set(a, "cas", "", 0, "one", 3, &cv, &clen));
-    EXPECT_TRUE(clen == 3 && memcmp(cv, "one", 3) == 0);
-    ferry_store_free(cv);
-    EXPECT_ST(FERRY_OK, ferry_store_compare_set(b, "cas", "one", 3, "two!", 4, &cv, &clen));
-    EXPECT_TRUE(clen == 4 && memcmp(cv, "two!", 4) == 0);
-    ferry_store_free(cv);
-    EXPECT_ST(FERRY_OK, ferry_store_compare_set(a, "cas", "one", 3, "three", 5, &cv, &clen));
-    EXPECT_TRUE(clen == 4 && memcmp(cv, "two!", 4) == 0);
-    ferry_store_free(cv);
-    EXPECT_ST(FERRY_OK, ferry_store_compare_set(a, "cas-missing", "x", 1, "y", 1, &cv, &clen));
-    EXPECT_TRUE(clen == 1 && memcmp(cv, "x", 1) == 0);
-    ferry_store_free(cv);
+    expect_cas(a, "cas", "", "one", "one");
+    expect_cas(b, "cas", "one", "two!", "two!");
+    expect_cas(a, "cas", "one", "three", "two!");
+    expect_cas(a, "cas-missing", "x", "y", "x");
     const char *cm[] = {"cas-missing"};
     EXPECT_ST(FERRY_OK, ferry_store_check(a, cm, 1, &ready));
     EXPECT_EQ(0, ready);
@@ -163,7 +160,7 @@ static void case_ops(void)
         rand_key(&rng, kbuf[i] + strlen(kbuf[i]), 20);
         mk[i] = kbuf[i];
         ml[i] = (size_t)test_rand_range(&rng, 0, 100);
-        rand_bytes(&rng, vbuf[i], ml[i]);
+        test_rand_bytes(&rng, vbuf[i], ml[i]);
         mv[i] = vbuf[i];
     }
     EXPECT_ST(FERRY_OK, ferry_store_multi_set(a, mk, mv, ml, M));
@@ -709,19 +706,10 @@ static void case_tool(const char *tool)
 
         /* SIGTERM stops it cleanly, and its clients see PEER_LOST. */
         kill(pid, SIGTERM);
-        int status = -1;
-        uint64_t t0 = ferry__now_ns();
-        pid_t reaped = 0;
+        /* If it ignored SIGTERM, xu_reap kills it: fail, leaving nothing. */
+        int status = xu_reap(pid, 10000);
 
-        while ((reaped = waitpid(pid, &status, WNOHANG)) == 0 &&
-               ferry__now_ns() - t0 < 10000000000ull)
-            usleep(10000);
-        if (reaped != pid) { /* it ignored SIGTERM: fail, and leave nothing behind */
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-            status = -1;
-        }
-        EXPECT_TRUE(reaped == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
         EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_store_ping(b));
         ferry_store_close(b);
     } else {

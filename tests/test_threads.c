@@ -9,7 +9,7 @@
  * with and without the agent's progress thread (arguments "tcp" and
  * "thread"); `make tsan` runs all four under ThreadSanitizer.
  */
-#include "test.h"
+#include "xfer_util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,7 +18,6 @@
 #define SLICE (256u << 10)
 #define ITERS 150 /* FERRY_TEST_ITERS lowers it for sanitizers */
 #define GUARD 256 /* bytes checked on either side of each destination range */
-#define GUARD_TAG 0xF000000000000000ull /* the guard bytes' pattern iteration */
 
 static ferry_agent_t *agent;
 static ferry_peer_t *peer;
@@ -40,7 +39,6 @@ static void *worker(void *arg)
         ferry_desc_t r = {(uintptr_t)(d + off), len, FERRY_MEM_HOST, 0};
         ferry_xfer_op_t op = (iter & 1) ? FERRY_OP_READ : FERRY_OP_WRITE;
         ferry_xfer_t *x;
-        ferry_status_t st;
 
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, NULL, &x));
         for (int rep = 0; rep < 3; rep++) {
@@ -52,15 +50,12 @@ static void *worker(void *arg)
             uint64_t hi = off + len + GUARD < SLICE ? off + len + GUARD : SLICE;
             uint64_t bad;
 
-            test_fill(to + lo, hi - lo, (uint64_t)t, GUARD_TAG, lo);
+            test_fill(to + lo, hi - lo, (uint64_t)t, XU_GUARD_ITER, lo);
             test_fill(from + off, len, (uint64_t)t, tag, 0);
-            st = ferry_xfer_post(x);
-            if (st == FERRY_IN_PROGRESS)
-                st = ferry_xfer_wait(x, 20 * 1000000000ll);
-            ASSERT_ST(FERRY_OK, st);
+            ASSERT_ST(FERRY_OK, xu_post_wait(x, 20 * 1000000000ll));
             if ((bad = test_verify(to + off, len, (uint64_t)t, tag, 0)) != UINT64_MAX ||
-                (bad = test_verify(to + lo, off - lo, (uint64_t)t, GUARD_TAG, lo)) != UINT64_MAX ||
-                (bad = test_verify(to + off + len, hi - off - len, (uint64_t)t, GUARD_TAG,
+                (bad = test_verify(to + lo, off - lo, (uint64_t)t, XU_GUARD_ITER, lo)) != UINT64_MAX ||
+                (bad = test_verify(to + off + len, hi - off - len, (uint64_t)t, XU_GUARD_ITER,
                                    off + len)) != UINT64_MAX) {
                 TEST_FAIL_AT_("thread %d iteration %d: %s of %" PRIu64 " B at +%" PRIu64
                               ": bytes differ (byte %" PRIu64 " of a checked part)",
@@ -102,7 +97,7 @@ int main(int argc, char **argv)
     ferry_mem_t *mem;
     pthread_t th[THREADS], ch;
     char name[64] = "test_threads";
-    const char *it = getenv("FERRY_TEST_ITERS");
+    long it = xu_env_long("FERRY_TEST_ITERS", ITERS);
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "tcp") == 0)
@@ -113,8 +108,8 @@ int main(int argc, char **argv)
             return fprintf(stderr, "usage: test_threads [tcp] [thread]\n"), 2;
         snprintf(name + strlen(name), sizeof(name) - strlen(name), " %s", argv[i]);
     }
-    if (it != NULL && atoi(it) > 0 && atoi(it) < ITERS)
-        iters = atoi(it);
+    if (it > 0 && it < ITERS)
+        iters = (int)it;
     src = malloc((size_t)THREADS * SLICE);
     dst = malloc((size_t)THREADS * SLICE);
     ASSERT_TRUE(src != NULL && dst != NULL);

@@ -34,6 +34,8 @@
 #define SEC 1000000000ll
 #define IO_TIMEOUT_MS 60000 /* control messages */
 
+enum { M_HELLO = 1 };
+
 /* The target: a progress thread does all the work; main only sleeps. */
 static int target(int fd)
 {
@@ -44,16 +46,12 @@ static int target(int fd)
     ferry_mem_t *mem;
     uint8_t *buf = calloc(1, LEN);
     ferry_desc_t d = {(uintptr_t)buf, LEN, FERRY_MEM_HOST, 0};
-    void *blob;
-    size_t len;
     uint64_t req[3], bad; /* iteration, offset, length */
 
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
-    xu_io(fd, &len, sizeof(len), 1, IO_TIMEOUT_MS);
-    xu_io(fd, blob, len, 1, IO_TIMEOUT_MS);
-    xu_io(fd, &d.addr, sizeof(d.addr), 1, IO_TIMEOUT_MS);
+    if (xu_send_blob(fd, agent, M_HELLO, 0, d.addr, LEN) != 0)
+        return 2;
     /* Each request from the initiator: verify what it wrote. */
     for (;;) {
         xu_io(fd, req, sizeof(req), 0, IO_TIMEOUT_MS);
@@ -69,7 +67,6 @@ static int target(int fd)
         ferry_agent_progress(agent); /* and the next writes after this read */
         xu_io(fd, &bad, sizeof(bad), 1, IO_TIMEOUT_MS);
     }
-    ferry_md_free(blob);
     ferry_mem_deregister(mem);
     ferry_agent_destroy(agent);
     free(buf);
@@ -104,13 +101,7 @@ static double stalled_wait(ferry_xfer_t *x, uint8_t *src, const uint64_t *req,
     uint64_t bad = 0, msg[3] = {iter, req[1], req[2]};
 
     test_fill(src, req[2], 31, iter, 0);
-    kill(pid, SIGSTOP);
-    /* Signals arrive asynchronously: post only once the target has stopped. */
-    {
-        int ws;
-
-        ASSERT_TRUE(waitpid(pid, &ws, WUNTRACED) == pid && WIFSTOPPED(ws));
-    }
+    xu_stop_child(pid);
     st = ferry_xfer_post(x);
     ASSERT_TRUE(st == FERRY_IN_PROGRESS);
     if (!spin) {
@@ -148,9 +139,10 @@ int main(void)
     ferry_mem_t *mem;
     ferry_peer_t *peer;
     ferry_xfer_t *x;
-    uint8_t *src, *from, *blob;
-    size_t len;
-    uint64_t raddr, req[3], done[3] = {UINT64_MAX, 0, 0};
+    uint8_t *src, *from;
+    void *blob;
+    xu_msg_t m;
+    uint64_t req[3], done[3] = {UINT64_MAX, 0, 0};
     test_rng_t rng = {xu_seed(0x5a17)};
     ferry_desc_t l, r;
     double sleeping, spinning;
@@ -177,20 +169,17 @@ int main(void)
     l.addr += test_rand_range(&rng, 0, LEN - req[2]);
     l.len = req[2];
     from = (uint8_t *)(uintptr_t)l.addr;
-    xu_io(sv[0], &len, sizeof(len), 0, IO_TIMEOUT_MS);
-    blob = malloc(len);
-    xu_io(sv[0], blob, len, 0, IO_TIMEOUT_MS);
-    xu_io(sv[0], &raddr, sizeof(raddr), 0, IO_TIMEOUT_MS);
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, len, &peer));
+    blob = xu_recv_blob(sv[0], &m, M_HELLO, IO_TIMEOUT_MS);
+    ASSERT_TRUE(blob != NULL && m.b == LEN);
+    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
     free(blob);
-    r = (ferry_desc_t){raddr + req[1], req[2], FERRY_MEM_HOST, 0};
+    r = (ferry_desc_t){m.a + req[1], req[2], FERRY_MEM_HOST, 0};
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                            NULL, &x));
 
     /* A warm-up transfer connects and checks the passive target serves it. */
     test_fill(from, req[2], 31, 0, 0);
-    EXPECT_ST(FERRY_OK, ferry_xfer_post(x) == FERRY_OK ? FERRY_OK
-                                                         : ferry_xfer_wait(x, 30 * SEC));
+    EXPECT_ST(FERRY_OK, xu_post_wait(x, 30 * SEC));
     {
         uint64_t bad = 0;
 

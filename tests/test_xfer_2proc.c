@@ -166,8 +166,6 @@ static int target_main(int fd)
     long passive;
     ferry_mem_t *mem = NULL;
     xm_buf_t xb;
-    void *blob = NULL;
-    size_t blob_len = 0;
     xu_layout_t l = {0};
     int have_layout = 0, failed = 0;
     unsigned cur = 0;
@@ -184,11 +182,8 @@ static int target_main(int fd)
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &blob_len));
-    if (xu_send_msg(fd, M_HELLO, 0, blob_len, xb.addr, CAP) != 0 ||
-        xu_send(fd, blob, blob_len) != 0)
+    if (xu_send_blob(fd, agent, M_HELLO, 0, xb.addr, CAP) != 0)
         return 1;
-    ferry_md_free(blob);
 
     for (;;) {
         xu_msg_t m;
@@ -479,12 +474,9 @@ static int initiator_main(const char *argv0)
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }
-    if (xu_recv_msg(fd, &m, M_HELLO, CTRL_TIMEOUT_MS, NULL) != 0 || m.b != CAP ||
-        m.iter == 0 || m.iter > (64u << 20))
+    blob = xu_recv_blob(fd, &m, M_HELLO, CTRL_TIMEOUT_MS);
+    if (blob == NULL || m.b != CAP)
         abort_test(fd, "no valid hello from the target");
-    blob = xu_xcalloc(1, (size_t)m.iter);
-    if (xu_recv(fd, blob, (size_t)m.iter, CTRL_TIMEOUT_MS, NULL) != 0)
-        abort_test(fd, "no blob from the target");
     ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
     free(blob);
     EXPECT_TRUE(strcmp(ferry_peer_name(peer), "xfer-target") == 0);

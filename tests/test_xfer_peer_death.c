@@ -52,8 +52,6 @@ static int target_main(int fd, unsigned idx)
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem = NULL;
     uint8_t *buf = xu_alloc_buf(TCAP);
-    void *blob = NULL;
-    size_t blob_len = 0;
     xu_msg_t m;
 
     alarm(300);
@@ -65,11 +63,8 @@ static int target_main(int fd, unsigned idx)
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }
-    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &blob_len));
-    if (xu_send_msg(fd, M_HELLO, idx, blob_len, (uint64_t)(uintptr_t)buf, TCAP) != 0 ||
-        xu_send(fd, blob, blob_len) != 0)
+    if (xu_send_blob(fd, agent, M_HELLO, idx, (uint64_t)(uintptr_t)buf, TCAP) != 0)
         return 1;
-    ferry_md_free(blob);
     /* Serve until told to quit; the test normally kills this process. */
     if (xu_recv_msg(fd, &m, M_QUIT, 250000, agent) != 0)
         return 1;
@@ -253,12 +248,9 @@ int main(int argc, char **argv)
         xu_msg_t m;
         void *blob;
 
-        if (xu_recv_msg(tg[t].fd, &m, M_HELLO, CTRL_TIMEOUT_MS, NULL) != 0 ||
-            m.b != TCAP || m.iter == 0 || m.iter > (64u << 20))
+        blob = xu_recv_blob(tg[t].fd, &m, M_HELLO, CTRL_TIMEOUT_MS);
+        if (blob == NULL || m.b != TCAP)
             fail_out("no valid hello from a target");
-        blob = xu_xcalloc(1, (size_t)m.iter);
-        if (xu_recv(tg[t].fd, blob, (size_t)m.iter, CTRL_TIMEOUT_MS, NULL) != 0)
-            fail_out("no blob from a target");
         ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &tg[t].peer));
         free(blob);
         tg[t].rbase = m.a;

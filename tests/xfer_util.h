@@ -581,6 +581,63 @@ static inline int xu_recv_msg(int fd, xu_msg_t *m, uint32_t want_type,
     return 0;
 }
 
+/* Blobs larger than this are taken for a corrupt length, not received. */
+#define XU_MAX_BLOB (64u << 20)
+
+/*
+ * A target's greeting: a message of the given type whose iter is the length
+ * of agent's metadata blob (arg, a and b are the caller's: typically its
+ * buffer's address and size), then the blob. Returns 0, or -1 if the socket
+ * failed (printed).
+ */
+static inline int xu_send_blob(int fd, ferry_agent_t *agent, uint32_t type,
+                               uint32_t arg, uint64_t a, uint64_t b)
+{
+    void *blob;
+    size_t len;
+    int rc;
+
+    ASSERT_ST(FERRY_OK, ferry_md_pack(agent, &blob, &len));
+    rc = xu_send_msg(fd, type, arg, len, a, b) != 0 || xu_send(fd, blob, len) != 0 ? -1 : 0;
+    ferry_md_free(blob);
+    return rc;
+}
+
+/*
+ * The other side of xu_send_blob(): the message goes to *m and the blob
+ * (m->iter bytes) is returned, for the caller to load and free(). NULL (and
+ * the reason printed) if either does not come within timeout_ms each, the
+ * type is wrong, or the length is 0 or over XU_MAX_BLOB.
+ */
+static inline void *xu_recv_blob(int fd, xu_msg_t *m, uint32_t type, int timeout_ms)
+{
+    void *blob;
+
+    if (xu_recv_msg(fd, m, type, timeout_ms, NULL) != 0)
+        return NULL;
+    if (m->iter == 0 || m->iter > XU_MAX_BLOB) {
+        fprintf(stderr, "[%d] control socket: blob length %" PRIu64 "\n", (int)getpid(),
+                m->iter);
+        return NULL;
+    }
+    blob = xu_xcalloc(1, (size_t)m->iter);
+    if (xu_recv(fd, blob, (size_t)m->iter, timeout_ms, NULL) != 0) {
+        free(blob);
+        return NULL;
+    }
+    return blob;
+}
+
+/* Stops a child (SIGSTOP) and returns once it has stopped: signals arrive
+ * asynchronously, and a test that goes on before would race the child. */
+static inline void xu_stop_child(pid_t pid)
+{
+    int ws;
+
+    kill(pid, SIGSTOP);
+    ASSERT_TRUE(waitpid(pid, &ws, WUNTRACED) == pid && WIFSTOPPED(ws));
+}
+
 /*
  * Waits up to timeout_ms for a child to exit; kills it (SIGKILL) if it does
  * not, so no test leaves a process behind. Returns the wait status, or -1.

@@ -642,12 +642,29 @@ typedef struct rank_ctx {
     uint64_t *cmd_seq; /* --check commands sent, by thread and target */
 } rank_ctx_t;
 
+/* Thread t's slice for target k: its offset in this rank's buffer, and in
+ * the target's (the slices of one source's threads follow each other). */
+static uint64_t local_slice(const rank_ctx_t *rc, int t, int k)
+{
+    return ((uint64_t)t * (uint64_t)rc->topo.ntargets + (uint64_t)k) * rc->span;
+}
+
+static uint64_t remote_slice(const rank_ctx_t *rc, int t, int k)
+{
+    const options_t *o = rc->o;
+
+    return ((uint64_t)slot_of(o, o->rank, rc->topo.targets[k]) * (uint64_t)o->threads +
+            (uint64_t)t) * rc->span;
+}
+
 /* The metadata a rank publishes: its buffer, then its blob. */
 typedef struct md_hdr {
     uint64_t addr, len, blob_len;
     int64_t device;
 } md_hdr_t;
 
+/* Loads rank r's blob; its buffer's address and device go to addr_p and
+ * dev_p unless they are NULL. */
 static void load_peer(rank_ctx_t *rc, int r, ferry_peer_t **peer_p,
                       uint64_t *addr_p, int32_t *dev_p)
 {
@@ -663,8 +680,12 @@ static void load_peer(rank_ctx_t *rc, int r, ferry_peer_t **peer_p,
         die("inconsistent metadata from rank %d", r);
     }
     CHECK(ferry_peer_load(rc->agent, v + sizeof(h), h.blob_len, peer_p));
-    *addr_p = h.addr;
-    *dev_p = (int32_t)h.device;
+    if (addr_p != NULL) {
+        *addr_p = h.addr;
+    }
+    if (dev_p != NULL) {
+        *dev_p = (int32_t)h.device;
+    }
     ferry_store_free(v);
 }
 
@@ -736,9 +757,7 @@ static void rank_setup(rank_ctx_t *rc, const options_t *o)
                           sizeof(*rc->cmd_seq));
     for (int k = 0; k < rc->topo.nsources; k++) {
         ferry_peer_t *p;
-        uint64_t unused;
-        int32_t unused_dev;
-        load_peer(rc, rc->topo.sources[k], &p, &unused, &unused_dev);
+        load_peer(rc, rc->topo.sources[k], &p, NULL, NULL);
     }
 }
 
@@ -861,9 +880,7 @@ static uint64_t target_call(thread_ctx_t *tc, int k, uint32_t cmd, uint64_t seed
 {
     rank_ctx_t *rc = tc->rc;
     int me = rc->o->rank, tgt = rc->topo.targets[k];
-    uint64_t off = ((uint64_t)slot_of(rc->o, me, tgt) * (uint64_t)rc->o->threads +
-                    (uint64_t)tc->t) * rc->span;
-    cmd_t c = {.cmd = cmd, .seed = seed, .off = off, .len = len};
+    cmd_t c = {.cmd = cmd, .seed = seed, .off = remote_slice(rc, tc->t, k), .len = len};
     uint64_t seq = rc->cmd_seq[tc->t * rc->topo.ntargets + k]++;
     ack_t a;
 
@@ -946,8 +963,7 @@ static void check_iter(thread_ctx_t *tc, size_t it, bool after)
     size_t span = s->size * s->batch;
 
     for (int k = 0; k < rc->topo.ntargets; k++) {
-        size_t at = ((size_t)tc->t * (size_t)rc->topo.ntargets + (size_t)k) *
-                    rc->span;
+        size_t at = (size_t)local_slice(rc, tc->t, k);
         uint64_t seed = mix(mix(mix(mix(s->index, it), (uint64_t)rc->o->rank),
                                 (uint64_t)tc->t), (uint64_t)k);
         uint64_t bad;
@@ -978,7 +994,7 @@ static void *initiator_thread(void *arg)
     rank_ctx_t *rc = tc->rc;
     const options_t *o = rc->o;
     const step_t *s = tc->step;
-    int nt = rc->topo.ntargets, me = o->rank;
+    int nt = rc->topo.ntargets;
     ferry_xfer_t *x[MAX_RANKS];
     ferry_desc_t *l = xcalloc(s->batch, sizeof(*l));
     ferry_desc_t *r = xcalloc(s->batch, sizeof(*r));
@@ -987,11 +1003,8 @@ static void *initiator_thread(void *arg)
         tc->slot = shuffled_slots(s->batch, mix(s->index, (uint64_t)tc->t));
     }
     for (int k = 0; k < nt; k++) {
-        uint64_t lbase = (uintptr_t)rc->buf.p +
-                         ((uint64_t)tc->t * (uint64_t)nt + (uint64_t)k) * rc->span;
-        uint64_t rbase = rc->raddr[k] +
-                         ((uint64_t)slot_of(o, me, rc->topo.targets[k]) *
-                              (uint64_t)o->threads + (uint64_t)tc->t) * rc->span;
+        uint64_t lbase = (uintptr_t)rc->buf.p + local_slice(rc, tc->t, k);
+        uint64_t rbase = rc->raddr[k] + remote_slice(rc, tc->t, k);
         for (size_t i = 0; i < s->batch; i++) {
             l[i] = (ferry_desc_t){.addr = lbase + i * s->size, .len = s->size,
                                   .kind = o->init_mem, .device = rc->buf.device};
@@ -1297,6 +1310,15 @@ static size_t auto_iters(const options_t *o, size_t bytes)
     return n < lo ? lo : n > hi ? hi : n;
 }
 
+/* --warmup, or a tenth of the timed iterations (at least one). */
+static size_t auto_warmup(const options_t *o, size_t iters)
+{
+    if (o->warmup_set) {
+        return o->warmup;
+    }
+    return iters / 10 ? iters / 10 : 1;
+}
+
 static void run_initiator(rank_ctx_t *rc)
 {
     const options_t *o = rc->o;
@@ -1348,8 +1370,7 @@ static void run_initiator(rank_ctx_t *rc)
                 step_t s = {.op = ops[i], .size = o->sizes[si],
                             .batch = o->batches[bi], .index = index++};
                 s.iters = auto_iters(o, s.size * s.batch);
-                s.warmup = o->warmup_set ? o->warmup
-                                         : (s.iters / 10 ? s.iters / 10 : 1);
+                s.warmup = auto_warmup(o, s.iters);
                 rank_res_t mine = run_step(rc, &s);
                 if (lead) {
                     res[nres] = combine(rc, &s, &mine);
@@ -1474,8 +1495,7 @@ static int run_memcpy_bench(const options_t *o)
         for (size_t bi = 0; bi < o->nbatches; bi++) {
             size_t size = o->sizes[i], batch = o->batches[bi];
             size_t iters = auto_iters(o, size * batch);
-            size_t warmup = o->warmup_set ? o->warmup
-                                          : (iters / 10 ? iters / 10 : 1);
+            size_t warmup = auto_warmup(o, iters);
             size_t *slot = o->layout == LAYOUT_RANDOM ? shuffled_slots(batch, 1)
                                                       : NULL;
             bench_buf_t src, dst;

@@ -85,12 +85,12 @@ static void *client_main(void *arg)
         void *got;
         size_t len;
 
-        /* 1000 keys per client, so the table holds more than one. */
         if (c->ping) {
             check(ferry_store_ping(s), "ping");
             c->ops++;
             continue;
         }
+        /* 1000 keys per client, so the table holds more than one. */
         snprintf(key, sizeof(key), "bench/%d/%u", c->id, i % 1000);
         check(ferry_store_set(s, key, val, sizeof(val)), "set");
         check(ferry_store_get(s, key, &got, &len), "get");

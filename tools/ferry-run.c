@@ -423,6 +423,8 @@ int main(int argc, char **argv)
 
             if (pid <= 0)
                 break;
+            int code = exit_code(status);
+
             for (int r = 0; r < nranks; r++) {
                 if (ranks[r].pid != pid)
                     continue;
@@ -430,9 +432,9 @@ int main(int argc, char **argv)
                 live--;
                 /* Whatever the rank left in its group goes with it. */
                 kill(-pid, SIGKILL);
-                if (exit_code(status) != 0 && !failed) {
+                if (code != 0 && !failed) {
                     failed = true;
-                    result = exit_code(status);
+                    result = code;
                     fprintf(stderr, "ferry-run: rank %d %s %d%s\n", r,
                             WIFSIGNALED(status) ? "died of signal"
                                                 : "exited with",
@@ -446,6 +448,7 @@ int main(int argc, char **argv)
                         kill_at = now_ms() + (uint64_t)(grace * 1000);
                     }
                 }
+                break; /* a pid is one rank's */
             }
         }
     }

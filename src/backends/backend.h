@@ -118,7 +118,9 @@ typedef struct ferry__backend_ops {
     /*
      * Enqueues n segments on a CUDA stream (a CUstream): stream-ordered
      * transfers of a backend whose transfers are copies. Nothing is tracked:
-     * the stream orders what follows. FERRY_ERR_UNSUPPORTED elsewhere.
+     * the stream orders what follows. NULL for a backend that cannot: the
+     * core starts its parts from the progress thread when the stream
+     * reaches a flag (src/core/stream.c).
      */
     ferry_status_t (*post_stream)(void *ctx, void *conn, ferry_xfer_op_t op,
                                   const ferry__bk_seg_t *segs, size_t n,

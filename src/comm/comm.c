@@ -239,6 +239,25 @@ void ferry__comm_key(const ferry_comm_t *comm, char *key, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The keys "<stem>0" to "<stem><size - 1>", one per rank, in a single
+ * allocation that free() releases; NULL when out of memory. */
+static const char **rank_keys(const ferry_comm_t *c, const char *stem)
+{
+    typedef char name_t[FERRY__COMM_KEY_MAX + 16];
+    size_t n = (size_t)c->size;
+    const char **keys = malloc(n * (sizeof(*keys) + sizeof(name_t)));
+    name_t *names;
+
+    if (keys == NULL)
+        return NULL;
+    names = (name_t *)(void *)(keys + n);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], sizeof(names[i]), "%s%zu", stem, i);
+        keys[i] = names[i];
+    }
+    return keys;
+}
+
 uint64_t ferry__comm_deadline(int64_t timeout_ns)
 {
     uint64_t now = ferry__now_ns();
@@ -499,26 +518,17 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
 {
     char stem[FERRY__COMM_KEY_MAX], cnt[FERRY__COMM_KEY_MAX + 8];
     char done[FERRY__COMM_KEY_MAX + 8], label[64];
-    char (*names)[FERRY__COMM_KEY_MAX + 16];
     const char **keys, *dk = done;
-    uint64_t s, started = ferry__now_ns();
+    uint64_t s = c->seq + 1, started = ferry__now_ns();
     int64_t v = 0;
     ferry_status_t st;
 
     FERRY_CHECK(ferry__comm_aborted(c));
-    names = malloc((size_t)c->size * sizeof(*names));
-    keys = malloc((size_t)c->size * sizeof(*keys));
-    if (names == NULL || keys == NULL) {
-        free(names);
-        free(keys);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "comm: %s: no memory", what);
-    }
-    s = ++c->seq;
     ferry__comm_key(c, stem, "c/%llu/", (unsigned long long)s);
-    for (int i = 0; i < c->size; i++) {
-        snprintf(names[i], sizeof(names[i]), "%s%d", stem, i);
-        keys[i] = names[i];
-    }
+    keys = rank_keys(c, stem);
+    if (keys == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "comm: %s: no memory", what);
+    c->seq = s;
     snprintf(cnt, sizeof(cnt), "%sn", stem);
     snprintf(done, sizeof(done), "%sdone", stem);
     snprintf(label, sizeof(label), "%s (round %llu)", what,
@@ -558,7 +568,6 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
         ferry__comm_defer(c, cnt, false);
         ferry__comm_defer(c, done, false);
     }
-    free(names);
     free(keys);
     return st;
 }
@@ -640,19 +649,15 @@ static void *hb_main(void *arg)
 {
     ferry_comm_t *c = arg;
     char key[FERRY__COMM_KEY_MAX], val[32];
-    char (*names)[FERRY__COMM_KEY_MAX] = calloc((size_t)c->size,
-                                                sizeof(*names));
-    const char **keys = calloc((size_t)c->size, sizeof(*keys));
+    const char **keys;
     void **vals = calloc((size_t)c->size, sizeof(*vals));
     size_t *lens = calloc((size_t)c->size, sizeof(*lens));
     ferry_status_t st = FERRY_OK;
     uint64_t beat = 0;
 
+    ferry__comm_key(c, key, "hb/");
+    keys = rank_keys(c, key);
     ferry__comm_key(c, key, "hb/%d", c->rank);
-    for (int i = 0; names && keys && i < c->size; i++) {
-        ferry__comm_key(c, names[i], "hb/%d", i);
-        keys[i] = names[i];
-    }
     for (;;) {
         bool watch;
 
@@ -665,7 +670,7 @@ static void *hb_main(void *arg)
         pthread_mutex_unlock(&c->hb_lock);
         snprintf(val, sizeof(val), "%llu", (unsigned long long)++beat);
         st = ferry_store_set(c->hb_store, key, val, strlen(val));
-        if (st == FERRY_OK && watch && names && keys && vals && lens)
+        if (st == FERRY_OK && watch && keys && vals && lens)
             st = hb_watch(c, keys, vals, lens);
         if (st != FERRY_OK)
             break;
@@ -677,7 +682,6 @@ static void *hb_main(void *arg)
     c->hb_failed = st != FERRY_OK;
     pthread_cond_broadcast(&c->hb_cv);
     pthread_mutex_unlock(&c->hb_lock);
-    free(names);
     free(keys);
     free(vals);
     free(lens);
@@ -749,7 +753,6 @@ static ferry_status_t comm_connect(ferry_comm_t *c)
 static ferry_status_t comm_join(ferry_comm_t *c)
 {
     char key[FERRY__COMM_KEY_MAX], mine[FERRY__COMM_TEXT_MAX], host[128] = "?";
-    char (*names)[FERRY__COMM_KEY_MAX] = NULL;
     const char **keys = NULL;
     void **vals = NULL, *got = NULL;
     size_t *lens = NULL, glen = 0, n = (size_t)c->size;
@@ -784,17 +787,13 @@ static ferry_status_t comm_join(ferry_comm_t *c)
                             "heartbeat thread");
     c->hb_started = true;
 
-    names = calloc(n, sizeof(*names));
-    keys = calloc(n, sizeof(*keys));
+    ferry__comm_key(c, key, "join/");
+    keys = rank_keys(c, key);
     vals = calloc(n, sizeof(*vals));
     lens = calloc(n, sizeof(*lens));
-    if (names == NULL || keys == NULL || vals == NULL || lens == NULL) {
+    if (keys == NULL || vals == NULL || lens == NULL) {
         st = ferry__error(FERRY_ERR_NO_MEMORY, "comm: no memory");
         goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        ferry__comm_key(c, names[i], "join/%zu", i);
-        keys[i] = names[i];
     }
     st = wait_keys(c, keys, n, ferry__comm_deadline((int64_t)c->cfg.timeout_ns));
     if (st == FERRY_ERR_TIMEOUT)
@@ -830,7 +829,6 @@ static ferry_status_t comm_join(ferry_comm_t *c)
 out:
     for (size_t i = 0; vals && i < n; i++)
         ferry_store_free(vals[i]);
-    free(names);
     free(keys);
     free(vals);
     free(lens);

@@ -90,7 +90,6 @@ static ferry_status_t exchange_result(uint64_t epoch, const char *v, size_t len)
                         epoch, end + 1);
 }
 
-/* Fetches and loads the blobs that changed; fills err on failure. */
 /* Loads rank i's blob, whose digest is d; a failure is noted and forgets
  * the digest, so that the next exchange tries again. */
 static void load_one(ferry_comm_t *c, ferry_agent_t *agent, int i, const void *blob,
@@ -108,6 +107,7 @@ static void load_one(ferry_comm_t *c, ferry_agent_t *agent, int i, const void *b
     c->loads++;
 }
 
+/* Fetches and loads the blobs that changed; fills err on failure. */
 static void load_changed(ferry_comm_t *c, ferry_agent_t *agent,
                          void **contrib, size_t *clens, const void *own_blob,
                          size_t own_len, uint64_t own_digest, char *err,

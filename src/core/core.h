@@ -115,11 +115,11 @@ struct ferry_xfer {
     bool aborting;        /* its connections are being aborted */
     uint64_t mark;        /* the transports' headway at mark_ns */
     uint64_t mark_ns;
-    /* Completion queue (FERRY_XFER_PARAM_USER_DATA), under the lock: */
+    /* Completion queue (FERRY_XFER_PARAM_USER_DATA), under the lock. An
+     * entry waits while cqlink is in agent->cq (else it points to itself);
+     * its status is first_err, which only the next post resets. */
     bool notify;
-    bool queued;          /* an entry waits in agent->cq */
     ferry__list_t cqlink;
-    ferry_status_t cq_status;
     void *user_data;
     struct ferry__xstream *stream; /* stream-ordered state (stream.c) */
 };
@@ -187,9 +187,10 @@ void ferry__stall_check_locked(ferry_agent_t *agent);
 
 /* xfer.c, under the lock: whether x may be posted now (FERRY_OK, or BUSY,
  * PEER_LOST, NOT_REGISTERED with a text naming call); and starting x's
- * parts except those of backend skip_id (0: all), as a post does. */
+ * parts, as a post does, except (skip_stream) those of backends that put
+ * their copies on the stream itself (post_stream). */
 ferry_status_t ferry__xfer_postable_locked(ferry_xfer_t *x, const char *call);
-ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, uint16_t skip_id);
+ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream);
 
 /* stream.c, under the lock: triggers set by streams, started (returns how
  * many); a triggered run's end, signalled to the stream; teardown. */

@@ -88,7 +88,7 @@ static ferry_status_t ferry__arm_locked(ferry_agent_t *agent, unsigned *events_p
     ferry_status_t st = FERRY_ERR_BUSY;
 
     *events_p = 0;
-    for (unsigned i = 0; i < FERRY__ARM_TRIES && st == FERRY_ERR_BUSY; i++) {
+    for (unsigned i = 0; i < FERRY__ARM_TRIES; i++) {
         st = ferry__arm_once_locked(agent);
         if (st != FERRY_ERR_BUSY)
             break;

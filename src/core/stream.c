@@ -39,9 +39,11 @@ struct ferry__xstream {
     bool reported;            /* the last run's failure was returned once */
 };
 
+/* Whether a part's backend enqueues its copies on the stream itself; the
+ * others are started by the progress thread when the stream triggers. */
 static bool ferry__part_is_copy(const ferry__xfer_part_t *part)
 {
-    return ferry__backends[part->slot]->id == FERRY__BK_CUDA_IPC;
+    return ferry__backends[part->slot]->post_stream != NULL;
 }
 
 /* Under the lock: the stream state of x, created on its first stream post. */
@@ -157,7 +159,7 @@ unsigned ferry__stream_poll_locked(ferry_agent_t *agent)
             snprintf(x->errmsg, sizeof(x->errmsg), "%s", ferry_last_error());
             atomic_store_explicit(&x->result, st, memory_order_relaxed);
         } else {
-            st = ferry__xfer_start_locked(x, FERRY__BK_CUDA_IPC);
+            st = ferry__xfer_start_locked(x, true);
         }
         if (st != FERRY_IN_PROGRESS)
             ferry__stream_done_locked(x);
@@ -196,7 +198,7 @@ ferry_status_t ferry_xfer_post_on_stream(ferry_xfer_t *x, void *stream)
                                                  x->segs + part->first, part->count,
                                                  stream);
     }
-    if (st == FERRY_OK && ferry__cuda_push(0) == FERRY_OK) {
+    if (st == FERRY_OK && (st = ferry__cuda_push(0)) == FERRY_OK) {
         st = xs->net ? FERRY__CU(cu, cuStreamWriteValue32,
                                  ((CUstream)stream, xs->dflags, 1,
                                   CU_STREAM_WRITE_VALUE_DEFAULT))

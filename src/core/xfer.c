@@ -210,8 +210,8 @@ err:
 }
 
 /* Orders x->segs by backend slot (slots[i]: segment i's) and describes
- * each slot's range. A request that uses one
- * backend, the common case, is left in place without a copy. */
+ * each slot's range. A request that uses one backend, the common case, is
+ * left in place without a copy. */
 static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
 {
     size_t count[FERRY__NBK] = {0}, at[FERRY__NBK];
@@ -228,12 +228,8 @@ static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
                                                          (uint32_t)count[k]};
         pos += count[k];
     }
-    if (x->nparts <= 1) {
-        x->parts[0] = (ferry__xfer_part_t){slots[0], 0,
-                                           (uint32_t)x->nsegs};
-        x->nparts = 1;
+    if (x->nparts == 1)
         return FERRY_OK;
-    }
     copy = malloc(x->nsegs * sizeof(*copy));
     if (copy == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory for %zu "
@@ -340,12 +336,7 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     FERRY_CHECK_GOTO(ferry__resolve(agent, rm, &route, local, remote, nlocal,
                                     x->segs, slots, x),
                      st, err_unlock);
-    st = ferry__group(x, slots);
-    if (st < 0) {
-        free(x->mems);
-        x->mems = NULL;
-        goto err_unlock;
-    }
+    FERRY_CHECK_GOTO(ferry__group(x, slots), st, err_unlock);
     ferry__coalesce(x);
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->refs++;
@@ -381,10 +372,9 @@ static void ferry__xfer_fail(ferry_xfer_t *x, ferry_status_t st)
 /* Under the lock: drops a request's entry from the completion queue. */
 static void ferry__cq_drop(ferry_xfer_t *x)
 {
-    if (!x->queued)
+    if (x->cqlink.next == &x->cqlink) /* not queued */
         return;
     ferry__list_del(&x->cqlink);
-    x->queued = false;
     if (x->agent->cq.next == &x->agent->cq)
         ferry__cq_signal(x->agent, false);
 }
@@ -399,9 +389,7 @@ static void ferry__xfer_finish(ferry_xfer_t *x)
     if (x->notify) {
         bool was_empty = agent->cq.next == &agent->cq;
 
-        x->cq_status = x->first_err;
         ferry__list_add(agent->cq.prev, &x->cqlink); /* at the tail */
-        x->queued = true;
         if (was_empty)
             ferry__cq_signal(agent, true);
     }
@@ -538,12 +526,12 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
     ferry__agent_lock(x->agent);
     st = ferry__xfer_postable_locked(x, "xfer_post");
     if (st == FERRY_OK)
-        st = ferry__xfer_start_locked(x, 0);
+        st = ferry__xfer_start_locked(x, false);
     ferry__agent_unlock(x->agent);
     return st;
 }
 
-ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, uint16_t skip_id)
+ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream)
 {
     ferry_agent_t *agent = x->agent;
     ferry_status_t st;
@@ -556,7 +544,7 @@ ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, uint16_t skip_id)
         const ferry__xfer_part_t *part = &x->parts[p];
         unsigned k = part->slot;
 
-        if (ferry__backends[k]->id == skip_id) {
+        if (skip_stream && ferry__backends[k]->post_stream != NULL) {
             x->pending--;
             continue;
         }
@@ -692,7 +680,7 @@ ferry_status_t ferry_agent_completions(ferry_agent_t *agent, ferry_completion_t 
     while (n < max && agent->cq.next != &agent->cq) {
         ferry_xfer_t *x = ferry__container_of(agent->cq.next, ferry_xfer_t, cqlink);
 
-        out[n++] = (ferry_completion_t){x, x->user_data, x->cq_status};
+        out[n++] = (ferry_completion_t){x, x->user_data, x->first_err};
         ferry__cq_drop(x);
     }
     ferry__agent_unlock(agent);

@@ -139,7 +139,8 @@ ferry_status_t ferry__cuda_ctx(int device, CUcontext *ctx_p)
             st = FERRY__CU(cu, cuDevicePrimaryCtxRetain,
                            (&ferry__cuda_ctxs[device], dev));
     }
-    *ctx_p = ferry__cuda_ctxs[device];
+    if (st == FERRY_OK)
+        *ctx_p = ferry__cuda_ctxs[device];
     pthread_mutex_unlock(&ferry__cuda_ctx_lock);
     return st;
 }

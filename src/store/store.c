@@ -68,13 +68,12 @@ static int wait_fd(int fd, short events, uint64_t deadline)
 
         if (deadline != NO_DEADLINE) {
             uint64_t now = ferry__now_ns();
+            /* Capped at an hour so that it fits an int. */
+            uint64_t left_ms = now >= deadline
+                                   ? 0
+                                   : (deadline - now + 999999) / 1000000;
 
-            if (now >= deadline)
-                ms = 0;
-            else
-                ms = (int)((deadline - now + 999999) / 1000000 > 3600000
-                               ? 3600000
-                               : (deadline - now + 999999) / 1000000);
+            ms = left_ms > 3600000 ? 3600000 : (int)left_ms;
         }
         int n = poll(&pfd, 1, ms);
 
@@ -223,6 +222,22 @@ static void put_str(ferry__wbuf_t *w, const void *p, size_t n)
     ferry__wbuf_bytes(w, p, n);
 }
 
+static void put_keys(ferry__wbuf_t *w, const char *const *keys, size_t n)
+{
+    ferry__wbuf_u64(w, n);
+    for (size_t i = 0; i < n; i++)
+        put_str(w, keys[i], strlen(keys[i]));
+}
+
+/* Starts a request in w: the query byte, then the key unless it is NULL. */
+static void req_init(ferry__wbuf_t *w, uint8_t q, const char *key)
+{
+    ferry__wbuf_init(w);
+    ferry__wbuf_u8(w, q);
+    if (key != NULL)
+        put_str(w, key, strlen(key));
+}
+
 static ferry_status_t store_begin(ferry_store_t *s, const char *op)
 {
     if (s == NULL)
@@ -242,13 +257,19 @@ static void store_end(ferry_store_t *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-static ferry_status_t store_send_wbuf(ferry_store_t *s, ferry__wbuf_t *w,
-                                      uint64_t deadline, const char *op)
+/* Sends the request built in w, and frees it. */
+static ferry_status_t store_send_req(ferry_store_t *s, ferry__wbuf_t *w,
+                                     uint64_t deadline, const char *op)
 {
+    ferry_status_t st;
+
     if (w->oom)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "store %s: %s: no memory",
-                            s->url, op);
-    return store_send(s, w->data, w->len, deadline, op);
+        st = ferry__error(FERRY_ERR_NO_MEMORY, "store %s: %s: no memory",
+                          s->url, op);
+    else
+        st = store_send(s, w->data, w->len, deadline, op);
+    ferry__wbuf_free(w);
+    return st;
 }
 
 static bool keys_valid(const char *const *keys, size_t n)
@@ -273,14 +294,9 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
     uint64_t deadline = timeout_ns < 0 ? NO_DEADLINE
                                        : deadline_after((uint64_t)timeout_ns);
 
-    ferry__wbuf_init(&w);
-    ferry__wbuf_u8(&w, FERRY__Q_WAIT);
-    ferry__wbuf_u64(&w, n);
-    for (size_t i = 0; i < n; i++)
-        put_str(&w, keys[i], strlen(keys[i]));
-    st = store_send_wbuf(s, &w, deadline_after(s->timeout_ns), op);
-    ferry__wbuf_free(&w);
-    FERRY_CHECK(st);
+    req_init(&w, FERRY__Q_WAIT, NULL);
+    put_keys(&w, keys, n);
+    FERRY_CHECK(store_send_req(s, &w, deadline_after(s->timeout_ns), op));
 
     st = store_recv(s, &r, 1, deadline, op);
     if (st == FERRY_OK) {
@@ -325,6 +341,48 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
                         "store %s: %s: %zu keys (first '%s') did not all "
                         "appear within %lld ms", s->url, op, n,
                         n ? keys[0] : "", (long long)(timeout_ns / 1000000));
+}
+
+/* WAIT with the store's call timeout, as GET and MULTI_GET do first. */
+static ferry_status_t store_await_locked(ferry_store_t *s,
+                                         const char *const *keys, size_t n,
+                                         const char *op)
+{
+    int64_t timeout_ns = s->timeout_ns > INT64_MAX ? INT64_MAX
+                                                   : (int64_t)s->timeout_ns;
+
+    return store_wait_locked(s, keys, n, timeout_ns, op);
+}
+
+/*
+ * PING, after VALIDATE when validate is true (the handshake torch's client
+ * performs: VALIDATE has no reply, and the echoed nonce proves a live store
+ * is answering). A wrong nonce breaks the connection.
+ */
+static ferry_status_t store_ping_roundtrip(ferry_store_t *s, bool validate,
+                                           uint64_t deadline, const char *op)
+{
+    uint8_t msg[10], rep[4], *m = msg;
+    uint32_t nonce = (uint32_t)getpid() ^ (uint32_t)ferry__now_ns();
+
+    if (validate) {
+        *m++ = FERRY__Q_VALIDATE;
+        ferry__store_le32(m, FERRY__STORE_MAGIC);
+        m += 4;
+    }
+    *m++ = FERRY__Q_PING;
+    ferry__store_le32(m, nonce);
+    m += 4;
+    FERRY_CHECK(store_send(s, msg, (size_t)(m - msg), deadline, op));
+    FERRY_CHECK(store_reply(s, rep, 4, deadline, op));
+    if (ferry__load_le32(rep) != nonce) {
+        store_break(s);
+        return ferry__error(FERRY_ERR_PROTOCOL,
+                            "store %s: %s returned %u, not %u", s->url,
+                            validate ? "handshake: ping" : "ping",
+                            ferry__load_le32(rep), nonce);
+    }
+    return FERRY_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -405,25 +463,7 @@ static ferry_status_t try_connect(ferry_store_t *s, const struct addrinfo *ai,
         }
     }
     s->fd = fd;
-
-    /* The handshake torch's client performs: VALIDATE (no reply), then a
-     * PING whose echoed nonce proves a live store is answering. */
-    uint8_t msg[10], rep[4];
-    uint32_t nonce = (uint32_t)getpid() ^ (uint32_t)ferry__now_ns();
-
-    msg[0] = FERRY__Q_VALIDATE;
-    ferry__store_le32(msg + 1, FERRY__STORE_MAGIC);
-    msg[5] = FERRY__Q_PING;
-    ferry__store_le32(msg + 6, nonce);
-    FERRY_CHECK(store_send(s, msg, sizeof(msg), deadline, "handshake"));
-    FERRY_CHECK(store_reply(s, rep, 4, deadline, "handshake"));
-    if (ferry__load_le32(rep) != nonce) {
-        store_break(s);
-        return ferry__error(FERRY_ERR_PROTOCOL,
-                            "store %s: handshake: ping returned %u, not %u",
-                            s->url, ferry__load_le32(rep), nonce);
-    }
-    return FERRY_OK;
+    return store_ping_roundtrip(s, true, deadline, "handshake");
 }
 
 ferry_status_t ferry_store_connect(const char *url,
@@ -531,12 +571,9 @@ static ferry_status_t store_put(ferry_store_t *store, uint8_t q,
         return ferry__error(FERRY_ERR_INVALID, "store: %s: NULL key or value",
                             op);
     FERRY_CHECK(store_begin(store, op));
-    ferry__wbuf_init(&w);
-    ferry__wbuf_u8(&w, q);
-    put_str(&w, key, strlen(key));
+    req_init(&w, q, key);
     put_str(&w, value, len);
-    st = store_send_wbuf(store, &w, deadline_after(store->timeout_ns), op);
-    ferry__wbuf_free(&w);
+    st = store_send_req(store, &w, deadline_after(store->timeout_ns), op);
     store_end(store);
     return st;
 }
@@ -563,19 +600,12 @@ ferry_status_t ferry_store_get(ferry_store_t *store, const char *key,
         return ferry__error(FERRY_ERR_INVALID, "store: get: NULL argument");
     FERRY_CHECK(store_begin(store, "get"));
     /* As torch's client does: wait for the key, then fetch it. */
-    st = store_wait_locked(store, &key, 1, (int64_t)(store->timeout_ns >
-                                                     INT64_MAX
-                                                         ? INT64_MAX
-                                                         : store->timeout_ns),
-                           "get");
+    st = store_await_locked(store, &key, 1, "get");
     if (st == FERRY_OK) {
         uint64_t deadline = deadline_after(store->timeout_ns);
 
-        ferry__wbuf_init(&w);
-        ferry__wbuf_u8(&w, FERRY__Q_GET);
-        put_str(&w, key, strlen(key));
-        st = store_send_wbuf(store, &w, deadline, "get");
-        ferry__wbuf_free(&w);
+        req_init(&w, FERRY__Q_GET, key);
+        st = store_send_req(store, &w, deadline, "get");
         if (st == FERRY_OK)
             st = store_reply_vec(store, value_p, len_p, deadline, "get");
     }
@@ -594,12 +624,9 @@ ferry_status_t ferry_store_add(ferry_store_t *store, const char *key,
         return ferry__error(FERRY_ERR_INVALID, "store: add: NULL argument");
     FERRY_CHECK(store_begin(store, "add"));
     deadline = deadline_after(store->timeout_ns);
-    ferry__wbuf_init(&w);
-    ferry__wbuf_u8(&w, FERRY__Q_ADD);
-    put_str(&w, key, strlen(key));
+    req_init(&w, FERRY__Q_ADD, key);
     ferry__wbuf_u64(&w, (uint64_t)delta);
-    st = store_send_wbuf(store, &w, deadline, "add");
-    ferry__wbuf_free(&w);
+    st = store_send_req(store, &w, deadline, "add");
     if (st == FERRY_OK)
         st = store_reply_u64(store, &v, deadline, "add");
     store_end(store);
@@ -620,13 +647,9 @@ ferry_status_t ferry_store_check(ferry_store_t *store, const char *const *keys,
         return ferry__error(FERRY_ERR_INVALID, "store: check: NULL argument");
     FERRY_CHECK(store_begin(store, "check"));
     deadline = deadline_after(store->timeout_ns);
-    ferry__wbuf_init(&w);
-    ferry__wbuf_u8(&w, FERRY__Q_CHECK);
-    ferry__wbuf_u64(&w, n);
-    for (size_t i = 0; i < n; i++)
-        put_str(&w, keys[i], strlen(keys[i]));
-    st = store_send_wbuf(store, &w, deadline, "check");
-    ferry__wbuf_free(&w);
+    req_init(&w, FERRY__Q_CHECK, NULL);
+    put_keys(&w, keys, n);
+    st = store_send_req(store, &w, deadline, "check");
     if (st == FERRY_OK)
         st = store_reply(store, &r, 1, deadline, "check");
     if (st == FERRY_OK && r != FERRY__CHECK_READY &&
@@ -673,13 +696,10 @@ ferry_status_t ferry_store_compare_set(ferry_store_t *store, const char *key,
                             "store: compare_set: NULL argument");
     FERRY_CHECK(store_begin(store, "compare_set"));
     deadline = deadline_after(store->timeout_ns);
-    ferry__wbuf_init(&w);
-    ferry__wbuf_u8(&w, FERRY__Q_COMPARE_SET);
-    put_str(&w, key, strlen(key));
+    req_init(&w, FERRY__Q_COMPARE_SET, key);
     put_str(&w, expected, expected_len);
     put_str(&w, desired, desired_len);
-    st = store_send_wbuf(store, &w, deadline, "compare_set");
-    ferry__wbuf_free(&w);
+    st = store_send_req(store, &w, deadline, "compare_set");
     if (st == FERRY_OK)
         st = store_reply_vec(store, value_p, len_p, deadline, "compare_set");
     store_end(store);
@@ -697,11 +717,8 @@ ferry_status_t ferry_store_delete_key(ferry_store_t *store, const char *key,
         return ferry__error(FERRY_ERR_INVALID, "store: delete_key: NULL key");
     FERRY_CHECK(store_begin(store, "delete_key"));
     deadline = deadline_after(store->timeout_ns);
-    ferry__wbuf_init(&w);
-    ferry__wbuf_u8(&w, FERRY__Q_DELETE_KEY);
-    put_str(&w, key, strlen(key));
-    st = store_send_wbuf(store, &w, deadline, "delete_key");
-    ferry__wbuf_free(&w);
+    req_init(&w, FERRY__Q_DELETE_KEY, key);
+    st = store_send_req(store, &w, deadline, "delete_key");
     if (st == FERRY_OK)
         st = store_reply_u64(store, &v, deadline, "delete_key");
     store_end(store);
@@ -753,21 +770,13 @@ ferry_status_t ferry_store_multi_get(ferry_store_t *store,
     st = store_begin(store, "multi_get");
     if (st < 0)
         goto out_free;
-    st = store_wait_locked(store, keys, n,
-                           (int64_t)(store->timeout_ns > INT64_MAX
-                                         ? INT64_MAX
-                                         : store->timeout_ns),
-                           "multi_get");
+    st = store_await_locked(store, keys, n, "multi_get");
     if (st == FERRY_OK) {
         uint64_t deadline = deadline_after(store->timeout_ns);
 
-        ferry__wbuf_init(&w);
-        ferry__wbuf_u8(&w, FERRY__Q_MULTI_GET);
-        ferry__wbuf_u64(&w, n);
-        for (size_t i = 0; i < n; i++)
-            put_str(&w, keys[i], strlen(keys[i]));
-        st = store_send_wbuf(store, &w, deadline, "multi_get");
-        ferry__wbuf_free(&w);
+        req_init(&w, FERRY__Q_MULTI_GET, NULL);
+        put_keys(&w, keys, n);
+        st = store_send_req(store, &w, deadline, "multi_get");
         for (; st == FERRY_OK && got < n; got++)
             st = store_reply_vec(store, &vals[got], &lens[got], deadline,
                                  "multi_get");
@@ -802,40 +811,25 @@ ferry_status_t ferry_store_multi_set(ferry_store_t *store,
             return ferry__error(FERRY_ERR_INVALID,
                                 "store: multi_set: value %zu is NULL", i);
     FERRY_CHECK(store_begin(store, "multi_set"));
-    ferry__wbuf_init(&w);
-    ferry__wbuf_u8(&w, FERRY__Q_MULTI_SET);
+    req_init(&w, FERRY__Q_MULTI_SET, NULL);
     ferry__wbuf_u64(&w, n);
     for (size_t i = 0; i < n; i++) {
         put_str(&w, keys[i], strlen(keys[i]));
         put_str(&w, values[i], lens[i]);
     }
-    st = store_send_wbuf(store, &w, deadline_after(store->timeout_ns),
-                         "multi_set");
-    ferry__wbuf_free(&w);
+    st = store_send_req(store, &w, deadline_after(store->timeout_ns),
+                        "multi_set");
     store_end(store);
     return st;
 }
 
 ferry_status_t ferry_store_ping(ferry_store_t *store)
 {
-    uint8_t msg[5], rep[4];
-    uint32_t nonce = (uint32_t)getpid() ^ (uint32_t)ferry__now_ns();
-    uint64_t deadline;
     ferry_status_t st;
 
     FERRY_CHECK(store_begin(store, "ping"));
-    deadline = deadline_after(store->timeout_ns);
-    msg[0] = FERRY__Q_PING;
-    ferry__store_le32(msg + 1, nonce);
-    st = store_send(store, msg, sizeof(msg), deadline, "ping");
-    if (st == FERRY_OK)
-        st = store_reply(store, rep, 4, deadline, "ping");
-    if (st == FERRY_OK && ferry__load_le32(rep) != nonce) {
-        store_break(store);
-        st = ferry__error(FERRY_ERR_PROTOCOL,
-                          "store %s: ping returned %u, not %u", store->url,
-                          ferry__load_le32(rep), nonce);
-    }
+    st = store_ping_roundtrip(store, false,
+                              deadline_after(store->timeout_ns), "ping");
     store_end(store);
     return st;
 }

@@ -159,15 +159,12 @@ static void srv_grow(ferry_store_server_t *s)
     s->nbuckets = n;
 }
 
-/* Finds or creates the entry for key; NULL when out of memory. */
-static srv_entry_t *srv_lookup_create(ferry_store_server_t *s,
-                                      const uint8_t *key, size_t len)
+/* Creates the entry for a key that has none; NULL when out of memory. */
+static srv_entry_t *srv_create(ferry_store_server_t *s, const uint8_t *key,
+                               size_t len)
 {
-    srv_entry_t *e = srv_find(s, key, len);
+    srv_entry_t *e = calloc(1, sizeof(*e));
 
-    if (e != NULL)
-        return e;
-    e = calloc(1, sizeof(*e));
     if (e == NULL)
         return NULL;
     e->key = malloc(len ? len : 1);
@@ -183,6 +180,15 @@ static srv_entry_t *srv_lookup_create(ferry_store_server_t *s,
     if (++s->nentries > s->nbuckets)
         srv_grow(s);
     return e;
+}
+
+/* Finds or creates the entry for key; NULL when out of memory. */
+static srv_entry_t *srv_lookup_create(ferry_store_server_t *s,
+                                      const uint8_t *key, size_t len)
+{
+    srv_entry_t *e = srv_find(s, key, len);
+
+    return e != NULL ? e : srv_create(s, key, len);
 }
 
 /* Removes an entry that holds neither a value nor waiters. */
@@ -226,6 +232,22 @@ static bool srv_store(ferry_store_server_t *s, srv_entry_t *e,
         s->nkeys++;
     e->has_value = true;
     return true;
+}
+
+/* Stores (or, with append, appends) a value in e, the key's entry, created
+ * here when e is NULL. Returns the entry, or NULL when memory runs out (an
+ * entry this call created is dropped again). */
+static srv_entry_t *srv_put(ferry_store_server_t *s, srv_entry_t *e,
+                            const uint8_t *key, size_t klen, const uint8_t *v,
+                            size_t n, bool append)
+{
+    if (e == NULL && (e = srv_create(s, key, klen)) == NULL)
+        return NULL;
+    if (!srv_store(s, e, v, n, append)) {
+        srv_gc(s, e);
+        return NULL;
+    }
+    return e;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -333,6 +355,14 @@ static bool srv_out_vec(srv_client_t *c, const uint8_t *p, size_t n)
     return srv_out_u64(c, n) && srv_out(c, p, n);
 }
 
+/* The reply for a key to GET: its value, or an empty one if it has none. */
+static bool srv_out_value(srv_client_t *c, const srv_entry_t *e)
+{
+    if (e != NULL && e->has_value)
+        return srv_out_vec(c, e->val, e->val_len);
+    return srv_out_u64(c, 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Waits                                                                    */
 /* ------------------------------------------------------------------------ */
@@ -385,13 +415,16 @@ static void srv_wake(ferry_store_server_t *s, srv_entry_t *e)
     }
 }
 
-/* Puts the client on the waiters of a key that has no value yet (creating
- * its entry); false when memory runs out. */
+/* Puts the client on the waiters of a key that has no value yet, whose
+ * entry is e (created here when e is NULL); false when memory runs out. */
 static bool srv_hook_wait(ferry_store_server_t *s, srv_client_t *c,
-                          const uint8_t *key, size_t klen)
+                          srv_entry_t *e, const uint8_t *key, size_t klen)
 {
-    srv_entry_t *e = srv_lookup_create(s, key, klen);
-    srv_waiter_t *w = e != NULL ? calloc(1, sizeof(*w)) : NULL;
+    srv_waiter_t *w;
+
+    if (e == NULL)
+        e = srv_create(s, key, klen);
+    w = e != NULL ? calloc(1, sizeof(*w)) : NULL;
 
     if (w == NULL) {
         if (e != NULL)
@@ -499,21 +532,22 @@ static const char *srv_qname(unsigned q)
     } while (0)
 
 /*
- * Parses the message at the start of the client's input. With exec false
- * it only checks that the whole message is there and within the limits;
- * with exec true (called only after a P_DONE check) it also acts on it.
- * *used gets the message's length on P_DONE.
+ * Parses the message at the start of in (len bytes, at least one of the
+ * client's buffered input). With exec false it only checks that the whole
+ * message is there and within the limits; with exec true (called only after
+ * a P_DONE check) it also acts on it. *used gets the message's length on
+ * P_DONE.
  */
 static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
-                               bool exec, size_t *used, char *why,
-                               size_t why_len)
+                               const uint8_t *in, size_t len, bool exec,
+                               size_t *used, char *why, size_t why_len)
 {
     ferry__rbuf_t r;
-    unsigned q = c->in[0];
+    unsigned q = in[0];
     const uint8_t *key, *val, *val2;
     size_t klen = 0, vlen = 0, v2len = 0;
 
-    ferry__rbuf_init(&r, c->in + 1, c->in_len - 1);
+    ferry__rbuf_init(&r, in + 1, len - 1);
     if (!c->validated && q != FERRY__Q_VALIDATE)
         BAD("first message is %s (%u), not VALIDATE", srv_qname(q), q);
 
@@ -555,10 +589,8 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
                 BAD("APPEND would grow a value to %zu bytes, over the limit "
                     "of %llu", e->val_len + vlen,
                     (unsigned long long)s->max_value_len);
-            if (!srv_store(s, e, val, vlen, app)) {
-                srv_gc(s, e);
+            if (srv_put(s, e, key, klen, val, vlen, app) == NULL)
                 BAD("out of memory for a value");
-            }
             srv_wake(s, e);
         }
         break;
@@ -571,12 +603,9 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
 
             if (e == NULL || !e->has_value) {
                 if (vlen == 0) {
-                    e = srv_lookup_create(s, key, klen);
-                    if (e == NULL || !srv_store(s, e, val2, v2len, false)) {
-                        if (e != NULL)
-                            srv_gc(s, e);
+                    e = srv_put(s, e, key, klen, val2, v2len, false);
+                    if (e == NULL)
                         BAD("out of memory for a value");
-                    }
                     OUT(srv_out_vec(c, val2, v2len));
                     srv_wake(s, e);
                 } else {
@@ -594,14 +623,8 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
         break;
     case FERRY__Q_GET:
         FIELD(key, klen, s->max_key_len, "key");
-        if (exec) {
-            srv_entry_t *e = srv_find(s, key, klen);
-
-            if (e != NULL && e->has_value)
-                OUT(srv_out_vec(c, e->val, e->val_len));
-            else
-                OUT(srv_out_u64(c, 0));
-        }
+        if (exec)
+            OUT(srv_out_value(c, srv_find(s, key, klen)));
         break;
     case FERRY__Q_ADD: {
         FIELD(key, klen, s->max_key_len, "key");
@@ -620,13 +643,10 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
                 BAD("ADD overflows a 64-bit integer");
             int tn = snprintf(text, sizeof(text), "%lld", (long long)sum);
 
-            e = srv_lookup_create(s, key, klen);
-            if (e == NULL || !srv_store(s, e, (const uint8_t *)text,
-                                        (size_t)tn, false)) {
-                if (e != NULL)
-                    srv_gc(s, e);
+            e = srv_put(s, e, key, klen, (const uint8_t *)text, (size_t)tn,
+                        false);
+            if (e == NULL)
                 BAD("out of memory for a value");
-            }
             OUT(srv_out_u64(c, (uint64_t)sum));
             srv_wake(s, e);
         }
@@ -654,22 +674,17 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
             srv_entry_t *e = srv_find(s, key, klen);
 
             if (q == FERRY__Q_MULTI_GET) {
-                if (e != NULL && e->has_value)
-                    OUT(srv_out_vec(c, e->val, e->val_len));
-                else
-                    OUT(srv_out_u64(c, 0));
+                OUT(srv_out_value(c, e));
             } else if (q == FERRY__Q_MULTI_SET) {
-                e = srv_lookup_create(s, key, klen);
-                if (e == NULL || !srv_store(s, e, val, vlen, false)) {
-                    if (e != NULL)
-                        srv_gc(s, e);
+                e = srv_put(s, e, key, klen, val, vlen, false);
+                if (e == NULL)
                     BAD("out of memory for a value");
-                }
                 srv_wake(s, e);
             } else if (q == FERRY__Q_WAIT) {
                 /* Hooked on each missing key (twice for a key named twice,
                  * as torch counts); none missing, the reply comes now. */
-                if ((e == NULL || !e->has_value) && !srv_hook_wait(s, c, key, klen)) {
+                if ((e == NULL || !e->has_value) &&
+                    !srv_hook_wait(s, c, e, key, klen)) {
                     srv_clear_wait(s, c);
                     BAD("out of memory for a wait");
                 }
@@ -715,7 +730,7 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
     default:
         BAD("unsupported query type %u (%s)", q, srv_qname(q));
     }
-    *used = c->in_len - r.left;
+    *used = len - r.left;
     return P_DONE;
 }
 
@@ -732,19 +747,13 @@ static void srv_process(ferry_store_server_t *s, srv_client_t *c)
 
     while (!c->dead && c->in_len > done &&
            c->out_len - c->out_off <= s->max_out_pending) {
-        size_t used = 0;
-        srv_parse_t p;
-        /* Parse from a view that starts at the next message. */
-        uint8_t *save_in = c->in;
-        size_t save_len = c->in_len;
+        const uint8_t *msg = c->in + done;
+        size_t len = c->in_len - done, used = 0;
+        srv_parse_t p = srv_message(s, c, msg, len, false, &used, why,
+                                    sizeof(why));
 
-        c->in += done;
-        c->in_len -= done;
-        p = srv_message(s, c, false, &used, why, sizeof(why));
         if (p == P_DONE)
-            p = srv_message(s, c, true, &used, why, sizeof(why));
-        c->in = save_in;
-        c->in_len = save_len;
+            p = srv_message(s, c, msg, len, true, &used, why, sizeof(why));
         if (p == P_BAD) {
             srv_kill(s, c, why);
             return;

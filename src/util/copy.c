@@ -5,6 +5,7 @@
 #include "util/config.h"
 #include "util/log.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +14,24 @@
 #include <emmintrin.h>
 #endif
 
+/* Reads the first line of cpu0's cache file index<i>/<name> into buf,
+ * without its newline; returns false (buf empty) when it cannot be read. */
+static bool ferry__cache_attr(int i, const char *name, char *buf, size_t cap)
+{
+    char path[96];
+    FILE *f;
+
+    buf[0] = '\0';
+    snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu0/cache/index%d/%s", i, name);
+    if ((f = fopen(path, "r")) == NULL)
+        return false;
+    if (fgets(buf, (int)cap, f) == NULL)
+        buf[0] = '\0';
+    fclose(f);
+    buf[strcspn(buf, "\n")] = '\0';
+    return true;
+}
+
 /* The size of the highest-level data or unified cache of CPU 0, from sysfs;
  * 0 when it cannot be read. */
 static uint64_t ferry__llc_size(void)
@@ -20,30 +39,13 @@ static uint64_t ferry__llc_size(void)
     uint64_t best_level = 0, size = 0;
 
     for (int i = 0; i < 16; i++) {
-        char path[96], level[16] = "", type[32] = "", sz[32] = "";
+        char level[16], type[32], sz[32];
         uint64_t lv = 0, bytes = 0;
-        FILE *f;
 
-        snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
-        if ((f = fopen(path, "r")) == NULL)
+        if (!ferry__cache_attr(i, "level", level, sizeof(level)))
             break;
-        if (fgets(level, sizeof(level), f) == NULL)
-            level[0] = '\0';
-        fclose(f);
-        snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu0/cache/index%d/type", i);
-        if ((f = fopen(path, "r")) != NULL) {
-            if (fgets(type, sizeof(type), f) == NULL)
-                type[0] = '\0';
-            fclose(f);
-        }
-        snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
-        if ((f = fopen(path, "r")) != NULL) {
-            if (fgets(sz, sizeof(sz), f) == NULL)
-                sz[0] = '\0';
-            fclose(f);
-        }
-        level[strcspn(level, "\n")] = '\0';
-        sz[strcspn(sz, "\n")] = '\0';
+        (void)ferry__cache_attr(i, "type", type, sizeof(type));
+        (void)ferry__cache_attr(i, "size", sz, sizeof(sz));
         if (strncmp(type, "Instruction", 11) == 0 ||
             ferry__parse_size(level, &lv) != 0 || ferry__parse_size(sz, &bytes) != 0)
             continue;

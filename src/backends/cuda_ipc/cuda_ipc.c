@@ -175,11 +175,6 @@ static bool ci_grow(void *arr_p, size_t *cap, size_t used, size_t elem)
     return true;
 }
 
-static const char *ci_handoff_mode(void)
-{
-    return ferry__config_get("FERRY_CUDA_FD_HANDOFF");
-}
-
 static void ci_sock_name(struct sockaddr_un *sa, socklen_t *len, int32_t pid,
                          uint64_t id)
 {
@@ -224,6 +219,7 @@ static ferry_status_t ci_init(const char *agent_name, void **ctx_p)
 static ferry_status_t ci_cuda(ci_ctx_t *ctx)
 {
     const ferry__cuda_t *cu;
+    ferry_status_t st = FERRY_OK;
 
     if (ctx->cu != NULL)
         return FERRY_OK;
@@ -231,29 +227,28 @@ static ferry_status_t ci_cuda(ci_ctx_t *ctx)
     ctx->devs = calloc((size_t)cu->ndevices, sizeof(*ctx->devs));
     ctx->uuids = calloc((size_t)cu->ndevices, sizeof(*ctx->uuids));
     if (ctx->devs == NULL || ctx->uuids == NULL) {
-        free(ctx->devs);
-        free(ctx->uuids);
-        ctx->devs = NULL;
-        ctx->uuids = NULL;
-        return ferry__error(FERRY_ERR_NO_MEMORY, "cuda_ipc: no memory");
+        st = ferry__error(FERRY_ERR_NO_MEMORY, "cuda_ipc: no memory");
+        goto err_free;
     }
-    for (int d = 0; d < cu->ndevices; d++) {
+    for (int d = 0; d < cu->ndevices && st == FERRY_OK; d++) {
         CUdevice dev;
-        ferry_status_t st = FERRY__CU(cu, cuDeviceGet, (&dev, d));
 
+        st = FERRY__CU(cu, cuDeviceGet, (&dev, d));
         if (st == FERRY_OK)
             st = FERRY__CU(cu, cuDeviceGetUuid, (&ctx->uuids[d], dev));
-        if (st < 0) {
-            free(ctx->devs);
-            free(ctx->uuids);
-            ctx->devs = NULL;
-            ctx->uuids = NULL;
-            return st;
-        }
     }
+    if (st < 0)
+        goto err_free;
     ctx->ndevs = cu->ndevices;
     ctx->cu = cu;
     return FERRY_OK;
+
+err_free:
+    free(ctx->devs);
+    free(ctx->uuids);
+    ctx->devs = NULL;
+    ctx->uuids = NULL;
+    return st;
 }
 
 /*
@@ -275,7 +270,13 @@ static ferry_status_t ci_stream(ci_ctx_t *ctx, int device, CUstream *stream_p)
 
 static void ci_server_stop(ci_ctx_t *ctx);
 
-static void ci_alloc_release(ci_ctx_t *ctx, ci_alloc_t *a);
+/* Undoes ci_mem_alloc(): the mapping, the reserved range, the allocation. */
+static void ci_alloc_unmap(const ferry__cuda_t *cu, const ci_alloc_t *a)
+{
+    cu->cuMemUnmap(a->va, a->size);
+    cu->cuMemAddressFree(a->va, a->size);
+    cu->cuMemRelease(a->h);
+}
 
 static void ci_fini(void *vctx)
 {
@@ -288,7 +289,8 @@ static void ci_fini(void *vctx)
         ferry__debug("cuda_ipc: freeing a GPU allocation of %zu B the user left",
                      a->size);
         ctx->allocs = a->next;
-        ci_alloc_release(ctx, a);
+        ci_alloc_unmap(ctx->cu, a);
+        free(a);
     }
     if (ctx->cu != NULL) {
         for (int d = 0; d < ctx->ndevs; d++) {
@@ -777,14 +779,13 @@ static ferry_status_t ci_conn_abort(void *vctx, void *vconn, ferry_status_t why)
 
 static void ci_conn_close(void *vctx, void *vconn)
 {
+    const ci_ctx_t *ctx = vctx;
     ci_conn_t *conn = vconn;
 
     /* Copies still queued for it finish first (they are never left to run
      * against a closed connection). Every key was closed before the
      * connection; maps hold no refs here. */
-    for (size_t i = 0; i < ((ci_ctx_t *)vctx)->count; i++) {
-        const ci_ctx_t *ctx = vctx;
-
+    for (size_t i = 0; i < ctx->count; i++) {
         if (ctx->ring[(ctx->head + i) % ctx->cap].conn == conn) {
             ferry__error(FERRY_ERR_CANCELED, "cuda_ipc: the connection to peer "
                          "'%s' was closed", conn->name);
@@ -800,7 +801,7 @@ static void ci_conn_close(void *vctx, void *vconn)
 /* One of the owner's exported descriptors, duplicated into this process. */
 static ferry_status_t ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
 {
-    const char *mode = ci_handoff_mode();
+    const char *mode = ferry__config_get("FERRY_CUDA_FD_HANDOFF");
     struct sockaddr_un sa;
     socklen_t salen;
     uint32_t want = (uint32_t)remote_fd;
@@ -1136,6 +1137,27 @@ static int ci_copy_device(const ferry__bk_seg_t *s)
     return ((const ci_rkey_t *)s->rkey)->map->device;
 }
 
+/* Enqueues the segments' copies on stream, stopping at the first that
+ * fails; the caller has pushed the stream's device context. */
+static ferry_status_t ci_enqueue(const ferry__cuda_t *cu, ferry_xfer_op_t op,
+                                 const ferry__bk_seg_t *segs, size_t n,
+                                 CUstream stream)
+{
+    for (size_t i = 0; i < n; i++) {
+        CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ci_remote_ptr(&segs[i]);
+        ferry_status_t st =
+            op == FERRY_OP_WRITE
+                ? FERRY__CU(cu, cuMemcpyAsync, (r, l, segs[i].len, stream))
+                : FERRY__CU(cu, cuMemcpyAsync, (l, r, segs[i].len, stream));
+
+        if (st < 0) {
+            ferry__error_prefix("cuda_ipc: segment %zu", i);
+            return st;
+        }
+    }
+    return FERRY_OK;
+}
+
 static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
                               const ferry__bk_seg_t *segs, size_t n,
                               ferry__bk_done_cb cb, void *arg)
@@ -1147,26 +1169,14 @@ static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
     CUstream stream;
     CUevent ev = NULL;
     ferry_status_t st;
-    size_t i;
 
     FERRY_CHECK(ci_ring_reserve(ctx));
     FERRY_CHECK(ferry__cuda_push(device));
     FERRY_CHECK_GOTO(ci_stream(ctx, device, &stream), st, out);
     FERRY_CHECK_GOTO(ci_event_get(ctx, device, &ev), st, out);
-    for (i = 0; i < n; i++) {
-        CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ci_remote_ptr(&segs[i]);
-        CUresult res = op == FERRY_OP_WRITE
-                           ? cu->cuMemcpyAsync(r, l, segs[i].len, stream)
-                           : cu->cuMemcpyAsync(l, r, segs[i].len, stream);
-
-        if (res != CUDA_SUCCESS) {
-            st = ferry__cuda_check(res, "cuMemcpyAsync");
-            ferry__error_prefix("cuda_ipc: segment %zu", i);
-            /* Nothing may stay in flight after an error. */
-            cu->cuStreamSynchronize(stream);
-            goto out_event;
-        }
-    }
+    /* Nothing may stay in flight after an error: out_sync waits for the
+     * copies enqueued before the one that failed. */
+    FERRY_CHECK_GOTO(ci_enqueue(cu, op, segs, n, stream), st, out_sync);
     FERRY_CHECK_GOTO(FERRY__CU(cu, cuEventRecord, (ev, stream)), st, out_sync);
     b = &ctx->ring[(ctx->head + ctx->count++) % ctx->cap];
     *b = (ci_batch_t){ev, device, vconn, cb, arg};
@@ -1175,7 +1185,6 @@ static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
 
 out_sync:
     cu->cuStreamSynchronize(stream);
-out_event:
     ci_event_put(ctx, device, ev);
 out:
     ferry__cuda_pop();
@@ -1188,19 +1197,11 @@ static ferry_status_t ci_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op
 {
     ci_ctx_t *ctx = vctx;
     int device = ci_copy_device(&segs[0]);
-    ferry_status_t st = FERRY_OK;
+    ferry_status_t st;
 
     (void)vconn;
     FERRY_CHECK(ferry__cuda_push(device));
-    for (size_t i = 0; i < n && st == FERRY_OK; i++) {
-        CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ci_remote_ptr(&segs[i]);
-
-        st = op == FERRY_OP_WRITE
-                 ? FERRY__CU(ctx->cu, cuMemcpyAsync, (r, l, segs[i].len, (CUstream)stream))
-                 : FERRY__CU(ctx->cu, cuMemcpyAsync, (l, r, segs[i].len, (CUstream)stream));
-        if (st < 0)
-            ferry__error_prefix("cuda_ipc: segment %zu", i);
-    }
+    st = ci_enqueue(ctx->cu, op, segs, n, (CUstream)stream);
     ferry__cuda_pop();
     return st;
 }
@@ -1216,8 +1217,6 @@ static unsigned ci_progress(void *vctx)
     if (atomic_exchange(&ctx->notified, false) &&
         read(ctx->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
         ferry__debug("cuda_ipc: eventfd: %s", strerror(errno));
-    if (ctx->count == 0)
-        return 0;
     while (ctx->count > 0) {
         ci_batch_t b = ctx->ring[ctx->head];
         CUresult res;
@@ -1372,11 +1371,8 @@ static ferry_status_t ci_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kind
         st = FERRY__CU(cu, cuMemMap, (a->va, a->size, 0, a->h, 0));
         if (st == FERRY_OK)
             st = FERRY__CU(cu, cuMemSetAccess, (a->va, a->size, &access, 1));
-        if (st < 0) {
-            cu->cuMemUnmap(a->va, a->size);
-            cu->cuMemAddressFree(a->va, a->size);
-            cu->cuMemRelease(a->h);
-        }
+        if (st < 0)
+            ci_alloc_unmap(cu, a);
     }
     ferry__cuda_pop();
     if (st < 0)
@@ -1389,14 +1385,6 @@ static ferry_status_t ci_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kind
 err_free:
     free(a);
     return st;
-}
-
-static void ci_alloc_release(ci_ctx_t *ctx, ci_alloc_t *a)
-{
-    ctx->cu->cuMemUnmap(a->va, a->size);
-    ctx->cu->cuMemAddressFree(a->va, a->size);
-    ctx->cu->cuMemRelease(a->h);
-    free(a);
 }
 
 static ferry_status_t ci_mem_free(void *vctx, void *addr)
@@ -1415,7 +1403,8 @@ static ferry_status_t ci_mem_free(void *vctx, void *addr)
         return ferry__error(FERRY_ERR_BUSY, "cuda_ipc: %u registration(s) still use "
                             "the allocation at %p", a->regs, addr);
     *pa = a->next;
-    ci_alloc_release(ctx, a);
+    ci_alloc_unmap(ctx->cu, a);
+    free(a);
     return FERRY_OK;
 }
 

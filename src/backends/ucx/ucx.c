@@ -274,15 +274,14 @@ static bool ferry__ucx_tls_has_shm(const char *tls)
     return false;
 }
 
-/* A UCP context as ferry uses it (FERRY_UCX_TLS applied, RMA + AM +
- * wake-up), and the memory types it accepts. */
-static ferry_status_t ferry__ucx_context(const char *name, ucp_context_h *context,
-                                         uint64_t *memory_types)
+/* A UCP context as ferry uses it (tls, the value of FERRY_UCX_TLS, applied;
+ * RMA + AM + wake-up), and the memory types it accepts. */
+static ferry_status_t ferry__ucx_context(const char *name, const char *tls,
+                                         ucp_context_h *context, uint64_t *memory_types)
 {
     ucp_config_t *config;
     ucp_params_t params = {0};
     ucp_context_attr_t attr = {0};
-    const char *tls = ferry__config_get("FERRY_UCX_TLS");
     ucs_status_t s;
 
     s = ucp_config_read(NULL, NULL, &config);
@@ -330,7 +329,7 @@ static ferry_status_t ferry__ucx_init(const char *agent_name, void **ctx_p)
     ctx->epfd = -1;
     ctx->nt_min = ferry__copy_nt_min();
 
-    st = ferry__ucx_context(agent_name, &ctx->context, &ctx->memory_types);
+    st = ferry__ucx_context(agent_name, tls, &ctx->context, &ctx->memory_types);
     if (st != FERRY_OK)
         goto err_free;
     ctx->local_err_mode = !ferry__ucx_tls_has_shm(tls);
@@ -1020,6 +1019,10 @@ static size_t ferry__ucx_copy_mapped(const ferry__ucx_ctx_t *ctx, ferry_xfer_op_
 {
     size_t i, total = 0, nt_min = SIZE_MAX;
 
+    /* A peer whose memory is not mapped here (another host, user memory)
+     * leaves everything to UCX. */
+    if (ferry__ucx_mapped(segs[0].rkey, segs[0].raddr) == NULL)
+        return 0;
     for (i = 0; i < n && total < ctx->nt_min; i++)
         total += segs[i].len;
     if (total >= ctx->nt_min)
@@ -1119,9 +1122,7 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
 static unsigned ferry__ucx_progress(void *vctx)
 {
     ferry__ucx_ctx_t *ctx = vctx;
-    unsigned n = ucp_worker_progress(ctx->worker);
-
-    unsigned shared = n;
+    unsigned n = ucp_worker_progress(ctx->worker), shared = n;
 
     for (ferry__ucx_conn_t *c = ctx->conns; c != NULL; c = c->next) {
         if (!c->own_worker) {
@@ -1142,16 +1143,6 @@ static unsigned ferry__ucx_progress(void *vctx)
         }
     }
     return n;
-}
-
-/* A stream orders UCX transfers through the core's flags, never directly. */
-static ferry_status_t ferry__ucx_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op,
-                                             const ferry__bk_seg_t *segs, size_t n,
-                                             void *stream)
-{
-    (void)vctx, (void)vconn, (void)op, (void)segs, (void)n, (void)stream;
-    return ferry__error(FERRY_ERR_UNSUPPORTED, "ucx: transfers cannot be enqueued "
-                        "on a CUDA stream");
 }
 
 static uint64_t ferry__ucx_conn_events(void *vctx, void *vconn)
@@ -1209,7 +1200,7 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .arm = ferry__ucx_arm,
     .conn_abort = ferry__ucx_conn_abort,
     .conn_events = ferry__ucx_conn_events,
-    .post_stream = ferry__ucx_post_stream,
+    .post_stream = NULL, /* streams order it through the core's flags */
     .mem_alloc = ferry__ucx_mem_alloc,
     .mem_free = ferry__ucx_mem_free,
 };
@@ -1225,7 +1216,8 @@ void ferry__ucx_describe(FILE *out)
     FILE *mem;
 
     fprintf(out, "ucx:\n  version: %s\n", ucp_get_version_string());
-    if (ferry__ucx_context(NULL, &context, &types) != FERRY_OK) {
+    if (ferry__ucx_context(NULL, ferry__config_get("FERRY_UCX_TLS"), &context, &types) !=
+        FERRY_OK) {
         fprintf(out, "  unusable: %s\n", ferry_last_error());
         return;
     }
