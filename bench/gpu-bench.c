@@ -393,6 +393,15 @@ int main(int argc, char **argv)
     xm_alloc_on(&r.gpu2, XM_CUDA, MAX_SIZE, xm_target_device());
     XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx, xm_device()));
     XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx2, xm_target_device()));
+    if (r.ctx != r.ctx2) {
+        /* The reference copies over NVLink (or PCIe peer to peer), as
+         * ferry does, rather than staged through host memory. */
+        CUresult res = xm_cuda()->cuCtxEnablePeerAccess(r.ctx2, 0);
+
+        if (res != CUDA_SUCCESS && res != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED)
+            printf("# no peer access between the devices (error %d): both copies "
+                   "are staged\n", (int)res);
+    }
     xm_alloc(&r.pinned, XM_PINNED, MAX_SIZE);
     fill_random(&r.gpu, 1);
     fill_random(&r.pinned, 2);

@@ -72,6 +72,7 @@ enum {
     CUDA_ERROR_NOT_INITIALIZED = 3,
     CUDA_ERROR_NO_DEVICE = 100,
     CUDA_ERROR_NOT_READY = 600,
+    CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704,
 
     CU_POINTER_ATTRIBUTE_MEMORY_TYPE = 2,
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
@@ -116,6 +117,8 @@ enum {
     X(cuDeviceCanAccessPeer, (int *can, CUdevice dev, CUdevice peer))         \
     X(cuDevicePrimaryCtxRetain, (CUcontext *ctx, CUdevice dev))               \
     X(cuCtxPushCurrent, (CUcontext ctx))                                      \
+    /* Only ferry-gpu-bench (its reference between two devices) calls this. */ \
+    X(cuCtxEnablePeerAccess, (CUcontext peer, unsigned flags))                \
     X(cuCtxPopCurrent, (CUcontext *ctx))                                      \
     X(cuCtxGetDevice, (CUdevice *dev))                                        \
     X(cuCtxSynchronize, (void))                                               \
