@@ -2,7 +2,7 @@
  * ferry-gpu-bench: GPU transfers between two processes on one host through
  * ferry (CUDA IPC), each figure a ratio to the CUDA copy that is its
  * ceiling, measured in the same run:
- *   - GPU -> GPU WRITE and READ into the peer's cuMemAlloc buffer, against
+ *   - GPU -> GPU WRITE and READ into the peer's GPU buffer, against
  *     a device-to-device copy within one process between the same two
  *     devices (cuMemcpyPeerAsync when they differ);
  *   - host -> GPU (WRITE from local pinned memory into the peer's GPU
@@ -15,6 +15,11 @@
  * bytes that arrived are checked once per size.
  *
  *   ferry-gpu-bench [--sizes 1m,16m,256m] [--rounds 5] [--min-bytes 4g]
+ *                   [--mem cuda|vmm]
+ *
+ * --mem: how both processes allocate their GPU memory, cuMemAlloc (shared
+ * as a legacy IPC handle, the default) or cuMemCreate (VMM, shared as file
+ * descriptors).
  *
  * The initiator's GPU memory is on device FERRY_TEST_DEVICE (default 0), the
  * target's on FERRY_TEST_TARGET_DEVICE (default: the same), as in the tests
@@ -63,6 +68,9 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* Both processes' GPU memory (--mem). */
+static xm_kind_t gpu_kind = XM_CUDA;
+
 /* The target: one GPU buffer, registered and advertised, until told. */
 static int target_main(int fd)
 {
@@ -74,13 +82,13 @@ static int target_main(int fd)
     size_t len;
     xu_msg_t m;
 
-    if (xm_alloc(&b, XM_CUDA, MAX_SIZE) != 0 || xm_alloc(&h, XM_HOST, 4096) != 0)
+    if (xm_alloc(&b, gpu_kind, MAX_SIZE) != 0 || xm_alloc(&h, XM_HOST, 4096) != 0)
         return 77;
     ap.field_mask |= FERRY_AGENT_PARAM_PROGRESS_THREAD; /* serves UCX peers */
     ap.progress_thread = 1;
     die_st(ferry_agent_create(&ap, &agent), "agent_create");
     {
-        ferry_desc_t d[2] = {xm_desc(XM_CUDA, b.addr, MAX_SIZE),
+        ferry_desc_t d[2] = {xm_desc(gpu_kind, b.addr, MAX_SIZE),
                              xm_desc(XM_HOST, h.addr, 4096)};
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
@@ -165,7 +173,7 @@ static ferry_xfer_t *prepare(const run_t *r, ferry_xfer_op_t op, const xm_buf_t 
                              uint64_t size, double *us_p)
 {
     ferry_desc_t ld = {local->addr, size, xm_ferry_kind(local->kind), local->dev};
-    ferry_desc_t rd = xm_target_desc(XM_CUDA, r->raddr, size);
+    ferry_desc_t rd = xm_target_desc(gpu_kind, r->raddr, size);
     ferry_xfer_t *x;
     uint64_t t0 = xu_now_ns();
 
@@ -269,15 +277,15 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     die_st(ferry_agent_create(&ap, &agent), "agent_create");
     {
         ferry_desc_t d[2] = {xm_desc(XM_HOST, h.addr, 4096),
-                             xm_desc(XM_CUDA, r->gpu.addr, MAX_SIZE)};
+                             xm_desc(gpu_kind, r->gpu.addr, MAX_SIZE)};
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
     }
     die_st(ferry_peer_load(agent, blob, len, &peer), "peer_load");
     {
         ferry_desc_t l = {h.addr, 8, FERRY_MEM_HOST, 0}, rd = {rhost, 8, FERRY_MEM_HOST, 0};
-        ferry_desc_t lg = xm_desc(XM_CUDA, r->gpu.addr, 8);
-        ferry_desc_t rg = xm_target_desc(XM_CUDA, r->raddr, 8);
+        ferry_desc_t lg = xm_desc(gpu_kind, r->gpu.addr, 8);
+        ferry_desc_t rg = xm_target_desc(gpu_kind, r->raddr, 8);
 
         die_st(ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &rd, 1, NULL, &xh),
                "prepare");
@@ -362,8 +370,11 @@ int main(int argc, char **argv)
     xu_msg_t m;
     double open_us, again_us, small_us;
 
-    if (argc >= 3 && strcmp(argv[1], "--target") == 0)
+    if (argc >= 4 && strcmp(argv[1], "--target") == 0) {
+        if (xm_parse(argv[3], &gpu_kind) != 0)
+            return 2;
         return target_main(atoi(argv[2]));
+    }
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--sizes") == 0)
             sizes = argv[i + 1];
@@ -371,9 +382,12 @@ int main(int argc, char **argv)
             rounds = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--min-bytes") == 0)
             r.min_bytes = parse_size(argv[i + 1]);
+        else if (strcmp(argv[i], "--mem") == 0 && xm_parse(argv[i + 1], &gpu_kind) == 0 &&
+                 xm_is_gpu(gpu_kind))
+            continue;
         else {
             fprintf(stderr, "usage: %s [--sizes 1m,16m,256m] [--rounds N] "
-                            "[--min-bytes 4g]\n", argv[0]);
+                            "[--min-bytes 4g] [--mem cuda|vmm]\n", argv[0]);
             return 2;
         }
     }
@@ -381,16 +395,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "--rounds must be 1..101\n");
         return 2;
     }
-    fd = xu_spawn(argv[0], "--target", NULL, NULL, &pid);
+    fd = xu_spawn(argv[0], "--target", xm_name(gpu_kind), NULL, &pid);
     if (fd < 0)
         return 1;
-    if (xm_alloc(&r.gpu, XM_CUDA, MAX_SIZE) != 0) {
+    if (xm_alloc(&r.gpu, gpu_kind, MAX_SIZE) != 0) {
         kill(pid, SIGKILL);
         xu_reap(pid, 5000);
         printf("ferry-gpu-bench: no GPU here\n");
         return 77;
     }
-    xm_alloc_on(&r.gpu2, XM_CUDA, MAX_SIZE, xm_target_device());
+    xm_alloc_on(&r.gpu2, gpu_kind, MAX_SIZE, xm_target_device());
     XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx, xm_device()));
     XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx2, xm_target_device()));
     if (r.ctx != r.ctx2) {
@@ -411,8 +425,8 @@ int main(int argc, char **argv)
     xm_pop(r.gpu2.dev);
     die_st(ferry_agent_create(&ap, &r.agent), "agent_create");
     {
-        ferry_desc_t d[3] = {xm_desc(XM_CUDA, r.gpu.addr, MAX_SIZE),
-                             {r.gpu2.addr, MAX_SIZE, FERRY_MEM_CUDA, r.gpu2.dev},
+        ferry_desc_t d[3] = {xm_desc(gpu_kind, r.gpu.addr, MAX_SIZE),
+                             {r.gpu2.addr, MAX_SIZE, xm_ferry_kind(gpu_kind), r.gpu2.dev},
                              xm_desc(XM_HOST, r.pinned.addr, MAX_SIZE)};
 
         die_st(ferry_mem_register(r.agent, d, 3, &mem), "mem_register");
@@ -445,7 +459,8 @@ int main(int argc, char **argv)
 
         if (xm_cuda()->cuDeviceGet(&h, dev) == CUDA_SUCCESS)
             (void)xm_cuda()->cuDeviceGetName(name, (int)sizeof(name), h);
-        printf("# %s: device %d, %s\n", d ? "target" : "initiator", dev, name);
+        printf("# %s: device %d, %s; GPU memory from %s\n", d ? "target" : "initiator",
+               dev, name, gpu_kind == XM_VMM ? "cuMemCreate (VMM)" : "cuMemAlloc");
     }
     printf("first prepare against the peer (opens its allocation): %.1f us; "
            "a second prepare: %.1f us; one 4 KiB WRITE after that: %.1f us\n\n",

@@ -86,6 +86,13 @@ typedef struct ferry__backend_ops {
     void (*rkey_close)(void *ctx, void *rkey);
 
     /*
+     * Readies n segments that every post of one request will start together
+     * (as post and post_stream receive them), once, at prepare: for example
+     * opening the remote memory where the copy will run. NULL when a
+     * backend needs nothing; an error fails the prepare.
+     */
+    ferry_status_t (*prepare)(void *ctx, const ferry__bk_seg_t *segs, size_t n);
+    /*
      * Starts n segments in one batch on a connection. Returns FERRY_OK if the
      * batch completed inline (cb is not called), FERRY_IN_PROGRESS if cb will
      * be called from a later progress(), or an error (nothing is left in

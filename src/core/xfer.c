@@ -338,6 +338,15 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
                      st, err_unlock);
     FERRY_CHECK_GOTO(ferry__group(x, slots), st, err_unlock);
     ferry__coalesce(x);
+    for (unsigned p = 0; p < x->nparts; p++) {
+        const ferry__xfer_part_t *part = &x->parts[p];
+        const ferry__backend_ops_t *ops = ferry__backends[part->slot];
+
+        if (ops->prepare != NULL)
+            FERRY_CHECK_GOTO(ops->prepare(agent->bk_ctx[part->slot],
+                                          x->segs + part->first, part->count),
+                             st, err_unlock);
+    }
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->refs++;
     rm->refs++;

@@ -14,7 +14,9 @@
  * already uses CUDA, so that copies run at full speed); it advertises
  * nothing to peers.
  *
- * Import. A peer's legacy handle is opened with cuIpcOpenMemHandle; a VMM
+ * Import. A peer's legacy handle is opened with cuIpcOpenMemHandle at the
+ * first prepare that uses it, in the context of the device whose stream
+ * will copy (so the copy goes peer to peer, not through host memory); a VMM
  * allocation's descriptors are fetched with pidfd_getfd and, where the
  * kernel refuses that (Yama's ptrace scope stops it between siblings), from
  * the owner's hand-off socket (an abstract Unix socket served by a small
@@ -93,14 +95,22 @@ typedef struct ci_reg {
     ci_chunk_t chunks[];
 } ci_reg_t;
 
+/* A legacy export opened for the copies of one device's stream. */
+typedef struct ci_open {
+    CUdeviceptr ptr;           /* 0 until opened */
+    int in;                    /* the device whose context opened it */
+} ci_open_t;
+
 /* A peer export mapped into this process, shared by the keys naming it. */
 typedef struct ci_map {
     struct ci_map *next;
     unsigned refs;
     int type, device;
     uint64_t rbase, size;      /* the owner's allocation range */
-    CUdeviceptr lbase;         /* where it is mapped here */
+    CUdeviceptr lbase;         /* VMM, self: where it is mapped here */
     size_t reserved;           /* VMM: size of the reserved range */
+    CUipcMemHandle ipc;        /* legacy: the handle */
+    ci_open_t *opens;          /* legacy: by copying device, at prepare */
     size_t keylen;
     uint8_t key[];             /* the packed export, to recognise it again */
 } ci_map_t;
@@ -764,15 +774,21 @@ static void ci_map_close(ci_ctx_t *ctx, ci_map_t *m)
 {
     const ferry__cuda_t *cu = ctx->cu;
 
-    if (m->type == CI_SELF || ferry__cuda_push(m->device) != FERRY_OK)
-        return;
     if (m->type == CI_LEGACY) {
-        cu->cuIpcCloseMemHandle(m->lbase);
-    } else {
+        for (int d = 0; d < ctx->ndevs; d++) {
+            const ci_open_t *o = &m->opens[d];
+
+            if (o->ptr != 0 && ferry__cuda_push(o->in) == FERRY_OK) {
+                cu->cuIpcCloseMemHandle(o->ptr);
+                ferry__cuda_pop();
+            }
+        }
+        free(m->opens);
+    } else if (m->type == CI_VMM && ferry__cuda_push(m->device) == FERRY_OK) {
         cu->cuMemUnmap(m->lbase, m->reserved);
         cu->cuMemAddressFree(m->lbase, m->reserved);
+        ferry__cuda_pop();
     }
-    ferry__cuda_pop();
 }
 
 static ferry_status_t ci_conn_abort(void *vctx, void *vconn, ferry_status_t why);
@@ -1004,17 +1020,19 @@ static ferry_status_t ci_map_open(ci_conn_t *conn, const uint8_t *data, size_t l
         st = FERRY_OK;
         goto done;
     }
-    FERRY_CHECK_GOTO(ferry__cuda_push(device), st, err);
     if (type == CI_LEGACY) {
-        CUipcMemHandle h;
-
-        memcpy(h.reserved, ferry__rbuf_bytes(&r, sizeof(h.reserved)), sizeof(h.reserved));
-        st = FERRY__CU(ctx->cu, cuIpcOpenMemHandle,
-                       (&m->lbase, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+        /* Opened at prepare, in the context of the device that copies
+         * (ci_prepare). */
+        memcpy(m->ipc.reserved, ferry__rbuf_bytes(&r, sizeof(m->ipc.reserved)),
+               sizeof(m->ipc.reserved));
+        m->opens = calloc((size_t)ctx->ndevs, sizeof(*m->opens));
+        st = m->opens != NULL ? FERRY_OK
+                              : ferry__error(FERRY_ERR_NO_MEMORY, "cuda_ipc: no memory");
     } else {
+        FERRY_CHECK_GOTO(ferry__cuda_push(device), st, err);
         st = ci_map_vmm(conn, m, &r);
+        ferry__cuda_pop();
     }
-    ferry__cuda_pop();
     if (st < 0)
         goto err;
 done:
@@ -1112,21 +1130,22 @@ static ferry_status_t ci_ring_reserve(ci_ctx_t *ctx)
     return FERRY_OK;
 }
 
-/* The address of a segment's remote end in this process. */
-static CUdeviceptr ci_remote_ptr(const ferry__bk_seg_t *s)
+/* The address of a segment's remote end for copies on device's stream. */
+static CUdeviceptr ci_remote_ptr(const ferry__bk_seg_t *s, int device)
 {
-    const ci_rkey_t *rk = s->rkey;
+    const ci_map_t *m = ((const ci_rkey_t *)s->rkey)->map;
 
-    return rk->map->lbase + (s->raddr - rk->map->rbase);
+    return (m->type == CI_LEGACY ? m->opens[device].ptr : m->lbase) +
+           (s->raddr - m->rbase);
 }
 
 /*
  * The device whose stream copies a batch: its first local region's, when
  * that is GPU memory (the application produced or will consume it in
  * that device's stream order, and that device's engine always reaches it,
- * VMM memory included), else the peer region's device. The peer's mapping
- * is open to every device that can reach it (ci_map_vmm); with one GPU
- * both are the same.
+ * VMM memory included), else the peer region's device. The peer's memory is
+ * opened for that device (ci_prepare) or mapped for every device that can
+ * reach it (ci_map_vmm); with one GPU both devices are the same.
  */
 static int ci_copy_device(const ferry__bk_seg_t *s)
 {
@@ -1137,14 +1156,58 @@ static int ci_copy_device(const ferry__bk_seg_t *s)
     return ((const ci_rkey_t *)s->rkey)->map->device;
 }
 
-/* Enqueues the segments' copies on stream, stopping at the first that
- * fails; the caller has pushed the stream's device context. */
+/*
+ * Opens a legacy export for the copies of device d's stream. In d's own
+ * context, with peer access enabled on the way, the copy engines reach the
+ * owner's device directly (NVLink or PCIe peer to peer); opened in the
+ * owner device's context instead, a copy from d would be staged through
+ * host memory. That remains the way for a device that cannot reach the
+ * owner's.
+ */
+static ferry_status_t ci_open_legacy(ci_ctx_t *ctx, ci_map_t *m, int d)
+{
+    ci_open_t *o = &m->opens[d];
+    int can = d == m->device;
+    ferry_status_t st;
+
+    if (o->ptr != 0)
+        return FERRY_OK;
+    if (!can && ctx->cu->cuDeviceCanAccessPeer(&can, d, m->device) != CUDA_SUCCESS)
+        can = 0;
+    o->in = can ? d : m->device;
+    FERRY_CHECK(ferry__cuda_push(o->in));
+    st = FERRY__CU(ctx->cu, cuIpcOpenMemHandle,
+                   (&o->ptr, m->ipc, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+    ferry__cuda_pop();
+    if (st < 0)
+        o->ptr = 0;
+    return st;
+}
+
+/* Opens the legacy exports of one request's segments where its posts will
+ * copy them (ci_copy_device). */
+static ferry_status_t ci_prepare(void *vctx, const ferry__bk_seg_t *segs, size_t n)
+{
+    ci_ctx_t *ctx = vctx;
+    int device = ci_copy_device(&segs[0]);
+
+    for (size_t i = 0; i < n; i++) {
+        ci_map_t *m = ((ci_rkey_t *)segs[i].rkey)->map;
+
+        if (m->type == CI_LEGACY)
+            FERRY_CHECK(ci_open_legacy(ctx, m, device));
+    }
+    return FERRY_OK;
+}
+
+/* Enqueues the segments' copies on stream, device's, stopping at the first
+ * that fails; the caller has pushed the device's context. */
 static ferry_status_t ci_enqueue(const ferry__cuda_t *cu, ferry_xfer_op_t op,
                                  const ferry__bk_seg_t *segs, size_t n,
-                                 CUstream stream)
+                                 int device, CUstream stream)
 {
     for (size_t i = 0; i < n; i++) {
-        CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ci_remote_ptr(&segs[i]);
+        CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ci_remote_ptr(&segs[i], device);
         ferry_status_t st =
             op == FERRY_OP_WRITE
                 ? FERRY__CU(cu, cuMemcpyAsync, (r, l, segs[i].len, stream))
@@ -1176,7 +1239,7 @@ static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
     FERRY_CHECK_GOTO(ci_event_get(ctx, device, &ev), st, out);
     /* Nothing may stay in flight after an error: out_sync waits for the
      * copies enqueued before the one that failed. */
-    FERRY_CHECK_GOTO(ci_enqueue(cu, op, segs, n, stream), st, out_sync);
+    FERRY_CHECK_GOTO(ci_enqueue(cu, op, segs, n, device, stream), st, out_sync);
     FERRY_CHECK_GOTO(FERRY__CU(cu, cuEventRecord, (ev, stream)), st, out_sync);
     b = &ctx->ring[(ctx->head + ctx->count++) % ctx->cap];
     *b = (ci_batch_t){ev, device, vconn, cb, arg};
@@ -1201,7 +1264,7 @@ static ferry_status_t ci_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op
 
     (void)vconn;
     FERRY_CHECK(ferry__cuda_push(device));
-    st = ci_enqueue(ctx->cu, op, segs, n, (CUstream)stream);
+    st = ci_enqueue(ctx->cu, op, segs, n, device, (CUstream)stream);
     ferry__cuda_pop();
     return st;
 }
@@ -1424,6 +1487,7 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .conn_close = ci_conn_close,
     .rkey_open = ci_rkey_open,
     .rkey_close = ci_rkey_close,
+    .prepare = ci_prepare,
     .post = ci_post,
     .progress = ci_progress,
     .event_fd = ci_event_fd,
