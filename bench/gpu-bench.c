@@ -491,25 +491,18 @@ int main(int argc, char **argv)
             ferry_xfer_t *x = prepare(&r, kinds[k].op, local, size, NULL);
             unsigned iters = iters_for(&r, size);
             double fv[101], rv[101];
-            uint64_t dst, src;
-            int bad;
-
             /* The reference copies the same bytes the same way in one
-             * process: between the two GPU buffers, or pinned <-> GPU. */
-            if (!kinds[k].host || kinds[k].op == FERRY_OP_WRITE) {
-                dst = r.gpu2.addr;
-                src = local->addr;
-            } else {
-                dst = local->addr;
-                src = r.gpu2.addr;
-            }
+             * process: between the two GPU buffers on a stream of gpu's
+             * device, as ferry does, or pinned <-> gpu2 on one of gpu2's. */
+            CUcontext lctx = kinds[k].host ? r.ctx2 : r.ctx;
+            CUstream rs = kinds[k].host ? r.stream2 : r.stream;
+            int write = kinds[k].op == FERRY_OP_WRITE, bad;
+            uint64_t dst = write ? r.gpu2.addr : local->addr;
+            uint64_t src = write ? local->addr : r.gpu2.addr;
+            CUcontext dctx = write ? r.ctx2 : lctx, sctx = write ? lctx : r.ctx2;
+
             for (int i = 0; i < rounds; i++) {
-                /* GPU -> GPU: gpu2 (the target's device) <- gpu, on a stream
-                 * of gpu's device; host <-> gpu2 on one of gpu2's. */
-                if (kinds[k].host)
-                    rv[i] = ref_gbps(r.stream2, dst, r.ctx2, src, r.ctx2, size, iters);
-                else
-                    rv[i] = ref_gbps(r.stream, dst, r.ctx2, src, r.ctx, size, iters);
+                rv[i] = ref_gbps(rs, dst, dctx, src, sctx, size, iters);
                 fv[i] = ferry_gbps(x, size, iters);
             }
             ferry_xfer_release(x);
