@@ -391,7 +391,8 @@ typedef struct ferry_xfer_params {
  *   FERRY_ERR_NOT_REGISTERED a descriptor's start lies in no registration
  *   FERRY_ERR_OUT_OF_RANGE   a descriptor starts in a registration and runs
  *                            past its end
- *   FERRY_ERR_PEER_LOST      the peer was forgotten or replaced
+ *   FERRY_ERR_PEER_LOST      the peer was forgotten or replaced, or (same
+ *                            host) its process has exited
  *   FERRY_ERR_UNSUPPORTED    no backend can serve a pair; the text names
  *                            the pair and what each backend lacks
  * Each pair goes to a backend chosen here: GPU memory of a peer on the
@@ -516,7 +517,12 @@ FERRY_API void ferry_xfer_release(ferry_xfer_t *xfer);
  * ferry_xfer_wait() report, and the next ferry_xfer_post_on_stream() of the
  * request returns it once. FERRY_ERR_UNSUPPORTED without a CUDA driver,
  * FERRY_ERR_INVALID for wait_on_stream() of a request never posted on a
- * stream, and post_on_stream() checks what ferry_xfer_post() checks.
+ * stream, and post_on_stream() checks what ferry_xfer_post() checks. CUDA
+ * IPC copies run without the host, so nothing checks the peer when they
+ * run: a graph that holds them, replayed after the peer's process exited,
+ * copies into or out of its orphaned memory without an error (its memory
+ * stays mapped here until the peer is forgotten). A host post, or the next
+ * stream post, of the request reports FERRY_ERR_PEER_LOST.
  *
  * What the caller keeps alive: the request, its registrations and its
  * peer, for as long as any stream or graph that enqueued it may still run

@@ -39,6 +39,7 @@
 #include "cuda/cuda.h"
 #include "util/config.h"
 #include "util/log.h"
+#include "util/proc.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -54,9 +55,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 #ifndef SYS_pidfd_getfd
 #define SYS_pidfd_getfd 438
 #endif
@@ -120,7 +118,7 @@ typedef struct ci_conn {
     char name[64];
     int32_t pid;
     uint64_t id;               /* the owner context's hand-off socket id */
-    int pidfd;
+    int pidfd;                 /* the peer process's, or -1 (util/proc.h) */
     bool getfd_refused;
     uint64_t events;           /* batches completed: the stall check's headway */
     ci_map_t *maps;
@@ -763,8 +761,15 @@ static ferry_status_t ci_conn_open(void *vctx, const uint8_t *addr, size_t len,
         return ferry__error(FERRY_ERR_PROTOCOL, "cuda_ipc: peer '%s' sent a "
                             "malformed address (%zu bytes)", peer->name, len);
     }
+    conn->pidfd = ferry__pidfd_open((pid_t)conn->pid);
+    if (conn->pidfd < 0 && errno == ESRCH) {
+        int pid = (int)conn->pid;
+
+        free(conn);
+        return ferry__error(FERRY_ERR_PEER_LOST, "cuda_ipc: peer '%s' (pid %d) is "
+                            "not running", peer->name, pid);
+    }
     conn->ctx = ctx;
-    conn->pidfd = -1;
     snprintf(conn->name, sizeof(conn->name), "%s", peer->name);
     *conn_p = conn;
     return FERRY_OK;
@@ -814,6 +819,21 @@ static void ci_conn_close(void *vctx, void *vconn)
     free(conn);
 }
 
+/*
+ * PEER_LOST once the peer's process has ended. Its memory stays mapped here,
+ * so a copy would still run: a WRITE into memory that nobody reads any more,
+ * a READ of whatever it held when the process died. Asked before each post
+ * (one poll(), about 0.5 us); a batch already enqueued when the peer dies
+ * finishes as it would have had the peer died just after it.
+ */
+static ferry_status_t ci_peer_check(const ci_conn_t *conn)
+{
+    if (ferry__pid_alive(conn->pidfd, (pid_t)conn->pid))
+        return FERRY_OK;
+    return ferry__error(FERRY_ERR_PEER_LOST, "cuda_ipc: peer '%s' (pid %d) has "
+                        "exited", conn->name, (int)conn->pid);
+}
+
 /* One of the owner's exported descriptors, duplicated into this process. */
 static ferry_status_t ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
 {
@@ -832,8 +852,6 @@ static ferry_status_t ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
     int s, err;
 
     if (strcmp(mode, "socket") != 0 && !conn->getfd_refused) {
-        if (conn->pidfd < 0)
-            conn->pidfd = (int)syscall(SYS_pidfd_open, conn->pid, 0);
         if (conn->pidfd >= 0) {
             int fd = (int)syscall(SYS_pidfd_getfd, conn->pidfd, remote_fd, 0);
 
@@ -846,7 +864,7 @@ static ferry_status_t ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
                 return ferry__error(FERRY_ERR_PEER_LOST, "cuda_ipc: peer '%s' "
                                     "(pid %d) has exited", conn->name, (int)conn->pid);
         } else {
-            err = errno;
+            err = ENOSYS; /* no pidfd for the peer: a kernel before 5.3 */
         }
         if (strcmp(mode, "pidfd") == 0)
             return ferry__error(FERRY_ERR_SYSTEM, "cuda_ipc: pidfd_getfd from peer "
@@ -1191,6 +1209,7 @@ static ferry_status_t ci_prepare(void *vctx, const ferry__bk_seg_t *segs, size_t
     ci_ctx_t *ctx = vctx;
     int device = ci_copy_device(&segs[0]);
 
+    FERRY_CHECK(ci_peer_check(((ci_rkey_t *)segs[0].rkey)->conn));
     for (size_t i = 0; i < n; i++) {
         ci_map_t *m = ((ci_rkey_t *)segs[i].rkey)->map;
 
@@ -1233,6 +1252,7 @@ static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
     CUevent ev = NULL;
     ferry_status_t st;
 
+    FERRY_CHECK(ci_peer_check(vconn));
     FERRY_CHECK(ci_ring_reserve(ctx));
     FERRY_CHECK(ferry__cuda_push(device));
     FERRY_CHECK_GOTO(ci_stream(ctx, device, &stream), st, out);
@@ -1262,7 +1282,7 @@ static ferry_status_t ci_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op
     int device = ci_copy_device(&segs[0]);
     ferry_status_t st;
 
-    (void)vconn;
+    FERRY_CHECK(ci_peer_check(vconn));
     FERRY_CHECK(ferry__cuda_push(device));
     st = ci_enqueue(ctx->cu, op, segs, n, device, (CUstream)stream);
     ferry__cuda_pop();

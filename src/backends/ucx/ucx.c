@@ -73,26 +73,19 @@
 #include "util/config.h"
 #include "util/copy.h"
 #include "util/log.h"
+#include "util/proc.h"
+#include "util/time.h"
 
 #include <errno.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <pthread.h>
-#include <sys/syscall.h>
 #include <ucp/api/ucp.h>
 #include <ucs/debug/log_def.h>
 #include <unistd.h>
-
-#include "util/time.h"
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 
 /* How often endpoints to same-host peers are checked for a dead process. */
 #define FERRY__UCX_LIVENESS_NS 20000000ull
@@ -542,15 +535,6 @@ static void ferry__ucx_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
                 ucs_status_string(status));
 }
 
-static bool ferry__ucx_peer_alive(ferry__ucx_conn_t *conn)
-{
-    struct pollfd pfd = {conn->pidfd, POLLIN, 0};
-
-    if (conn->pidfd >= 0)
-        return poll(&pfd, 1, 0) == 0; /* readable once the process ended */
-    return kill(conn->pid, 0) == 0 || errno != ESRCH;
-}
-
 static ferry_status_t ferry__ucx_watch(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn,
                                        pid_t pid)
 {
@@ -564,7 +548,7 @@ static ferry_status_t ferry__ucx_watch(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t 
         ctx->capwatched = cap;
     }
     conn->pid = pid;
-    conn->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    conn->pidfd = ferry__pidfd_open(pid);
     if (conn->pidfd < 0 && errno == ESRCH)
         return ferry__error(FERRY_ERR_PEER_LOST, "ucx: peer '%s' (pid %d) is not "
                             "running", conn->peer_name, (int)pid);
@@ -819,7 +803,7 @@ static void ferry__ucx_check_liveness(ferry__ucx_ctx_t *ctx)
     for (size_t i = 0; i < ctx->nwatched; i++) {
         ferry__ucx_conn_t *conn = ctx->watched[i];
 
-        if (conn->failed != UCS_OK || ferry__ucx_peer_alive(conn))
+        if (conn->failed != UCS_OK || ferry__pid_alive(conn->pidfd, conn->pid))
             continue;
         ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
                     (int)conn->pid);

@@ -1,0 +1,196 @@
+/*
+ * A GPU peer that dies must show as FERRY_ERR_PEER_LOST, never as success.
+ * CUDA IPC maps the peer's memory into this process, and the mapping keeps
+ * that memory alive after its owner exits, so a copy into it still runs: a
+ * WRITE to a dead peer would report OK while its bytes went nowhere, and a
+ * READ would return whatever the memory held when the process died.
+ *
+ * With the target's GPU memory shared the way --mem names (cuda: a
+ * cuMemAlloc buffer, a legacy IPC handle; vmm: cuMemCreate memory, file
+ * descriptors):
+ *  1. a target process registers GPU memory and sends its blob; a WRITE of
+ *     random bytes to a random offset and a READ of them back to another
+ *     one are checked byte for byte, with the bytes around them;
+ *  2. a second WRITE and READ are prepared (the peer's memory opened for
+ *     them), then the target is killed (SIGKILL) and reaped;
+ *  3. posting the first WRITE and READ again, posting the second WRITE,
+ *     preparing a new request and posting the second READ onto a CUDA
+ *     stream must each fail with FERRY_ERR_PEER_LOST, at once;
+ *  4. forgetting the peer, deregistering and destroying the agent return.
+ * Skipped (77) without a GPU.
+ */
+#include "mem_util.h"
+#include "xfer_util.h"
+
+#define CAP (8ull << 20)
+#define MAX_LEN (1ull << 20)
+#define GUARD 256
+#define WAIT_NS (30ll * 1000 * 1000 * 1000)
+#define CTRL_TIMEOUT_MS 60000
+
+enum { M_HELLO = 1 };
+
+static xm_kind_t kind = XM_CUDA;
+
+/* Registers GPU memory, sends the blob, and serves until killed. */
+static int target_main(int fd)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME,
+                               .name = "gpu-death-target"};
+    ferry_agent_t *agent;
+    ferry_mem_t *mem;
+    ferry_desc_t d;
+    xm_buf_t b;
+    xu_msg_t m;
+
+    alarm(120);
+    if (xm_alloc(&b, kind, CAP) != 0)
+        return 77;
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    d = xm_desc(kind, b.addr, CAP);
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
+    if (xu_send_blob(fd, agent, M_HELLO, 0, b.addr, CAP) != 0)
+        return 1;
+    /* Returns when the initiator closes the socket; it kills us first. */
+    while (xu_recv_msg(fd, &m, 0, CTRL_TIMEOUT_MS, agent) == 0)
+        ;
+    return 0;
+}
+
+/* A range of len bytes at a random offset inside [lo, hi), GUARD bytes
+ * clear of both ends. */
+static uint64_t rand_off(test_rng_t *rng, uint64_t lo, uint64_t hi, uint64_t len)
+{
+    return lo + GUARD + test_rand(rng) % (hi - lo - len - 2 * GUARD);
+}
+
+static ferry_xfer_t *prepare(ferry_agent_t *agent, ferry_peer_t *peer,
+                             ferry_xfer_op_t op, const xm_buf_t *lb, uint64_t loff,
+                             uint64_t raddr, uint64_t roff, uint64_t len,
+                             ferry_status_t *st_p)
+{
+    ferry_desc_t l = xm_desc(kind, lb->addr + loff, len);
+    ferry_desc_t r = xm_target_desc(kind, raddr + roff, len);
+    ferry_xfer_t *x = NULL;
+
+    *st_p = ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, NULL, &x);
+    return x;
+}
+
+/* Step 3: st must be PEER_LOST; prints what came and how fast. */
+static void expect_lost(const char *what, ferry_status_t st, uint64_t t0)
+{
+    printf("  %s: %s in %.3f ms (%s)\n", what, ferry_status_str(st), xu_ms_since(t0),
+           st < 0 ? ferry_last_error() : "-");
+    ASSERT_ST(FERRY_ERR_PEER_LOST, st);
+}
+
+int main(int argc, char **argv)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME,
+                               .name = "gpu-death-initiator"};
+    ferry_agent_t *agent;
+    ferry_mem_t *mem;
+    ferry_peer_t *peer;
+    ferry_xfer_t *w, *rd, *w2, *r2, *x;
+    ferry_desc_t d;
+    ferry_status_t st;
+    test_rng_t rng;
+    xm_buf_t lb;
+    xu_msg_t m;
+    uint8_t *orig;
+    void *blob;
+    uint64_t seed = xu_seed(0x9d0de47full), len, loff, loff2, roff, raddr, t0;
+    CUstream stream;
+    pid_t pid;
+    int fd;
+
+    if (argc >= 4 && strcmp(argv[1], "--target") == 0) {
+        if (xm_parse(argv[3], &kind) != 0)
+            return 2;
+        return target_main(atoi(argv[2]));
+    }
+    if (argc != 3 || strcmp(argv[1], "--mem") != 0 || xm_parse(argv[2], &kind) != 0 ||
+        !xm_is_gpu(kind)) {
+        fprintf(stderr, "usage: %s --mem cuda|vmm\n", argv[0]);
+        return 2;
+    }
+    if (xm_alloc(&lb, kind, CAP) != 0)
+        return 77;
+    fd = xu_spawn(argv[0], "--target", xm_name(kind), NULL, &pid);
+    ASSERT_TRUE(fd >= 0);
+    alarm(120);
+    rng.s = seed;
+    test_fill(lb.host, CAP, seed, 1, 0);
+    xm_to_dev(&lb, 0, CAP);
+    orig = xu_xcalloc(1, CAP);
+    memcpy(orig, lb.host, CAP);
+
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    d = xm_desc(kind, lb.addr, CAP);
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
+    blob = xu_recv_blob(fd, &m, M_HELLO, CTRL_TIMEOUT_MS);
+    ASSERT_TRUE(blob != NULL);
+    raddr = m.a;
+    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
+    free(blob);
+
+    /* 1. The peer works: WRITE the first half's range there, READ it back
+     * into the second half, and compare, guard bytes included. */
+    len = 1 + test_rand(&rng) % MAX_LEN;
+    loff = rand_off(&rng, 0, CAP / 2, len);
+    loff2 = rand_off(&rng, CAP / 2, CAP, len);
+    roff = rand_off(&rng, 0, CAP, len);
+    printf("seed %llu (FERRY_TEST_SEED replays it), %s memory, %llu bytes, local %llu -> remote %llu -> local %llu\n",
+           (unsigned long long)seed, xm_name(kind), (unsigned long long)len,
+           (unsigned long long)loff, (unsigned long long)roff, (unsigned long long)loff2);
+    w = prepare(agent, peer, FERRY_OP_WRITE, &lb, loff, raddr, roff, len, &st);
+    ASSERT_ST(FERRY_OK, st);
+    rd = prepare(agent, peer, FERRY_OP_READ, &lb, loff2, raddr, roff, len, &st);
+    ASSERT_ST(FERRY_OK, st);
+    ASSERT_ST(FERRY_OK, xu_post_wait(w, WAIT_NS));
+    ASSERT_ST(FERRY_OK, xu_post_wait(rd, WAIT_NS));
+    xm_from_dev(&lb, loff2 - GUARD, loff2 + len + GUARD);
+    ASSERT_TRUE(memcmp(lb.host + loff2, orig + loff, len) == 0);
+    ASSERT_TRUE(memcmp(lb.host + loff2 - GUARD, orig + loff2 - GUARD, GUARD) == 0);
+    ASSERT_TRUE(memcmp(lb.host + loff2 + len, orig + loff2 + len, GUARD) == 0);
+
+    /* 2. Requests prepared while the peer lives, then its death. */
+    w2 = prepare(agent, peer, FERRY_OP_WRITE, &lb, loff, raddr, 0, len, &st);
+    ASSERT_ST(FERRY_OK, st);
+    r2 = prepare(agent, peer, FERRY_OP_READ, &lb, loff2, raddr, 0, len, &st);
+    ASSERT_ST(FERRY_OK, st);
+    kill(pid, SIGKILL);
+    ASSERT_TRUE(xu_reap(pid, 10000) != -1);
+
+    /* 3. Nothing may pretend to reach it. */
+    t0 = xu_now_ns();
+    expect_lost("WRITE posted again", xu_post_wait(w, WAIT_NS), t0);
+    t0 = xu_now_ns();
+    expect_lost("READ posted again", xu_post_wait(rd, WAIT_NS), t0);
+    t0 = xu_now_ns();
+    expect_lost("WRITE prepared before the death, posted", xu_post_wait(w2, WAIT_NS), t0);
+    t0 = xu_now_ns();
+    x = prepare(agent, peer, FERRY_OP_WRITE, &lb, loff, raddr, roff, len, &st);
+    expect_lost("a new prepare", st, t0);
+    ASSERT_TRUE(x == NULL);
+    XM_CU(xm_cuda()->cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
+    t0 = xu_now_ns();
+    expect_lost("READ prepared before the death, posted on a stream",
+                ferry_xfer_post_on_stream(r2, stream), t0);
+    XM_CU(xm_cuda()->cuStreamSynchronize(stream));
+    XM_CU(xm_cuda()->cuStreamDestroy(stream));
+
+    /* 4. Everything comes down. */
+    ferry_xfer_release(w);
+    ferry_xfer_release(rd);
+    ferry_xfer_release(w2);
+    ferry_xfer_release(r2);
+    ferry_peer_forget(peer);
+    ASSERT_ST(FERRY_OK, ferry_mem_deregister(mem));
+    ferry_agent_destroy(agent);
+    close(fd);
+    xm_free(&lb);
+    free(orig);
+    return test_finish("test_gpu_peer_death");
+}
