@@ -33,6 +33,10 @@
 #define FERRY__SLEEP_MAX_MS 1
 /* The longest nap between retries of sends queued for a stalled peer. */
 #define FERRY__NAP_MAX_MS 16
+/* How long a wait polls with nothing moving before it yields the core
+ * between polls: about a GPU copy of a MiB or two, whose completion a yield
+ * (a system call each time) would notice later. */
+#define FERRY__YIELD_AFTER_NS 20000ull
 
 unsigned ferry__progress_locked(ferry_agent_t *agent)
 {
@@ -279,7 +283,7 @@ ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p)
 static bool ferry__wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
 {
     ferry_agent_t *agent = x->agent;
-    uint64_t spin_end = ferry__now_ns() + agent->spin_ns;
+    uint64_t last = ferry__now_ns(), spin_end = last + agent->spin_ns;
 
     for (;;) {
         uint64_t now;
@@ -294,13 +298,15 @@ static bool ferry__wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
         if (now >= deadline_ns)
             return true;
         if (n > 0) {
+            last = now;
             spin_end = now + agent->spin_ns;
         } else {
             if (now >= spin_end)
                 return false;
-            /* Nothing moved: on a busy machine the peer that must move next
-             * may be waiting for this core. */
-            sched_yield();
+            /* Nothing moved for a while: on a busy machine the peer that
+             * must move next may be waiting for this core. */
+            if (now - last >= FERRY__YIELD_AFTER_NS)
+                sched_yield();
         }
     }
 }
