@@ -78,8 +78,6 @@ static int target_main(int fd)
     ferry_agent_t *agent;
     ferry_mem_t *mem;
     xm_buf_t b, h;
-    void *blob;
-    size_t len;
     xu_msg_t m;
 
     if (xm_alloc(&b, gpu_kind, MAX_SIZE) != 0 || xm_alloc(&h, XM_HOST, 4096) != 0)
@@ -93,11 +91,10 @@ static int target_main(int fd)
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
     }
-    die_st(ferry_md_pack(agent, &blob, &len), "md_pack");
-    if (xu_send_msg(fd, M_HELLO, 0, len, b.addr, h.addr) != 0 || xu_send(fd, blob, len) != 0)
+    if (xu_send_blob(fd, agent, M_HELLO, 0, b.addr, h.addr) != 0)
         return 1;
-    ferry_md_free(blob);
-    /* Serves the checks: sends its buffer's bytes when asked. */
+    /* Drives its agent until told to quit (the initiator reads the bytes
+     * back itself). */
     for (;;) {
         if (xu_recv_msg(fd, &m, 0, 600000, agent) != 0 || m.type == M_QUIT)
             break;
@@ -431,10 +428,8 @@ int main(int argc, char **argv)
 
         die_st(ferry_mem_register(r.agent, d, 3, &mem), "mem_register");
     }
-    if (xu_recv_msg(fd, &m, M_HELLO, 60000, NULL) != 0)
-        return 1;
-    blob = xu_xcalloc(1, m.iter);
-    if (xu_recv(fd, blob, m.iter, 60000, NULL) != 0)
+    blob = xu_recv_blob(fd, &m, M_HELLO, 60000);
+    if (blob == NULL)
         return 1;
     die_st(ferry_peer_load(r.agent, blob, m.iter, &r.peer), "peer_load");
     r.raddr = m.a;

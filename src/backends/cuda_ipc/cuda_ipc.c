@@ -768,11 +768,12 @@ static ferry_status_t ci_conn_open(void *vctx, const uint8_t *addr, size_t len,
     }
     conn->pidfd = ferry__pidfd_open((pid_t)conn->pid);
     if (conn->pidfd < 0 && errno == ESRCH) {
-        int pid = (int)conn->pid;
+        ferry_status_t st = ferry__error(FERRY_ERR_PEER_LOST, "cuda_ipc: peer '%s' "
+                                         "(pid %d) is not running", peer->name,
+                                         (int)conn->pid);
 
         free(conn);
-        return ferry__error(FERRY_ERR_PEER_LOST, "cuda_ipc: peer '%s' (pid %d) is "
-                            "not running", peer->name, pid);
+        return st;
     }
     conn->ctx = ctx;
     snprintf(conn->name, sizeof(conn->name), "%s", peer->name);
@@ -922,6 +923,17 @@ static ferry_status_t ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
     return FERRY_OK;
 }
 
+/* Whether device d's copy engines reach the memory of device owner directly
+ * (the same device, or peer to peer over NVLink or PCIe). */
+static bool ci_reaches(const ferry__cuda_t *cu, int d, int owner)
+{
+    int can = d == owner;
+
+    if (!can && cu->cuDeviceCanAccessPeer(&can, d, owner) != CUDA_SUCCESS)
+        can = 0;
+    return can != 0;
+}
+
 /* Maps the owner's VMM allocations into one reserved range, same layout,
  * open to its device and to every device here that can reach that one
  * (a batch is copied on the stream of its local GPU memory's device). */
@@ -980,11 +992,7 @@ static ferry_status_t ci_map_vmm(ci_conn_t *conn, ci_map_t *m, ferry__rbuf_t *r)
         goto err;
     }
     for (int d = 0; d < conn->ctx->ndevs; d++) {
-        int can = d == m->device;
-
-        if (!can && cu->cuDeviceCanAccessPeer(&can, d, m->device) != CUDA_SUCCESS)
-            can = 0;
-        if (can) {
+        if (ci_reaches(cu, d, m->device)) {
             all[nall] = access;
             all[nall++].location.id = d;
         }
@@ -1202,14 +1210,11 @@ static int ci_copy_device(const ferry__bk_seg_t *s)
 static ferry_status_t ci_open_legacy(ci_ctx_t *ctx, ci_map_t *m, int d)
 {
     ci_open_t *o = &m->opens[d];
-    int can = d == m->device;
     ferry_status_t st;
 
     if (o->ptr != 0)
         return FERRY_OK;
-    if (!can && ctx->cu->cuDeviceCanAccessPeer(&can, d, m->device) != CUDA_SUCCESS)
-        can = 0;
-    o->in = can ? d : m->device;
+    o->in = ci_reaches(ctx->cu, d, m->device) ? d : m->device;
     FERRY_CHECK(ferry__cuda_push(o->in));
     st = FERRY__CU(ctx->cu, cuIpcOpenMemHandle,
                    (&o->ptr, m->ipc, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
