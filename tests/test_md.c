@@ -6,6 +6,7 @@
  * never a crash; unknown sections and backends are skipped.
  */
 #include "test.h"
+#include "core/core.h"
 #include "core/md.h"
 #include "util/buf.h"
 
@@ -153,8 +154,8 @@ static void forged_cases(void)
     EXPECT_EQ(4242, md.pid);
     EXPECT_EQ(2, md.nregions);
     EXPECT_EQ(0x10000, md.regions[0].addr);
-    EXPECT_EQ(5, md.regions[0].bk[FERRY__BK_UCX].len);
-    EXPECT_EQ(11, md.bk_addr[FERRY__BK_UCX].len);
+    EXPECT_EQ(5, md.regions[0].bk[ferry__backend_slot(FERRY__BK_UCX)].len);
+    EXPECT_EQ(11, md.bk_addr[ferry__backend_slot(FERRY__BK_UCX)].len);
     ferry__md_clear(&md);
 
     EXPECT_BAD("bad magic", f_.magic = 0x12345678, "magic");
@@ -189,7 +190,7 @@ static void forged_cases(void)
     f.unknown_backend = 1;
     EXPECT_ST(FERRY_OK, parse(&f, &md));
     EXPECT_EQ(2, md.nregions);
-    EXPECT_EQ(5, md.regions[0].bk[FERRY__BK_UCX].len);
+    EXPECT_EQ(5, md.regions[0].bk[ferry__backend_slot(FERRY__BK_UCX)].len);
     ferry__md_clear(&md);
 }
 
@@ -218,7 +219,7 @@ static void real_blob(void)
     EXPECT_TRUE(strcmp(md.name, "md-test") == 0);
     EXPECT_TRUE(md.host_id[0] != '\0');
     EXPECT_EQ(getpid(), md.pid);
-    EXPECT_TRUE(md.bk_addr[FERRY__BK_UCX].data != NULL);
+    EXPECT_TRUE(md.bk_addr[ferry__backend_slot(FERRY__BK_UCX)].data != NULL);
     EXPECT_EQ(3, md.nregions);
     for (uint32_t i = 0; i < md.nregions; i++) {
         int found = 0;
@@ -228,7 +229,7 @@ static void real_blob(void)
                 md.regions[i].kind == FERRY_MEM_HOST)
                 found = 1;
         EXPECT_TRUE(found);
-        EXPECT_TRUE(md.regions[i].bk[FERRY__BK_UCX].len > 0);
+        EXPECT_TRUE(md.regions[i].bk[ferry__backend_slot(FERRY__BK_UCX)].len > 0);
     }
     ferry__md_clear(&md);
 

@@ -1,15 +1,27 @@
 /*
  * The contract between the core and a transport backend. A backend is one
- * const ops table (its size first, then its name and its wire id) whose
- * functions see only plain data and the backend's own opaque handles: a
- * context per agent, a local registration per region, a connection per peer
- * and an unpacked key per remote region. The core calls every operation with
- * the agent's lock held, so a backend needs no locking of its own; the
- * completion callback given to post() runs inside progress(), under the same
- * lock.
+ * const ops table (its size first, then its name, its wire id and its
+ * capability flags) whose functions see only plain data and the backend's
+ * own opaque handles: a context per agent, a local registration per region,
+ * a connection per peer, an unpacked key per remote region and a plan per
+ * prepared batch.
+ *
+ * Locking. The core calls every operation with the agent's lock held, so a
+ * backend needs no locking of its own, with one exception: run(), the
+ * second half of a post, which the posting thread calls after letting go
+ * of the lock so that a bulk copy holds up no other thread. A backend whose
+ * post() hands a batch to run() counts the runs in progress on the
+ * connection and waits for them (with the lock held: run() never takes it)
+ * before anything a run touches goes away: an abort, a reconnect, a closed
+ * key or connection. The completion callback given to post() runs inside
+ * progress(), under the lock.
+ *
+ * Indexing. The core knows a backend by its slot in ferry__backends[],
+ * everywhere; the wire id appears only in the metadata blob (core/md.c).
  *
  * Every operation is set: an operation a backend cannot perform points to a
- * function that returns FERRY_ERR_UNSUPPORTED with a text, never NULL.
+ * stub (below) that returns FERRY_ERR_UNSUPPORTED with a text, never NULL;
+ * what the core may ask of a backend is said by its flags.
  */
 #ifndef FERRY_BACKENDS_BACKEND_H
 #define FERRY_BACKENDS_BACKEND_H
@@ -25,15 +37,26 @@
 /* Backend ids as they appear in metadata blobs; never renumbered. */
 enum {
     FERRY__BK_UCX = 1,
-    FERRY__BK_CUDA_IPC = 2,
-    FERRY__BK_MAX = 4
+    FERRY__BK_CUDA_IPC = 2
 };
 
-/* Backend flags. */
+/* Backends compiled in: the slots of ferry__backends[] (core/agent.c), by
+ * which a region, a peer or a request keeps one handle per backend. */
+#define FERRY__NBK 2
+
+/* Backend flags: what the core may ask of it. */
 enum {
     /* Reaches only peers on the same host (the blobs' host identities agree). */
-    FERRY__BK_SAME_HOST_ONLY = 1u << 0
+    FERRY__BK_SAME_HOST_ONLY = 1u << 0,
+    /* Its transfers are copies that post_stream() enqueues on a CUDA stream;
+     * without it, the core starts the backend's parts from the progress
+     * thread when a stream reaches a flag (src/core/stream.c). */
+    FERRY__BK_STREAM_COPIES = 1u << 1
 };
+
+/* What post() returns for a batch that the caller must finish with run(),
+ * without the agent's lock: the batch is in flight until run() returns. */
+#define FERRY__BK_RUN ((ferry_status_t)2)
 
 /* One contiguous piece of a transfer, fully resolved at prepare. */
 typedef struct ferry__bk_seg {
@@ -86,21 +109,35 @@ typedef struct ferry__backend_ops {
     void (*rkey_close)(void *ctx, void *rkey);
 
     /*
-     * Readies n segments that every post of one request will start together
-     * (as post and post_stream receive them), once, at prepare: for example
-     * opening the remote memory where the copy will run. NULL when a
-     * backend needs nothing; an error fails the prepare.
+     * Readies n segments on a connection that every post of one request
+     * will start together (as post, run and post_stream receive them), once,
+     * at prepare: for example opening the remote memory where the copy will
+     * run, or finding that every segment lies in memory mapped here. What it
+     * keeps for them goes to *plan_p (NULL for nothing), which the later
+     * calls receive, until unprepare(). An error fails the prepare.
      */
-    ferry_status_t (*prepare)(void *ctx, const ferry__bk_seg_t *segs, size_t n);
+    ferry_status_t (*prepare)(void *ctx, void *conn, const ferry__bk_seg_t *segs,
+                              size_t n, void **plan_p);
+    /* Frees what prepare() kept (the request is released). */
+    void (*unprepare)(void *ctx, void *plan);
     /*
      * Starts n segments in one batch on a connection. Returns FERRY_OK if the
      * batch completed inline (cb is not called), FERRY_IN_PROGRESS if cb will
-     * be called from a later progress(), or an error (nothing is left in
-     * flight, cb is not called).
+     * be called from a later progress(), FERRY__BK_RUN if the caller is to
+     * move the batch with run() (cb is not called), or an error (nothing is
+     * left in flight, cb is not called).
      */
-    ferry_status_t (*post)(void *ctx, void *conn, ferry_xfer_op_t op,
+    ferry_status_t (*post)(void *ctx, void *conn, void *plan, ferry_xfer_op_t op,
                            const ferry__bk_seg_t *segs, size_t n,
                            ferry__bk_done_cb cb, void *arg);
+    /*
+     * Moves a batch for which post() returned FERRY__BK_RUN, without the
+     * agent's lock (the one operation called so), and returns its status:
+     * the batch is complete when it returns. It touches only the segments'
+     * memory and what post() kept valid for it.
+     */
+    ferry_status_t (*run)(void *ctx, void *conn, void *plan, ferry_xfer_op_t op,
+                          const ferry__bk_seg_t *segs, size_t n);
     /* Drives the transport once; returns how many events it handled. */
     unsigned (*progress)(void *ctx);
     /* A file descriptor that becomes readable when progress() has work,
@@ -124,14 +161,13 @@ typedef struct ferry__backend_ops {
     uint64_t (*conn_events)(void *ctx, void *conn);
     /*
      * Enqueues n segments on a CUDA stream (a CUstream): stream-ordered
-     * transfers of a backend whose transfers are copies. Nothing is tracked:
-     * the stream orders what follows. NULL for a backend that cannot: the
-     * core starts its parts from the progress thread when the stream
-     * reaches a flag (src/core/stream.c).
+     * transfers of a backend whose transfers are copies
+     * (FERRY__BK_STREAM_COPIES). Nothing is tracked: the stream orders what
+     * follows.
      */
-    ferry_status_t (*post_stream)(void *ctx, void *conn, ferry_xfer_op_t op,
-                                  const ferry__bk_seg_t *segs, size_t n,
-                                  void *stream);
+    ferry_status_t (*post_stream)(void *ctx, void *conn, void *plan,
+                                  ferry_xfer_op_t op, const ferry__bk_seg_t *segs,
+                                  size_t n, void *stream);
     /*
      * Allocates len bytes of memory of the given kind that this backend
      * moves fastest, writing its address to *addr_p (UCX on one host:
@@ -146,6 +182,20 @@ typedef struct ferry__backend_ops {
      * still use it. */
     ferry_status_t (*mem_free)(void *ctx, void *addr);
 } ferry__backend_ops_t;
+
+/* Stubs for the operations a backend does not need or cannot perform
+ * (backend.c): a prepare that keeps nothing, and refusals. */
+ferry_status_t ferry__bk_prepare_nothing(void *ctx, void *conn,
+                                         const ferry__bk_seg_t *segs, size_t n,
+                                         void **plan_p);
+void ferry__bk_unprepare_nothing(void *ctx, void *plan);
+ferry_status_t ferry__bk_run_unsupported(void *ctx, void *conn, void *plan,
+                                         ferry_xfer_op_t op,
+                                         const ferry__bk_seg_t *segs, size_t n);
+ferry_status_t ferry__bk_post_stream_unsupported(void *ctx, void *conn, void *plan,
+                                                 ferry_xfer_op_t op,
+                                                 const ferry__bk_seg_t *segs,
+                                                 size_t n, void *stream);
 
 extern const ferry__backend_ops_t ferry__ucx_ops;
 /* For ferry-info: UCX's version, transports and memory types. */

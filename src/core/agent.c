@@ -20,24 +20,12 @@ const ferry__backend_ops_t *const ferry__backends[FERRY__NBK] = {
     &ferry__ucx_ops,
 };
 
-void ferry__list_init(ferry__list_t *l)
+int ferry__backend_slot(uint16_t id)
 {
-    l->prev = l->next = l;
-}
-
-void ferry__list_add(ferry__list_t *head, ferry__list_t *item)
-{
-    item->next = head->next;
-    item->prev = head;
-    head->next->prev = item;
-    head->next = item;
-}
-
-void ferry__list_del(ferry__list_t *item)
-{
-    item->prev->next = item->next;
-    item->next->prev = item->prev;
-    ferry__list_init(item);
+    for (unsigned k = 0; k < FERRY__NBK; k++)
+        if (ferry__backends[k]->id == id)
+            return (int)k;
+    return -1;
 }
 
 void ferry__agent_lock(ferry_agent_t *agent)

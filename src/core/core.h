@@ -26,18 +26,12 @@
 #include "backends/backend.h"
 #include "core/md.h"
 #include "util/imap.h"
+#include "util/list.h"
 #include "util/status.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-
-/* Backends compiled in, by slot; a region or peer keeps one handle per slot. */
-#define FERRY__NBK 2
-
-typedef struct ferry__list {
-    struct ferry__list *prev, *next;
-} ferry__list_t;
 
 typedef struct ferry__region {
     ferry_desc_t desc;
@@ -89,8 +83,14 @@ enum {
     FERRY__XFER_DONE
 };
 
+/* The segments of a request that one backend moves, with everything a post
+ * hands to it, resolved at prepare: the connection pointer stays valid for
+ * the peer instance's life (a backend reopens a broken one in place). */
 typedef struct ferry__xfer_part {
-    unsigned slot;
+    const ferry__backend_ops_t *ops;
+    void *ctx;             /* the agent's context of that backend */
+    void *conn;            /* its connection to the peer */
+    void *plan;            /* what its prepare() kept for these segments */
     uint32_t first, count; /* a range of the request's segments */
 } ferry__xfer_part_t;
 
@@ -159,12 +159,8 @@ static inline bool ferry__in_flight(ferry_xfer_t *x)
     return atomic_load_explicit(&x->state, memory_order_acquire) == FERRY__XFER_ACTIVE;
 }
 
-/* Intrusive doubly linked lists. */
-void ferry__list_init(ferry__list_t *l);
-void ferry__list_add(ferry__list_t *head, ferry__list_t *item);
-void ferry__list_del(ferry__list_t *item);
-#define ferry__container_of(ptr, type, member)                                \
-    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+/* The slot of the backend with wire id id, or -1 (agent.c). */
+int ferry__backend_slot(uint16_t id);
 
 void ferry__agent_lock(ferry_agent_t *agent);
 void ferry__agent_unlock(ferry_agent_t *agent);
@@ -188,7 +184,8 @@ void ferry__stall_check_locked(ferry_agent_t *agent);
 /* xfer.c, under the lock: whether x may be posted now (FERRY_OK, or BUSY,
  * PEER_LOST, NOT_REGISTERED with a text naming call); and starting x's
  * parts, as a post does, except (skip_stream) those of backends that put
- * their copies on the stream itself (post_stream). */
+ * their copies on the stream itself (FERRY__BK_STREAM_COPIES), running the
+ * parts that a backend hands to run() at once, under the lock. */
 ferry_status_t ferry__xfer_postable_locked(ferry_xfer_t *x, const char *call);
 ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream);
 

@@ -57,19 +57,19 @@ static ferry_status_t ferry__md_parse_agent(ferry__rbuf_t *r, ferry__md_t *md,
 static ferry_status_t ferry__md_parse_backend(ferry__rbuf_t *r, ferry__md_t *md,
                                               size_t off)
 {
-    uint16_t id = ferry__rbuf_u16(r);
+    int slot = ferry__backend_slot(ferry__rbuf_u16(r));
     size_t n = r->left;
     const uint8_t *p = ferry__rbuf_bytes(r, n);
 
     if (r->err || n == 0)
         return ferry__error(FERRY_ERR_PROTOCOL,
                             "metadata: backend section at offset %zu is malformed", off);
-    if (id == 0 || id >= FERRY__BK_MAX)
+    if (slot < 0)
         return FERRY_OK; /* a backend this build does not know */
-    if (md->bk_addr[id].data != NULL)
+    if (md->bk_addr[slot].data != NULL)
         return ferry__error(FERRY_ERR_PROTOCOL,
                             "metadata: backend section at offset %zu repeats a backend", off);
-    md->bk_addr[id] = (ferry__md_bytes_t){p, (uint32_t)n};
+    md->bk_addr[slot] = (ferry__md_bytes_t){p, (uint32_t)n};
     return FERRY_OK;
 }
 
@@ -115,6 +115,7 @@ static ferry_status_t ferry__md_parse_regions(ferry__rbuf_t *r, ferry__md_t *md,
                                 (unsigned long long)g->len);
         for (unsigned b = 0; b < nbk; b++) {
             uint16_t id = ferry__rbuf_u16(r);
+            int slot = ferry__backend_slot(id);
             uint32_t n = ferry__rbuf_u32(r);
             const uint8_t *p = ferry__rbuf_bytes(r, n);
 
@@ -122,12 +123,12 @@ static ferry_status_t ferry__md_parse_regions(ferry__rbuf_t *r, ferry__md_t *md,
                 return ferry__error(FERRY_ERR_PROTOCOL,
                                     "metadata: region %u backend entry %u runs "
                                     "past the section", i, b);
-            if (id == 0 || id >= FERRY__BK_MAX)
-                continue;
-            if (g->bk[id].data != NULL)
+            if (slot < 0)
+                continue; /* a backend this build does not know */
+            if (g->bk[slot].data != NULL)
                 return ferry__error(FERRY_ERR_PROTOCOL,
                                     "metadata: region %u repeats backend %u", i, id);
-            g->bk[id] = (ferry__md_bytes_t){p, n};
+            g->bk[slot] = (ferry__md_bytes_t){p, n};
         }
     }
     return FERRY_OK;

@@ -71,7 +71,7 @@ typedef struct ferry__md_region {
     int32_t device;
     uint64_t addr;
     uint64_t len;
-    ferry__md_bytes_t bk[FERRY__BK_MAX];
+    ferry__md_bytes_t bk[FERRY__NBK]; /* by backend slot */
 } ferry__md_region_t;
 
 typedef struct ferry__md {
@@ -79,7 +79,7 @@ typedef struct ferry__md {
     char name[FERRY__MD_NAME_MAX + 1];
     char host_id[FERRY__MD_NAME_MAX + 1];
     uint32_t pid;
-    ferry__md_bytes_t bk_addr[FERRY__BK_MAX];
+    ferry__md_bytes_t bk_addr[FERRY__NBK]; /* by backend slot */
     uint32_t nregions;
     ferry__md_region_t *regions; /* allocated; free with ferry__md_clear */
 } ferry__md_t;

@@ -43,7 +43,7 @@ ferry_status_t ferry__remote_conn(ferry_agent_t *agent, ferry__remote_t *remote,
                                   unsigned slot, void **conn_p)
 {
     const ferry__backend_ops_t *ops = ferry__backends[slot];
-    const ferry__md_bytes_t *addr = &remote->md.bk_addr[ops->id];
+    const ferry__md_bytes_t *addr = &remote->md.bk_addr[slot];
     ferry__inst_t *inst = remote->inst;
     ferry__bk_peer_t who;
 
@@ -66,7 +66,7 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
                                   void **rkey_p)
 {
     const ferry__backend_ops_t *ops = ferry__backends[slot];
-    const ferry__md_bytes_t *key = &rr->md.bk[ops->id];
+    const ferry__md_bytes_t *key = &rr->md.bk[slot];
     void *conn;
 
     if (rr->rkey[slot] == NULL) {

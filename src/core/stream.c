@@ -43,7 +43,7 @@ struct ferry__xstream {
  * others are started by the progress thread when the stream triggers. */
 static bool ferry__part_is_copy(const ferry__xfer_part_t *part)
 {
-    return ferry__backends[part->slot]->post_stream != NULL;
+    return (part->ops->flags & FERRY__BK_STREAM_COPIES) != 0;
 }
 
 /* Under the lock: the stream state of x, created on its first stream post. */
@@ -190,13 +190,11 @@ ferry_status_t ferry_xfer_post_on_stream(ferry_xfer_t *x, void *stream)
     }
     for (unsigned p = 0; p < x->nparts && st == FERRY_OK; p++) {
         const ferry__xfer_part_t *part = &x->parts[p];
-        unsigned k = part->slot;
 
         if (ferry__part_is_copy(part))
-            st = ferry__backends[k]->post_stream(x->agent->bk_ctx[k],
-                                                 x->remote->inst->conn[k], x->op,
-                                                 x->segs + part->first, part->count,
-                                                 stream);
+            st = part->ops->post_stream(part->ctx, part->conn, part->plan, x->op,
+                                        x->segs + part->first, part->count,
+                                        stream);
     }
     if (st == FERRY_OK && (st = ferry__cuda_push(0)) == FERRY_OK) {
         st = xs->net ? FERRY__CU(cu, cuStreamWriteValue32,

@@ -91,7 +91,7 @@ static ferry_status_t ferry__no_path(ferry_agent_t *agent, ferry__remote_t *remo
         else if (g->lreg[k] == NULL)
             at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s did not "
                                    "register the local memory", ops->name);
-        else if (rr->md.bk[ops->id].data == NULL)
+        else if (rr->md.bk[k].data == NULL)
             at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s cannot reach "
                                    "the peer's %s memory (the peer offers no %s "
                                    "access to it)", ops->name,
@@ -136,7 +136,7 @@ static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *
         const ferry__backend_ops_t *ops = ferry__backends[k];
 
         if ((route->only == 0 || ops->id == route->only) && g->lreg[k] != NULL &&
-            rr->md.bk[ops->id].data != NULL &&
+            rr->md.bk[k].data != NULL &&
             (route->same_host || !(ops->flags & FERRY__BK_SAME_HOST_ONLY)))
             break;
     }
@@ -210,10 +210,11 @@ err:
 }
 
 /* Orders x->segs by backend slot (slots[i]: segment i's) and describes
- * each slot's range. A request that uses one backend, the common case, is
- * left in place without a copy. */
+ * each slot's range, with its backend, context and connection. A request
+ * that uses one backend, the common case, is left in place without a copy. */
 static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
 {
+    ferry_agent_t *agent = x->agent;
     size_t count[FERRY__NBK] = {0}, at[FERRY__NBK];
     size_t pos = 0;
     ferry__bk_seg_t *copy;
@@ -224,8 +225,9 @@ static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
     for (unsigned k = 0; k < FERRY__NBK; k++) {
         at[k] = pos;
         if (count[k] > 0)
-            x->parts[x->nparts++] = (ferry__xfer_part_t){k, (uint32_t)pos,
-                                                         (uint32_t)count[k]};
+            x->parts[x->nparts++] = (ferry__xfer_part_t){
+                ferry__backends[k], agent->bk_ctx[k], x->remote->inst->conn[k],
+                NULL, (uint32_t)pos, (uint32_t)count[k]};
         pos += count[k];
     }
     if (x->nparts == 1)
@@ -272,6 +274,18 @@ static void ferry__coalesce(ferry_xfer_t *x)
         part->count = (uint32_t)(out - first);
     }
     x->nsegs = out;
+}
+
+/* Under the lock: frees what the backends kept for x's parts. */
+static void ferry__xfer_unprepare(ferry_xfer_t *x)
+{
+    for (unsigned p = 0; p < x->nparts; p++) {
+        ferry__xfer_part_t *part = &x->parts[p];
+
+        if (part->plan != NULL)
+            part->ops->unprepare(part->ctx, part->plan);
+        part->plan = NULL;
+    }
 }
 
 ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
@@ -333,30 +347,31 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     ferry__agent_lock(agent);
     rm = peer->remote;
     route.same_host = strcmp(rm->md.host_id, agent->host_id) == 0;
+    x->remote = rm; /* referenced below, once nothing can fail */
     FERRY_CHECK_GOTO(ferry__resolve(agent, rm, &route, local, remote, nlocal,
                                     x->segs, slots, x),
                      st, err_unlock);
     FERRY_CHECK_GOTO(ferry__group(x, slots), st, err_unlock);
     ferry__coalesce(x);
     for (unsigned p = 0; p < x->nparts; p++) {
-        const ferry__xfer_part_t *part = &x->parts[p];
-        const ferry__backend_ops_t *ops = ferry__backends[part->slot];
+        ferry__xfer_part_t *part = &x->parts[p];
 
-        if (ops->prepare != NULL)
-            FERRY_CHECK_GOTO(ops->prepare(agent->bk_ctx[part->slot],
-                                          x->segs + part->first, part->count),
-                             st, err_unlock);
+        FERRY_CHECK_GOTO(part->ops->prepare(part->ctx, part->conn,
+                                            x->segs + part->first, part->count,
+                                            &part->plan),
+                         st, err_unprepare);
     }
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->refs++;
     rm->refs++;
-    x->remote = rm;
     ferry__list_add(&agent->xfers, &x->link);
     ferry__agent_unlock(agent);
     free(slots);
     *xfer_p = x;
     return FERRY_OK;
 
+err_unprepare:
+    ferry__xfer_unprepare(x);
 err_unlock:
     ferry__agent_unlock(agent);
 err_free:
@@ -388,14 +403,17 @@ static void ferry__cq_drop(ferry_xfer_t *x)
         ferry__cq_signal(x->agent, false);
 }
 
-static void ferry__xfer_finish(ferry_xfer_t *x)
+/* Under the lock: ends a request in flight. The completion queue takes it
+ * (queue, and the request asked for it) unless the post that started it
+ * returns its result itself, as an inline completion does. */
+static void ferry__xfer_finish(ferry_xfer_t *x, bool queue)
 {
     ferry_agent_t *agent = x->agent;
 
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->active--;
     ferry__list_del(&x->alink);
-    if (x->notify) {
+    if (x->notify && queue) {
         bool was_empty = agent->cq.next == &agent->cq;
 
         ferry__list_add(agent->cq.prev, &x->cqlink); /* at the tail */
@@ -416,7 +434,7 @@ static void ferry__xfer_part_done(void *arg, ferry_status_t st)
     if (st < 0)
         ferry__xfer_fail(x, st);
     if (--x->pending == 0)
-        ferry__xfer_finish(x);
+        ferry__xfer_finish(x, true);
 }
 
 /* Under the lock: the sum of the headway marks of x's connections. */
@@ -424,12 +442,8 @@ static uint64_t ferry__xfer_mark(ferry_xfer_t *x)
 {
     uint64_t mark = 0;
 
-    for (unsigned p = 0; p < x->nparts; p++) {
-        unsigned k = x->parts[p].slot;
-
-        mark += ferry__backends[k]->conn_events(x->agent->bk_ctx[k],
-                                                x->remote->inst->conn[k]);
-    }
+    for (unsigned p = 0; p < x->nparts; p++)
+        mark += x->parts[p].ops->conn_events(x->parts[p].ctx, x->parts[p].conn);
     return mark;
 }
 
@@ -443,20 +457,15 @@ static uint64_t ferry__xfer_mark(ferry_xfer_t *x)
 static ferry_status_t ferry__xfer_abort_locked(ferry_xfer_t *x, ferry_status_t why,
                                                const char *own, const char *others)
 {
-    ferry_agent_t *agent = x->agent;
-
     x->aborting = true;
     if (x->first_err == FERRY_OK) {
         x->first_err = why;
         snprintf(x->errmsg, sizeof(x->errmsg), "%s", own);
     }
     for (unsigned p = 0; p < x->nparts && ferry__in_flight(x); p++) {
-        unsigned k = x->parts[p].slot;
-
         /* The backend passes this text to every batch it ends. */
         ferry__error(why, "%s", others);
-        (void)ferry__backends[k]->conn_abort(agent->bk_ctx[k],
-                                             x->remote->inst->conn[k], why);
+        (void)x->parts[p].ops->conn_abort(x->parts[p].ctx, x->parts[p].conn, why);
     }
     return ferry__in_flight(x) ? FERRY_IN_PROGRESS : FERRY_OK;
 }
@@ -526,23 +535,88 @@ ferry_status_t ferry__xfer_postable_locked(ferry_xfer_t *x, const char *call)
     return FERRY_OK;
 }
 
+static ferry_status_t ferry__xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
+                                               unsigned *runs_p);
+
+/* Runs the parts of x whose post handed them to run(), in order, and
+ * records their statuses in st[] (by part). */
+static void ferry__xfer_run(ferry_xfer_t *x, unsigned runs, ferry_status_t *st)
+{
+    for (unsigned p = 0; p < x->nparts; p++) {
+        const ferry__xfer_part_t *part = &x->parts[p];
+
+        if (runs & (1u << p))
+            st[p] = part->ops->run(part->ctx, part->conn, part->plan, x->op,
+                                   x->segs + part->first, part->count);
+    }
+}
+
+/* Under the lock: the ends of the runs; x finishes when they were its last
+ * parts in flight, and then the caller returns its result (no queueing). */
+static ferry_status_t ferry__xfer_ran(ferry_xfer_t *x, unsigned runs,
+                                      const ferry_status_t *st)
+{
+    for (unsigned p = 0; p < x->nparts; p++) {
+        if (!(runs & (1u << p)))
+            continue;
+        if (st[p] < 0)
+            ferry__xfer_fail(x, st[p]);
+        if (--x->pending == 0)
+            ferry__xfer_finish(x, false);
+    }
+    return ferry__in_flight(x) ? FERRY_IN_PROGRESS : ferry__xfer_result(x);
+}
+
+/*
+ * A post takes the lock twice when a backend moves its part itself (a copy
+ * into a peer's memory mapped here): once to start every part and count it
+ * in flight, once to complete what ran. In between, with the lock let go,
+ * the bytes move, so other threads post, test and progress meanwhile.
+ */
 ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
 {
-    ferry_status_t st;
+    ferry_status_t st, ran[FERRY__NBK];
+    unsigned runs = 0;
 
     if (x == NULL)
         return ferry__error(FERRY_ERR_INVALID, "xfer_post: NULL request");
     ferry__agent_lock(x->agent);
     st = ferry__xfer_postable_locked(x, "xfer_post");
     if (st == FERRY_OK)
-        st = ferry__xfer_start_locked(x, false);
+        st = ferry__xfer_begin_locked(x, false, &runs);
+    ferry__agent_unlock(x->agent);
+    if (runs == 0)
+        return st;
+    ferry__xfer_run(x, runs, ran);
+    ferry__agent_lock(x->agent);
+    st = ferry__xfer_ran(x, runs, ran);
     ferry__agent_unlock(x->agent);
     return st;
 }
 
 ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream)
 {
+    ferry_status_t st, ran[FERRY__NBK];
+    unsigned runs = 0;
+
+    st = ferry__xfer_begin_locked(x, skip_stream, &runs);
+    if (runs == 0)
+        return st;
+    ferry__xfer_run(x, runs, ran);
+    return ferry__xfer_ran(x, runs, ran);
+}
+
+/*
+ * Under the lock: starts x's parts (but, with skip_stream, those that a
+ * stream already carries). A part its backend hands back to be run goes
+ * into *runs_p, counted in flight: x is then in flight until the caller
+ * has run it (ferry__xfer_run) and recorded its end (ferry__xfer_ran).
+ */
+static ferry_status_t ferry__xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
+                                               unsigned *runs_p)
+{
     ferry_agent_t *agent = x->agent;
+    unsigned runs = 0;
     ferry_status_t st;
 
     ferry__cq_drop(x);
@@ -551,21 +625,23 @@ ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream)
     x->pending = x->nparts;
     for (unsigned p = 0; p < x->nparts; p++) {
         const ferry__xfer_part_t *part = &x->parts[p];
-        unsigned k = part->slot;
 
-        if (skip_stream && ferry__backends[k]->post_stream != NULL) {
+        if (skip_stream && (part->ops->flags & FERRY__BK_STREAM_COPIES)) {
             x->pending--;
             continue;
         }
-        st = ferry__backends[k]->post(agent->bk_ctx[k], x->remote->inst->conn[k],
-                                      x->op, x->segs + part->first, part->count,
-                                      ferry__xfer_part_done, x);
-        if (st == FERRY_IN_PROGRESS)
+        st = part->ops->post(part->ctx, part->conn, part->plan, x->op,
+                             x->segs + part->first, part->count,
+                             ferry__xfer_part_done, x);
+        if (st == FERRY__BK_RUN)
+            runs |= 1u << p;
+        if (st == FERRY_IN_PROGRESS || st == FERRY__BK_RUN)
             continue;
         if (st < 0)
             ferry__xfer_fail(x, st);
         x->pending--;
     }
+    *runs_p = runs;
     if (x->pending > 0) {
         for (size_t i = 0; i < x->nmems; i++)
             x->mems[i]->active++;
@@ -668,6 +744,7 @@ void ferry_xfer_release(ferry_xfer_t *x)
     ferry__agent_lock(agent);
     ferry__cq_drop(x);
     ferry__stream_release_locked(x);
+    ferry__xfer_unprepare(x);
     ferry__list_del(&x->link);
     for (size_t i = 0; i < x->nmems; i++)
         ferry__mem_unref(x->mems[i]);

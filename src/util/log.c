@@ -1,13 +1,16 @@
 /*
  * Log level from FERRY_LOG, parsed once, and the line writer. One fprintf
- * per line keeps lines from different threads whole.
+ * per line keeps lines from different threads whole. The variable is read
+ * here with getenv, not through the configuration table (which lists it
+ * for ferry-info): the table warns through this file, and the log sits
+ * below it.
  */
 #include "util/log.h"
-#include "util/config.h"
 
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -19,8 +22,10 @@ static pthread_once_t ferry__level_once = PTHREAD_ONCE_INIT;
 
 static void ferry__log_init(void)
 {
-    const char *v = ferry__config_get("FERRY_LOG");
+    const char *v = getenv("FERRY_LOG");
 
+    if (v == NULL || *v == '\0')
+        return;
     for (size_t i = 0; i < sizeof(ferry__level_names) / sizeof(*ferry__level_names); i++) {
         if (strcasecmp(v, ferry__level_names[i]) == 0) {
             ferry__level = (ferry__log_level_t)i;

@@ -1226,11 +1226,14 @@ static ferry_status_t ci_open_legacy(ci_ctx_t *ctx, ci_map_t *m, int d)
 
 /* Opens the legacy exports of one request's segments where its posts will
  * copy them (ci_copy_device). */
-static ferry_status_t ci_prepare(void *vctx, const ferry__bk_seg_t *segs, size_t n)
+static ferry_status_t ci_prepare(void *vctx, void *vconn, const ferry__bk_seg_t *segs,
+                                 size_t n, void **plan_p)
 {
     ci_ctx_t *ctx = vctx;
     int device = ci_copy_device(&segs[0]);
 
+    (void)vconn;
+    *plan_p = NULL;
     FERRY_CHECK(ci_peer_check(((ci_rkey_t *)segs[0].rkey)->conn));
     for (size_t i = 0; i < n; i++) {
         ci_map_t *m = ((ci_rkey_t *)segs[i].rkey)->map;
@@ -1262,7 +1265,7 @@ static ferry_status_t ci_enqueue(const ferry__cuda_t *cu, ferry_xfer_op_t op,
     return FERRY_OK;
 }
 
-static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
+static ferry_status_t ci_post(void *vctx, void *vconn, void *plan, ferry_xfer_op_t op,
                               const ferry__bk_seg_t *segs, size_t n,
                               ferry__bk_done_cb cb, void *arg)
 {
@@ -1274,6 +1277,7 @@ static ferry_status_t ci_post(void *vctx, void *vconn, ferry_xfer_op_t op,
     CUevent ev = NULL;
     ferry_status_t st;
 
+    (void)plan;
     FERRY_CHECK(ci_peer_check(vconn));
     FERRY_CHECK(ci_ring_reserve(ctx));
     FERRY_CHECK(ferry__cuda_push(device));
@@ -1296,14 +1300,15 @@ out:
     return st;
 }
 
-static ferry_status_t ci_post_stream(void *vctx, void *vconn, ferry_xfer_op_t op,
-                                     const ferry__bk_seg_t *segs, size_t n,
-                                     void *stream)
+static ferry_status_t ci_post_stream(void *vctx, void *vconn, void *plan,
+                                     ferry_xfer_op_t op, const ferry__bk_seg_t *segs,
+                                     size_t n, void *stream)
 {
     ci_ctx_t *ctx = vctx;
     int device = ci_copy_device(&segs[0]);
     ferry_status_t st;
 
+    (void)plan;
     FERRY_CHECK(ci_peer_check(vconn));
     FERRY_CHECK(ferry__cuda_push(device));
     st = ci_enqueue(ctx->cu, op, segs, n, device, (CUstream)stream);
@@ -1517,7 +1522,7 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .size = sizeof(ferry__backend_ops_t),
     .name = "cuda_ipc",
     .id = FERRY__BK_CUDA_IPC,
-    .flags = FERRY__BK_SAME_HOST_ONLY,
+    .flags = FERRY__BK_SAME_HOST_ONLY | FERRY__BK_STREAM_COPIES,
     .init = ci_init,
     .fini = ci_fini,
     .supports_kind = ci_supports_kind,
@@ -1530,7 +1535,9 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .rkey_open = ci_rkey_open,
     .rkey_close = ci_rkey_close,
     .prepare = ci_prepare,
+    .unprepare = ferry__bk_unprepare_nothing,
     .post = ci_post,
+    .run = ferry__bk_run_unsupported,
     .progress = ci_progress,
     .event_fd = ci_event_fd,
     .arm = ci_arm,

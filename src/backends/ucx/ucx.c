@@ -83,6 +83,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <ucp/api/ucp.h>
 #include <ucs/debug/log_def.h>
 #include <unistd.h>
@@ -146,6 +147,7 @@ typedef struct ferry__ucx_rkey {
     ucp_rkey_h rkey;
     enum { FERRY__PTR_UNKNOWN, FERRY__PTR_MAPPED, FERRY__PTR_NONE } ptr;
     uintptr_t delta;
+    uint64_t probe; /* a remote address in the region, once it was mapped */
     struct ferry__ucx_conn *conn;
     struct ferry__ucx_rkey *prev, *next; /* the connection's keys */
     uint8_t packed[];
@@ -163,6 +165,7 @@ typedef struct ferry__ucx_conn {
     int pidfd;           /* -1 when pidfd_open was refused */
     pid_t pid;
     ferry__ucx_req_t *flushes; /* in flight on this endpoint */
+    atomic_uint runs;          /* run()s copying into its mapped keys */
     ferry__ucx_rkey_t *rkeys;
     struct ferry__ucx_conn *prev, *next; /* ctx->conns */
     char peer_name[256];
@@ -697,6 +700,15 @@ static void ferry__ucx_ep_close(ferry__ucx_conn_t *conn)
     }
 }
 
+/* Waits for the runs copying into the connection's mapped keys to end,
+ * before a mapping goes away. The caller holds the agent's lock, which no
+ * run takes, so no new run starts meanwhile and a copy ends by itself. */
+static void ferry__ucx_runs_wait(ferry__ucx_conn_t *conn)
+{
+    while (atomic_load_explicit(&conn->runs, memory_order_acquire) != 0)
+        sched_yield();
+}
+
 /*
  * Destroys the connection's worker, with its endpoint and every operation
  * still queued or outstanding on it: afterwards UCX touches none of their
@@ -707,6 +719,7 @@ static void ferry__ucx_ep_close(ferry__ucx_conn_t *conn)
 static void ferry__ucx_disconnect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn,
                                   bool polite)
 {
+    ferry__ucx_runs_wait(conn);
     if (conn->worker == NULL)
         return;
     for (ferry__ucx_rkey_t *k = conn->rkeys; k != NULL; k = k->next) {
@@ -916,6 +929,7 @@ static void ferry__ucx_rkey_close(void *vctx, void *vkey)
     ferry__ucx_rkey_t *k = vkey;
 
     (void)vctx;
+    ferry__ucx_runs_wait(k->conn);
     if (k->rkey != NULL)
         ucp_rkey_destroy(k->rkey);
     if (k->next != NULL)
@@ -951,27 +965,6 @@ static void ferry__ucx_flush_done(void *request, ucs_status_t status,
     cb(arg, st);
 }
 
-/* Reopens a connection after an abort: a new worker, a new endpoint, and
- * every key of the connection unpacked again. */
-static ferry_status_t ferry__ucx_reconnect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
-{
-    ucs_status_t s;
-
-    FERRY_CHECK(ferry__ucx_connect(ctx, conn));
-    for (ferry__ucx_rkey_t *k = conn->rkeys; k != NULL; k = k->next) {
-        s = ucp_ep_rkey_unpack(conn->ep, k->packed, &k->rkey);
-        if (s != UCS_OK) {
-            ferry_status_t st = ferry__ucx_error(s, "ucp_ep_rkey_unpack",
-                                                 conn->peer_name);
-
-            ferry__ucx_disconnect(ctx, conn, false);
-            return st;
-        }
-    }
-    ferry__debug("ucx: reconnected to peer '%s'", conn->peer_name);
-    return FERRY_OK;
-}
-
 /* Where remote address raddr of rk's region lies in this process, if it is
  * mapped here (the first use asks UCX, later ones reuse the offset). */
 static void *ferry__ucx_mapped(ferry__ucx_rkey_t *rk, uint64_t raddr)
@@ -980,7 +973,7 @@ static void *ferry__ucx_mapped(ferry__ucx_rkey_t *rk, uint64_t raddr)
 
     if (rk->ptr == FERRY__PTR_MAPPED)
         return (void *)(uintptr_t)(raddr + rk->delta);
-    if (rk->ptr == FERRY__PTR_NONE)
+    if (rk->ptr == FERRY__PTR_NONE || rk->rkey == NULL)
         return NULL;
     if (ucp_rkey_ptr(rk->rkey, raddr, &p) != UCS_OK) {
         rk->ptr = FERRY__PTR_NONE;
@@ -988,36 +981,94 @@ static void *ferry__ucx_mapped(ferry__ucx_rkey_t *rk, uint64_t raddr)
     }
     rk->ptr = FERRY__PTR_MAPPED;
     rk->delta = (uintptr_t)p - (uintptr_t)raddr;
+    rk->probe = raddr;
     return p;
 }
 
-/* Copies the leading segments whose remote region is mapped here; returns
- * how many. A post that moves FERRY_COPY_NT_MIN bytes or more, in one
- * segment or many, bypasses the cache for its segments of a page or more
- * (smaller ones would leave partial lines). The fences order the copy with
- * whatever tells the peer (after a WRITE) or told us (before a READ) that
- * the data is ready, as UCX's flush of a shared-memory lane does; the last
- * one also orders the non-temporal stores. */
-static size_t ferry__ucx_copy_mapped(const ferry__ucx_ctx_t *ctx, ferry_xfer_op_t op,
-                                     const ferry__bk_seg_t *segs, size_t n)
+/* Reopens a connection after an abort: a new worker, a new endpoint, and
+ * every key of the connection unpacked again. A key that was mapped here
+ * is mapped again at once: requests prepared to copy into it directly
+ * count on it. */
+static ferry_status_t ferry__ucx_reconnect(ferry__ucx_ctx_t *ctx, ferry__ucx_conn_t *conn)
 {
+    ferry_status_t st;
+    ucs_status_t s;
+
+    FERRY_CHECK(ferry__ucx_connect(ctx, conn));
+    for (ferry__ucx_rkey_t *k = conn->rkeys; k != NULL; k = k->next) {
+        s = ucp_ep_rkey_unpack(conn->ep, k->packed, &k->rkey);
+        if (s != UCS_OK) {
+            st = ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);
+            goto err;
+        }
+        if (k->probe != 0 && ferry__ucx_mapped(k, k->probe) == NULL) {
+            st = ferry__error(FERRY_ERR_BACKEND, "ucx: peer '%s': memory that was "
+                              "mapped here is not mapped after reconnecting",
+                              conn->peer_name);
+            goto err;
+        }
+    }
+    ferry__debug("ucx: reconnected to peer '%s'", conn->peer_name);
+    return FERRY_OK;
+
+err:
+    ferry__ucx_disconnect(ctx, conn, false);
+    return st;
+}
+
+/*
+ * Mapped regions: a batch whose every segment lies in a region mapped here
+ * is moved by run() with memcpy, outside the agent's lock. Its plan is this
+ * marker; a batch with any other segment has none and goes to UCX whole.
+ */
+static const char ferry__ucx_direct = 'd';
+#define FERRY__UCX_DIRECT ((void *)(uintptr_t)&ferry__ucx_direct)
+
+static ferry_status_t ferry__ucx_prepare(void *vctx, void *vconn,
+                                         const ferry__bk_seg_t *segs, size_t n,
+                                         void **plan_p)
+{
+    ferry__ucx_conn_t *conn = vconn;
+    size_t i;
+
+    if (conn->failed != UCS_OK)
+        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
+    if (conn->worker == NULL)
+        FERRY_CHECK(ferry__ucx_reconnect(vctx, conn));
+    for (i = 0; i < n; i++)
+        if (ferry__ucx_mapped(segs[i].rkey, segs[i].raddr) == NULL)
+            break;
+    *plan_p = i == n ? FERRY__UCX_DIRECT : NULL;
+    return FERRY_OK;
+}
+
+/*
+ * Copies a direct batch. A batch that moves FERRY_COPY_NT_MIN bytes or
+ * more, in one segment or many, bypasses the cache for its segments of a
+ * page or more (smaller ones would leave partial lines). The fences order
+ * the copy with whatever tells the peer (after a WRITE) or told us (before
+ * a READ) that the data is ready, as UCX's flush of a shared-memory lane
+ * does; the last one also orders the non-temporal stores.
+ */
+static ferry_status_t ferry__ucx_run(void *vctx, void *vconn, void *plan,
+                                     ferry_xfer_op_t op, const ferry__bk_seg_t *segs,
+                                     size_t n)
+{
+    const ferry__ucx_ctx_t *ctx = vctx;
+    ferry__ucx_conn_t *conn = vconn;
     size_t i, total = 0, nt_min = SIZE_MAX;
 
-    /* A peer whose memory is not mapped here (another host, user memory)
-     * leaves everything to UCX. */
-    if (ferry__ucx_mapped(segs[0].rkey, segs[0].raddr) == NULL)
-        return 0;
+    (void)plan;
     for (i = 0; i < n && total < ctx->nt_min; i++)
         total += segs[i].len;
     if (total >= ctx->nt_min)
         nt_min = ctx->nt_min < 4096 ? ctx->nt_min : 4096;
     atomic_thread_fence(memory_order_acquire);
     for (i = 0; i < n; i++) {
-        uint8_t *remote = ferry__ucx_mapped(segs[i].rkey, segs[i].raddr);
+        const ferry__ucx_rkey_t *rk = segs[i].rkey;
+        uint8_t *remote = (uint8_t *)(uintptr_t)(segs[i].raddr + rk->delta);
         uint8_t *local = (uint8_t *)(uintptr_t)segs[i].laddr;
 
-        if (remote == NULL)
-            break;
         if (op == FERRY_OP_WRITE)
             ferry__copy(remote, local, segs[i].len, nt_min);
         else
@@ -1025,12 +1076,13 @@ static size_t ferry__ucx_copy_mapped(const ferry__ucx_ctx_t *ctx, ferry_xfer_op_
     }
     ferry__copy_fence();
     atomic_thread_fence(memory_order_seq_cst);
-    return i;
+    atomic_fetch_sub_explicit(&conn->runs, 1, memory_order_release);
+    return FERRY_OK;
 }
 
-static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t op,
-                                      const ferry__bk_seg_t *segs, size_t n,
-                                      ferry__bk_done_cb cb, void *arg)
+static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, void *plan,
+                                      ferry_xfer_op_t op, const ferry__bk_seg_t *segs,
+                                      size_t n, ferry__bk_done_cb cb, void *arg)
 {
     ferry__ucx_conn_t *conn = vconn;
     ucp_request_param_t p = {0};
@@ -1038,18 +1090,16 @@ static ferry_status_t ferry__ucx_post(void *vctx, void *vconn, ferry_xfer_op_t o
     ucs_status_t deferred = UCS_OK;
     const char *call = op == FERRY_OP_WRITE ? "ucp_put_nbx" : "ucp_get_nbx";
     ferry__ucx_req_t *r;
-    size_t done;
 
     if (conn->failed != UCS_OK)
         return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
     if (conn->worker == NULL)
         FERRY_CHECK(ferry__ucx_reconnect(vctx, conn));
-    /* Segments into regions mapped here are copied now; the rest go to UCX. */
-    done = ferry__ucx_copy_mapped(vctx, op, segs, n);
-    if (done == n)
-        return FERRY_OK;
-    segs += done;
-    n -= done;
+    if (plan == FERRY__UCX_DIRECT) {
+        /* The keys stay mapped until every run has ended (runs_wait). */
+        atomic_fetch_add_explicit(&conn->runs, 1, memory_order_relaxed);
+        return FERRY__BK_RUN;
+    }
 
     p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
     for (size_t i = 0; i < n; i++) {
@@ -1178,13 +1228,16 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .conn_close = ferry__ucx_conn_close,
     .rkey_open = ferry__ucx_rkey_open,
     .rkey_close = ferry__ucx_rkey_close,
+    .prepare = ferry__ucx_prepare,
+    .unprepare = ferry__bk_unprepare_nothing,
     .post = ferry__ucx_post,
+    .run = ferry__ucx_run,
     .progress = ferry__ucx_progress,
     .event_fd = ferry__ucx_event_fd,
     .arm = ferry__ucx_arm,
     .conn_abort = ferry__ucx_conn_abort,
     .conn_events = ferry__ucx_conn_events,
-    .post_stream = NULL, /* streams order it through the core's flags */
+    .post_stream = ferry__bk_post_stream_unsupported, /* the core's flags order it */
     .mem_alloc = ferry__ucx_mem_alloc,
     .mem_free = ferry__ucx_mem_free,
 };
