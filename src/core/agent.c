@@ -43,7 +43,7 @@ void ferry__agent_unlock(ferry_agent_t *agent)
  * namespaces name the sandbox; processes that agree on all three can share
  * handles that refer to each other's processes and memory.
  */
-static void ferry__host_id(char *out, size_t size)
+static void agent_host_id(char *out, size_t size)
 {
     char boot[64] = "unknown", pidns[64] = "", ipcns[64] = "";
     FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
@@ -91,7 +91,7 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
         host[sizeof(host) - 1] = '\0';
         snprintf(agent->name, sizeof(agent->name), "%s:%d", host, (int)getpid());
     }
-    ferry__host_id(agent->host_id, sizeof(agent->host_id));
+    agent_host_id(agent->host_id, sizeof(agent->host_id));
     if (getrandom(&agent->incarnation, sizeof(agent->incarnation), 0) !=
         (ssize_t)sizeof(agent->incarnation))
         agent->incarnation = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)agent;

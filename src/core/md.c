@@ -27,7 +27,7 @@ void ferry__md_clear(ferry__md_t *md)
 }
 
 /* Copies a length-prefixed (u16) string into a fixed buffer. */
-static int ferry__md_string(ferry__rbuf_t *r, char *out, size_t min_len)
+static int md_string(ferry__rbuf_t *r, char *out, size_t min_len)
 {
     uint16_t n = ferry__rbuf_u16(r);
     const uint8_t *p = ferry__rbuf_bytes(r, n);
@@ -40,21 +40,21 @@ static int ferry__md_string(ferry__rbuf_t *r, char *out, size_t min_len)
     return 0;
 }
 
-static ferry_status_t ferry__md_parse_agent(ferry__rbuf_t *r, ferry__md_t *md,
+static ferry_status_t md_parse_agent(ferry__rbuf_t *r, ferry__md_t *md,
                                             size_t off)
 {
     md->incarnation = ferry__rbuf_u64(r);
-    if (ferry__md_string(r, md->name, 1) != 0)
+    if (md_string(r, md->name, 1) != 0)
         return ferry__error(FERRY_ERR_PROTOCOL,
                             "metadata: agent name at offset %zu is malformed", off);
-    if (ferry__md_string(r, md->host_id, 0) != 0)
+    if (md_string(r, md->host_id, 0) != 0)
         return ferry__error(FERRY_ERR_PROTOCOL,
                             "metadata: agent host id at offset %zu is malformed", off);
     md->pid = ferry__rbuf_u32(r);
     return FERRY_OK;
 }
 
-static ferry_status_t ferry__md_parse_backend(ferry__rbuf_t *r, ferry__md_t *md,
+static ferry_status_t md_parse_backend(ferry__rbuf_t *r, ferry__md_t *md,
                                               size_t off)
 {
     int slot = ferry__backend_slot(ferry__rbuf_u16(r));
@@ -73,7 +73,7 @@ static ferry_status_t ferry__md_parse_backend(ferry__rbuf_t *r, ferry__md_t *md,
     return FERRY_OK;
 }
 
-static ferry_status_t ferry__md_parse_regions(ferry__rbuf_t *r, ferry__md_t *md,
+static ferry_status_t md_parse_regions(ferry__rbuf_t *r, ferry__md_t *md,
                                               size_t off)
 {
     uint32_t count = ferry__rbuf_u32(r);
@@ -207,10 +207,10 @@ ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
                 goto err;
             }
             seen_agent = true;
-            st = ferry__md_parse_agent(&s, md, off);
+            st = md_parse_agent(&s, md, off);
             break;
         case FERRY__MD_SEC_BACKEND:
-            st = ferry__md_parse_backend(&s, md, off);
+            st = md_parse_backend(&s, md, off);
             break;
         case FERRY__MD_SEC_REGIONS:
             if (seen_regions) {
@@ -219,7 +219,7 @@ ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
                 goto err;
             }
             seen_regions = true;
-            st = ferry__md_parse_regions(&s, md, off);
+            st = md_parse_regions(&s, md, off);
             break;
         default:
             ferry__debug("metadata: skipping unknown section type %u", type);
@@ -264,7 +264,7 @@ void ferry__md_section_end(ferry__wbuf_t *w, size_t lenpos)
     ferry__wbuf_put_u32_at(w, lenpos, (uint32_t)(w->len - lenpos - 4));
 }
 
-static void ferry__md_put_string(ferry__wbuf_t *w, const char *s)
+static void md_put_string(ferry__wbuf_t *w, const char *s)
 {
     size_t n = strlen(s);
 
@@ -289,8 +289,8 @@ ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p, size_t *len_p)
     ferry__agent_lock(agent);
     pos = ferry__md_section(&w, FERRY__MD_SEC_AGENT);
     ferry__wbuf_u64(&w, agent->incarnation);
-    ferry__md_put_string(&w, agent->name);
-    ferry__md_put_string(&w, agent->host_id);
+    md_put_string(&w, agent->name);
+    md_put_string(&w, agent->host_id);
     ferry__wbuf_u32(&w, (uint32_t)getpid());
     ferry__md_section_end(&w, pos);
     nsections++;

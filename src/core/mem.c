@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static ferry_status_t ferry__desc_check(const ferry_desc_t *d, size_t i)
+static ferry_status_t desc_check(const ferry_desc_t *d, size_t i)
 {
     if (d->addr == 0)
         return ferry__error(FERRY_ERR_INVALID, "mem_register: descriptor %zu has a "
@@ -30,7 +30,7 @@ static ferry_status_t ferry__desc_check(const ferry_desc_t *d, size_t i)
 }
 
 /* Under the lock: undoes the registration of one region. */
-static void ferry__region_undo(ferry_agent_t *agent, ferry__region_t *g)
+static void region_undo(ferry_agent_t *agent, ferry__region_t *g)
 {
     for (unsigned k = 0; k < FERRY__NBK; k++) {
         if (g->lreg[k] != NULL)
@@ -40,7 +40,7 @@ static void ferry__region_undo(ferry_agent_t *agent, ferry__region_t *g)
 }
 
 /* Under the lock: registers one region with every backend that takes it. */
-static ferry_status_t ferry__region_do(ferry_agent_t *agent, ferry__region_t *g,
+static ferry_status_t region_do(ferry_agent_t *agent, ferry__region_t *g,
                                        size_t i)
 {
     unsigned taken = 0;
@@ -54,7 +54,7 @@ static ferry_status_t ferry__region_do(ferry_agent_t *agent, ferry__region_t *g,
         st = ferry__backends[k]->mem_register(ctx, &g->desc, &g->lreg[k]);
         if (st < 0) {
             ferry__error_prefix("mem_register: descriptor %zu", i);
-            ferry__region_undo(agent, g);
+            region_undo(agent, g);
             return st;
         }
         taken++;
@@ -71,7 +71,7 @@ static ferry_status_t ferry__region_do(ferry_agent_t *agent, ferry__region_t *g,
  * driver and device memory of that device, and host memory must not be
  * device memory (a transport handed a device pointer as host memory fails
  * much later, far from the cause). */
-static ferry_status_t ferry__desc_kind(ferry_desc_t *d, size_t i)
+static ferry_status_t desc_kind(ferry_desc_t *d, size_t i)
 {
     const ferry__cuda_t *cu;
     ferry_mem_kind_t kind;
@@ -112,7 +112,7 @@ ferry_status_t ferry_mem_register(ferry_agent_t *agent, const ferry_desc_t *desc
         return ferry__error(FERRY_ERR_INVALID, "mem_register: %zu descriptors "
                             "(1 to 2^32-1 allowed)", n);
     for (i = 0; i < n; i++)
-        FERRY_CHECK(ferry__desc_check(&descs[i], i));
+        FERRY_CHECK(desc_check(&descs[i], i));
 
     mem = calloc(1, sizeof(*mem) + n * sizeof(mem->regions[0]));
     if (mem == NULL)
@@ -123,7 +123,7 @@ ferry_status_t ferry_mem_register(ferry_agent_t *agent, const ferry_desc_t *desc
     mem->refs = 1;
     for (i = 0; i < n; i++) {
         mem->regions[i].desc = descs[i];
-        st = ferry__desc_kind(&mem->regions[i].desc, i);
+        st = desc_kind(&mem->regions[i].desc, i);
         if (st < 0) {
             free(mem);
             return st;
@@ -135,10 +135,10 @@ ferry_status_t ferry_mem_register(ferry_agent_t *agent, const ferry_desc_t *desc
         ferry__region_t *g = &mem->regions[i];
 
         g->mem = mem;
-        FERRY_CHECK_GOTO(ferry__region_do(agent, g, i), st, err_undo);
+        FERRY_CHECK_GOTO(region_do(agent, g, i), st, err_undo);
         st = ferry__imap_insert(&agent->registry, g->desc.addr, g->desc.len, g);
         if (st < 0) {
-            ferry__region_undo(agent, g);
+            region_undo(agent, g);
             goto err_undo;
         }
         g->id = agent->next_region_id++;
@@ -152,7 +152,7 @@ err_undo:
     while (i-- > 0) {
         (void)ferry__imap_remove(&agent->registry, mem->regions[i].desc.addr,
                                  &mem->regions[i]);
-        ferry__region_undo(agent, &mem->regions[i]);
+        region_undo(agent, &mem->regions[i]);
     }
     ferry__agent_unlock(agent);
     free(mem);
@@ -172,7 +172,7 @@ void ferry__mem_drop(ferry_mem_t *mem)
     for (size_t i = 0; i < mem->n; i++) {
         (void)ferry__imap_remove(&agent->registry, mem->regions[i].desc.addr,
                                  &mem->regions[i]);
-        ferry__region_undo(agent, &mem->regions[i]);
+        region_undo(agent, &mem->regions[i]);
     }
     mem->dead = true;
     ferry__list_del(&mem->link);

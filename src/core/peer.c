@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void ferry__inst_unref(ferry_agent_t *agent, ferry__inst_t *inst)
+static void inst_unref(ferry_agent_t *agent, ferry__inst_t *inst)
 {
     if (--inst->refs > 0)
         return;
@@ -31,7 +31,7 @@ void ferry__remote_unref(ferry_agent_t *agent, ferry__remote_t *remote)
                 ferry__backends[k]->rkey_close(agent->bk_ctx[k],
                                                remote->regions[i].rkey[k]);
     if (remote->inst != NULL)
-        ferry__inst_unref(agent, remote->inst);
+        inst_unref(agent, remote->inst);
     ferry__imap_free(&remote->map);
     free(remote->regions);
     ferry__md_clear(&remote->md);
@@ -83,7 +83,7 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
 }
 
 /* Parses a copy of the blob into a new metadata version with one reference. */
-static ferry_status_t ferry__remote_new(const void *blob, size_t len,
+static ferry_status_t remote_new(const void *blob, size_t len,
                                         ferry__remote_t **remote_p)
 {
     ferry__remote_t *remote;
@@ -141,7 +141,7 @@ err_free:
     return st;
 }
 
-static ferry_peer_t *ferry__peer_find(ferry_agent_t *agent, const char *name)
+static ferry_peer_t *peer_find(ferry_agent_t *agent, const char *name)
 {
     for (ferry__list_t *l = agent->peers.next; l != &agent->peers; l = l->next) {
         ferry_peer_t *p = ferry__container_of(l, ferry_peer_t, link);
@@ -160,10 +160,10 @@ ferry_status_t ferry_peer_load(ferry_agent_t *agent, const void *blob,
 
     if (agent == NULL || blob == NULL || peer_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "peer_load: NULL argument");
-    FERRY_CHECK(ferry__remote_new(blob, len, &remote));
+    FERRY_CHECK(remote_new(blob, len, &remote));
 
     ferry__agent_lock(agent);
-    peer = ferry__peer_find(agent, remote->md.name);
+    peer = peer_find(agent, remote->md.name);
     if (peer == NULL) {
         peer = calloc(1, sizeof(*peer));
         if (peer == NULL) {

@@ -67,7 +67,7 @@ void ferry__cq_signal(ferry_agent_t *agent, bool ready)
 
 /* Under the lock: FERRY_OK when every backend will signal its fd on new
  * work, FERRY_ERR_BUSY when work is already pending. */
-static ferry_status_t ferry__arm_once_locked(ferry_agent_t *agent)
+static ferry_status_t arm_once_locked(ferry_agent_t *agent)
 {
     for (unsigned k = 0; k < FERRY__NBK; k++)
         FERRY_CHECK(ferry__backends[k]->arm(agent->bk_ctx[k]));
@@ -87,13 +87,13 @@ static ferry_status_t ferry__arm_once_locked(ferry_agent_t *agent)
  * FERRY_ERR_BUSY with *events_p the events that the retries' progress
  * handled (traffic: poll again) or 0 (stuck: nap).
  */
-static ferry_status_t ferry__arm_locked(ferry_agent_t *agent, unsigned *events_p)
+static ferry_status_t arm_locked(ferry_agent_t *agent, unsigned *events_p)
 {
     ferry_status_t st = FERRY_ERR_BUSY;
 
     *events_p = 0;
     for (unsigned i = 0; i < FERRY__ARM_TRIES; i++) {
-        st = ferry__arm_once_locked(agent);
+        st = arm_once_locked(agent);
         if (st != FERRY_ERR_BUSY)
             break;
         *events_p = ferry__progress_locked(agent);
@@ -103,7 +103,7 @@ static ferry_status_t ferry__arm_locked(ferry_agent_t *agent, unsigned *events_p
     return st;
 }
 
-static void ferry__sleep(ferry_agent_t *agent, int timeout_ms)
+static void progress_sleep(ferry_agent_t *agent, int timeout_ms)
 {
     struct epoll_event ev[4];
 
@@ -112,7 +112,7 @@ static void ferry__sleep(ferry_agent_t *agent, int timeout_ms)
 }
 
 /* Sleeps without the fd: after a busy arm the fd may stay readable. */
-static void ferry__nap(int ms)
+static void progress_nap(int ms)
 {
     struct timespec ts = {0, (long)ms * 1000000};
 
@@ -120,7 +120,7 @@ static void ferry__nap(int ms)
 }
 
 /* Milliseconds from now to deadline_ns, rounded up, clamped to [lo, hi]. */
-static int ferry__ms_to(uint64_t deadline_ns, int lo, int hi)
+static int ms_to(uint64_t deadline_ns, int lo, int hi)
 {
     uint64_t now = ferry__now_ns();
     uint64_t ms = deadline_ns > now ? (deadline_ns - now + 999999) / 1000000 : 0;
@@ -133,7 +133,7 @@ static int ferry__ms_to(uint64_t deadline_ns, int lo, int hi)
  * the last event, then arms and sleeps. Staying unarmed while busy matters:
  * an armed UCX worker makes its peers signal every message they send it.
  */
-static void *ferry__progress_thread(void *arg)
+static void *progress_thread(void *arg)
 {
     ferry_agent_t *agent = arg;
     uint64_t last_event = ferry__now_ns();
@@ -145,7 +145,7 @@ static void *ferry__progress_thread(void *arg)
         } else if (ferry__now_ns() - last_event >= agent->spin_ns) {
             /* Busy arming (sends queued for a stalled peer) naps instead. */
             unsigned events;
-            ferry_status_t st = ferry__arm_locked(agent, &events);
+            ferry_status_t st = arm_locked(agent, &events);
 
             if (st == FERRY_ERR_BUSY && events > 0) {
                 last_event = ferry__now_ns();
@@ -153,9 +153,9 @@ static void *ferry__progress_thread(void *arg)
             }
             ferry__agent_unlock(agent);
             if (st == FERRY_OK)
-                ferry__sleep(agent, FERRY__SLEEP_MAX_MS);
+                progress_sleep(agent, FERRY__SLEEP_MAX_MS);
             else
-                ferry__nap(FERRY__SLEEP_MAX_MS);
+                progress_nap(FERRY__SLEEP_MAX_MS);
             ferry__agent_lock(agent);
             last_event = ferry__now_ns();
             continue;
@@ -199,7 +199,7 @@ ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread)
     pthread_cond_init(&agent->done_cv, &attr);
     pthread_condattr_destroy(&attr);
     if (thread) {
-        err = pthread_create(&agent->thread, NULL, ferry__progress_thread, agent);
+        err = pthread_create(&agent->thread, NULL, progress_thread, agent);
         if (err != 0) {
             pthread_cond_destroy(&agent->done_cv);
             errno = err;
@@ -258,7 +258,7 @@ ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
         ferry__agent_unlock(agent);
         return FERRY_OK;
     }
-    st = ferry__arm_once_locked(agent);
+    st = arm_once_locked(agent);
     ferry__agent_unlock(agent);
     if (st == FERRY_ERR_BUSY)
         return FERRY_IN_PROGRESS;
@@ -280,7 +280,7 @@ ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p)
  * Returns true when x finished or the deadline passed, false when it is
  * time to sleep.
  */
-static bool ferry__wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
+static bool wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
 {
     ferry_agent_t *agent = x->agent;
     uint64_t last = ferry__now_ns(), spin_end = last + agent->spin_ns;
@@ -316,7 +316,7 @@ static bool ferry__wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
  * resumes (false: back to polling). See the top of this file for who sleeps
  * on what.
  */
-static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
+static bool wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
 {
     ferry_agent_t *agent = x->agent;
     bool traffic = false;
@@ -326,7 +326,7 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
 
     ferry__agent_lock(agent);
     while (ferry__in_flight(x) && !traffic) {
-        int ms = ferry__ms_to(deadline_ns, 0, FERRY__SLEEP_MAX_MS);
+        int ms = ms_to(deadline_ns, 0, FERRY__SLEEP_MAX_MS);
 
         if (ms == 0 && ferry__now_ns() >= deadline_ns)
             break;
@@ -339,7 +339,7 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
                 break;
             /* Armed, the fd wakes us on new events; busy (sends queued for a
              * peer that does not drain them), a short nap retries them. */
-            st = ferry__arm_locked(agent, &events);
+            st = arm_locked(agent, &events);
             if (st == FERRY_ERR_BUSY && events > 0) {
                 traffic = true;
                 break;
@@ -347,11 +347,11 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
             agent->polling = true;
             ferry__agent_unlock(agent);
             if (st == FERRY_OK) {
-                ferry__sleep(agent, ms);
+                progress_sleep(agent, ms);
             } else {
                 /* A peer that stays stalled is retried less and less often,
                  * up to FERRY__NAP_MAX_MS; any traffic resets the pace. */
-                ferry__nap(ferry__ms_to(deadline_ns, 1, nap_ms));
+                progress_nap(ms_to(deadline_ns, 1, nap_ms));
                 if (nap_ms < FERRY__NAP_MAX_MS)
                     nap_ms *= 2;
             }
@@ -374,7 +374,7 @@ static bool ferry__wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
 
 ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns)
 {
-    while (!ferry__wait_polling(x, deadline_ns) && !ferry__wait_sleeping(x, deadline_ns))
+    while (!wait_polling(x, deadline_ns) && !wait_sleeping(x, deadline_ns))
         ;
     if (ferry__in_flight(x))
         return FERRY_IN_PROGRESS;

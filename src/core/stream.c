@@ -41,13 +41,13 @@ struct ferry__xstream {
 
 /* Whether a part's backend enqueues its copies on the stream itself; the
  * others are started by the progress thread when the stream triggers. */
-static bool ferry__part_is_copy(const ferry__xfer_part_t *part)
+static bool part_is_copy(const ferry__xfer_part_t *part)
 {
     return (part->ops->flags & FERRY__BK_STREAM_COPIES) != 0;
 }
 
 /* Under the lock: the stream state of x, created on its first stream post. */
-static ferry_status_t ferry__xstream_get(ferry_xfer_t *x, const ferry__cuda_t *cu,
+static ferry_status_t xstream_get(ferry_xfer_t *x, const ferry__cuda_t *cu,
                                          ferry__xstream_t **xs_p)
 {
     ferry__xstream_t *xs = x->stream;
@@ -63,7 +63,7 @@ static ferry_status_t ferry__xstream_get(ferry_xfer_t *x, const ferry__cuda_t *c
         return ferry__error(FERRY_ERR_NO_MEMORY, "xfer_post_on_stream: no memory");
     xs->xfer = x;
     for (unsigned p = 0; p < x->nparts; p++)
-        xs->net |= !ferry__part_is_copy(&x->parts[p]);
+        xs->net |= !part_is_copy(&x->parts[p]);
     if (xs->net && !x->agent->has_thread) {
         free(xs);
         return ferry__error(FERRY_ERR_INVALID, "xfer_post_on_stream: the request "
@@ -181,7 +181,7 @@ ferry_status_t ferry_xfer_post_on_stream(ferry_xfer_t *x, void *stream)
     ferry__agent_lock(x->agent);
     st = ferry__xfer_postable_locked(x, "xfer_post_on_stream");
     if (st == FERRY_OK)
-        st = ferry__xstream_get(x, cu, &xs);
+        st = xstream_get(x, cu, &xs);
     if (st == FERRY_OK && !xs->reported &&
         atomic_load_explicit(&x->result, memory_order_relaxed) < 0) {
         /* The last run the stream triggered failed: say so once. */
@@ -191,7 +191,7 @@ ferry_status_t ferry_xfer_post_on_stream(ferry_xfer_t *x, void *stream)
     for (unsigned p = 0; p < x->nparts && st == FERRY_OK; p++) {
         const ferry__xfer_part_t *part = &x->parts[p];
 
-        if (ferry__part_is_copy(part))
+        if (part_is_copy(part))
             st = part->ops->post_stream(part->ctx, part->conn, part->plan, x->op,
                                         x->segs + part->first, part->count,
                                         stream);

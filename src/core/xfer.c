@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *ferry__kind_name(ferry_mem_kind_t kind)
+static const char *kind_name(ferry_mem_kind_t kind)
 {
     switch (kind) {
     case FERRY_MEM_HOST: return "host";
@@ -22,7 +22,7 @@ static const char *ferry__kind_name(ferry_mem_kind_t kind)
 }
 
 /* Finds the region covering d, or records which index failed and why. */
-static ferry_status_t ferry__lookup(const ferry__imap_t *map, const ferry_desc_t *d,
+static ferry_status_t lookup(const ferry__imap_t *map, const ferry_desc_t *d,
                                     const char *side, size_t i, const char *peer,
                                     void **val_p)
 {
@@ -46,17 +46,17 @@ static ferry_status_t ferry__lookup(const ferry__imap_t *map, const ferry_desc_t
     }
 }
 
-static ferry_status_t ferry__kind_check(const ferry_desc_t *d, ferry_mem_kind_t kind,
+static ferry_status_t kind_check(const ferry_desc_t *d, ferry_mem_kind_t kind,
                                         const char *side, size_t i)
 {
     if (d->kind == FERRY_MEM_AUTO || d->kind == kind)
         return FERRY_OK;
     return ferry__error(FERRY_ERR_MISMATCH, "prepare: %s descriptor %zu says %s "
                         "memory but lies in a %s registration", side, i,
-                        ferry__kind_name(d->kind), ferry__kind_name(kind));
+                        kind_name(d->kind), kind_name(kind));
 }
 
-static int ferry__ptr_cmp(const void *a, const void *b)
+static int ptr_cmp(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t)*(void *const *)a, y = (uintptr_t)*(void *const *)b;
 
@@ -70,7 +70,7 @@ typedef struct ferry__route {
 } ferry__route_t;
 
 /* Why no backend can move pair i: each candidate's missing capability. */
-static ferry_status_t ferry__no_path(ferry_agent_t *agent, ferry__remote_t *remote,
+static ferry_status_t no_path(ferry_agent_t *agent, ferry__remote_t *remote,
                                      const ferry__region_t *g,
                                      const ferry__rregion_t *rr,
                                      const ferry__route_t *route, size_t i)
@@ -87,7 +87,7 @@ static ferry_status_t ferry__no_path(ferry_agent_t *agent, ferry__remote_t *remo
             at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s cannot take "
                                    "%s memory (this build of it has no support "
                                    "for it)", ops->name,
-                                   ferry__kind_name(g->desc.kind));
+                                   kind_name(g->desc.kind));
         else if (g->lreg[k] == NULL)
             at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s did not "
                                    "register the local memory", ops->name);
@@ -95,20 +95,20 @@ static ferry_status_t ferry__no_path(ferry_agent_t *agent, ferry__remote_t *remo
             at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s cannot reach "
                                    "the peer's %s memory (the peer offers no %s "
                                    "access to it)", ops->name,
-                                   ferry__kind_name(rr->md.kind), ops->name);
+                                   kind_name(rr->md.kind), ops->name);
         else
             at += (size_t)snprintf(why + at, sizeof(why) - at, "; %s works only "
                                    "between processes of one host", ops->name);
     }
     return ferry__error(FERRY_ERR_UNSUPPORTED, "prepare: descriptor %zu: no "
                         "backend can move local %s memory to and from %s memory "
-                        "on peer '%s'%s", i, ferry__kind_name(g->desc.kind),
-                        ferry__kind_name(rr->md.kind), remote->md.name, why);
+                        "on peer '%s'%s", i, kind_name(g->desc.kind),
+                        kind_name(rr->md.kind), remote->md.name, why);
 }
 
 /* Under the lock: validates pair i and resolves it into a segment, its
  * backend slot and its local registration. */
-static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *remote,
+static ferry_status_t resolve_one(ferry_agent_t *agent, ferry__remote_t *remote,
                                          const ferry__route_t *route,
                                          const ferry_desc_t *l, const ferry_desc_t *r,
                                          size_t i, ferry__bk_seg_t *seg,
@@ -126,11 +126,11 @@ static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *
         return ferry__error(FERRY_ERR_MISMATCH, "prepare: descriptor %zu: local "
                             "length %llu differs from remote length %llu", i,
                             (unsigned long long)l->len, (unsigned long long)r->len);
-    FERRY_CHECK(ferry__lookup(&agent->registry, l, "local", i, NULL, (void **)&g));
-    FERRY_CHECK(ferry__lookup(&remote->map, r, "remote", i, remote->md.name,
+    FERRY_CHECK(lookup(&agent->registry, l, "local", i, NULL, (void **)&g));
+    FERRY_CHECK(lookup(&remote->map, r, "remote", i, remote->md.name,
                               (void **)&rr));
-    FERRY_CHECK(ferry__kind_check(l, g->desc.kind, "local", i));
-    FERRY_CHECK(ferry__kind_check(r, rr->md.kind, "remote", i));
+    FERRY_CHECK(kind_check(l, g->desc.kind, "local", i));
+    FERRY_CHECK(kind_check(r, rr->md.kind, "remote", i));
 
     for (k = 0; k < FERRY__NBK; k++) {
         const ferry__backend_ops_t *ops = ferry__backends[k];
@@ -141,7 +141,7 @@ static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *
             break;
     }
     if (k == FERRY__NBK)
-        return ferry__no_path(agent, remote, g, rr, route, i);
+        return no_path(agent, remote, g, rr, route, i);
     st = ferry__remote_rkey(agent, remote, rr, k, &seg->rkey);
     if (st < 0) {
         ferry__error_prefix("prepare: descriptor %zu", i);
@@ -158,7 +158,7 @@ static ferry_status_t ferry__resolve_one(ferry_agent_t *agent, ferry__remote_t *
 
 /* Under the lock: resolves every pair into segs and slots (each segment's
  * backend) and collects the distinct local registrations into x->mems. */
-static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remote,
+static ferry_status_t resolve(ferry_agent_t *agent, ferry__remote_t *remote,
                                      const ferry__route_t *route,
                                      const ferry_desc_t *local,
                                      const ferry_desc_t *rdesc, size_t n,
@@ -171,7 +171,7 @@ static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remo
     unsigned k = 0;
 
     for (size_t i = 0; i < n; i++) {
-        FERRY_CHECK_GOTO(ferry__resolve_one(agent, remote, route, &local[i], &rdesc[i], i,
+        FERRY_CHECK_GOTO(resolve_one(agent, remote, route, &local[i], &rdesc[i], i,
                                             &segs[i], &k, &mem),
                          st, err);
         slots[i] = (uint8_t)k;
@@ -194,7 +194,7 @@ static ferry_status_t ferry__resolve(ferry_agent_t *agent, ferry__remote_t *remo
     if (nmems > 1) {
         size_t out = 1;
 
-        qsort(mems, nmems, sizeof(*mems), ferry__ptr_cmp);
+        qsort(mems, nmems, sizeof(*mems), ptr_cmp);
         for (size_t i = 1; i < nmems; i++)
             if (mems[i] != mems[out - 1])
                 mems[out++] = mems[i];
@@ -212,7 +212,7 @@ err:
 /* Orders x->segs by backend slot (slots[i]: segment i's) and describes
  * each slot's range, with its backend, context and connection. A request
  * that uses one backend, the common case, is left in place without a copy. */
-static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
+static ferry_status_t group(ferry_xfer_t *x, const uint8_t *slots)
 {
     ferry_agent_t *agent = x->agent;
     size_t count[FERRY__NBK] = {0}, at[FERRY__NBK];
@@ -250,7 +250,7 @@ static ferry_status_t ferry__group(ferry_xfer_t *x, const uint8_t *slots)
  * in one operation instead of many. The descriptors stay as given for
  * errors, which prepare reports before this runs.
  */
-static void ferry__coalesce(ferry_xfer_t *x)
+static void coalesce(ferry_xfer_t *x)
 {
     size_t out = 0;
 
@@ -277,7 +277,7 @@ static void ferry__coalesce(ferry_xfer_t *x)
 }
 
 /* Under the lock: frees what the backends kept for x's parts. */
-static void ferry__xfer_unprepare(ferry_xfer_t *x)
+static void xfer_unprepare(ferry_xfer_t *x)
 {
     for (unsigned p = 0; p < x->nparts; p++) {
         ferry__xfer_part_t *part = &x->parts[p];
@@ -348,11 +348,11 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     rm = peer->remote;
     route.same_host = strcmp(rm->md.host_id, agent->host_id) == 0;
     x->remote = rm; /* referenced below, once nothing can fail */
-    FERRY_CHECK_GOTO(ferry__resolve(agent, rm, &route, local, remote, nlocal,
+    FERRY_CHECK_GOTO(resolve(agent, rm, &route, local, remote, nlocal,
                                     x->segs, slots, x),
                      st, err_unlock);
-    FERRY_CHECK_GOTO(ferry__group(x, slots), st, err_unlock);
-    ferry__coalesce(x);
+    FERRY_CHECK_GOTO(group(x, slots), st, err_unlock);
+    coalesce(x);
     for (unsigned p = 0; p < x->nparts; p++) {
         ferry__xfer_part_t *part = &x->parts[p];
 
@@ -371,7 +371,7 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     return FERRY_OK;
 
 err_unprepare:
-    ferry__xfer_unprepare(x);
+    xfer_unprepare(x);
 err_unlock:
     ferry__agent_unlock(agent);
 err_free:
@@ -385,7 +385,7 @@ err_free:
 }
 
 /* Records a part's failure on the request (under the lock). */
-static void ferry__xfer_fail(ferry_xfer_t *x, ferry_status_t st)
+static void xfer_fail(ferry_xfer_t *x, ferry_status_t st)
 {
     if (x->first_err == FERRY_OK) {
         x->first_err = st;
@@ -394,7 +394,7 @@ static void ferry__xfer_fail(ferry_xfer_t *x, ferry_status_t st)
 }
 
 /* Under the lock: drops a request's entry from the completion queue. */
-static void ferry__cq_drop(ferry_xfer_t *x)
+static void cq_drop(ferry_xfer_t *x)
 {
     if (x->cqlink.next == &x->cqlink) /* not queued */
         return;
@@ -406,7 +406,7 @@ static void ferry__cq_drop(ferry_xfer_t *x)
 /* Under the lock: ends a request in flight. The completion queue takes it
  * (queue, and the request asked for it) unless the post that started it
  * returns its result itself, as an inline completion does. */
-static void ferry__xfer_finish(ferry_xfer_t *x, bool queue)
+static void xfer_finish(ferry_xfer_t *x, bool queue)
 {
     ferry_agent_t *agent = x->agent;
 
@@ -427,18 +427,18 @@ static void ferry__xfer_finish(ferry_xfer_t *x, bool queue)
 }
 
 /* Backend completion of one part; runs in progress, under the lock. */
-static void ferry__xfer_part_done(void *arg, ferry_status_t st)
+static void xfer_part_done(void *arg, ferry_status_t st)
 {
     ferry_xfer_t *x = arg;
 
     if (st < 0)
-        ferry__xfer_fail(x, st);
+        xfer_fail(x, st);
     if (--x->pending == 0)
-        ferry__xfer_finish(x, true);
+        xfer_finish(x, true);
 }
 
 /* Under the lock: the sum of the headway marks of x's connections. */
-static uint64_t ferry__xfer_mark(ferry_xfer_t *x)
+static uint64_t xfer_mark(ferry_xfer_t *x)
 {
     uint64_t mark = 0;
 
@@ -454,7 +454,7 @@ static uint64_t ferry__xfer_mark(ferry_xfer_t *x)
  * others. Returns FERRY_OK when x is done, FERRY_IN_PROGRESS when a
  * transport will hand it back later.
  */
-static ferry_status_t ferry__xfer_abort_locked(ferry_xfer_t *x, ferry_status_t why,
+static ferry_status_t xfer_abort_locked(ferry_xfer_t *x, ferry_status_t why,
                                                const char *own, const char *others)
 {
     x->aborting = true;
@@ -485,7 +485,7 @@ void ferry__stall_check_locked(ferry_agent_t *agent)
 restart:
     for (ferry__list_t *l = agent->active.next; l != &agent->active; l = l->next) {
         ferry_xfer_t *x = ferry__container_of(l, ferry_xfer_t, alink);
-        uint64_t mark = ferry__xfer_mark(x);
+        uint64_t mark = xfer_mark(x);
 
         if (mark != x->mark) {
             x->mark = mark;
@@ -501,13 +501,13 @@ restart:
         snprintf(others, sizeof(others), "%s; every request in flight to it "
                  "ended", own);
         ferry__info("%s", own);
-        (void)ferry__xfer_abort_locked(x, FERRY_ERR_TIMEOUT, own, others);
+        (void)xfer_abort_locked(x, FERRY_ERR_TIMEOUT, own, others);
         goto restart; /* the abort took requests off the list */
     }
 }
 
 /* Under the lock: the abort that cancel and release perform. */
-static ferry_status_t ferry__xfer_cancel_locked(ferry_xfer_t *x, const char *call)
+static ferry_status_t xfer_cancel_locked(ferry_xfer_t *x, const char *call)
 {
     char own[96], others[448];
 
@@ -515,7 +515,7 @@ static ferry_status_t ferry__xfer_cancel_locked(ferry_xfer_t *x, const char *cal
     snprintf(others, sizeof(others), "the connection to peer '%s' was closed "
              "(%s of another request: a transport cannot recall one "
              "operation); post again", x->remote->md.name, call);
-    return ferry__xfer_abort_locked(x, FERRY_ERR_CANCELED, own, others);
+    return xfer_abort_locked(x, FERRY_ERR_CANCELED, own, others);
 }
 
 ferry_status_t ferry__xfer_postable_locked(ferry_xfer_t *x, const char *call)
@@ -535,12 +535,12 @@ ferry_status_t ferry__xfer_postable_locked(ferry_xfer_t *x, const char *call)
     return FERRY_OK;
 }
 
-static ferry_status_t ferry__xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
+static ferry_status_t xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
                                                unsigned *runs_p);
 
 /* Runs the parts of x whose post handed them to run(), in order, and
  * records their statuses in st[] (by part). */
-static void ferry__xfer_run(ferry_xfer_t *x, unsigned runs, ferry_status_t *st)
+static void xfer_run(ferry_xfer_t *x, unsigned runs, ferry_status_t *st)
 {
     for (unsigned p = 0; p < x->nparts; p++) {
         const ferry__xfer_part_t *part = &x->parts[p];
@@ -553,16 +553,16 @@ static void ferry__xfer_run(ferry_xfer_t *x, unsigned runs, ferry_status_t *st)
 
 /* Under the lock: the ends of the runs; x finishes when they were its last
  * parts in flight, and then the caller returns its result (no queueing). */
-static ferry_status_t ferry__xfer_ran(ferry_xfer_t *x, unsigned runs,
+static ferry_status_t xfer_ran(ferry_xfer_t *x, unsigned runs,
                                       const ferry_status_t *st)
 {
     for (unsigned p = 0; p < x->nparts; p++) {
         if (!(runs & (1u << p)))
             continue;
         if (st[p] < 0)
-            ferry__xfer_fail(x, st[p]);
+            xfer_fail(x, st[p]);
         if (--x->pending == 0)
-            ferry__xfer_finish(x, false);
+            xfer_finish(x, false);
     }
     return ferry__in_flight(x) ? FERRY_IN_PROGRESS : ferry__xfer_result(x);
 }
@@ -583,13 +583,13 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
     ferry__agent_lock(x->agent);
     st = ferry__xfer_postable_locked(x, "xfer_post");
     if (st == FERRY_OK)
-        st = ferry__xfer_begin_locked(x, false, &runs);
+        st = xfer_begin_locked(x, false, &runs);
     ferry__agent_unlock(x->agent);
     if (runs == 0)
         return st;
-    ferry__xfer_run(x, runs, ran);
+    xfer_run(x, runs, ran);
     ferry__agent_lock(x->agent);
-    st = ferry__xfer_ran(x, runs, ran);
+    st = xfer_ran(x, runs, ran);
     ferry__agent_unlock(x->agent);
     return st;
 }
@@ -599,27 +599,27 @@ ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream)
     ferry_status_t st, ran[FERRY__NBK];
     unsigned runs = 0;
 
-    st = ferry__xfer_begin_locked(x, skip_stream, &runs);
+    st = xfer_begin_locked(x, skip_stream, &runs);
     if (runs == 0)
         return st;
-    ferry__xfer_run(x, runs, ran);
-    return ferry__xfer_ran(x, runs, ran);
+    xfer_run(x, runs, ran);
+    return xfer_ran(x, runs, ran);
 }
 
 /*
  * Under the lock: starts x's parts (but, with skip_stream, those that a
  * stream already carries). A part its backend hands back to be run goes
  * into *runs_p, counted in flight: x is then in flight until the caller
- * has run it (ferry__xfer_run) and recorded its end (ferry__xfer_ran).
+ * has run it (xfer_run) and recorded its end (xfer_ran).
  */
-static ferry_status_t ferry__xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
+static ferry_status_t xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
                                                unsigned *runs_p)
 {
     ferry_agent_t *agent = x->agent;
     unsigned runs = 0;
     ferry_status_t st;
 
-    ferry__cq_drop(x);
+    cq_drop(x);
     x->first_err = FERRY_OK;
     x->aborting = false;
     x->pending = x->nparts;
@@ -632,13 +632,13 @@ static ferry_status_t ferry__xfer_begin_locked(ferry_xfer_t *x, bool skip_stream
         }
         st = part->ops->post(part->ctx, part->conn, part->plan, x->op,
                              x->segs + part->first, part->count,
-                             ferry__xfer_part_done, x);
+                             xfer_part_done, x);
         if (st == FERRY__BK_RUN)
             runs |= 1u << p;
         if (st == FERRY_IN_PROGRESS || st == FERRY__BK_RUN)
             continue;
         if (st < 0)
-            ferry__xfer_fail(x, st);
+            xfer_fail(x, st);
         x->pending--;
     }
     *runs_p = runs;
@@ -647,7 +647,7 @@ static ferry_status_t ferry__xfer_begin_locked(ferry_xfer_t *x, bool skip_stream
             x->mems[i]->active++;
         ferry__list_add(&agent->active, &x->alink);
         if (agent->stall_ns != 0) { /* the stall check's starting point */
-            x->mark = ferry__xfer_mark(x);
+            x->mark = xfer_mark(x);
             x->mark_ns = ferry__now_ns();
         }
         atomic_store_explicit(&x->state, FERRY__XFER_ACTIVE, memory_order_relaxed);
@@ -717,7 +717,7 @@ ferry_status_t ferry_xfer_cancel(ferry_xfer_t *x)
         return ferry__error(FERRY_ERR_INVALID, "xfer_cancel: NULL request");
     ferry__agent_lock(x->agent);
     if (ferry__in_flight(x))
-        st = x->aborting ? FERRY_IN_PROGRESS : ferry__xfer_cancel_locked(x, "xfer_cancel");
+        st = x->aborting ? FERRY_IN_PROGRESS : xfer_cancel_locked(x, "xfer_cancel");
     ferry__agent_unlock(x->agent);
     return st;
 }
@@ -733,7 +733,7 @@ void ferry_xfer_release(ferry_xfer_t *x)
      * free while the request is in flight. */
     ferry__agent_lock(agent);
     if (ferry__in_flight(x) && !x->aborting)
-        (void)ferry__xfer_cancel_locked(x, "xfer_release");
+        (void)xfer_cancel_locked(x, "xfer_release");
     ferry__agent_unlock(agent);
     while (ferry__in_flight(x)) {
         if (ferry_xfer_wait(x, 10 * 1000000000ll) == FERRY_ERR_TIMEOUT)
@@ -742,9 +742,9 @@ void ferry_xfer_release(ferry_xfer_t *x)
                         x->remote->md.name);
     }
     ferry__agent_lock(agent);
-    ferry__cq_drop(x);
+    cq_drop(x);
     ferry__stream_release_locked(x);
-    ferry__xfer_unprepare(x);
+    xfer_unprepare(x);
     ferry__list_del(&x->link);
     for (size_t i = 0; i < x->nmems; i++)
         ferry__mem_unref(x->mems[i]);
@@ -767,7 +767,7 @@ ferry_status_t ferry_agent_completions(ferry_agent_t *agent, ferry_completion_t 
         ferry_xfer_t *x = ferry__container_of(agent->cq.next, ferry_xfer_t, cqlink);
 
         out[n++] = (ferry_completion_t){x, x->user_data, x->first_err};
-        ferry__cq_drop(x);
+        cq_drop(x);
     }
     ferry__agent_unlock(agent);
     *n_p = n;

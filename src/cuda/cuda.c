@@ -18,17 +18,17 @@
 typedef CUresult (*ferry__cu_getproc_t)(const char *symbol, void **pfn,
                                         int version, uint64_t flags);
 
-static pthread_once_t ferry__cuda_once = PTHREAD_ONCE_INIT;
-static ferry__cuda_t ferry__cuda_table;
-static ferry_status_t ferry__cuda_status = FERRY_ERR_UNSUPPORTED;
-static char ferry__cuda_why[256];
+static pthread_once_t cuda_once = PTHREAD_ONCE_INIT;
+static ferry__cuda_t cuda_table;
+static ferry_status_t cuda_status = FERRY_ERR_UNSUPPORTED;
+static char cuda_why[256];
 
-static pthread_mutex_t ferry__cuda_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
-static CUcontext *ferry__cuda_ctxs; /* one per device, retained on first use */
+static pthread_mutex_t cuda_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static CUcontext *cuda_ctxs; /* one per device, retained on first use */
 
-static void ferry__cuda_load(void)
+static void cuda_load(void)
 {
-    ferry__cuda_t *cu = &ferry__cuda_table;
+    ferry__cuda_t *cu = &cuda_table;
     ferry__cu_getproc_t getproc;
     const char *missing = NULL;
     CUresult res;
@@ -36,13 +36,13 @@ static void ferry__cuda_load(void)
 
     lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (lib == NULL) {
-        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why),
+        snprintf(cuda_why, sizeof(cuda_why),
                  "no CUDA driver was found (%s)", dlerror());
         return;
     }
     getproc = (ferry__cu_getproc_t)dlsym(lib, "cuGetProcAddress");
     if (getproc == NULL) {
-        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "the CUDA driver is "
+        snprintf(cuda_why, sizeof(cuda_why), "the CUDA driver is "
                  "too old: libcuda.so.1 has no cuGetProcAddress (CUDA 11.3+ needed)");
         return;
     }
@@ -55,7 +55,7 @@ static void ferry__cuda_load(void)
     FERRY__CUDA_FNS(FERRY__CUDA_RESOLVE)
 #undef FERRY__CUDA_RESOLVE
     if (missing != NULL) {
-        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "the CUDA driver "
+        snprintf(cuda_why, sizeof(cuda_why), "the CUDA driver "
                  "lacks %s at API version %d (driver too old)", missing,
                  FERRY__CUDA_API_VERSION);
         return;
@@ -65,33 +65,33 @@ static void ferry__cuda_load(void)
         const char *name = "unknown error";
 
         cu->cuGetErrorName(res, &name);
-        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "a CUDA driver was "
+        snprintf(cuda_why, sizeof(cuda_why), "a CUDA driver was "
                  "found but cuInit failed: %s%s", name,
                  res == CUDA_ERROR_NO_DEVICE ? " (no CUDA device is visible)" : "");
         return;
     }
     if (cu->cuDriverGetVersion(&cu->driver_version) != CUDA_SUCCESS ||
         cu->cuDeviceGetCount(&cu->ndevices) != CUDA_SUCCESS || cu->ndevices <= 0) {
-        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why),
+        snprintf(cuda_why, sizeof(cuda_why),
                  "a CUDA driver was found but no CUDA device is visible");
         return;
     }
-    ferry__cuda_ctxs = calloc((size_t)cu->ndevices, sizeof(*ferry__cuda_ctxs));
-    if (ferry__cuda_ctxs == NULL) {
-        snprintf(ferry__cuda_why, sizeof(ferry__cuda_why), "no memory");
+    cuda_ctxs = calloc((size_t)cu->ndevices, sizeof(*cuda_ctxs));
+    if (cuda_ctxs == NULL) {
+        snprintf(cuda_why, sizeof(cuda_why), "no memory");
         return;
     }
-    ferry__cuda_status = FERRY_OK;
+    cuda_status = FERRY_OK;
     ferry__debug("CUDA driver %d.%d loaded, %d device(s)", cu->driver_version / 1000,
                  cu->driver_version % 1000 / 10, cu->ndevices);
 }
 
 ferry_status_t ferry__cuda_get(const ferry__cuda_t **cu_p)
 {
-    pthread_once(&ferry__cuda_once, ferry__cuda_load);
-    if (ferry__cuda_status < 0)
-        return ferry__error(ferry__cuda_status, "%s", ferry__cuda_why);
-    *cu_p = &ferry__cuda_table;
+    pthread_once(&cuda_once, cuda_load);
+    if (cuda_status < 0)
+        return ferry__error(cuda_status, "%s", cuda_why);
+    *cu_p = &cuda_table;
     return FERRY_OK;
 }
 
@@ -115,8 +115,8 @@ ferry_status_t ferry__cuda_check(CUresult res, const char *call)
 
     if (res == CUDA_SUCCESS)
         return FERRY_OK;
-    ferry__cuda_table.cuGetErrorName(res, &name);
-    ferry__cuda_table.cuGetErrorString(res, &text);
+    cuda_table.cuGetErrorName(res, &name);
+    cuda_table.cuGetErrorString(res, &text);
     return ferry__error(res == CUDA_ERROR_OUT_OF_MEMORY ? FERRY_ERR_NO_MEMORY
                                                         : FERRY_ERR_BACKEND,
                         "cuda: %s: %s (%s)", call, name, text);
@@ -132,16 +132,16 @@ ferry_status_t ferry__cuda_ctx(int device, CUcontext *ctx_p)
     if (device < 0 || device >= cu->ndevices)
         return ferry__error(FERRY_ERR_INVALID, "cuda: device %d does not exist "
                             "(%d visible)", device, cu->ndevices);
-    pthread_mutex_lock(&ferry__cuda_ctx_lock);
-    if (ferry__cuda_ctxs[device] == NULL) {
+    pthread_mutex_lock(&cuda_ctx_lock);
+    if (cuda_ctxs[device] == NULL) {
         st = FERRY__CU(cu, cuDeviceGet, (&dev, device));
         if (st == FERRY_OK)
             st = FERRY__CU(cu, cuDevicePrimaryCtxRetain,
-                           (&ferry__cuda_ctxs[device], dev));
+                           (&cuda_ctxs[device], dev));
     }
     if (st == FERRY_OK)
-        *ctx_p = ferry__cuda_ctxs[device];
-    pthread_mutex_unlock(&ferry__cuda_ctx_lock);
+        *ctx_p = cuda_ctxs[device];
+    pthread_mutex_unlock(&cuda_ctx_lock);
     return st;
 }
 
@@ -150,14 +150,14 @@ ferry_status_t ferry__cuda_push(int device)
     CUcontext ctx;
 
     FERRY_CHECK(ferry__cuda_ctx(device, &ctx));
-    return FERRY__CU(&ferry__cuda_table, cuCtxPushCurrent, (ctx));
+    return FERRY__CU(&cuda_table, cuCtxPushCurrent, (ctx));
 }
 
 void ferry__cuda_pop(void)
 {
     CUcontext ctx;
 
-    ferry__cuda_table.cuCtxPopCurrent(&ctx);
+    cuda_table.cuCtxPopCurrent(&ctx);
 }
 
 void ferry__cuda_classify(uint64_t addr, ferry_mem_kind_t *kind_p,

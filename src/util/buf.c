@@ -54,7 +54,7 @@ void ferry__wbuf_bytes(ferry__wbuf_t *w, const void *p, size_t n)
         memcpy(w->data + pos, p, n);
 }
 
-static void ferry__wbuf_le(ferry__wbuf_t *w, uint64_t v, size_t n)
+static void wbuf_le(ferry__wbuf_t *w, uint64_t v, size_t n)
 {
     size_t pos = ferry__wbuf_reserve(w, n);
 
@@ -64,10 +64,10 @@ static void ferry__wbuf_le(ferry__wbuf_t *w, uint64_t v, size_t n)
         w->data[pos + i] = (uint8_t)(v >> (8 * i));
 }
 
-void ferry__wbuf_u8(ferry__wbuf_t *w, uint8_t v) { ferry__wbuf_le(w, v, 1); }
-void ferry__wbuf_u16(ferry__wbuf_t *w, uint16_t v) { ferry__wbuf_le(w, v, 2); }
-void ferry__wbuf_u32(ferry__wbuf_t *w, uint32_t v) { ferry__wbuf_le(w, v, 4); }
-void ferry__wbuf_u64(ferry__wbuf_t *w, uint64_t v) { ferry__wbuf_le(w, v, 8); }
+void ferry__wbuf_u8(ferry__wbuf_t *w, uint8_t v) { wbuf_le(w, v, 1); }
+void ferry__wbuf_u16(ferry__wbuf_t *w, uint16_t v) { wbuf_le(w, v, 2); }
+void ferry__wbuf_u32(ferry__wbuf_t *w, uint32_t v) { wbuf_le(w, v, 4); }
+void ferry__wbuf_u64(ferry__wbuf_t *w, uint64_t v) { wbuf_le(w, v, 8); }
 
 void ferry__wbuf_put_u32_at(ferry__wbuf_t *w, size_t pos, uint32_t v)
 {
@@ -96,7 +96,7 @@ const uint8_t *ferry__rbuf_bytes(ferry__rbuf_t *r, size_t n)
     return p;
 }
 
-static uint64_t ferry__rbuf_le(ferry__rbuf_t *r, size_t n)
+static uint64_t rbuf_le(ferry__rbuf_t *r, size_t n)
 {
     const uint8_t *p = ferry__rbuf_bytes(r, n);
     uint64_t v = 0;
@@ -108,22 +108,22 @@ static uint64_t ferry__rbuf_le(ferry__rbuf_t *r, size_t n)
     return v;
 }
 
-uint8_t ferry__rbuf_u8(ferry__rbuf_t *r) { return (uint8_t)ferry__rbuf_le(r, 1); }
-uint16_t ferry__rbuf_u16(ferry__rbuf_t *r) { return (uint16_t)ferry__rbuf_le(r, 2); }
-uint32_t ferry__rbuf_u32(ferry__rbuf_t *r) { return (uint32_t)ferry__rbuf_le(r, 4); }
-uint64_t ferry__rbuf_u64(ferry__rbuf_t *r) { return ferry__rbuf_le(r, 8); }
+uint8_t ferry__rbuf_u8(ferry__rbuf_t *r) { return (uint8_t)rbuf_le(r, 1); }
+uint16_t ferry__rbuf_u16(ferry__rbuf_t *r) { return (uint16_t)rbuf_le(r, 2); }
+uint32_t ferry__rbuf_u32(ferry__rbuf_t *r) { return (uint32_t)rbuf_le(r, 4); }
+uint64_t ferry__rbuf_u64(ferry__rbuf_t *r) { return rbuf_le(r, 8); }
 
-static uint32_t ferry__crc_table[256];
-static pthread_once_t ferry__crc_once = PTHREAD_ONCE_INIT;
+static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
-static void ferry__crc_init(void)
+static void crc_init(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
 
         for (int k = 0; k < 8; k++)
             c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        ferry__crc_table[i] = c;
+        crc_table[i] = c;
     }
 }
 
@@ -131,9 +131,9 @@ uint32_t ferry__crc32(uint32_t crc, const void *p, size_t n)
 {
     const uint8_t *b = p;
 
-    pthread_once(&ferry__crc_once, ferry__crc_init);
+    pthread_once(&crc_once, crc_init);
     crc = ~crc;
     while (n--)
-        crc = ferry__crc_table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
+        crc = crc_table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
     return ~crc;
 }

@@ -50,7 +50,7 @@ const ferry__config_entry_t ferry__config_table[] = {
     {NULL, NULL, NULL},
 };
 
-static const ferry__config_entry_t *ferry__config_find(const char *name)
+static const ferry__config_entry_t *config_find(const char *name)
 {
     for (const ferry__config_entry_t *e = ferry__config_table; e->name; e++)
         if (strcmp(e->name, name) == 0)
@@ -60,7 +60,7 @@ static const ferry__config_entry_t *ferry__config_find(const char *name)
 
 const char *ferry__config_get(const char *name)
 {
-    const ferry__config_entry_t *e = ferry__config_find(name);
+    const ferry__config_entry_t *e = config_find(name);
     const char *v;
 
     assert(e != NULL);
@@ -98,7 +98,7 @@ uint64_t ferry__config_get_size(const char *name)
     if (ferry__parse_size(v, &out) == 0)
         return out;
     ferry__warn("%s=%s is not a size; using %s", name, v,
-                ferry__config_find(name)->default_value);
-    (void)ferry__parse_size(ferry__config_find(name)->default_value, &out);
+                config_find(name)->default_value);
+    (void)ferry__parse_size(config_find(name)->default_value, &out);
     return out;
 }

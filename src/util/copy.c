@@ -16,7 +16,7 @@
 
 /* Reads the first line of cpu0's cache file index<i>/<name> into buf,
  * without its newline; returns false (buf empty) when it cannot be read. */
-static bool ferry__cache_attr(int i, const char *name, char *buf, size_t cap)
+static bool cache_attr(int i, const char *name, char *buf, size_t cap)
 {
     char path[96];
     FILE *f;
@@ -34,7 +34,7 @@ static bool ferry__cache_attr(int i, const char *name, char *buf, size_t cap)
 
 /* The size of the highest-level data or unified cache of CPU 0, from sysfs;
  * 0 when it cannot be read. */
-static uint64_t ferry__llc_size(void)
+static uint64_t llc_size(void)
 {
     uint64_t best_level = 0, size = 0;
 
@@ -42,10 +42,10 @@ static uint64_t ferry__llc_size(void)
         char level[16], type[32], sz[32];
         uint64_t lv = 0, bytes = 0;
 
-        if (!ferry__cache_attr(i, "level", level, sizeof(level)))
+        if (!cache_attr(i, "level", level, sizeof(level)))
             break;
-        (void)ferry__cache_attr(i, "type", type, sizeof(type));
-        (void)ferry__cache_attr(i, "size", sz, sizeof(sz));
+        (void)cache_attr(i, "type", type, sizeof(type));
+        (void)cache_attr(i, "size", sz, sizeof(sz));
         if (strncmp(type, "Instruction", 11) == 0 ||
             ferry__parse_size(level, &lv) != 0 || ferry__parse_size(sz, &bytes) != 0)
             continue;
@@ -61,9 +61,9 @@ static uint64_t ferry__llc_size(void)
  * destination fill it), at most 16 MiB, since a virtual machine may be told
  * of a cache far larger than its share (300 MiB on one whose copies of
  * 4 MiB already run at memory speed); never when sysfs has no cache size. */
-static size_t ferry__copy_nt_auto(void)
+static size_t copy_nt_auto(void)
 {
-    uint64_t n = ferry__llc_size() / 2;
+    uint64_t n = llc_size() / 2;
 
     if (n == 0)
         return SIZE_MAX;
@@ -78,10 +78,10 @@ size_t ferry__copy_nt_min(void)
     if (strcmp(v, "off") == 0)
         return SIZE_MAX;
     if (strcmp(v, "auto") == 0)
-        return ferry__copy_nt_auto();
+        return copy_nt_auto();
     if (ferry__parse_size(v, &n) != 0) {
         ferry__warn("FERRY_COPY_NT_MIN=%s is neither auto, off nor a size; using auto", v);
-        return ferry__copy_nt_auto();
+        return copy_nt_auto();
     }
     return n > SIZE_MAX ? SIZE_MAX : (size_t)n;
 }
@@ -91,7 +91,7 @@ size_t ferry__copy_nt_min(void)
  * x86-64 has; wider stores measured no faster, since the copy is bound by
  * memory), one whole cache line per round: the head up to the destination's
  * first line boundary and the tail after its last are ordinary copies. */
-static void ferry__copy_nt(uint8_t *d, const uint8_t *s, size_t len)
+static void copy_nt(uint8_t *d, const uint8_t *s, size_t len)
 {
     size_t head = (64 - ((uintptr_t)d & 63)) & 63;
 
@@ -120,7 +120,7 @@ void ferry__copy(void *dst, const void *src, size_t len, size_t nt_min)
     uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
 
     if (len >= nt_min && len >= 128 && (d + len <= s || s + len <= d)) {
-        ferry__copy_nt(dst, src, len);
+        copy_nt(dst, src, len);
         return;
     }
 #else

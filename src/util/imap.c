@@ -17,7 +17,7 @@ void ferry__imap_free(ferry__imap_t *m)
     ferry__imap_init(m);
 }
 
-static void ferry__imap_fix_maxend(ferry__imap_t *m, size_t from)
+static void imap_fix_maxend(ferry__imap_t *m, size_t from)
 {
     uint64_t maxend = from > 0 ? m->e[from - 1].maxend : 0;
 
@@ -29,7 +29,7 @@ static void ferry__imap_fix_maxend(ferry__imap_t *m, size_t from)
 }
 
 /* Index of the first entry whose start is greater than addr. */
-static size_t ferry__imap_upper(const ferry__imap_t *m, uint64_t addr)
+static size_t imap_upper(const ferry__imap_t *m, uint64_t addr)
 {
     size_t lo = 0, hi = m->n;
 
@@ -44,7 +44,7 @@ static size_t ferry__imap_upper(const ferry__imap_t *m, uint64_t addr)
     return lo;
 }
 
-static ferry_status_t ferry__imap_grow(ferry__imap_t *m)
+static ferry_status_t imap_grow(ferry__imap_t *m)
 {
     size_t cap;
     ferry__imap_entry_t *e;
@@ -65,24 +65,24 @@ ferry_status_t ferry__imap_insert(ferry__imap_t *m, uint64_t start,
 {
     size_t at;
 
-    FERRY_CHECK(ferry__imap_grow(m));
-    at = ferry__imap_upper(m, start);
+    FERRY_CHECK(imap_grow(m));
+    at = imap_upper(m, start);
     memmove(&m->e[at + 1], &m->e[at], (m->n - at) * sizeof(*m->e));
     m->e[at] = (ferry__imap_entry_t){start, start + len, 0, val};
     m->n++;
-    ferry__imap_fix_maxend(m, at);
+    imap_fix_maxend(m, at);
     return FERRY_OK;
 }
 
 ferry_status_t ferry__imap_append(ferry__imap_t *m, uint64_t start,
                                   uint64_t len, void *val)
 {
-    FERRY_CHECK(ferry__imap_grow(m));
+    FERRY_CHECK(imap_grow(m));
     m->e[m->n++] = (ferry__imap_entry_t){start, start + len, 0, val};
     return FERRY_OK;
 }
 
-static int ferry__imap_cmp(const void *a, const void *b)
+static int imap_cmp(const void *a, const void *b)
 {
     const ferry__imap_entry_t *x = a, *y = b;
 
@@ -92,19 +92,19 @@ static int ferry__imap_cmp(const void *a, const void *b)
 void ferry__imap_sort(ferry__imap_t *m)
 {
     if (m->n > 1)
-        qsort(m->e, m->n, sizeof(*m->e), ferry__imap_cmp);
-    ferry__imap_fix_maxend(m, 0);
+        qsort(m->e, m->n, sizeof(*m->e), imap_cmp);
+    imap_fix_maxend(m, 0);
 }
 
 int ferry__imap_remove(ferry__imap_t *m, uint64_t start, const void *val)
 {
-    size_t i = ferry__imap_upper(m, start);
+    size_t i = imap_upper(m, start);
 
     while (i-- > 0 && m->e[i].start == start) {
         if (m->e[i].val == val) {
             memmove(&m->e[i], &m->e[i + 1], (m->n - i - 1) * sizeof(*m->e));
             m->n--;
-            ferry__imap_fix_maxend(m, i);
+            imap_fix_maxend(m, i);
             return 0;
         }
     }
@@ -115,7 +115,7 @@ ferry__imap_hit_t ferry__imap_find(const ferry__imap_t *m, uint64_t addr,
                                    uint64_t len, void **val_p)
 {
     ferry__imap_hit_t hit = FERRY__IMAP_NONE;
-    size_t i = ferry__imap_upper(m, addr);
+    size_t i = imap_upper(m, addr);
 
     /* Entries before i start at or below addr; walk back while any of them
      * can still reach past addr. */

@@ -15,20 +15,20 @@
 #include <strings.h>
 #include <unistd.h>
 
-static const char *const ferry__level_names[] = {"error", "warn", "info",
+static const char *const level_names[] = {"error", "warn", "info",
                                                  "debug", "trace"};
-static ferry__log_level_t ferry__level = FERRY__LOG_WARN;
-static pthread_once_t ferry__level_once = PTHREAD_ONCE_INIT;
+static ferry__log_level_t log_level = FERRY__LOG_WARN;
+static pthread_once_t level_once = PTHREAD_ONCE_INIT;
 
-static void ferry__log_init(void)
+static void log_init(void)
 {
     const char *v = getenv("FERRY_LOG");
 
     if (v == NULL || *v == '\0')
         return;
-    for (size_t i = 0; i < sizeof(ferry__level_names) / sizeof(*ferry__level_names); i++) {
-        if (strcasecmp(v, ferry__level_names[i]) == 0) {
-            ferry__level = (ferry__log_level_t)i;
+    for (size_t i = 0; i < sizeof(level_names) / sizeof(*level_names); i++) {
+        if (strcasecmp(v, level_names[i]) == 0) {
+            log_level = (ferry__log_level_t)i;
             return;
         }
     }
@@ -38,8 +38,8 @@ static void ferry__log_init(void)
 
 ferry__log_level_t ferry__log_level(void)
 {
-    pthread_once(&ferry__level_once, ferry__log_init);
-    return ferry__level;
+    pthread_once(&level_once, log_init);
+    return log_level;
 }
 
 void ferry__log_emit(ferry__log_level_t level, const char *file, int line,
@@ -53,5 +53,5 @@ void ferry__log_emit(ferry__log_level_t level, const char *file, int line,
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     fprintf(stderr, "ferry[%d] %s %s:%d: %s\n", (int)getpid(),
-            ferry__level_names[level], base ? base + 1 : file, line, msg);
+            level_names[level], base ? base + 1 : file, line, msg);
 }

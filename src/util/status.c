@@ -10,7 +10,7 @@
 
 #define FERRY__ERRLEN 512
 
-static _Thread_local char ferry__errbuf[FERRY__ERRLEN];
+static _Thread_local char errbuf[FERRY__ERRLEN];
 
 const char *ferry_status_str(ferry_status_t status)
 {
@@ -26,7 +26,7 @@ const char *ferry_status_str(ferry_status_t status)
 
 const char *ferry_last_error(void)
 {
-    return ferry__errbuf;
+    return errbuf;
 }
 
 const char *ferry_version(void)
@@ -39,7 +39,7 @@ ferry_status_t ferry__error(ferry_status_t status, const char *fmt, ...)
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(ferry__errbuf, sizeof(ferry__errbuf), fmt, ap);
+    vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
     va_end(ap);
     return status;
 }
@@ -50,14 +50,14 @@ void ferry__error_prefix(const char *fmt, ...)
     va_list ap;
     int n;
 
-    memcpy(old, ferry__errbuf, sizeof(old));
+    memcpy(old, errbuf, sizeof(old));
     va_start(ap, fmt);
-    n = vsnprintf(ferry__errbuf, sizeof(ferry__errbuf), fmt, ap);
+    n = vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(ferry__errbuf) - 2)
+    if (n < 0 || (size_t)n >= sizeof(errbuf) - 2)
         return;
-    ferry__errbuf[n] = ':';
-    ferry__errbuf[n + 1] = ' ';
-    memcpy(ferry__errbuf + n + 2, old, sizeof(ferry__errbuf) - (size_t)n - 2);
-    ferry__errbuf[sizeof(ferry__errbuf) - 1] = '\0';
+    errbuf[n] = ':';
+    errbuf[n + 1] = ' ';
+    memcpy(errbuf + n + 2, old, sizeof(errbuf) - (size_t)n - 2);
+    errbuf[sizeof(errbuf) - 1] = '\0';
 }
