@@ -44,7 +44,9 @@ struct ferry_mem {
     ferry_agent_t *agent;
     ferry__list_t link;
     unsigned refs;   /* the registry's one plus one per prepared request */
-    unsigned active; /* requests in flight that use this memory */
+    /* Requests in flight that use this memory: changed under the lock, but
+     * for the end of a lone copy (xfer.c), hence atomic. */
+    _Atomic unsigned active;
     bool dead;       /* deregistered; kept alive for prepared requests */
     size_t n;
     ferry__region_t regions[];
@@ -83,6 +85,16 @@ enum {
     FERRY__XFER_DONE
 };
 
+/* A post whose every part is a run() (a copy into mapped memory) is "lone":
+ * it stays off the agent's active list, and its end is recorded without
+ * the lock unless another thread took an interest in it meanwhile. */
+enum {
+    FERRY__SOLO_NONE = 0, /* not a lone post */
+    FERRY__SOLO_RUNNING,  /* copying; ends without the lock */
+    FERRY__SOLO_CLAIMED,  /* another thread is involved: ends under the lock */
+    FERRY__SOLO_ENDING    /* being ended without the lock: wait for DONE */
+};
+
 /* The segments of a request that one backend moves, with everything a post
  * hands to it, resolved at prepare: the connection pointer stays valid for
  * the peer instance's life (a backend reopens a broken one in place). */
@@ -108,6 +120,7 @@ struct ferry_xfer {
     unsigned pending;         /* parts still in flight (under the lock) */
     ferry_status_t first_err; /* first failure among the parts */
     _Atomic int state;
+    _Atomic int solo;         /* FERRY__SOLO_* */
     _Atomic ferry_status_t result;
     char errmsg[512]; /* detail text of a failure seen in progress */
     /* Under the lock, while in flight: */
@@ -175,6 +188,11 @@ unsigned ferry__progress_locked(ferry_agent_t *agent);
 /* Waits until x is no longer in flight or until deadline_ns (UINT64_MAX:
  * none); returns x's result, FERRY_IN_PROGRESS on timeout. */
 ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns);
+/* Under the lock: makes sure that a lone post of x in progress ends under
+ * the lock (where this thread will see it), or has ended (xfer.c). Every
+ * path that changes a request in flight, or sleeps until it ends, calls it
+ * first. */
+void ferry__xfer_claim_locked(ferry_xfer_t *x);
 /* The result of a finished request, with its detail text on failure. */
 ferry_status_t ferry__xfer_result(ferry_xfer_t *x);
 /* Under the lock: times out requests whose transports made no headway for

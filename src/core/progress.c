@@ -325,6 +325,7 @@ static bool wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
     ferry_status_t st;
 
     ferry__agent_lock(agent);
+    ferry__xfer_claim_locked(x); /* so that its end wakes us */
     while (ferry__in_flight(x) && !traffic) {
         int ms = ms_to(deadline_ns, 0, FERRY__SLEEP_MAX_MS);
 

@@ -8,6 +8,7 @@
 #include "util/log.h"
 #include "util/time.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -336,6 +337,7 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     x->op = op;
     x->nsegs = nlocal;
     atomic_init(&x->state, FERRY__XFER_NEW);
+    atomic_init(&x->solo, FERRY__SOLO_NONE);
     atomic_init(&x->result, FERRY_OK);
     ferry__list_init(&x->alink);
     ferry__list_init(&x->cqlink);
@@ -457,6 +459,9 @@ static uint64_t xfer_mark(ferry_xfer_t *x)
 static ferry_status_t xfer_abort_locked(ferry_xfer_t *x, ferry_status_t why,
                                                const char *own, const char *others)
 {
+    ferry__xfer_claim_locked(x);
+    if (!ferry__in_flight(x))
+        return FERRY_OK;
     x->aborting = true;
     if (x->first_err == FERRY_OK) {
         x->first_err = why;
@@ -567,16 +572,47 @@ static ferry_status_t xfer_ran(ferry_xfer_t *x, unsigned runs,
     return ferry__in_flight(x) ? FERRY_IN_PROGRESS : ferry__xfer_result(x);
 }
 
+void ferry__xfer_claim_locked(ferry_xfer_t *x)
+{
+    int s = FERRY__SOLO_RUNNING;
+
+    if (atomic_compare_exchange_strong(&x->solo, &s, FERRY__SOLO_CLAIMED))
+        return;
+    /* Ending without the lock takes a few stores: wait them out. */
+    while (atomic_load_explicit(&x->solo, memory_order_acquire) == FERRY__SOLO_ENDING)
+        sched_yield();
+}
+
+/* Without the lock: ends a lone post whose runs all succeeded, unless
+ * another thread claimed it; returns whether it did. Nothing else writes
+ * x's in-flight state meanwhile: every such writer claims first. */
+static bool xfer_end_lone(ferry_xfer_t *x)
+{
+    int s = FERRY__SOLO_RUNNING;
+
+    if (!atomic_compare_exchange_strong(&x->solo, &s, FERRY__SOLO_ENDING))
+        return false;
+    for (size_t i = 0; i < x->nmems; i++)
+        atomic_fetch_sub_explicit(&x->mems[i]->active, 1, memory_order_release);
+    atomic_store_explicit(&x->result, FERRY_OK, memory_order_relaxed);
+    atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
+    atomic_store_explicit(&x->solo, FERRY__SOLO_NONE, memory_order_release);
+    return true;
+}
+
 /*
- * A post takes the lock twice when a backend moves its part itself (a copy
- * into a peer's memory mapped here): once to start every part and count it
- * in flight, once to complete what ran. In between, with the lock let go,
- * the bytes move, so other threads post, test and progress meanwhile.
+ * A post in which a backend moves a part itself (a copy into a peer's memory
+ * mapped here) takes the lock to start every part and count it in flight,
+ * then lets go of it while the bytes move, so that other threads post, test
+ * and progress meanwhile. If every part was such a copy and all went well,
+ * and no other thread took an interest in the request, that is all; else
+ * the lock is taken again to record the end.
  */
 ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
 {
     ferry_status_t st, ran[FERRY__NBK];
     unsigned runs = 0;
+    bool ok = true;
 
     if (x == NULL)
         return ferry__error(FERRY_ERR_INVALID, "xfer_post: NULL request");
@@ -588,7 +624,13 @@ ferry_status_t ferry_xfer_post(ferry_xfer_t *x)
     if (runs == 0)
         return st;
     xfer_run(x, runs, ran);
+    for (unsigned p = 0; p < x->nparts; p++)
+        if ((runs & (1u << p)) && ran[p] != FERRY_OK)
+            ok = false;
+    if (ok && xfer_end_lone(x))
+        return FERRY_OK;
     ferry__agent_lock(x->agent);
+    atomic_store_explicit(&x->solo, FERRY__SOLO_NONE, memory_order_relaxed);
     st = xfer_ran(x, runs, ran);
     ferry__agent_unlock(x->agent);
     return st;
@@ -603,6 +645,7 @@ ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream)
     if (runs == 0)
         return st;
     xfer_run(x, runs, ran);
+    atomic_store_explicit(&x->solo, FERRY__SOLO_NONE, memory_order_relaxed);
     return xfer_ran(x, runs, ran);
 }
 
@@ -645,10 +688,16 @@ static ferry_status_t xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
     if (x->pending > 0) {
         for (size_t i = 0; i < x->nmems; i++)
             x->mems[i]->active++;
-        ferry__list_add(&agent->active, &x->alink);
-        if (agent->stall_ns != 0) { /* the stall check's starting point */
-            x->mark = xfer_mark(x);
-            x->mark_ns = ferry__now_ns();
+        if (x->pending == (unsigned)__builtin_popcount(runs) && x->first_err == FERRY_OK &&
+            x->stream == NULL) {
+            /* Lone: copies that cannot stall, ended by the posting thread. */
+            atomic_store_explicit(&x->solo, FERRY__SOLO_RUNNING, memory_order_relaxed);
+        } else {
+            ferry__list_add(&agent->active, &x->alink);
+            if (agent->stall_ns != 0) { /* the stall check's starting point */
+                x->mark = xfer_mark(x);
+                x->mark_ns = ferry__now_ns();
+            }
         }
         atomic_store_explicit(&x->state, FERRY__XFER_ACTIVE, memory_order_relaxed);
         st = FERRY_IN_PROGRESS;
