@@ -38,6 +38,11 @@ void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
  * what on anything else, and on 0 unless allow_zero. */
 size_t parse_count(const char *s, const char *what, bool allow_zero);
 
+/* Runs fn on each of n contexts of size bytes at ctxs: on the calling
+ * thread when n is 1 (a measurement of one thread gets no thread switch),
+ * else on n new threads; returns when all are done. */
+void run_threads(int n, void *(*fn)(void *), void *ctxs, size_t size);
+
 /* calloc that dies instead of returning NULL (n == 0 is one element). */
 void *xcalloc(size_t n, size_t size);
 

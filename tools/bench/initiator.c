@@ -251,7 +251,6 @@ static rank_res_t run_step(rank_ctx_t *rc, const step_t *s)
     const options_t *o = rc->o;
     int nthr = o->threads, nt = rc->topo.ntargets;
     thread_ctx_t *tcs = xcalloc((size_t)nthr, sizeof(*tcs));
-    pthread_t *tids = xcalloc((size_t)nthr, sizeof(*tids));
     pthread_barrier_t go;
     rank_res_t res = {0};
     size_t nsamples = (size_t)nthr * s->iters;
@@ -268,15 +267,8 @@ static rank_res_t run_step(rank_ctx_t *rc, const step_t *s)
                                 .prep_v = prep + (size_t)t * (size_t)nt,
                                 .post_v = post + (size_t)t * s->iters,
                                 .tx_v = tx + (size_t)t * s->iters};
-        if (nthr == 1) {
-            initiator_thread(&tcs[0]);
-        } else if (pthread_create(&tids[t], NULL, initiator_thread, &tcs[t]) != 0) {
-            die("pthread_create failed");
-        }
     }
-    for (int t = 0; t < nthr && nthr > 1; t++) {
-        pthread_join(tids[t], NULL);
-    }
+    run_threads(nthr, initiator_thread, tcs, sizeof(*tcs));
     pthread_barrier_destroy(&go);
 
     for (int t = 0; t < nthr; t++) {
@@ -294,7 +286,6 @@ static rank_res_t run_step(rank_ctx_t *rc, const step_t *s)
     res.tx_sum = sum_u64(tx, nsamples);
     res.tx_p99 = (double)p99(tx, nsamples);
     free(tcs);
-    free(tids);
     free(post);
     free(tx);
     free(prep);

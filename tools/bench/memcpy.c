@@ -61,7 +61,6 @@ static void *copy_thread(void *arg)
 static double copy_row(int nthr, copier_t *proto)
 {
     copier_t *cs = xcalloc((size_t)nthr, sizeof(*cs));
-    pthread_t *tids = xcalloc((size_t)nthr, sizeof(*tids));
     pthread_barrier_t go;
     double ns = 0;
 
@@ -71,15 +70,8 @@ static double copy_row(int nthr, copier_t *proto)
     }
     for (int t = 0; t < nthr; t++) {
         cs[t] = *proto;
-        if (nthr == 1) {
-            copy_thread(&cs[0]);
-        } else if (pthread_create(&tids[t], NULL, copy_thread, &cs[t]) != 0) {
-            die("pthread_create failed");
-        }
     }
-    for (int t = 0; t < nthr && nthr > 1; t++) {
-        pthread_join(tids[t], NULL);
-    }
+    run_threads(nthr, copy_thread, cs, sizeof(*cs));
     if (nthr > 1) {
         pthread_barrier_destroy(&go);
     }
@@ -87,7 +79,6 @@ static double copy_row(int nthr, copier_t *proto)
         ns = (double)cs[t].ns > ns ? (double)cs[t].ns : ns;
     }
     free(cs);
-    free(tids);
     return ns;
 }
 

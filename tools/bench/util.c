@@ -1,10 +1,11 @@
 /*
- * die(), xcalloc() and parse_count() (bench.h): the benchmarks' one way to
- * fail, and their one way to read a size.
+ * die(), xcalloc(), run_threads() and parse_count() (bench.h): the
+ * benchmarks' one way to fail, to run threads and to read a size.
  */
 #include "bench.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,26 @@ void die(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     exit(1);
+}
+
+void run_threads(int n, void *(*fn)(void *), void *ctxs, size_t size)
+{
+    pthread_t *tids;
+
+    if (n == 1) {
+        fn(ctxs);
+        return;
+    }
+    tids = xcalloc((size_t)n, sizeof(*tids));
+    for (int t = 0; t < n; t++) {
+        if (pthread_create(&tids[t], NULL, fn, (char *)ctxs + (size_t)t * size) != 0) {
+            die("pthread_create failed");
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        pthread_join(tids[t], NULL);
+    }
+    free(tids);
 }
 
 void *xcalloc(size_t n, size_t size)
