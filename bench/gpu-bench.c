@@ -22,28 +22,54 @@
  * descriptors).
  *
  * The initiator's GPU memory is on device FERRY_TEST_DEVICE (default 0), the
- * target's on FERRY_TEST_TARGET_DEVICE (default: the same), as in the tests
- * (tests/mem_util.h).
+ * target's on FERRY_TEST_TARGET_DEVICE (default: the same), the names the
+ * tests use. The two processes are the two ranks of a job
+ * (tools/bench/pair.h) that the program starts itself; buffers come from
+ * tools/bench/buf.h, CUDA from the library's loader.
  */
-#include "mem_util.h"
-#include "xfer_util.h"
+#include "buf.h"
+#include "clock.h"
+#include "pair.h"
+#include "pattern.h"
 
-#include "util/config.h"
+#include "launch.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define MAX_SIZE (256ull << 20)
 #define WAIT_NS (30ll * 1000 * 1000 * 1000)
 
-enum { M_HELLO = 1, M_QUIT, M_BYE };
+/* Exits 77 (skipped) where there is no usable GPU. */
+#define NO_GPU 77
 
-/* A size with an optional k/m/g suffix (util/config.h); 0 when s is none. */
-static uint64_t parse_size(const char *s)
+#define XM_CU(call) cu_check((call), #call)
+
+static void cu_check(CUresult res, const char *call)
 {
-    uint64_t v;
+    if (ferry__cuda_check(res, call) != FERRY_OK)
+        die("%s", ferry_last_error());
+}
 
-    return ferry__parse_size(s, &v) == 0 ? v : 0;
+static int env_device(const char *name, int dflt)
+{
+    const char *s = getenv(name);
+
+    return (s != NULL && *s != '\0') ? atoi(s) : dflt;
+}
+
+/* This process's device, and the target's. */
+static int my_device(void)
+{
+    return env_device("FERRY_TEST_DEVICE", 0);
+}
+
+static int target_device(void)
+{
+    return env_device("FERRY_TEST_TARGET_DEVICE", my_device());
 }
 
 static void die_st(ferry_status_t st, const char *what)
@@ -68,41 +94,44 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* Both processes' GPU memory (--mem). */
-static xm_kind_t gpu_kind = XM_CUDA;
+/* Both processes' GPU memory (--mem): cuMemAlloc, or ferry_mem_alloc's
+ * cuMemCreate (VMM). */
+static bench_src_t gpu_src = SRC_CUMEM;
 
-/* The target: one GPU buffer, registered and advertised, until told. */
-static int target_main(int fd)
+/* A GPU buffer of --mem's kind on device dev. */
+static void gpu_alloc(ferry_agent_t *agent, int dev, size_t len, bench_buf_t *b)
 {
-    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "gpu-target"};
+    bench_gpu_use(dev, 0);
+    bench_alloc(agent, FERRY_MEM_CUDA, gpu_src, len, b);
+    bench_gpu_pop();
+}
+
+/* The target: one GPU buffer, registered and advertised, until the end
+ * (its progress thread serves UCX peers; the initiator reads the bytes
+ * back itself). */
+static int target_main(ferry_comm_t *comm)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
+                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .name = "gpu-target", .progress_thread = 1};
     ferry_agent_t *agent;
     ferry_mem_t *mem;
-    xm_buf_t b, h;
-    xu_msg_t m;
+    bench_buf_t b, h;
 
-    if (xm_alloc(&b, gpu_kind, MAX_SIZE) != 0 || xm_alloc(&h, XM_HOST, 4096) != 0)
-        return 77;
-    ap.field_mask |= FERRY_AGENT_PARAM_PROGRESS_THREAD; /* serves UCX peers */
-    ap.progress_thread = 1;
     die_st(ferry_agent_create(&ap, &agent), "agent_create");
+    gpu_alloc(agent, target_device(), MAX_SIZE, &b);
+    bench_alloc(agent, FERRY_MEM_HOST, SRC_MMAP, 4096, &h);
     {
-        ferry_desc_t d[2] = {xm_desc(gpu_kind, b.addr, MAX_SIZE),
-                             xm_desc(XM_HOST, h.addr, 4096)};
+        ferry_desc_t d[2] = {bench_desc(&b, 0, MAX_SIZE), bench_desc(&h, 0, 4096)};
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
     }
-    if (xu_send_blob(fd, agent, M_HELLO, 0, b.addr, h.addr) != 0)
-        return 1;
-    /* Drives its agent until told to quit (the initiator reads the bytes
-     * back itself). */
-    for (;;) {
-        if (xu_recv_msg(fd, &m, 0, 600000, agent) != 0 || m.type == M_QUIT)
-            break;
-    }
+    free(pair_greet(comm, agent, (uintptr_t)b.p, (uintptr_t)h.p).blob);
+    pair_leave(comm);
     ferry_mem_deregister(mem);
+    bench_free(&b);
+    bench_free(&h);
     ferry_agent_destroy(agent);
-    xm_free(&b);
-    xm_free(&h);
     return 0;
 }
 
@@ -110,7 +139,8 @@ typedef struct run {
     ferry_agent_t *agent;
     ferry_peer_t *peer;
     uint64_t raddr;
-    xm_buf_t gpu, gpu2, pinned; /* gpu2 on the target's device */
+    int rdev;                      /* the target's device */
+    bench_buf_t gpu, gpu2, pinned; /* gpu2 on the target's device */
     CUcontext ctx, ctx2;        /* gpu's and gpu2's devices' */
     CUstream stream, stream2;   /* on gpu's and gpu2's devices */
     uint64_t min_bytes;
@@ -131,31 +161,31 @@ static unsigned iters_for(const run_t *r, uint64_t size)
 static double ref_gbps(CUstream stream, uint64_t dst, CUcontext dctx, uint64_t src,
                        CUcontext sctx, uint64_t size, unsigned iters)
 {
-    const ferry__cuda_t *cu = xm_cuda();
+    const ferry__cuda_t *cu = bench_cuda();
     uint64_t t0 = 0;
 
     for (unsigned i = 0; i <= iters; i++) {
         if (i == 1)
-            t0 = xu_now_ns(); /* the first copy warms up */
+            t0 = now_ns(); /* the first copy warms up */
         if (dctx != sctx)
             XM_CU(cu->cuMemcpyPeerAsync(dst, dctx, src, sctx, size, stream));
         else
             XM_CU(cu->cuMemcpyAsync(dst, src, size, stream));
         XM_CU(cu->cuStreamSynchronize(stream));
     }
-    return (double)size * iters / (double)(xu_now_ns() - t0);
+    return (double)size * iters / (double)(now_ns() - t0);
 }
 
 /* Nanoseconds to post a prepared request and wait for it, n times. */
 static uint64_t post_wait_ns(ferry_xfer_t *x, unsigned n)
 {
-    uint64_t t0 = xu_now_ns();
+    uint64_t t0 = now_ns();
 
     for (unsigned i = 0; i < n; i++) {
         die_st(ferry_xfer_post(x), "post");
         die_st(ferry_xfer_wait(x, WAIT_NS), "wait");
     }
-    return xu_now_ns() - t0;
+    return now_ns() - t0;
 }
 
 /* GB/s of a prepared request posted and waited for iters times, after one
@@ -166,31 +196,36 @@ static double ferry_gbps(ferry_xfer_t *x, uint64_t size, unsigned iters)
     return (double)size * iters / (double)post_wait_ns(x, iters);
 }
 
-static ferry_xfer_t *prepare(const run_t *r, ferry_xfer_op_t op, const xm_buf_t *local,
+static ferry_xfer_t *prepare(const run_t *r, ferry_xfer_op_t op, const bench_buf_t *local,
                              uint64_t size, double *us_p)
 {
-    ferry_desc_t ld = {local->addr, size, xm_ferry_kind(local->kind), local->dev};
-    ferry_desc_t rd = xm_target_desc(gpu_kind, r->raddr, size);
+    ferry_desc_t ld = bench_desc(local, 0, size);
+    ferry_desc_t rd = {r->raddr, size, FERRY_MEM_CUDA, r->rdev};
     ferry_xfer_t *x;
-    uint64_t t0 = xu_now_ns();
+    uint64_t t0 = now_ns();
 
     die_st(ferry_xfer_prepare(r->agent, op, &ld, 1, r->peer, &rd, 1, NULL, &x), "prepare");
     if (us_p)
-        *us_p = (double)(xu_now_ns() - t0) / 1e3;
+        *us_p = (double)(now_ns() - t0) / 1e3;
     return x;
 }
 
 /* After the timed rounds: the peer's bytes, read once more into gpu2, must
  * equal local's (a WRITE copied local there; a READ copied them into local). */
-static int verify(run_t *r, xm_buf_t *local, uint64_t size)
+static int verify(run_t *r, bench_buf_t *local, uint64_t size)
 {
     ferry_xfer_t *x = prepare(r, FERRY_OP_READ, &r->gpu2, size, NULL);
+    uint8_t *got = xcalloc(size, 1), *want = xcalloc(size, 1);
+    int bad;
 
     (void)post_wait_ns(x, 1);
     ferry_xfer_release(x);
-    xm_from_dev(&r->gpu2, 0, size);
-    xm_from_dev(local, 0, size);
-    return memcmp(r->gpu2.host, local->host, size) != 0;
+    bench_copy(&r->gpu2, 0, got, size, false);
+    bench_copy(local, 0, want, size, false);
+    bad = memcmp(got, want, size) != 0;
+    free(got);
+    free(want);
+    return bad;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -221,21 +256,21 @@ static void *flag_server(void *arg)
 /* Microseconds per replay of a graph launched n times back to back. */
 static double replay_us(CUstream s, CUgraphExec exec, unsigned n)
 {
-    const ferry__cuda_t *cu = xm_cuda();
+    const ferry__cuda_t *cu = bench_cuda();
     uint64_t t0;
 
     XM_CU(cu->cuGraphLaunch(exec, s));
     XM_CU(cu->cuStreamSynchronize(s));
-    t0 = xu_now_ns();
+    t0 = now_ns();
     for (unsigned i = 0; i < n; i++)
         XM_CU(cu->cuGraphLaunch(exec, s));
     XM_CU(cu->cuStreamSynchronize(s));
-    return (double)(xu_now_ns() - t0) / 1e3 / n;
+    return (double)(now_ns() - t0) / 1e3 / n;
 }
 
 static CUgraphExec capture_xfer(CUstream s, ferry_xfer_t *x)
 {
-    const ferry__cuda_t *cu = xm_cuda();
+    const ferry__cuda_t *cu = bench_cuda();
     CUgraph g;
     CUgraphExec e;
 
@@ -251,7 +286,7 @@ static CUgraphExec capture_xfer(CUstream s, ferry_xfer_t *x)
 static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t rhost,
                            int rounds)
 {
-    const ferry__cuda_t *cu = xm_cuda();
+    const ferry__cuda_t *cu = bench_cuda();
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
                                              FERRY_AGENT_PARAM_PROGRESS_THREAD,
                                .name = "gpu-initiator-stream", .progress_thread = 1};
@@ -259,7 +294,7 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     ferry_peer_t *peer;
     ferry_mem_t *mem;
     ferry_xfer_t *xh, *xg;
-    xm_buf_t h;
+    bench_buf_t h;
     flags_t fl;
     pthread_t thr;
     CUdeviceptr df;
@@ -269,20 +304,19 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     double raw[101], fh[101], host[101], fg[101], copy[101];
     void *fp;
 
-    xm_alloc(&h, XM_HOST, 4096);
-    test_fill(h.host, 4096, 9, 1, 0);
+    bench_alloc(NULL, FERRY_MEM_HOST, SRC_MMAP, 4096, &h);
+    pattern(&h, 0, 4096, 9, 0, true);
     die_st(ferry_agent_create(&ap, &agent), "agent_create");
     {
-        ferry_desc_t d[2] = {xm_desc(XM_HOST, h.addr, 4096),
-                             xm_desc(gpu_kind, r->gpu.addr, MAX_SIZE)};
+        ferry_desc_t d[2] = {bench_desc(&h, 0, 4096), bench_desc(&r->gpu, 0, MAX_SIZE)};
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
     }
     die_st(ferry_peer_load(agent, blob, len, &peer), "peer_load");
     {
-        ferry_desc_t l = {h.addr, 8, FERRY_MEM_HOST, 0}, rd = {rhost, 8, FERRY_MEM_HOST, 0};
-        ferry_desc_t lg = xm_desc(gpu_kind, r->gpu.addr, 8);
-        ferry_desc_t rg = xm_target_desc(gpu_kind, r->raddr, 8);
+        ferry_desc_t l = bench_desc(&h, 0, 8), rd = {rhost, 8, FERRY_MEM_HOST, 0};
+        ferry_desc_t lg = bench_desc(&r->gpu, 0, 8);
+        ferry_desc_t rg = {r->raddr, 8, FERRY_MEM_CUDA, r->rdev};
 
         die_st(ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &rd, 1, NULL, &xh),
                "prepare");
@@ -304,7 +338,7 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     XM_CU(cu->cuGraphInstantiateWithFlags(&eraw, g, 0));
     XM_CU(cu->cuGraphDestroy(g));
     XM_CU(cu->cuStreamBeginCapture(r->stream, CU_STREAM_CAPTURE_MODE_RELAXED));
-    XM_CU(cu->cuMemcpyAsync(r->gpu2.addr, r->gpu.addr, 8, r->stream));
+    XM_CU(cu->cuMemcpyAsync((uintptr_t)r->gpu2.p, (uintptr_t)r->gpu.p, 8, r->stream));
     XM_CU(cu->cuStreamEndCapture(r->stream, &g));
     XM_CU(cu->cuGraphInstantiateWithFlags(&ecopy, g, 0));
     XM_CU(cu->cuGraphDestroy(g));
@@ -345,94 +379,94 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     ferry_mem_deregister(mem);
     ferry_agent_destroy(agent);
     cu->cuMemFreeHost(fp);
-    xm_free(&h);
+    bench_free(&h);
 }
 
-static void fill_random(xm_buf_t *b, uint64_t seed)
+/* Fresh bytes in the whole buffer (the check pattern of seed). */
+static void fill_random(bench_buf_t *b, uint64_t seed)
 {
-    test_fill(b->host, b->cap, seed, 1, 0);
-    xm_to_dev(b, 0, b->cap);
+    pattern(b, 0, b->len, seed, 0, true);
 }
 
 int main(int argc, char **argv)
 {
     const char *sizes = "1m,16m,256m";
     char *list, *save = NULL;
-    int rounds = 5, fd, status, failures = 0;
-    pid_t pid;
+    int rounds = 5, failures = 0;
     run_t r = {.min_bytes = 4ull << 30};
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "gpu-initiator"};
+    ferry_comm_t *comm;
     ferry_mem_t *mem;
-    uint8_t *blob;
-    xu_msg_t m;
+    pair_hello_t hello;
+    const ferry__cuda_t *cu;
     double open_us, again_us, small_us;
 
-    if (argc >= 4 && strcmp(argv[1], "--target") == 0) {
-        if (xm_parse(argv[3], &gpu_kind) != 0)
-            return 2;
-        return target_main(atoi(argv[2]));
-    }
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--sizes") == 0)
             sizes = argv[i + 1];
         else if (strcmp(argv[i], "--rounds") == 0)
             rounds = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--min-bytes") == 0)
-            r.min_bytes = parse_size(argv[i + 1]);
-        else if (strcmp(argv[i], "--mem") == 0 && xm_parse(argv[i + 1], &gpu_kind) == 0 &&
-                 xm_is_gpu(gpu_kind))
-            continue;
+            r.min_bytes = parse_count(argv[i + 1], "--min-bytes", false);
+        else if (strcmp(argv[i], "--mem") == 0 && (strcmp(argv[i + 1], "cuda") == 0 ||
+                                                   strcmp(argv[i + 1], "vmm") == 0))
+            gpu_src = strcmp(argv[i + 1], "cuda") == 0 ? SRC_CUMEM : SRC_FERRY;
         else {
             fprintf(stderr, "usage: %s [--sizes 1m,16m,256m] [--rounds N] "
                             "[--min-bytes 4g] [--mem cuda|vmm]\n", argv[0]);
             return 2;
         }
     }
+    if (argc % 2 == 0) {
+        fprintf(stderr, "%s: an option lacks its value\n", argv[0]);
+        return 2;
+    }
     if (rounds < 1 || rounds > 101) {
         fprintf(stderr, "--rounds must be 1..101\n");
         return 2;
     }
-    fd = xu_spawn(argv[0], "--target", xm_name(gpu_kind), NULL, &pid);
-    if (fd < 0)
-        return 1;
-    if (xm_alloc(&r.gpu, gpu_kind, MAX_SIZE) != 0) {
-        kill(pid, SIGKILL);
-        xu_reap(pid, 5000);
-        printf("ferry-gpu-bench: no GPU here\n");
-        return 77;
+    /* Both ranks skip together where there is no GPU: neither starts. */
+    if (!launch_in_job() && ferry__cuda_get(&cu) != FERRY_OK) {
+        printf("ferry-gpu-bench: no GPU here (%s)\n", ferry_last_error());
+        return NO_GPU;
     }
-    xm_alloc_on(&r.gpu2, gpu_kind, MAX_SIZE, xm_target_device());
-    XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx, xm_device()));
-    XM_CU(xm_cuda()->cuDevicePrimaryCtxRetain(&r.ctx2, xm_target_device()));
+    comm = pair_join("ferry-gpu-bench", argv);
+    if (ferry_comm_rank(comm) == 1)
+        return target_main(comm);
+    cu = bench_cuda();
+    r.rdev = target_device();
+    die_st(ferry_agent_create(&ap, &r.agent), "agent_create");
+    /* This device's context stays current on this thread from here on. */
+    bench_gpu_use(my_device(), 0);
+    bench_alloc(r.agent, FERRY_MEM_CUDA, gpu_src, MAX_SIZE, &r.gpu);
+    gpu_alloc(r.agent, r.rdev, MAX_SIZE, &r.gpu2);
+    die_st(ferry__cuda_ctx(my_device(), &r.ctx), "cuda context");
+    die_st(ferry__cuda_ctx(r.rdev, &r.ctx2), "cuda context");
     if (r.ctx != r.ctx2) {
         /* The reference copies over NVLink (or PCIe peer to peer), as
          * ferry does, rather than staged through host memory. */
-        CUresult res = xm_cuda()->cuCtxEnablePeerAccess(r.ctx2, 0);
+        CUresult res = cu->cuCtxEnablePeerAccess(r.ctx2, 0);
 
         if (res != CUDA_SUCCESS && res != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED)
             printf("# no peer access between the devices (error %d): both copies "
                    "are staged\n", (int)res);
     }
-    xm_alloc(&r.pinned, XM_PINNED, MAX_SIZE);
+    bench_alloc(NULL, FERRY_MEM_HOST, SRC_PINNED, MAX_SIZE, &r.pinned);
     fill_random(&r.gpu, 1);
     fill_random(&r.pinned, 2);
-    XM_CU(xm_cuda()->cuStreamCreate(&r.stream, CU_STREAM_NON_BLOCKING));
-    xm_push(r.gpu2.dev);
-    XM_CU(xm_cuda()->cuStreamCreate(&r.stream2, CU_STREAM_NON_BLOCKING));
-    xm_pop(r.gpu2.dev);
-    die_st(ferry_agent_create(&ap, &r.agent), "agent_create");
+    XM_CU(cu->cuStreamCreate(&r.stream, CU_STREAM_NON_BLOCKING));
+    bench_gpu_use(r.rdev, 0);
+    XM_CU(cu->cuStreamCreate(&r.stream2, CU_STREAM_NON_BLOCKING));
+    bench_gpu_pop();
     {
-        ferry_desc_t d[3] = {xm_desc(gpu_kind, r.gpu.addr, MAX_SIZE),
-                             {r.gpu2.addr, MAX_SIZE, xm_ferry_kind(gpu_kind), r.gpu2.dev},
-                             xm_desc(XM_HOST, r.pinned.addr, MAX_SIZE)};
+        ferry_desc_t d[3] = {bench_desc(&r.gpu, 0, MAX_SIZE), bench_desc(&r.gpu2, 0, MAX_SIZE),
+                             bench_desc(&r.pinned, 0, MAX_SIZE)};
 
         die_st(ferry_mem_register(r.agent, d, 3, &mem), "mem_register");
     }
-    blob = xu_recv_blob(fd, &m, M_HELLO, 60000);
-    if (blob == NULL)
-        return 1;
-    die_st(ferry_peer_load(r.agent, blob, m.iter, &r.peer), "peer_load");
-    r.raddr = m.a;
+    hello = pair_greet(comm, NULL, 0, 0);
+    die_st(ferry_peer_load(r.agent, hello.blob, hello.blob_len, &r.peer), "peer_load");
+    r.raddr = hello.a;
 
     /* Opening the peer's allocation is part of the first prepare only. */
     {
@@ -448,14 +482,14 @@ int main(int argc, char **argv)
     printf("# ferry-gpu-bench: %d rounds (reference and ferry alternating), medians; "
            "GB/s are 10^9 bytes of payload per second\n", rounds);
     for (int d = 0; d < 2; d++) {
-        int dev = d ? xm_target_device() : xm_device();
+        int dev = d ? r.rdev : my_device();
         char name[128] = "?";
         CUdevice h;
 
-        if (xm_cuda()->cuDeviceGet(&h, dev) == CUDA_SUCCESS)
-            (void)xm_cuda()->cuDeviceGetName(name, (int)sizeof(name), h);
+        if (cu->cuDeviceGet(&h, dev) == CUDA_SUCCESS)
+            (void)cu->cuDeviceGetName(name, (int)sizeof(name), h);
         printf("# %s: device %d, %s; GPU memory from %s\n", d ? "target" : "initiator",
-               dev, name, gpu_kind == XM_VMM ? "cuMemCreate (VMM)" : "cuMemAlloc");
+               dev, name, gpu_src == SRC_FERRY ? "cuMemCreate (VMM)" : "cuMemAlloc");
     }
     printf("first prepare against the peer (opens its allocation): %.1f us; "
            "a second prepare: %.1f us; one 4 KiB WRITE after that: %.1f us\n\n",
@@ -467,7 +501,7 @@ int main(int argc, char **argv)
     if (list == NULL)
         return 1;
     for (char *t = strtok_r(list, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-        uint64_t size = parse_size(t);
+        uint64_t size = parse_count(t, "--sizes", false);
         static const struct {
             const char *name, *ref;
             ferry_xfer_op_t op;
@@ -482,7 +516,7 @@ int main(int argc, char **argv)
             return 2;
         }
         for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
-            xm_buf_t *local = kinds[k].host ? &r.pinned : &r.gpu;
+            bench_buf_t *local = kinds[k].host ? &r.pinned : &r.gpu;
             ferry_xfer_t *x = prepare(&r, kinds[k].op, local, size, NULL);
             unsigned iters = iters_for(&r, size);
             double fv[101], rv[101];
@@ -492,8 +526,8 @@ int main(int argc, char **argv)
             CUcontext lctx = kinds[k].host ? r.ctx2 : r.ctx;
             CUstream rs = kinds[k].host ? r.stream2 : r.stream;
             int write = kinds[k].op == FERRY_OP_WRITE, bad;
-            uint64_t dst = write ? r.gpu2.addr : local->addr;
-            uint64_t src = write ? local->addr : r.gpu2.addr;
+            uint64_t dst = (uintptr_t)(write ? r.gpu2.p : local->p);
+            uint64_t src = (uintptr_t)(write ? local->p : r.gpu2.p);
             CUcontext dctx = write ? r.ctx2 : lctx, sctx = write ? lctx : r.ctx2;
 
             for (int i = 0; i < rounds; i++) {
@@ -517,19 +551,14 @@ int main(int argc, char **argv)
         }
     }
     free(list);
-    stream_section(&r, blob, m.iter, m.b, rounds);
-    free(blob);
-    xu_send_msg(fd, M_QUIT, 0, 0, 0, 0);
-    status = xu_reap(pid, 30000);
+    stream_section(&r, hello.blob, hello.blob_len, hello.b, rounds);
+    free(hello.blob);
+    pair_leave(comm);
     ferry_peer_forget(r.peer);
     ferry_mem_deregister(mem);
+    bench_free(&r.pinned);
+    bench_free(&r.gpu2);
+    bench_free(&r.gpu);
     ferry_agent_destroy(r.agent);
-    xm_free(&r.pinned);
-    xm_free(&r.gpu2);
-    xm_free(&r.gpu);
-    if (status != 0) {
-        fprintf(stderr, "ferry-gpu-bench: the target exited with status %d\n", status);
-        failures++;
-    }
     return failures ? 1 : 0;
 }

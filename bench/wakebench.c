@@ -26,23 +26,22 @@
  *
  *   ferry-wakebench [--iters N] [--size BYTES] [--modes spin,wait,sleep,thread,thread0]
  *
- * A benchmark, not a test: it asserts nothing about time.
+ * A benchmark, not a test: it asserts nothing about time. Its two
+ * processes are the two ranks of a job (tools/bench/pair.h) that it starts
+ * itself.
  */
-#include "xfer_util.h"
+#include "clock.h"
+#include "pair.h"
 
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define SEC 1000000000ll
-#define IO_TIMEOUT_MS 3600000 /* control messages */
 
 static void check(ferry_status_t st, const char *what)
 {
@@ -53,27 +52,49 @@ static void check(ferry_status_t st, const char *what)
     }
 }
 
+static double now_s(void)
+{
+    return (double)now_ns() * 1e-9;
+}
+
+/* Returns once process pid (a sibling, not a child: no waitpid) is
+ * stopped, as /proc says. */
+static void wait_stopped(pid_t pid)
+{
+    char path[64], stat[512];
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    for (;;) {
+        FILE *f = fopen(path, "r");
+        size_t n = f != NULL ? fread(stat, 1, sizeof(stat) - 1, f) : 0;
+        char *paren;
+
+        if (f != NULL)
+            fclose(f);
+        stat[n] = '\0';
+        paren = strrchr(stat, ')');
+        /* "pid (comm) S ...": the state follows the command's name. */
+        if (paren == NULL || paren[1] == '\0' || paren[2] == 'T' || paren[2] == 't')
+            return;
+        nanosleep(&(struct timespec){.tv_nsec = 100000}, NULL);
+    }
+}
+
 /* The target: a progress thread serves every transfer; main only waits. */
-static int target(int fd, size_t size)
+static int target(ferry_comm_t *comm, size_t size)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
                                              FERRY_AGENT_PARAM_PROGRESS_THREAD,
                                .name = "wakebench-target", .progress_thread = 1};
     ferry_agent_t *agent;
     ferry_mem_t *mem;
-    void *buf = calloc(1, size), *blob;
+    void *buf = calloc(1, size);
     ferry_desc_t d = {(uintptr_t)buf, size, FERRY_MEM_HOST, 0};
-    size_t len;
-    char quit;
 
     check(ferry_agent_create(&ap, &agent), "target: agent_create");
     check(ferry_mem_register(agent, &d, 1, &mem), "target: mem_register");
-    check(ferry_md_pack(agent, &blob, &len), "target: md_pack");
-    xu_io(fd, &len, sizeof(len), 1, IO_TIMEOUT_MS);
-    xu_io(fd, blob, len, 1, IO_TIMEOUT_MS);
-    xu_io(fd, &d.addr, sizeof(d.addr), 1, IO_TIMEOUT_MS);
-    ferry_md_free(blob);
-    xu_io(fd, &quit, 1, 0, IO_TIMEOUT_MS);
+    free(pair_greet(comm, agent, d.addr, 0).blob);
+    pair_leave(comm);
     ferry_mem_deregister(mem);
     ferry_agent_destroy(agent);
     free(buf);
@@ -133,7 +154,6 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
     ferry_desc_t l = {(uintptr_t)buf, size, FERRY_MEM_HOST, 0};
     ferry_desc_t r = {raddr, size, FERRY_MEM_HOST, 0};
     double *lat = calloc((size_t)iters, sizeof(*lat)), sum = 0, t0, c0, wall, cpu;
-    int ws;
 
     if (m->spin_us != NULL)
         setenv("FERRY_WAIT_SPIN_US", m->spin_us, 1);
@@ -148,17 +168,17 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
         check(complete(x, m), "warm-up");
 
     inline_posts = 0;
-    c0 = xu_thread_cpu_s();
-    t0 = xu_now_s();
+    c0 = thread_cpu_s();
+    t0 = now_s();
     for (long i = 0; i < iters; i++) {
-        double s = xu_now_s();
+        double s = now_s();
 
         check(complete(x, m), "transfer");
-        lat[i] = (xu_now_s() - s) * 1e6;
+        lat[i] = (now_s() - s) * 1e6;
         sum += lat[i];
     }
-    wall = xu_now_s() - t0;
-    cpu = xu_thread_cpu_s() - c0;
+    wall = now_s() - t0;
+    cpu = thread_cpu_s() - c0;
     qsort(lat, (size_t)iters, sizeof(*lat), cmp_double);
     printf("| %-7s | %zu | %ld | %ld | %.2f | %.2f | %.2f | %.3f |", m->name, size, iters,
            inline_posts, lat[iters / 2], lat[(size_t)((double)iters * 0.99)],
@@ -166,19 +186,19 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
 
     /* One long wait: the target stopped for about a second. */
     kill(pid, SIGSTOP);
-    waitpid(pid, &ws, WUNTRACED);
+    wait_stopped(pid);
     {
         ferry_status_t st = ferry_xfer_post(x);
-        double resume = xu_now_s() + 1.0;
+        double resume = now_s() + 1.0;
 
-        c0 = xu_thread_cpu_s();
-        t0 = xu_now_s();
+        c0 = thread_cpu_s();
+        t0 = now_s();
         if (st == FERRY_IN_PROGRESS) {
             /* Resumed from this thread: without a helper, the waiting loop
              * checks the clock itself, which a real wait would not need. */
             if (m->spin) {
                 while ((st = ferry_xfer_test(x)) == FERRY_IN_PROGRESS)
-                    if (xu_now_s() >= resume && resume > 0) {
+                    if (now_s() >= resume && resume > 0) {
                         kill(pid, SIGCONT);
                         resume = 0;
                     }
@@ -192,8 +212,8 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
         }
         if (resume > 0)
             kill(pid, SIGCONT);
-        wall = xu_now_s() - t0;
-        cpu = xu_thread_cpu_s() - c0;
+        wall = now_s() - t0;
+        cpu = thread_cpu_s() - c0;
         check(st, "stalled transfer");
         printf(" %.2f | %.3f |\n", wall, cpu / wall);
     }
@@ -208,13 +228,10 @@ static void run_mode(const wb_mode_t *m, const void *blob, size_t blob_len, uint
 int main(int argc, char **argv)
 {
     long iters = 20000;
-    size_t size = 64, blob_len;
+    size_t size = 64;
     const char *which = "spin,wait,sleep,thread,thread0";
-    int sv[2];
-    pid_t pid;
-    void *blob;
-    uint64_t raddr;
-    char quit = 'q';
+    ferry_comm_t *comm;
+    pair_hello_t t;
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
@@ -233,25 +250,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "ferry-wakebench: --iters and --size must be positive\n");
         return 2;
     }
-    /* Both processes start before either touches UCX. */
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
-        perror("socketpair");
-        return 1;
+    /* Both processes start, as fresh images, before either touches UCX. */
+    comm = pair_join("ferry-wakebench", argv);
+    if (ferry_comm_rank(comm) == 1) {
+        return target(comm, size);
     }
-    pid = fork();
-    if (pid < 0) {
-        perror("fork");
-        return 1;
-    }
-    if (pid == 0) {
-        close(sv[0]);
-        return target(sv[1], size);
-    }
-    close(sv[1]);
-    xu_io(sv[0], &blob_len, sizeof(blob_len), 0, IO_TIMEOUT_MS);
-    blob = malloc(blob_len);
-    xu_io(sv[0], blob, blob_len, 0, IO_TIMEOUT_MS);
-    xu_io(sv[0], &raddr, sizeof(raddr), 0, IO_TIMEOUT_MS);
+    t = pair_greet(comm, NULL, 0, 0);
 
     printf("| wait | size (B) | iters | inline | median (us) | p99 (us) | mean (us) | "
            "CPU s/s | stalled wait (s) | CPU s/s stalled |\n");
@@ -261,10 +265,9 @@ int main(int argc, char **argv)
         size_t n = strlen(modes[k].name);
 
         if (p != NULL && (p == which || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
-            run_mode(&modes[k], blob, blob_len, raddr, size, iters, pid);
+            run_mode(&modes[k], t.blob, t.blob_len, t.a, size, iters, t.pid);
     }
-    xu_io(sv[0], &quit, 1, 1, IO_TIMEOUT_MS);
-    waitpid(pid, NULL, 0);
-    free(blob);
+    pair_leave(comm);
+    free(t.blob);
     return 0;
 }

@@ -1,0 +1,93 @@
+/*
+ * die(), xcalloc(), run_threads() and parse_count() (bench.h): the
+ * benchmarks' one way to fail, to run threads and to read a size.
+ */
+#include "bench.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static const char *g_name = "ferry-bench";
+static int g_rank = -1;
+
+void bench_set_name(const char *name)
+{
+    g_name = name;
+}
+
+void bench_set_rank(int rank)
+{
+    g_rank = rank;
+}
+
+void die(const char *fmt, ...)
+{
+    va_list ap;
+
+    if (g_rank >= 0) {
+        fprintf(stderr, "%s[rank %d]: ", g_name, g_rank);
+    } else {
+        fprintf(stderr, "%s: ", g_name);
+    }
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+void run_threads(int n, void *(*fn)(void *), void *ctxs, size_t size)
+{
+    pthread_t *tids;
+
+    if (n == 1) {
+        fn(ctxs);
+        return;
+    }
+    tids = xcalloc((size_t)n, sizeof(*tids));
+    for (int t = 0; t < n; t++) {
+        if (pthread_create(&tids[t], NULL, fn, (char *)ctxs + (size_t)t * size) != 0) {
+            die("pthread_create failed");
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        pthread_join(tids[t], NULL);
+    }
+    free(tids);
+}
+
+void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+
+    if (p == NULL) {
+        die("out of memory");
+    }
+    return p;
+}
+
+size_t parse_count(const char *s, const char *what, bool allow_zero)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *s == '-' || *s == '+') {
+        die("bad %s '%s'", what, s);
+    }
+    int shift = 0;
+    switch (*end) {
+    case 'K': case 'k': shift = 10; end++; break;
+    case 'M': case 'm': shift = 20; end++; break;
+    case 'G': case 'g': shift = 30; end++; break;
+    default: break;
+    }
+    if (*end != '\0' || (v == 0 && !allow_zero) || v > (SIZE_MAX / 2) >> shift) {
+        die("bad %s '%s'", what, s);
+    }
+    return (size_t)(v << shift);
+}
