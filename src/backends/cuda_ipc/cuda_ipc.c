@@ -57,6 +57,7 @@ static ferry_status_t ci_init(const char *agent_name, void **ctx_p)
         ctx->id = (uint64_t)(uintptr_t)ctx ^ (uint64_t)getpid() << 40;
     ctx->pid = (int32_t)getpid();
     ctx->srv_fd = ctx->stop_fd = -1;
+    ferry__list_init(&ctx->allocs);
     pthread_mutex_init(&ctx->export_lock, NULL);
     atomic_init(&ctx->notify_pending, false);
     atomic_init(&ctx->notified, false);

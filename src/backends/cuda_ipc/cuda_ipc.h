@@ -14,6 +14,7 @@
 
 #include "backends/backend.h"
 #include "cuda/cuda.h"
+#include "util/list.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -34,7 +35,7 @@ typedef struct ci_chunk {
 
 /* GPU memory from mem_alloc(): VMM memory with a shareable handle. */
 typedef struct ci_alloc {
-    struct ci_alloc *next;
+    ferry__list_t link;        /* ctx->allocs */
     CUdeviceptr va;
     size_t size;
     CUmemGenericAllocationHandle h;
@@ -61,7 +62,7 @@ typedef struct ci_open {
 
 /* A peer export mapped into this process, shared by the keys naming it. */
 typedef struct ci_map {
-    struct ci_map *next;
+    ferry__list_t link;        /* conn->maps */
     unsigned refs;
     int type, device;
     uint64_t rbase, size;      /* the owner's allocation range */
@@ -83,7 +84,7 @@ typedef struct ci_conn {
     bool dead;                 /* it was seen to have exited */
     bool getfd_refused;
     uint64_t events;           /* batches completed: the stall check's headway */
-    ci_map_t *maps;
+    ferry__list_t maps;        /* ci_map_t */
 } ci_conn_t;
 
 typedef struct ci_rkey {
@@ -124,7 +125,7 @@ typedef struct ci_ctx {
     int srv_fd, stop_fd;
     bool srv_running;
     pthread_t srv_thread;
-    ci_alloc_t *allocs;
+    ferry__list_t allocs;      /* ci_alloc_t */
 } ci_ctx_t;
 
 /* cuda_ipc.c: the context. */

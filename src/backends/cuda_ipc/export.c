@@ -178,6 +178,7 @@ ferry_status_t ferry__ci_mem_register(void *vctx, const ferry_desc_t *d,
 {
     ci_ctx_t *ctx = vctx;
     ci_reg_t *reg = NULL;
+    ferry__list_t *l, *tmp;
     ferry_status_t st;
 
     if (d->kind == FERRY_MEM_HOST) {
@@ -213,7 +214,9 @@ ferry_status_t ferry__ci_mem_register(void *vctx, const ferry_desc_t *d,
     st = ci_reg_cuda(ctx, d, &reg);
     ferry__cuda_pop();
     FERRY_CHECK(st);
-    for (ci_alloc_t *a = ctx->allocs; a != NULL; a = a->next) {
+    ferry__list_each(l, tmp, &ctx->allocs) {
+        ci_alloc_t *a = ferry__container_of(l, ci_alloc_t, link);
+
         if (d->addr >= a->va && d->addr - a->va < a->size) {
             reg->alloc = a;
             a->regs++;
@@ -326,8 +329,7 @@ ferry_status_t ferry__ci_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kind
     ferry__cuda_pop();
     if (st < 0)
         goto err_free;
-    a->next = ctx->allocs;
-    ctx->allocs = a;
+    ferry__list_add(&ctx->allocs, &a->link);
     *addr_p = (void *)(uintptr_t)a->va;
     return FERRY_OK;
 
@@ -339,19 +341,22 @@ err_free:
 ferry_status_t ferry__ci_mem_free(void *vctx, void *addr)
 {
     ci_ctx_t *ctx = vctx;
-    ci_alloc_t **pa, *a;
+    ci_alloc_t *a = NULL;
+    ferry__list_t *l, *tmp;
 
-    for (pa = &ctx->allocs; *pa != NULL && (*pa)->va != (CUdeviceptr)(uintptr_t)addr;
-         pa = &(*pa)->next)
-        ;
-    a = *pa;
+    ferry__list_each(l, tmp, &ctx->allocs) {
+        a = ferry__container_of(l, ci_alloc_t, link);
+        if (a->va == (CUdeviceptr)(uintptr_t)addr)
+            break;
+        a = NULL;
+    }
     if (a == NULL)
         return ferry__error(FERRY_ERR_NOT_FOUND, "cuda_ipc: %p starts no allocation",
                             addr);
     if (a->regs > 0)
         return ferry__error(FERRY_ERR_BUSY, "cuda_ipc: %u registration(s) still use "
                             "the allocation at %p", a->regs, addr);
-    *pa = a->next;
+    ferry__list_del(&a->link);
     ci_alloc_unmap(ctx->cu, a);
     free(a);
     return FERRY_OK;
@@ -359,12 +364,14 @@ ferry_status_t ferry__ci_mem_free(void *vctx, void *addr)
 
 void ferry__ci_allocs_free(ci_ctx_t *ctx)
 {
-    while (ctx->allocs != NULL) {
-        ci_alloc_t *a = ctx->allocs;
+    ferry__list_t *l, *tmp;
+
+    ferry__list_each(l, tmp, &ctx->allocs) {
+        ci_alloc_t *a = ferry__container_of(l, ci_alloc_t, link);
 
         ferry__debug("cuda_ipc: freeing a GPU allocation of %zu B the user left",
                      a->size);
-        ctx->allocs = a->next;
+        ferry__list_del(&a->link);
         ci_alloc_unmap(ctx->cu, a);
         free(a);
     }

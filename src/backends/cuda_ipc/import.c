@@ -57,6 +57,7 @@ ferry_status_t ferry__ci_conn_open(void *vctx, const uint8_t *addr, size_t len,
         return st;
     }
     conn->ctx = ctx;
+    ferry__list_init(&conn->maps);
     snprintf(conn->name, sizeof(conn->name), "%s", peer->name);
     *conn_p = conn;
     return FERRY_OK;
@@ -198,10 +199,12 @@ static ferry_status_t ci_map_open(ci_conn_t *conn, const uint8_t *data, size_t l
     ferry__rbuf_t r;
     const uint8_t *uuid;
     ci_map_t *m;
+    ferry__list_t *l, *tmp;
     ferry_status_t st;
     int type, device = -1;
 
-    for (m = conn->maps; m != NULL; m = m->next) {
+    ferry__list_each(l, tmp, &conn->maps) {
+        m = ferry__container_of(l, ci_map_t, link);
         if (m->keylen == len && memcmp(m->key, data, len) == 0) {
             m->refs++;
             *map_p = m;
@@ -263,8 +266,7 @@ done:
     m->refs = 1;
     m->keylen = len;
     memcpy(m->key, data, len);
-    m->next = conn->maps;
-    conn->maps = m;
+    ferry__list_add(&conn->maps, &m->link);
     *map_p = m;
     return FERRY_OK;
 
@@ -297,12 +299,9 @@ ferry_status_t ferry__ci_rkey_open(void *vctx, void *vconn, const uint8_t *data,
 void ferry__ci_rkey_close(void *vctx, void *vrkey)
 {
     ci_rkey_t *rk = vrkey;
-    ci_map_t **pp;
 
     if (--rk->map->refs == 0) {
-        for (pp = &rk->conn->maps; *pp != rk->map; pp = &(*pp)->next)
-            ;
-        *pp = rk->map->next;
+        ferry__list_del(&rk->map->link);
         ci_map_close(vctx, rk->map);
         free(rk->map);
     }

@@ -2,7 +2,8 @@
  * UCX connections: an endpoint per peer, on a worker of its own, watched
  * for the peer's death; aborting a connection; and the remote keys
  * unpacked on it, which a reconnect unpacks again. Everything here runs
- * under the agent's lock except the runs that ucx_runs_wait() waits for.
+ * under the agent's lock; before a mapping goes away, ucx_runs_wait() lets
+ * the run()s copying into it (xfer.c) end.
  *
  * Liveness. UCX's shared-memory transports (posix, sysv, cma) cannot serve
  * an endpoint in peer error handling mode: asking for it leaves only TCP,
@@ -248,13 +249,16 @@ static void ucx_runs_wait(ucx_conn_t *conn)
  * unpacked again on the next connect. A polite close is tried first only
  * when nothing is in flight and the peer is not known to be gone.
  */
-static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn,
-                           bool polite)
+static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
 {
+    ferry__list_t *l, *tmp;
+
     ucx_runs_wait(conn);
     if (conn->worker == NULL)
         return;
-    for (ucx_rkey_t *k = conn->rkeys; k != NULL; k = k->next) {
+    ferry__list_each(l, tmp, &conn->rkeys) {
+        ucx_rkey_t *k = ferry__container_of(l, ucx_rkey_t, link);
+
         if (k->rkey != NULL)
             ucp_rkey_destroy(k->rkey);
         k->rkey = NULL;
@@ -267,7 +271,7 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn,
         conn->ep = NULL;
         return;
     }
-    if (polite && conn->flushes == NULL && conn->failed == UCS_OK)
+    if (polite && ferry__list_empty(&conn->flushes) && conn->failed == UCS_OK)
         ucx_ep_close(conn);
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
     pthread_once(&ucx_log_once, ucx_log_install);
@@ -278,15 +282,15 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn,
     conn->ep = NULL;
 }
 
-void ferry__ucx_unlink(ucx_req_t *r)
+/* Takes the connection's first flush in flight off its list, orphaned: its
+ * completion, if UCX still calls it, reports nothing (ucx_flush_done). */
+static ucx_req_t *ucx_orphan_first(ucx_conn_t *conn)
 {
-    if (r->prev != NULL)
-        r->prev->next = r->next;
-    else
-        r->conn->flushes = r->next;
-    if (r->next != NULL)
-        r->next->prev = r->prev;
-    r->prev = r->next = NULL;
+    ucx_req_t *r = ferry__container_of(conn->flushes.next, ucx_req_t, link);
+
+    ferry__list_del(&r->link);
+    r->conn = NULL;
+    return r;
 }
 
 /*
@@ -300,19 +304,19 @@ ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why
     ucx_ctx_t *ctx = vctx;
     ucx_conn_t *conn = vconn;
     struct ucx_done { ferry__bk_done_cb cb; void *arg; } *done;
+    ferry__list_t *l, *tmp;
     size_t n = 0, i = 0;
 
     /* Our own agent on the other side: its batches finish by themselves. */
     if (!conn->own_worker)
-        return conn->flushes != NULL ? FERRY_IN_PROGRESS : FERRY_OK;
-    for (ucx_req_t *r = conn->flushes; r != NULL; r = r->next)
+        return !ferry__list_empty(&conn->flushes) ? FERRY_IN_PROGRESS : FERRY_OK;
+    ferry__list_each(l, tmp, &conn->flushes)
         n++;
     done = n > 0 ? malloc(n * sizeof(*done)) : NULL;
-    while (conn->flushes != NULL) {
-        ucx_req_t *r = conn->flushes;
+    while (!ferry__list_empty(&conn->flushes)) {
+        /* The request itself dies with the worker. */
+        ucx_req_t *r = ucx_orphan_first(conn);
 
-        ferry__ucx_unlink(r);
-        r->conn = NULL; /* the request itself dies with the worker */
         if (done != NULL) {
             done[i++] = (struct ucx_done){r->cb, r->arg};
         } else {
@@ -370,6 +374,9 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a connection");
     conn->pidfd = -1;
     conn->efd = -1;
+    ferry__list_init(&conn->flushes);
+    ferry__list_init(&conn->rkeys);
+    ferry__list_init(&conn->link);
     snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
     memcpy(conn->addr, addr, len);
     conn->err_mode = peer->same_host && !ctx->local_err_mode
@@ -382,10 +389,7 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
             goto err_free;
     }
     FERRY_CHECK_GOTO(ucx_connect(ctx, conn), st, err_unwatch);
-    conn->next = ctx->conns;
-    if (ctx->conns != NULL)
-        ctx->conns->prev = conn;
-    ctx->conns = conn;
+    ferry__list_add(&ctx->conns, &conn->link);
     *conn_p = conn;
     return FERRY_OK;
 
@@ -407,19 +411,10 @@ void ferry__ucx_conn_close(void *vctx, void *vconn)
     /* The core closes a connection only once no request uses it and its
      * keys are closed; a flush left here would be a late callback, which
      * must not find this memory. */
-    while (conn->flushes != NULL) {
-        ucx_req_t *r = conn->flushes;
-
-        ferry__ucx_unlink(r);
-        r->conn = NULL;
-    }
+    while (!ferry__list_empty(&conn->flushes))
+        (void)ucx_orphan_first(conn);
     ucx_disconnect(ctx, conn, true);
-    if (conn->prev != NULL)
-        conn->prev->next = conn->next;
-    else
-        ctx->conns = conn->next;
-    if (conn->next != NULL)
-        conn->next->prev = conn->prev;
+    ferry__list_del(&conn->link);
     free(conn);
 }
 
@@ -448,10 +443,7 @@ ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
             return ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);
         }
     }
-    k->next = conn->rkeys;
-    if (conn->rkeys != NULL)
-        conn->rkeys->prev = k;
-    conn->rkeys = k;
+    ferry__list_add(&conn->rkeys, &k->link);
     *rkey_p = k;
     return FERRY_OK;
 }
@@ -465,12 +457,7 @@ void ferry__ucx_rkey_close(void *vctx, void *vkey)
     ucx_runs_wait(k->conn);
     if (k->rkey != NULL)
         ucp_rkey_destroy(k->rkey);
-    if (k->next != NULL)
-        k->next->prev = k->prev;
-    if (k->prev != NULL)
-        k->prev->next = k->next;
-    else
-        k->conn->rkeys = k->next;
+    ferry__list_del(&k->link);
     free(k);
 }
 
@@ -480,11 +467,14 @@ void ferry__ucx_rkey_close(void *vctx, void *vkey)
  * count on it. */
 ferry_status_t ferry__ucx_reconnect(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
+    ferry__list_t *l, *tmp;
     ferry_status_t st;
     ucs_status_t s;
 
     FERRY_CHECK(ucx_connect(ctx, conn));
-    for (ucx_rkey_t *k = conn->rkeys; k != NULL; k = k->next) {
+    ferry__list_each(l, tmp, &conn->rkeys) {
+        ucx_rkey_t *k = ferry__container_of(l, ucx_rkey_t, link);
+
         s = ucp_ep_rkey_unpack(conn->ep, k->packed, &k->rkey);
         if (s != UCS_OK) {
             st = ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);

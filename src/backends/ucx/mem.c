@@ -23,13 +23,15 @@ ferry_status_t ferry__ucx_mem_register(void *vctx, const ferry_desc_t *desc,
     ucx_ctx_t *ctx = vctx;
     ucx_reg_t *reg;
     ucp_mem_map_params_t mp = {0};
+    ferry__list_t *l, *tmp;
     ucs_status_t s;
     ferry_status_t st;
 
     reg = calloc(1, sizeof(*reg));
     if (reg == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a registration");
-    for (ucx_alloc_t *a = ctx->allocs; a != NULL; a = a->next) {
+    ferry__list_each(l, tmp, &ctx->allocs) {
+        ucx_alloc_t *a = ferry__container_of(l, ucx_alloc_t, link);
         uintptr_t start = (uintptr_t)a->addr;
 
         if (desc->addr >= start && desc->addr - start <= a->len &&
@@ -131,8 +133,7 @@ ferry_status_t ferry__ucx_mem_alloc(void *vctx, size_t len,
     }
     a->addr = attr.address;
     a->len = attr.length;
-    a->next = ctx->allocs;
-    ctx->allocs = a;
+    ferry__list_add(&ctx->allocs, &a->link);
     *addr_p = a->addr;
     return FERRY_OK;
 }
@@ -140,18 +141,22 @@ ferry_status_t ferry__ucx_mem_alloc(void *vctx, size_t len,
 ferry_status_t ferry__ucx_mem_free(void *vctx, void *addr)
 {
     ucx_ctx_t *ctx = vctx;
-    ucx_alloc_t **pa, *a;
+    ucx_alloc_t *a = NULL;
+    ferry__list_t *l, *tmp;
     ucs_status_t s;
 
-    for (pa = &ctx->allocs; *pa != NULL && (*pa)->addr != addr; pa = &(*pa)->next)
-        ;
-    a = *pa;
+    ferry__list_each(l, tmp, &ctx->allocs) {
+        a = ferry__container_of(l, ucx_alloc_t, link);
+        if (a->addr == addr)
+            break;
+        a = NULL;
+    }
     if (a == NULL)
         return ferry__error(FERRY_ERR_NOT_FOUND, "ucx: %p starts no allocation", addr);
     if (a->regs > 0)
         return ferry__error(FERRY_ERR_BUSY, "ucx: %u registration(s) still use "
                             "the allocation at %p", a->regs, addr);
-    *pa = a->next;
+    ferry__list_del(&a->link);
     s = ucp_mem_unmap(ctx->context, a->memh);
     free(a);
     if (s != UCS_OK)
@@ -161,11 +166,13 @@ ferry_status_t ferry__ucx_mem_free(void *vctx, void *addr)
 
 void ferry__ucx_allocs_free(ucx_ctx_t *ctx)
 {
-    while (ctx->allocs != NULL) {
-        ucx_alloc_t *a = ctx->allocs;
+    ferry__list_t *l, *tmp;
+
+    ferry__list_each(l, tmp, &ctx->allocs) {
+        ucx_alloc_t *a = ferry__container_of(l, ucx_alloc_t, link);
 
         ferry__debug("ucx: freeing an allocation of %zu B the user left", a->len);
-        ctx->allocs = a->next;
+        ferry__list_del(&a->link);
         (void)ucp_mem_unmap(ctx->context, a->memh);
         free(a);
     }

@@ -172,6 +172,8 @@ static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
     if (ctx == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a context");
     ctx->epfd = -1;
+    ferry__list_init(&ctx->conns);
+    ferry__list_init(&ctx->allocs);
     ctx->nt_min = ferry__copy_nt_min();
 
     st = ucx_context(agent_name, tls, &ctx->context, &ctx->memory_types);
@@ -241,8 +243,11 @@ static unsigned ucx_progress(void *vctx)
 {
     ucx_ctx_t *ctx = vctx;
     unsigned n = ucp_worker_progress(ctx->worker), shared = n;
+    ferry__list_t *l, *tmp;
 
-    for (ucx_conn_t *c = ctx->conns; c != NULL; c = c->next) {
+    ferry__list_each(l, tmp, &ctx->conns) {
+        ucx_conn_t *c = ferry__container_of(l, ucx_conn_t, link);
+
         if (!c->own_worker) {
             c->events += shared;
         } else if (c->worker != NULL) {
@@ -282,11 +287,15 @@ static ferry_status_t ucx_arm_one(ucp_worker_h worker)
 static ferry_status_t ucx_arm(void *vctx)
 {
     ucx_ctx_t *ctx = vctx;
+    ferry__list_t *l, *tmp;
 
     FERRY_CHECK(ucx_arm_one(ctx->worker));
-    for (ucx_conn_t *c = ctx->conns; c != NULL; c = c->next)
+    ferry__list_each(l, tmp, &ctx->conns) {
+        ucx_conn_t *c = ferry__container_of(l, ucx_conn_t, link);
+
         if (c->own_worker && c->worker != NULL)
             FERRY_CHECK(ucx_arm_one(c->worker));
+    }
     return FERRY_OK;
 }
 

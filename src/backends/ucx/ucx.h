@@ -12,6 +12,7 @@
 #define FERRY_BACKENDS_UCX_UCX_H
 
 #include "backends/backend.h"
+#include "util/list.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -26,7 +27,7 @@ typedef struct ucx_alloc {
     size_t len;
     ucp_mem_h memh;
     unsigned regs; /* registrations using it */
-    struct ucx_alloc *next;
+    ferry__list_t link; /* ctx->allocs */
 } ucx_alloc_t;
 
 typedef struct ucx_ctx {
@@ -37,11 +38,11 @@ typedef struct ucx_ctx {
     uint64_t memory_types;
     bool local_err_mode; /* same-host peers get UCX error handling too */
     int epfd; /* every worker's event fd and the watched peers' pidfds */
-    struct ucx_conn *conns; /* every open connection */
+    ferry__list_t conns; /* every open connection (ucx_conn_t) */
     struct ucx_conn **watched; /* same-host connections */
     size_t nwatched, capwatched;
     uint64_t next_check_ns;
-    ucx_alloc_t *allocs;
+    ferry__list_t allocs; /* ucx_alloc_t */
     size_t nt_min; /* mapped copies this large bypass the cache */
 } ucx_ctx_t;
 
@@ -58,7 +59,7 @@ typedef struct ucx_req {
     ferry__bk_done_cb cb;
     void *arg;
     struct ucx_conn *conn; /* NULL once orphaned by a dead peer */
-    struct ucx_req *prev, *next;
+    ferry__list_t link;    /* conn->flushes */
     ucs_status_t deferred; /* an error from posting, reported at flush end */
 } ucx_req_t;
 
@@ -72,7 +73,7 @@ typedef struct ucx_rkey {
     uintptr_t delta;
     uint64_t probe; /* a remote address in the region, once it was mapped */
     struct ucx_conn *conn;
-    struct ucx_rkey *prev, *next; /* the connection's keys */
+    ferry__list_t link; /* conn->rkeys */
     uint8_t packed[];
 } ucx_rkey_t;
 
@@ -87,10 +88,10 @@ typedef struct ucx_conn {
     bool watched;        /* same host: liveness through pid/pidfd */
     int pidfd;           /* -1 when pidfd_open was refused */
     pid_t pid;
-    ucx_req_t *flushes; /* in flight on this endpoint */
-    atomic_uint runs;   /* run()s copying into its mapped keys */
-    ucx_rkey_t *rkeys;
-    struct ucx_conn *prev, *next; /* ctx->conns */
+    ferry__list_t flushes; /* in flight on this endpoint (ucx_req_t) */
+    atomic_uint runs;      /* run()s copying into its mapped keys */
+    ferry__list_t rkeys;   /* ucx_rkey_t */
+    ferry__list_t link;    /* ctx->conns */
     char peer_name[256];
     uint8_t addr[]; /* the peer's worker address, for reconnecting */
 } ucx_conn_t;
@@ -110,10 +111,8 @@ ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn, const uint8_t *data
 void ferry__ucx_rkey_close(void *vctx, void *vkey);
 /* Reopens a connection after an abort (its worker is NULL). */
 ferry_status_t ferry__ucx_reconnect(ucx_ctx_t *ctx, ucx_conn_t *conn);
-/* Takes a flush off its connection's list of flushes in flight. */
-void ferry__ucx_unlink(ucx_req_t *r);
-/* From progress(): fails, at most every so often, the connections of
- * same-host peers whose process has ended. */
+/* Fails the connections of same-host peers whose process has ended (from
+ * progress(), every so often). */
 void ferry__ucx_check_liveness(ucx_ctx_t *ctx);
 
 /* xfer.c: posts. */

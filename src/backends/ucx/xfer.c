@@ -41,7 +41,7 @@ static void ucx_flush_done(void *request, ucs_status_t status,
         ucp_request_free(request);
         return;
     }
-    ferry__ucx_unlink(r);
+    ferry__list_del(&r->link);
     if (r->deferred != UCS_OK)
         status = r->deferred;
     if (status != UCS_OK && r->conn->failed != UCS_OK)
@@ -200,10 +200,6 @@ ferry_status_t ferry__ucx_post(void *vctx, void *vconn, void *plan,
     r->arg = arg;
     r->conn = conn;
     r->deferred = deferred;
-    r->prev = NULL;
-    r->next = conn->flushes;
-    if (conn->flushes != NULL)
-        conn->flushes->prev = r;
-    conn->flushes = r;
+    ferry__list_add(&conn->flushes, &r->link);
     return FERRY_IN_PROGRESS;
 }
