@@ -1,0 +1,141 @@
+/*
+ * The UCX backend's private header: the types its files share (the context,
+ * allocations, registrations, connections, remote keys and our part of
+ * every UCX request) and the functions one file offers the others. The
+ * files: ucx.c (the context, its workers' progress and sleep, the ops
+ * table), conn.c (connections, liveness, aborts, remote keys), xfer.c
+ * (posts: UCX's put/get and flush, and the mapped-memory fast path),
+ * mem.c (registrations and allocations). Not installed; the core sees only
+ * the ops table (backends/backend.h).
+ */
+#ifndef FERRY_BACKENDS_UCX_UCX_H
+#define FERRY_BACKENDS_UCX_UCX_H
+
+#include "backends/backend.h"
+#include "util/list.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <ucp/api/ucp.h>
+
+/* A segment from mem_alloc(); registrations inside it share its handle. */
+typedef struct ucx_alloc {
+    void *addr;
+    size_t len;
+    ucp_mem_h memh;
+    unsigned regs; /* registrations using it */
+    ferry__list_t link; /* ctx->allocs */
+} ucx_alloc_t;
+
+typedef struct ucx_ctx {
+    ucp_context_h context;
+    ucp_worker_h worker; /* serves peers; its address is advertised */
+    ucp_address_t *address;
+    size_t address_len;
+    uint64_t memory_types;
+    bool local_err_mode; /* same-host peers get UCX error handling too */
+    int epfd; /* every worker's event fd and the watched peers' pidfds */
+    ferry__list_t conns; /* every open connection (ucx_conn_t) */
+    struct ucx_conn **watched; /* same-host connections */
+    size_t nwatched, capwatched;
+    uint64_t next_check_ns;
+    ferry__list_t allocs; /* ucx_alloc_t */
+    size_t nt_min; /* mapped copies this large bypass the cache */
+} ucx_ctx_t;
+
+typedef struct ucx_reg {
+    ucp_mem_h memh;
+    ucx_alloc_t *alloc; /* the allocation it lies in, or NULL */
+    void *rkey_buf;
+    size_t rkey_len;
+} ucx_reg_t;
+
+/* Our part of every UCX request (request_size): the flush's completion,
+ * linked into its connection's list of flushes in flight. */
+typedef struct ucx_req {
+    ferry__bk_done_cb cb;
+    void *arg;
+    struct ucx_conn *conn; /* NULL once orphaned by a dead peer */
+    ferry__list_t link;    /* conn->flushes */
+    ucs_status_t deferred; /* an error from posting, reported at flush end */
+} ucx_req_t;
+
+/* A remote key, unpacked on its connection's current endpoint: NULL after
+ * an abort until the next post unpacks it again from the packed copy; and
+ * whether the region is mapped here (ucp_rkey_ptr): then remote address a
+ * is local address a + delta, for as long as the key stays unpacked. */
+typedef struct ucx_rkey {
+    ucp_rkey_h rkey;
+    enum { UCX_PTR_UNKNOWN, UCX_PTR_MAPPED, UCX_PTR_NONE } ptr;
+    uintptr_t delta;
+    uint64_t probe; /* a remote address in the region, once it was mapped */
+    struct ucx_conn *conn;
+    ferry__list_t link; /* conn->rkeys */
+    uint8_t packed[];
+} ucx_rkey_t;
+
+typedef struct ucx_conn {
+    ucp_worker_h worker; /* NULL after an abort */
+    bool own_worker;     /* false: the context's (a loopback connection) */
+    ucp_ep_h ep;
+    int efd;             /* the worker's event fd, in ctx->epfd */
+    uint64_t events;     /* events its worker handled: the stall check's mark */
+    ucp_err_handling_mode_t err_mode;
+    ucs_status_t failed; /* UCS_OK until the peer is known to be gone */
+    bool watched;        /* same host: liveness through pid/pidfd */
+    int pidfd;           /* -1 when pidfd_open was refused */
+    pid_t pid;
+    ferry__list_t flushes; /* in flight on this endpoint (ucx_req_t) */
+    atomic_uint runs;      /* run()s copying into its mapped keys */
+    ferry__list_t rkeys;   /* ucx_rkey_t */
+    ferry__list_t link;    /* ctx->conns */
+    char peer_name[256];
+    uint8_t addr[]; /* the peer's worker address, for reconnecting */
+} ucx_conn_t;
+
+/* ucx.c: records "ucx: <call>: <ucs text>" (and the peer, if not NULL) and
+ * returns the mapped status. */
+ferry_status_t ferry__ucx_error(ucs_status_t s, const char *call, const char *peer);
+
+/* conn.c: connections, liveness and keys. */
+ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr, size_t len,
+                                    const ferry__bk_peer_t *peer, void **conn_p);
+void ferry__ucx_conn_close(void *vctx, void *vconn);
+ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why);
+uint64_t ferry__ucx_conn_events(void *vctx, void *vconn);
+ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn, const uint8_t *data,
+                                    size_t len, void **rkey_p);
+void ferry__ucx_rkey_close(void *vctx, void *vkey);
+/* Reopens a connection after an abort (its worker is NULL). */
+ferry_status_t ferry__ucx_reconnect(ucx_ctx_t *ctx, ucx_conn_t *conn);
+/* Fails the connections of same-host peers whose process has ended (from
+ * progress(), every so often). */
+void ferry__ucx_check_liveness(ucx_ctx_t *ctx);
+
+/* xfer.c: posts. */
+ferry_status_t ferry__ucx_prepare(void *vctx, void *vconn, const ferry__bk_seg_t *segs,
+                                  size_t n, void **plan_p);
+ferry_status_t ferry__ucx_post(void *vctx, void *vconn, void *plan, ferry_xfer_op_t op,
+                               const ferry__bk_seg_t *segs, size_t n,
+                               ferry__bk_done_cb cb, void *arg);
+ferry_status_t ferry__ucx_run(void *vctx, void *vconn, void *plan, ferry_xfer_op_t op,
+                              const ferry__bk_seg_t *segs, size_t n);
+/* Where remote address raddr of rk's region lies in this process, or NULL
+ * if it is not mapped here. */
+void *ferry__ucx_mapped(ucx_rkey_t *rk, uint64_t raddr);
+
+/* mem.c: registrations and allocations. */
+ferry_status_t ferry__ucx_mem_register(void *vctx, const ferry_desc_t *desc,
+                                       void **lreg_p);
+ferry_status_t ferry__ucx_mem_pack(void *vctx, void *lreg, ferry__wbuf_t *out);
+void ferry__ucx_mem_deregister(void *vctx, void *lreg);
+ferry_status_t ferry__ucx_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kind,
+                                    void **addr_p);
+ferry_status_t ferry__ucx_mem_free(void *vctx, void *addr);
+/* Frees the allocations the user left (the context goes away). */
+void ferry__ucx_allocs_free(ucx_ctx_t *ctx);
+
+#endif
