@@ -17,8 +17,10 @@
 
 #define TEST_SKIP_CODE 77
 
-/* Atomic: threads of one test may fail at once. */
-static _Atomic int test_failures;
+/* The process's count of failed checks, defined once in the test library
+ * (tests/lib/util.c) so that checks inside library functions count too.
+ * Atomic: threads of one test may fail at once. */
+extern _Atomic int test_failures;
 
 #define TEST_FAIL_AT_(...)                                                    \
     do {                                                                      \

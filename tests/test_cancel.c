@@ -17,53 +17,22 @@
  * Also: cancel of a finished and of a never-posted request leaves them as
  * they were; a second request in flight on the same connection ends with
  * CANCELED too, as ferry.h says, and may be posted again; completion queue
- * entries report CANCELED and TIMEOUT. The target is a separate process
- * (this binary again) whose progress thread serves every transfer.
+ * entries report CANCELED and TIMEOUT. The target is the shared serving
+ * target (target.h), whose progress thread serves every transfer.
  */
-#include "xfer_util.h"
+#include "target.h"
 
 #define TCAP (64ull << 20) /* the target's buffer */
 #define BIG (16ull << 20)  /* large enough to stall on a stopped target */
 #define SEC 1000000000ll
 
-enum { M_HELLO = 1, M_QUIT };
-
-static pid_t target_pid;
+static xt_target_t target;
 static uint64_t seed;
 static test_rng_t rng;
 
-static int target_main(int fd)
-{
-    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
-                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
-                               .name = "cancel-target", .progress_thread = 1};
-    ferry_agent_t *agent;
-    ferry_mem_t *mem;
-    uint8_t *buf = xu_alloc_buf(TCAP);
-    ferry_desc_t d = {(uintptr_t)buf, TCAP, FERRY_MEM_HOST, 0};
-    xu_msg_t m;
-
-    alarm(300);
-    memset(buf, 0, TCAP);
-    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
-    if (xu_send_blob(fd, agent, M_HELLO, 0, d.addr, TCAP) != 0)
-        return 1;
-    /* The progress thread serves every transfer; this thread only waits. */
-    if (xu_recv_msg(fd, &m, M_QUIT, 280000, NULL) != 0)
-        return 1;
-    ferry_mem_deregister(mem);
-    ferry_agent_destroy(agent);
-    free(buf);
-    return 0;
-}
-
 static void resume_target(void)
 {
-    int ws;
-
-    kill(target_pid, SIGCONT);
-    ASSERT_TRUE(waitpid(target_pid, &ws, WCONTINUED) == target_pid && WIFCONTINUED(ws));
+    xu_cont_child(target.pid);
 }
 
 /* A registered, page-aligned local buffer filled with pattern iter. */
@@ -249,7 +218,7 @@ static void expect_completions(ferry_agent_t *agent, size_t n, void *const *user
     }
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
     ferry_agent_params_t sp = {.field_mask = FERRY_AGENT_PARAM_NAME |
                                              FERRY_AGENT_PARAM_STALL_TIMEOUT,
@@ -258,30 +227,25 @@ int main(int argc, char **argv)
                                .name = "cancel-initiator"};
     ferry_agent_t *agent, *stall_agent;
     ferry_peer_t *peer, *stall_peer;
+    xt_opts_t to = {.name = "cancel-target", .progress_thread = 1, .nbuf = 1,
+                    .buf = {{XM_HOST, TCAP, 0, 0}}};
     ferry_status_t st;
     uint64_t rbase;
-    void *blob;
-    xu_msg_t m;
-    int fd;
 
-    if (argc >= 3 && strcmp(argv[1], "--target") == 0)
-        return target_main(atoi(argv[2]));
     setvbuf(stdout, NULL, _IOLBF, 0);
     seed = xu_seed(0xca9ce1ull);
     rng.s = seed;
     printf("test_cancel: seed %" PRIu64 " (set FERRY_TEST_SEED to replay)\n", seed);
-    fd = xu_spawn(argv[0], "--target", "", "", &target_pid);
-    ASSERT_TRUE(fd >= 0);
+    to.seed = seed;
+    ASSERT_TRUE(xt_start(&target, &to) == 0);
     alarm(240); /* a hang fails the test; the target dies with us */
 
-    blob = xu_recv_blob(fd, &m, M_HELLO, 60000);
-    ASSERT_TRUE(blob != NULL && m.b == TCAP);
-    rbase = m.a;
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
+    ASSERT_TRUE(xt_connect(&target, agent, &peer) == 0);
+    ASSERT_TRUE(target.buf[0].reg == TCAP);
+    rbase = target.buf[0].addr;
     ASSERT_ST(FERRY_OK, ferry_agent_create(&sp, &stall_agent));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(stall_agent, blob, (size_t)m.iter, &stall_peer));
-    free(blob);
+    ASSERT_TRUE(xt_load(&target, stall_agent, &stall_peer) == 0);
     check_connection(agent, peer, rbase, 1, "before anything");
     check_connection(stall_agent, stall_peer, rbase, 2, "before anything (stall agent)");
 
@@ -334,7 +298,7 @@ int main(int argc, char **argv)
         ferry_status_t cst;
         quarantine_t qw, qr;
 
-        xu_stop_child(target_pid);
+        xu_stop_child(target.pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(r));
         EXPECT_ST(FERRY_ERR_TIMEOUT, ferry_xfer_wait(w, SEC / 5));
@@ -367,7 +331,7 @@ int main(int argc, char **argv)
         ferry_xfer_t *r = prepare(agent, FERRY_OP_READ, peer, &back, 0, rbase + roff, BIG,
                                   NULL);
 
-        xu_stop_child(target_pid);
+        xu_stop_child(target.pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         st = ferry_xfer_cancel(w);
         expect_end(w, FERRY_ERR_CANCELED, "canceled", st);
@@ -399,7 +363,7 @@ int main(int argc, char **argv)
         quarantine_t qw, qr;
         uint64_t t0;
 
-        xu_stop_child(target_pid);
+        xu_stop_child(target.pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(r));
         t0 = xu_now_ns();
@@ -432,7 +396,7 @@ int main(int argc, char **argv)
         ferry_completion_t c;
         quarantine_t qw, qr;
 
-        xu_stop_child(target_pid);
+        xu_stop_child(target.pid);
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(w));
         ASSERT_ST(FERRY_IN_PROGRESS, ferry_xfer_post(r));
         ferry_xfer_release(w);
@@ -445,16 +409,10 @@ int main(int argc, char **argv)
         resume_and_check(agent, peer, rbase, 14, "release in flight", &qw, &qr);
     }
 
-    ASSERT_TRUE(xu_send_msg(fd, M_QUIT, 0, 0, 0, 0) == 0);
     ferry_peer_forget(peer);
     ferry_peer_forget(stall_peer);
     ferry_agent_destroy(agent);
     ferry_agent_destroy(stall_agent);
-    {
-        int status = xu_reap(target_pid, 60000);
-
-        EXPECT_TRUE(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    }
-    close(fd);
+    EXPECT_TRUE(xt_quit(&target) == 0);
     return test_finish("test_cancel");
 }

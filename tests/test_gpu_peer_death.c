@@ -8,9 +8,11 @@
  * With the target's GPU memory shared the way --mem names (cuda: a
  * cuMemAlloc buffer, a legacy IPC handle; vmm: cuMemCreate memory, file
  * descriptors):
- *  1. a target process registers GPU memory and sends its blob; a WRITE of
- *     random bytes to a random offset and a READ of them back to another
- *     one are checked byte for byte, with the bytes around them;
+ *  1. a target process (the shared serving target, target.h, driving its
+ *     agent) registers GPU memory and sends its blob; a WRITE of random
+ *     bytes to a random offset is checked byte for byte in the target, with
+ *     every other byte of its buffer, and a READ of them back to another
+ *     offset here, with the bytes around it;
  *  2. a second WRITE and READ are prepared (the peer's memory opened for
  *     them), then the target is killed (SIGKILL) and reaped;
  *  3. posting the first WRITE and READ again, posting the second WRITE,
@@ -20,43 +22,14 @@
  *  4. forgetting the peer, deregistering and destroying the agent return.
  * Skipped (77) without a GPU.
  */
-#include "mem_util.h"
-#include "xfer_util.h"
+#include "target.h"
 
 #define CAP (8ull << 20)
 #define MAX_LEN (1ull << 20)
 #define GUARD 256
 #define WAIT_NS (30ll * 1000 * 1000 * 1000)
-#define CTRL_TIMEOUT_MS 60000
-
-enum { M_HELLO = 1 };
 
 static xm_kind_t kind = XM_CUDA;
-
-/* Registers GPU memory, sends the blob, and serves until killed. */
-static int target_main(int fd)
-{
-    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME,
-                               .name = "gpu-death-target"};
-    ferry_agent_t *agent;
-    ferry_mem_t *mem;
-    ferry_desc_t d;
-    xm_buf_t b;
-    xu_msg_t m;
-
-    alarm(120);
-    if (xm_alloc(&b, kind, CAP) != 0)
-        return 77;
-    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    d = xm_desc(kind, b.addr, CAP);
-    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
-    if (xu_send_blob(fd, agent, M_HELLO, 0, b.addr, CAP) != 0)
-        return 1;
-    /* Returns when the initiator closes the socket; it kills us first. */
-    while (xu_recv_msg(fd, &m, 0, CTRL_TIMEOUT_MS, agent) == 0)
-        ;
-    return 0;
-}
 
 /* A range of len bytes at a random offset inside [lo, hi), GUARD bytes
  * clear of both ends. */
@@ -98,19 +71,11 @@ int main(int argc, char **argv)
     ferry_status_t st;
     test_rng_t rng;
     xm_buf_t lb;
-    xu_msg_t m;
+    xt_target_t tgt;
     uint8_t *orig;
-    void *blob;
     uint64_t seed = xu_seed(0x9d0de47full), len, loff, loff2, roff, raddr, t0;
     CUstream stream;
-    pid_t pid;
-    int fd;
 
-    if (argc >= 4 && strcmp(argv[1], "--target") == 0) {
-        if (xm_parse(argv[3], &kind) != 0)
-            return 2;
-        return target_main(atoi(argv[2]));
-    }
     if (argc != 3 || strcmp(argv[1], "--mem") != 0 || xm_parse(argv[2], &kind) != 0 ||
         !xm_is_gpu(kind)) {
         fprintf(stderr, "usage: %s --mem cuda|vmm\n", argv[0]);
@@ -118,8 +83,12 @@ int main(int argc, char **argv)
     }
     if (xm_alloc(&lb, kind, CAP) != 0)
         return 77;
-    fd = xu_spawn(argv[0], "--target", xm_name(kind), NULL, &pid);
-    ASSERT_TRUE(fd >= 0);
+    {
+        xt_opts_t to = {.name = "gpu-death-target", .drive = 1, .seed = seed, .nbuf = 1,
+                        .buf = {{kind, CAP, 0, 0}}};
+
+        ASSERT_TRUE(xt_start(&tgt, &to) == 0);
+    }
     alarm(120);
     rng.s = seed;
     test_fill(lb.host, CAP, seed, 1, 0);
@@ -130,11 +99,8 @@ int main(int argc, char **argv)
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     d = xm_desc(kind, lb.addr, CAP);
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
-    blob = xu_recv_blob(fd, &m, M_HELLO, CTRL_TIMEOUT_MS);
-    ASSERT_TRUE(blob != NULL);
-    raddr = m.a;
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
-    free(blob);
+    ASSERT_TRUE(xt_connect(&tgt, agent, &peer) == 0);
+    raddr = tgt.buf[0].addr;
 
     /* 1. The peer works: WRITE the first half's range there, READ it back
      * into the second half, and compare, guard bytes included. */
@@ -149,7 +115,11 @@ int main(int argc, char **argv)
     ASSERT_ST(FERRY_OK, st);
     rd = prepare(agent, peer, FERRY_OP_READ, &lb, loff2, raddr, roff, len, &st);
     ASSERT_ST(FERRY_OK, st);
+    ASSERT_TRUE(xt_pattern(&tgt, 0, 0, CAP, XU_GUARD_ITER) == 0);
     ASSERT_ST(FERRY_OK, xu_post_wait(w, WAIT_NS));
+    /* The target holds the bytes at roff, and nothing else changed there. */
+    ASSERT_TRUE(xt_range(&tgt, 0, roff, len, loff) == 0);
+    ASSERT_TRUE(xt_check(&tgt, 0, 0, CAP, 1, XU_GUARD_ITER, "target after the WRITE") == 0);
     ASSERT_ST(FERRY_OK, xu_post_wait(rd, WAIT_NS));
     xm_from_dev(&lb, loff2 - GUARD, loff2 + len + GUARD);
     ASSERT_TRUE(memcmp(lb.host + loff2, orig + loff, len) == 0);
@@ -161,8 +131,7 @@ int main(int argc, char **argv)
     ASSERT_ST(FERRY_OK, st);
     r2 = prepare(agent, peer, FERRY_OP_READ, &lb, loff2, raddr, 0, len, &st);
     ASSERT_ST(FERRY_OK, st);
-    kill(pid, SIGKILL);
-    ASSERT_TRUE(xu_reap(pid, 10000) != -1);
+    ASSERT_TRUE(xt_kill(&tgt) != -1);
     /* The backend looks at the peer's process at most every 100 us
      * (CI_LIVENESS_NS): a post sooner after the death may still be taken. */
     usleep(1000);
@@ -193,7 +162,6 @@ int main(int argc, char **argv)
     ferry_peer_forget(peer);
     ASSERT_ST(FERRY_OK, ferry_mem_deregister(mem));
     ferry_agent_destroy(agent);
-    close(fd);
     xm_free(&lb);
     free(orig);
     return test_finish("test_gpu_peer_death");

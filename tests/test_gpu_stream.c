@@ -7,12 +7,12 @@
  * GPU memory: copies on the stream) and once through UCX (host memory: the
  * flag protocol serviced by the progress thread). Each pipeline moves a
  * random length between random unaligned places of its buffers (seed:
- * FERRY_TEST_SEED). Last, the peer is killed
+ * FERRY_TEST_SEED). The peer is the shared serving target (target.h) with
+ * a progress thread and two buffers, GPU and host. Last, the peer is killed
  * and the host-path pipeline enqueued again: the stream must still finish,
  * and the request must report the failure on the host.
  */
-#include "mem_util.h"
-#include "xfer_util.h"
+#include "target.h"
 
 #define GPU_N (1u << 20)
 #define HOST_N (256u << 10)
@@ -20,38 +20,7 @@
 #define DIRECT 10
 #define WAIT_MS 20000
 
-enum { M_HELLO = 1, M_QUIT };
-
-static pid_t child;
-
-static int target_main(int fd)
-{
-    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
-                                             FERRY_AGENT_PARAM_PROGRESS_THREAD,
-                               .name = "stream-target", .progress_thread = 1};
-    ferry_agent_t *agent;
-    ferry_mem_t *mem;
-    xm_buf_t g, h;
-    xu_msg_t m;
-
-    if (xm_alloc(&g, XM_CUDA, GPU_N) != 0 || xm_alloc(&h, XM_HOST, HOST_N) != 0)
-        return 77;
-    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    {
-        ferry_desc_t d[2] = {xm_desc(XM_CUDA, g.addr, GPU_N),
-                             xm_desc(XM_HOST, h.addr, HOST_N)};
-
-        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 2, &mem));
-    }
-    if (xu_send_blob(fd, agent, M_HELLO, 0, g.addr, h.addr) != 0)
-        return 1;
-    (void)xu_recv_msg(fd, &m, M_QUIT, 600000, NULL);
-    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
-    ferry_agent_destroy(agent);
-    xm_free(&g);
-    xm_free(&h);
-    return test_failures ? 1 : 0;
-}
+static xt_target_t tgt;
 
 /* Waits for the stream with a deadline: a stream-ordered transfer must never
  * hang the GPU. */
@@ -67,8 +36,7 @@ static void stream_sync(const ferry__cuda_t *cu, CUstream s, const char *what)
         if (xu_ms_since(t0) > WAIT_MS) {
             fprintf(stderr, "test_gpu_stream: %s: the stream is still busy after %d "
                             "ms\n", what, WAIT_MS);
-            if (child > 0) /* 0 once reaped: kill(0) would hit the whole group */
-                kill(child, SIGKILL);
+            xt_kill(&tgt);
             _exit(1);
         }
         usleep(20);
@@ -140,7 +108,7 @@ static void run_pipe(const ferry__cuda_t *cu, pipe_t *p, CUstream s)
     XM_CU(cu->cuGraphDestroy(graph));
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
                                              FERRY_AGENT_PARAM_PROGRESS_THREAD,
@@ -152,21 +120,17 @@ int main(int argc, char **argv)
     xm_buf_t in, out, g_src, g_dst, h_src, h_dst;
     pipe_t gp, hp;
     CUstream s;
-    uint8_t *blob;
-    xu_msg_t m;
-    int fd;
+    xt_opts_t to = {.name = "stream-target", .progress_thread = 1, .nbuf = 2,
+                    .buf = {{XM_CUDA, GPU_N, 0, 0}, {XM_HOST, HOST_N, 0, 0}}};
     test_rng_t rng = {xu_seed(0x57)};
     uint64_t goff[3], hoff[3]; /* offsets into src, dst and the peer's buffer */
     size_t gn = (size_t)test_rand_range(&rng, GPU_N / 2, GPU_N - 4096);
     size_t hn = (size_t)test_rand_range(&rng, HOST_N / 2, HOST_N - 4096);
 
-    if (argc >= 3 && strcmp(argv[1], "--target") == 0)
-        return target_main(atoi(argv[2]));
     setvbuf(stdout, NULL, _IOLBF, 0);
     if ((cu = xm_cuda()) == NULL)
         return 77;
-    fd = xu_spawn(argv[0], "--target", NULL, NULL, &child);
-    ASSERT_TRUE(fd >= 0);
+    ASSERT_TRUE(xt_start(&tgt, &to) == 0);
     alarm(280);
     if (xm_alloc(&in, XM_PINNED, GPU_N) || xm_alloc(&out, XM_PINNED, GPU_N) ||
         xm_alloc(&g_src, XM_CUDA, GPU_N) || xm_alloc(&g_dst, XM_CUDA, GPU_N) ||
@@ -182,10 +146,7 @@ int main(int argc, char **argv)
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 4, &mem));
     }
-    blob = xu_recv_blob(fd, &m, M_HELLO, 60000);
-    ASSERT_TRUE(blob != NULL);
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, m.iter, &peer));
-    free(blob);
+    ASSERT_TRUE(xt_connect(&tgt, agent, &peer) == 0);
 
     for (int i = 0; i < 3; i++) {
         goff[i] = test_rand_range(&rng, 0, GPU_N - gn);
@@ -202,14 +163,14 @@ int main(int argc, char **argv)
         ferry_desc_t l, r;
 
         l = xm_desc(XM_CUDA, gp.src, gn);
-        r = xm_target_desc(XM_CUDA, m.a + goff[2], gn);
+        r = xm_target_desc(XM_CUDA, tgt.buf[0].addr + goff[2], gn);
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                                NULL, &gp.w));
         l.addr = gp.dst;
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &l, 1, peer, &r, 1,
                                                NULL, &gp.r));
         l = (ferry_desc_t){hp.src, hn, FERRY_MEM_HOST, 0};
-        r = (ferry_desc_t){m.b + hoff[2], hn, FERRY_MEM_HOST, 0};
+        r = (ferry_desc_t){tgt.buf[1].addr + hoff[2], hn, FERRY_MEM_HOST, 0};
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
                                                NULL, &hp.w));
         l.addr = hp.dst;
@@ -225,9 +186,7 @@ int main(int argc, char **argv)
 
     /* The peer dies: the host-path pipeline must still let the stream go on,
      * and the request must say what happened. */
-    kill(child, SIGKILL);
-    (void)xu_reap(child, 10000);
-    child = 0;
+    xt_kill(&tgt);
     {
         uint8_t *o = (uint8_t *)(uintptr_t)hp.out;
 
@@ -245,6 +204,5 @@ int main(int argc, char **argv)
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
     ferry_agent_destroy(agent);
-    close(fd);
     return test_finish("test_gpu_stream");
 }

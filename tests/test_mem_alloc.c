@@ -1,22 +1,20 @@
 /*
  * ferry_mem_alloc / ferry_mem_free: memory from UCX's own allocator, moved
- * with one direct copy. A second process allocates, registers part of its
- * allocation and then blocks on its control socket without ever driving its
- * agent, while this process WRITEs into that memory and READs it back. On
+ * with one direct copy. A second process (the shared serving target,
+ * target.h) allocates, registers part of its allocation and then blocks on
+ * its control socket without ever driving its agent, while this process WRITEs into that memory and READs it back. On
  * memory ferry did not allocate, UCX 1.13 emulates one-sided operations
  * between processes with messages that only the target's progress answers,
  * so the transfers completing at all shows the direct path. The bytes that
  * arrive are checked on both sides, and so is every bad input (typed status,
  * detail text).
  */
-#include "xfer_util.h"
+#include "target.h"
 
 #define LEN (1u << 20)
 #define WAIT_NS (5ll * 1000 * 1000 * 1000)
 #define ITERS 8
 #define SEED 0xa110cull
-
-enum { MSG_BLOB = 1, MSG_VERIFY, MSG_VERDICT };
 
 static void check_bad_inputs(ferry_agent_t *a, ferry_agent_t *b)
 {
@@ -69,52 +67,24 @@ static void post_wait(ferry_xfer_t *x, const char *what)
         EXPECT_ST(FERRY_OK, st);
 }
 
-/* The second process: allocates, registers the first half, sends its blob
- * and the address, then only answers one verify request, never driving its
- * agent. Returns the exit code. */
-static int run_target(int fd)
+/* The target allocates LEN bytes with ferry_mem_alloc and registers the
+ * first half; it never drives its agent. It must be started before this
+ * process touches UCX. */
+static void start_target(xt_target_t *t)
 {
-    ferry_agent_t *a;
-    ferry_mem_t *m;
-    uint8_t *p;
-    xu_msg_t msg;
-    uint64_t bad;
+    xt_opts_t to = {.name = "alloc-target", .seed = SEED, .nbuf = 1,
+                    .buf = {{XM_HOST, LEN, LEN / 2, 1}}};
 
-    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &a));
-    ASSERT_ST(FERRY_OK, ferry_mem_alloc(a, LEN, FERRY_MEM_HOST, (void **)&p));
-    memset(p, 0, LEN);
-    ferry_desc_t d = {.addr = (uintptr_t)p, .len = LEN / 2, .kind = FERRY_MEM_HOST};
-    ASSERT_ST(FERRY_OK, ferry_mem_register(a, &d, 1, &m));
-    EXPECT_ST(FERRY_ERR_BUSY, ferry_mem_free(a, p));
-    EXPECT_ERR_HAS("registration");
-    if (xu_send_blob(fd, a, MSG_BLOB, 0, (uintptr_t)p, LEN / 2) != 0)
-        return 1;
-    /* No agent here: the wait does not drive progress. The request names
-     * the iteration, offset and length of the range the WRITEs went to. */
-    if (xu_recv_msg(fd, &msg, MSG_VERIFY, 60000, NULL) != 0 || msg.a + msg.b > LEN / 2)
-        return 1;
-    bad = test_verify_fast(p + msg.a, msg.b, SEED, msg.iter, 0);
-    for (size_t i = 0; i < LEN && bad == UINT64_MAX; i++)
-        if ((i < msg.a || i >= msg.a + msg.b) && p[i] != 0)
-            bad = i; /* written outside the range */
-    if (xu_send_msg(fd, MSG_VERDICT, 0, 0, bad, 0) != 0)
-        return 1;
-    EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
-    EXPECT_ST(FERRY_OK, ferry_mem_free(a, p));
-    ferry_agent_destroy(a);
-    return test_finish("test_mem_alloc (target)");
+    ASSERT_TRUE(xt_start(t, &to) == 0);
 }
 
-static void run_initiator(const char *argv0, ferry_agent_t *b)
+static void run_initiator(xt_target_t *t, ferry_agent_t *b)
 {
     ferry_mem_t *mb;
     ferry_peer_t *peer;
     ferry_xfer_t *w, *r;
-    xu_msg_t msg;
     uint8_t *ib;
-    void *blob;
-    pid_t pid = -1;
-    int fd = xu_spawn(argv0, "target", NULL, NULL, &pid), status;
+    long bad;
     /* One random length, at random places of the target's registered half
      * and of the initiator's two halves (WRITE from the first, READ back
      * into the second). */
@@ -124,14 +94,14 @@ static void run_initiator(const char *argv0, ferry_agent_t *b)
     uint64_t woff = test_rand_range(&rng, 0, LEN / 2 - n);
     uint64_t boff = test_rand_range(&rng, LEN / 2, LEN - n);
 
-    ASSERT_TRUE(fd >= 0);
-    blob = xu_recv_blob(fd, &msg, MSG_BLOB, 30000);
-    ASSERT_TRUE(blob != NULL && msg.b == LEN / 2);
-    ASSERT_ST(FERRY_OK, ferry_peer_load(b, blob, (size_t)msg.iter, &peer));
-    free(blob);
+    ASSERT_TRUE(xt_connect(t, b, &peer) == 0);
+    ASSERT_TRUE(t->buf[0].reg == LEN / 2 && t->buf[0].cap == LEN);
+    /* All of the target's allocation, registered or not, starts with the
+     * guard pattern: any byte outside the range that changes shows. */
+    ASSERT_TRUE(xt_pattern(t, 0, 0, LEN, XU_GUARD_ITER) == 0);
     printf("test_mem_alloc: %" PRIu64 " B from +%" PRIu64 " to the target's +%" PRIu64
            ", back to +%" PRIu64 "\n", n, woff, roff, boff);
-    ferry_desc_t rd = {.addr = msg.a + roff, .len = n, .kind = FERRY_MEM_HOST};
+    ferry_desc_t rd = {.addr = t->buf[0].addr + roff, .len = n, .kind = FERRY_MEM_HOST};
 
     /* The initiator's memory is allocated too. */
     ASSERT_ST(FERRY_OK, ferry_mem_alloc(b, LEN, FERRY_MEM_HOST, (void **)&ib));
@@ -157,33 +127,33 @@ static void run_initiator(const char *argv0, ferry_agent_t *b)
                 break;
             }
     }
-    ASSERT_TRUE(xu_send_msg(fd, MSG_VERIFY, 0, it - 1, roff, n) == 0);
-    ASSERT_TRUE(xu_recv_msg(fd, &msg, MSG_VERDICT, 30000, NULL) == 0);
-    if (msg.a != UINT64_MAX)
-        TEST_FAIL_AT_("target's memory wrong at byte %" PRIu64, msg.a);
+    /* The last WRITE's bytes in the range, the guard everywhere else. */
+    ASSERT_TRUE(xt_range(t, 0, roff, n, 0) == 0);
+    bad = xt_check(t, 0, 0, LEN, it - 1, XU_GUARD_ITER, "test_mem_alloc target");
+    if (bad != 0)
+        TEST_FAIL_AT_("the target's memory is wrong in %ld ranges or gaps (above)", bad);
 
     ferry_xfer_release(w);
     ferry_xfer_release(r);
     ferry_peer_forget(peer);
-    status = xu_reap(pid, 30000);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    close(fd);
+    EXPECT_TRUE(xt_quit(t) == 0);
     EXPECT_ST(FERRY_ERR_BUSY, ferry_mem_free(b, ib));
+    EXPECT_ERR_HAS("registration");
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mb));
     EXPECT_ST(FERRY_OK, ferry_mem_free(b, ib));
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
     ferry_agent_t *a, *b;
+    xt_target_t t;
     void *left;
 
-    if (argc >= 3 && strcmp(argv[1], "target") == 0)
-        return run_target(atoi(argv[2]));
+    start_target(&t);
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &a));
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &b));
     check_bad_inputs(a, b);
-    run_initiator(argv[0], b);
+    run_initiator(&t, b);
     /* An allocation left to the agent is freed with it (LeakSanitizer in
      * `make sanitize` would report it otherwise). */
     ASSERT_ST(FERRY_OK, ferry_mem_alloc(a, 4096, FERRY_MEM_HOST, &left));

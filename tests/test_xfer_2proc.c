@@ -5,7 +5,9 @@
  * against it and posts each one many times. The two talk over a socketpair
  * (the rendezvous store is tested elsewhere), and the second process is this
  * same binary started with fork + exec, so each process starts UCX in a
- * fresh image, as separate programs would.
+ * fresh image, as separate programs would. The target is the shared serving
+ * target (target.h): the initiator gives it each case's ranges, and it fills
+ * them (READ) or checks them (WRITE) on command.
  *
  * Each case is a batch size (1, 7, 1024 and 100 000 descriptors) with
  * random sizes (1 B up to 64 MiB, scaled down as batches grow so each post
@@ -32,8 +34,7 @@
  * timeouts), and =2 stops only after the first post of the first case (so
  * connection setup still gets the target's help).
  */
-#include "mem_util.h"
-#include "xfer_util.h"
+#include "target.h"
 
 #define HOST_CAP (96ull << 20)   /* each side's registered buffer, host runs */
 #define GPU_CAP (288ull << 20)   /* the same with GPU memory on either side */
@@ -41,17 +42,6 @@
 #define CTRL_TIMEOUT_MS 60000
 #define GUARD_MARGIN 4096        /* bytes checked around a case's window */
 #define WATCHDOG_S 280
-
-enum {
-    M_HELLO = 1, /* target: a = buffer address, b = its size, iter = blob length; blob follows */
-    M_CASE,      /* initiator: arg = case, iter = op, a = layout digest */
-    M_ACK,       /* target: arg = 1 if it agrees on the layout and is ready */
-    M_WRITTEN,   /* initiator: arg = case, iter = iteration, a = 1 on the last one */
-    M_VERDICT,   /* target: arg = 1 if every byte checked out, iter = iteration */
-    M_FILL,      /* initiator: arg = case, iter = iteration: fill the READ sources */
-    M_READY,     /* target: the sources hold iteration iter's data */
-    M_QUIT
-};
 
 typedef struct xcase {
     size_t n;
@@ -100,7 +90,8 @@ static int set_mem(const char *spec)
 }
 
 static uint64_t seed;
-static pid_t child_pid;
+static xt_target_t tgt;
+static long passive_target; /* FERRY_TEST_PASSIVE_TARGET */
 static unsigned busy_checked, busy_seen; /* in-flight re-posts tried / refused */
 
 static const char *op_name(ferry_xfer_op_t op)
@@ -108,8 +99,7 @@ static const char *op_name(ferry_xfer_op_t op)
     return op == FERRY_OP_WRITE ? "WRITE" : "READ";
 }
 
-/* Both processes derive a case's layout from the seed alone, so only a
- * digest has to cross the socket. */
+/* A case's layout, from the seed alone, so that a run can be replayed. */
 static void case_layout(unsigned c, xu_layout_t *l)
 {
     test_rng_t rng = {seed ^ ((uint64_t)(c + 1) * 0xA24BAED4963EE407ull)};
@@ -133,108 +123,40 @@ static void case_name(unsigned c, char *out, size_t len, const char *who)
              op_name(cases[c].op), cases[c].n, cases[c].max_len);
 }
 
-/* The destination check of one iteration: the window and a margin around
- * it on most iterations, the whole buffer on the last. */
+/* The part of a destination checked after one iteration: the window and a
+ * margin around it on most iterations, the whole buffer on the last. */
+static void check_span(const xu_side_t *s, int last, uint64_t *lo_p, uint64_t *hi_p)
+{
+    *lo_p = last ? 0 : s->lo > GUARD_MARGIN ? s->lo - GUARD_MARGIN : 0;
+    *hi_p = last ? CAP : s->hi + GUARD_MARGIN < CAP ? s->hi + GUARD_MARGIN : CAP;
+}
+
+/* The initiator's own check of a READ's destination. */
 static size_t check_iteration(xm_buf_t *xb, const xu_layout_t *l,
                               const xu_side_t *s, unsigned c, uint64_t i,
                               int last, const char *what)
 {
-    uint64_t lo = s->lo > GUARD_MARGIN ? s->lo - GUARD_MARGIN : 0;
-    uint64_t hi = s->hi + GUARD_MARGIN < CAP ? s->hi + GUARD_MARGIN : CAP;
-
+    uint64_t lo, hi;
     char where[160];
 
-    if (last) {
-        lo = 0;
-        hi = CAP;
-    }
+    check_span(s, last, &lo, &hi);
     snprintf(where, sizeof(where), "%s, iteration %" PRIu64, what, i);
     xm_from_dev(xb, lo, hi);
     return xu_check_dest(xb->host, l, s, lo, hi, seed, iter_id(c, i),
                          XU_GUARD_ITER + c, where);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Target                                                                   */
-/* ------------------------------------------------------------------------ */
-
-static int target_main(int fd)
+/* The target's check of a WRITE's destination. */
+static long check_target(const xu_layout_t *l, unsigned c, uint64_t i, int last)
 {
-    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "xfer-target"};
-    ferry_agent_t *agent = NULL;
-    ferry_agent_t *drive;
-    long passive;
-    ferry_mem_t *mem = NULL;
-    xm_buf_t xb;
-    xu_layout_t l = {0};
-    int have_layout = 0, failed = 0;
-    unsigned cur = 0;
-    char what[128] = "";
+    uint64_t lo, hi;
+    char where[160];
 
-    alarm(WATCHDOG_S + 10);
-    if (xm_alloc(&xb, mem_target, CAP) != 0)
-        return 1;
-    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    passive = xu_env_long("FERRY_TEST_PASSIVE_TARGET", 0);
-    drive = passive == 1 ? NULL : agent;
-    {
-        ferry_desc_t d = xm_desc(mem_target, xb.addr, CAP);
-
-        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
-    }
-    if (xu_send_blob(fd, agent, M_HELLO, 0, xb.addr, CAP) != 0)
-        return 1;
-
-    for (;;) {
-        xu_msg_t m;
-
-        if (xu_recv_msg(fd, &m, 0, CTRL_TIMEOUT_MS * 2, drive) != 0)
-            return 1;
-        if (m.type == M_QUIT)
-            break;
-        /* Mode 2: drive the agent only until the first transfer is done,
-         * which tells connection setup apart from the transfers. */
-        if (passive == 2 && (m.type == M_WRITTEN || m.type == M_FILL) && m.iter >= 2)
-            drive = NULL;
-        if (m.type == M_CASE) {
-            if (have_layout)
-                xu_layout_free(&l);
-            cur = m.arg;
-            if (cur >= NCASES)
-                return 1;
-            case_layout(cur, &l);
-            have_layout = 1;
-            case_name(cur, what, sizeof(what), "target");
-            /* A WRITE lands here: start from the case's guard pattern. */
-            if (cases[cur].op == FERRY_OP_WRITE) {
-                xu_fill_guard(xb.host, 0, CAP, seed, XU_GUARD_ITER + cur);
-                xm_to_dev(&xb, 0, CAP);
-            }
-            if (xu_send_msg(fd, M_ACK, xu_layout_hash(&l) == m.a, 0, 0, 0) != 0)
-                return 1;
-        } else if (m.type == M_WRITTEN && have_layout && m.arg == cur) {
-            size_t bad = check_iteration(&xb, &l, &l.remote, cur, m.iter, (int)m.a, what);
-
-            if (bad)
-                failed = 1;
-            if (xu_send_msg(fd, M_VERDICT, bad == 0, m.iter, bad, 0) != 0)
-                return 1;
-        } else if (m.type == M_FILL && have_layout && m.arg == cur) {
-            xu_fill_ranges(xb.host, &l, &l.remote, seed, iter_id(cur, m.iter));
-            xm_to_dev(&xb, l.remote.lo, l.remote.hi);
-            if (xu_send_msg(fd, M_READY, 0, m.iter, 0, 0) != 0)
-                return 1;
-        } else {
-            fprintf(stderr, "target: unexpected message %u (case %u)\n", m.type, m.arg);
-            return 1;
-        }
-    }
-    if (have_layout)
-        xu_layout_free(&l);
-    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
-    ferry_agent_destroy(agent);
-    xm_free(&xb);
-    return failed || test_failures ? 1 : 0;
+    check_span(&l->remote, last, &lo, &hi);
+    case_name(c, where, sizeof(where), "target");
+    snprintf(where + strlen(where), sizeof(where) - strlen(where),
+             ", iteration %" PRIu64, i);
+    return xt_check(&tgt, 0, lo, hi, iter_id(c, i), XU_GUARD_ITER + c, where);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -249,20 +171,16 @@ static void on_watchdog(int sig)
     if (write(2, text, sizeof(text) - 1) < 0) {
         /* Nothing more to do in a signal handler. */
     }
-    if (child_pid > 0)
-        kill(child_pid, SIGKILL);
+    if (tgt.pid > 0)
+        kill(tgt.pid, SIGKILL);
     _exit(1);
 }
 
 /* Ends the test after a failure that leaves the two sides out of step. */
-static void abort_test(int fd, const char *why)
+static void abort_test(const char *why)
 {
     fprintf(stderr, "test_xfer_2proc: %s; killing the target\n", why);
-    close(fd);
-    if (child_pid > 0) {
-        kill(child_pid, SIGKILL);
-        xu_reap(child_pid, 5000);
-    }
+    xt_kill(&tgt);
     exit(1);
 }
 
@@ -276,7 +194,7 @@ typedef struct case_stats {
  * checks the in-flight rules: re-posting must say BUSY, testing must say
  * IN_PROGRESS or OK.
  */
-static double post_and_wait(int fd, ferry_xfer_t *x, const char *what,
+static double post_and_wait(ferry_xfer_t *x, const char *what,
                             uint64_t i, int check_busy, uint64_t bytes)
 {
     uint64_t t0 = xu_now_ns();
@@ -285,7 +203,7 @@ static double post_and_wait(int fd, ferry_xfer_t *x, const char *what,
     if (st != FERRY_OK && st != FERRY_IN_PROGRESS) {
         TEST_FAIL_AT_("%s, iteration %" PRIu64 ": post returned %d (%s): %s", what, i,
                       (int)st, ferry_status_str(st), ferry_last_error());
-        abort_test(fd, "post failed");
+        abort_test("post failed");
     }
     if (check_busy && st == FERRY_IN_PROGRESS) {
         busy_checked++;
@@ -316,12 +234,12 @@ static double post_and_wait(int fd, ferry_xfer_t *x, const char *what,
         TEST_FAIL_AT_("%s, iteration %" PRIu64 ": wait returned %d (%s) after %.0f ms: %s",
                       what, i, (int)st, ferry_status_str(st), xu_ms_since(t0),
                       ferry_last_error());
-        abort_test(fd, "transfer did not complete");
+        abort_test("transfer did not complete");
     }
     return xu_ms_since(t0);
 }
 
-static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
+static void run_case(ferry_agent_t *agent, ferry_peer_t *peer,
                      xm_buf_t *xb, uint64_t rbase, unsigned c, uint64_t iters,
                      case_stats_t *cs)
 {
@@ -331,7 +249,6 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
     ferry_xfer_t *x = NULL;
     uint64_t t_case = xu_now_ns(), t0;
     char what[128];
-    xu_msg_t m;
 
     memset(cs, 0, sizeof(*cs));
     case_name(c, what, sizeof(what), "initiator");
@@ -349,12 +266,14 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
     free(ld);
     free(rd);
 
-    if (xu_send_msg(fd, M_CASE, c, k->op, xu_layout_hash(&l), 0) != 0 ||
-        xu_recv_msg(fd, &m, M_ACK, CTRL_TIMEOUT_MS, NULL) != 0)
-        abort_test(fd, "control socket failed");
-    if (m.arg != 1)
-        abort_test(fd, "the target computed a different layout (a test bug)");
-    if (k->op == FERRY_OP_READ) {
+    /* The target gets its side of the layout; a WRITE lands on the case's
+     * guard pattern there, a READ on it here. */
+    if (xt_layout(&tgt, 0, &l, &l.remote) != 0)
+        abort_test("the target did not take the layout");
+    if (k->op == FERRY_OP_WRITE) {
+        if (xt_pattern(&tgt, 0, 0, CAP, XU_GUARD_ITER + c) != 0)
+            abort_test("the target did not fill its guard pattern");
+    } else {
         xu_fill_guard(xb->host, 0, CAP, seed, XU_GUARD_ITER + c);
         xm_to_dev(xb, 0, CAP);
     }
@@ -363,25 +282,32 @@ static void run_case(int fd, ferry_agent_t *agent, ferry_peer_t *peer,
         int last = (i == iters);
         double ms;
 
+        /* FERRY_TEST_PASSIVE_TARGET=2: the target stops driving its agent
+         * after the first transfer, which tells connection setup apart
+         * from the transfers. */
+        if (i == 2 && passive_target == 2) {
+            if (xt_drive(&tgt, 0) != 0)
+                abort_test("control socket failed");
+            passive_target = 1;
+        }
         if (k->op == FERRY_OP_WRITE) {
+            long bad;
+
             xu_fill_ranges(xb->host, &l, &l.local, seed, iter_id(c, i));
             xm_to_dev(xb, l.local.lo, l.local.hi);
-            ms = post_and_wait(fd, x, what, i, i == 1, l.total);
-            if (xu_send_msg(fd, M_WRITTEN, c, i, (uint64_t)last, 0) != 0 ||
-                xu_recv_msg(fd, &m, M_VERDICT, CTRL_TIMEOUT_MS, NULL) != 0 ||
-                m.iter != i)
-                abort_test(fd, "control socket failed");
-            if (m.arg != 1) {
-                TEST_FAIL_AT_("%s, iteration %" PRIu64 ": the target found %" PRIu64
+            ms = post_and_wait(x, what, i, i == 1, l.total);
+            if ((bad = check_target(&l, c, i, last)) < 0)
+                abort_test("control socket failed");
+            if (bad != 0) {
+                TEST_FAIL_AT_("%s, iteration %" PRIu64 ": the target found %ld"
                               " bad ranges or gaps (details above)",
-                              what, i, m.a);
+                              what, i, bad);
                 break;
             }
         } else {
-            if (xu_send_msg(fd, M_FILL, c, i, 0, 0) != 0 ||
-                xu_recv_msg(fd, &m, M_READY, CTRL_TIMEOUT_MS, NULL) != 0 || m.iter != i)
-                abort_test(fd, "control socket failed");
-            ms = post_and_wait(fd, x, what, i, i == 1, l.total);
+            if (xt_fill(&tgt, 0, iter_id(c, i)) != 0)
+                abort_test("control socket failed");
+            ms = post_and_wait(x, what, i, i == 1, l.total);
             if (check_iteration(xb, &l, &l.local, c, i, last, what) != 0) {
                 TEST_FAIL_AT_("%s, iteration %" PRIu64 ": READ data wrong (details above)",
                               what, i);
@@ -426,21 +352,19 @@ static void forced_ucx(ferry_agent_t *agent, ferry_peer_t *peer, xm_buf_t *xb,
     printf("forcing UCX for GPU memory: %s\n", ferry_last_error());
 }
 
-static int initiator_main(const char *argv0)
+static int initiator_main(void)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "xfer-initiator"};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem = NULL;
     ferry_peer_t *peer = NULL;
     xm_buf_t xb;
-    uint8_t *blob;
     char memspec[40];
     uint64_t iters = (uint64_t)xu_env_long("FERRY_TEST_ITERS", 100);
     uint64_t t_all = xu_now_ns();
     unsigned long case_mask = (unsigned long)xu_env_long("FERRY_TEST_CASES", 0xff);
-    char seedstr[32];
-    int fd, status;
-    xu_msg_t m;
+    xt_opts_t to = {.name = "xfer-target", .nbuf = 1};
+    uint64_t rbase;
 
     /* Line-buffered, so progress survives a watchdog exit. */
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -458,27 +382,28 @@ static int initiator_main(const char *argv0)
         fprintf(stderr, "FERRY_TEST_ITERS must be 1..999999\n");
         return 1;
     }
-    snprintf(seedstr, sizeof(seedstr), "%" PRIu64, seed);
     /* The target is started before this process touches UCX. */
-    fd = xu_spawn(argv0, "--target", seedstr, memspec, &child_pid);
-    if (fd < 0)
+    passive_target = xu_env_long("FERRY_TEST_PASSIVE_TARGET", 0);
+    to.drive = passive_target != 1;
+    to.seed = seed;
+    to.buf[0] = (xt_buf_opts_t){mem_target, CAP, 0, 0};
+    if (xt_start(&tgt, &to) != 0)
         return 1;
     signal(SIGALRM, on_watchdog);
     alarm(WATCHDOG_S);
 
     if (xm_alloc(&xb, mem_init, CAP) != 0)
-        abort_test(fd, "cannot allocate the initiator's buffer");
+        abort_test("cannot allocate the initiator's buffer");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     {
         ferry_desc_t d = xm_desc(mem_init, xb.addr, CAP);
 
         ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
     }
-    blob = xu_recv_blob(fd, &m, M_HELLO, CTRL_TIMEOUT_MS);
-    if (blob == NULL || m.b != CAP)
-        abort_test(fd, "no valid hello from the target");
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
-    free(blob);
+    tgt.timeout_ms = CTRL_TIMEOUT_MS;
+    if (xt_connect(&tgt, agent, &peer) != 0 || tgt.buf[0].reg != CAP)
+        abort_test("no valid hello from the target");
+    rbase = tgt.buf[0].addr;
     EXPECT_TRUE(strcmp(ferry_peer_name(peer), "xfer-target") == 0);
 
     for (unsigned c = 0; c < NCASES; c++) {
@@ -486,18 +411,13 @@ static int initiator_main(const char *argv0)
 
         if (!(case_mask >> c & 1))
             continue;
-        run_case(fd, agent, peer, &xb, m.a, c, iters, &cs);
+        run_case(agent, peer, &xb, rbase, c, iters, &cs);
     }
     if (xm_is_gpu(mem_target))
-        forced_ucx(agent, peer, &xb, m.a);
+        forced_ucx(agent, peer, &xb, rbase);
 
-    if (xu_send_msg(fd, M_QUIT, 0, 0, 0, 0) != 0)
-        abort_test(fd, "control socket failed");
-    status = xu_reap(child_pid, 30000);
-    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        TEST_FAIL_AT_("target exited badly (wait status %d)", status);
-    child_pid = 0;
-    close(fd);
+    if (xt_quit(&tgt) != 0)
+        TEST_FAIL_AT_("the target exited badly");
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
     ferry_agent_destroy(agent);
@@ -511,12 +431,6 @@ static int initiator_main(const char *argv0)
 
 int main(int argc, char **argv)
 {
-    if (argc >= 5 && strcmp(argv[1], "--target") == 0) {
-        seed = strtoull(argv[3], NULL, 0);
-        if (set_mem(argv[4]) != 0)
-            return 1;
-        return target_main(atoi(argv[2]));
-    }
     if (argc == 3 && strcmp(argv[1], "--mem") == 0) {
         if (set_mem(argv[2]) != 0)
             return 1;
@@ -524,5 +438,5 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s [--mem INITIATOR:TARGET]\n", argv[0]);
         return 1;
     }
-    return initiator_main(argv[0]);
+    return initiator_main();
 }

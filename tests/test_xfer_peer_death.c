@@ -5,8 +5,8 @@
  * a runtime that moves KV caches between hundreds of processes depends on
  * exactly that when one of them crashes.
  *
- * The initiator (this process) starts two target processes (this binary
- * again, fork + exec), loads both blobs, and proves the connections work
+ * The initiator (this process) starts two target processes (the shared
+ * serving target, target.h), loads both blobs, and proves the connections work
  * with checked transfers. Then:
  *  1. target 0 is killed with SIGKILL while idle and reaped; the next posts
  *     and waits on its requests must report PEER_LOST (an error, never a
@@ -21,7 +21,7 @@
  * The statuses and latencies seen are printed, so the lead can see what
  * the library reports, not just whether it passed.
  */
-#include "xfer_util.h"
+#include "target.h"
 
 #define NTARGETS 2
 #define TCAP (48ull << 20)     /* each target's buffer */
@@ -36,42 +36,12 @@
 #define READ_ITER 7            /* the pattern a target's buffer holds */
 #define WBACK_OFF (2u << 20)   /* where the small WRITE's bytes are read back */
 
-enum { M_HELLO = 1, M_QUIT };
-
 static uint64_t seed;
-static pid_t pids[NTARGETS];
+static xt_target_t targets[NTARGETS];
 /* How long a dead peer may take to show; FERRY_TEST_DEATH_BOUND_S changes
  * it for debugging. */
 static long death_bound_s = DEATH_BOUND_DEFAULT_S;
 #define DEATH_BOUND_NS ((uint64_t)death_bound_s * 1000000000ull)
-
-static int target_main(int fd, unsigned idx)
-{
-    char name[32];
-    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = name};
-    ferry_agent_t *agent = NULL;
-    ferry_mem_t *mem = NULL;
-    uint8_t *buf = xu_alloc_buf(TCAP);
-    xu_msg_t m;
-
-    alarm(300);
-    snprintf(name, sizeof(name), "death-target-%u", idx);
-    test_fill_fast(buf, TCAP, seed, READ_ITER, 0);
-    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    {
-        ferry_desc_t d = {(uint64_t)(uintptr_t)buf, TCAP, FERRY_MEM_HOST, 0};
-
-        ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
-    }
-    if (xu_send_blob(fd, agent, M_HELLO, idx, (uint64_t)(uintptr_t)buf, TCAP) != 0)
-        return 1;
-    /* Serve until told to quit; the test normally kills this process. */
-    if (xu_recv_msg(fd, &m, M_QUIT, 250000, agent) != 0)
-        return 1;
-    ferry_mem_deregister(mem);
-    ferry_agent_destroy(agent);
-    return 0;
-}
 
 static void on_watchdog(int sig)
 {
@@ -82,8 +52,8 @@ static void on_watchdog(int sig)
         /* Nothing more to do in a signal handler. */
     }
     for (unsigned t = 0; t < NTARGETS; t++)
-        if (pids[t] > 0)
-            kill(pids[t], SIGKILL);
+        if (targets[t].pid > 0)
+            kill(targets[t].pid, SIGKILL);
     _exit(1);
 }
 
@@ -91,28 +61,21 @@ static void fail_out(const char *why)
 {
     fprintf(stderr, "test_xfer_peer_death: %s\n", why);
     for (unsigned t = 0; t < NTARGETS; t++)
-        if (pids[t] > 0) {
-            kill(pids[t], SIGKILL);
-            xu_reap(pids[t], 5000);
-        }
+        xt_kill(&targets[t]);
     exit(1);
 }
 
 static void kill_target(unsigned t)
 {
-    int status = 0;
-
-    kill(pids[t], SIGKILL);
     /* Reaped, so the process is certainly gone when the checks start. */
-    waitpid(pids[t], &status, 0);
+    int status = xt_kill(&targets[t]);
+
     EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    pids[t] = 0;
 }
 
 typedef struct tgt {
     ferry_peer_t *peer;
     uint64_t rbase;
-    int fd;
     ferry_xfer_t *w_small, *r_small, *w_big, *w_many;
     ferry_xfer_t *r_wback; /* reads back what w_small wrote */
 } tgt_t;
@@ -198,35 +161,33 @@ static ferry_status_t until_error(ferry_xfer_t *x, const char *what)
     return st;
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "death-initiator"};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem = NULL;
     uint8_t *lbuf;
     tgt_t tg[NTARGETS];
-    char seedstr[32], idxstr[8];
+    char tnames[NTARGETS][32];
     ferry_desc_t ld[SMALL_N], rd[SMALL_N];
     ferry_desc_t *mld, *mrd;
     uint64_t t0;
     ferry_status_t st;
 
-    if (argc >= 5 && strcmp(argv[1], "--target") == 0) {
-        seed = strtoull(argv[3], NULL, 0);
-        return target_main(atoi(argv[2]), (unsigned)atoi(argv[4]));
-    }
     /* Line-buffered, so what was seen survives a watchdog exit. */
     setvbuf(stdout, NULL, _IOLBF, 0);
     death_bound_s = xu_env_long("FERRY_TEST_DEATH_BOUND_S", DEATH_BOUND_DEFAULT_S);
     seed = xu_seed(0xdead5eedull);
     printf("test_xfer_peer_death: seed %" PRIu64 "\n", seed);
-    snprintf(seedstr, sizeof(seedstr), "%" PRIu64, seed);
     memset(tg, 0, sizeof(tg));
-    /* Both targets start before this process touches UCX. */
+    /* Both targets start before this process touches UCX. They drive their
+     * agents while they wait: the test kills them, never they themselves. */
     for (unsigned t = 0; t < NTARGETS; t++) {
-        snprintf(idxstr, sizeof(idxstr), "%u", t);
-        tg[t].fd = xu_spawn(argv[0], "--target", seedstr, idxstr, &pids[t]);
-        if (tg[t].fd < 0)
+        xt_opts_t to = {.name = tnames[t], .drive = 1, .seed = seed, .nbuf = 1,
+                        .buf = {{XM_HOST, TCAP, 0, 0}}};
+
+        snprintf(tnames[t], sizeof(tnames[t]), "death-target-%u", t);
+        if (xt_start(&targets[t], &to) != 0)
             fail_out("cannot start a target");
     }
     signal(SIGALRM, on_watchdog);
@@ -245,15 +206,15 @@ int main(int argc, char **argv)
     mld = xu_xcalloc(MANY, sizeof(*mld));
     mrd = xu_xcalloc(MANY, sizeof(*mrd));
     for (unsigned t = 0; t < NTARGETS; t++) {
-        xu_msg_t m;
-        void *blob;
+        uint64_t ra;
 
-        blob = xu_recv_blob(tg[t].fd, &m, M_HELLO, CTRL_TIMEOUT_MS);
-        if (blob == NULL || m.b != TCAP)
+        if (xt_connect(&targets[t], agent, &tg[t].peer) != 0 ||
+            targets[t].buf[0].reg != TCAP)
             fail_out("no valid hello from a target");
-        ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &tg[t].peer));
-        free(blob);
-        tg[t].rbase = m.a;
+        /* The target's buffer holds pattern READ_ITER, for the READs. */
+        if (xt_pattern(&targets[t], 0, 0, TCAP, READ_ITER) != 0)
+            fail_out("the target did not fill its buffer");
+        ra = tg[t].rbase = targets[t].buf[0].addr;
 
         /* Small requests: local ranges 8 KiB apart, remote ones 12 KiB
          * apart, past the first MiB of the target for the WRITE so the
@@ -261,26 +222,26 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < SMALL_N; i++) {
             ld[i] = (ferry_desc_t){(uint64_t)(uintptr_t)(lbuf + i * SMALL_LEN * 2),
                                    SMALL_LEN, FERRY_MEM_HOST, 0};
-            rd[i] = (ferry_desc_t){m.a + (1u << 20) + (uint64_t)i * SMALL_LEN * 3,
+            rd[i] = (ferry_desc_t){ra + (1u << 20) + (uint64_t)i * SMALL_LEN * 3,
                                    SMALL_LEN, FERRY_MEM_HOST, 0};
         }
         tg[t].w_small = prepare(agent, FERRY_OP_WRITE, tg[t].peer, ld, rd, SMALL_N);
         for (unsigned i = 0; i < SMALL_N; i++)
-            rd[i].addr = m.a + (uint64_t)i * SMALL_LEN * 3;
+            rd[i].addr = ra + (uint64_t)i * SMALL_LEN * 3;
         tg[t].r_small = prepare(agent, FERRY_OP_READ, tg[t].peer, ld, rd, SMALL_N);
         for (unsigned i = 0; i < SMALL_N; i++) {
             ld[i].addr = (uint64_t)(uintptr_t)(lbuf + WBACK_OFF + i * SMALL_LEN * 2);
-            rd[i].addr = m.a + (1u << 20) + (uint64_t)i * SMALL_LEN * 3;
+            rd[i].addr = ra + (1u << 20) + (uint64_t)i * SMALL_LEN * 3;
         }
         tg[t].r_wback = prepare(agent, FERRY_OP_READ, tg[t].peer, ld, rd, SMALL_N);
         ld[0] = (ferry_desc_t){(uint64_t)(uintptr_t)(lbuf + (4u << 20)), BIG,
                                FERRY_MEM_HOST, 0};
-        rd[0] = (ferry_desc_t){m.a + (4u << 20), BIG, FERRY_MEM_HOST, 0};
+        rd[0] = (ferry_desc_t){ra + (4u << 20), BIG, FERRY_MEM_HOST, 0};
         tg[t].w_big = prepare(agent, FERRY_OP_WRITE, tg[t].peer, ld, rd, 1);
         for (unsigned i = 0; i < MANY; i++) {
             mld[i] = (ferry_desc_t){(uint64_t)(uintptr_t)(lbuf + (40u << 20) + i * 200u),
                                     100, FERRY_MEM_HOST, 0};
-            mrd[i] = (ferry_desc_t){m.a + (40u << 20) + i * 300u, 100, FERRY_MEM_HOST, 0};
+            mrd[i] = (ferry_desc_t){ra + (40u << 20) + i * 300u, 100, FERRY_MEM_HOST, 0};
         }
         tg[t].w_many = prepare(agent, FERRY_OP_WRITE, tg[t].peer, mld, mrd, MANY);
     }
@@ -386,7 +347,6 @@ int main(int argc, char **argv)
         ferry_xfer_release(tg[t].w_big);
         ferry_xfer_release(tg[t].w_many);
         ferry_peer_forget(tg[t].peer);
-        close(tg[t].fd);
     }
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
     ferry_agent_destroy(agent);

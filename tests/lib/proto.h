@@ -1,0 +1,42 @@
+/*
+ * The serving target's control protocol (target.h), private to the test
+ * library: the initiator (target.c) and the target (serve.c) on one
+ * socketpair, in native byte order.
+ *
+ *   greeting  xu_msg_t {XT_HELLO, arg = buffers, iter = blob length}, the
+ *             blob, then per buffer xu_msg_t {XT_BUF, arg = kind,
+ *             iter = cap, a = addr, b = registered bytes}
+ *   command   xt_cmd_t; XT_LAYOUT is followed by n x {offset, length,
+ *             pattern base} (3 x uint64_t)
+ *   reply     xu_msg_t {op, arg = 1 done / 0 refused, iter = the
+ *             command's iter, a = bad ranges and gaps (XT_CHECK)}
+ *
+ * XT_QUIT has no reply: the exit status is the answer.
+ */
+#ifndef FERRY_TEST_LIB_PROTO_H
+#define FERRY_TEST_LIB_PROTO_H
+
+#include <stdint.h>
+
+enum {
+    XT_HELLO = 0x7401,
+    XT_BUF,
+    XT_PATTERN,
+    XT_LAYOUT,
+    XT_FILL,
+    XT_CHECK,
+    XT_DRIVE,
+    XT_QUIT
+};
+
+typedef struct xt_cmd {
+    uint32_t op;
+    uint32_t buf;      /* which buffer */
+    uint64_t iter;     /* data pattern (XT_DRIVE: on or off) */
+    uint64_t guard;    /* guard pattern (XT_CHECK) */
+    uint64_t lo, hi;   /* the span, or XT_LAYOUT's window */
+    uint64_t n;        /* XT_LAYOUT: ranges that follow */
+    char what[96];     /* XT_CHECK: names the check in reports */
+} xt_cmd_t;
+
+#endif

@@ -1,0 +1,189 @@
+/*
+ * The initiator's side of the serving target (target.h): starting it with
+ * its options on the command line, its greeting, and one function per
+ * command, each waiting for the answer with the target's deadline. The
+ * target program's path comes from the build (FERRY_TEST_TARGET_PATH).
+ */
+#include "target.h"
+
+#include "proto.h"
+
+#ifndef FERRY_TEST_TARGET_PATH
+#error "FERRY_TEST_TARGET_PATH must name the test_target program"
+#endif
+
+int xt_start(xt_target_t *t, const xt_opts_t *o)
+{
+    /* name, thread, drive, seed, and one per buffer. */
+    char opt[4 + XT_MAX_BUF][96];
+    char *args[4 + XT_MAX_BUF + 1];
+    unsigned n = 0;
+
+    memset(t, 0, sizeof(*t));
+    t->fd = -1;
+    t->timeout_ms = 60000;
+    if (o->nbuf == 0 || o->nbuf > XT_MAX_BUF) {
+        fprintf(stderr, "xt_start: %u buffers (1..%d)\n", o->nbuf, XT_MAX_BUF);
+        return -1;
+    }
+    snprintf(opt[n++], sizeof(opt[0]), "name=%s", o->name ? o->name : "target");
+    snprintf(opt[n++], sizeof(opt[0]), "thread=%d", o->progress_thread);
+    snprintf(opt[n++], sizeof(opt[0]), "drive=%d", o->drive);
+    snprintf(opt[n++], sizeof(opt[0]), "seed=%" PRIu64, o->seed);
+    for (unsigned i = 0; i < o->nbuf; i++)
+        snprintf(opt[n++], sizeof(opt[0]), "buf=%s:%" PRIu64 ":%" PRIu64 ":%s",
+                 xm_name(o->buf[i].kind), o->buf[i].cap,
+                 o->buf[i].reg ? o->buf[i].reg : o->buf[i].cap,
+                 o->buf[i].ferry_alloc ? "ferry" : "own");
+    for (unsigned i = 0; i < n; i++)
+        args[i] = opt[i];
+    args[n] = NULL;
+    t->fd = xu_spawn_argv(FERRY_TEST_TARGET_PATH, "test_target", "serve", args, &t->pid);
+    return t->fd < 0 ? -1 : 0;
+}
+
+int xt_connect(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t **peer_p)
+{
+    xu_msg_t m;
+
+    free(t->blob);
+    t->blob = xu_recv_blob(t->fd, &m, XT_HELLO, t->timeout_ms);
+    if (t->blob == NULL)
+        return -1;
+    t->blob_len = (size_t)m.iter;
+    if (m.arg == 0 || m.arg > XT_MAX_BUF) {
+        fprintf(stderr, "xt_connect: the target reports %u buffers\n", m.arg);
+        return -1;
+    }
+    t->nbuf = m.arg;
+    for (unsigned i = 0; i < t->nbuf; i++) {
+        if (xu_recv_msg(t->fd, &m, XT_BUF, t->timeout_ms, NULL) != 0)
+            return -1;
+        t->buf[i] = (xt_buf_t){(xm_kind_t)m.arg, m.a, m.iter, m.b};
+    }
+    return xt_load(t, agent, peer_p);
+}
+
+int xt_load(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t **peer_p)
+{
+    ferry_status_t st;
+
+    if (t->blob == NULL)
+        return -1;
+    st = ferry_peer_load(agent, t->blob, t->blob_len, peer_p);
+    EXPECT_ST(FERRY_OK, st);
+    return st == FERRY_OK ? 0 : -1;
+}
+
+/* Sends a command (and its payload) and waits for the answer; returns the
+ * answer's a (the bad count of a check), or -1. */
+static long xt_call(xt_target_t *t, xt_cmd_t *c, const void *payload, size_t len)
+{
+    xu_msg_t m;
+
+    if (xu_send(t->fd, c, sizeof(*c)) != 0 || (len && xu_send(t->fd, payload, len) != 0) ||
+        xu_recv_msg(t->fd, &m, c->op, t->timeout_ms, NULL) != 0)
+        return -1;
+    if (m.arg != 1 || m.iter != c->iter) {
+        fprintf(stderr, "target refused command %u on buffer %u (details above)\n", c->op,
+                c->buf);
+        return -1;
+    }
+    return (long)m.a;
+}
+
+int xt_pattern(xt_target_t *t, unsigned buf, uint64_t lo, uint64_t hi, uint64_t iter)
+{
+    xt_cmd_t c = {.op = XT_PATTERN, .buf = buf, .iter = iter, .lo = lo, .hi = hi};
+
+    return xt_call(t, &c, NULL, 0) < 0 ? -1 : 0;
+}
+
+int xt_layout(xt_target_t *t, unsigned buf, const xu_layout_t *l, const xu_side_t *s)
+{
+    xt_cmd_t c = {.op = XT_LAYOUT, .buf = buf, .lo = s->lo, .hi = s->hi, .n = l->n};
+    uint64_t *r = xu_xcalloc(3 * l->n, sizeof(*r));
+    long rc;
+
+    for (size_t i = 0; i < l->n; i++) {
+        r[3 * i] = s->off[i];
+        r[3 * i + 1] = l->len[i];
+        r[3 * i + 2] = l->stream[i];
+    }
+    rc = xt_call(t, &c, r, 3 * l->n * sizeof(*r));
+    free(r);
+    return rc < 0 ? -1 : 0;
+}
+
+int xt_range(xt_target_t *t, unsigned buf, uint64_t off, uint64_t len, uint64_t base)
+{
+    xt_cmd_t c = {.op = XT_LAYOUT, .buf = buf, .lo = off, .hi = off + len, .n = 1};
+    uint64_t r[3] = {off, len, base};
+
+    return xt_call(t, &c, r, sizeof(r)) < 0 ? -1 : 0;
+}
+
+int xt_fill(xt_target_t *t, unsigned buf, uint64_t iter)
+{
+    xt_cmd_t c = {.op = XT_FILL, .buf = buf, .iter = iter};
+
+    return xt_call(t, &c, NULL, 0) < 0 ? -1 : 0;
+}
+
+long xt_check(xt_target_t *t, unsigned buf, uint64_t lo, uint64_t hi, uint64_t iter,
+              uint64_t guard, const char *what)
+{
+    xt_cmd_t c = {.op = XT_CHECK, .buf = buf, .iter = iter, .guard = guard,
+                  .lo = lo, .hi = hi};
+
+    snprintf(c.what, sizeof(c.what), "%s", what ? what : "target");
+    return xt_call(t, &c, NULL, 0);
+}
+
+int xt_drive(xt_target_t *t, int on)
+{
+    xt_cmd_t c = {.op = XT_DRIVE, .iter = (uint64_t)(on != 0)};
+
+    return xt_call(t, &c, NULL, 0) < 0 ? -1 : 0;
+}
+
+/* Forgets a target that has been reaped (or never started). */
+static void xt_close(xt_target_t *t)
+{
+    t->pid = 0;
+    if (t->fd >= 0)
+        close(t->fd);
+    t->fd = -1;
+    free(t->blob);
+    t->blob = NULL;
+}
+
+int xt_quit(xt_target_t *t)
+{
+    xt_cmd_t c = {.op = XT_QUIT};
+    int status = -1;
+
+    if (t->pid > 0 && xu_send(t->fd, &c, sizeof(c)) == 0)
+        status = xu_reap(t->pid, t->timeout_ms);
+    else if (t->pid > 0)
+        status = xt_kill(t);
+    xt_close(t);
+    if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "the target exited badly (wait status %d)\n", status);
+        return -1;
+    }
+    return 0;
+}
+
+int xt_kill(xt_target_t *t)
+{
+    int status = -1;
+
+    if (t->pid > 0) {
+        kill(t->pid, SIGKILL);
+        while (waitpid(t->pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    }
+    xt_close(t);
+    return status;
+}

@@ -1,0 +1,121 @@
+/*
+ * The serving target: the one peer process that the multi-process tests
+ * start (the test_target program, tests/lib/serve.c), instead of a target
+ * main of their own. It creates an agent (named, with or without a progress
+ * thread), allocates and registers up to XT_MAX_BUF buffers of any memory
+ * kind (host, pinned, cuda, vmm; host memory optionally from
+ * ferry_mem_alloc, optionally registered only in part), sends its metadata
+ * blob and each buffer's address, then serves commands on its control
+ * socket until told to quit, stopped, or killed:
+ *
+ *   pattern   fill a span of a buffer with a pattern at buffer offsets (the
+ *             guard pattern of the checks, or a READ's source bytes)
+ *   layout    take a list of ranges (offset, length, pattern base) and the
+ *             window they occupy: where the next fills and checks go
+ *   fill      fill the ranges with the data pattern of an iteration
+ *   check     the span holds the data pattern in the ranges and the guard
+ *             pattern everywhere else; reply with the count of bad ranges
+ *             and gaps (details on the target's stderr, which is the
+ *             test's)
+ *   drive     drive the agent while waiting for commands, or stop doing so
+ *   quit      deregister, free, exit 0 if everything worked
+ *
+ * Patterns are test_pattern()'s with the seed the target was started with,
+ * so the initiator fills and checks its own side with the same functions.
+ * Every command is answered, within the target's deadline; a target that
+ * drives its agent keeps doing so while it waits, for transports whose
+ * one-sided operations need the target's help. GPU buffers are filled and
+ * checked through their host shadows (mem_util.h), on FERRY_TEST_DEVICE of
+ * the target, which xu_spawn_argv() sets from FERRY_TEST_TARGET_DEVICE.
+ */
+#ifndef FERRY_TEST_TARGET_H
+#define FERRY_TEST_TARGET_H
+
+#include "mem_util.h"
+#include "xfer_util.h"
+
+#define XT_MAX_BUF 4
+
+/* One buffer the target allocates and registers. */
+typedef struct xt_buf_opts {
+    xm_kind_t kind;
+    uint64_t cap;    /* bytes allocated (zeroed) */
+    uint64_t reg;    /* bytes registered from the start; 0: all of cap */
+    int ferry_alloc; /* host memory from ferry_mem_alloc() */
+} xt_buf_opts_t;
+
+typedef struct xt_opts {
+    const char *name;    /* the agent's name; NULL: "target" */
+    int progress_thread; /* the agent has a progress thread */
+    int drive;           /* drive the agent while waiting for a command */
+    uint64_t seed;       /* of every pattern the target fills or checks */
+    unsigned nbuf;
+    xt_buf_opts_t buf[XT_MAX_BUF];
+} xt_opts_t;
+
+/* A buffer as the target reports it. */
+typedef struct xt_buf {
+    xm_kind_t kind;
+    uint64_t addr; /* in the target's address space */
+    uint64_t cap, reg;
+} xt_buf_t;
+
+typedef struct xt_target {
+    pid_t pid;      /* 0 once reaped */
+    int fd;         /* the control socket; -1 once closed */
+    int timeout_ms; /* for each reply (xt_start() sets 60 s) */
+    unsigned nbuf;
+    xt_buf_t buf[XT_MAX_BUF];
+    void *blob; /* the target's metadata, kept for xt_load() */
+    size_t blob_len;
+} xt_target_t;
+
+/* Starts a target with the options (before this process touches UCX, so
+ * that the child does not inherit it half set up). Returns 0, or -1
+ * (printed). */
+int xt_start(xt_target_t *t, const xt_opts_t *o);
+
+/* Receives the target's greeting: its blob, loaded into agent (the peer in
+ * *peer_p), and its buffers (t->buf). Returns 0, or -1 (printed, and a
+ * failed check if the blob did not load). */
+int xt_connect(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t **peer_p);
+
+/* Loads the target's blob into one more agent (after xt_connect()). */
+int xt_load(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t **peer_p);
+
+/* Fills [lo, hi) of buffer buf with pattern iter at buffer offsets (the
+ * same bytes xu_fill_guard() writes). Returns 0, or -1 (printed). */
+int xt_pattern(xt_target_t *t, unsigned buf, uint64_t lo, uint64_t hi, uint64_t iter);
+
+/* Gives the target the ranges of side s of layout l (its side: usually
+ * l->remote) in buffer buf, for xt_fill() and xt_check(). */
+int xt_layout(xt_target_t *t, unsigned buf, const xu_layout_t *l, const xu_side_t *s);
+
+/* The same for one range of len bytes at off whose pattern starts at
+ * stream offset base (test_fill(p, len, seed, iter, base) fills it). */
+int xt_range(xt_target_t *t, unsigned buf, uint64_t off, uint64_t len, uint64_t base);
+
+/* Fills the ranges last given with the data pattern of iteration iter. */
+int xt_fill(xt_target_t *t, unsigned buf, uint64_t iter);
+
+/*
+ * Checks [lo, hi) of buffer buf: the ranges last given (none: an empty
+ * list) hold pattern iter, every other byte pattern guard (as
+ * xu_check_dest()), what naming the check in the target's report. Returns
+ * the number of bad ranges and gaps, or -1 if the target did not answer.
+ */
+long xt_check(xt_target_t *t, unsigned buf, uint64_t lo, uint64_t hi, uint64_t iter,
+              uint64_t guard, const char *what);
+
+/* The target drives its agent while it waits (on), or stops doing so. */
+int xt_drive(xt_target_t *t, int on);
+
+/* Tells the target to quit and reaps it; closes the socket. Returns 0 if
+ * it exited with 0, else -1 (printed). */
+int xt_quit(xt_target_t *t);
+
+/* Kills the target (SIGKILL), reaps it and closes the socket; returns the
+ * wait status. Safe in any state, and again. */
+int xt_kill(xt_target_t *t);
+
+#endif
