@@ -12,7 +12,7 @@
  * waits for copies already running, and the reconnect that follows maps
  * the peer's memory again (elsewhere) before the next copy uses it.
  */
-#include "xfer_util.h"
+#include "target.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -25,41 +25,12 @@
 #define MAX_ABORTS 40
 #define WAIT_NS (20ll * 1000000000ll)
 
-enum { MSG_BLOB = 1, MSG_STOP };
-
 static ferry_agent_t *agent;
 static ferry_peer_t *peer;
 static uint8_t *src, *back;
 static uint64_t rdirect, rslow; /* the peer's regions */
 static atomic_int writers_left = THREADS, aborts;
 static int iters = ITERS;
-
-static int target_main(int fd)
-{
-    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "direct-target"};
-    ferry_agent_t *a;
-    ferry_mem_t *mem;
-    xu_msg_t m;
-    void *direct;
-    uint8_t *slow = xu_alloc_buf(SLOW_LEN);
-    ferry_desc_t d[2];
-
-    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &a));
-    ASSERT_ST(FERRY_OK, ferry_mem_alloc(a, (size_t)THREADS * SLICE, FERRY_MEM_HOST, &direct));
-    memset(direct, 0, (size_t)THREADS * SLICE);
-    d[0] = (ferry_desc_t){(uintptr_t)direct, (uint64_t)THREADS * SLICE, FERRY_MEM_HOST, 0};
-    d[1] = (ferry_desc_t){(uintptr_t)slow, SLOW_LEN, FERRY_MEM_HOST, 0};
-    ASSERT_ST(FERRY_OK, ferry_mem_register(a, d, 2, &mem));
-    if (xu_send_blob(fd, a, MSG_BLOB, 0, (uintptr_t)direct, (uintptr_t)slow) != 0)
-        return 2;
-    /* Serves (the emulated WRITEs need this agent's progress) until told. */
-    if (xu_recv_msg(fd, &m, MSG_STOP, 300000, a) != 0)
-        return 2;
-    ASSERT_ST(FERRY_OK, ferry_mem_deregister(mem));
-    ASSERT_ST(FERRY_OK, ferry_mem_free(a, direct));
-    ferry_agent_destroy(a);
-    return 0;
-}
 
 static ferry_xfer_t *prep(ferry_xfer_op_t op, uint8_t *local, uint64_t raddr, uint64_t len)
 {
@@ -141,36 +112,31 @@ static void *aborter(void *arg)
     return NULL;
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
+    /* The peer: its direct buffer from ferry_mem_alloc (mapped here), its
+     * slow one ordinary memory, whose WRITEs its progress thread serves. */
+    xt_opts_t o = {.name = "direct-target", .progress_thread = 1, .seed = 1, .nbuf = 2,
+                   .buf = {{XM_HOST, (uint64_t)THREADS * SLICE, 0, 1},
+                           {XM_HOST, SLOW_LEN, 0, 0}}};
+    xt_target_t tg;
     ferry_desc_t d[2];
     ferry_mem_t *mem;
     pthread_t th[THREADS], ab;
-    xu_msg_t m;
-    pid_t pid;
-    void *blob;
     long it = xu_env_long("FERRY_TEST_ITERS", ITERS);
-    int fd;
 
-    if (argc >= 3 && strcmp(argv[1], "target") == 0)
-        return target_main(atoi(argv[2]));
     if (it > 0 && it < ITERS)
         iters = (int)it;
-    fd = xu_spawn(argv[0], "target", NULL, NULL, &pid);
-    ASSERT_TRUE(fd >= 0);
-    blob = xu_recv_blob(fd, &m, MSG_BLOB, 30000);
-    ASSERT_TRUE(blob != NULL);
-    rdirect = m.a;
-    rslow = m.b;
-
+    ASSERT_TRUE(xt_start(&tg, &o) == 0);
     src = xu_alloc_buf((size_t)THREADS * SLICE);
     back = xu_alloc_buf((size_t)THREADS * SLICE);
     d[0] = (ferry_desc_t){(uintptr_t)src, (uint64_t)THREADS * SLICE, FERRY_MEM_HOST, 0};
     d[1] = (ferry_desc_t){(uintptr_t)back, (uint64_t)THREADS * SLICE, FERRY_MEM_HOST, 0};
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, d, 2, &mem));
-    ASSERT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)m.iter, &peer));
-    free(blob);
+    ASSERT_TRUE(xt_connect(&tg, agent, &peer) == 0);
+    rdirect = tg.buf[0].addr;
+    rslow = tg.buf[1].addr;
 
     ASSERT_TRUE(pthread_create(&ab, NULL, aborter, NULL) == 0);
     for (intptr_t t = 0; t < THREADS; t++)
@@ -186,9 +152,7 @@ int main(int argc, char **argv)
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
     ferry_agent_destroy(agent);
-    EXPECT_EQ(0, xu_send_msg(fd, MSG_STOP, 0, 0, 0, 0));
-    EXPECT_EQ(0, xu_reap(pid, 30000));
-    close(fd);
+    EXPECT_EQ(0, xt_quit(&tg));
     free(src);
     free(back);
     return test_finish("test_direct");
