@@ -3,9 +3,11 @@
 # cmake/install.cmake. It checks ferry from a user's side: installs a built
 # tree into a fresh temporary prefix, checks the layout and the shared
 # library's ELF surface (SONAME, versioned links, only ferry_* exported),
-# then builds consumer.c against the install twice, through pkg-config and
-# through find_package(ferry), and runs both. The installed tools must find
-# the library without LD_LIBRARY_PATH. Everything is removed at the end.
+# that every public header of the source tree is installed and compiles on
+# its own, then builds consumer.c (which includes only ferry.h) against the
+# install twice, through pkg-config and through find_package(ferry), and
+# runs both. The installed tools must find the library without
+# LD_LIBRARY_PATH. Everything is removed at the end.
 #
 # Usage: run.sh BUILD_DIR LIBDIR INCLUDEDIR BINDIR VERSION ABI_MAJOR
 #   LIBDIR, INCLUDEDIR, BINDIR are the relative CMAKE_INSTALL_* directories;
@@ -19,6 +21,7 @@ if [ $# -ne 6 ]; then
 fi
 build=$1 libdir=$2 includedir=$3 bindir=$4 version=$5 abi=$6
 here=$(cd "$(dirname "$0")" && pwd)
+source_include=$(cd "$here/../../include" && pwd)
 cc=${CC:-cc}
 
 fail() {
@@ -75,6 +78,14 @@ while IFS= read -r path; do
     esac
 done < <(cd "$prefix" && find . ! -type d | sed 's|^\./||' | sort)
 [ -f "$prefix/$includedir/ferry.h" ] || fail "include/ferry.h not installed"
+# The umbrella includes its parts from ferry/, so a part left out of the
+# install breaks every user; and a stray installed file is caught above.
+(cd "$source_include" && find . -name '*.h' | sed 's|^\./||' | sort) >"$tmp/headers-src"
+(cd "$prefix/$includedir" && find . -name '*.h' | sed 's|^\./||' | sort) >"$tmp/headers-inst"
+diff -u "$tmp/headers-src" "$tmp/headers-inst" >"$tmp/headers.diff" ||
+    fail "installed headers differ from include/ (- missing, + extra):" \
+        "$(cat "$tmp/headers.diff")"
+grep -q '^ferry/' "$tmp/headers-inst" || fail "no include/ferry/*.h installed"
 if [ ! -f "$lib/$real" ] || [ -L "$lib/$real" ]; then
     fail "$libdir/$real is not installed as a regular file"
 fi
@@ -121,6 +132,20 @@ for tool in "$prefix/$bindir"/ferry-*; do
     fi
     (unset LD_LIBRARY_PATH; check_loads_installed "$tool")
 done
+
+# --- Headers ----------------------------------------------------------------
+# Each part of the API compiles alone, in a user's strict C and C++ builds,
+# so that a program may include just the part it needs.
+step "compiling each installed header on its own"
+while IFS= read -r header; do
+    printf '#include <%s>\n' "$header" >"$tmp/one-header.c"
+    logged "header-c-$(basename "$header")" "$cc" -std=c11 -Wall -Wextra \
+        -Wpedantic -Werror -fsyntax-only -I"$prefix/$includedir" "$tmp/one-header.c"
+    if command -v c++ >/dev/null; then
+        logged "header-c++-$(basename "$header")" c++ -Wall -Wextra -Werror \
+            -fsyntax-only -I"$prefix/$includedir" -x c++ "$tmp/one-header.c"
+    fi
+done <"$tmp/headers-inst"
 
 export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
