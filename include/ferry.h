@@ -43,6 +43,7 @@
  *   ferry/stream.h   requests ordered on CUDA streams (and graphs)
  *   ferry/store.h    the c10d-compatible rendezvous store and its server
  *   ferry/comm.h     the communicator: ranks, collectives, the exchange
+ *   ferry/info.h     the report that ferry-info prints
  */
 #ifndef FERRY_H
 #define FERRY_H
@@ -54,5 +55,6 @@
 #include "ferry/stream.h"
 #include "ferry/store.h"
 #include "ferry/comm.h"
+#include "ferry/info.h"
 
 #endif /* FERRY_H */

@@ -6,8 +6,9 @@
 # that every public header of the source tree is installed and compiles on
 # its own, then builds consumer.c (which includes only ferry.h) against the
 # install twice, through pkg-config and through find_package(ferry), and
-# runs both. The installed tools must find the library without
-# LD_LIBRARY_PATH. Everything is removed at the end.
+# runs both. The installed tools, ferry-info among them, must load the
+# installed library without LD_LIBRARY_PATH, and ferry-info must report the
+# version that pkg-config gives. Everything is removed at the end.
 #
 # Usage: run.sh BUILD_DIR LIBDIR INCLUDEDIR BINDIR VERSION ABI_MAJOR
 #   LIBDIR, INCLUDEDIR, BINDIR are the relative CMAKE_INSTALL_* directories;
@@ -119,19 +120,23 @@ check_loads_installed() {
         fail "$program loads $loaded, not the installed $lib/$real"
 }
 
-# The tools carry a run path to the library, so they work from any prefix;
-# ferry-info, which reports on internals, carries the library's objects
-# instead and must run from the prefix as it is.
+# The tools carry a run path to the library, so they work from any prefix.
+# ferry-info describes the library that programs load, so it must be one of
+# them: linked to libferry.so, with no copy of the library's internals.
 step "checking that installed tools find the library by themselves"
 for tool in "$prefix/$bindir"/ferry-*; do
     [ -e "$tool" ] || continue
-    if [ "$(basename "$tool")" = ferry-info ]; then
-        (unset LD_LIBRARY_PATH; "$tool" >"$tmp/ferry-info.out" 2>&1) ||
-            fail "installed ferry-info failed: $(cat "$tmp/ferry-info.out")"
-        continue
-    fi
     (unset LD_LIBRARY_PATH; check_loads_installed "$tool")
 done
+info=$prefix/$bindir/ferry-info
+[ -x "$info" ] || fail "ferry-info is not installed"
+readelf -d "$info" | grep -q "NEEDED.*\[libferry\.so\.$abi\]" ||
+    fail "ferry-info does not link libferry.so.$abi"
+if nm "$info" 2>/dev/null | grep -q ' ferry__'; then
+    fail "ferry-info carries internal ferry__ functions (a static copy of the library)"
+fi
+(unset LD_LIBRARY_PATH; "$info" >"$tmp/ferry-info.out" 2>&1) ||
+    fail "installed ferry-info failed: $(cat "$tmp/ferry-info.out")"
 
 # --- Headers ----------------------------------------------------------------
 # Each part of the API compiles alone, in a user's strict C and C++ builds,
@@ -159,6 +164,9 @@ pc_prefix=$(pkg-config --variable=prefix ferry)
 pc_version=$(pkg-config --modversion ferry)
 [ "$pc_version" = "$version" ] ||
     fail "ferry.pc says version $pc_version, expected $version"
+info_version=$(sed -n '1s/^ferry //p' "$tmp/ferry-info.out")
+[ "$info_version" = "$pc_version" ] ||
+    fail "installed ferry-info reports version '$info_version', ferry.pc $pc_version"
 pc_flags=$(pkg-config --cflags --libs ferry)
 # pc_flags is split into words on purpose: it is a list of flags.
 # shellcheck disable=SC2086
