@@ -22,8 +22,10 @@ install(TARGETS ferry EXPORT ferryTargets
   LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}"
     COMPONENT Runtime NAMELINK_COMPONENT Development)
 
-# include/ holds public headers only (private ones sit beside their sources),
-# so the whole folder is installed and future include/ferry/*.h come along.
+# include/ holds public headers only (private ones sit beside their sources):
+# ferry.h, the umbrella, and the parts it includes from include/ferry/. The
+# whole folder is installed, so a new part comes along by itself, and
+# test_install checks that the installed set is exactly the source's.
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/"
   DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
   COMPONENT Development

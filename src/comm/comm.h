@@ -1,9 +1,10 @@
 /*
- * Private parts of the communicator (comm.c, exchange.c): the object, the
- * waiting and cleanup machinery the exchange shares with the barrier, the
- * resolution of parameters and environment (a function of its own so that
- * it can be tested without a store), and the fault-injection hooks the
- * failure tests use.
+ * Private parts of the communicator, shared by its files (comm.c lists
+ * them): the object, the key names and their deferred deletion, the abort,
+ * the rounds and waits the exchange shares with the barrier, the heartbeat
+ * thread, the resolution of parameters and environment (a function of its
+ * own so that it can be tested without a store), and the fault-injection
+ * hooks the failure tests use.
  */
 #ifndef FERRY_COMM_COMM_H
 #define FERRY_COMM_COMM_H
@@ -21,7 +22,8 @@
 #define FERRY__COMM_KEY_MAX (FERRY__COMM_PREFIX_MAX + 64)
 #define FERRY__COMM_TEXT_MAX 400
 
-/* What ferry_comm_create() runs with, from params and the environment. */
+/* What ferry_comm_create() runs with, from params and the environment
+ * (env.c). */
 typedef struct ferry__comm_cfg {
     int rank, size;
     char url[FERRY__COMM_URL_MAX];
@@ -65,7 +67,7 @@ struct ferry_comm {
     atomic_bool aborted;
     char abort_text[FERRY__COMM_TEXT_MAX];
 
-    /* Heartbeat and watch thread (comm.c), on its own connection. */
+    /* Heartbeat and watch thread (heartbeat.c), on its own connection. */
     ferry_store_t *hb_store;
     pthread_t hb_thread;
     bool hb_started;
@@ -89,9 +91,65 @@ struct ferry_comm {
     ferry__comm_hooks_t hooks;
 };
 
+/* keys.c ----------------------------------------------------------------- */
+
 /* Formats prefix + the rest into key (FERRY__COMM_KEY_MAX bytes). */
 void ferry__comm_key(const ferry_comm_t *comm, char *key, const char *fmt, ...)
     FERRY__PRINTF(3, 4);
+
+/* The keys "<stem>0" to "<stem><size - 1>", one per rank, in a single
+ * allocation that free() releases; NULL when out of memory. */
+const char **ferry__comm_rank_keys(const ferry_comm_t *comm, const char *stem);
+
+/* Queues key for deletion once every rank is past the next round. */
+void ferry__comm_defer(ferry_comm_t *comm, const char *key, bool per_rank);
+
+/* Deletes the pending keys of rounds before the one just completed. */
+void ferry__comm_flush_pending(ferry_comm_t *comm);
+
+/* Deletes key, logging (not returning) a failure: a key left behind costs
+ * the store a few bytes, never a rank its collective. */
+void ferry__comm_delete_key(ferry_store_t *s, const char *key);
+
+/* abort.c ---------------------------------------------------------------- */
+
+/* FERRY_ERR_ABORTED with the abort's text if this communicator is aborted. */
+ferry_status_t ferry__comm_aborted(ferry_comm_t *comm);
+
+/* Checks the abort key once (a store call); FERRY_ERR_ABORTED if set. */
+ferry_status_t ferry__comm_check_abort(ferry_comm_t *comm);
+
+/*
+ * Publishes "<rank> <reason>" through s as the job's abort unless one is
+ * there already, and takes whichever is there afterwards as the local
+ * abort. Returns 1 if this call's abort won, 0 if an earlier one stands, or
+ * a store error.
+ */
+int ferry__comm_publish_abort(ferry_comm_t *comm, ferry_store_t *s, int rank,
+                              const char *reason);
+
+/* round.c ---------------------------------------------------------------- */
+
+/* A deadline from a collective's timeout (negative: none). */
+uint64_t ferry__comm_deadline(int64_t timeout_ns);
+
+/*
+ * Waits until every key exists, in slices, checking the abort key between
+ * them. Returns OK, the abort, a store error, or FERRY_ERR_TIMEOUT (with
+ * no detail: the caller decides what a timeout means) at the deadline.
+ */
+ferry_status_t ferry__comm_wait_keys(ferry_comm_t *comm,
+                                     const char *const *keys, size_t n,
+                                     uint64_t deadline);
+
+/*
+ * Gives up on keys[i] (rank i's): names the ranks whose keys are still
+ * missing in an abort of the job, and returns TIMEOUT if this rank's abort
+ * is the one that stands, else that other abort.
+ */
+ferry_status_t ferry__comm_give_up(ferry_comm_t *comm, const char *const *keys,
+                                   size_t n, uint64_t started,
+                                   const char *what);
 
 /*
  * One collective round: publishes this rank's contribution under
@@ -104,14 +162,16 @@ ferry_status_t ferry__comm_round(ferry_comm_t *comm, const void *data,
                                  size_t len, void **values_p, size_t *lens_p,
                                  uint64_t deadline, const char *what);
 
-/* Queues key for deletion once every rank is past the next round. */
-void ferry__comm_defer(ferry_comm_t *comm, const char *key, bool per_rank);
+/* heartbeat.c ------------------------------------------------------------ */
 
-/* FERRY_ERR_ABORTED with the abort's text if this communicator is aborted. */
-ferry_status_t ferry__comm_aborted(ferry_comm_t *comm);
+/* Starts the heartbeat thread (watching the others once comm->hb_watch is
+ * set); FERRY_ERR_SYSTEM if it cannot. */
+ferry_status_t ferry__comm_hb_start(ferry_comm_t *comm);
 
-/* A deadline from a collective's timeout (negative: none). */
-uint64_t ferry__comm_deadline(int64_t timeout_ns);
+/* Stops and joins the heartbeat thread, if it runs. */
+void ferry__comm_hb_stop(ferry_comm_t *comm);
+
+/* comm.c ----------------------------------------------------------------- */
 
 /* Blobs the last exchange loaded (tests). */
 unsigned ferry__comm_loads(const ferry_comm_t *comm);

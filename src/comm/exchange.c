@@ -6,7 +6,7 @@
  * every rank instead of a rank that returns early and ranks that wait for
  * it forever.
  *
- * Exchange e, with the rounds of comm.c (keys under the prefix):
+ * Exchange e, with the rounds of round.c (keys under the prefix):
  *   x/<e>/b/<r>   rank r's blob, set before its round-1 contribution
  *   round 1       each rank's "<digest> <length>" of its blob (16 hex
  *                 digits, FNV-1a 64), or "!<status> <text>" if it has none

@@ -1,9 +1,12 @@
 /*
  * A minimal program built against an installed ferry, the way a user would
- * build one (pkg-config or find_package). It uses only the public header and
- * the shared library, and exits 0 only if the calls it makes behave: the
+ * build one (pkg-config or find_package). It includes only the umbrella
+ * header, so it builds only if ferry.h brings every part of the API along
+ * (one function of each part is taken by address, and must link from the
+ * shared library), and it exits 0 only if the calls it makes behave: the
  * version matches the header it was compiled with, a status has its text,
- * and an agent (which starts UCX) can be created and destroyed.
+ * an agent (which starts UCX) can be created and destroyed, and
+ * ferry_info_print() reports the library's version.
  */
 #include <ferry.h>
 
@@ -15,6 +18,45 @@
 #define HEADER_VERSION                                                         \
     STR(FERRY_VERSION_MAJOR) "." STR(FERRY_VERSION_MINOR) "." STR(             \
         FERRY_VERSION_PATCH)
+
+typedef void (*any_fn)(void);
+
+/* One function of each part of the API (ferry/status.h to ferry/info.h). */
+static const any_fn parts[] = {
+    (any_fn)ferry_status_str,
+    (any_fn)ferry_mem_register,
+    (any_fn)ferry_peer_load,
+    (any_fn)ferry_xfer_prepare,
+    (any_fn)ferry_xfer_post_on_stream,
+    (any_fn)ferry_store_connect,
+    (any_fn)ferry_comm_create,
+    (any_fn)ferry_info_print,
+};
+
+/* ferry_info_print(FERRY_INFO_VERSION) must say "ferry <version>". */
+static int check_info(const char *version)
+{
+    char line[64] = "", want[64];
+    FILE *f = tmpfile();
+    ferry_status_t st;
+
+    if (f == NULL) {
+        perror("consumer: tmpfile");
+        return 1;
+    }
+    st = ferry_info_print(f, FERRY_INFO_VERSION);
+    rewind(f);
+    if (fgets(line, sizeof(line), f) == NULL)
+        line[0] = '\0';
+    fclose(f);
+    snprintf(want, sizeof(want), "ferry %s\n", version);
+    if (st != FERRY_OK || strcmp(line, want) != 0) {
+        fprintf(stderr, "consumer: ferry_info_print: %s, printed '%s'\n",
+                ferry_status_str(st), line);
+        return 1;
+    }
+    return 0;
+}
 
 int main(void)
 {
@@ -42,6 +84,14 @@ int main(void)
         return 1;
     }
     ferry_agent_destroy(agent);
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        if (parts[i] == NULL) {
+            fprintf(stderr, "consumer: part %zu of the API is missing\n", i);
+            return 1;
+        }
+    }
+    if (check_info(version) != 0)
+        return 1;
     printf("consumer: ferry %s works\n", version);
     return 0;
 }

@@ -3,9 +3,12 @@
 # cmake/install.cmake. It checks ferry from a user's side: installs a built
 # tree into a fresh temporary prefix, checks the layout and the shared
 # library's ELF surface (SONAME, versioned links, only ferry_* exported),
-# then builds consumer.c against the install twice, through pkg-config and
-# through find_package(ferry), and runs both. The installed tools must find
-# the library without LD_LIBRARY_PATH. Everything is removed at the end.
+# that every public header of the source tree is installed and compiles on
+# its own, then builds consumer.c (which includes only ferry.h) against the
+# install twice, through pkg-config and through find_package(ferry), and
+# runs both. The installed tools, ferry-info among them, must load the
+# installed library without LD_LIBRARY_PATH, and ferry-info must report the
+# version that pkg-config gives. Everything is removed at the end.
 #
 # Usage: run.sh BUILD_DIR LIBDIR INCLUDEDIR BINDIR VERSION ABI_MAJOR
 #   LIBDIR, INCLUDEDIR, BINDIR are the relative CMAKE_INSTALL_* directories;
@@ -19,6 +22,7 @@ if [ $# -ne 6 ]; then
 fi
 build=$1 libdir=$2 includedir=$3 bindir=$4 version=$5 abi=$6
 here=$(cd "$(dirname "$0")" && pwd)
+source_include=$(cd "$here/../../include" && pwd)
 cc=${CC:-cc}
 
 fail() {
@@ -75,6 +79,14 @@ while IFS= read -r path; do
     esac
 done < <(cd "$prefix" && find . ! -type d | sed 's|^\./||' | sort)
 [ -f "$prefix/$includedir/ferry.h" ] || fail "include/ferry.h not installed"
+# The umbrella includes its parts from ferry/, so a part left out of the
+# install breaks every user; and a stray installed file is caught above.
+(cd "$source_include" && find . -name '*.h' | sed 's|^\./||' | sort) >"$tmp/headers-src"
+(cd "$prefix/$includedir" && find . -name '*.h' | sed 's|^\./||' | sort) >"$tmp/headers-inst"
+diff -u "$tmp/headers-src" "$tmp/headers-inst" >"$tmp/headers.diff" ||
+    fail "installed headers differ from include/ (- missing, + extra):" \
+        "$(cat "$tmp/headers.diff")"
+grep -q '^ferry/' "$tmp/headers-inst" || fail "no include/ferry/*.h installed"
 if [ ! -f "$lib/$real" ] || [ -L "$lib/$real" ]; then
     fail "$libdir/$real is not installed as a regular file"
 fi
@@ -108,19 +120,46 @@ check_loads_installed() {
         fail "$program loads $loaded, not the installed $lib/$real"
 }
 
-# The tools carry a run path to the library, so they work from any prefix;
-# ferry-info, which reports on internals, carries the library's objects
-# instead and must run from the prefix as it is.
+# The tools carry a run path to the library, so they work from any prefix.
+# ferry-info describes the library that programs load, so it must be one of
+# them: linked to libferry.so, with no copy of the library's internals.
+# ferry-bench is the one exception: its GPU buffers need a device chosen and
+# filled through the CUDA driver, which only the library's internal loader
+# reaches, so it links the library's objects (until the public API can
+# allocate on a given device); it must still run from the prefix alone.
 step "checking that installed tools find the library by themselves"
 for tool in "$prefix/$bindir"/ferry-*; do
     [ -e "$tool" ] || continue
-    if [ "$(basename "$tool")" = ferry-info ]; then
-        (unset LD_LIBRARY_PATH; "$tool" >"$tmp/ferry-info.out" 2>&1) ||
-            fail "installed ferry-info failed: $(cat "$tmp/ferry-info.out")"
+    if [ "$(basename "$tool")" = ferry-bench ]; then
+        (unset LD_LIBRARY_PATH; "$tool" --help >/dev/null 2>&1) ||
+            fail "installed ferry-bench does not start"
         continue
     fi
     (unset LD_LIBRARY_PATH; check_loads_installed "$tool")
 done
+info=$prefix/$bindir/ferry-info
+[ -x "$info" ] || fail "ferry-info is not installed"
+readelf -d "$info" | grep -q "NEEDED.*\[libferry\.so\.$abi\]" ||
+    fail "ferry-info does not link libferry.so.$abi"
+if nm "$info" 2>/dev/null | grep -q ' ferry__'; then
+    fail "ferry-info carries internal ferry__ functions (a static copy of the library)"
+fi
+(unset LD_LIBRARY_PATH; "$info" >"$tmp/ferry-info.out" 2>&1) ||
+    fail "installed ferry-info failed: $(cat "$tmp/ferry-info.out")"
+
+# --- Headers ----------------------------------------------------------------
+# Each part of the API compiles alone, in a user's strict C and C++ builds,
+# so that a program may include just the part it needs.
+step "compiling each installed header on its own"
+while IFS= read -r header; do
+    printf '#include <%s>\n' "$header" >"$tmp/one-header.c"
+    logged "header-c-$(basename "$header")" "$cc" -std=c11 -Wall -Wextra \
+        -Wpedantic -Werror -fsyntax-only -I"$prefix/$includedir" "$tmp/one-header.c"
+    if command -v c++ >/dev/null; then
+        logged "header-c++-$(basename "$header")" c++ -Wall -Wextra -Werror \
+            -fsyntax-only -I"$prefix/$includedir" -x c++ "$tmp/one-header.c"
+    fi
+done <"$tmp/headers-inst"
 
 export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
@@ -134,6 +173,9 @@ pc_prefix=$(pkg-config --variable=prefix ferry)
 pc_version=$(pkg-config --modversion ferry)
 [ "$pc_version" = "$version" ] ||
     fail "ferry.pc says version $pc_version, expected $version"
+info_version=$(sed -n '1s/^ferry //p' "$tmp/ferry-info.out")
+[ "$info_version" = "$pc_version" ] ||
+    fail "installed ferry-info reports version '$info_version', ferry.pc $pc_version"
 pc_flags=$(pkg-config --cflags --libs ferry)
 # pc_flags is split into words on purpose: it is a list of flags.
 # shellcheck disable=SC2086

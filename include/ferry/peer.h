@@ -1,0 +1,62 @@
+/*
+ * ferry/peer.h: metadata and peers. An agent packs a blob that describes
+ * its registrations to other agents; an agent that loads another's blob
+ * gets a peer, which transfers name as their other side. Part of <ferry.h>.
+ */
+#ifndef FERRY_PEER_H
+#define FERRY_PEER_H
+
+#include "agent.h"
+#include "status.h"
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Packs the agent's metadata into a new blob: its name and host identity,
+ * its transport addresses, and every current registration with the keys a
+ * peer needs to reach it. The blob is self-describing and portable
+ * (little-endian, versioned, checksummed). On success *blob_p (free it with
+ * ferry_md_free()) and *len_p are written. Any thread.
+ */
+FERRY_API ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p,
+                                       size_t *len_p);
+
+/* Frees a blob from ferry_md_pack(). Accepts NULL. Any thread. */
+FERRY_API void ferry_md_free(void *blob);
+
+/*
+ * Validates a peer's blob completely and then loads it. A blob from an agent
+ * whose name is already loaded replaces that peer's metadata and returns the
+ * same handle. If the blob comes from the same running agent (for example
+ * re-packed after new registrations), earlier requests stay valid; if it
+ * comes from a new instance under the same name (a restart), requests
+ * prepared against the old metadata fail to post with FERRY_ERR_PEER_LOST
+ * and must be prepared again. The agent's own blob may be loaded
+ * (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text, for a
+ * truncated, oversized, corrupted, unknown-version or inconsistent blob
+ * (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped. Any
+ * thread.
+ */
+FERRY_API ferry_status_t ferry_peer_load(ferry_agent_t *agent,
+                                         const void *blob, size_t len,
+                                         ferry_peer_t **peer_p);
+
+/*
+ * Drops a peer and releases its remote keys and connection. Requests
+ * prepared against it remain objects to release; posting them returns
+ * FERRY_ERR_PEER_LOST. Accepts NULL. Any thread.
+ */
+FERRY_API void ferry_peer_forget(ferry_peer_t *peer);
+
+/* Returns the peer's agent name; valid until forgotten. Any thread. */
+FERRY_API const char *ferry_peer_name(const ferry_peer_t *peer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_PEER_H */
