@@ -96,6 +96,10 @@ FERRY_API ferry_status_t ferry_xfer_prepare(
  * request is still in flight from an earlier post, FERRY_ERR_NOT_REGISTERED
  * if a local registration it uses was deregistered, FERRY_ERR_PEER_LOST if
  * the peer is gone or was replaced, or the transport's error. Any thread.
+ * A transfer into or out of a same-host peer's memory that is mapped here
+ * (the peer's ferry_mem_alloc() memory) is copied by the calling thread,
+ * without holding the agent's lock, so threads that post different
+ * requests of one agent copy in parallel; it completes inline.
  */
 FERRY_API ferry_status_t ferry_xfer_post(ferry_xfer_t *xfer);
 
