@@ -3,9 +3,14 @@
  * and its requests, and the relations between them.
  *
  * Ownership and locking. The agent's one mutex guards everything below it:
- * the registry, the peer list, every backend call and every request's
- * in-flight state. A request's state word is also read without the lock by
- * test/wait, so that a finished request is reported without contention.
+ * the registry, the peer list, every backend call but run() and every
+ * request's in-flight state. Two exceptions, both in xfer.c: a backend's
+ * run() (a copy into mapped memory) happens after the posting thread let
+ * go of the lock, and a "lone" post (every part a run) is ended by that
+ * thread with atomic stores unless another thread claimed the request
+ * (ferry__xfer_claim_locked). A request's state word is also read without
+ * the lock by test/wait, so that a finished request is reported without
+ * contention.
  *
  * Lifetimes are reference counts held under the lock:
  *  - a ferry_mem_t is referenced by the registry (until deregistered) and
