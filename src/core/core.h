@@ -97,7 +97,7 @@ enum {
     FERRY__SOLO_NONE = 0, /* not a lone post */
     FERRY__SOLO_RUNNING,  /* copying; ends without the lock */
     FERRY__SOLO_CLAIMED,  /* another thread is involved: ends under the lock */
-    FERRY__SOLO_ENDING    /* being ended without the lock: wait for DONE */
+    FERRY__SOLO_ENDING    /* ended (or being ended) without the lock */
 };
 
 /* The segments of a request that one backend moves, with everything a post

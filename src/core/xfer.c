@@ -578,8 +578,10 @@ void ferry__xfer_claim_locked(ferry_xfer_t *x)
 
     if (atomic_compare_exchange_strong(&x->solo, &s, FERRY__SOLO_CLAIMED))
         return;
-    /* Ending without the lock takes a few stores: wait them out. */
-    while (atomic_load_explicit(&x->solo, memory_order_acquire) == FERRY__SOLO_ENDING)
+    /* Ending without the lock takes a few stores: wait them out. The state
+     * stays ENDING after that, until the next post sets it. */
+    while (atomic_load_explicit(&x->solo, memory_order_acquire) == FERRY__SOLO_ENDING &&
+           ferry__in_flight(x))
         sched_yield();
 }
 
@@ -595,8 +597,9 @@ static bool xfer_end_lone(ferry_xfer_t *x)
     for (size_t i = 0; i < x->nmems; i++)
         atomic_fetch_sub_explicit(&x->mems[i]->active, 1, memory_order_release);
     atomic_store_explicit(&x->result, FERRY_OK, memory_order_relaxed);
+    /* Last: once DONE shows, another thread may post x again, and its post
+     * sets solo anew. */
     atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
-    atomic_store_explicit(&x->solo, FERRY__SOLO_NONE, memory_order_release);
     return true;
 }
 
