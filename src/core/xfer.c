@@ -648,7 +648,6 @@ ferry_status_t ferry__xfer_start_locked(ferry_xfer_t *x, bool skip_stream)
     if (runs == 0)
         return st;
     xfer_run(x, runs, ran);
-    atomic_store_explicit(&x->solo, FERRY__SOLO_NONE, memory_order_relaxed);
     return xfer_ran(x, runs, ran);
 }
 
