@@ -232,6 +232,9 @@ int main(void)
         {"B2", NULL, NULL, (1u << 20) + 13}, /* an odd size: no tail rounding */
     };
     space_t spaces[2] = {{{&bufs[A], NULL}, 1}, {{&bufs[B1], &bufs[B2]}, 2}};
+    /* B1 and B2 share one registration (mem_b): the rounds past ROUNDS
+     * move bytes between them, local and remote descriptors in one handle. */
+    space_t shared[2] = {{{&bufs[B1], NULL}, 1}, {{&bufs[B2], NULL}, 1}};
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "loopback-agent"};
     ferry_agent_t *agent = NULL;
     ferry_mem_t *mem_a = NULL, *mem_b = NULL;
@@ -305,21 +308,27 @@ int main(void)
     }
 
     /*
-     * Random rounds: WRITE and READ, A to B and B to A, each request
-     * prepared once and posted POSTS_PER_ROUND times with fresh data.
+     * Random rounds: WRITE and READ, A to B and B to A, then B1 to B2 and
+     * back within one registration, each request prepared once and posted
+     * POSTS_PER_ROUND times with fresh data.
      */
-    for (unsigned round = 0; round < ROUNDS; round++) {
+    for (unsigned round = 0; round < ROUNDS + 8; round++) {
         ferry_xfer_op_t op = (round & 1) ? FERRY_OP_READ : FERRY_OP_WRITE;
         unsigned ls = (round >> 1) & 1;
-        size_t n = (size_t)test_rand_range(&rng, 1, 24);
+        space_t *sp = round < ROUNDS ? spaces : shared;
+        const char *names[2][2] = {{"A", "B"}, {"B1", "B2"}};
+        /* One buffer of a side holds the shared rounds' ranges: fewer and
+         * smaller, to fit in half of B2. */
+        size_t n = (size_t)test_rand_range(&rng, 1, sp == shared ? 12 : 24);
+        uint64_t max_len = sp == shared ? 32u << 10 : 64u << 10;
         req_layout_t r = {0};
         ferry_xfer_t *x;
         char what[96];
 
         snprintf(what, sizeof(what), "round %u (%s, %s -> %s, %zu descriptors)", round,
-                 op == FERRY_OP_WRITE ? "WRITE" : "READ", ls ? "B" : "A",
-                 ls ? "A" : "B", n);
-        req_make(&r, &rng, n, 64u << 10, &spaces[ls], &spaces[!ls]);
+                 op == FERRY_OP_WRITE ? "WRITE" : "READ", names[sp == shared][ls],
+                 names[sp == shared][!ls], n);
+        req_make(&r, &rng, n, max_len, &sp[ls], &sp[!ls]);
         x = req_prepare(agent, peer, op, &r);
         for (unsigned p = 0; p < POSTS_PER_ROUND; p++) {
             uint64_t iter = (uint64_t)round * 100 + p + 1;
