@@ -9,27 +9,42 @@
  * the shared library like any user, so what it describes is the libferry.so
  * that programs on this machine load.
  */
+#include "cli.h"
 #include "ferry.h"
 
 #include <stdio.h>
-#include <string.h>
 
 static void usage(FILE *out)
 {
     fprintf(out, "usage: ferry-info [-c]\n"
-                 "  -c  print the configuration table (FERRY_* variables)\n");
+                 "  -c          print the configuration table (FERRY_* variables)\n"
+                 "  -h, --help  print this help\n");
 }
 
 int main(int argc, char **argv)
 {
+    static const struct option longs[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     uint64_t what = FERRY_INFO_DEFAULT;
     ferry_status_t st;
+    int c;
 
-    if (argc == 2 && strcmp(argv[1], "-c") == 0) {
-        what = FERRY_INFO_CONFIG;
-    } else if (argc != 1) {
-        usage(stderr);
-        return 2;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":ch", longs, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            what = FERRY_INFO_CONFIG;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            return cli_bad_option("ferry-info", c, argv, usage);
+        }
+    }
+    if (optind < argc) {
+        return cli_bad_argument("ferry-info", argv[optind], usage);
     }
     st = ferry_info_print(stdout, what);
     if (st != FERRY_OK) {

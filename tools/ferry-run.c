@@ -11,72 +11,113 @@
  * first failed rank's exit code (128 + the signal number for a signal), or
  * 0 when every rank exited 0. The launcher itself is launch.c, which
  * ferry-bench uses too; this file is its command line.
+ *
+ * A --store URL is checked before any rank starts, by the library's own
+ * parser (through ferry_store_connect(), below), so that a URL no rank
+ * could use is one error from ferry-run, not one from every rank.
  */
+#include "cli.h"
+#include "ferry.h"
 #include "launch.h"
 
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #define MAX_RANKS 4096
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: ferry-run -n N [--store URL] [--grace SEC] -- PROG [ARGS...]\n"
+            "usage: ferry-run -n N [--store URL] [--grace SEC] [--] PROG [ARGS...]\n"
             "  -n N          start N ranks (1 to %d)\n"
             "  --store URL   the job's store (tcp://host:port); default: one\n"
             "                that ferry-run hosts on 127.0.0.1\n"
             "  --grace SEC   after SIGTERM, wait this long before SIGKILL\n"
-            "                (default 5)\n"
+            "                (0 to 3600, default 5)\n"
+            "  -h, --help    print this help\n"
             "Each rank gets FERRY_RANK, FERRY_WORLD_SIZE, FERRY_STORE,\n"
             "LOCAL_RANK and LOCAL_WORLD_SIZE. The exit code is the first\n"
             "failed rank's (128 + signal for a signal), else 0.\n",
             MAX_RANKS);
 }
 
+/*
+ * Whether url is a store URL that ranks can use. ferry_store_connect()
+ * parses the URL and resolves its host before it tries to connect, and
+ * answers FERRY_ERR_INVALID (with the parser's text) only when one of
+ * those fails. With a zero timeout it makes one attempt to connect and
+ * gives up at once: the store need not be up yet (rank 0 hosts it when
+ * nobody else does), so any other answer means the URL is fine.
+ */
+static bool store_url_ok(const char *url)
+{
+    ferry_store_params_t probe = {.field_mask = FERRY_STORE_PARAM_TIMEOUT,
+                                  .timeout_ns = 0};
+    ferry_store_t *store = NULL;
+    ferry_status_t st = ferry_store_connect(url, &probe, &store);
+
+    ferry_store_close(store);
+    if (st == FERRY_ERR_INVALID) {
+        fprintf(stderr, "ferry-run: --store: %s\n", ferry_last_error());
+        return false;
+    }
+    return true;
+}
+
 int main(int argc, char **argv)
 {
+    enum { O_STORE = 256, O_GRACE };
+    static const struct option longs[] = {
+        {"store", required_argument, NULL, O_STORE},
+        {"grace", required_argument, NULL, O_GRACE},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     launch_params_t p = {.name = "ferry-run", .prefix_lines = true, .grace_s = 5.0};
-    int first = 1;
+    char *end;
+    long n;
+    int c;
 
-    for (; first < argc; first++) {
-        if (strcmp(argv[first], "--") == 0) {
-            first++;
-            break;
-        } else if (strcmp(argv[first], "-n") == 0 && first + 1 < argc) {
-            char *end;
-            long n = strtol(argv[++first], &end, 10);
-
-            if (*end != 0 || n < 1 || n > MAX_RANKS) {
-                fprintf(stderr, "ferry-run: -n wants 1 to %d, not '%s'\n",
-                        MAX_RANKS, argv[first]);
-                return 2;
+    /* "+": the options end at the program, whose own options are its. */
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+:n:h", longs, NULL)) != -1) {
+        switch (c) {
+        case 'n':
+            if (!cli_number("ferry-run", "-n", optarg, 1, MAX_RANKS, &n)) {
+                return CLI_USAGE;
             }
             p.nranks = (int)n;
-        } else if (strcmp(argv[first], "--store") == 0 && first + 1 < argc) {
-            p.store_url = argv[++first];
-        } else if (strcmp(argv[first], "--grace") == 0 && first + 1 < argc) {
-            char *end;
-
-            p.grace_s = strtod(argv[++first], &end);
-            if (*end != 0 || !(p.grace_s >= 0 && p.grace_s <= 3600)) {
-                fprintf(stderr, "ferry-run: bad --grace '%s'\n", argv[first]);
-                return 2;
+            break;
+        case O_STORE:
+            p.store_url = optarg;
+            break;
+        case O_GRACE:
+            p.grace_s = strtod(optarg, &end);
+            if (end == optarg || *end != 0 ||
+                !(p.grace_s >= 0 && p.grace_s <= 3600)) {
+                fprintf(stderr, "ferry-run: --grace takes seconds from 0 to "
+                                "3600, not '%s'\n", optarg);
+                return CLI_USAGE;
             }
-        } else if (strcmp(argv[first], "-h") == 0 ||
-                   strcmp(argv[first], "--help") == 0) {
+            break;
+        case 'h':
             usage(stdout);
             return 0;
-        } else {
-            usage(stderr);
-            return 2;
+        default:
+            return cli_bad_option("ferry-run", c, argv, usage);
         }
     }
-    if (p.nranks == 0 || first >= argc) {
+    if (p.nranks == 0) {
+        fprintf(stderr, "ferry-run: -n N is required\n");
         usage(stderr);
-        return 2;
+        return CLI_USAGE;
     }
-    p.argv = argv + first;
+    if (optind >= argc) {
+        fprintf(stderr, "ferry-run: no program to run\n");
+        usage(stderr);
+        return CLI_USAGE;
+    }
+    if (p.store_url != NULL && !store_url_ok(p.store_url)) {
+        return CLI_USAGE;
+    }
+    p.argv = argv + optind;
     return launch_job(&p);
 }

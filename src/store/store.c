@@ -412,11 +412,21 @@ ferry_status_t ferry__store_parse_url(const char *url, char *host, size_t hostca
             goto bad;
         hend = colon;
     }
-    if (hend == p || (size_t)(hend - p) >= hostcap || colon[1] == 0 ||
-        strlen(colon + 1) >= portcap || strspn(colon + 1, "0123456789") !=
-                                            strlen(colon + 1) ||
-        atol(colon + 1) < 1 || atol(colon + 1) > 65535)
+    if (hend == p || (size_t)(hend - p) >= hostcap || colon[1] == 0)
         goto bad;
+    if (strlen(colon + 1) >= portcap ||
+        strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+        atol(colon + 1) > 65535)
+        return ferry__error(FERRY_ERR_INVALID,
+                            "store: URL '%s': port '%s' is not a number from "
+                            "1 to 65535", url, colon + 1);
+    /* Port 0 asks a server for any free port; a client needs the one the
+     * server then chose (ferry-store prints it). */
+    if (atol(colon + 1) == 0)
+        return ferry__error(FERRY_ERR_INVALID,
+                            "store: URL '%s': port 0 is not a port a store "
+                            "listens on (a server started with port 0 picks "
+                            "a free port and reports which)", url);
     memcpy(host, p, (size_t)(hend - p));
     host[hend - p] = 0;
     strcpy(port, colon + 1);

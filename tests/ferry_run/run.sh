@@ -3,7 +3,8 @@
 # the environment each rank gets, "[rank] " line prefixes on stdout and
 # stderr, exit code propagation (first failed rank's code, 128 + signal for
 # a signal), stopping the other ranks (SIGTERM, then SIGKILL after the
-# grace period), and forwarding SIGINT/SIGTERM. Every case runs under
+# grace period), forwarding SIGINT/SIGTERM, its usage errors (each named)
+# and the check of a --store URL before any rank starts. Every case runs under
 # timeout(1), and no rank may be left running afterwards.
 # Usage: run.sh path/to/ferry-run
 set -u
@@ -108,14 +109,78 @@ for sig in INT TERM; do
     leftovers "SIG$sig"
 done
 
-# 6. Usage errors and a program that does not exist.
-run -n 0 -- true
-[ $rc = 2 ] || fail "-n 0: expected 2, got $rc"
+# 6. Help, usage errors and a program that does not exist. -h and --help:
+# the usage on stdout, exit 0. A mistake names what was wrong on the first
+# line of stderr, exit 2, and starts no rank.
+for h in -h --help; do
+    run $h
+    [ $rc = 0 ] || fail "$h: expected 0, got $rc"
+    grep -q '^usage: ferry-run' <<<"$out" || fail "$h: no usage on stdout: $out"
+    [ -z "$err" ] || fail "$h: wrote to stderr: $err"
+done
+# args|the first line of stderr (each list ends with a rank that leaves a
+# trace, to prove that none started).
+while IFS='|' read -r args want; do
+    rm -f "$tmp/started"
+    # Word splitting of args is the point: each is an argument list.
+    # shellcheck disable=SC2086
+    run $args -- sh -c "touch $tmp/started"
+    [ $rc = 2 ] || fail "$args: expected 2, got $rc"
+    [ "$(head -n 1 <<<"$err")" = "$want" ] ||
+        fail "$args: stderr starts '$(head -n 1 <<<"$err")', not '$want'"
+    [ -e "$tmp/started" ] && fail "$args: a rank was started"
+done <<'EOF'
+--bogus -n 2|ferry-run: unknown option '--bogus'
+-q -n 2|ferry-run: unknown option '-q'
+-n 0|ferry-run: -n takes a number from 1 to 4096, not '0'
+-n abc|ferry-run: -n takes a number from 1 to 4096, not 'abc'
+-n 4097|ferry-run: -n takes a number from 1 to 4096, not '4097'
+-n 2 --grace soon|ferry-run: --grace takes seconds from 0 to 3600, not 'soon'
+|ferry-run: -n N is required
+EOF
+# An option without its argument (nothing after it).
+for opt in -n --store --grace; do
+    run -n 1 $opt
+    [ $rc = 2 ] || fail "$opt with no argument: expected 2, got $rc"
+    [ "$(head -n 1 <<<"$err")" = "ferry-run: option '$opt' needs an argument" ] ||
+        fail "$opt with no argument: stderr starts '$(head -n 1 <<<"$err")'"
+    grep -q '^usage: ferry-run' <<<"$err" || fail "$opt with no argument: no usage on stderr"
+done
 run -n 2
 [ $rc = 2 ] || fail "no program: expected 2, got $rc"
+[ "$(head -n 1 <<<"$err")" = "ferry-run: no program to run" ] ||
+    fail "no program: stderr starts '$(head -n 1 <<<"$err")'"
 run -n 2 -- /nonexistent/program
 [ $rc = 127 ] || fail "missing program: expected 127, got $rc"
 grep -q "cannot run '/nonexistent/program'" <<<"$err" || fail "no text for a missing program: $err"
+
+# 7. A --store URL that no rank could use is refused before any rank
+# starts, with the library's reason; a good one, whether or not a store is
+# up yet (rank 0 hosts one when none answers), reaches the ranks as given.
+while IFS='|' read -r url want; do
+    rm -f "$tmp/started"
+    run -n 2 --store "$url" -- sh -c "touch $tmp/started"
+    [ $rc = 2 ] || fail "--store $url: expected 2, got $rc"
+    # A prefix: the resolver's own words end the last line.
+    [[ "$err" == "ferry-run: --store: $want"* ]] ||
+        fail "--store $url: '$err', not 'ferry-run: --store: $want...'"
+    [ -e "$tmp/started" ] && fail "--store $url: a rank was started"
+done <<'EOF'
+tcp://127.0.0.1:99999|store: URL 'tcp://127.0.0.1:99999': port '99999' is not a number from 1 to 65535
+tcp://127.0.0.1:http|store: URL 'tcp://127.0.0.1:http': port 'http' is not a number from 1 to 65535
+tcp://127.0.0.1:0|store: URL 'tcp://127.0.0.1:0': port 0 is not a port a store listens on (a server started with port 0 picks a free port and reports which)
+tcp://127.0.0.1|store: URL 'tcp://127.0.0.1' is not tcp://host:port
+tcp://:5000|store: URL 'tcp://:5000' is not tcp://host:port
+127.0.0.1:5000|store: URL '127.0.0.1:5000' does not start with tcp://
+garbage|store: URL 'garbage' does not start with tcp://
+tcp://nohost.invalid:5000|store tcp://nohost.invalid:5000: cannot resolve 'nohost.invalid'
+EOF
+for url in tcp://127.0.0.1:1 tcp://localhost:1 'tcp://[::1]:1'; do
+    run -n 2 --store "$url" -- sh -c 'echo "$FERRY_STORE"'
+    [ $rc = 0 ] || fail "--store $url: expected 0, got $rc ($err)"
+    [ "$(grep -cxF -e "[0] $url" -e "[1] $url" <<<"$out")" = 2 ] ||
+        fail "--store $url: the ranks saw '$out'"
+done
 
 if [ $fails -gt 0 ]; then
     echo "test_ferry_run: $fails check(s) failed"

@@ -6,7 +6,8 @@
 # agrees with itself and with ucx_info; what it says about CUDA matches
 # whether this machine has an NVIDIA driver (/dev/nvidiactl); -c prints
 # exactly the library's configuration table, each variable with a default
-# and its value here; bad arguments are refused.
+# and its value here; -h and --help print the usage and succeed, and a
+# bad argument is refused, named.
 # Usage: ferry_info.sh FERRY-INFO
 set -u
 info=$1
@@ -138,16 +139,40 @@ printf '%s\n' "$cfg" | awk '
     bad "-c: not every variable has a default line"
 
 # --- Arguments ---------------------------------------------------------------
-for args in --bogus "-c -c" x; do
+# -h and --help: the usage on stdout, nothing on stderr, exit 0. A mistake
+# is named on stderr (the flag, or the stray argument), the usage follows,
+# exit 2, and nothing reaches stdout.
+err_file="${TMPDIR:-/tmp}/ferry_info.$$"
+for args in -h --help; do
+    help=$("$info" $args 2>"$err_file")
+    rc=$?
+    [ $rc -eq 0 ] || bad "ferry-info $args exited with $rc, not 0"
+    has '^usage: ferry-info' "$help" || bad "ferry-info $args printed no usage on stdout"
+    has '^  -c ' "$help" || bad "ferry-info $args does not describe -c"
+    [ -s "$err_file" ] && bad "ferry-info $args wrote to stderr: $(cat "$err_file")"
+done
+# args|the first line of stderr
+while IFS='|' read -r args want; do
     # Word splitting of args is the point: each is an argument list.
     # shellcheck disable=SC2086
-    "$info" $args >/dev/null 2>"${TMPDIR:-/tmp}/ferry_info.$$"
+    stdout=$("$info" $args 2>"$err_file")
     rc=$?
     [ $rc -eq 2 ] || bad "ferry-info $args exited with $rc, not 2"
-    grep -q '^usage: ferry-info' "${TMPDIR:-/tmp}/ferry_info.$$" ||
+    [ "$(head -n 1 "$err_file")" = "$want" ] ||
+        bad "ferry-info $args: stderr starts '$(head -n 1 "$err_file")', not '$want'"
+    grep -q '^usage: ferry-info' "$err_file" ||
         bad "ferry-info $args printed no usage on stderr"
-    rm -f "${TMPDIR:-/tmp}/ferry_info.$$"
-done
+    [ -z "$stdout" ] || bad "ferry-info $args wrote to stdout: $stdout"
+done <<'EOF'
+--bogus|ferry-info: unknown option '--bogus'
+-x|ferry-info: unknown option '-x'
+-cx|ferry-info: unknown option '-x'
+--bogus=1|ferry-info: unknown option '--bogus'
+--help=1|ferry-info: option '--help' takes no argument
+x|ferry-info: unexpected argument 'x'
+-c x|ferry-info: unexpected argument 'x'
+EOF
+rm -f "$err_file"
 
 [ $fail -eq 0 ] && echo "ferry_info: all checks passed"
 exit $fail
