@@ -3,7 +3,8 @@
 # the real work; this file only names the usual configurations so that a
 # developer, CI and a packager all run the same commands.
 #
-#   make deps       check the Debian packages the build needs (install as root)
+#   make deps       check the Debian packages the test suite needs (install
+#                   as root); every target checks those it uses itself
 #   make build      configure build/ with warnings as errors, build it
 #   make test       build, then run the whole test suite
 #   make bench      build, then run ferry-bench with its default sweep
@@ -51,43 +52,67 @@ TSAN_ENV = FERRY_TEST_ITERS=20 UCX_MEM_EVENTS=no \
 # output is wrapped in "Entering directory" noise.
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps build test bench sanitize tsan install clean
+.PHONY: all deps deps-build deps-test build test bench sanitize tsan install clean
 
 all: build
 
-# Each check names the Debian package that provides what it looks for.
-# As root (CI, containers) the missing packages are installed; otherwise the
-# command to run is printed and make stops, rather than calling sudo.
-# iproute2 (`ip`) serves only the two-namespace test, which needs root
-# anyway, so it is asked for only as root.
-deps:
-	@missing=""; \
+# Each target checks only the Debian packages it uses; each check names the
+# package that provides what it looks for. As root (CI, containers) the
+# missing packages are installed; otherwise the command to run is printed
+# and make stops, rather than calling sudo.
+#
+# Building and installing need the compiler, CMake, pkg-config and UCX's
+# development files. ferry-bench (`make bench`) needs nothing more.
+BUILD_DEPS = \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
-	command -v readelf >/dev/null || missing="$$missing binutils"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
-	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev"; \
-	command -v ucx_perftest >/dev/null || missing="$$missing ucx-utils"; \
+	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev";
+
+# The suite adds: ucx_info (ucx-utils), which test_ferry_info compares
+# ferry-info's UCX version with; python3, which runs bench_outputs and the
+# torch interoperability tests; readelf and nm (binutils), with which
+# test_install checks the installed library and tools. iproute2 (`ip`)
+# serves only the two-namespace test, which needs root anyway, so it is
+# asked for only as root.
+TEST_DEPS = $(BUILD_DEPS) \
+	command -v ucx_info >/dev/null || missing="$$missing ucx-utils"; \
+	command -v python3 >/dev/null || missing="$$missing python3"; \
+	command -v readelf >/dev/null || missing="$$missing binutils"; \
 	if [ "$$(id -u)" = 0 ] && ! command -v ip >/dev/null; then \
 		missing="$$missing iproute2"; \
-	fi; \
+	fi;
+
+# $(call check_deps,WHAT,CHECKS): runs CHECKS, which collect the names of
+# missing packages in $$missing, then installs them or says how.
+define check_deps
+	@missing=""; $(2) \
 	if [ -z "$$missing" ]; then \
-		echo "deps: cmake, gcc, pkg-config, libucx-dev and ucx-utils are present"; \
+		echo "deps: what $(1) needs is present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		echo "deps: installing$$missing"; \
+		echo "deps: installing$$missing for $(1)"; \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update && apt-get install -y $$missing; \
 	else \
-		echo "deps: missing packages; install them with:"; \
+		echo "deps: $(1) needs missing packages; install them with:"; \
 		echo "  sudo apt-get install -y$$missing"; \
 		exit 1; \
 	fi
+endef
 
-build: deps
+deps: deps-test
+
+deps-build:
+	$(call check_deps,building,$(BUILD_DEPS))
+
+deps-test:
+	$(call check_deps,the test suite,$(TEST_DEPS))
+
+build: deps-build
 	cmake -S . -B $(BUILD_DIR) -DFERRY_WERROR=ON
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-test: build
+test: deps-test build
 	$(CTEST) --test-dir $(BUILD_DIR)
 
 bench: build
@@ -96,12 +121,12 @@ bench: build
 # Sanitizer builds leave -Werror to `make build`: they exist to catch
 # run-time errors, and a sanitizer's extra code can draw false-positive
 # warnings from the optimizer.
-sanitize: deps
+sanitize: deps-test
 	cmake -S . -B $(ASAN_DIR) -DFERRY_SANITIZE=address,undefined
 	cmake --build $(ASAN_DIR) -j $(JOBS)
 	$(ASAN_ENV) $(CTEST) --test-dir $(ASAN_DIR)
 
-tsan: deps
+tsan: deps-test
 	cmake -S . -B $(TSAN_DIR) -DFERRY_SANITIZE=thread
 	cmake --build $(TSAN_DIR) -j $(JOBS)
 	$(TSAN_ENV) $(CTEST) --test-dir $(TSAN_DIR) -L 'unit|xfer|comm'
