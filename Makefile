@@ -27,8 +27,10 @@ PREFIX    ?= /usr/local
 JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 TEST_JOBS ?= 2
 
+# $(call ctest,DIR) [ARGS]: ctest in DIR, then each skipped test with its
+# reason (tests/ctest-summary); the exit status is ctest's.
 # --no-tests=error: a suite that finds no test must fail, not pass.
-CTEST = ctest --output-on-failure --no-tests=error -j $(TEST_JOBS)
+ctest = tests/ctest-summary $(1) --output-on-failure --no-tests=error -j $(TEST_JOBS)
 
 # Sanitizer settings. Instrumented code checks transferred bytes 5 to 20
 # times slower, so the sanitizer runs post each transfer test's request 20
@@ -113,7 +115,7 @@ build: deps-build
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 test: deps-test build
-	$(CTEST) --test-dir $(BUILD_DIR)
+	$(call ctest,$(BUILD_DIR))
 
 bench: build
 	$(BUILD_DIR)/tools/ferry-bench
@@ -124,12 +126,12 @@ bench: build
 sanitize: deps-test
 	cmake -S . -B $(ASAN_DIR) -DFERRY_SANITIZE=address,undefined
 	cmake --build $(ASAN_DIR) -j $(JOBS)
-	$(ASAN_ENV) $(CTEST) --test-dir $(ASAN_DIR)
+	$(ASAN_ENV) $(call ctest,$(ASAN_DIR))
 
 tsan: deps-test
 	cmake -S . -B $(TSAN_DIR) -DFERRY_SANITIZE=thread
 	cmake --build $(TSAN_DIR) -j $(JOBS)
-	$(TSAN_ENV) $(CTEST) --test-dir $(TSAN_DIR) -L 'unit|xfer|comm'
+	$(TSAN_ENV) $(call ctest,$(TSAN_DIR)) -L 'unit|xfer|comm'
 
 install: build
 	cmake --install $(BUILD_DIR) --prefix $(PREFIX)

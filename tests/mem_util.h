@@ -78,8 +78,9 @@ ferry_desc_t xm_desc(xm_kind_t k, uint64_t addr, uint64_t len);
 ferry_desc_t xm_target_desc(xm_kind_t k, uint64_t addr, uint64_t len);
 
 /* The driver table with this process's device's context current on this
- * thread, or NULL (and the reason printed) where there is no usable GPU or
- * not that device. */
+ * thread, or NULL where there is no usable GPU or not that device. The
+ * reason is then printed as one "skip: ..." line, which `make test` lists
+ * after the run (tests/ctest-summary), since every caller skips. */
 const ferry__cuda_t *xm_cuda(void);
 
 /* Makes device dev's context current for a moment when it is not this

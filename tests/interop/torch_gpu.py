@@ -20,17 +20,17 @@ import sys
 try:
     import torch
 except Exception as e:  # no torch here
-    print(f"torch is not importable ({e}); skipping")
+    print(f"skip: torch is not importable ({e})")
     sys.exit(77)
 if not torch.cuda.is_available():
-    print("torch sees no GPU; skipping")
+    print("skip: torch sees no GPU")
     sys.exit(77)
 
 # The device of this process's tensors: FERRY_TEST_DEVICE (default 0); the
 # target gets FERRY_TEST_TARGET_DEVICE when that is set (as in the C tests).
 DEVICE = int(os.environ.get("FERRY_TEST_DEVICE", "0"))
 if DEVICE >= torch.cuda.device_count():
-    print(f"no CUDA device {DEVICE} here ({torch.cuda.device_count()} device(s)); skipping")
+    print(f"skip: no CUDA device {DEVICE} here ({torch.cuda.device_count()} device(s))")
     sys.exit(77)
 torch.cuda.set_device(DEVICE)
 

@@ -14,7 +14,7 @@ from datetime import timedelta
 try:
     import torch.distributed as dist
 except Exception as e:  # no torch here: nothing to interoperate with
-    print(f"torch is not importable ({e}); skipping")
+    print(f"skip: torch is not importable ({e})")
     sys.exit(77)
 
 lib_path, tool = sys.argv[1], sys.argv[2]

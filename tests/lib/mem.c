@@ -67,17 +67,17 @@ const ferry__cuda_t *xm_cuda(void)
 
     if (cu == NULL) {
         if (ferry__cuda_get(&cu) != FERRY_OK) {
-            printf("no usable CUDA: %s\n", ferry_last_error());
+            printf("skip: no usable CUDA: %s\n", ferry_last_error());
             cu = NULL;
             return NULL;
         }
         int n = 0;
 
         if (cu->cuDeviceGetCount(&n) != CUDA_SUCCESS || xm_device() >= n) {
-            printf("no CUDA device %d here (%d device(s))\n", xm_device(), n);
+            printf("skip: no CUDA device %d here (%d device(s))\n", xm_device(), n);
             cu = NULL;
         } else if (ferry__cuda_push(xm_device()) != FERRY_OK) {
-            printf("no CUDA context: %s\n", ferry_last_error());
+            printf("skip: no CUDA context: %s\n", ferry_last_error());
             cu = NULL;
         }
     }

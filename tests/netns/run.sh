@@ -16,7 +16,7 @@ veth_a="fya$$"
 veth_b="fyb$$"
 pids=()
 
-skip() { echo "test_netns: skipped: $*"; exit 77; }
+skip() { echo "skip: $*"; exit 77; }
 
 cleanup() {
     local ns p
