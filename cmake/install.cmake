@@ -31,6 +31,19 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/"
   COMPONENT Development
   FILES_MATCHING PATTERN "*.h")
 
+# The install directories as the install runs, for the steps below that
+# run then: a relative one follows the prefix (${prefix} in pkg-config's
+# file, CMAKE_INSTALL_PREFIX in the install script), an absolute one stays.
+foreach(dir LIBDIR INCLUDEDIR BINDIR)
+  if(IS_ABSOLUTE "${CMAKE_INSTALL_${dir}}")
+    set(ferry_pc_${dir} "${CMAKE_INSTALL_${dir}}")
+    set(ferry_at_install_${dir} "${CMAKE_INSTALL_${dir}}")
+  else()
+    set(ferry_pc_${dir} "\${prefix}/${CMAKE_INSTALL_${dir}}")
+    set(ferry_at_install_${dir} "\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_${dir}}")
+  endif()
+endforeach()
+
 # Installed tools find the library through a run path relative to
 # themselves, so an install under any prefix works without LD_LIBRARY_PATH.
 # The tools are defined before this file is included, so the property is set
@@ -44,25 +57,50 @@ else()
 endif()
 get_property(ferry_tool_targets DIRECTORY "${PROJECT_SOURCE_DIR}/tools"
   PROPERTY BUILDSYSTEM_TARGETS)
+set(ferry_tools "")
 foreach(tool IN LISTS ferry_tool_targets)
   get_target_property(tool_type ${tool} TYPE)
   if(tool_type STREQUAL "EXECUTABLE")
     set_target_properties(${tool} PROPERTIES INSTALL_RPATH "${ferry_tool_rpath}")
+    list(APPEND ferry_tools ${tool})
   endif()
 endforeach()
+
+# Where the library lands in one of the system's library directories (a
+# package's prefix /usr), the dynamic linker finds it by itself, and a run
+# path there would only shadow the system's search order, which
+# distributions forbid (Debian's lintian: custom-library-search-path). The
+# prefix is only known when the install runs (`cmake --install --prefix`),
+# so the run path is removed then, after the tools are installed (the tools'
+# install rules come first: CMP0082). The system's directories are the
+# linker's implicit ones, compared after resolving links (/lib is /usr/lib
+# on a merged-/usr system).
+set(ferry_system_libdirs "")
+foreach(dir IN LISTS CMAKE_PLATFORM_IMPLICIT_LINK_DIRECTORIES
+                     CMAKE_C_IMPLICIT_LINK_DIRECTORIES)
+  get_filename_component(dir "${dir}" REALPATH)
+  list(APPEND ferry_system_libdirs "${dir}")
+endforeach()
+install(CODE "
+  set(ferry_system_libdirs [==[${ferry_system_libdirs}]==])
+  get_filename_component(ferry_libdir \"${ferry_at_install_LIBDIR}\" REALPATH)
+  list(FIND ferry_system_libdirs \"\${ferry_libdir}\" ferry_is_system)
+  if(NOT ferry_is_system EQUAL -1)
+    foreach(tool ${ferry_tools})
+      set(tool \"\$ENV{DESTDIR}${ferry_at_install_BINDIR}/\${tool}\")
+      if(EXISTS \"\${tool}\")
+        message(STATUS \"Run path removed (\${ferry_libdir} is a system library directory): \${tool}\")
+        file(RPATH_REMOVE FILE \"\${tool}\")
+      endif()
+    endforeach()
+  endif()
+")
 
 # pkg-config file. Its prefix must be the one the install actually goes to,
 # and `cmake --install --prefix P` changes CMAKE_INSTALL_PREFIX only when the
 # install script runs, so the file is generated then, not at configure time.
-# libdir and includedir stay relative to ${prefix} unless they were given as
-# absolute paths; bracket arguments keep their ${...} literal for pkg-config.
-foreach(dir LIBDIR INCLUDEDIR)
-  if(IS_ABSOLUTE "${CMAKE_INSTALL_${dir}}")
-    set(ferry_pc_${dir} "${CMAKE_INSTALL_${dir}}")
-  else()
-    set(ferry_pc_${dir} "\${prefix}/${CMAKE_INSTALL_${dir}}")
-  endif()
-endforeach()
+# libdir and includedir stay relative to ${prefix} (see above); bracket
+# arguments keep their ${...} literal for pkg-config.
 install(CODE "
   set(FERRY_PC_PREFIX \"\${CMAKE_INSTALL_PREFIX}\")
   set(FERRY_PC_LIBDIR [==[${ferry_pc_LIBDIR}]==])

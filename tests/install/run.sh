@@ -7,8 +7,10 @@
 # its own, then builds consumer.c (which includes only ferry.h) against the
 # install twice, through pkg-config and through find_package(ferry), and
 # runs both. The installed tools, ferry-info among them, must load the
-# installed library without LD_LIBRARY_PATH, and ferry-info must report the
-# version that pkg-config gives. Everything is removed at the end.
+# installed library without LD_LIBRARY_PATH through their run path, and
+# ferry-info must report the version that pkg-config gives. A second,
+# staged install (DESTDIR, prefix /usr) must leave the tools without a run
+# path. Everything is removed at the end.
 #
 # Usage: run.sh BUILD_DIR LIBDIR INCLUDEDIR BINDIR VERSION ABI_MAJOR
 #   LIBDIR, INCLUDEDIR, BINDIR are the relative CMAKE_INSTALL_* directories;
@@ -127,6 +129,32 @@ check_loads_installed() {
 # filled through the CUDA driver, which only the library's internal loader
 # reaches, so it links the library's objects (until the public API can
 # allocate on a given device); it must still run from the prefix alone.
+# A run path only where the library is outside the system's library path:
+# in a prefix of one's own (this one, as under /opt) the tools need it,
+# under /usr (a package, staged with DESTDIR) the dynamic linker finds the
+# library and distributions refuse a run path.
+runpath() {
+    readelf -d "$1" | sed -n 's/.*Library r\(un\)*path: \[\(.*\)\].*/\2/p'
+}
+step "checking the tools' run paths (own prefix: one; staged /usr: none)"
+for tool in "$prefix/$bindir"/ferry-*; do
+    case $(runpath "$tool") in
+    '$ORIGIN/'*) ;;
+    *) fail "$tool, installed in its own prefix, has run path" \
+        "'$(runpath "$tool")', not one relative to \$ORIGIN" ;;
+    esac
+done
+stage=$tmp/stage
+logged install-usr env DESTDIR="$stage" cmake --install "$build" --prefix /usr
+staged=0
+for tool in "$stage/usr/$bindir"/ferry-*; do
+    [ -e "$tool" ] || fail "a staged install under /usr put no tool in /usr/$bindir"
+    [ -z "$(runpath "$tool")" ] ||
+        fail "$tool, staged for /usr, has run path '$(runpath "$tool")'"
+    staged=$((staged + 1))
+done
+step "$staged tools staged for /usr carry no run path"
+
 step "checking that installed tools find the library by themselves"
 for tool in "$prefix/$bindir"/ferry-*; do
     [ -e "$tool" ] || continue
