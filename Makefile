@@ -29,7 +29,8 @@ TEST_JOBS ?= 2
 
 # $(call ctest,DIR) [ARGS]: ctest in DIR, then each skipped test with its
 # reason (tests/ctest-summary); the exit status is ctest's.
-# --no-tests=error: a suite that finds no test must fail, not pass.
+# --no-tests=error: a suite that finds no test must fail, not pass (ctest
+# 3.17; the build itself needs CMake 3.15).
 ctest = tests/ctest-summary $(1) --output-on-failure --no-tests=error -j $(TEST_JOBS)
 
 # Sanitizer settings. Instrumented code checks transferred bytes 5 to 20
