@@ -94,7 +94,7 @@ static void wait_done(const options_t *o, ferry_xfer_t *x)
         }
     }
     if (st != FERRY_OK) {
-        die("ferry_xfer_wait: %s (%s)", ferry_status_str(st), ferry_last_error());
+        die_status(st, "a transfer failed");
     }
 }
 
@@ -179,7 +179,9 @@ static void *initiator_thread(void *arg)
         }
         uint64_t t0 = now_ns();
         CHECK(ferry_xfer_prepare(rc->agent, s->op, l, s->batch, rc->peers[k], r,
-                                 s->batch, NULL, &x[k]));
+                                 s->batch, NULL, &x[k]),
+              "cannot prepare a %s of %zu x %zu B to rank %d", op_name(s->op),
+              s->batch, s->size, rc->topo.targets[k]);
         tc->prep_v[k] = now_ns() - t0;
     }
     free(l);
@@ -209,8 +211,8 @@ static void *initiator_thread(void *arg)
         for (int k = 0; k < nt; k++) {
             ferry_status_t st = ferry_xfer_post(x[k]);
             if (st < 0) {
-                die("ferry_xfer_post: %s (%s)", ferry_status_str(st),
-                    ferry_last_error());
+                die_status(st, "cannot post a transfer to rank %d",
+                           rc->topo.targets[k]);
             }
         }
         uint64_t t1 = ticks();
@@ -260,7 +262,8 @@ static rank_res_t run_step(rank_ctx_t *rc, const step_t *s)
 
     /* The initiating ranks meet before their threads start, and the threads
      * of a rank meet again after their warm-up. */
-    CHECK(ferry_comm_barrier(rc->job.initiators, (int64_t)STORE_TIMEOUT_NS));
+    CHECK(ferry_comm_barrier(rc->job.initiators, rc->job.timeout_ns),
+          "the initiating ranks did not meet before a row");
     pthread_barrier_init(&go, NULL, (unsigned)nthr);
     for (int t = 0; t < nthr; t++) {
         tcs[t] = (thread_ctx_t){.rc = rc, .step = s, .t = t, .go = &go,
@@ -304,7 +307,8 @@ static bool gather_row(rank_ctx_t *rc, const step_t *s, const rank_res_t *mine,
     bool lead = rc->o->rank == 0;
 
     CHECK(ferry_comm_allgather(rc->job.initiators, mine, sizeof(*mine), vals, lens,
-                               (int64_t)STORE_TIMEOUT_NS));
+                               rc->job.timeout_ns),
+          "the initiating ranks could not gather a row's figures");
     for (int i = 0; i < n; i++) {
         if (lens[i] != sizeof(*all)) {
             die("initiator %d published %zu bytes of figures, not %zu", i,
