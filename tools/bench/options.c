@@ -111,17 +111,18 @@ static void parse_list(const char *list, const char *what, size_t *out,
                        size_t *n_p)
 {
     char *copy = strdup(list);
-    size_t n = 0, len = strlen(list);
+    size_t n = 0;
     int item = 0;
 
     if (copy == NULL) {
         die("out of memory");
     }
-    for (char *t = copy; t <= copy + len; t += strlen(t) + 1) {
+    for (char *t = copy, *next; t != NULL; t = next) {
         char *comma = strchr(t, ','), *colon;
         char name[64];
         size_t lo, hi;
 
+        next = comma != NULL ? comma + 1 : NULL;
         if (comma != NULL) {
             *comma = '\0';
         }
