@@ -1,7 +1,9 @@
 #!/bin/sh
 # ferry-bench as a user of other benchmarks meets it, one case per run:
 #   job     under ferry-run -n 2 it joins that job as one rank: one run, one
-#           banner and one table per operation, from rank 0 only, exit 0.
+#           banner and one table per operation, from rank 0 only, exit 0;
+#           the report's connect line, median, iterations and warm-up,
+#           transports, and --check's closing line.
 #   death   its ranks are named ferry-bench:r0 and ferry-bench:r1 in
 #           /proc/PID/comm; killing only the parent with SIGKILL (as a
 #           supervisor does) ends them within 5 s, and so does SIGTERM.
@@ -105,7 +107,18 @@ job)
     n=$(grep -c 'Block Size (B)' "$tmp/out")
     [ "$n" -eq 2 ] || bad "$n table headers, not 2 (one per operation): $(cat "$tmp/out")"
     grep -q '^\[1\] ' "$tmp/out" && bad "rank 1 printed results: $(cat "$tmp/out")"
-    grep -Eq '^\[0\] 1048576 +1 ' "$tmp/out" || bad "no 1 MiB row: $(cat "$tmp/out")"
+    grep -Eq '^\[0\] 1048576 +1 +20 +2 ' "$tmp/out" ||
+        bad "no 1 MiB row with its iterations and warm-up: $(cat "$tmp/out")"
+    # The connection apart from the rows, the median beside the mean, the
+    # transports in the header.
+    grep -Eq '^\[0\] connect: [0-9.]+ ms to 1 target' "$tmp/out" || bad "no connect line: $(cat "$tmp/out")"
+    grep -q 'Avg Lat. (us)  Med Lat. (us)' "$tmp/out" || bad "no median column: $(cat "$tmp/out")"
+    grep -Eq '^\[0\] ucx transports available: [a-z]' "$tmp/out" || bad "no transports: $(cat "$tmp/out")"
+    # --check says what it verified: 2 rows of 5 + 1 warm-up, one target.
+    timeout -s KILL 60 "$bench" --sizes 4K,8K --iters 5 --warmup 1 --op write --check \
+        >"$tmp/out" 2>"$tmp/err" || bad "--check failed: $(cat "$tmp/err")"
+    grep -qx 'check: 12 transfers, 0.074 MB compared, all bytes intact' "$tmp/out" ||
+        bad "--check's last line: $(tail -n 1 "$tmp/out")"
     # torchrun's variables alone make it a rank too: rank 1 of 2 with no
     # rank 0 waits for it, and says so (it does not start two of its own).
     start_store
