@@ -65,7 +65,8 @@ static uint64_t now_ms(void)
 
 bool launch_in_job(void)
 {
-    return getenv("FERRY_RANK") != NULL || getenv("FERRY_WORLD_SIZE") != NULL;
+    return getenv("FERRY_RANK") != NULL || getenv("FERRY_WORLD_SIZE") != NULL ||
+           (getenv("RANK") != NULL && getenv("WORLD_SIZE") != NULL);
 }
 
 static void write_all(int fd, const char *p, size_t n)

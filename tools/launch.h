@@ -32,8 +32,9 @@ typedef struct launch_params {
  */
 int launch_job(const launch_params_t *p);
 
-/* Whether this process is a rank of a job a launcher started (FERRY_RANK
- * or FERRY_WORLD_SIZE is set). */
+/* Whether this process is a rank of a job a launcher started: FERRY_RANK
+ * or FERRY_WORLD_SIZE is set (ferry-run), or RANK and WORLD_SIZE both are
+ * (torchrun), the variables ferry_comm_create() reads first. */
 bool launch_in_job(void);
 
 #endif

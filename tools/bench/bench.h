@@ -1,8 +1,8 @@
 /*
  * What every part of ferry-bench (and the other benchmark programs built
  * from these files) shares: the limits, and how a failure ends the run.
- * A benchmark that meets an error stops with the call, its status and the
- * library's detail text; it has nothing to recover to.
+ * A benchmark that meets an error stops, saying what failed, with the
+ * library's detail text and status; it has nothing to recover to.
  */
 #ifndef FERRY_BENCH_BENCH_H
 #define FERRY_BENCH_BENCH_H
@@ -21,21 +21,30 @@
 void bench_set_name(const char *name);
 void bench_set_rank(int rank);
 
+/* Prints a line on stderr, prefixed with the program (and rank); die()
+ * then exits 1, die_usage() 2 (a mistake on the command line). */
+void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void die_usage(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
 
-/* Every ferry error ends the run with the call, its status and the detail
- * text, which is what the lead needs to find the fault. */
-#define CHECK(call)                                                            \
+/* Every ferry error ends the run with what failed, in words (a printf
+ * format and its arguments after the call), the library's detail text and
+ * the status, which is what a user needs to find the fault. */
+#define CHECK(call, ...)                                                       \
     do {                                                                       \
         ferry_status_t st_ = (call);                                           \
         if (st_ < 0) {                                                         \
-            die("%s: %s (%s)", #call, ferry_status_str(st_),                   \
-                ferry_last_error());                                           \
+            die_status(st_, __VA_ARGS__);                                      \
         }                                                                      \
     } while (0)
 
-/* A count with an optional binary K/M/G suffix (either case); dies naming
- * what on anything else, and on 0 unless allow_zero. */
+/* Dies with "<what>: <ferry_last_error()> (<status>)". */
+void die_status(ferry_status_t st, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+
+/* A count with an optional binary K/M/G suffix (either case); on anything
+ * else, and on 0 unless allow_zero, exits 2 naming what and the text. */
 size_t parse_count(const char *s, const char *what, bool allow_zero);
 
 /* Runs fn on each of n contexts of size bytes at ctxs: on the calling

@@ -11,7 +11,7 @@ const ferry__cuda_t *bench_cuda(void)
 {
     const ferry__cuda_t *cu;
 
-    CHECK(ferry__cuda_get(&cu));
+    CHECK(ferry__cuda_get(&cu), "cannot load the CUDA driver for GPU memory");
     return cu;
 }
 
@@ -62,7 +62,6 @@ void bench_alloc(ferry_agent_t *agent, ferry_mem_kind_t kind, bench_src_t src,
                  size_t len, bench_buf_t *b)
 {
     void *p = NULL;
-    ferry_status_t st;
     CUdeviceptr dp;
 
     *b = (bench_buf_t){.kind = kind, .src = src, .agent = agent, .len = len};
@@ -75,12 +74,9 @@ void bench_alloc(ferry_agent_t *agent, ferry_mem_kind_t kind, bench_src_t src,
         }
         break;
     case SRC_FERRY:
-        st = ferry_mem_alloc(agent, len, kind, &p);
-        if (st != FERRY_OK) {
-            die("allocating %zu B of %s memory: %s (%s)", len,
-                kind == FERRY_MEM_CUDA ? "cuda" : "host", ferry_status_str(st),
-                ferry_last_error());
-        }
+        CHECK(ferry_mem_alloc(agent, len, kind, &p),
+              "cannot allocate %zu B of %s memory", len,
+              kind == FERRY_MEM_CUDA ? "cuda" : "host");
         break;
     case SRC_PINNED:
         cu_check(bench_cuda()->cuMemHostAlloc(&p, len, CU_MEMHOSTALLOC_PORTABLE),
@@ -103,7 +99,7 @@ void bench_alloc(ferry_agent_t *agent, ferry_mem_kind_t kind, bench_src_t src,
 void bench_free(bench_buf_t *b)
 {
     switch (b->src) {
-    case SRC_FERRY: CHECK(ferry_mem_free(b->agent, b->p)); break;
+    case SRC_FERRY: CHECK(ferry_mem_free(b->agent, b->p), "cannot free the buffer"); break;
     case SRC_MMAP: munmap(b->p, b->len); break;
     case SRC_PINNED: bench_cuda()->cuMemFreeHost(b->p); break;
     case SRC_CUMEM: bench_cuda()->cuMemFree((CUdeviceptr)(uintptr_t)b->p); break;

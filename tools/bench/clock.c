@@ -49,9 +49,9 @@ static int cmp_u64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-uint64_t p99(uint64_t *v, size_t n)
+uint64_t percentile(uint64_t *v, size_t n, unsigned pct)
 {
-    size_t rank = (99 * n + 99) / 100; /* ceil(0.99 n), n >= 1 */
+    size_t rank = (pct * n + 99) / 100; /* ceil(pct n / 100), n >= 1 */
 
     qsort(v, n, sizeof(*v), cmp_u64);
     return v[rank - 1];

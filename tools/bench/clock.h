@@ -33,8 +33,9 @@ static inline uint64_t ticks(void)
 void clock_calibrate(void);
 uint64_t ticks_ns(uint64_t t);
 
-/* Sorts samples in place; returns the nearest-rank 99th percentile. */
-uint64_t p99(uint64_t *v, size_t n);
+/* Sorts samples in place; returns the nearest-rank pct-th percentile
+ * (50: the median, 99). */
+uint64_t percentile(uint64_t *v, size_t n, unsigned pct);
 double sum_u64(const uint64_t *v, size_t n);
 
 #endif

@@ -94,7 +94,7 @@ static void wait_done(const options_t *o, ferry_xfer_t *x)
         }
     }
     if (st != FERRY_OK) {
-        die("ferry_xfer_wait: %s (%s)", ferry_status_str(st), ferry_last_error());
+        die_status(st, "a transfer failed");
     }
 }
 
@@ -179,7 +179,9 @@ static void *initiator_thread(void *arg)
         }
         uint64_t t0 = now_ns();
         CHECK(ferry_xfer_prepare(rc->agent, s->op, l, s->batch, rc->peers[k], r,
-                                 s->batch, NULL, &x[k]));
+                                 s->batch, NULL, &x[k]),
+              "cannot prepare a %s of %zu x %zu B to rank %d", op_name(s->op),
+              s->batch, s->size, rc->topo.targets[k]);
         tc->prep_v[k] = now_ns() - t0;
     }
     free(l);
@@ -209,8 +211,8 @@ static void *initiator_thread(void *arg)
         for (int k = 0; k < nt; k++) {
             ferry_status_t st = ferry_xfer_post(x[k]);
             if (st < 0) {
-                die("ferry_xfer_post: %s (%s)", ferry_status_str(st),
-                    ferry_last_error());
+                die_status(st, "cannot post a transfer to rank %d",
+                           rc->topo.targets[k]);
             }
         }
         uint64_t t1 = ticks();
@@ -260,7 +262,8 @@ static rank_res_t run_step(rank_ctx_t *rc, const step_t *s)
 
     /* The initiating ranks meet before their threads start, and the threads
      * of a rank meet again after their warm-up. */
-    CHECK(ferry_comm_barrier(rc->job.initiators, (int64_t)STORE_TIMEOUT_NS));
+    CHECK(ferry_comm_barrier(rc->job.initiators, rc->job.timeout_ns),
+          "the initiating ranks did not meet before a row");
     pthread_barrier_init(&go, NULL, (unsigned)nthr);
     for (int t = 0; t < nthr; t++) {
         tcs[t] = (thread_ctx_t){.rc = rc, .step = s, .t = t, .go = &go,
@@ -279,12 +282,17 @@ static rank_res_t run_step(rank_ctx_t *rc, const step_t *s)
                 (double)s->iters;
     res.prep_n = (double)nthr * nt;
     res.prep_sum = sum_u64(prep, (size_t)nthr * (size_t)nt);
-    res.prep_p99 = (double)p99(prep, (size_t)nthr * (size_t)nt);
+    res.prep_p99 = (double)percentile(prep, (size_t)nthr * (size_t)nt, 99);
     res.post_n = res.tx_n = (double)nsamples;
     res.post_sum = sum_u64(post, nsamples);
-    res.post_p99 = (double)p99(post, nsamples);
+    res.post_p99 = (double)percentile(post, nsamples, 99);
     res.tx_sum = sum_u64(tx, nsamples);
-    res.tx_p99 = (double)p99(tx, nsamples);
+    res.tx_p99 = (double)percentile(tx, nsamples, 99);
+    res.tx_p50 = (double)percentile(tx, nsamples, 50);
+    if (o->check) {
+        res.checked_n = (double)nthr * nt * (double)(s->warmup + s->iters);
+        res.checked_bytes = res.checked_n * (double)s->size * (double)s->batch;
+    }
     free(tcs);
     free(post);
     free(tx);
@@ -304,7 +312,8 @@ static bool gather_row(rank_ctx_t *rc, const step_t *s, const rank_res_t *mine,
     bool lead = rc->o->rank == 0;
 
     CHECK(ferry_comm_allgather(rc->job.initiators, mine, sizeof(*mine), vals, lens,
-                               (int64_t)STORE_TIMEOUT_NS));
+                               rc->job.timeout_ns),
+          "the initiating ranks could not gather a row's figures");
     for (int i = 0; i < n; i++) {
         if (lens[i] != sizeof(*all)) {
             die("initiator %d published %zu bytes of figures, not %zu", i,
@@ -314,13 +323,61 @@ static bool gather_row(rank_ctx_t *rc, const step_t *s, const rank_res_t *mine,
         ferry_store_free(vals[i]);
     }
     if (lead) {
-        *row = report_combine(op_name(s->op), s->size, s->batch, s->iters, all,
-                              (size_t)n);
+        *row = report_combine(op_name(s->op), s->size, s->batch, s->iters,
+                              s->warmup, all, (size_t)n);
     }
     free(vals);
     free(lens);
     free(all);
     return lead;
+}
+
+/* Opens the connection to every target the way the first request would
+ * (preparing one opens it), so that no row's Avg Prep includes it; returns
+ * the time that took. */
+static double connect_targets(rank_ctx_t *rc)
+{
+    const options_t *o = rc->o;
+    uint64_t t0 = now_ns();
+
+    for (int k = 0; k < rc->topo.ntargets; k++) {
+        ferry_desc_t l = {.addr = (uintptr_t)rc->buf.p, .len = 1,
+                          .kind = o->init_mem, .device = rc->buf.device};
+        ferry_desc_t r = {.addr = rc->raddr[k], .len = 1,
+                          .kind = o->target_mem, .device = rc->rdev[k]};
+        ferry_xfer_t *x;
+
+        CHECK(ferry_xfer_prepare(rc->agent, FERRY_OP_WRITE, &l, 1, rc->peers[k],
+                                 &r, 1, NULL, &x),
+              "cannot connect to rank %d", rc->topo.targets[k]);
+        ferry_xfer_release(x);
+    }
+    return (double)(now_ns() - t0);
+}
+
+/* The UCX transports this process's contexts get, from the library's
+ * report (ferry_info_print(), the public way to learn them); NULL when the
+ * report has no such line. The caller frees the result. */
+static char *ucx_transports(void)
+{
+    static const char key[] = "transports:";
+    char *text = NULL, *line, *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+
+    if (f == NULL) {
+        return NULL;
+    }
+    (void)ferry_info_print(f, FERRY_INFO_UCX);
+    fclose(f);
+    line = text != NULL ? strstr(text, key) : NULL;
+    if (line != NULL) {
+        line += sizeof(key) - 1;
+        line += strspn(line, " ");
+        out = strndup(line, strcspn(line, "\n"));
+    }
+    free(text);
+    return out;
 }
 
 /* The run's first line, on rank 0. */
@@ -346,6 +403,9 @@ static void print_banner(const rank_ctx_t *rc)
            target_names[o->target_mode],
            o->progress_thread ? ", progress threads" : "",
            o->check ? ", every byte checked after every iteration" : "");
+    char *tls = ucx_transports();
+    printf("ucx transports available: %s\n", tls != NULL ? tls : "unknown");
+    free(tls);
 }
 
 void run_initiator(rank_ctx_t *rc)
@@ -366,6 +426,13 @@ void run_initiator(rank_ctx_t *rc)
     if (lead) {
         print_banner(rc);
     }
+    double connect_ns = connect_targets(rc);
+    if (lead) {
+        printf("connect: %.3f ms to %d target(s), before the rows (Avg Prep "
+               "below is preparing only)\n", connect_ns / 1e6,
+               rc->topo.ntargets);
+    }
+    double checked_n = 0, checked_bytes = 0;
     for (size_t i = 0; i < nops; i++) {
         if (lead) {
             char title[128];
@@ -384,6 +451,8 @@ void run_initiator(rank_ctx_t *rc)
                 s.warmup = options_warmup(o, s.iters);
                 rank_res_t mine = run_step(rc, &s);
                 if (gather_row(rc, &s, &mine, &res[nres])) {
+                    checked_n += res[nres].checked_n;
+                    checked_bytes += res[nres].checked_bytes;
                     report_row(&res[nres++]);
                 }
             }
@@ -399,6 +468,13 @@ void run_initiator(rank_ctx_t *rc)
     kv_set(&rc->job, "", 0, "done/%d", o->rank);
     for (int k = 0; k < rc->topo.ntargets; k++) {
         kv_add(&rc->job, 1, "bell/%d", rc->topo.targets[k]);
+    }
+    if (lead && o->check) {
+        /* Any wrong byte ended the run already (report_mismatch). */
+        bool gb = checked_bytes >= 1e9;
+
+        printf("\ncheck: %.0f transfers, %.3f %s compared, all bytes intact\n",
+               checked_n, checked_bytes / (gb ? 1e9 : 1e6), gb ? "GB" : "MB");
     }
     if (lead) {
         report_files(o, res, nres);

@@ -16,9 +16,9 @@
 
 #include "options.h"
 
-/* Store calls and collectives (results, acknowledgements, barriers) wait
- * this long. */
-#define STORE_TIMEOUT_NS (120ull * 1000000000ull)
+/* A wait that lasts this long gets a line on stderr saying what it waits
+ * for (the store, or which ranks). */
+#define WAIT_NOTE_NS 1500000000ull
 
 typedef struct job {
     ferry_comm_t *comm;
@@ -26,9 +26,20 @@ typedef struct job {
     ferry_store_t *store;
     char prefix[256]; /* this run's keys, the communicators' among them */
     char url[300];    /* the store's */
+    int64_t timeout_ns; /* --timeout: every store call and collective */
 } job_t;
 
-/* Joins the job; sets o->rank and o->world from it. */
+/* Runs fn on a thread of its own once a wait has lasted WAIT_NOTE_NS, to
+ * print what the wait is for; wait_end() stops it, before the wait's
+ * status is looked at. */
+typedef struct wait_note wait_note_t;
+wait_note_t *wait_begin(void (*fn)(const void *arg), const void *arg);
+void wait_end(wait_note_t *w);
+/* The usual fn: prints arg, a string, as the rank's "waiting for" line. */
+void wait_say(const void *text);
+
+/* Joins the job; sets o->rank and o->world from it. Says on stderr what
+ * it waits for when the store or a rank is slow to come. */
 void job_join(job_t *j, options_t *o);
 /* Joins the initiators' communicator as the index-th of n. */
 void job_join_initiators(job_t *j, int index, int n);

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 /* The launcher gives a rank that outlives a failed one this long to report
  * its own view before it is killed. */
@@ -95,6 +96,25 @@ static int launch_gpu(const options_t *o, int argc, char **argv)
     return rc;
 }
 
+/* Names this process "ferry-bench:rR" (what ps and /proc/PID/comm show,
+ * and die()'s messages) once it is rank R, so that a rank started as /proc/self/exe does not
+ * show as "exe"; the launcher (ferry-bench) keeps its own name. Threads
+ * started after this inherit the name. */
+static void name_rank(const options_t *o)
+{
+    const char *env = getenv("FERRY_RANK");
+    char name[16];
+    int rank;
+
+    if (env == NULL) {
+        env = getenv("RANK");
+    }
+    rank = o->rank >= 0 ? o->rank : env != NULL ? atoi(env) : 0;
+    snprintf(name, sizeof(name), "ferry-bench:r%d", rank);
+    prctl(PR_SET_NAME, name);
+    bench_set_rank(rank);
+}
+
 int main(int argc, char **argv)
 {
     options_t o;
@@ -117,6 +137,7 @@ int main(int argc, char **argv)
         }
         return rc;
     }
+    name_rank(&o);
     clock_calibrate();
     return rank_main(&o);
 }

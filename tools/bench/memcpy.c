@@ -6,7 +6,8 @@
  * in one process, with the same iteration counts as a transfer row. The
  * threads start timing together, as an initiator's do, and the row gives
  * the bytes of all over the slowest one's time: with N threads, the memory
- * bandwidth N threads can reach. Only B/W and Avg Lat. mean anything here.
+ * bandwidth N threads can reach. Only B/W and Avg Lat. mean anything here;
+ * the other figures are left blank.
  */
 #include "buf.h"
 #include "clock.h"
@@ -14,6 +15,7 @@
 #include "pattern.h"
 #include "report.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +110,10 @@ int run_memcpy_bench(const options_t *o)
             c.slot = slot;
             double ns = copy_row(nthr, &c);
             res[nres] = (result_t){.op = "MEMCPY", .size = size, .batch = batch,
-                                   .iters = c.iters};
+                                   .iters = c.iters, .warmup = c.warmup};
+            for (int k = 0; k < NCOLS; k++) {
+                res[nres].v[k] = NAN;
+            }
             res[nres].v[BW] = (double)(size * batch) * (double)c.iters *
                               (double)nthr / ns;
             res[nres].v[AVG_LAT] = ns / (double)c.iters / 1e3;

@@ -4,6 +4,7 @@
  */
 #include "options.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,10 @@
 #define AUTO_MAX_ITERS 100000
 #define AUTO_CHECK_BYTES (64ull << 20)
 #define AUTO_CHECK_MAX_ITERS 20
+/* How long a rank waits for the store, for the other ranks and for every
+ * answer, unless --timeout says otherwise. */
+#define DEFAULT_TIMEOUT_S 120
+#define MAX_TIMEOUT_S 86400
 
 const char *const scheme_names[] = {"pairwise", "manytoone", "onetomany"};
 const char *const target_names[] = {"spin", "fd", "thread"};
@@ -72,49 +77,79 @@ static void usage(FILE *f)
         "  --csv FILE, --json FILE  also write the results there\n"
         "  --store URL --rank R  be rank R of a job whose ranks meet at the\n"
         "                     store URL (tcp://host:port), e.g. on several hosts\n"
+        "  --timeout SECONDS  give up when the store, another rank or an answer\n"
+        "                     has not come for this long (default %d); a wait\n"
+        "                     says on stderr what it waits for after 1.5 s\n"
         "  --prepare-bench [N]  in one process, time preparing a WRITE of N\n"
         "                     64-byte descriptors (default 100000)\n"
         "  --memcpy           in one process, --threads threads' memcpy at\n"
         "                     each block size, each between its own buffers:\n"
         "                     the reference copy (B/W is their sum)\n",
-        AUTO_MIN_ITERS, AUTO_MAX_ITERS);
+        AUTO_MIN_ITERS, AUTO_MAX_ITERS, DEFAULT_TIMEOUT_S);
 }
 
-/* "A:B" (powers of two from A up to B) and single values, comma-separated. */
+/* Seconds, fractions allowed, above 0 and at most MAX_TIMEOUT_S. */
+static uint64_t parse_seconds(const char *s, const char *what)
+{
+    char *end;
+    double v;
+
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(v > 0) ||
+        v > MAX_TIMEOUT_S) {
+        die_usage("%s takes seconds above 0, at most %d, not '%s'", what,
+                  MAX_TIMEOUT_S, s);
+    }
+    return (uint64_t)(v * 1e9);
+}
+
+/* "A:B" (powers of two from A up to B) and single values, comma-separated.
+ * Every item must be there: an empty one (a trailing comma, two commas)
+ * is a typing slip, refused rather than skipped. */
 static void parse_list(const char *list, const char *what, size_t *out,
                        size_t *n_p)
 {
-    char *copy = strdup(list), *save = NULL;
+    char *copy = strdup(list);
     size_t n = 0;
+    int item = 0;
 
     if (copy == NULL) {
         die("out of memory");
     }
-    for (char *t = strtok_r(copy, ",", &save); t != NULL;
-         t = strtok_r(NULL, ",", &save)) {
-        char *colon = strchr(t, ':');
+    for (char *t = copy, *next; t != NULL; t = next) {
+        char *comma = strchr(t, ','), *colon;
+        char name[64];
         size_t lo, hi;
 
+        next = comma != NULL ? comma + 1 : NULL;
+        if (comma != NULL) {
+            *comma = '\0';
+        }
+        item++;
+        if (*t == '\0') {
+            die_usage("%s '%s': item %d is empty", what, list, item);
+        }
+        snprintf(name, sizeof(name), "%s item %d", what, item);
+        colon = strchr(t, ':');
         if (colon != NULL) {
             *colon = '\0';
         }
-        lo = parse_count(t, what, false);
-        hi = colon != NULL ? parse_count(colon + 1, what, false) : lo;
+        lo = parse_count(t, name, false);
+        hi = colon != NULL ? parse_count(colon + 1, name, false) : lo;
         if (hi < lo) {
-            die("%s range %zu:%zu runs backwards", what, lo, hi);
+            die_usage("%s: '%s:%s' runs backwards (write the smaller size first)",
+                name, t, colon + 1);
         }
         for (size_t v = lo; v <= hi; v *= 2) {
             if (n == MAX_LIST) {
-                die("at most %d values for %s", MAX_LIST, what);
+                die_usage("at most %d values for %s", MAX_LIST, what);
             }
             out[n++] = v;
             if (v > hi / 2) {
                 break;
             }
         }
-    }
-    if (n == 0) {
-        die("%s needs at least one value", what);
     }
     free(copy);
     *n_p = n;
@@ -128,7 +163,7 @@ static int parse_choice(const char *arg, const char *what,
             return i;
         }
     }
-    die("%s does not take '%s' (see --help)", what, arg);
+    die_usage("%s does not take '%s' (see --help)", what, arg);
 }
 
 static ferry_mem_kind_t parse_kind(const char *arg, const char *what)
@@ -144,7 +179,7 @@ void options_parse(options_t *o, int argc, char **argv)
     enum { O_SIZES = 256, O_ITERS, O_WARMUP, O_BATCH, O_OP, O_CHECK, O_CSV,
            O_JSON, O_TARGET, O_PREP, O_INIT_MEM, O_TARGET_MEM, O_ALLOC,
            O_SCHEME, O_THREADS, O_PROGRESS, O_WAIT, O_STORE, O_RANK, O_MEMCPY,
-           O_LAYOUT, O_GPU, O_HELP };
+           O_LAYOUT, O_GPU, O_TIMEOUT, O_HELP };
     static const struct option longs[] = {
         {"sizes", required_argument, NULL, O_SIZES},
         {"iters", required_argument, NULL, O_ITERS},
@@ -169,6 +204,7 @@ void options_parse(options_t *o, int argc, char **argv)
         {"memcpy", no_argument, NULL, O_MEMCPY},
         {"layout", required_argument, NULL, O_LAYOUT},
         {"gpu", required_argument, NULL, O_GPU},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
     static const char *const ops[] = {"write", "read", "both"};
@@ -176,7 +212,8 @@ void options_parse(options_t *o, int argc, char **argv)
 
     *o = (options_t){.do_write = true, .do_read = true, .world = 2, .rank = -1,
                      .threads = 1, .init_mem = FERRY_MEM_HOST,
-                     .target_mem = FERRY_MEM_HOST};
+                     .target_mem = FERRY_MEM_HOST,
+                     .timeout_ns = DEFAULT_TIMEOUT_S * 1000000000ull};
     parse_list("4K:64M", "--sizes", o->sizes, &o->nsizes);
     parse_list("1", "--batch", o->batches, &o->nbatches);
 
@@ -232,6 +269,7 @@ void options_parse(options_t *o, int argc, char **argv)
                          ? -1
                          : (int)parse_count(optarg, "--gpu", true);
             break;
+        case O_TIMEOUT: o->timeout_ns = parse_seconds(optarg, "--timeout"); break;
         case O_PREP:
             /* getopt only attaches an optional argument given with '=';
              * accept "--prepare-bench N" too. */
@@ -247,27 +285,27 @@ void options_parse(options_t *o, int argc, char **argv)
         }
     }
     if (optind < argc) {
-        die("unexpected argument '%s' (see --help)", argv[optind]);
+        die_usage("unexpected argument '%s' (see --help)", argv[optind]);
     }
     options_check_world(o);
     if (o->threads > MAX_THREADS) {
-        die("--threads takes 1 to %d", MAX_THREADS);
+        die_usage("--threads takes 1 to %d", MAX_THREADS);
     }
     if ((o->store_url == NULL) != (o->rank < 0)) {
-        die("--store and --rank go together");
+        die_usage("--store and --rank go together");
     }
 }
 
 void options_check_world(const options_t *o)
 {
     if (o->world < 2 || o->world > MAX_RANKS) {
-        die("-n takes 2 to %d ranks, not %d", MAX_RANKS, o->world);
+        die_usage("-n takes 2 to %d ranks, not %d", MAX_RANKS, o->world);
     }
     if (o->scheme == SCHEME_PAIRWISE && o->world % 2 != 0) {
-        die("--scheme pairwise needs an even number of ranks, not %d", o->world);
+        die_usage("--scheme pairwise needs an even number of ranks, not %d", o->world);
     }
     if (o->rank >= o->world) {
-        die("--rank %d is not below the world size %d", o->rank, o->world);
+        die_usage("--rank %d is not below the world size %d", o->rank, o->world);
     }
 }
 

@@ -41,6 +41,7 @@ typedef struct options {
     size_t prepare_n; /* 0: not in --prepare-bench mode */
     bool memcpy_mode;
     int gpu; /* the device of a rank's GPU memory; -1: rank modulo the count */
+    uint64_t timeout_ns; /* --timeout: how long any wait on the job lasts */
 } options_t;
 
 /* Parses the command line; prints usage and exits on --help or an error. */

@@ -25,7 +25,7 @@ ferry_comm_t *pair_join(const char *name, char **argv)
 
         exit(launch_job(&p));
     }
-    CHECK(ferry_comm_create(NULL, &comm));
+    CHECK(ferry_comm_create(NULL, &comm), "cannot join the job");
     if (ferry_comm_size(comm) != 2) {
         die("a job of two ranks, not %d", ferry_comm_size(comm));
     }
@@ -44,7 +44,7 @@ pair_hello_t pair_greet(ferry_comm_t *comm, ferry_agent_t *agent, uint64_t a,
     pair_hello_t out = {0};
 
     if (agent != NULL) {
-        CHECK(ferry_md_pack(agent, &blob, &h.blob_len));
+        CHECK(ferry_md_pack(agent, &blob, &h.blob_len), "cannot pack the metadata");
     }
     v = xcalloc(1, sizeof(h) + h.blob_len);
     memcpy(v, &h, sizeof(h));
@@ -52,7 +52,8 @@ pair_hello_t pair_greet(ferry_comm_t *comm, ferry_agent_t *agent, uint64_t a,
         memcpy(v + sizeof(h), blob, h.blob_len);
     }
     ferry_md_free(blob);
-    CHECK(ferry_comm_allgather(comm, v, sizeof(h) + h.blob_len, vals, lens, -1));
+    CHECK(ferry_comm_allgather(comm, v, sizeof(h) + h.blob_len, vals, lens, -1),
+          "the two ranks could not greet each other");
     free(v);
     if (lens[other] >= sizeof(h)) {
         memcpy(&h, vals[other], sizeof(h));
@@ -73,6 +74,6 @@ pair_hello_t pair_greet(ferry_comm_t *comm, ferry_agent_t *agent, uint64_t a,
 
 void pair_leave(ferry_comm_t *comm)
 {
-    CHECK(ferry_comm_barrier(comm, -1));
+    CHECK(ferry_comm_barrier(comm, -1), "the two ranks did not meet at the end");
     ferry_comm_destroy(comm);
 }

@@ -23,12 +23,13 @@ int run_prepare_bench(size_t n)
     ferry_desc_t *l = xcalloc(n, sizeof(*l)), *r = xcalloc(n, sizeof(*r));
     uint64_t prep[RUNS + 1], rel[RUNS + 1], prep_sum = 0, rel_sum = 0;
 
-    CHECK(ferry_agent_create(NULL, &agent));
+    CHECK(ferry_agent_create(NULL, &agent), "cannot create the agent");
     bench_alloc(agent, FERRY_MEM_HOST, SRC_MMAP, 2 * n * DESC_LEN, &buf);
     ferry_desc_t d = bench_desc(&buf, 0, buf.len);
-    CHECK(ferry_mem_register(agent, &d, 1, &mem));
-    CHECK(ferry_md_pack(agent, &blob, &blob_len));
-    CHECK(ferry_peer_load(agent, blob, blob_len, &peer));
+    CHECK(ferry_mem_register(agent, &d, 1, &mem), "cannot register the buffer");
+    CHECK(ferry_md_pack(agent, &blob, &blob_len), "cannot pack the metadata");
+    CHECK(ferry_peer_load(agent, blob, blob_len, &peer),
+          "cannot load this process's own metadata");
     ferry_md_free(blob);
     /* Sources fill the first half of the region, destinations the second. */
     for (size_t i = 0; i < n; i++) {
@@ -39,7 +40,8 @@ int run_prepare_bench(size_t n)
         ferry_xfer_t *x;
         uint64_t t0 = now_ns();
         CHECK(ferry_xfer_prepare(agent, FERRY_OP_WRITE, l, n, peer, r, n,
-                                 NULL, &x));
+                                 NULL, &x),
+              "cannot prepare a WRITE of %zu descriptors", n);
         uint64_t t1 = now_ns();
         ferry_xfer_release(x);
         prep[run] = t1 - t0;
@@ -56,7 +58,7 @@ int run_prepare_bench(size_t n)
            RUNS, (double)rel_sum / RUNS / (double)n,
            (double)rel_sum / RUNS / 1e6, RUNS);
     ferry_peer_forget(peer);
-    CHECK(ferry_mem_deregister(mem));
+    CHECK(ferry_mem_deregister(mem), "cannot deregister the buffer");
     bench_free(&buf);
     ferry_agent_destroy(agent);
     free(l);

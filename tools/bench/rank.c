@@ -88,7 +88,8 @@ static void load_peer(rank_ctx_t *rc, void *const *mds, const size_t *lens,
     if (h.blob_len != lens[r] - sizeof(h)) {
         die("inconsistent metadata from rank %d", r);
     }
-    CHECK(ferry_peer_load(rc->agent, v + sizeof(h), h.blob_len, peer_p));
+    CHECK(ferry_peer_load(rc->agent, v + sizeof(h), h.blob_len, peer_p),
+          "cannot load the metadata of rank %d", r);
     if (addr_p != NULL) {
         *addr_p = h.addr;
     }
@@ -106,14 +107,20 @@ static void swap_metadata(rank_ctx_t *rc)
     void *blob, **mds = xcalloc((size_t)o->world, sizeof(*mds));
     size_t blob_len, *lens = xcalloc((size_t)o->world, sizeof(*lens));
 
-    CHECK(ferry_md_pack(rc->agent, &blob, &blob_len));
+    CHECK(ferry_md_pack(rc->agent, &blob, &blob_len),
+          "cannot pack this rank's metadata");
     md_hdr_t h = {(uintptr_t)rc->buf.p, rc->buf.len, blob_len, rc->buf.device};
     uint8_t *v = xcalloc(1, sizeof(h) + blob_len);
     memcpy(v, &h, sizeof(h));
     memcpy(v + sizeof(h), blob, blob_len);
     ferry_md_free(blob);
-    CHECK(ferry_comm_allgather(rc->job.comm, v, sizeof(h) + blob_len, mds, lens,
-                               (int64_t)STORE_TIMEOUT_NS));
+    wait_note_t *w = wait_begin(wait_say, "waiting for the other ranks' "
+                                          "metadata (--timeout to give up)");
+    ferry_status_t st = ferry_comm_allgather(rc->job.comm, v,
+                                             sizeof(h) + blob_len, mds, lens,
+                                             rc->job.timeout_ns);
+    wait_end(w);
+    CHECK(st, "the ranks could not swap their metadata");
     free(v);
 
     for (int k = 0; k < rc->topo.ntargets; k++) {
@@ -160,7 +167,7 @@ static void rank_setup(rank_ctx_t *rc, const options_t *o)
         ap.field_mask |= FERRY_AGENT_PARAM_PROGRESS_THREAD;
         ap.progress_thread = 1;
     }
-    CHECK(ferry_agent_create(&ap, &rc->agent));
+    CHECK(ferry_agent_create(&ap, &rc->agent), "cannot create the agent");
     ferry_mem_kind_t kind = init ? o->init_mem : o->target_mem;
     bool gpu = kind == FERRY_MEM_CUDA;
 
@@ -173,7 +180,8 @@ static void rank_setup(rank_ctx_t *rc, const options_t *o)
                                                                  : SRC_FERRY,
                 rc->span * slices, &rc->buf);
     ferry_desc_t d = bench_desc(&rc->buf, 0, rc->buf.len);
-    CHECK(ferry_mem_register(rc->agent, &d, 1, &rc->mem));
+    CHECK(ferry_mem_register(rc->agent, &d, 1, &rc->mem),
+          "cannot register the %zu B buffer", rc->buf.len);
     swap_metadata(rc);
     rc->cmd_seq = xcalloc((size_t)o->threads * (size_t)rc->topo.ntargets,
                           sizeof(*rc->cmd_seq));
@@ -184,7 +192,7 @@ static void rank_setup(rank_ctx_t *rc, const options_t *o)
 
 static void rank_teardown(rank_ctx_t *rc)
 {
-    CHECK(ferry_mem_deregister(rc->mem));
+    CHECK(ferry_mem_deregister(rc->mem), "cannot deregister the buffer");
     bench_free(&rc->buf);
     ferry_agent_destroy(rc->agent);
     job_leave(&rc->job);
@@ -204,7 +212,11 @@ int rank_main(options_t *o)
         run_target(rc);
     }
     /* Nobody leaves before everyone is done with everyone's memory. */
-    CHECK(ferry_comm_barrier(rc->job.comm, (int64_t)STORE_TIMEOUT_NS));
+    wait_note_t *w = wait_begin(wait_say, "waiting for the other ranks to "
+                                          "finish (--timeout to give up)");
+    ferry_status_t st = ferry_comm_barrier(rc->job.comm, rc->job.timeout_ns);
+    wait_end(w);
+    CHECK(st, "the ranks did not meet at the end");
     rank_teardown(rc);
     free(rc);
     return 0;

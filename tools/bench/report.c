@@ -4,13 +4,15 @@
 #include "report.h"
 
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 
 static const char *const col_names[NCOLS] = {
-    "B/W (GB/Sec)", "Avg Lat. (us)", "Avg Prep (us)", "P99 Prep (us)",
-    "Avg Post (us)", "P99 Post (us)", "Avg Tx (us)", "P99 Tx (us)"};
+    "B/W (GB/Sec)", "Avg Lat. (us)", "Med Lat. (us)", "Avg Prep (us)",
+    "P99 Prep (us)", "Avg Post (us)", "P99 Post (us)", "Avg Tx (us)",
+    "P99 Tx (us)"};
 static const char *const col_keys[NCOLS] = {
-    "bw_gbps", "avg_lat_us", "avg_prep_us", "p99_prep_us",
+    "bw_gbps", "avg_lat_us", "med_lat_us", "avg_prep_us", "p99_prep_us",
     "avg_post_us", "p99_post_us", "avg_tx_us", "p99_tx_us"};
 
 static double max_d(double a, double b)
@@ -19,9 +21,10 @@ static double max_d(double a, double b)
 }
 
 result_t report_combine(const char *op, size_t size, size_t batch, size_t iters,
-                        const rank_res_t *res, size_t n)
+                        size_t warmup, const rank_res_t *res, size_t n)
 {
-    result_t row = {.op = op, .size = size, .batch = batch, .iters = iters};
+    result_t row = {.op = op, .size = size, .batch = batch, .iters = iters,
+                    .warmup = warmup};
     rank_res_t sum = {0};
 
     for (size_t i = 0; i < n; i++) {
@@ -38,9 +41,13 @@ result_t report_combine(const char *op, size_t size, size_t batch, size_t iters,
         sum.tx_sum += x->tx_sum;
         sum.tx_n += x->tx_n;
         sum.tx_p99 = max_d(x->tx_p99, sum.tx_p99);
+        sum.tx_p50 = max_d(x->tx_p50, sum.tx_p50);
+        row.checked_n += x->checked_n;
+        row.checked_bytes += x->checked_bytes;
     }
     row.v[BW] = sum.bytes / sum.loop_ns;
     row.v[AVG_LAT] = sum.loop_ns / (double)iters / 1e3;
+    row.v[MED_LAT] = sum.tx_p50 / 1e3;
     row.v[AVG_PREP] = sum.prep_sum / sum.prep_n / 1e3;
     row.v[P99_PREP] = sum.prep_p99 / 1e3;
     row.v[AVG_POST] = sum.post_sum / sum.post_n / 1e3;
@@ -52,11 +59,12 @@ result_t report_combine(const char *op, size_t size, size_t batch, size_t iters,
 
 void report_header(const char *title)
 {
-    printf("\n%s\n%-16s%-12s", title, "Block Size (B)", "Batch Size");
+    printf("\n%s\n%-16s%-12s%-9s%-8s", title, "Block Size (B)", "Batch Size",
+           "Iters", "Warmup");
     for (int i = 0; i < NCOLS; i++) {
         printf(i + 1 < NCOLS ? "%-15s" : "%s\n", col_names[i]);
     }
-    for (int i = 0; i < 16 + 12 + 15 * NCOLS - 4; i++) {
+    for (int i = 0; i < 16 + 12 + 9 + 8 + 15 * NCOLS - 4; i++) {
         putchar('-');
     }
     putchar('\n');
@@ -64,9 +72,15 @@ void report_header(const char *title)
 
 void report_row(const result_t *r)
 {
-    printf("%-16zu%-12zu", r->size, r->batch);
+    printf("%-16zu%-12zu%-9zu%-8zu", r->size, r->batch, r->iters, r->warmup);
     for (int i = 0; i < NCOLS; i++) {
-        printf(i + 1 < NCOLS ? "%-15.3f" : "%.3f\n", r->v[i]);
+        bool last = i + 1 == NCOLS;
+
+        if (isnan(r->v[i])) {
+            printf(last ? "\n" : "%-15s", "");
+        } else {
+            printf(last ? "%.3f\n" : "%-15.3f", r->v[i]);
+        }
     }
     fflush(stdout);
 }
@@ -90,7 +104,7 @@ static void close_out(FILE *f, const char *path)
 /* The configuration columns every row carries, for CSV and JSON alike. */
 #define CONF_KEYS "op", "initiator_mem", "target_mem", "alloc", "layout", \
                   "scheme", "ranks", "threads", "block_size", \
-                  "batch_size", "iters"
+                  "batch_size", "iters", "warmup"
 static const char *const conf_keys[] = {CONF_KEYS};
 enum { NCONF = sizeof(conf_keys) / sizeof(conf_keys[0]) };
 
@@ -113,6 +127,7 @@ static void conf_values(const options_t *o, const result_t *r, bool json,
     snprintf(v[8], 32, "%zu", r->size);
     snprintf(v[9], 32, "%zu", r->batch);
     snprintf(v[10], 32, "%zu", r->iters);
+    snprintf(v[11], 32, "%zu", r->warmup);
 }
 
 void report_files(const options_t *o, const result_t *res, size_t n)
@@ -133,7 +148,11 @@ void report_files(const options_t *o, const result_t *res, size_t n)
                 fprintf(f, "%s%s", c ? "," : "", v[c]);
             }
             for (int c = 0; c < NCOLS; c++) {
-                fprintf(f, ",%.6f", res[i].v[c]);
+                if (isnan(res[i].v[c])) {
+                    fputc(',', f);
+                } else {
+                    fprintf(f, ",%.6f", res[i].v[c]);
+                }
             }
         }
         fprintf(f, "\n");
@@ -156,7 +175,11 @@ void report_files(const options_t *o, const result_t *res, size_t n)
                 fprintf(f, "%s\"%s\": %s", c ? ", " : "", conf_keys[c], v[c]);
             }
             for (int c = 0; c < NCOLS; c++) {
-                fprintf(f, ", \"%s\": %.6f", col_keys[c], res[i].v[c]);
+                if (isnan(res[i].v[c])) {
+                    fprintf(f, ", \"%s\": null", col_keys[c]);
+                } else {
+                    fprintf(f, ", \"%s\": %.6f", col_keys[c], res[i].v[c]);
+                }
             }
             fprintf(f, "}");
         }

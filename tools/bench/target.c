@@ -57,7 +57,7 @@ void run_target(rank_ctx_t *rc)
     uint64_t next_poll = 0, last_cmd = 0;
 
     if (o->target_mode == TARGET_FD && !o->progress_thread) {
-        CHECK(ferry_agent_fd(rc->agent, &fd));
+        CHECK(ferry_agent_fd(rc->agent, &fd), "--target fd: no file descriptor");
     }
     while (ndone < tp->nsources) {
         uint64_t now = now_ns();

@@ -1,6 +1,6 @@
 /*
- * die(), xcalloc(), run_threads() and parse_count() (bench.h): the
- * benchmarks' one way to fail, to run threads and to read a size.
+ * The benchmarks' one way to speak up and to fail (note(), die(),
+ * die_usage(), die_status()), to run threads and to read a size (bench.h).
  */
 #include "bench.h"
 
@@ -23,19 +23,61 @@ void bench_set_rank(int rank)
     g_rank = rank;
 }
 
-void die(const char *fmt, ...)
+static void vprefixed(const char *fmt, va_list ap)
 {
-    va_list ap;
-
     if (g_rank >= 0) {
         fprintf(stderr, "%s[rank %d]: ", g_name, g_rank);
     } else {
         fprintf(stderr, "%s: ", g_name);
     }
-    va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
+}
+
+void note(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vprefixed(fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+}
+
+void die(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vprefixed(fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+void die_usage(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vprefixed(fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(2);
+}
+
+void die_status(ferry_status_t st, const char *fmt, ...)
+{
+    const char *detail = ferry_last_error();
+    va_list ap;
+
+    va_start(ap, fmt);
+    vprefixed(fmt, ap);
+    va_end(ap);
+    if (detail != NULL && *detail != '\0') {
+        fprintf(stderr, ": %s (%s)\n", detail, ferry_status_str(st));
+    } else {
+        fprintf(stderr, ": %s\n", ferry_status_str(st));
+    }
     exit(1);
 }
 
@@ -73,21 +115,29 @@ size_t parse_count(const char *s, const char *what, bool allow_zero)
 {
     char *end;
     unsigned long long v;
+    int shift = 0;
 
     errno = 0;
     v = strtoull(s, &end, 10);
-    if (errno != 0 || end == s || *s == '-' || *s == '+') {
-        die("bad %s '%s'", what, s);
+    if (errno != 0 || end == s || *s == '-' || *s == '+' || *s == ' ') {
+        die_usage("%s: '%s' is not a number (digits, then K, M or G if you like)",
+            what, s);
     }
-    int shift = 0;
     switch (*end) {
     case 'K': case 'k': shift = 10; end++; break;
     case 'M': case 'm': shift = 20; end++; break;
     case 'G': case 'g': shift = 30; end++; break;
     default: break;
     }
-    if (*end != '\0' || (v == 0 && !allow_zero) || v > (SIZE_MAX / 2) >> shift) {
-        die("bad %s '%s'", what, s);
+    if (*end != '\0') {
+        die_usage("%s: '%s' is not a number (digits, then K, M or G if you like)",
+            what, s);
+    }
+    if (v == 0 && !allow_zero) {
+        die_usage("%s: '%s' must be above 0", what, s);
+    }
+    if (v > (SIZE_MAX / 2) >> shift) {
+        die_usage("%s: '%s' is too large", what, s);
     }
     return (size_t)(v << shift);
 }
