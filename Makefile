@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # The project's single entry point: every way to build, test, benchmark or
 # install ferry starts here, and CI runs `make test` (.ci/run). CMake does
 # the real work; this file only names the usual configurations so that a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-gpu-bench: GPU transfers between two processes on one host through
  * ferry (CUDA IPC), each figure a ratio to the CUDA copy that is its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-wakebench: what it costs to wait without spinning. Two processes on
  * this host (the target serves with its progress thread); the initiator

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Install rules, included at the end of the top-level CMakeLists.txt once
 # every target exists. `cmake --install` lays out what a user of ferry needs:
 #   include/ferry.h (and include/ferry/*.h)   the public headers only
@@ -6,6 +7,7 @@
 #   lib/cmake/ferry/                           for `find_package(ferry)`,
 #                                              imported target ferry::ferry
 #   bin/ferry-*                                the tools (tools/CMakeLists.txt)
+#   share/doc/ferry/LICENSE                    the licence
 # ferry_objects and ferry_internal are build-internal and never installed.
 # test_install (tests/install/run.sh) installs into a temporary prefix and
 # builds a consumer both ways, so these rules are checked by `make test`.
@@ -13,6 +15,11 @@
 include(CMakePackageConfigHelpers)
 
 set(FERRY_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/ferry")
+
+# The licence goes with every install, in the runtime component a
+# packager ships on its own.
+install(FILES "${PROJECT_SOURCE_DIR}/LICENSE" DESTINATION "${CMAKE_INSTALL_DOCDIR}"
+  COMPONENT Runtime)
 
 # The library. The runtime pieces (the versioned file and its SONAME link)
 # are kept apart from the development ones (the unversioned link, headers,

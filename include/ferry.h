@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry: one-sided memory transfers between processes, hosts and GPUs.
  *

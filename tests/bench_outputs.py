@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """ferry-bench's CSV and JSON outputs: runs a short sweep (two block sizes,
 two batch sizes, both operations) with --csv and --json and checks that both
 files parse, hold one row per operation, block size and batch size, carry

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Test buffers of every memory kind ferry moves: pageable host memory,
  * pinned host memory (cuMemHostAlloc), GPU memory from cuMemAlloc, and GPU

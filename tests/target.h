@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The serving target: the one peer process that the multi-process tests
  * start (the test_target program, tests/lib/serve.c), instead of a target

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The test harness: check macros that print both operands (and, for
  * statuses, the status text and ferry_last_error()), a deterministic random

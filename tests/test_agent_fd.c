@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Event-loop integration: an epoll loop on ferry_agent_fd() completes 10 000
  * WRITE and READ requests, sleeping in epoll_wait between them instead of

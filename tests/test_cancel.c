@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Stopping requests safely: ferry_xfer_cancel, the stall timeout and
  * ferry_xfer_release of a request in flight, each against a peer process

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Merging at prepare: descriptors that continue each other in both address
  * spaces through the same registrations become one segment, and nothing

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Communicator tests, one executable in several roles (CTest runs each as
  * its own test, see tests/CMakeLists.txt):

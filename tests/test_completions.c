@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The completion queue, as an event loop uses it: eight requests at a time
  * are kept in flight, each prepared with a user_data; the loop sleeps in

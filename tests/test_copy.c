@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The copy behind same-host transfers (util/copy.c): every alignment of
  * source and destination and every tail length through the non-temporal

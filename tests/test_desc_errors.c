@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Every descriptor error a caller can make, in one process with a loopback
  * peer: bad registrations are INVALID (or UNSUPPORTED for GPU memory this

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Copies outside the agent lock. A WRITE or READ into a same-host peer's
  * memory that is mapped here (ferry_mem_alloc on the peer) is copied by the

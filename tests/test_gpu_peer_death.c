@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A GPU peer that dies must show as FERRY_ERR_PEER_LOST, never as success.
  * CUDA IPC maps the peer's memory into this process, and the mapping keeps

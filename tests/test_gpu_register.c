@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Registration rules for GPU memory, in one process (skipped without a
  * GPU): AUTO finds device memory and its device; a descriptor that claims

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Stream-ordered transfers between two processes (skipped without a GPU):
  * a kernel-free pipeline on one CUDA stream (copy in, WRITE to the peer,

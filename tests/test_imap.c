@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The interval map behind registration lookups: adjacent, nested and
  * overlapping ranges, ranges that run past an end, removal, and a check

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry_info_print(), from a user's side (only ferry.h): bad arguments are
  * refused before anything is written; each part prints what it says and the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Metadata blobs: a packed blob round-trips through the parser and loads as
  * a peer; every malformed blob (each truncation point, bad magic, checksum,

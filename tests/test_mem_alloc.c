@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry_mem_alloc / ferry_mem_free: memory from UCX's own allocator, moved
  * with one direct copy. A second process (the shared serving target,

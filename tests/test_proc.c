@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Peer liveness (util/proc.h), which both backends use to turn a dead peer
  * into FERRY_ERR_PEER_LOST: a child process runs, then is killed. While it

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Status codes as a user depends on them: the published codes keep their
  * numbers (written out here by hand, from the documented list, not taken

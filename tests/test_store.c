@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Store tests: the client and the embedded server against each other over
  * loopback. One executable, one case per argument (CTest runs each as its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The thread-safety contract of ferry.h: eight application threads prepare,
  * post, test and wait on different requests of one agent at once, while

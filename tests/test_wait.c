@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Waiting without spinning, with a passive target: the shared serving
  * target (target.h) with a progress thread, whose main thread only sleeps

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Transfers between two real processes, the way users run ferry: a
  * "target" process registers a large host buffer and hands its metadata

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Transfers inside one process: an agent loads its own metadata blob as a
  * peer (loopback) and moves data between its registered buffers with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A peer that dies must not take its users down with it. ferry promises
  * that requests to a dead peer finish with FERRY_ERR_PEER_LOST within a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Helpers shared by the transfer tests, compiled once into the test library
  * (tests/lib/, linked by every test): time and CPU time, seeds and knobs

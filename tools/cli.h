@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The command line conventions that ferry-info, ferry-store and ferry-run
  * share with ferry-bench: -h and --help print the usage on stdout and exit

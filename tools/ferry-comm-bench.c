@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-comm-bench: the rendezvous figures of docs/PERFORMANCE.md.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-info: what this build of ferry can do on this machine. The library
  * version, the backends built and whether each is usable here, UCX's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-run: starts the N ranks of a job on this host, the way torchrun or
  * mpirun would, for ferry_comm_create() to find from the environment:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-store: runs ferry's TCPStore-compatible store server as a process
  * of its own, for jobs whose ranks should not host it. It prints the

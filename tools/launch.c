@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The local launcher (launch.h). Each rank gets FERRY_RANK,
  * FERRY_WORLD_SIZE, FERRY_STORE, LOCAL_RANK and LOCAL_WORLD_SIZE, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The local launcher: starts the N ranks of a job on this host, as torchrun
  * or mpirun would, for ferry_comm_create() to find from the environment.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/agent.h: agents and the memory they move. The descriptor of a range
  * of memory, the handle types, creating and destroying an agent, driving

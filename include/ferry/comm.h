@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/comm.h: the communicator, the N ranks of a job joined through a
  * store: barrier, allgather, job-wide abort, and the collective metadata

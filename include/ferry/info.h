@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/info.h: what this build of ferry can do on this machine, as a report
  * for people: the library's version, its backends and whether each is usable

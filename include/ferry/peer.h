@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/peer.h: metadata and peers. An agent packs a blob that describes
  * its registrations to other agents; an agent that loads another's blob

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/status.h: what every part of ferry's API rests on: the export
  * macro, the version of these headers, the status codes with their texts,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/store.h: the rendezvous store, a client and an embedded server of
  * PyTorch's c10d TCPStore wire protocol, through which ranks hand each

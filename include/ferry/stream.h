@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/stream.h: stream-ordered transfers. A request from
  * ferry_xfer_prepare() started and awaited in the order of a CUDA stream,

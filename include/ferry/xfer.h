@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry/xfer.h: transfers. READ and WRITE requests between local registered
  * memory and the memory a peer advertised, validated once at prepare and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The stubs that ops tables point to for the operations a backend does not
  * need (a prepare that keeps nothing) or cannot perform (a refusal with a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The contract between the core and a transport backend. A backend is one
  * const ops table (its size first, then its name, its wire id and its

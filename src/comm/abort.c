@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The job-wide abort: the one way a failure on one rank reaches every
  * other, so that no collective waits for a rank that will never come. An

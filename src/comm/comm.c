@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The communicator: N ranks that find each other through a c10d-compatible
  * store (src/store/), with a barrier, an allgather, and a job-wide abort

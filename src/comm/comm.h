@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Private parts of the communicator, shared by its files (comm.c lists
  * them): the object, the key names and their deferred deletion, the abort,

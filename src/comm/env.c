@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The communicator's parameters: rank, size and store from the caller's
  * params or, for any not given, from the environment a launcher leaves

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The collective metadata exchange: every rank publishes its agent's blob,
  * loads every rank's, and meets the others in a barrier that it reaches

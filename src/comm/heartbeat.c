@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The heartbeat and watch thread, which tells a dead rank from a slow one.
  * Each rank's thread writes its counter P hb/<r> every beat on a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The communicator's keys in the store: their names under the job's prefix,
  * and their deletion once no rank can still read them. A round's keys are

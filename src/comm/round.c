@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Collective rounds, and the collectives made of one (barrier, allgather;
  * exchange.c builds the metadata exchange on two). A round publishes each

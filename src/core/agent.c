@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The agent: creation and teardown, its lock, its identity (name, host id,
  * incarnation) and progress across its backends.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Memory that the library allocates: each backend may hand out memory its
  * transport moves fastest (UCX on one host: shared memory that peers copy

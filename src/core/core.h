@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Private structures of the core: the agent, its registrations, its peers
  * and its requests, and the relations between them.

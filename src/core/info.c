@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry_info_print(): the report that ferry-info prints, made by the library
  * itself, so that it describes the libferry a program has loaded (its

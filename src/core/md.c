@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Metadata blobs: packing an agent's state and validating a peer's blob.
  * The format is drawn in md.h.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The metadata blob: what an agent tells its peers about itself. Packing
  * walks the agent (md.c); parsing validates every byte before anything is

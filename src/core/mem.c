@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Memory registration: each descriptor becomes a region registered with
  * every backend that can take its kind, and entered in the agent's interval

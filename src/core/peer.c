@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Peers: loading a peer's blob into a metadata version (ferry__remote_t),
  * replacing it when the same agent sends a new blob, and the lazily opened

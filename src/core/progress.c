@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Progress without spinning: the agent's one pollable fd (an epoll set of
  * every backend's event fd, plus an eventfd that stops the progress thread),

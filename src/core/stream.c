@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Stream-ordered transfers: a request posted on a CUDA stream, and its
  * completion waited for on a stream, so that a captured CUDA graph moves the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Requests: prepared once (every descriptor validated, every region and key
  * resolved, segments grouped by backend), then posted any number of times

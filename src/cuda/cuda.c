@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The lazy CUDA driver loader: one dlopen, one table, resolved through
  * cuGetProcAddress at a pinned version, and the helpers every CUDA user in

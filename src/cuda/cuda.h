@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The CUDA driver, loaded lazily. Nothing in ferry links libcuda or
  * libcudart: the first caller dlopen()s libcuda.so.1 (once, thread-safe),

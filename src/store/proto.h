@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The c10d TCPStore wire protocol shared by ferry's store client
  * (store.c) and server (store_server.c): query types, reply codes, the

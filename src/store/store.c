@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The store client: one TCP connection to a c10d-TCPStore-compatible
  * server (ferry's own, store_server.c, or a torchrun job's), speaking the

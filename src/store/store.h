@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The store client's internals that the layer above (src/comm) shares.
  */

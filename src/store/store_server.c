@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The embedded store server: a c10d-TCPStore-compatible key-value store run
  * by one thread around one epoll loop, so that a rank (or ferry-store) can

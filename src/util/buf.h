@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Little-endian serialization: a growable writer and a bounds-checked
  * reader. The reader never reads past its end: an underflow sets a sticky

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The one table of FERRY_* environment variables: name, default and help.
  * Every knob the library reads is listed here, so that tools can print them.

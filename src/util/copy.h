@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The copy that moves a transfer's bytes between processes of one host, into
  * or out of a peer's memory mapped here.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Interval map: address ranges [start, end) to values, kept sorted by start
  * with a running maximum of ends, so that finding a range that covers

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Intrusive circular doubly linked lists: a ferry__list_t inside each item,
  * and one as the head. An item that is in no list points to itself, so

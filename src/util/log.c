@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Log level from FERRY_LOG, parsed once, and the line writer. One fprintf
  * per line keeps lines from different threads whole. The variable is read

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Whether a peer process on this host still runs. A pidfd becomes readable
  * when its process ends, so asking costs one poll() and cannot be fooled by

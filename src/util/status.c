@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Status strings from the X-macro in ferry.h, and the per-thread detail
  * text behind ferry_last_error().

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Status plumbing shared by every layer: the thread's detail text of its
  * last failure, and the macros that propagate a failing status without

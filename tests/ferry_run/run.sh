@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # ferry-run's launcher duties, checked from the outside with shell ranks:
 # the environment each rank gets, "[rank] " line prefixes on stdout and
 # stderr, exit code propagation (first failed rank's code, 128 + signal for

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A minimal program built against an installed ferry, the way a user would
  * build one (pkg-config or find_package). It includes only the umbrella

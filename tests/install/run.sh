@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The install test (CTest: test_install, label "install"), registered by
 # cmake/install.cmake. It checks ferry from a user's side: installs a built
 # tree into a fresh temporary prefix, checks the layout and the shared
@@ -77,10 +78,13 @@ while IFS= read -r path; do
     "$libdir/pkgconfig/ferry.pc") ;;
     "$libdir"/cmake/ferry/ferry*.cmake) ;;
     "$bindir"/ferry-*) ;;
+    share/doc/ferry/LICENSE) ;;
     *) fail "unexpected file installed: $path" ;;
     esac
 done < <(cd "$prefix" && find . ! -type d | sed 's|^\./||' | sort)
 [ -f "$prefix/$includedir/ferry.h" ] || fail "include/ferry.h not installed"
+cmp -s "$prefix/share/doc/ferry/LICENSE" "$here/../../LICENSE" ||
+    fail "share/doc/ferry/LICENSE is not installed as the source's LICENSE"
 # The umbrella includes its parts from ferry/, so a part left out of the
 # install breaks every user; and a stray installed file is caught above.
 (cd "$source_include" && find . -name '*.h' | sed 's|^\./||' | sort) >"$tmp/headers-src"

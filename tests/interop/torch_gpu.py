@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Real PyTorch CUDA allocations moved by ferry between two processes.
 
 Each process allocates CUDA tensors with torch, hands their pointers and

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Interoperability of ferry's store with PyTorch's c10d TCPStore.
 
 Both directions, against the real thing: torch's TCPStore client talks to

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Random descriptor layouts and the byte-exact check of a destination:
  * each range holds its data pattern, every byte between and around the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Test buffers of every memory kind (see mem_util.h): pageable and pinned
  * host memory, cuMemAlloc memory, and VMM memory built from several

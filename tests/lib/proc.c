@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A second process and its control socket: fork + exec with a socketpair,
  * fixed-size messages and blobs sent and received with deadlines, and

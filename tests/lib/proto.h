@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The serving target's control protocol (target.h), private to the test
  * library: the initiator (target.c) and the target (serve.c) on one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_target: the serving target every multi-process test starts (see
  * target.h for what it does and lib/proto.h for the wire format). Started

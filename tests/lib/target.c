@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The initiator's side of the serving target (target.h): starting it with
  * its options on the command line, its greeting, and one function per

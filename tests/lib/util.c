@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The test library's small pieces: the failure count every check macro
  * adds to, time and CPU time, seeds and knobs from the environment,

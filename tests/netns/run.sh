@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
 # Two hosts on one machine: two network namespaces joined by a veth pair,
 # with the project's own test addresses (10.77.0.1/24 and 10.77.0.2/24),
 # one rank of the ring test in each, UCX over TCP only (UCX_TLS=tcp), and

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The README's C example, exactly as the README shows it: the first ```c
 # block is compiled against this build's header and library, with the
 # project's warnings as errors, and run as two ranks under ferry-run. Both

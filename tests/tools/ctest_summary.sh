@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # The skip list that ends `make test` (tests/ctest-summary), on a small CTest
 # project of its own: a test that passes, two that skip (one printing a
 # "skip:" line among others, one printing only an ordinary line) and, in a

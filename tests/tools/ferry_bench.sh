@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # ferry-bench as a user of other benchmarks meets it, one case per run:
 #   job     under ferry-run -n 2 it joins that job as one rank: one run, one
 #           banner and one table per operation, from rank 0 only, exit 0;

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # ferry-info, checked against what it describes rather than against its own
 # wording: it is linked to the shared library (no private copy) and reports
 # that library's version, the one the source tree builds; it lists exactly

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # ferry-store's command line, checked from the outside: -h and --help print
 # the usage and succeed; each mistake (an unknown option, an option without
 # its argument, a stray argument, a port that is not 0 to 65535) is named

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # Every plot in docs/perf can be redrawn from data committed beside it:
 # bench/plot -l names each PNG of docs/perf, each CSV it lists is there
 # with the columns bench/plot reads and at least one row, and no CSV lies

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * What every part of ferry-bench (and the other benchmark programs built
  * from these files) shares: the limits, and how a failure ends the run.

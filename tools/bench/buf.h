@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Benchmark buffers of every memory kind, the one place that knows how to
  * allocate each: host memory from ferry_mem_alloc() (UCX's shared memory)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The benchmarks' clocks and sample statistics. now_ns() is
  * CLOCK_MONOTONIC; ticks() is the timed loops' cheaper counter, converted

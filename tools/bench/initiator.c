@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * An initiator rank. For each operation, block size and batch size (a
  * step), every thread prepares a request per target (timed), warms up,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A rank's place in its job: the communicator of every rank (the metadata
  * allgather, the final barrier), that of the initiating ranks (the barrier

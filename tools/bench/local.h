@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The two measurements ferry-bench makes in one process, without ranks:
  * --prepare-bench (the cost of preparing a request of many descriptors)

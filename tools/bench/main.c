@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-bench: measures ferry's one-sided WRITE and READ between processes,
  * the figure every performance claim in docs/PERFORMANCE.md rests on.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * --memcpy: the reference copy. Each of --threads threads copies with
  * memcpy (glibc's, which UCX's shared-memory put and get use too) between

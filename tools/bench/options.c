@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-bench's command line (options.h): defaults, --help, and the
  * parsing of lists ("4K:64M" is every power of two between) and choices.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-bench's command line: what to measure (operations, block and batch
  * sizes, iterations), where (memory kinds, allocation, layout), between

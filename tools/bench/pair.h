@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Benchmarks of two processes on one host (ferry-gpu-bench,
  * ferry-wakebench): rank 0 measures, rank 1 serves as the target. Started

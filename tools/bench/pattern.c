@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * --check's pattern and --layout random's shuffles (pattern.h).
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The bytes --check writes and expects: a pattern that depends on a seed
  * and on the offset, so that stale data from an earlier post or another

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * --prepare-bench N: prepares a WRITE of N 64-byte descriptors within one
  * registered region, against the agent's own blob (loopback), and reports

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A rank's life (rank.h): join the job, create the agent and the buffer,
  * swap metadata with the ranks it talks to, initiate or serve, and leave

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A measuring rank: its place in the scheme (whom it initiates to, who
  * initiates to it), its agent and buffer, and the peers it loaded. A rank

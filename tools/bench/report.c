@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-bench's results (report.h): the table on stdout, CSV and JSON.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * ferry-bench's results: a row per operation, block size and batch size in
  * nixlbench's columns (bandwidth in decimal GB/s, times in microseconds),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * A target rank: it only serves. It drives its agent's progress as
  * --target says (spinning, as ucx_perftest's responder does; sleeping on

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The benchmarks' one way to speak up and to fail (note(), die(),
  * die_usage(), die_status()), to run threads and to read a size (bench.h).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * CUDA IPC backend: GPU memory of processes on the same host, moved by the
  * copy engines with cuMemcpyAsync into and out of the peer's allocation,

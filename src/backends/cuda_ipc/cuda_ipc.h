@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The CUDA IPC backend's private header: the types its files share (the
  * context with its devices and its ring of batches in flight, registrations

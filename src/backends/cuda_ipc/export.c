@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * CUDA IPC exports (the owner's side): registrations, which export the
  * allocations holding a region, and GPU allocations that any peer on this

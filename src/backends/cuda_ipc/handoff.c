@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The descriptor hand-off of VMM exports, both ends. A VMM allocation is
  * shared as a POSIX file descriptor, which an importer duplicates into

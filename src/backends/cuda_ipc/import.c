@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * CUDA IPC imports (the importer's side): connections to peers, and the
  * peers' exports mapped into this process, one mapping per export shared

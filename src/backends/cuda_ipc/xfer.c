@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * CUDA IPC copies: a batch's segments enqueued with cuMemcpyAsync on the
  * copying device's stream, either the backend's own (post, completed

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * UCX connections: an endpoint per peer, on a worker of its own, watched
  * for the peer's death; aborting a connection; and the remote keys

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * UCX memory: registrations (ucp_mem_map, their keys packed once for the
  * metadata) and the shared-memory segments that mem_alloc() hands out,

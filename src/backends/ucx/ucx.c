@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * UCX backend: one UCP context and worker per agent, one endpoint per peer
  * connection (peer error handling, so a dead peer fails its requests instead

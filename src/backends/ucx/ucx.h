@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The UCX backend's private header: the types its files share (the context,
  * allocations, registrations, connections, remote keys and our part of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /*
  * UCX posts: a batch as one ucp_put_nbx/ucp_get_nbx per segment and one
  * endpoint flush, whose completion reports the batch from progress(); and
