@@ -39,10 +39,12 @@ ctest = tests/ctest-summary $(1) --output-on-failure --no-tests=error -j $(TEST_
 # times instead of 100 (FERRY_TEST_ITERS): memory and thread errors show on
 # the first posts, and `make test` keeps the full count. UBSan only reports
 # and carries on unless told to stop, so halt_on_error makes every finding
-# fail its test. LeakSanitizer runs with ASan and needs no suppressions: UCX
-# frees what it allocates once ferry destroys its agents.
+# fail its test. LeakSanitizer runs with ASan; UCX frees what it allocates
+# once ferry destroys its agents, except in one error path of its own
+# (tests/lsan.supp).
 ASAN_ENV = FERRY_TEST_ITERS=20 \
            ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1 \
+           LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp \
            UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
 # UCX_MEM_EVENTS=no: UCX's memory hooks (libucm) take a lock inside madvise,

@@ -134,10 +134,18 @@ death)
     start_sweep
     i=0
     for r in $ranks; do
-        comm=$(cat "/proc/$r/comm" 2>/dev/null)
+        # A rank names itself once it runs; it is "exe" from its exec until
+        # then, which a slow start (a sanitizer build) makes long.
+        for _ in $(seq 100); do
+            comm=$(cat "/proc/$r/comm" 2>/dev/null)
+            case $comm in
+            ferry-bench:r0|ferry-bench:r1) break ;;
+            esac
+            sleep 0.1
+        done
         case $comm in
         ferry-bench:r0|ferry-bench:r1) ;;
-        *) bad "rank process $r is named '$comm', not ferry-bench:rN" ;;
+        *) bad "rank process $r is named '$comm' 10 s on, not ferry-bench:rN" ;;
         esac
         i=$((i + 1))
     done
