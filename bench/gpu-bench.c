@@ -10,13 +10,20 @@
  *     buffer) and GPU -> host (READ), against pinned cuMemcpyHtoD/DtoH
  *   (each reference copy, like each transfer, complete before the next);
  *   - the time to open the peer's allocation the first time (the first
- *     prepare against it), and the time of one small transfer after that.
+ *     prepare against it), and the time of one small transfer after that;
+ *   - scattered blocks (a paged KV cache's shape: 1024 x 4 KiB up to 8 x 16
+ *     MiB at random block slots on both sides), against one contiguous
+ *     copy of the same bytes, in the default copy mode (the copy kernel)
+ *     and with one copy per block (FERRY_CUDA_COPY=engine); with --grids,
+ *     the kernel again at each FERRY_CUDA_COPY_BLOCKS value.
  * Rounds alternate reference and ferry (A B A B ...) and the table gives
  * medians. Every buffer holds random bytes, and after the timed rounds the
  * bytes that arrived are checked once per size.
  *
  *   ferry-gpu-bench [--sizes 1m,16m,256m] [--rounds 5] [--min-bytes 4g]
- *                   [--mem cuda|vmm]
+ *                   [--mem cuda|vmm] [--grids 132,264] [--only scatter]
+ *
+ * --only scatter: the scattered rows alone.
  *
  * --mem: how both processes allocate their GPU memory, cuMemAlloc (shared
  * as a legacy IPC handle, the default) or cuMemCreate (VMM, shared as file
@@ -229,6 +236,182 @@ static int verify(run_t *r, bench_buf_t *local, uint64_t size)
     return bad;
 }
 
+/* Fresh bytes in the whole buffer (the check pattern of seed). */
+static void fill_random(bench_buf_t *b, uint64_t seed)
+{
+    pattern(b, 0, b->len, seed, 0, true);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scattered blocks: a paged KV cache's shape                                */
+/* ------------------------------------------------------------------------ */
+
+/* A batch of n blocks of size bytes at distinct random block slots of the
+ * local and the peer's buffer, in a random order on each side (no two
+ * neighbours stay neighbours, so nothing coalesces). */
+typedef struct scatter {
+    const char *name;
+    size_t n;
+    uint64_t size;
+    ferry_desc_t *l, *r;
+} scatter_t;
+
+static void shuffle(uint64_t *v, size_t n, uint64_t *state)
+{
+    for (size_t i = n - 1; i > 0; i--) {
+        size_t j;
+        uint64_t t;
+
+        *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+        j = (size_t)((*state >> 33) % (i + 1));
+        t = v[i];
+        v[i] = v[j];
+        v[j] = t;
+    }
+}
+
+static void scatter_make(const run_t *r, scatter_t *sc, uint64_t seed)
+{
+    size_t slots = MAX_SIZE / sc->size;
+    uint64_t *a = xcalloc(slots, sizeof(*a)), *b = xcalloc(slots, sizeof(*b));
+
+    for (size_t i = 0; i < slots; i++)
+        a[i] = b[i] = i;
+    shuffle(a, slots, &seed);
+    shuffle(b, slots, &seed);
+    sc->l = xcalloc(sc->n, sizeof(*sc->l));
+    sc->r = xcalloc(sc->n, sizeof(*sc->r));
+    for (size_t i = 0; i < sc->n; i++) {
+        sc->l[i] = bench_desc(&r->gpu, a[i] * sc->size, sc->size);
+        sc->r[i] = (ferry_desc_t){r->raddr + b[i] * sc->size, sc->size, FERRY_MEM_CUDA,
+                                  r->rdev};
+    }
+    free(a);
+    free(b);
+}
+
+/* The peer's whole buffer, read into gpu2 with one descriptor. */
+static void read_peer(run_t *r)
+{
+    ferry_xfer_t *x = prepare(r, FERRY_OP_READ, &r->gpu2, MAX_SIZE, NULL);
+
+    (void)post_wait_ns(x, 1);
+    ferry_xfer_release(x);
+}
+
+/* After a batch: each block at the peer equals the local one. */
+static int scatter_verify(run_t *r, const scatter_t *sc)
+{
+    uint8_t *got = xcalloc(sc->size, 1), *want = xcalloc(sc->size, 1);
+    int bad = 0;
+
+    read_peer(r);
+    for (size_t i = 0; i < sc->n && !bad; i++) {
+        bench_copy(&r->gpu2, sc->r[i].addr - r->raddr, got, sc->size, false);
+        bench_copy(&r->gpu, sc->l[i].addr - (uintptr_t)r->gpu.p, want, sc->size, false);
+        bad = memcmp(got, want, sc->size) != 0;
+    }
+    free(got);
+    free(want);
+    return bad;
+}
+
+/* GB/s of the batch prepared in the copy mode the environment sets now
+ * (FERRY_CUDA_COPY, FERRY_CUDA_COPY_BLOCKS are read at prepare), posted
+ * and waited for as often as fills about 50 ms, median of rounds. */
+static double scatter_gbps(run_t *r, const scatter_t *sc, ferry_xfer_op_t op, int rounds)
+{
+    ferry_xfer_t *x;
+    uint64_t bytes = sc->n * sc->size, once;
+    unsigned iters;
+    double v[101];
+
+    die_st(ferry_xfer_prepare(r->agent, op, sc->l, sc->n, r->peer, sc->r, sc->n, NULL, &x),
+           "prepare");
+    once = post_wait_ns(x, 2) / 2;
+    iters = once == 0 ? 1000 : (unsigned)(50000000 / once);
+    iters = iters < 3 ? 3 : iters > 2000 ? 2000 : iters;
+    for (int i = 0; i < rounds; i++)
+        v[i] = (double)bytes * iters / (double)post_wait_ns(x, iters);
+    ferry_xfer_release(x);
+    return median(v, rounds);
+}
+
+/*
+ * The scattered rows: for each batch, one contiguous cuMemcpyAsync of the
+ * same bytes (its ceiling), ferry in auto mode, and ferry with one copy per
+ * block (FERRY_CUDA_COPY=engine, what it did before the copy kernel), as
+ * ratios to the contiguous copy; WRITE then READ, each checked block by
+ * block. With grids, the kernel (FERRY_CUDA_COPY=kernel) again at each
+ * grid size.
+ */
+static int scatter_section(run_t *r, int rounds, const char *grids)
+{
+    static const struct {
+        const char *name;
+        size_t n;
+        uint64_t size;
+    } rows[] = {{"1024 x 4 KiB", 1024, 4 << 10},    {"8192 x 4 KiB", 8192, 4 << 10},
+                {"1024 x 32 KiB", 1024, 32 << 10},  {"vLLM 32x2x64 x 32 KiB", 4096, 32 << 10},
+                {"64 x 256 KiB", 64, 256 << 10},    {"512 x 256 KiB", 512, 256 << 10},
+                {"64 x 1 MiB", 64, 1 << 20},        {"16 x 4 MiB", 16, 4 << 20},
+                {"8 x 16 MiB", 8, 16 << 20}};
+    int failures = 0;
+
+    printf("\nscattered blocks, GPU -> GPU (random block slots on both sides), against one "
+           "contiguous copy of the same bytes (GB/s, medians of %d rounds):\n", rounds);
+    printf("%-24s %-6s %10s %10s %6s %10s %6s %6s\n", "batch", "op", "contig", "auto",
+           "ratio", "engine", "ratio", "bytes");
+    for (size_t k = 0; k < sizeof(rows) / sizeof(rows[0]); k++) {
+        scatter_t sc = {rows[k].name, rows[k].n, rows[k].size, NULL, NULL};
+        uint64_t bytes = sc.n * sc.size;
+
+        scatter_make(r, &sc, 77 + k);
+        for (int o = 0; o < 2; o++) {
+            ferry_xfer_op_t op = o ? FERRY_OP_READ : FERRY_OP_WRITE;
+            unsigned iters = iters_for(r, bytes);
+            double rv[101], ref, a, e;
+            int bad;
+
+            for (int i = 0; i < rounds; i++)
+                rv[i] = ref_gbps(r->stream, (uintptr_t)r->gpu2.p, r->ctx, (uintptr_t)r->gpu.p,
+                                 r->ctx, bytes, iters);
+            ref = median(rv, rounds);
+            fill_random(&r->gpu, 1000 + k * 2 + (uint64_t)o);
+            setenv("FERRY_CUDA_COPY", "engine", 1);
+            e = scatter_gbps(r, &sc, op, rounds);
+            setenv("FERRY_CUDA_COPY", "auto", 1);
+            a = scatter_gbps(r, &sc, op, rounds);
+            bad = scatter_verify(r, &sc);
+            failures += bad;
+            printf("%-24s %-6s %10.1f %10.1f %6.3f %10.1f %6.3f %6s\n", sc.name,
+                   o ? "READ" : "WRITE", ref, a, a / ref, e, e / ref, bad ? "WRONG" : "ok");
+            fflush(stdout);
+        }
+        if (grids != NULL && *grids) {
+            char *list = strdup(grids), *save = NULL;
+            double ref = ref_gbps(r->stream, (uintptr_t)r->gpu2.p, r->ctx, (uintptr_t)r->gpu.p,
+                                  r->ctx, bytes, iters_for(r, bytes));
+
+            printf("  %s WRITE, FERRY_CUDA_COPY=kernel, ratio by grid:", sc.name);
+            setenv("FERRY_CUDA_COPY", "kernel", 1);
+            for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                setenv("FERRY_CUDA_COPY_BLOCKS", t, 1);
+                printf(" %s: %.3f", t, scatter_gbps(r, &sc, FERRY_OP_WRITE, rounds) / ref);
+                fflush(stdout);
+            }
+            printf("\n");
+            unsetenv("FERRY_CUDA_COPY_BLOCKS");
+            setenv("FERRY_CUDA_COPY", "auto", 1);
+            free(list);
+        }
+        free(sc.l);
+        free(sc.r);
+    }
+    unsetenv("FERRY_CUDA_COPY");
+    return failures;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Stream-ordered transfers: the cost of post + wait per graph replay        */
 /* ------------------------------------------------------------------------ */
@@ -383,15 +566,10 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     bench_free(&h);
 }
 
-/* Fresh bytes in the whole buffer (the check pattern of seed). */
-static void fill_random(bench_buf_t *b, uint64_t seed)
-{
-    pattern(b, 0, b->len, seed, 0, true);
-}
-
 int main(int argc, char **argv)
 {
-    const char *sizes = "1m,16m,256m";
+    const char *sizes = "1m,16m,256m", *grids = NULL;
+    int scatter_only = 0;
     char *list, *save = NULL;
     int rounds = 5, failures = 0;
     run_t r = {.min_bytes = 4ull << 30};
@@ -409,12 +587,17 @@ int main(int argc, char **argv)
             rounds = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--min-bytes") == 0)
             r.min_bytes = parse_count(argv[i + 1], "--min-bytes", false);
+        else if (strcmp(argv[i], "--grids") == 0)
+            grids = argv[i + 1];
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "scatter") == 0)
+            scatter_only = 1;
         else if (strcmp(argv[i], "--mem") == 0 && (strcmp(argv[i + 1], "cuda") == 0 ||
                                                    strcmp(argv[i + 1], "vmm") == 0))
             gpu_src = strcmp(argv[i + 1], "cuda") == 0 ? SRC_CUMEM : SRC_FERRY;
         else {
             fprintf(stderr, "usage: %s [--sizes 1m,16m,256m] [--rounds N] "
-                            "[--min-bytes 4g] [--mem cuda|vmm]\n", argv[0]);
+                            "[--min-bytes 4g] [--mem cuda|vmm] [--grids 16,32,...] "
+                            "[--only scatter]\n", argv[0]);
             return 2;
         }
     }
@@ -495,8 +678,12 @@ int main(int argc, char **argv)
     printf("first prepare against the peer (opens its allocation): %.1f us; "
            "a second prepare: %.1f us; one 4 KiB WRITE after that: %.1f us\n\n",
            open_us, again_us, small_us);
-    printf("%-10s %-14s %12s %14s %8s %6s\n", "size", "transfer", "ferry GB/s",
-           "reference GB/s", "ratio", "bytes");
+    failures += scatter_section(&r, rounds, grids);
+    if (scatter_only)
+        sizes = "";
+    else
+        printf("\n%-10s %-14s %12s %14s %8s %6s\n", "size", "transfer", "ferry GB/s",
+               "reference GB/s", "ratio", "bytes");
 
     list = strdup(sizes);
     if (list == NULL)
@@ -552,7 +739,8 @@ int main(int argc, char **argv)
         }
     }
     free(list);
-    stream_section(&r, hello.blob, hello.blob_len, hello.b, rounds);
+    if (!scatter_only)
+        stream_section(&r, hello.blob, hello.blob_len, hello.b, rounds);
     free(hello.blob);
     pair_leave(comm);
     ferry_peer_forget(r.peer);

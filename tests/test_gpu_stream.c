@@ -8,7 +8,11 @@
  * GPU memory: copies on the stream) and once through UCX (host memory: the
  * flag protocol serviced by the progress thread). Each pipeline moves a
  * random length between random unaligned places of its buffers (seed:
- * FERRY_TEST_SEED). The peer is the shared serving target (target.h) with
+ * FERRY_TEST_SEED). A third pipeline moves the same kind of range through
+ * CUDA IPC as hundreds of small descriptors whose places at the peer are
+ * shuffled, so that a batch runs as the copy kernel (src/cuda/copy.h):
+ * enqueued, captured and replayed like the others, the table built at
+ * prepare serving every replay. The peer is the shared serving target (target.h) with
  * a progress thread and two buffers, GPU and host. Last, the peer is killed
  * and the host-path pipeline enqueued again: the stream must still finish,
  * and the request must report the failure on the host.
@@ -53,6 +57,46 @@ typedef struct pipe {
     uint64_t src, dst;     /* registered, local */
     ferry_xfer_t *w, *r;   /* WRITE src -> peer, READ dst <- peer */
 } pipe_t;
+
+/*
+ * Cuts n bytes into pieces of 1 to 2 * n / pieces bytes (the last takes the
+ * rest) and gives each its place twice: in order from local (*l_p) and in a
+ * shuffled order from remote (*r_p), so that no two neighbours stay
+ * neighbours at the peer and nothing coalesces. Returns the count.
+ */
+static size_t scatter(test_rng_t *rng, uint64_t local, uint64_t remote, size_t n,
+                      size_t pieces, ferry_desc_t **l_p, ferry_desc_t **r_p)
+{
+    ferry_desc_t *l = xu_xcalloc(n, sizeof(*l)), *r = xu_xcalloc(n, sizeof(*r));
+    size_t *perm, k = 0;
+    uint64_t off = 0, roff = 0;
+
+    while (off < n) {
+        uint64_t len = test_rand_range(rng, 1, 2 * n / pieces);
+
+        len = len < n - off ? len : n - off;
+        l[k] = xm_desc(XM_CUDA, local + off, len);
+        off += len;
+        k++;
+    }
+    perm = xu_xcalloc(k, sizeof(*perm));
+    for (size_t i = 0; i < k; i++)
+        perm[i] = i;
+    for (size_t i = k - 1; i > 0; i--) {
+        size_t j = (size_t)test_rand_range(rng, 0, i), t = perm[i];
+
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (size_t i = 0; i < k; i++) {
+        r[perm[i]] = xm_target_desc(XM_CUDA, remote + roff, l[perm[i]].len);
+        roff += l[perm[i]].len;
+    }
+    free(perm);
+    *l_p = l;
+    *r_p = r;
+    return k;
+}
 
 /* copy in, WRITE, READ back, copy out: all on stream s. */
 static void enqueue(const ferry__cuda_t *cu, pipe_t *p, CUstream s)
@@ -119,12 +163,14 @@ int main(void)
     ferry_peer_t *peer;
     ferry_mem_t *mem;
     xm_buf_t in, out, g_src, g_dst, h_src, h_dst;
-    pipe_t gp, hp;
+    pipe_t gp, sp, hp;
     CUstream s;
     xt_opts_t to = {.name = "stream-target", .progress_thread = 1, .nbuf = 2,
                     .buf = {{XM_CUDA, GPU_N, 0, 0}, {XM_HOST, HOST_N, 0, 0}}};
     test_rng_t rng = {xu_seed(0x57)};
     uint64_t goff[3], hoff[3]; /* offsets into src, dst and the peer's buffer */
+    ferry_desc_t *sl, *sr;
+    size_t sn;
     size_t gn = (size_t)test_rand_range(&rng, GPU_N / 2, GPU_N - 4096);
     size_t hn = (size_t)test_rand_range(&rng, HOST_N / 2, HOST_N - 4096);
 
@@ -178,10 +224,25 @@ int main(void)
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &l, 1, peer, &r, 1,
                                                NULL, &hp.r));
     }
+    /* The scattered pipeline: the same range, in hundreds of pieces. */
+    sp = gp;
+    sp.name = "CUDA IPC (GPU memory, scattered)";
+    sn = scatter(&rng, sp.src, tgt.buf[0].addr + goff[2], gn,
+                 (size_t)test_rand_range(&rng, 200, 2000), &sl, &sr);
+    printf("scattered pipeline: the same %zu B as %zu descriptors\n", gn, sn);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, sl, sn, peer, sr, sn,
+                                           NULL, &sp.w));
+    for (size_t i = 0; i < sn; i++)
+        sl[i].addr += sp.dst - sp.src;
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, sl, sn, peer, sr, sn,
+                                           NULL, &sp.r));
+    free(sl);
+    free(sr);
     /* Waiting on a stream for a request never posted on one is an error. */
     EXPECT_ST(FERRY_ERR_INVALID, ferry_xfer_wait_on_stream(gp.w, s));
     /* Armed requests keep their registrations busy. */
     run_pipe(cu, &gp, s);
+    run_pipe(cu, &sp, s);
     run_pipe(cu, &hp, s);
     EXPECT_ST(FERRY_ERR_BUSY, ferry_mem_deregister(mem));
 
@@ -200,6 +261,8 @@ int main(void)
     }
     ferry_xfer_release(gp.w);
     ferry_xfer_release(gp.r);
+    ferry_xfer_release(sp.w);
+    ferry_xfer_release(sp.r);
     ferry_xfer_release(hp.w);
     ferry_xfer_release(hp.r);
     ferry_peer_forget(peer);

@@ -57,12 +57,17 @@ static const xcase_t host_cases[] = {
     {100000, 256, FERRY_OP_WRITE},        {100000, 256, FERRY_OP_READ},
 };
 
-/* With GPU memory: one copy per descriptor, so batches stop at 1 024, and
- * single transfers go up to 256 MiB. */
+/* With GPU memory: single transfers up to 256 MiB (the copy engines), a
+ * few segments up to 16 MiB (the copy kernel for some, the engines for the
+ * longer ones, in auto mode) and batches of 2 to 20 000 segments of 1 B to
+ * 1 MiB, the shape of a paged KV cache (the copy kernel). */
 static const xcase_t gpu_cases[] = {
     {1, 256ull << 20, FERRY_OP_WRITE},    {1, 256ull << 20, FERRY_OP_READ},
     {7, 16ull << 20, FERRY_OP_WRITE},     {7, 16ull << 20, FERRY_OP_READ},
+    {2, 1ull << 20, FERRY_OP_WRITE},      {2, 1ull << 20, FERRY_OP_READ},
+    {300, 1ull << 20, FERRY_OP_WRITE},    {300, 1ull << 20, FERRY_OP_READ},
     {1024, 64ull << 10, FERRY_OP_WRITE},  {1024, 64ull << 10, FERRY_OP_READ},
+    {20000, 8ull << 10, FERRY_OP_WRITE},  {20000, 8ull << 10, FERRY_OP_READ},
 };
 
 /* The run's memory: initiator and target kinds, and what follows. */

@@ -32,8 +32,10 @@ enum {
      * UCX cannot start. */
     FERRY_INFO_UCX = 1u << 2,
     /* The CUDA driver's API version and each device (name, memory, PCI
-     * address, VMM and POSIX file descriptor export); or why CUDA is
-     * unavailable. */
+     * address, VMM and POSIX file descriptor export), and how CUDA IPC
+     * batches are copied (FERRY_CUDA_COPY's mode and threshold, each
+     * device's copy kernel grid, or why its kernel cannot load); or why
+     * CUDA is unavailable. */
     FERRY_INFO_CUDA = 1u << 3,
     /* Every FERRY_* environment variable the library reads: its value in
      * this process (marked "(set)" when it comes from the environment),

@@ -22,7 +22,9 @@ extern "C" {
  * makes a stream's later work wait for the transfer. Both only enqueue and
  * return at once; both may be captured into a CUDA graph, and every replay
  * of the graph then moves the data again (the protocol's values never
- * change). Pairs served by CUDA IPC are copies put on the stream itself;
+ * change). Pairs served by CUDA IPC are copies put on the stream itself
+ * (a launch of the copy kernel over the table the prepare built, and
+ * cuMemcpyAsync for segments left to the copy engines);
  * pairs served by a network backend (host memory through UCX) are started
  * by the agent's progress thread when the stream writes a flag in
  * page-locked host memory, and signal their end through a second flag that
@@ -46,7 +48,8 @@ extern "C" {
  * What the caller keeps alive: the request, its registrations and its
  * peer, for as long as any stream or graph that enqueued it may still run
  * it (synchronise the streams, or destroy the graph's executables, before
- * ferry_xfer_release()); from its first stream post on, the request counts
+ * ferry_xfer_release(): a graph replayed after the release would read a
+ * freed copy table); from its first stream post on, the request counts
  * as in flight for ferry_mem_deregister() (BUSY) until released. Post and
  * wait in pairs, in that order: a stream post while the previous run is
  * still going starts once it ends. Any thread.

@@ -80,7 +80,13 @@ typedef struct ferry_xfer_params {
  * only where UCX reports CUDA support. CUDA IPC serves a remote GPU region
  * with local GPU or host memory; a remote host region is reachable only
  * through UCX. params->backend (FERRY_XFER_PARAM_BACKEND) restricts the
- * choice to one backend.
+ * choice to one backend. A CUDA IPC batch of several segments is copied
+ * by one launch of ferry's copy kernel over a table built here (segments
+ * up to FERRY_CUDA_COPY_MAX; longer ones, and a lone segment, by the copy
+ * engines; FERRY_CUDA_COPY chooses), so a paged KV cache's thousands of
+ * small blocks move at about the speed of one contiguous copy.
+ * Destinations of one request must not overlap: which bytes land where
+ * they overlap is undefined (copies run in parallel, in no set order).
  * Up to 2^32 - 1 descriptors per request. params may be NULL. On success
  * *xfer_p holds a request that may be posted any number of times. Any
  * thread.

@@ -9,6 +9,7 @@
  */
 #include "backends/backend.h"
 #include "core/core.h"
+#include "cuda/copy.h"
 #include "cuda/cuda.h"
 #include "util/config.h"
 
@@ -76,8 +77,10 @@ ferry_status_t ferry_info_print(FILE *out, uint64_t what)
         print_backends(out);
     if (what & FERRY_INFO_UCX)
         ferry__ucx_describe(out);
-    if (what & FERRY_INFO_CUDA)
+    if (what & FERRY_INFO_CUDA) {
         ferry__cuda_describe(out);
+        ferry__cuda_copy_describe(out);
+    }
     if (what & FERRY_INFO_CONFIG)
         print_config(out);
     if (fflush(out) != 0 || ferror(out))

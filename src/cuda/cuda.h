@@ -34,6 +34,8 @@ typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
 typedef struct CUgraph_st *CUgraph;
 typedef struct CUgraphExec_st *CUgraphExec;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
 typedef void (*CUhostFn)(void *user);
 
 typedef struct CUipcMemHandle {
@@ -76,10 +78,14 @@ enum {
     CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704,
 
     CU_POINTER_ATTRIBUTE_MEMORY_TYPE = 2,
+    CU_POINTER_ATTRIBUTE_DEVICE_POINTER = 3,
     CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9,
+    CU_POINTER_ATTRIBUTE_RANGE_START_ADDR = 11,
+    CU_POINTER_ATTRIBUTE_RANGE_SIZE = 12,
     CU_MEMORYTYPE_HOST = 1,
     CU_MEMORYTYPE_DEVICE = 2,
 
+    CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16,
     CU_DEVICE_ATTRIBUTE_PCI_BUS_ID = 33,
     CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID = 34,
     CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID = 50,
@@ -98,6 +104,9 @@ enum {
     CU_MEMHOSTALLOC_PORTABLE = 1,
     CU_MEMHOSTALLOC_DEVICEMAP = 2,
     CU_MEMHOSTREGISTER_PORTABLE = 1,
+    CU_MEMHOSTREGISTER_DEVICEMAP = 2,
+    CU_JIT_ERROR_LOG_BUFFER = 5,
+    CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6,
     CU_STREAM_WAIT_VALUE_EQ = 1,
     CU_STREAM_WRITE_VALUE_DEFAULT = 0,
     CU_STREAM_CAPTURE_MODE_RELAXED = 2
@@ -183,7 +192,14 @@ enum {
                                     unsigned long long flags))                \
     X(cuGraphLaunch, (CUgraphExec exec, CUstream stream))                     \
     X(cuGraphExecDestroy, (CUgraphExec exec))                                 \
-    X(cuGraphDestroy, (CUgraph graph))
+    X(cuGraphDestroy, (CUgraph graph))                                        \
+    X(cuModuleLoadDataEx, (CUmodule *module, const void *image, unsigned n,   \
+                           int *options, void **values))                      \
+    X(cuModuleGetFunction, (CUfunction *fn, CUmodule module,                  \
+                            const char *name))                                \
+    X(cuLaunchKernel, (CUfunction fn, unsigned gx, unsigned gy, unsigned gz,  \
+                       unsigned bx, unsigned by, unsigned bz, unsigned shmem, \
+                       CUstream stream, void **params, void **extra))
 
 typedef struct ferry__cuda {
 #define FERRY__CUDA_MEMBER(name, params) CUresult (*name) params;

@@ -27,6 +27,20 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_CUDA_FD_HANDOFF", "auto",
      "how a peer's CUDA VMM file descriptors are fetched: auto (pidfd_getfd, "
      "then the peer's hand-off socket), pidfd or socket"},
+    {"FERRY_CUDA_COPY", "auto",
+     "who copies a CUDA IPC batch: auto (one copy kernel launch for a batch's "
+     "segments of at most FERRY_CUDA_COPY_MAX bytes, the copy engines for "
+     "longer ones and for a lone segment), engine (one cuMemcpyAsync per "
+     "segment) or kernel (the kernel for every segment it can reach)"},
+    {"FERRY_CUDA_COPY_MAX", "8m",
+     "in auto mode, the longest segment of a batch that the copy kernel "
+     "moves; longer ones go to the copy engines, which use no SMs"},
+    {"FERRY_CUDA_COPY_BLOCKS", "auto",
+     "thread blocks (of 512 threads, each on one SM at a time) that the copy "
+     "kernel launches: at most this many SMs copy at once; auto: two per SM"},
+    {"FERRY_CUDA_COPY_PTX", "",
+     "a file of PTX text to load as the copy kernel instead of the embedded "
+     "one (for tests of a driver that cannot load it); empty: the embedded"},
     {"FERRY_COPY_NT_MIN", "auto",
      "a post that copies this many bytes or more into or out of a same-host "
      "peer's memory bypasses the cache (non-temporal stores); auto: half the "

@@ -14,6 +14,7 @@
 #define FERRY_BACKENDS_CUDA_IPC_CUDA_IPC_H
 
 #include "backends/backend.h"
+#include "cuda/copy.h"
 #include "cuda/cuda.h"
 #include "util/list.h"
 
@@ -48,6 +49,7 @@ typedef struct ci_reg {
     ci_alloc_t *alloc;         /* the allocation it lies in, or NULL */
     int device;
     void *pinned;              /* host memory this registration pinned */
+    bool mapped;               /* host: kernels reach it at its address */
     uint64_t base, size;       /* the allocation range holding the region */
     CUuuid uuid;
     CUipcMemHandle ipc;
@@ -92,6 +94,17 @@ typedef struct ci_rkey {
     ci_conn_t *conn;
     ci_map_t *map;
 } ci_rkey_t;
+
+/* What a prepared request keeps (plan.c): the kernel's table and the
+ * segments left to the copy engines. NULL when the engines copy all. */
+typedef struct ci_plan {
+    int device;                /* the copying device */
+    CUfunction fn;             /* the copy kernel */
+    CUdeviceptr table;         /* its entries, in device's memory */
+    unsigned nentries, blocks;
+    size_t nengine;            /* segments the engines copy: */
+    size_t engine[];           /* their indices, in order */
+} ci_plan_t;
 
 typedef struct ci_dev {
     CUstream stream;
@@ -165,6 +178,22 @@ ferry_status_t ferry__ci_rkey_open(void *vctx, void *vconn, const uint8_t *data,
 void ferry__ci_rkey_close(void *vctx, void *vrkey);
 /* Whether device d's copy engines reach the memory of device owner. */
 bool ferry__ci_reaches(const ferry__cuda_t *cu, int d, int owner);
+
+/* The address of a segment's remote end for copies on device's stream. */
+static inline CUdeviceptr ferry__ci_remote_ptr(const ferry__bk_seg_t *s, int device)
+{
+    const ci_map_t *m = ((const ci_rkey_t *)s->rkey)->map;
+
+    return (m->type == CI_LEGACY ? m->opens[device].ptr : m->lbase) +
+           (s->raddr - m->rbase);
+}
+
+/* plan.c: which segments the copy kernel moves. */
+/* Makes the plan of n segments copied on device's stream (the peer's
+ * memory already opened for it): *plan_p NULL when the engines copy all. */
+ferry_status_t ferry__ci_plan(ci_ctx_t *ctx, const ferry__bk_seg_t *segs, size_t n,
+                              int device, ci_plan_t **plan_p);
+void ferry__ci_unprepare(void *vctx, void *vplan);
 
 /* xfer.c: copies. */
 ferry_status_t ferry__ci_prepare(void *vctx, void *vconn, const ferry__bk_seg_t *segs,

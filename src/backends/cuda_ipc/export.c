@@ -174,6 +174,31 @@ static ferry_status_t ci_reg_cuda(ci_ctx_t *ctx, const ferry_desc_t *d,
     return FERRY_OK;
 }
 
+/*
+ * Whether kernels reach every byte of the host range [addr, addr + len) at
+ * its own address: page-locked memory (ferry's cuMemHostRegister, or the
+ * application's cuMemHostAlloc) mapped into the device address space, as
+ * it is on every system with unified addressing. Only then may the copy
+ * kernel read or write it; otherwise its copies stay with the copy engines.
+ * A context is current.
+ */
+static bool ci_host_mapped(const ferry__cuda_t *cu, uint64_t addr, uint64_t len)
+{
+    CUdeviceptr start = 0, first = 0, last = 0;
+    size_t size = 0;
+
+    return cu->cuPointerGetAttribute(&start, CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                     addr) == CUDA_SUCCESS &&
+           cu->cuPointerGetAttribute(&size, CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+                                     addr) == CUDA_SUCCESS &&
+           start <= addr && addr + len <= start + size &&
+           cu->cuPointerGetAttribute(&first, CU_POINTER_ATTRIBUTE_DEVICE_POINTER,
+                                     addr) == CUDA_SUCCESS && first == addr &&
+           cu->cuPointerGetAttribute(&last, CU_POINTER_ATTRIBUTE_DEVICE_POINTER,
+                                     addr + len - 1) == CUDA_SUCCESS &&
+           last == addr + len - 1;
+}
+
 ferry_status_t ferry__ci_mem_register(void *vctx, const ferry_desc_t *d,
                                       void **lreg_p)
 {
@@ -194,15 +219,17 @@ ferry_status_t ferry__ci_mem_register(void *vctx, const ferry_desc_t *d,
             ferry__cuda_push(0) == FERRY_OK) {
             CUresult res = ctx->cu->cuMemHostRegister((void *)(uintptr_t)d->addr,
                                                       d->len,
-                                                      CU_MEMHOSTREGISTER_PORTABLE);
+                                                      CU_MEMHOSTREGISTER_PORTABLE |
+                                                      CU_MEMHOSTREGISTER_DEVICEMAP);
 
-            ferry__cuda_pop();
             if (res == CUDA_SUCCESS)
                 reg->pinned = (void *)(uintptr_t)d->addr;
             else
                 ferry__debug("cuda_ipc: host range at 0x%llx stays unpinned "
                              "(cuMemHostRegister: %d)", (unsigned long long)d->addr,
                              res);
+            reg->mapped = ci_host_mapped(ctx->cu, d->addr, d->len);
+            ferry__cuda_pop();
         }
         *lreg_p = reg;
         return FERRY_OK;

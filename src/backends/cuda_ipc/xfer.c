@@ -110,15 +110,6 @@ static ferry_status_t ci_ring_reserve(ci_ctx_t *ctx)
     return FERRY_OK;
 }
 
-/* The address of a segment's remote end for copies on device's stream. */
-static CUdeviceptr ci_remote_ptr(const ferry__bk_seg_t *s, int device)
-{
-    const ci_map_t *m = ((const ci_rkey_t *)s->rkey)->map;
-
-    return (m->type == CI_LEGACY ? m->opens[device].ptr : m->lbase) +
-           (s->raddr - m->rbase);
-}
-
 /*
  * The device whose stream copies a batch: its first local region's, when
  * that is GPU memory (the application produced or will consume it in
@@ -162,15 +153,16 @@ static ferry_status_t ci_open_legacy(ci_ctx_t *ctx, ci_map_t *m, int d)
 }
 
 /* Opens the legacy exports of one request's segments where its posts will
- * copy them (ci_copy_device). */
+ * copy them (ci_copy_device), then plans which of them the copy kernel
+ * moves (plan.c). */
 ferry_status_t ferry__ci_prepare(void *vctx, void *vconn, const ferry__bk_seg_t *segs,
                                  size_t n, void **plan_p)
 {
     ci_ctx_t *ctx = vctx;
     int device = ci_copy_device(&segs[0]);
+    ci_plan_t *plan;
 
     (void)vconn;
-    *plan_p = NULL;
     FERRY_CHECK(ci_peer_check(((ci_rkey_t *)segs[0].rkey)->conn));
     for (size_t i = 0; i < n; i++) {
         ci_map_t *m = ((ci_rkey_t *)segs[i].rkey)->map;
@@ -178,27 +170,43 @@ ferry_status_t ferry__ci_prepare(void *vctx, void *vconn, const ferry__bk_seg_t 
         if (m->type == CI_LEGACY)
             FERRY_CHECK(ci_open_legacy(ctx, m, device));
     }
+    FERRY_CHECK(ferry__ci_plan(ctx, segs, n, device, &plan));
+    *plan_p = plan;
     return FERRY_OK;
 }
 
-/* Enqueues the segments' copies on stream, device's, stopping at the first
- * that fails; the caller has pushed the device's context. */
-static ferry_status_t ci_enqueue(const ferry__cuda_t *cu, ferry_xfer_op_t op,
-                                 const ferry__bk_seg_t *segs, size_t n,
-                                 int device, CUstream stream)
+/* Enqueues segment i's copy on stream, device's. */
+static ferry_status_t ci_engine_copy(const ferry__cuda_t *cu, ferry_xfer_op_t op,
+                                     const ferry__bk_seg_t *segs, size_t i,
+                                     int device, CUstream stream)
 {
-    for (size_t i = 0; i < n; i++) {
-        CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ci_remote_ptr(&segs[i], device);
-        ferry_status_t st =
-            op == FERRY_OP_WRITE
-                ? FERRY__CU(cu, cuMemcpyAsync, (r, l, segs[i].len, stream))
-                : FERRY__CU(cu, cuMemcpyAsync, (l, r, segs[i].len, stream));
+    CUdeviceptr l = (CUdeviceptr)segs[i].laddr, r = ferry__ci_remote_ptr(&segs[i], device);
+    ferry_status_t st = op == FERRY_OP_WRITE
+                            ? FERRY__CU(cu, cuMemcpyAsync, (r, l, segs[i].len, stream))
+                            : FERRY__CU(cu, cuMemcpyAsync, (l, r, segs[i].len, stream));
 
-        if (st < 0) {
-            ferry__error_prefix("cuda_ipc: segment %zu", i);
-            return st;
-        }
+    if (st < 0)
+        ferry__error_prefix("cuda_ipc: segment %zu", i);
+    return st;
+}
+
+/* Enqueues a batch's copies on stream, device's: the plan's kernel launch
+ * and its engine copies, or one engine copy per segment without a plan;
+ * stops at the first that fails. The caller has pushed the device's
+ * context. */
+static ferry_status_t ci_enqueue(const ferry__cuda_t *cu, const ci_plan_t *plan,
+                                 ferry_xfer_op_t op, const ferry__bk_seg_t *segs,
+                                 size_t n, int device, CUstream stream)
+{
+    if (plan == NULL) {
+        for (size_t i = 0; i < n; i++)
+            FERRY_CHECK(ci_engine_copy(cu, op, segs, i, device, stream));
+        return FERRY_OK;
     }
+    FERRY_CHECK(ferry__cuda_copy_launch(plan->fn, plan->table, plan->nentries,
+                                        op == FERRY_OP_WRITE, plan->blocks, stream));
+    for (size_t k = 0; k < plan->nengine; k++)
+        FERRY_CHECK(ci_engine_copy(cu, op, segs, plan->engine[k], device, stream));
     return FERRY_OK;
 }
 
@@ -214,7 +222,6 @@ ferry_status_t ferry__ci_post(void *vctx, void *vconn, void *plan, ferry_xfer_op
     CUevent ev = NULL;
     ferry_status_t st;
 
-    (void)plan;
     FERRY_CHECK(ci_peer_check(vconn));
     FERRY_CHECK(ci_ring_reserve(ctx));
     FERRY_CHECK(ferry__cuda_push(device));
@@ -222,7 +229,7 @@ ferry_status_t ferry__ci_post(void *vctx, void *vconn, void *plan, ferry_xfer_op
     FERRY_CHECK_GOTO(ci_event_get(ctx, device, &ev), st, out);
     /* Nothing may stay in flight after an error: out_sync waits for the
      * copies enqueued before the one that failed. */
-    FERRY_CHECK_GOTO(ci_enqueue(cu, op, segs, n, device, stream), st, out_sync);
+    FERRY_CHECK_GOTO(ci_enqueue(cu, plan, op, segs, n, device, stream), st, out_sync);
     FERRY_CHECK_GOTO(FERRY__CU(cu, cuEventRecord, (ev, stream)), st, out_sync);
     b = &ctx->ring[(ctx->head + ctx->count++) % ctx->cap];
     *b = (ci_batch_t){ev, device, vconn, cb, arg};
@@ -245,10 +252,9 @@ ferry_status_t ferry__ci_post_stream(void *vctx, void *vconn, void *plan,
     int device = ci_copy_device(&segs[0]);
     ferry_status_t st;
 
-    (void)plan;
     FERRY_CHECK(ci_peer_check(vconn));
     FERRY_CHECK(ferry__cuda_push(device));
-    st = ci_enqueue(ctx->cu, op, segs, n, device, (CUstream)stream);
+    st = ci_enqueue(ctx->cu, plan, op, segs, n, device, (CUstream)stream);
     ferry__cuda_pop();
     return st;
 }
