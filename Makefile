@@ -81,7 +81,8 @@ BUILD_DEPS = \
 # ferry-info's UCX version with; $(PYTHON) (python3), which runs
 # bench_outputs and the torch interoperability tests, with its headers
 # (python3-dev) for the Python package and numpy, pytest and torch
-# (python3-numpy, python3-pytest, python3-torch) for its tests; readelf and
+# (python3-numpy, python3-pytest, python3-torch) for its tests, pip
+# (python3-pip) for the test that installs it; readelf and
 # nm (binutils), with which test_install checks the installed library and
 # tools. iproute2 (`ip`) serves only the two-namespace test, which needs
 # root anyway, so it is asked for only as root.
@@ -93,8 +94,9 @@ TEST_DEPS = $(BUILD_DEPS) \
 		$(PY_HAS) numpy || missing="$$missing python3-numpy"; \
 		$(PY_HAS) pytest || missing="$$missing python3-pytest"; \
 		$(PY_HAS) torch || missing="$$missing python3-torch"; \
+		$(PY_HAS) pip || missing="$$missing python3-pip"; \
 	else \
-		missing="$$missing python3 python3-dev python3-numpy python3-pytest python3-torch"; \
+		missing="$$missing python3 python3-dev python3-numpy python3-pytest python3-torch python3-pip"; \
 	fi; \
 	command -v readelf >/dev/null || missing="$$missing binutils"; \
 	if [ "$$(id -u)" = 0 ] && ! command -v ip >/dev/null; then \

@@ -39,9 +39,15 @@ def main():
         def __init__(self):
             self.passed, self.failed, self.skipped = 0, 0, []
 
+        def pytest_collectreport(self, report):
+            # A file that skips itself (pytest.skip(allow_module_level=True)).
+            if report.skipped:
+                self.pytest_runtest_logreport(report)
+
         def pytest_runtest_logreport(self, report):
             if report.skipped:
                 reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+                reason = reason.replace("Skipped: ", "", 1)
                 self.skipped.append((report.nodeid, reason))
             elif report.failed:
                 self.failed += 1
@@ -54,7 +60,8 @@ def main():
                       "-W", "error::pytest.PytestUnraisableExceptionWarning"], plugins=[out])
     for nodeid, reason in out.skipped:
         print(f"skipped: {nodeid}: {reason}")
-    if rc == 0 and out.passed == 0 and out.skipped:
+    # pytest says 5 (no tests ran) when the file skipped itself whole.
+    if rc in (0, 5) and out.passed == 0 and out.failed == 0 and out.skipped:
         skip(f"every test skipped: {out.skipped[0][1]}")
     sys.exit(int(rc))
 
