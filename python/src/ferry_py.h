@@ -119,9 +119,11 @@ void ferry__py_region_clear(region_t *r);
 /* A descriptor list for prepare: a numpy array of ferry.desc_dtype (used in
  * place), a uint64 array of shape (n, 2), one memory object or tuple, or a
  * sequence of them. *descs_p is either view->buf (view held, *owned_p 0)
- * or a PyMem_Malloc'd array (*owned_p 1). */
+ * or an array of this file's (*owned_p > 0), given back with
+ * ferry__py_descs_free. Under the GIL. */
 int ferry__py_descs(PyObject *obj, const char *what, ferry_desc_t **descs_p,
                     size_t *n_p, Py_buffer *view, int *has_view, int *owned_p);
+void ferry__py_descs_free(ferry_desc_t *descs, int owned);
 PyObject *ferry__py_desc_tuple(const ferry_desc_t *d);
 
 /* alloc.c: the address and size of an Allocation, for mem.c. */

@@ -448,8 +448,7 @@ typedef struct desc_list {
 
 static void desc_list_clear(desc_list_t *l)
 {
-    if (l->owned)
-        PyMem_Free(l->descs);
+    ferry__py_descs_free(l->descs, l->owned);
     if (l->has_view)
         PyBuffer_Release(&l->view);
     memset(l, 0, sizeof(*l));
