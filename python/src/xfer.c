@@ -12,6 +12,9 @@
 
 #include <string.h>
 
+/* CUDA's CU_STREAM_LEGACY (cuda.h), the legacy default stream's handle. */
+#define CU_STREAM_LEGACY_ ((void *)0x1)
+
 /* A wait without limit wakes this often to check for signals. */
 #define WAIT_SLICE_NS 200000000LL
 
@@ -219,6 +222,10 @@ static PyObject *stream_call(PyObject *self, PyObject *stream, int wait)
         }
     }
     Py_DECREF(h);
+    /* torch's default stream says 0: CUDA's NULL stream, the legacy default
+     * stream, which the library takes by its explicit handle only. */
+    if (!ptr)
+        ptr = CU_STREAM_LEGACY_;
     x->busy++;
     FERRY_PY_BEGIN(x->agent->core);
     st = wait ? ferry_xfer_wait_on_stream(x->fx, ptr) : ferry_xfer_post_on_stream(x->fx, ptr);
@@ -347,7 +354,7 @@ static PyMethodDef xfer_methods[] = {
     {"post_on_stream", xfer_post_on_stream, METH_O,
      "post_on_stream(stream) -> None\n\nEnqueues the start of the transfer on a CUDA "
      "stream (ferry_xfer_post_on_stream): a torch.cuda.Stream, a CuPy stream or a "
-     "raw CUstream handle (int)."},
+     "raw CUstream handle (int); 0 or None is the legacy default stream."},
     {"wait_on_stream", xfer_wait_on_stream, METH_O,
      "wait_on_stream(stream) -> None\n\nMakes the stream's later work wait for the "
      "transfer (ferry_xfer_wait_on_stream)."},

@@ -150,6 +150,13 @@ def test_bad_python_input(agent):
         agent.prepare("write", np.zeros(8), "peer", np.zeros(8))
     with pytest.raises(ferry.InvalidArgument):
         ferry.Agent(stall_timeout=-1)
+    # Freed memory is refused, not read.
+    a = agent.alloc(4096)
+    a.free()
+    with pytest.raises(ferry.InvalidArgument):
+        agent.register(a)
+    with pytest.raises(BufferError):
+        memoryview(a)
     # A bytearray that is registered cannot be resized under the registration.
     ba = bytearray(4096)
     m = agent.register(ba)
@@ -167,6 +174,18 @@ def test_gpu_memory_without_gpu(agent):
     assert "CUDA" in e.value.detail
     with pytest.raises(ferry.Unsupported):
         agent.register((0x7F0000000000, 4096, "cuda", 0))
+    buf = np.zeros(4096, np.uint8)
+    agent.register(buf)
+    x = agent.prepare("write", buf[:64], agent.load_peer(agent.metadata()), buf[64:128])
+
+    class Stream:  # as torch.cuda.Stream shows its handle
+        cuda_stream = 0x1234
+
+    for stream in (Stream(), 0, None, 0x5678):
+        with pytest.raises(ferry.Unsupported):
+            x.post_on_stream(stream)
+    with pytest.raises(TypeError):
+        x.post_on_stream("stream")
 
 
 def test_closed_objects(spawn):

@@ -6,9 +6,24 @@ import numpy as np
 import pytest
 
 import ferry
-from conftest import pattern, segments
+from conftest import PeerProcess, pattern, segments
 
 SIZE = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def peers():
+    """One peer process of each kind for the file, started when first used."""
+    made = {}
+
+    def get(kind, size=SIZE):
+        if (kind, size) not in made:
+            made[kind, size] = PeerProcess(kind, size)
+        return made[kind, size]
+
+    yield get
+    for p in made.values():
+        p.close()
 
 
 @pytest.fixture
@@ -33,8 +48,8 @@ def local_of(agent, kind):
 
 @pytest.mark.parametrize("local_kind", ["numpy", "bytearray", "memoryview", "alloc"])
 @pytest.mark.parametrize("peer_kind", ["numpy", "alloc"])
-def test_write_then_read_back(agent, spawn, rng, local_kind, peer_kind):
-    peer = spawn(peer_kind, SIZE)
+def test_write_then_read_back(agent, peers, rng, local_kind, peer_kind):
+    peer = peers(peer_kind)
     buf, view = local_of(agent, local_kind)
     agent.register(buf)
     p = agent.load_peer(peer.blob)
@@ -50,8 +65,9 @@ def test_write_then_read_back(agent, spawn, rng, local_kind, peer_kind):
     with agent.prepare("write", local, p, remote) as w:
         assert w.count == 64 and w.op == "write"
         w.post() or w.wait(30)
+    got = np.frombuffer(peer.read(0, SIZE), np.uint8)
     for lo, r, n in segs:
-        assert peer.read(r, n) == bytes(view[lo:lo + n]), (lo, r, n)
+        assert np.array_equal(got[r:r + n], view[lo:lo + n]), (lo, r, n)
     # READ it back into cleared memory: each local range gets its remote one.
     expect = view.copy()
     view[:] = 0
@@ -66,7 +82,7 @@ def test_write_then_read_back(agent, spawn, rng, local_kind, peer_kind):
 
 
 def test_read_pattern(agent, spawn, rng):
-    peer = spawn("numpy", SIZE)
+    peer = spawn("numpy", SIZE)  # its own: it is filled
     peer.fill(1234)
     expect = pattern(1234, SIZE)
     dst = np.zeros(SIZE, np.uint8)
@@ -85,9 +101,9 @@ def test_read_pattern(agent, spawn, rng):
 
 
 @pytest.mark.parametrize("form", ["desc_dtype", "uint64_n2", "uint64_n4", "tuples"])
-def test_descriptor_forms(agent, spawn, rng, form):
+def test_descriptor_forms(agent, peers, rng, form):
     n = 10000
-    peer = spawn("alloc", n * 64)
+    peer = peers("alloc", n * 64)
     src = rng.integers(0, 256, n * 64, dtype=np.uint8)
     agent.register(src)
     p = agent.load_peer(peer.blob)
@@ -117,8 +133,8 @@ def test_descriptor_forms(agent, spawn, rng, form):
         assert np.array_equal(got[r:r + k], src[o:o + k]), i
 
 
-def test_many_posts(agent, spawn, rng):
-    peer = spawn("alloc", SIZE)
+def test_many_posts(agent, peers, rng):
+    peer = peers("alloc")
     src = np.zeros(SIZE, np.uint8)
     agent.register(src)
     p = agent.load_peer(peer.blob)
