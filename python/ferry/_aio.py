@@ -61,7 +61,9 @@ def _dispatch(agent, entries):
                 else:
                     fut.set_exception(_error_of(xfer, status))
         if xfer.user_data is not None:
-            ready[xfer] = status
+            # By id, with a weak reference: a request the caller dropped
+            # leaves (xfer.c removes its entry when it goes).
+            ready[id(xfer)] = (weakref.ref(xfer), status)
 
 
 def _on_readable(ref):
@@ -161,7 +163,11 @@ def completions(agent):
     """The body of Agent.completions()."""
     _dispatch(agent, agent._drain(True))
     ready = agent._ready
-    out = [Completion(x, x.user_data, Status(s)) for x, s in ready.items()]
+    out = []
+    for ref, status in ready.values():
+        x = ref()
+        if x is not None:
+            out.append(Completion(x, x.user_data, Status(status)))
     ready.clear()
     return out
 

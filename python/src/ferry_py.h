@@ -49,7 +49,8 @@ typedef struct agent_object {
     PyObject *name;     /* str */
     PyObject *mems;     /* dict: id -> Mem, the registrations it holds */
     PyObject *peers;    /* dict: handle address -> Peer */
-    PyObject *ready;    /* dict: Xfer -> status, completions not yet taken */
+    PyObject *ready;    /* dict: id(Xfer) -> (weakref, status), completions
+                         * taken from the queue, not yet returned */
     PyObject *aio;      /* the asyncio state of ferry._aio, or None */
     xfer_object *xfers; /* every live request, linked through next/prev */
     PyObject *weakrefs;
@@ -69,6 +70,7 @@ struct xfer_object {
     PyObject *peer;        /* strong */
     PyObject *user_data;   /* the caller's, or NULL */
     PyObject *future;      /* an asyncio future waiting for it, or NULL */
+    PyObject *weakrefs;
     xfer_object *next, *prev;
     Py_ssize_t count;      /* descriptors */
     long busy;             /* calls on it with the GIL released */

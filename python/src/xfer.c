@@ -42,6 +42,20 @@ void ferry__py_xfer_unlink(xfer_object *x)
     x->next = x->prev = NULL;
 }
 
+/* Drops the request's entry from agent.ready (keyed by id(xfer), holding a
+ * weak reference, so that an entry never keeps its request alive). */
+static void ready_forget(xfer_object *x)
+{
+    PyObject *key;
+
+    if (!x->agent || !x->agent->ready || PyDict_Size(x->agent->ready) == 0)
+        return;
+    key = PyLong_FromVoidPtr(x);
+    if (!key || PyDict_DelItem(x->agent->ready, key) < 0)
+        PyErr_Clear();
+    Py_XDECREF(key);
+}
+
 static int xfer_check(xfer_object *x)
 {
     if (!x->fx) {
@@ -56,18 +70,18 @@ static void xfer_dealloc(PyObject *self)
     xfer_object *x = (xfer_object *)self;
     PyTypeObject *tp = Py_TYPE(self);
 
+    if (x->weakrefs)
+        PyObject_ClearWeakRefs(self);
     if (x->fx) {
-        /* Releasing cancels a request in flight, which may take a moment. */
-        FERRY_PY_BEGIN(x->agent->core);
+        /* With the GIL held: releasing drops the request's completion
+         * entry, and until it has, another thread's Agent._drain could take
+         * the entry and revive this object. */
         ferry_xfer_release(x->fx);
-        FERRY_PY_END(x->agent->core);
         x->fx = NULL;
     }
     if (x->agent) {
         ferry__py_xfer_unlink(x);
-        if (x->agent->ready && PyDict_Size(x->agent->ready) > 0 &&
-            PyDict_DelItem(x->agent->ready, self) < 0)
-            PyErr_Clear();
+        ready_forget(x);
     }
     Py_XDECREF(x->future);
     Py_XDECREF(x->user_data);
@@ -110,9 +124,7 @@ static PyObject *xfer_post(PyObject *self, PyObject *unused)
     (void)unused;
     /* A completion taken earlier and not yet returned belongs to the last
      * post; a new post replaces it, as ferry's own queue does. */
-    if (x->agent && PyDict_Size(x->agent->ready) > 0 &&
-        PyDict_DelItem(x->agent->ready, self) < 0)
-        PyErr_Clear();
+    ready_forget(x);
     return xfer_call(self, ferry_xfer_post);
 }
 
@@ -187,8 +199,7 @@ static PyObject *xfer_release(PyObject *self, PyObject *unused)
     FERRY_PY_BEGIN(x->agent->core);
     ferry_xfer_release(fx);
     FERRY_PY_END(x->agent->core);
-    if (PyDict_Size(x->agent->ready) > 0 && PyDict_DelItem(x->agent->ready, self) < 0)
-        PyErr_Clear();
+    ready_forget(x);
     Py_RETURN_NONE;
 }
 
@@ -382,6 +393,7 @@ static PyGetSetDef xfer_getset[] = {
 
 static PyMemberDef xfer_members[] = {
     {"_future", T_OBJECT, offsetof(xfer_object, future), 0, "Internal: asyncio future."},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(xfer_object, weakrefs), READONLY, NULL},
     {NULL, 0, 0, 0, NULL}};
 
 static PyType_Slot xfer_slots[] = {
@@ -501,6 +513,7 @@ PyObject *ferry__py_xfer_prepare(agent_object *self, PyObject *args, PyObject *k
     x->fx = NULL;
     x->next = x->prev = NULL;
     x->future = NULL;
+    x->weakrefs = NULL;
     x->busy = 0;
     x->op = op;
     x->count = (Py_ssize_t)l.n;

@@ -3,6 +3,8 @@
 awaited by one event loop (with and without a progress thread), every
 byte checked; post_async; a timeout; and the completion queue."""
 import asyncio
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -86,6 +88,21 @@ def test_completions(spawn):
         assert seen == pending
         assert agent.completions() == []
         assert peer.read(0, 1 << 20) == bytes(src)
+        # A completion the asyncio reader took waits for completions(), but
+        # does not keep its request alive.
+        x = agent.prepare("write", src, p, (peer.addr, 1 << 20), user_data="dropped")
+        gone = weakref.ref(x)
+
+        async def post_all():
+            await x.post_async(timeout=30)
+            await asyncio.gather(*(y.post_async(timeout=30) for y in xs))
+
+        asyncio.run(post_all())
+        del x
+        gc.collect()
+        assert gone() is None
+        left = {c.user_data for c in agent.completions()}
+        assert "dropped" not in left and left <= {x.user_data for x in xs}
 
 
 def test_agent_close_fails_waiters(spawn):
