@@ -167,6 +167,9 @@ static int from_buffer(PyObject *obj, int keep, region_t *r)
     return 0;
 }
 
+/* Whether strides (NULL: compact) describe one row-major range; unit is
+ * the stride of the last dimension's neighbours in the strides' own unit
+ * (1 for DLPack's element strides, the item size for byte strides). */
 static int contiguous(int32_t ndim, const int64_t *shape, const int64_t *strides,
                       int64_t unit)
 {
@@ -175,7 +178,7 @@ static int contiguous(int32_t ndim, const int64_t *shape, const int64_t *strides
     if (!strides)
         return 1;
     for (int32_t i = ndim - 1; i >= 0; i--) {
-        if (shape[i] != 1 && strides[i] * unit != expect)
+        if (shape[i] != 1 && strides[i] != expect)
             return 0;
         expect *= shape[i];
     }
@@ -199,7 +202,7 @@ static int from_dlpack(PyObject *obj, region_t *r)
     unit = ((int64_t)t->dtype.bits * t->dtype.lanes + 7) / 8;
     for (int32_t i = 0; i < t->ndim; i++)
         elems *= t->shape[i];
-    /* DLPack strides count elements; contiguous() compares bytes. */
+    /* DLPack's strides count elements. */
     if (!contiguous(t->ndim, t->shape, t->strides, 1)) {
         ferry__py_invalid("a non-contiguous tensor (strides that skip memory) is not one "
                           "range of memory: make it contiguous (.contiguous()) first");

@@ -150,6 +150,17 @@ def test_bad_python_input(agent):
         agent.prepare("write", np.zeros(8), "peer", np.zeros(8))
     with pytest.raises(ferry.InvalidArgument):
         ferry.Agent(stall_timeout=-1)
+    # The CUDA array interface, read without a GPU (describe only): byte
+    # strides that are row-major are one range, others are refused.
+    class CAI:
+        def __init__(self, strides):
+            self.__cuda_array_interface__ = {"data": (0x10000, False), "shape": (4, 8),
+                                             "typestr": "<f4", "strides": strides,
+                                             "version": 3}
+
+    assert ferry.describe(CAI(None)) == ferry.describe(CAI((32, 4))) == (0x10000, 128, 0, 0)
+    with pytest.raises(ferry.InvalidArgument):
+        ferry.describe(CAI((64, 4)))
     # Freed memory is refused, not read.
     a = agent.alloc(4096)
     a.free()
