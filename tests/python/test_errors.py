@@ -61,21 +61,24 @@ def test_busy_cancel_and_gil(agent, spawn):
             x.post()
         with pytest.raises(ferry.Timeout):
             x.wait(0.05)
-        # The GIL is released while wait sleeps: a Python thread counts.
-        counts = []
+        # The GIL is released while wait sleeps: a Python thread counts
+        # meanwhile (a wait that held it would leave the count unchanged).
+        counter, stop = [0], threading.Event()
 
         def count():
-            n, end = 0, time.monotonic() + 0.5
-            while time.monotonic() < end:
-                n += 1
-            counts.append(n)
+            while not stop.is_set():
+                counter[0] += 1
 
         t = threading.Thread(target=count)
         t.start()
+        time.sleep(0.05)
+        before = counter[0]
         with pytest.raises(ferry.Timeout):
             x.wait(0.5)
+        during = counter[0] - before
+        stop.set()
         t.join()
-        assert counts[0] > 10000, counts
+        assert during > 10000, during
         # Closing the agent while a thread waits is refused, not a crash.
         waiter = threading.Thread(target=lambda: pytest.raises(ferry.Error, x.wait, 1.0))
         waiter.start()
