@@ -688,11 +688,13 @@ static PyMethodDef agent_methods[] = {
      "a tuple's memory is the caller's to keep."},
     {"alloc", (PyCFunction)(void (*)(void))ferry__py_alloc_method,
      METH_VARARGS | METH_KEYWORDS,
-     "alloc(nbytes, kind='host') -> Allocation\n\nAllocates memory that the agent's "
-     "transports move fastest (ferry_mem_alloc): host memory that same-host peers "
-     "copy into directly, or ('cuda') GPU memory shareable through CUDA IPC. The "
-     "Allocation has the buffer protocol (host) and __dlpack__; register it to use "
-     "it. It is freed when the last object viewing it goes."},
+     "alloc(nbytes, kind='host', device=0) -> Allocation\n\nAllocates memory that the "
+     "agent's transports move fastest (ferry_mem_alloc): host memory that same-host "
+     "peers copy into directly, or ('cuda') GPU memory shareable through CUDA IPC, on "
+     "the device of the calling thread's current CUDA context (torch.cuda.set_device), "
+     "which device must name: it is the device the Allocation's DLPack export "
+     "reports. The Allocation has the buffer protocol (host) and __dlpack__; register "
+     "it to use it. It is freed when the last object viewing it goes."},
     {"metadata", agent_metadata, METH_NOARGS,
      "metadata() -> bytes\n\nThe agent's metadata blob (ferry_md_pack): its name, "
      "addresses and every registration, for peers to load_peer()."},

@@ -86,7 +86,8 @@ static void alloc_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
-PyObject *ferry__py_alloc_new(agent_object *agent, size_t len, ferry_mem_kind_t kind)
+PyObject *ferry__py_alloc_new(agent_object *agent, size_t len, ferry_mem_kind_t kind,
+                              int device)
 {
     alloc_object *a;
     ferry_status_t st;
@@ -109,7 +110,7 @@ PyObject *ferry__py_alloc_new(agent_object *agent, size_t len, ferry_mem_kind_t 
     a->addr = addr;
     a->len = (Py_ssize_t)len;
     a->kind = kind;
-    a->device = 0;
+    a->device = kind == FERRY_MEM_CUDA ? device : 0;
     a->exports = 0;
     return (PyObject *)a;
 }
@@ -118,13 +119,16 @@ PyObject *ferry__py_alloc_method(agent_object *self, PyObject *args, PyObject *k
 
 PyObject *ferry__py_alloc_method(agent_object *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kw[] = {"nbytes", "kind", NULL};
+    static char *kw[] = {"nbytes", "kind", "device", NULL};
     Py_ssize_t n;
     PyObject *kind = NULL;
     ferry_mem_kind_t k = FERRY_MEM_HOST;
+    int device = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|O:alloc", kw, &n, &kind))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|Oi:alloc", kw, &n, &kind, &device))
         return NULL;
+    if (device < 0)
+        return ferry__py_invalid("alloc: device %d out of range", device);
     if (n <= 0)
         return ferry__py_invalid("alloc: nbytes must be at least 1, not %zd", n);
     if (kind) {
@@ -139,7 +143,7 @@ PyObject *ferry__py_alloc_method(agent_object *self, PyObject *args, PyObject *k
         Py_DECREF(t);
         k = r.desc.kind;
     }
-    return ferry__py_alloc_new(self, (size_t)n, k);
+    return ferry__py_alloc_new(self, (size_t)n, k, device);
 }
 
 static int alloc_getbuffer(PyObject *self, Py_buffer *view, int flags)

@@ -130,7 +130,8 @@ PyObject *ferry__py_desc_tuple(const ferry_desc_t *d);
 
 /* alloc.c: the address and size of an Allocation, for mem.c. */
 int ferry__py_alloc_desc(PyObject *obj, ferry_desc_t *d);
-PyObject *ferry__py_alloc_new(agent_object *agent, size_t len, ferry_mem_kind_t kind);
+PyObject *ferry__py_alloc_new(agent_object *agent, size_t len, ferry_mem_kind_t kind,
+                              int device);
 
 /* agent.c */
 PyObject *ferry__py_peer_wrap(agent_object *agent, ferry_peer_t *fp);

@@ -106,9 +106,10 @@ def test_write_read_with_peer(agent, peer, local):
 
 
 def test_alloc_cuda(agent):
-    a = agent.alloc(1 << 20, "cuda")
+    a = agent.alloc(1 << 20, "cuda", device=DEV)
     t = torch.from_dlpack(a)
     assert t.is_cuda and t.numel() == 1 << 20 and t.data_ptr() == a.addr
+    assert t.device.index == DEV
     t.fill_(1)
     agent.register(a).deregister()
 
