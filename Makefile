@@ -21,6 +21,10 @@ BUILD_DIR ?= build
 ASAN_DIR  ?= build-asan
 TSAN_DIR  ?= build-tsan
 PREFIX    ?= /usr/local
+# The interpreter the Python package is built and tested with: Debian's,
+# whose packages (python3-dev, -numpy, -pytest, -torch) the suite installs.
+# A `python3` earlier on PATH may be another interpreter without them.
+PYTHON    ?= /usr/bin/python3
 
 # Compile on every core; run two tests at a time. The multi-process tests
 # start several ranks each, so more parallel tests than that oversubscribe
@@ -76,14 +80,26 @@ BUILD_DEPS = \
 	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev";
 
 # The suite adds: ucx_info (ucx-utils), which test_ferry_info compares
-# ferry-info's UCX version with; python3, which runs bench_outputs and the
-# torch interoperability tests; readelf and nm (binutils), with which
-# test_install checks the installed library and tools. iproute2 (`ip`)
-# serves only the two-namespace test, which needs root anyway, so it is
-# asked for only as root.
+# ferry-info's UCX version with; $(PYTHON) (python3), which runs
+# bench_outputs and the torch interoperability tests, with its headers
+# (python3-dev) for the Python package and numpy, pytest and torch
+# (python3-numpy, python3-pytest, python3-torch) for its tests, pip
+# (python3-pip) for the test that installs it; readelf and
+# nm (binutils), with which test_install checks the installed library and
+# tools. iproute2 (`ip`) serves only the two-namespace test, which needs
+# root anyway, so it is asked for only as root.
+PY_HAS = $(PYTHON) -c 'import sys, importlib; importlib.import_module(sys.argv[1])' 2>/dev/null
 TEST_DEPS = $(BUILD_DEPS) \
 	command -v ucx_info >/dev/null || missing="$$missing ucx-utils"; \
-	command -v python3 >/dev/null || missing="$$missing python3"; \
+	if [ -x $(PYTHON) ]; then \
+		$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || missing="$$missing python3-dev"; \
+		$(PY_HAS) numpy || missing="$$missing python3-numpy"; \
+		$(PY_HAS) pytest || missing="$$missing python3-pytest"; \
+		$(PY_HAS) torch || missing="$$missing python3-torch"; \
+		$(PY_HAS) pip || missing="$$missing python3-pip"; \
+	else \
+		missing="$$missing python3 python3-dev python3-numpy python3-pytest python3-torch python3-pip"; \
+	fi; \
 	command -v readelf >/dev/null || missing="$$missing binutils"; \
 	if [ "$$(id -u)" = 0 ] && ! command -v ip >/dev/null; then \
 		missing="$$missing iproute2"; \
@@ -115,7 +131,7 @@ deps-test:
 	$(call check_deps,the test suite,$(TEST_DEPS))
 
 build: deps-build
-	cmake -S . -B $(BUILD_DIR) -DFERRY_WERROR=ON
+	cmake -S . -B $(BUILD_DIR) -DFERRY_WERROR=ON -DFERRY_PYTHON=$(PYTHON)
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 test: deps-test build
@@ -128,7 +144,7 @@ bench: build
 # run-time errors, and a sanitizer's extra code can draw false-positive
 # warnings from the optimizer.
 sanitize: deps-test
-	cmake -S . -B $(ASAN_DIR) -DFERRY_SANITIZE=address,undefined
+	cmake -S . -B $(ASAN_DIR) -DFERRY_SANITIZE=address,undefined -DFERRY_PYTHON=$(PYTHON)
 	cmake --build $(ASAN_DIR) -j $(JOBS)
 	$(ASAN_ENV) $(call ctest,$(ASAN_DIR))
 
