@@ -41,6 +41,21 @@ FERRY_API void ferry_md_free(void *blob);
  * truncated, oversized, corrupted, unknown-version or inconsistent blob
  * (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped. Any
  * thread.
+ *
+ * What a blob is trusted with: the checksum catches corruption, not
+ * forgery. The UCX remote key of a region is checked when a request to the
+ * region is first prepared, before UCX sees it (the layout of UCX 1.13, see
+ * docs/METADATA.md): a key that does not fit this process's UCX (a memory
+ * domain it lacks, a length other than its own, bytes missing or left
+ * over, the wrong memory type), or a shared-memory key whose segment was
+ * not created by the process the blob names or does not hold the region,
+ * fails that ferry_xfer_prepare() with FERRY_ERR_PROTOCOL; a segment gone
+ * with its process is FERRY_ERR_PEER_LOST. What such checks cannot see is
+ * trusted: a well-formed key that lies (an InfiniBand rkey number, a
+ * process id the blob claims together with that process's segment) reaches
+ * UCX as it is, and so do the transport addresses, which UCX may crash on
+ * or use to reach the wrong memory. Under another UCX version the keys pass
+ * unchecked (a warning says so). Load only blobs from the job's members.
  */
 FERRY_API ferry_status_t ferry_peer_load(ferry_agent_t *agent,
                                          const void *blob, size_t len,

@@ -68,6 +68,7 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
 {
     const ferry__backend_ops_t *ops = ferry__backends[slot];
     const ferry__md_bytes_t *key = &rr->md.bk[slot];
+    ferry__bk_rregion_t region = {rr->md.id, rr->md.kind, rr->md.addr, rr->md.len};
     void *conn;
 
     if (rr->rkey[slot] == NULL) {
@@ -76,7 +77,7 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
                                 "carries no %s key", remote->md.name, rr->md.id,
                                 ops->name);
         FERRY_CHECK(ferry__remote_conn(agent, remote, slot, &conn));
-        FERRY_CHECK(ops->rkey_open(agent->bk_ctx[slot], conn, key->data,
+        FERRY_CHECK(ops->rkey_open(agent->bk_ctx[slot], conn, &region, key->data,
                                    key->len, &rr->rkey[slot]));
     }
     *rkey_p = rr->rkey[slot];
