@@ -36,8 +36,11 @@ static void usage(FILE *f)
             "                (0 to 3600, default 5)\n"
             "  -h, --help    print this help\n"
             "Each rank gets FERRY_RANK, FERRY_WORLD_SIZE, FERRY_STORE,\n"
-            "LOCAL_RANK and LOCAL_WORLD_SIZE. The exit code is the first\n"
-            "failed rank's (128 + signal for a signal), else 0.\n",
+            "LOCAL_RANK and LOCAL_WORLD_SIZE. Without --store, the job gets\n"
+            "a secret of its own in FERRY_JOB_SECRET (unless one is set),\n"
+            "which the ranks and the store authenticate each other with.\n"
+            "The exit code is the first failed rank's (128 + signal for a\n"
+            "signal), else 0.\n",
             MAX_RANKS);
 }
 

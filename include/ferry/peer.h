@@ -20,8 +20,11 @@ extern "C" {
  * Packs the agent's metadata into a new blob: its name and host identity,
  * its transport addresses, and every current registration with the keys a
  * peer needs to reach it. The blob is self-describing and portable
- * (little-endian, versioned, checksummed). On success *blob_p (free it with
- * ferry_md_free()) and *len_p are written. Any thread.
+ * (little-endian, versioned, checksummed). With a job secret (the agent's
+ * secret parameter or FERRY_JOB_SECRET) the blob is sealed with
+ * HMAC-SHA-256, so that only agents with the same secret load it. On
+ * success *blob_p (free it with ferry_md_free()) and *len_p are written.
+ * Any thread.
  */
 FERRY_API ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p,
                                        size_t *len_p);
@@ -39,8 +42,10 @@ FERRY_API void ferry_md_free(void *blob);
  * and must be prepared again. The agent's own blob may be loaded
  * (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text, for a
  * truncated, oversized, corrupted, unknown-version or inconsistent blob
- * (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped. Any
- * thread.
+ * (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped. An
+ * agent with a job secret also refuses, with FERRY_ERR_PROTOCOL naming the
+ * reason, a blob that is not sealed, is sealed with another secret, or was
+ * changed after sealing (docs/METADATA.md). Any thread.
  *
  * What a blob is trusted with: the checksum catches corruption, not
  * forgery. The UCX remote key of a region is checked when a request to the
@@ -55,7 +60,9 @@ FERRY_API void ferry_md_free(void *blob);
  * process id the blob claims together with that process's segment) reaches
  * UCX as it is, and so do the transport addresses, which UCX may crash on
  * or use to reach the wrong memory. Under another UCX version the keys pass
- * unchecked (a warning says so). Load only blobs from the job's members.
+ * unchecked (a warning says so). Set a job secret so that only the job's
+ * members' blobs load; without one, whoever can hand this agent a blob
+ * (through the store, for one) is trusted.
  */
 FERRY_API ferry_status_t ferry_peer_load(ferry_agent_t *agent,
                                          const void *blob, size_t len,

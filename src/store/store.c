@@ -46,6 +46,7 @@ struct ferry_store {
     pthread_mutex_t lock;
     int fd; /* -1 once the connection is closed */
     uint64_t timeout_ns;
+    ferry__secret_t secret; /* set: ferry's authenticated handshake */
     char url[256];
 };
 
@@ -386,6 +387,58 @@ static ferry_status_t store_ping_roundtrip(ferry_store_t *s, bool validate,
     return FERRY_OK;
 }
 
+/*
+ * ferry's authenticated handshake (proto.h), instead of VALIDATE: the
+ * server proves the secret first, then this client does. Any refusal is
+ * PROTOCOL, which ends the connection attempts: retrying cannot help.
+ */
+static ferry_status_t store_auth(ferry_store_t *s, uint64_t deadline)
+{
+    uint8_t msg[1 + 4 + FERRY__STORE_NONCE], cn[FERRY__STORE_NONCE];
+    uint8_t rep[FERRY__STORE_NONCE + FERRY__MAC_LEN], proof[FERRY__MAC_LEN];
+    uint8_t auth[1 + FERRY__MAC_LEN], verdict = 0;
+    ferry_status_t st;
+
+    FERRY_CHECK(ferry__random(cn, sizeof(cn)));
+    msg[0] = FERRY__Q_VALIDATE;
+    ferry__store_le32(msg + 1, FERRY__STORE_AUTH_MAGIC);
+    memcpy(msg + 5, cn, sizeof(cn));
+    FERRY_CHECK(store_send(s, msg, sizeof(msg), deadline, "authentication"));
+    st = store_reply(s, &verdict, 1, deadline, "authentication");
+    if (st == FERRY_ERR_PEER_LOST) {
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server closed the "
+                            "connection at authentication: it does not speak "
+                            "ferry's handshake (a torch store?), and this client "
+                            "has a job secret (FERRY_JOB_SECRET)", s->url);
+    }
+    FERRY_CHECK(st);
+    if (verdict != 1) {
+        store_break(s);
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server has no job "
+                            "secret, so anyone who reaches it could read and write "
+                            "the job's keys; this client has one (FERRY_JOB_SECRET) "
+                            "and refuses it", s->url);
+    }
+    FERRY_CHECK(store_reply(s, rep, sizeof(rep), deadline, "authentication"));
+    FERRY_CHECK(ferry__store_proof(&s->secret, "server", cn, rep, proof));
+    if (!ferry__ct_equal(proof, rep + FERRY__STORE_NONCE, FERRY__MAC_LEN)) {
+        store_break(s);
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server's proof does "
+                            "not verify: it has another job secret than this "
+                            "client", s->url);
+    }
+    auth[0] = FERRY__Q_AUTH;
+    FERRY_CHECK(ferry__store_proof(&s->secret, "client", cn, rep, auth + 1));
+    FERRY_CHECK(store_send(s, auth, sizeof(auth), deadline, "authentication"));
+    st = store_reply(s, &verdict, 1, deadline, "authentication");
+    if (st == FERRY_ERR_PEER_LOST || (st == FERRY_OK && verdict != 1)) {
+        store_break(s);
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server refused this "
+                            "client's proof", s->url);
+    }
+    return st;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Connecting                                                               */
 /* ------------------------------------------------------------------------ */
@@ -474,6 +527,10 @@ static ferry_status_t try_connect(ferry_store_t *s, const struct addrinfo *ai,
         }
     }
     s->fd = fd;
+    if (s->secret.set) {
+        FERRY_CHECK(store_auth(s, deadline));
+        return store_ping_roundtrip(s, false, deadline, "handshake");
+    }
     return store_ping_roundtrip(s, true, deadline, "handshake");
 }
 
@@ -500,6 +557,14 @@ ferry_status_t ferry_store_connect(const char *url,
                         ? params->timeout_ns
                         : STORE_DEFAULT_TIMEOUT_NS;
     snprintf(s->url, sizeof(s->url), "%s", url);
+    st = ferry__secret_init(&s->secret, params && (params->field_mask &
+                                                   FERRY_STORE_PARAM_SECRET)
+                                            ? (params->secret ? params->secret : "")
+                                            : NULL);
+    if (st < 0) {
+        free(s);
+        return st;
+    }
     pthread_mutex_init(&s->lock, NULL);
     deadline = deadline_after(s->timeout_ns);
 
@@ -548,6 +613,7 @@ done:
 
 err_free:
     pthread_mutex_destroy(&s->lock);
+    ferry__secret_clear(&s->secret);
     free(s);
     return st;
 }
@@ -558,6 +624,7 @@ void ferry_store_close(ferry_store_t *store)
         return;
     store_break(store);
     pthread_mutex_destroy(&store->lock);
+    ferry__secret_clear(&store->secret);
     free(store);
 }
 
