@@ -25,10 +25,15 @@
  *   api           one rank in process: a world of one, NULL arguments, a
  *                 second claim of a rank, garbage in the failure record and
  *                 abort keys, and a rank's own abort.
+ *   stall         a world of one on a ferry-store process that is stopped
+ *                 for a second during a barrier and an exchange: both end
+ *                 OK within their deadline.
  *
  * A watchdog alarm turns any hang into a failure.
  */
 #include "xfer_util.h"
+
+#include <pthread.h>
 
 #include "comm/comm.h"
 
@@ -548,6 +553,47 @@ static ferry_comm_t *comm_one(const char *url, const char *prefix)
     return c;
 }
 
+/* Resumes the stopped store after a second. */
+static void *resume_store(void *arg)
+{
+    usleep(1000000);
+    xu_cont_child(*(pid_t *)arg);
+    return NULL;
+}
+
+/*
+ * A store that stalls for a second does not fail a collective with a 30 s
+ * deadline. Rank 0 of a world of one finds the store (a ferry-store
+ * process) with its short probe and keeps that connection: its later calls
+ * must wait as long as the communicator's timeout, not the probe's 300 ms.
+ */
+static int run_stall(void)
+{
+    uint16_t port;
+    pid_t store = start_store(&port);
+    char url[64];
+    ferry_agent_t *agent;
+    pthread_t t;
+
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", (unsigned)port);
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
+    ferry_comm_t *c = comm_one(url, "stall/");
+    for (int step = 0; step < 2; step++) {
+        xu_stop_child(store);
+        ASSERT_TRUE(pthread_create(&t, NULL, resume_store, &store) == 0);
+        if (step == 0)
+            EXPECT_ST(FERRY_OK, ferry_comm_barrier(c, TMO));
+        else
+            EXPECT_ST(FERRY_OK, ferry_comm_exchange(c, agent, TMO));
+        pthread_join(t, NULL);
+    }
+    ferry_comm_destroy(c);
+    ferry_agent_destroy(agent);
+    kill(store, SIGTERM);
+    EXPECT_TRUE(xu_reap(store, 10000) != -1);
+    return test_finish("test_comm stall");
+}
+
 static int run_api(void)
 {
     ferry_store_server_t *srv;
@@ -800,6 +846,8 @@ int main(int argc, char **argv)
         return run_env();
     if (argc >= 2 && strcmp(argv[1], "api") == 0)
         return run_api();
-    fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE | env | api\n");
+    if (argc >= 2 && strcmp(argv[1], "stall") == 0)
+        return run_stall();
+    fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE | env | api | stall\n");
     return 2;
 }

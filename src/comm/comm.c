@@ -48,8 +48,13 @@ static ferry_status_t comm_connect(ferry_comm_t *c)
 
     if (c->rank != 0)
         return ferry_store_connect(c->cfg.url, &sp, &c->store);
-    if (ferry_store_connect(c->cfg.url, &probe, &c->store) == FERRY_OK)
-        return FERRY_OK; /* a store is running there */
+    if (ferry_store_connect(c->cfg.url, &probe, &c->store) == FERRY_OK) {
+        /* A store is running there. The probe's short limit was for
+         * finding out; kept, it would fail any later call that waits a
+         * little longer for a reply (a busy machine, a stalled store). */
+        ferry__store_set_timeout(c->store, c->cfg.timeout_ns);
+        return FERRY_OK;
+    }
     /* The URL was checked when the configuration was resolved. */
     FERRY_CHECK(ferry__store_parse_url(c->cfg.url, host, sizeof(host), port,
                                        sizeof(port)));

@@ -618,6 +618,13 @@ err_free:
     return st;
 }
 
+void ferry__store_set_timeout(ferry_store_t *store, uint64_t timeout_ns)
+{
+    pthread_mutex_lock(&store->lock);
+    store->timeout_ns = timeout_ns;
+    pthread_mutex_unlock(&store->lock);
+}
+
 void ferry_store_close(ferry_store_t *store)
 {
     if (store == NULL)
