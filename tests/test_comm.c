@@ -9,7 +9,10 @@
  *                 and lengths, and checks every byte (and the guard bytes
  *                 around them); then again after registering a second
  *                 buffer, and a third exchange in which only the even ranks
- *                 changed must load only their blobs.
+ *                 changed must load only their blobs. Collectives that
+ *                 succeed, rank 0 coming late to them so that the others
+ *                 wait through several slices, leave ferry_last_error()
+ *                 as it was.
  *   fail CASE     a launcher: starts 4 ranks of this binary (role "rank")
  *                 with a fault injected in rank 2, waits for all under a
  *                 hard deadline, and checks what each rank saw (its exit
@@ -203,6 +206,37 @@ static void ring_rounds(ferry_comm_t *comm, ferry_agent_t *agent, ring_buf_t *b,
     }
 }
 
+/* A successful collective leaves the thread's last error alone, though the
+ * ranks that wait for a late rank 0 see store waits time out on the way. */
+static void last_error_kept(ferry_comm_t *comm, ferry_agent_t *agent, int me)
+{
+    char marker[256];
+    int n = ferry_comm_size(comm);
+    void **vals = calloc((size_t)n, sizeof(*vals));
+    size_t *lens = calloc((size_t)n, sizeof(*lens));
+
+    for (int step = 0; step < 3; step++) {
+        EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_barrier(NULL, TMO));
+        snprintf(marker, sizeof(marker), "%s", ferry_last_error());
+        if (me == 0)
+            usleep(400000);
+        if (step == 0)
+            EXPECT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
+        else if (step == 1)
+            EXPECT_ST(FERRY_OK, ferry_comm_allgather(comm, "x", 1, vals, lens, TMO));
+        else
+            EXPECT_ST(FERRY_OK, ferry_comm_exchange(comm, agent, TMO));
+        if (strcmp(ferry_last_error(), marker) != 0)
+            TEST_FAIL_AT_("step %d: a collective that returned OK changed "
+                          "ferry_last_error() from '%s' to '%s'", step, marker,
+                          ferry_last_error());
+    }
+    for (int r = 0; r < n; r++)
+        ferry_store_free(vals[r]);
+    free(vals);
+    free(lens);
+}
+
 static int run_ring(void)
 {
     ferry_comm_t *comm;
@@ -252,6 +286,7 @@ static int run_ring(void)
     EXPECT_EQ(changed, ferry__comm_loads(comm));
     ring_rounds(comm, agent, &b2, 2, 2);
 
+    last_error_kept(comm, agent, me);
     ASSERT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
     ferry_comm_destroy(comm);
     ferry_agent_destroy(agent);

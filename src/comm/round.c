@@ -159,29 +159,33 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
 
 ferry_status_t ferry_comm_barrier(ferry_comm_t *comm, int64_t timeout_ns)
 {
+    ferry__errsave_t save;
     ferry_status_t st;
 
     if (comm == NULL)
         return ferry__error(FERRY_ERR_INVALID, "comm_barrier: NULL comm");
+    ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
     st = ferry__comm_round(comm, "", 0, NULL, NULL,
                            ferry__comm_deadline(timeout_ns), "barrier");
     pthread_mutex_unlock(&comm->lock);
-    return st;
+    return ferry__error_keep(&save, st);
 }
 
 ferry_status_t ferry_comm_allgather(ferry_comm_t *comm, const void *data,
                                     size_t len, void **values_p,
                                     size_t *lens_p, int64_t timeout_ns)
 {
+    ferry__errsave_t save;
     ferry_status_t st;
 
     if (comm == NULL || (data == NULL && len > 0) || values_p == NULL ||
         lens_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "comm_allgather: NULL argument");
+    ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
     st = ferry__comm_round(comm, data ? data : "", len, values_p, lens_p,
                            ferry__comm_deadline(timeout_ns), "allgather");
     pthread_mutex_unlock(&comm->lock);
-    return st;
+    return ferry__error_keep(&save, st);
 }
