@@ -347,6 +347,19 @@ static void ucx_fail(ucx_ctx_t *ctx, ucx_conn_t *conn)
     (void)ferry__ucx_conn_abort(ctx, conn, st);
 }
 
+ferry_status_t ferry__ucx_check_alive(ucx_ctx_t *ctx, ucx_conn_t *conn)
+{
+    if (conn->watched && conn->failed == UCS_OK &&
+        !ferry__pid_alive(conn->pidfd, conn->pid)) {
+        ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
+                    (int)conn->pid);
+        ucx_fail(ctx, conn);
+    }
+    if (conn->failed != UCS_OK)
+        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
+    return FERRY_OK;
+}
+
 /* Fails the endpoints of same-host peers whose process has ended (from
  * progress(), every so often). */
 void ferry__ucx_check_liveness(ucx_ctx_t *ctx)

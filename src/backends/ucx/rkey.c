@@ -220,7 +220,11 @@ static ferry_status_t vet_sysv(ucx_conn_t *conn, const ferry__bk_rregion_t *rg,
     uint64_t owner = load_u64(key + 4);
     struct shmid_ds ds;
 
-    if ((int)shmid < 0 || shmctl((int)shmid, IPC_STAT, &ds) != 0)
+    if ((int)shmid < 0)
+        return ferry__error(FERRY_ERR_PROTOCOL, "ucx: peer '%s' region %" PRIu32
+                            ": its key names sysv segment %" PRIu32 ", which is no "
+                            "segment id", conn->peer_name, rg->id, shmid);
+    if (shmctl((int)shmid, IPC_STAT, &ds) != 0)
         return gone_or(conn, ferry__error(FERRY_ERR_PROTOCOL, "ucx: peer '%s' region "
                                           "%" PRIu32 ": its key names sysv segment "
                                           "%" PRIu32 ", which this process cannot "

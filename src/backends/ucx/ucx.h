@@ -129,6 +129,9 @@ ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
 void ferry__ucx_rkey_close(void *vctx, void *vkey);
 /* Reopens a connection after an abort (its worker is NULL). */
 ferry_status_t ferry__ucx_reconnect(ucx_ctx_t *ctx, ucx_conn_t *conn);
+/* PEER_LOST (and the connection failed) if a same-host peer's process has
+ * ended, even before progress() noticed: prepare promises it. */
+ferry_status_t ferry__ucx_check_alive(ucx_ctx_t *ctx, ucx_conn_t *conn);
 /* Fails the connections of same-host peers whose process has ended (from
  * progress(), every so often). */
 void ferry__ucx_check_liveness(ucx_ctx_t *ctx);
