@@ -186,8 +186,17 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_agent_t *agent,
  * Deregisters a handle from ferry_mem_register() and frees it. Returns
  * FERRY_ERR_BUSY (and changes nothing) while a posted, unfinished request
  * uses any of its regions. Requests prepared on it but not in flight stay
- * valid objects; posting them afterwards returns FERRY_ERR_NOT_REGISTERED.
- * Accepts NULL (returns FERRY_OK). Any thread.
+ * valid objects; posting them afterwards returns FERRY_ERR_NOT_REGISTERED,
+ * and registering the same range again does not revive them.
+ *
+ * Deregistration does not revoke peers' access. Blobs packed afterwards no
+ * longer advertise the regions, but a peer that loaded an earlier blob
+ * keeps its keys, and its requests prepared on them still reach the
+ * memory: on the same host UCX copies with process_vm_writev (cma) or
+ * through the mapped segment of ferry_mem_alloc() memory, which needs no
+ * registration, and nothing is torn down until the memory itself is freed.
+ * Tell peers, through the application's own protocol, before reusing
+ * memory they may still write. Accepts NULL (returns FERRY_OK). Any thread.
  */
 FERRY_API ferry_status_t ferry_mem_deregister(ferry_mem_t *mem);
 
