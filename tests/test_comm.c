@@ -22,7 +22,9 @@
  *                 abort (rank 2 aborts mid-exchange), kill (rank 2 is
  *                 SIGKILLed before the exchange's barrier), store (the
  *                 store process is killed), timeout (rank 2 never comes to
- *                 a barrier). In all but "store", rank 0 hosts the store.
+ *                 a barrier), thread (a second thread of rank 2 aborts
+ *                 while its first waits in a barrier that rank 3 is late
+ *                 to). In all but "store", rank 0 hosts the store.
  *   env           resolution of rank, size and store from each launcher's
  *                 variables, and the errors for conflicting or bad ones.
  *   api           one rank in process: a world of one, NULL arguments, a
@@ -39,6 +41,7 @@
 #include <pthread.h>
 
 #include "comm/comm.h"
+#include "util/time.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -343,6 +346,15 @@ static void wait_for_file(const char *path)
         usleep(10000);
 }
 
+/* Aborts from a second thread while the first waits in a barrier. */
+static void *abort_thread(void *arg)
+{
+    usleep(300000);
+    *(uint64_t *)((void **)arg)[1] = ferry__now_ns();
+    ferry_comm_abort(((void **)arg)[0], "abort from a second thread");
+    return NULL;
+}
+
 static int run_rank(const char *cas)
 {
     ferry_comm_t *comm;
@@ -388,6 +400,26 @@ static int run_rank(const char *cas)
         /* Aborted stays aborted, at once. */
         if (ferry_comm_barrier(comm, TMO) != FERRY_ERR_ABORTED)
             rc = 1;
+    } else if (strcmp(cas, "thread") == 0) {
+        /* Rank 3 comes late, so everyone waits; rank 2's second thread
+         * aborts meanwhile. Every rank's barrier is ABORTED, rank 2's own
+         * soon after the abort (its flag is set before the store is told),
+         * and rank 3's at once. */
+        uint64_t t_abort = 0;
+        void *args[2] = {comm, &t_abort};
+        pthread_t t;
+
+        if (me == VICTIM)
+            ASSERT_TRUE(pthread_create(&t, NULL, abort_thread, args) == 0);
+        if (me == 3)
+            usleep(3000000);
+        st = ferry_comm_barrier(comm, TMO);
+        rc = verdict(st, "aborted by rank 2", "second thread");
+        if (me == VICTIM) {
+            pthread_join(t, NULL);
+            fprintf(stderr, "rank 2: the barrier returned %.1f ms after the abort\n",
+                    (double)(ferry__now_ns() - t_abort) / 1e6);
+        }
     } else if (strcmp(cas, "store") == 0) {
         char path[512];
         const char *dir = getenv("TEST_COMM_DIR");
@@ -539,7 +571,7 @@ static int run_fail(const char *self, const char *cas)
 
         if (strcmp(cas, "corrupt") == 0)
             want = 100 - FERRY_ERR_PROTOCOL;
-        else if (strcmp(cas, "abort") == 0)
+        else if (strcmp(cas, "abort") == 0 || strcmp(cas, "thread") == 0)
             want = 100 - FERRY_ERR_ABORTED;
         else if (strcmp(cas, "kill") == 0)
             want = r == VICTIM ? 128 + SIGKILL : 100 - FERRY_ERR_ABORTED;

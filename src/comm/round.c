@@ -92,7 +92,8 @@ ferry_status_t ferry__comm_wait_keys(ferry_comm_t *c, const char *const *keys,
 /*
  * Round s of collective `what`: this rank's part goes to "c/<s>/<rank>",
  * then ADD 1 to the counter "c/<s>/n"; the rank whose ADD makes it the
- * size sets "c/<s>/done", which the others wait for. A rank whose deadline
+ * size sets "c/<s>/done", which the others wait for, unless the job was
+ * aborted meanwhile (it checks the abort key first). A rank whose deadline
  * passes first poisons the counter and aborts the job, naming the ranks
  * whose parts are missing; a rank that finds the counter poisoned returns
  * that abort.
@@ -122,9 +123,14 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
     st = ferry_store_set(c->store, keys[c->rank], data, len);
     if (st == FERRY_OK)
         st = ferry_store_add(c->store, cnt, 1, &v);
-    if (st == FERRY_OK && v == c->size)
-        st = ferry_store_set(c->store, done, "", 0);
-    else if (st == FERRY_OK && v > 0 && v < c->size)
+    if (st == FERRY_OK && v == c->size) {
+        /* The last to arrive: ranks that aborted while they waited counted
+         * themselves in and left, so the count alone would complete a
+         * round of an aborted job. */
+        st = ferry__comm_check_abort(c);
+        if (st == FERRY_OK)
+            st = ferry_store_set(c->store, done, "", 0);
+    } else if (st == FERRY_OK && v > 0 && v < c->size)
         st = ferry__comm_wait_keys(c, &dk, 1, deadline);
     else if (st == FERRY_OK) {
         /* Abandoned by a rank that gave up: "done" never comes, and the
