@@ -32,7 +32,10 @@
  *                 abort keys, and a rank's own abort.
  *   stall         a world of one on a ferry-store process that is stopped
  *                 for a second during a barrier and an exchange: both end
- *                 OK within their deadline.
+ *                 OK within their deadline; then stopped for good: a
+ *                 barrier and an exchange with a 2 s deadline fail by it
+ *                 (within 8 s), though the store connection's limit is
+ *                 60 s.
  *
  * A watchdog alarm turns any hang into a failure.
  */
@@ -644,7 +647,16 @@ static int run_stall(void)
 
     snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", (unsigned)port);
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
-    ferry_comm_t *c = comm_one(url, "stall/");
+    /* The store connection's own limit is long (60 s): only the
+     * collective's deadline can end a call on a stopped store sooner. */
+    ferry_comm_params_t p = {
+        .field_mask = FERRY_COMM_PARAM_RANK | FERRY_COMM_PARAM_SIZE |
+                      FERRY_COMM_PARAM_STORE_URL | FERRY_COMM_PARAM_PREFIX |
+                      FERRY_COMM_PARAM_TIMEOUT,
+        .rank = 0, .size = 1, .store_url = url, .prefix = "stall/",
+        .timeout_ns = 60000000000ull};
+    ferry_comm_t *c = NULL;
+    ASSERT_ST(FERRY_OK, ferry_comm_create(&p, &c));
     for (int step = 0; step < 2; step++) {
         xu_stop_child(store);
         ASSERT_TRUE(pthread_create(&t, NULL, resume_store, &store) == 0);
@@ -654,7 +666,31 @@ static int run_stall(void)
             EXPECT_ST(FERRY_OK, ferry_comm_exchange(c, agent, TMO));
         pthread_join(t, NULL);
     }
+    /* Stopped for good (until the call is back): a barrier and an exchange
+     * with a 2 s deadline each end by it, plus the second a rank has to
+     * publish its giving up; the store's 60 s limit would hold them. */
+    xu_stop_child(store);
+    for (int step = 0; step < 2; step++) {
+        uint64_t t0 = ferry__now_ns();
+        ferry_status_t st = step == 0 ? ferry_comm_barrier(c, 2000000000ll)
+                                      : ferry_comm_exchange(c, agent, 2000000000ll);
+        double ms = (double)(ferry__now_ns() - t0) / 1e6;
+
+        printf("test_comm stall: %s on a stopped store: %s after %.0f ms (%s)\n",
+               step == 0 ? "barrier" : "exchange", ferry_status_str(st), ms,
+               ferry_last_error());
+        EXPECT_TRUE(st < 0);
+        if (step == 0) {
+            EXPECT_ST(FERRY_ERR_TIMEOUT, st);
+            EXPECT_ERR_HAS("no reply in time");
+        }
+        if (ms > 8000)
+            TEST_FAIL_AT_("a collective with a 2 s deadline took %.0f ms", ms);
+    }
+    xu_cont_child(store);
+    uint64_t t0 = ferry__now_ns();
     ferry_comm_destroy(c);
+    printf("test_comm stall: destroy took %.0f ms\n", (double)(ferry__now_ns() - t0) / 1e6);
     ferry_agent_destroy(agent);
     kill(store, SIGTERM);
     EXPECT_TRUE(xu_reap(store, 10000) != -1);

@@ -118,7 +118,9 @@ FERRY_API int ferry_comm_size(const ferry_comm_t *comm);
 
 /*
  * Returns when every rank has entered the barrier. timeout_ns bounds the
- * wait; a negative value waits without limit (a dead rank still ends it,
+ * wait, and every store call of the barrier too (plus one second for
+ * publishing this rank's giving up), so a stalled store cannot hold it
+ * longer; a negative value waits without limit (a dead rank still ends it,
  * through its heartbeat). Returns FERRY_ERR_ABORTED (naming the rank and
  * its reason) if any rank aborted, died or timed out; FERRY_ERR_TIMEOUT if
  * this rank's own time ran out first, in which case it aborts the job with

@@ -46,6 +46,7 @@ struct ferry_store {
     pthread_mutex_t lock;
     int fd; /* -1 once the connection is closed */
     uint64_t timeout_ns;
+    uint64_t cap_ns; /* no call's deadline goes past it (NO_DEADLINE: none) */
     ferry__secret_t secret; /* set: ferry's authenticated handshake */
     char url[256];
 };
@@ -92,6 +93,15 @@ static int wait_fd(int fd, short events, uint64_t deadline)
 }
 
 /* Closes a connection that can no longer be trusted to be in step. */
+/* The deadline of a call that takes no timeout of its own: the
+ * connection's timeout from now, but never past the cap a caller set. */
+static uint64_t call_deadline(const ferry_store_t *s)
+{
+    uint64_t d = deadline_after(s->timeout_ns);
+
+    return d < s->cap_ns ? d : s->cap_ns;
+}
+
 static void store_break(ferry_store_t *s)
 {
     if (s->fd >= 0) {
@@ -296,9 +306,11 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
     uint64_t deadline = timeout_ns < 0 ? NO_DEADLINE
                                        : deadline_after((uint64_t)timeout_ns);
 
+    if (deadline > s->cap_ns)
+        deadline = s->cap_ns;
     req_init(&w, FERRY__Q_WAIT, NULL);
     put_keys(&w, keys, n);
-    FERRY_CHECK(store_send_req(s, &w, deadline_after(s->timeout_ns), op));
+    FERRY_CHECK(store_send_req(s, &w, call_deadline(s), op));
 
     st = store_recv(s, &r, 1, deadline, op);
     if (st == FERRY_OK) {
@@ -316,7 +328,7 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
     /* Timed out: cancel, then read the server's answer, which may be a
      * STOP_WAITING that crossed our cancel (the keys arrived after all). */
     uint8_t cancel = FERRY__Q_CANCEL_WAIT;
-    uint64_t grace = deadline_after(s->timeout_ns);
+    uint64_t grace = call_deadline(s);
     bool stopped = false;
 
     FERRY_CHECK(store_send(s, &cancel, 1, grace, op));
@@ -553,6 +565,7 @@ ferry_status_t ferry_store_connect(const char *url,
     if (s == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "store: no memory");
     s->fd = -1;
+    s->cap_ns = NO_DEADLINE;
     s->timeout_ns = params && (params->field_mask & FERRY_STORE_PARAM_TIMEOUT)
                         ? params->timeout_ns
                         : STORE_DEFAULT_TIMEOUT_NS;
@@ -618,6 +631,13 @@ err_free:
     return st;
 }
 
+void ferry__store_set_cap(ferry_store_t *store, uint64_t deadline_ns)
+{
+    pthread_mutex_lock(&store->lock);
+    store->cap_ns = deadline_ns;
+    pthread_mutex_unlock(&store->lock);
+}
+
 void ferry__store_set_timeout(ferry_store_t *store, uint64_t timeout_ns)
 {
     pthread_mutex_lock(&store->lock);
@@ -658,7 +678,7 @@ static ferry_status_t store_put(ferry_store_t *store, uint8_t q,
     FERRY_CHECK(store_begin(store, op));
     req_init(&w, q, key);
     put_str(&w, value, len);
-    st = store_send_req(store, &w, deadline_after(store->timeout_ns), op);
+    st = store_send_req(store, &w, call_deadline(store), op);
     store_end(store);
     return st;
 }
@@ -687,7 +707,7 @@ ferry_status_t ferry_store_get(ferry_store_t *store, const char *key,
     /* As torch's client does: wait for the key, then fetch it. */
     st = store_await_locked(store, &key, 1, "get");
     if (st == FERRY_OK) {
-        uint64_t deadline = deadline_after(store->timeout_ns);
+        uint64_t deadline = call_deadline(store);
 
         req_init(&w, FERRY__Q_GET, key);
         st = store_send_req(store, &w, deadline, "get");
@@ -708,7 +728,7 @@ ferry_status_t ferry_store_add(ferry_store_t *store, const char *key,
     if (key == NULL || value_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: add: NULL argument");
     FERRY_CHECK(store_begin(store, "add"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_ADD, key);
     ferry__wbuf_u64(&w, (uint64_t)delta);
     st = store_send_req(store, &w, deadline, "add");
@@ -731,7 +751,7 @@ ferry_status_t ferry_store_check(ferry_store_t *store, const char *const *keys,
     if (!keys_valid(keys, n) || ready_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: check: NULL argument");
     FERRY_CHECK(store_begin(store, "check"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_CHECK, NULL);
     put_keys(&w, keys, n);
     st = store_send_req(store, &w, deadline, "check");
@@ -780,7 +800,7 @@ ferry_status_t ferry_store_compare_set(ferry_store_t *store, const char *key,
         return ferry__error(FERRY_ERR_INVALID,
                             "store: compare_set: NULL argument");
     FERRY_CHECK(store_begin(store, "compare_set"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_COMPARE_SET, key);
     put_str(&w, expected, expected_len);
     put_str(&w, desired, desired_len);
@@ -801,7 +821,7 @@ ferry_status_t ferry_store_delete_key(ferry_store_t *store, const char *key,
     if (key == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: delete_key: NULL key");
     FERRY_CHECK(store_begin(store, "delete_key"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_DELETE_KEY, key);
     st = store_send_req(store, &w, deadline, "delete_key");
     if (st == FERRY_OK)
@@ -821,7 +841,7 @@ ferry_status_t ferry_store_num_keys(ferry_store_t *store, int64_t *num_p)
     if (num_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: num_keys: NULL num_p");
     FERRY_CHECK(store_begin(store, "num_keys"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     st = store_send(store, &q, 1, deadline, "num_keys");
     if (st == FERRY_OK)
         st = store_reply_u64(store, &v, deadline, "num_keys");
@@ -857,7 +877,7 @@ ferry_status_t ferry_store_multi_get(ferry_store_t *store,
         goto out_free;
     st = store_await_locked(store, keys, n, "multi_get");
     if (st == FERRY_OK) {
-        uint64_t deadline = deadline_after(store->timeout_ns);
+        uint64_t deadline = call_deadline(store);
 
         req_init(&w, FERRY__Q_MULTI_GET, NULL);
         put_keys(&w, keys, n);
@@ -902,7 +922,7 @@ ferry_status_t ferry_store_multi_set(ferry_store_t *store,
         put_str(&w, keys[i], strlen(keys[i]));
         put_str(&w, values[i], lens[i]);
     }
-    st = store_send_req(store, &w, deadline_after(store->timeout_ns),
+    st = store_send_req(store, &w, call_deadline(store),
                         "multi_set");
     store_end(store);
     return st;
@@ -914,7 +934,7 @@ ferry_status_t ferry_store_ping(ferry_store_t *store)
 
     FERRY_CHECK(store_begin(store, "ping"));
     st = store_ping_roundtrip(store, false,
-                              deadline_after(store->timeout_ns), "ping");
+                              call_deadline(store), "ping");
     store_end(store);
     return st;
 }
