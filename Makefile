@@ -71,13 +71,15 @@ all: build
 # missing packages are installed; otherwise the command to run is printed
 # and make stops, rather than calling sudo.
 #
-# Building and installing need the compiler, CMake, pkg-config and UCX's
-# development files. ferry-bench (`make bench`) needs nothing more.
+# Building and installing need the compiler, CMake, pkg-config, UCX's
+# development files and OpenSSL's (libcrypto: HMAC-SHA-256 for the job
+# secret). ferry-bench (`make bench`) needs nothing more.
 BUILD_DEPS = \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
-	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev";
+	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev"; \
+	pkg-config --exists libcrypto 2>/dev/null || missing="$$missing libssl-dev";
 
 # The suite adds: ucx_info (ucx-utils), which test_ferry_info compares
 # ferry-info's UCX version with; $(PYTHON) (python3), which runs

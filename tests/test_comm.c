@@ -9,7 +9,10 @@
  *                 and lengths, and checks every byte (and the guard bytes
  *                 around them); then again after registering a second
  *                 buffer, and a third exchange in which only the even ranks
- *                 changed must load only their blobs.
+ *                 changed must load only their blobs. Collectives that
+ *                 succeed, rank 0 coming late to them so that the others
+ *                 wait through several slices, leave ferry_last_error()
+ *                 as it was.
  *   fail CASE     a launcher: starts 4 ranks of this binary (role "rank")
  *                 with a fault injected in rank 2, waits for all under a
  *                 hard deadline, and checks what each rank saw (its exit
@@ -19,18 +22,29 @@
  *                 abort (rank 2 aborts mid-exchange), kill (rank 2 is
  *                 SIGKILLed before the exchange's barrier), store (the
  *                 store process is killed), timeout (rank 2 never comes to
- *                 a barrier). In all but "store", rank 0 hosts the store.
+ *                 a barrier), thread (a second thread of rank 2 aborts
+ *                 while its first waits in a barrier that rank 3 is late
+ *                 to). In all but "store", rank 0 hosts the store.
  *   env           resolution of rank, size and store from each launcher's
  *                 variables, and the errors for conflicting or bad ones.
  *   api           one rank in process: a world of one, NULL arguments, a
  *                 second claim of a rank, garbage in the failure record and
  *                 abort keys, and a rank's own abort.
+ *   stall         a world of one on a ferry-store process that is stopped
+ *                 for a second during a barrier and an exchange: both end
+ *                 OK within their deadline; then stopped for good: a
+ *                 barrier and an exchange with a 2 s deadline fail by it
+ *                 (within 8 s), though the store connection's limit is
+ *                 60 s.
  *
  * A watchdog alarm turns any hang into a failure.
  */
 #include "xfer_util.h"
 
+#include <pthread.h>
+
 #include "comm/comm.h"
+#include "util/time.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -198,6 +212,37 @@ static void ring_rounds(ferry_comm_t *comm, ferry_agent_t *agent, ring_buf_t *b,
     }
 }
 
+/* A successful collective leaves the thread's last error alone, though the
+ * ranks that wait for a late rank 0 see store waits time out on the way. */
+static void last_error_kept(ferry_comm_t *comm, ferry_agent_t *agent, int me)
+{
+    char marker[256];
+    int n = ferry_comm_size(comm);
+    void **vals = calloc((size_t)n, sizeof(*vals));
+    size_t *lens = calloc((size_t)n, sizeof(*lens));
+
+    for (int step = 0; step < 3; step++) {
+        EXPECT_ST(FERRY_ERR_INVALID, ferry_comm_barrier(NULL, TMO));
+        snprintf(marker, sizeof(marker), "%s", ferry_last_error());
+        if (me == 0)
+            usleep(400000);
+        if (step == 0)
+            EXPECT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
+        else if (step == 1)
+            EXPECT_ST(FERRY_OK, ferry_comm_allgather(comm, "x", 1, vals, lens, TMO));
+        else
+            EXPECT_ST(FERRY_OK, ferry_comm_exchange(comm, agent, TMO));
+        if (strcmp(ferry_last_error(), marker) != 0)
+            TEST_FAIL_AT_("step %d: a collective that returned OK changed "
+                          "ferry_last_error() from '%s' to '%s'", step, marker,
+                          ferry_last_error());
+    }
+    for (int r = 0; r < n; r++)
+        ferry_store_free(vals[r]);
+    free(vals);
+    free(lens);
+}
+
 static int run_ring(void)
 {
     ferry_comm_t *comm;
@@ -247,6 +292,7 @@ static int run_ring(void)
     EXPECT_EQ(changed, ferry__comm_loads(comm));
     ring_rounds(comm, agent, &b2, 2, 2);
 
+    last_error_kept(comm, agent, me);
     ASSERT_ST(FERRY_OK, ferry_comm_barrier(comm, TMO));
     ferry_comm_destroy(comm);
     ferry_agent_destroy(agent);
@@ -303,6 +349,15 @@ static void wait_for_file(const char *path)
         usleep(10000);
 }
 
+/* Aborts from a second thread while the first waits in a barrier. */
+static void *abort_thread(void *arg)
+{
+    usleep(300000);
+    *(uint64_t *)((void **)arg)[1] = ferry__now_ns();
+    ferry_comm_abort(((void **)arg)[0], "abort from a second thread");
+    return NULL;
+}
+
 static int run_rank(const char *cas)
 {
     ferry_comm_t *comm;
@@ -348,6 +403,26 @@ static int run_rank(const char *cas)
         /* Aborted stays aborted, at once. */
         if (ferry_comm_barrier(comm, TMO) != FERRY_ERR_ABORTED)
             rc = 1;
+    } else if (strcmp(cas, "thread") == 0) {
+        /* Rank 3 comes late, so everyone waits; rank 2's second thread
+         * aborts meanwhile. Every rank's barrier is ABORTED, rank 2's own
+         * soon after the abort (its flag is set before the store is told),
+         * and rank 3's at once. */
+        uint64_t t_abort = 0;
+        void *args[2] = {comm, &t_abort};
+        pthread_t t;
+
+        if (me == VICTIM)
+            ASSERT_TRUE(pthread_create(&t, NULL, abort_thread, args) == 0);
+        if (me == 3)
+            usleep(3000000);
+        st = ferry_comm_barrier(comm, TMO);
+        rc = verdict(st, "aborted by rank 2", "second thread");
+        if (me == VICTIM) {
+            pthread_join(t, NULL);
+            fprintf(stderr, "rank 2: the barrier returned %.1f ms after the abort\n",
+                    (double)(ferry__now_ns() - t_abort) / 1e6);
+        }
     } else if (strcmp(cas, "store") == 0) {
         char path[512];
         const char *dir = getenv("TEST_COMM_DIR");
@@ -499,7 +574,7 @@ static int run_fail(const char *self, const char *cas)
 
         if (strcmp(cas, "corrupt") == 0)
             want = 100 - FERRY_ERR_PROTOCOL;
-        else if (strcmp(cas, "abort") == 0)
+        else if (strcmp(cas, "abort") == 0 || strcmp(cas, "thread") == 0)
             want = 100 - FERRY_ERR_ABORTED;
         else if (strcmp(cas, "kill") == 0)
             want = r == VICTIM ? 128 + SIGKILL : 100 - FERRY_ERR_ABORTED;
@@ -546,6 +621,80 @@ static ferry_comm_t *comm_one(const char *url, const char *prefix)
 
     ASSERT_ST(FERRY_OK, ferry_comm_create(&p, &c));
     return c;
+}
+
+/* Resumes the stopped store after a second. */
+static void *resume_store(void *arg)
+{
+    usleep(1000000);
+    xu_cont_child(*(pid_t *)arg);
+    return NULL;
+}
+
+/*
+ * A store that stalls for a second does not fail a collective with a 30 s
+ * deadline. Rank 0 of a world of one finds the store (a ferry-store
+ * process) with its short probe and keeps that connection: its later calls
+ * must wait as long as the communicator's timeout, not the probe's 300 ms.
+ */
+static int run_stall(void)
+{
+    uint16_t port;
+    pid_t store = start_store(&port);
+    char url[64];
+    ferry_agent_t *agent;
+    pthread_t t;
+
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", (unsigned)port);
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
+    /* The store connection's own limit is long (60 s): only the
+     * collective's deadline can end a call on a stopped store sooner. */
+    ferry_comm_params_t p = {
+        .field_mask = FERRY_COMM_PARAM_RANK | FERRY_COMM_PARAM_SIZE |
+                      FERRY_COMM_PARAM_STORE_URL | FERRY_COMM_PARAM_PREFIX |
+                      FERRY_COMM_PARAM_TIMEOUT,
+        .rank = 0, .size = 1, .store_url = url, .prefix = "stall/",
+        .timeout_ns = 60000000000ull};
+    ferry_comm_t *c = NULL;
+    ASSERT_ST(FERRY_OK, ferry_comm_create(&p, &c));
+    for (int step = 0; step < 2; step++) {
+        xu_stop_child(store);
+        ASSERT_TRUE(pthread_create(&t, NULL, resume_store, &store) == 0);
+        if (step == 0)
+            EXPECT_ST(FERRY_OK, ferry_comm_barrier(c, TMO));
+        else
+            EXPECT_ST(FERRY_OK, ferry_comm_exchange(c, agent, TMO));
+        pthread_join(t, NULL);
+    }
+    /* Stopped for good (until the call is back): a barrier and an exchange
+     * with a 2 s deadline each end by it, plus the second a rank has to
+     * publish its giving up; the store's 60 s limit would hold them. */
+    xu_stop_child(store);
+    for (int step = 0; step < 2; step++) {
+        uint64_t t0 = ferry__now_ns();
+        ferry_status_t st = step == 0 ? ferry_comm_barrier(c, 2000000000ll)
+                                      : ferry_comm_exchange(c, agent, 2000000000ll);
+        double ms = (double)(ferry__now_ns() - t0) / 1e6;
+
+        printf("test_comm stall: %s on a stopped store: %s after %.0f ms (%s)\n",
+               step == 0 ? "barrier" : "exchange", ferry_status_str(st), ms,
+               ferry_last_error());
+        EXPECT_TRUE(st < 0);
+        if (step == 0) {
+            EXPECT_ST(FERRY_ERR_TIMEOUT, st);
+            EXPECT_ERR_HAS("no reply in time");
+        }
+        if (ms > 8000)
+            TEST_FAIL_AT_("a collective with a 2 s deadline took %.0f ms", ms);
+    }
+    xu_cont_child(store);
+    uint64_t t0 = ferry__now_ns();
+    ferry_comm_destroy(c);
+    printf("test_comm stall: destroy took %.0f ms\n", (double)(ferry__now_ns() - t0) / 1e6);
+    ferry_agent_destroy(agent);
+    kill(store, SIGTERM);
+    EXPECT_TRUE(xu_reap(store, 10000) != -1);
+    return test_finish("test_comm stall");
 }
 
 static int run_api(void)
@@ -800,6 +949,8 @@ int main(int argc, char **argv)
         return run_env();
     if (argc >= 2 && strcmp(argv[1], "api") == 0)
         return run_api();
-    fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE | env | api\n");
+    if (argc >= 2 && strcmp(argv[1], "stall") == 0)
+        return run_stall();
+    fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE | env | api | stall\n");
     return 2;
 }

@@ -6,7 +6,12 @@
  * MISMATCH or INVALID naming the offending descriptor index. Then the
  * lifetime rules: re-posting an active request and deregistering memory in
  * flight are BUSY, a request on deregistered memory or a forgotten peer
- * refuses to post, and a request survives being re-posted.
+ * refuses to post, and a request survives being re-posted. And what
+ * ferry.h says of the cases it used to leave open: a descriptor both of
+ * the wrong kind and unregistered is NOT_REGISTERED; of two overlapping
+ * registrations a request uses the one that starts nearest below it; a
+ * request on a deregistered region stays dead when the range is
+ * registered again.
  */
 #include "test.h"
 
@@ -293,6 +298,43 @@ static void replacement_rules(void)
     (void)more;
 }
 
+/* ferry.h's answers to the questions it used to leave open. */
+static void documented_rules(ferry_agent_t *agent, ferry_peer_t *peer)
+{
+    ferry_xfer_t *x = NULL, *y = NULL;
+    ferry_mem_t *inner, *again;
+    /* a[0, BUF/2) is registered; inner is a[BUF/4, BUF/2) on top of it. */
+    ferry_desc_t din = desc(a + BUF / 4, BUF / 4);
+    ferry_desc_t l = desc(a + BUF / 4 + 64, 64), lo = desc(a + 64, 64);
+    ferry_desc_t r = desc(b, 64);
+    ferry_desc_t bad = {(uintptr_t)a + BUF / 2 + 4096, 64, FERRY_MEM_CUDA, 0};
+
+    /* Unregistered and of the wrong kind: the registration is checked first. */
+    EXPECT_ST(FERRY_ERR_NOT_REGISTERED, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &bad, 1,
+                                                           peer, &r, 1, NULL, &x));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &din, 1, &inner));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                           NULL, &x));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &lo, 1, peer, &r, 1,
+                                           NULL, &y));
+    /* x uses inner, the registration that starts nearest below it: once
+     * inner is gone x is dead, while y, below inner, is not. */
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(inner));
+    EXPECT_ST(FERRY_ERR_NOT_REGISTERED, ferry_xfer_post(x));
+    ferry_status_t st = ferry_xfer_post(y);
+    EXPECT_TRUE(st == FERRY_OK || st == FERRY_IN_PROGRESS);
+    EXPECT_ST(FERRY_OK, ferry_xfer_wait(y, 5000000000ll));
+    /* Registering the range again does not revive x; a new prepare works. */
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &din, 1, &again));
+    EXPECT_ST(FERRY_ERR_NOT_REGISTERED, ferry_xfer_post(x));
+    ferry_xfer_release(x);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                           NULL, &x));
+    ferry_xfer_release(x);
+    ferry_xfer_release(y);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(again));
+}
+
 int main(void)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "desc-errors"};
@@ -313,6 +355,7 @@ int main(void)
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &db, 1, &mb));
     ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &peer));
     prepare_errors(agent, peer);
+    documented_rules(agent, peer);
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(ma));
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mb));

@@ -4,7 +4,11 @@
  * a peer; every malformed blob (each truncation point, bad magic, checksum,
  * version, lengths past the end, overflowing counts, bad regions, missing or
  * repeated sections, oversize) is FERRY_ERR_PROTOCOL with a detail text and
- * never a crash; unknown sections and backends are skipped.
+ * never a crash; unknown sections and backends are skipped. With a job
+ * secret, blobs are sealed, and an unsealed blob, one sealed with another
+ * secret (a replay from another job), and a sealed blob changed and given
+ * a valid checksum again are refused, each naming its reason; every
+ * truncation and bit flip of a sealed blob is refused too.
  */
 #include "test.h"
 #include "core/core.h"
@@ -195,6 +199,23 @@ static void forged_cases(void)
     ferry__md_clear(&md);
 }
 
+/* Every proper prefix of blob (len bytes; copy has room for them) is
+ * refused by agent. */
+static void prefixes_refused(ferry_agent_t *agent, const void *blob, size_t len,
+                             uint8_t *copy, const char *what)
+{
+    ferry_peer_t *peer;
+
+    for (size_t cut = 0; cut < len; cut++) {
+        memcpy(copy, blob, cut);
+        if (ferry_peer_load(agent, copy, cut, &peer) != FERRY_ERR_PROTOCOL) {
+            TEST_FAIL_AT_("prefix of %zu of %zu %sbytes was not refused", cut, len, what);
+            break;
+        }
+        cases++;
+    }
+}
+
 /* A real agent's blob: round trip, every truncation, public-path errors. */
 static void real_blob(void)
 {
@@ -237,14 +258,7 @@ static void real_blob(void)
     /* Every proper prefix is refused, through the public call. */
     copy = malloc(len);
     ASSERT_TRUE(copy != NULL);
-    for (size_t cut = 0; cut < len; cut++) {
-        memcpy(copy, blob, cut);
-        if (ferry_peer_load(agent, copy, cut, &peer) != FERRY_ERR_PROTOCOL) {
-            TEST_FAIL_AT_("prefix of %zu of %zu bytes was not refused", cut, len);
-            break;
-        }
-        cases++;
-    }
+    prefixes_refused(agent, blob, len, copy, "");
     /* Every single flipped bit is caught (by the checksum if nothing else). */
     for (size_t i = 0; i < len; i++) {
         memcpy(copy, blob, len);
@@ -274,10 +288,147 @@ static void real_blob(void)
     ferry_agent_destroy(agent);
 }
 
+static ferry_agent_t *agent_with(const char *name, const char *secret)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME | FERRY_AGENT_PARAM_SECRET,
+                               .name = name, .secret = secret};
+    ferry_agent_t *a = NULL;
+
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &a));
+    return a;
+}
+
+/* Loads a's blob into b, changed by mutate (NULL: as it is). */
+static ferry_status_t load_from(ferry_agent_t *b, ferry_agent_t *a,
+                                void (*mutate)(uint8_t *, size_t))
+{
+    void *blob;
+    size_t len;
+    ferry_peer_t *peer;
+    ferry_status_t st;
+
+    ASSERT_ST(FERRY_OK, ferry_md_pack(a, &blob, &len));
+    if (mutate != NULL)
+        mutate(blob, len);
+    st = ferry_peer_load(b, blob, len, &peer);
+    if (st == FERRY_OK)
+        ferry_peer_forget(peer);
+    ferry_md_free(blob);
+    return st;
+}
+
+/* Moves the first region 4 KiB on and seals the checksum again: only the
+ * MAC can tell. The REGIONS section is the one before the seal. */
+static void move_region(uint8_t *blob, size_t len)
+{
+    ferry__md_t md;
+
+    ASSERT_ST(FERRY_OK, ferry__md_parse(blob, len, 1u << 20, &md));
+    ASSERT_TRUE(md.nregions > 0 && md.seal_off != 0);
+    for (size_t i = 0; i + 8 <= len; i++) {
+        uint64_t v;
+
+        memcpy(&v, blob + i, 8); /* little-endian, as this host */
+        if (v == md.regions[0].addr) {
+            v += 4096;
+            memcpy(blob + i, &v, 8);
+            break;
+        }
+    }
+    ferry__md_clear(&md);
+    ferry__md_seal(blob, len);
+}
+
+static void secret_cases(void)
+{
+    static const char s1[] = "job-one-secret-0123456789abcdef";
+    static const char s2[] = "job-two-secret-0123456789abcdef";
+    static uint8_t buf[4096];
+    ferry_desc_t d = {(uintptr_t)buf, sizeof(buf), FERRY_MEM_HOST, 0};
+    ferry_agent_t *a = agent_with("sealed-a", s1), *b = agent_with("sealed-b", s1);
+    ferry_agent_t *other = agent_with("other-job", s2), *open = agent_with("open", NULL);
+    ferry_agent_params_t shortp = {.field_mask = FERRY_AGENT_PARAM_SECRET, .secret = "short"};
+    ferry_agent_t *bad = NULL;
+    ferry_mem_t *mem;
+    void *blob;
+    size_t len;
+    uint8_t *copy;
+    ferry_peer_t *peer;
+    ferry__md_t md;
+
+    EXPECT_ST(FERRY_ERR_INVALID, ferry_agent_create(&shortp, &bad));
+    EXPECT_ERR_HAS("at least 16");
+    ASSERT_ST(FERRY_OK, ferry_mem_register(a, &d, 1, &mem));
+
+    /* The members load each other's blobs. */
+    EXPECT_ST(FERRY_OK, load_from(b, a, NULL));
+    /* A blob sealed under another job's secret: a replay, or a stranger. */
+    EXPECT_ST(FERRY_ERR_PROTOCOL, load_from(b, other, NULL));
+    EXPECT_ERR_HAS("another secret");
+    EXPECT_ST(FERRY_ERR_PROTOCOL, load_from(other, a, NULL));
+    EXPECT_ERR_HAS("another secret");
+    /* An unsealed blob. */
+    EXPECT_ST(FERRY_ERR_PROTOCOL, load_from(b, open, NULL));
+    EXPECT_ERR_HAS("not sealed");
+    /* Changed after sealing, with a valid checksum. */
+    EXPECT_ST(FERRY_ERR_PROTOCOL, load_from(b, a, move_region));
+    EXPECT_ERR_HAS("does not verify");
+    /* An agent without a secret cannot check a seal, and loads the blob. */
+    EXPECT_ST(FERRY_OK, load_from(open, a, NULL));
+
+    /* The secret from the environment, as ferry-run hands it over. */
+    setenv("FERRY_JOB_SECRET", s1, 1);
+    ferry_agent_t *env = NULL;
+    ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &env));
+    unsetenv("FERRY_JOB_SECRET");
+    EXPECT_ST(FERRY_OK, load_from(env, a, NULL));
+    EXPECT_ST(FERRY_ERR_PROTOCOL, load_from(env, open, NULL));
+    ASSERT_ST(FERRY_OK, ferry_md_pack(env, &blob, &len));
+    ASSERT_ST(FERRY_OK, ferry__md_parse(blob, len, 1u << 20, &md));
+    EXPECT_TRUE(md.seal_off != 0);
+    ferry__md_clear(&md);
+    ferry_md_free(blob);
+    ferry_agent_destroy(env);
+
+    /* Every truncation and bit flip of a sealed blob is refused. */
+    ASSERT_ST(FERRY_OK, ferry_md_pack(a, &blob, &len));
+    copy = malloc(len);
+    ASSERT_TRUE(copy != NULL);
+    prefixes_refused(b, blob, len, copy, "sealed ");
+    for (size_t i = 0; i < len * 8; i++) {
+        memcpy(copy, blob, len);
+        copy[i / 8] ^= (uint8_t)(1u << (i % 8));
+        ferry__md_seal(copy, len); /* the checksum is right: the seal must tell */
+        ferry_status_t st = ferry_peer_load(b, copy, len, &peer);
+        /* Resealing rewrites the length and checksum fields (bytes 8 to
+         * 15), undoing a flip there; every other bit is under the MAC. */
+        if (i / 8 >= 8 && i / 8 < 16) {
+            if (st == FERRY_OK)
+                ferry_peer_forget(peer);
+            continue;
+        }
+        if (st != FERRY_ERR_PROTOCOL) {
+            TEST_FAIL_AT_("resealed bit flip %zu of a sealed blob: %s", i,
+                          ferry_status_str(st));
+            break;
+        }
+        cases++;
+    }
+    free(copy);
+    ferry_md_free(blob);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(mem));
+    ferry_agent_destroy(a);
+    ferry_agent_destroy(b);
+    ferry_agent_destroy(other);
+    ferry_agent_destroy(open);
+}
+
 int main(void)
 {
+    unsetenv("FERRY_JOB_SECRET");
     forged_cases();
     real_blob();
+    secret_cases();
     printf("malformed cases refused: %d\n", cases);
     EXPECT_TRUE(cases >= 15);
     return test_finish("test_md");

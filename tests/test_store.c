@@ -7,7 +7,11 @@
  * and times out otherwise; "many" holds 1000 clients with pending waits on
  * one server; "malformed" sends broken frames on raw sockets and checks
  * that only the sender is cut off; "kill" checks that a client of a killed
- * server gets PEER_LOST promptly; "tool" runs ferry-store as a process.
+ * server gets PEER_LOST promptly; "tool" runs ferry-store as a process;
+ * "auth" runs it with a job secret: members connect and work, a client
+ * with another secret, one without (ferry's or a raw torch-style one), a
+ * wrong proof and an AUTH without a challenge are each refused while the
+ * members carry on, and a client with a secret refuses a store without.
  * A watchdog alarm turns any hang into a failure.
  */
 #include "xfer_util.h"
@@ -659,25 +663,44 @@ static void case_kill(void)
 
 /* ------------------------------------------------------------------------ */
 
-static void case_tool(const char *tool)
+/* Starts ferry-store on a free loopback port, with FERRY_JOB_SECRET set to
+ * secret (NULL: unset). Returns the port it prints, or 0 (a failed check,
+ * the process killed); its pid to *pid_p, its stdout to *out_p. */
+static unsigned spawn_store(const char *tool, const char *secret, pid_t *pid_p, int *out_p)
 {
     int out[2];
-    pid_t pid;
     posix_spawn_file_actions_t fa;
     char *argv[] = {(char *)tool, "--bind", "127.0.0.1", "--port", "0", NULL};
-    char line[256] = {0};
-    size_t n = 0;
+    char line[256] = {0}, secret_env[256];
+    size_t n = 0, ne = 0;
+    char **envp;
 
+    while (environ[ne])
+        ne++;
+    envp = calloc(ne + 2, sizeof(*envp));
+    ASSERT_TRUE(envp != NULL);
+    ne = 0;
+    for (char **e = environ; *e; e++)
+        if (strncmp(*e, "FERRY_JOB_SECRET=", 17) != 0)
+            envp[ne++] = *e;
+    if (secret != NULL) {
+        snprintf(secret_env, sizeof(secret_env), "FERRY_JOB_SECRET=%s", secret);
+        envp[ne++] = secret_env;
+    }
     ASSERT_TRUE(pipe(out) == 0);
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_addclose(&fa, out[0]);
-    int rc = posix_spawn(&pid, tool, &fa, NULL, argv, environ);
+    int rc = posix_spawn(pid_p, tool, &fa, NULL, argv, envp);
     posix_spawn_file_actions_destroy(&fa);
+    free(envp);
     close(out[1]);
+    *out_p = out[0];
     if (rc != 0) {
         TEST_FAIL_AT_("cannot start %s: %s", tool, strerror(rc));
-        return;
+        close(out[0]);
+        *out_p = -1;
+        return 0;
     }
     /* "ferry-store listening on 127.0.0.1 port N" */
     while (n < sizeof(line) - 1) {
@@ -690,6 +713,121 @@ static void case_tool(const char *tool)
     const char *pp = strstr(line, " port ");
     unsigned port = pp ? (unsigned)atoi(pp + 6) : 0;
     EXPECT_TRUE(port > 0 && port < 65536);
+    if (port == 0) {
+        kill(*pid_p, SIGKILL);
+        waitpid(*pid_p, NULL, 0);
+    }
+    return port;
+}
+
+/* A store client with the given secret ("" for none), or NULL with the
+ * status in *st_p. */
+static ferry_store_t *connect_secret(unsigned port, const char *secret, uint64_t timeout_ns,
+                                     ferry_status_t *st_p)
+{
+    char url[64];
+    ferry_store_params_t p = {.field_mask = FERRY_STORE_PARAM_TIMEOUT | FERRY_STORE_PARAM_SECRET,
+                              .timeout_ns = timeout_ns, .secret = secret};
+    ferry_store_t *s = NULL;
+
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", port);
+    *st_p = ferry_store_connect(url, &p, &s);
+    return s;
+}
+
+static void case_auth(const char *tool)
+{
+    static const char s1[] = "store-secret-0123456789abcdef0123";
+    static const char s2[] = "other-secret-0123456789abcdef0123";
+    ferry_status_t st;
+    pid_t pid, open_pid;
+    int out, open_out;
+    unsigned port = spawn_store(tool, s1, &pid, &out);
+    void *got = NULL;
+    size_t gl = 0;
+    uint8_t m[1 + 4 + 32], rep[65], b;
+
+    if (port == 0)
+        return;
+    ferry_store_t *a = connect_secret(port, s1, 5000000000ull, &st);
+    EXPECT_ST(FERRY_OK, st);
+    ASSERT_TRUE(a != NULL);
+    EXPECT_ST(FERRY_OK, ferry_store_set(a, "auth/key", "member", 6));
+
+    /* Another job's secret: the server's proof does not verify. */
+    EXPECT_TRUE(connect_secret(port, s2, 2000000000ull, &st) == NULL);
+    EXPECT_ST(FERRY_ERR_PROTOCOL, st);
+    EXPECT_ERR_HAS("another job secret");
+    /* No secret: torch's handshake, which this server closes on. */
+    EXPECT_TRUE(connect_secret(port, "", 300000000ull, &st) == NULL);
+    EXPECT_TRUE(st == FERRY_ERR_TIMEOUT || st == FERRY_ERR_PEER_LOST);
+    EXPECT_ERR_HAS("handshake");
+    /* A raw torch-style client: VALIDATE, then a GET; no reply, closed. */
+    int fd = raw_connect((uint16_t)port);
+    uint8_t get[32];
+    size_t gn = 0;
+    raw_validate(fd);
+    get[gn++] = FERRY__Q_GET;
+    gn += put_str(get + gn, "auth/key");
+    raw_send(fd, get, gn);
+    EXPECT_EQ(0, raw_recv(fd, rep, 1, 5000));
+    close(fd);
+    /* A challenge answered with a wrong proof: closed. */
+    fd = raw_connect((uint16_t)port);
+    m[0] = FERRY__Q_VALIDATE;
+    ferry__store_le32(m + 1, FERRY__STORE_AUTH_MAGIC);
+    memset(m + 5, 7, 32);
+    raw_send(fd, m, sizeof(m));
+    EXPECT_EQ(1, raw_recv(fd, rep, 65, 5000));
+    EXPECT_EQ(1, rep[0]);
+    memset(rep, 0, 33);
+    rep[0] = FERRY__Q_AUTH;
+    raw_send(fd, rep, 33);
+    EXPECT_EQ(0, raw_recv(fd, &b, 1, 5000));
+    close(fd);
+    /* AUTH without a challenge: closed. */
+    fd = raw_connect((uint16_t)port);
+    raw_send(fd, rep, 33);
+    EXPECT_EQ(0, raw_recv(fd, &b, 1, 5000));
+    close(fd);
+
+    /* The member was never disturbed, and a second one joins. */
+    ferry_store_t *c = connect_secret(port, s1, 5000000000ull, &st);
+    EXPECT_ST(FERRY_OK, st);
+    EXPECT_ST(FERRY_OK, ferry_store_ping(a));
+    if (c != NULL) {
+        EXPECT_ST(FERRY_OK, ferry_store_get(c, "auth/key", &got, &gl));
+        EXPECT_TRUE(gl == 6 && memcmp(got, "member", 6) == 0);
+        ferry_store_free(got);
+        ferry_store_close(c);
+    }
+    ferry_store_close(a);
+
+    /* A store without a secret: a client with one refuses it. */
+    unsigned open_port = spawn_store(tool, NULL, &open_pid, &open_out);
+    if (open_port != 0) {
+        EXPECT_TRUE(connect_secret(open_port, s1, 2000000000ull, &st) == NULL);
+        EXPECT_ST(FERRY_ERR_PROTOCOL, st);
+        EXPECT_ERR_HAS("has no job secret");
+        ferry_store_t *o = connect_secret(open_port, "", 2000000000ull, &st);
+        EXPECT_ST(FERRY_OK, st);
+        ferry_store_close(o);
+        kill(open_pid, SIGTERM);
+        EXPECT_TRUE(xu_reap(open_pid, 10000) != -1);
+        close(open_out);
+    }
+    kill(pid, SIGTERM);
+    int status = xu_reap(pid, 10000);
+    EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(out);
+}
+
+static void case_tool(const char *tool)
+{
+    pid_t pid;
+    int out;
+    unsigned port = spawn_store(tool, NULL, &pid, &out);
+
     if (port > 0) {
         ferry_store_t *a = connect_port((uint16_t)port, 5000000000ull);
         ferry_store_t *b = connect_port((uint16_t)port, 5000000000ull);
@@ -713,11 +851,9 @@ static void case_tool(const char *tool)
         EXPECT_TRUE(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
         EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_store_ping(b));
         ferry_store_close(b);
-    } else {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
     }
-    close(out[0]);
+    if (out >= 0)
+        close(out);
 }
 
 int main(int argc, char **argv)
@@ -725,6 +861,7 @@ int main(int argc, char **argv)
     const char *which = argc > 1 ? argv[1] : "ops";
 
     alarm(50); /* a hang is a failure, never a stuck test run */
+    unsetenv("FERRY_JOB_SECRET"); /* each case says which secret it uses */
     if (strcmp(which, "ops") == 0)
         case_ops();
     else if (strcmp(which, "wait") == 0)
@@ -737,6 +874,8 @@ int main(int argc, char **argv)
         case_kill();
     else if (strcmp(which, "tool") == 0)
         case_tool(argc > 2 ? argv[2] : FERRY_STORE_TOOL);
+    else if (strcmp(which, "auth") == 0)
+        case_auth(argc > 2 ? argv[2] : FERRY_STORE_TOOL);
     else {
         fprintf(stderr, "unknown case '%s'\n", which);
         return 2;

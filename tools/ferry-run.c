@@ -33,11 +33,16 @@ static void usage(FILE *f)
             "  --store URL   the job's store (tcp://host:port); default: one\n"
             "                that ferry-run hosts on 127.0.0.1\n"
             "  --grace SEC   after SIGTERM, wait this long before SIGKILL\n"
-            "                (0 to 3600, default 5)\n"
+            "                (0 to 3600, default 5); ranks that handle\n"
+            "                SIGTERM see a failed rank's heartbeat stop only\n"
+            "                if it is longer than FERRY_COMM_LIVENESS_MS\n"
             "  -h, --help    print this help\n"
             "Each rank gets FERRY_RANK, FERRY_WORLD_SIZE, FERRY_STORE,\n"
-            "LOCAL_RANK and LOCAL_WORLD_SIZE. The exit code is the first\n"
-            "failed rank's (128 + signal for a signal), else 0.\n",
+            "LOCAL_RANK and LOCAL_WORLD_SIZE. Without --store, the job gets\n"
+            "a secret of its own in FERRY_JOB_SECRET (unless one is set),\n"
+            "which the ranks and the store authenticate each other with.\n"
+            "The exit code is the first failed rank's (128 + signal for a\n"
+            "signal), else 0.\n",
             MAX_RANKS);
 }
 

@@ -29,7 +29,9 @@ static void usage(FILE *f)
             "               127.0.0.1); a name listens on the first of its\n"
             "               addresses that can be bound\n"
             "  --port N     TCP port, 0 to 65535 (default 0: a free port, printed)\n"
-            "  -h, --help   print this help\n");
+            "  -h, --help   print this help\n"
+            "With FERRY_JOB_SECRET set, only clients that prove that secret are\n"
+            "served (torch's clients are not); without it, any client is.\n");
 }
 
 /*

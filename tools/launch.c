@@ -5,7 +5,11 @@
  * FERRY_COMM_PREFIX when the store is not the launcher's own (a store that
  * outlives the job may hold an earlier one's keys) and none is set. Unless
  * given a store, the launcher hosts one in-process, on loopback, so the
- * store outlives every rank.
+ * store outlives every rank, and gives the job a secret of its own
+ * (FERRY_JOB_SECRET: 32 random bytes in hex) unless one is set: the ranks
+ * seal their blobs with it and prove it to the store, which serves no one
+ * else. With a store given, the ranks inherit whatever FERRY_JOB_SECRET
+ * is set (none: an unauthenticated job, as the store's own clients are).
  *
  * With prefix_lines, each rank's stdout and stderr come back through pipes
  * and are copied, a whole line at a time, to the launcher's own, each line
@@ -30,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -202,11 +207,12 @@ static int spawn(job_t *j, int r, char **envp)
 /* The environment of rank r: ours, without the variables we set, plus
  * them, which start at *own_p (free them and the array with env_free). */
 static char **rank_env(int r, int nranks, const char *url, const char *prefix,
-                       size_t *own_p)
+                       const char *secret, size_t *own_p)
 {
     static const char *const ours[] = {"FERRY_RANK=", "FERRY_WORLD_SIZE=",
                                        "FERRY_STORE=", "LOCAL_RANK=",
-                                       "LOCAL_WORLD_SIZE=", "FERRY_COMM_PREFIX="};
+                                       "LOCAL_WORLD_SIZE=", "FERRY_COMM_PREFIX=",
+                                       "FERRY_JOB_SECRET="};
     size_t n = 0, k = 0;
     char **e;
 
@@ -220,7 +226,7 @@ static char **rank_env(int r, int nranks, const char *url, const char *prefix,
 
         for (size_t m = 0; m < sizeof(ours) / sizeof(ours[0]); m++)
             skip |= strncmp(environ[i], ours[m], strlen(ours[m])) == 0 &&
-                    (m < 5 || prefix != NULL);
+                    (m < 5 || (m == 5 && prefix != NULL) || (m == 6 && secret != NULL));
         if (!skip)
             e[k++] = environ[i];
     }
@@ -230,9 +236,28 @@ static char **rank_env(int r, int nranks, const char *url, const char *prefix,
         asprintf(&e[k++], "FERRY_STORE=%s", url) < 0 ||
         asprintf(&e[k++], "LOCAL_RANK=%d", r) < 0 ||
         asprintf(&e[k++], "LOCAL_WORLD_SIZE=%d", nranks) < 0 ||
-        (prefix && asprintf(&e[k++], "FERRY_COMM_PREFIX=%s", prefix) < 0))
+        (prefix && asprintf(&e[k++], "FERRY_COMM_PREFIX=%s", prefix) < 0) ||
+        (secret && asprintf(&e[k++], "FERRY_JOB_SECRET=%s", secret) < 0))
         return NULL;
     return e;
+}
+
+/* A job secret: 32 random bytes as 64 hex digits. 0, or -1 (errno). */
+static int make_secret(char out[2 * 32 + 1])
+{
+    uint8_t b[32];
+    size_t got = 0;
+
+    while (got < sizeof(b)) {
+        ssize_t k = getrandom(b + got, sizeof(b) - got, 0);
+
+        if (k < 0 && errno != EINTR)
+            return -1;
+        got += k > 0 ? (size_t)k : 0;
+    }
+    for (size_t i = 0; i < sizeof(b); i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    return 0;
 }
 
 static void env_free(char **e, size_t own)
@@ -370,6 +395,7 @@ int launch_job(const launch_params_t *p)
 {
     const char *url = p->store_url;
     char urlbuf[64], prefixbuf[64], *prefix = NULL;
+    char secretbuf[2 * 32 + 1], *secret = NULL;
     ferry_store_server_t *server = NULL;
     job_t j = {.p = p};
     int result = 0, sfd;
@@ -395,8 +421,21 @@ int launch_job(const launch_params_t *p)
     }
 
     if (url == NULL) {
+        ferry_store_server_params_t sp = {.field_mask = FERRY_STORE_SERVER_PARAM_SECRET};
+        const char *given = getenv("FERRY_JOB_SECRET");
+
+        /* The job's own secret, unless the user chose one. */
+        if (given == NULL || given[0] == '\0') {
+            if (make_secret(secretbuf) != 0) {
+                fprintf(stderr, "%s: getrandom: %s\n", p->name, strerror(errno));
+                result = 1;
+                goto close_sfd;
+            }
+            secret = secretbuf;
+        }
+        sp.secret = secret != NULL ? secret : given;
         /* The server thread inherits the blocked mask set above. */
-        ferry_status_t st = ferry_store_server_start("127.0.0.1", NULL, &server);
+        ferry_status_t st = ferry_store_server_start("127.0.0.1", &sp, &server);
 
         if (st != FERRY_OK) {
             fprintf(stderr, "%s: cannot start the store: %s\n", p->name,
@@ -421,7 +460,7 @@ int launch_job(const launch_params_t *p)
     }
     for (int r = 0; r < p->nranks; r++) {
         size_t own = 0;
-        char **envp = rank_env(r, p->nranks, url, prefix, &own);
+        char **envp = rank_env(r, p->nranks, url, prefix, secret, &own);
         int rc;
 
         j.ranks[r].io[0].fd = j.ranks[r].io[1].fd = -1;

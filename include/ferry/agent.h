@@ -56,7 +56,8 @@ typedef struct ferry_xfer ferry_xfer_t;
 enum {
     FERRY_AGENT_PARAM_NAME = 1u << 0,
     FERRY_AGENT_PARAM_PROGRESS_THREAD = 1u << 1,
-    FERRY_AGENT_PARAM_STALL_TIMEOUT = 1u << 2
+    FERRY_AGENT_PARAM_STALL_TIMEOUT = 1u << 2,
+    FERRY_AGENT_PARAM_SECRET = 1u << 3
 };
 
 typedef struct ferry_agent_params {
@@ -92,12 +93,24 @@ typedef struct ferry_agent_params {
      * milliseconds (10 000 unless set in the environment).
      */
     uint64_t stall_timeout_ns;
+    /*
+     * FERRY_AGENT_PARAM_SECRET: the job secret, a string shared by the
+     * members of a job (16 bytes at least; ferry-run makes 64 random hex
+     * digits), or NULL or "" for none. With a secret, ferry_md_pack() seals
+     * every blob with HMAC-SHA-256 and ferry_peer_load() refuses, with
+     * FERRY_ERR_PROTOCOL, a blob that is not sealed with the same secret.
+     * Without one, any blob that parses loads: see ferry_peer_load() for
+     * what is then trusted. Default: FERRY_JOB_SECRET from the environment
+     * (none when unset).
+     */
+    const char *secret;
 } ferry_agent_params_t;
 
 /*
  * Creates an agent: its transport backends (UCX), its registrations and its
  * peers. params may be NULL. On success *agent_p holds the new agent.
- * Returns FERRY_ERR_INVALID for a bad name, FERRY_ERR_BACKEND when UCX cannot
+ * Returns FERRY_ERR_INVALID for a bad name or a secret shorter than 16
+ * bytes, FERRY_ERR_BACKEND when UCX cannot
  * start. Any thread.
  */
 FERRY_API ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
@@ -173,8 +186,17 @@ FERRY_API ferry_status_t ferry_mem_register(ferry_agent_t *agent,
  * Deregisters a handle from ferry_mem_register() and frees it. Returns
  * FERRY_ERR_BUSY (and changes nothing) while a posted, unfinished request
  * uses any of its regions. Requests prepared on it but not in flight stay
- * valid objects; posting them afterwards returns FERRY_ERR_NOT_REGISTERED.
- * Accepts NULL (returns FERRY_OK). Any thread.
+ * valid objects; posting them afterwards returns FERRY_ERR_NOT_REGISTERED,
+ * and registering the same range again does not revive them.
+ *
+ * Deregistration does not revoke peers' access. Blobs packed afterwards no
+ * longer advertise the regions, but a peer that loaded an earlier blob
+ * keeps its keys, and its requests prepared on them still reach the
+ * memory: on the same host UCX copies with process_vm_writev (cma) or
+ * through the mapped segment of ferry_mem_alloc() memory, which needs no
+ * registration, and nothing is torn down until the memory itself is freed.
+ * Tell peers, through the application's own protocol, before reusing
+ * memory they may still write. Accepts NULL (returns FERRY_OK). Any thread.
  */
 FERRY_API ferry_status_t ferry_mem_deregister(ferry_mem_t *mem);
 

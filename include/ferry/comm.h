@@ -118,7 +118,9 @@ FERRY_API int ferry_comm_size(const ferry_comm_t *comm);
 
 /*
  * Returns when every rank has entered the barrier. timeout_ns bounds the
- * wait; a negative value waits without limit (a dead rank still ends it,
+ * wait, and every store call of the barrier too (plus one second for
+ * publishing this rank's giving up), so a stalled store cannot hold it
+ * longer; a negative value waits without limit (a dead rank still ends it,
  * through its heartbeat). Returns FERRY_ERR_ABORTED (naming the rank and
  * its reason) if any rank aborted, died or timed out; FERRY_ERR_TIMEOUT if
  * this rank's own time ran out first, in which case it aborts the job with
@@ -145,10 +147,15 @@ FERRY_API ferry_status_t ferry_comm_allgather(ferry_comm_t *comm,
  * Aborts the job: publishes reason (copied, truncated to 200 bytes; NULL
  * means "aborted") under the job's abort key, so that every rank's current
  * and later collectives return FERRY_ERR_ABORTED naming this rank and the
- * reason. The first abort of a job wins; later ones are ignored. Returns
- * FERRY_ERR_PEER_LOST if the store could not be told (this communicator is
- * aborted all the same). Any thread, also while another thread waits in a
- * collective of the same communicator; not from a signal handler.
+ * reason. This rank's communicator is aborted first, so that a collective
+ * another thread waits in returns FERRY_ERR_ABORTED within one slice of
+ * its wait (100 ms), naming this abort even if another rank's reached the
+ * store first; then the abort is published on the heartbeat's own store
+ * connection. The first abort published wins for the other ranks; later
+ * ones are ignored. Returns FERRY_ERR_PEER_LOST if the store could not be
+ * told (this communicator is aborted all the same). Any thread, also while
+ * another thread waits in a collective of the same communicator; not from
+ * a signal handler.
  */
 FERRY_API ferry_status_t ferry_comm_abort(ferry_comm_t *comm,
                                           const char *reason);

@@ -20,8 +20,11 @@ extern "C" {
  * Packs the agent's metadata into a new blob: its name and host identity,
  * its transport addresses, and every current registration with the keys a
  * peer needs to reach it. The blob is self-describing and portable
- * (little-endian, versioned, checksummed). On success *blob_p (free it with
- * ferry_md_free()) and *len_p are written. Any thread.
+ * (little-endian, versioned, checksummed). With a job secret (the agent's
+ * secret parameter or FERRY_JOB_SECRET) the blob is sealed with
+ * HMAC-SHA-256, so that only agents with the same secret load it. On
+ * success *blob_p (free it with ferry_md_free()) and *len_p are written.
+ * Any thread.
  */
 FERRY_API ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p,
                                        size_t *len_p);
@@ -39,8 +42,27 @@ FERRY_API void ferry_md_free(void *blob);
  * and must be prepared again. The agent's own blob may be loaded
  * (loopback). Returns FERRY_ERR_PROTOCOL, with a detail text, for a
  * truncated, oversized, corrupted, unknown-version or inconsistent blob
- * (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped. Any
- * thread.
+ * (FERRY_ERR_INVALID for a NULL blob); unknown sections are skipped. An
+ * agent with a job secret also refuses, with FERRY_ERR_PROTOCOL naming the
+ * reason, a blob that is not sealed, is sealed with another secret, or was
+ * changed after sealing (docs/METADATA.md). Any thread.
+ *
+ * What a blob is trusted with: the checksum catches corruption, not
+ * forgery. The UCX remote key of a region is checked when a request to the
+ * region is first prepared, before UCX sees it (the layout of UCX 1.13, see
+ * docs/METADATA.md): a key that does not fit this process's UCX (a memory
+ * domain it lacks, a length other than its own, bytes missing or left
+ * over, the wrong memory type), or a shared-memory key whose segment was
+ * not created by the process the blob names or does not hold the region,
+ * fails that ferry_xfer_prepare() with FERRY_ERR_PROTOCOL; a segment gone
+ * with its process is FERRY_ERR_PEER_LOST. What such checks cannot see is
+ * trusted: a well-formed key that lies (an InfiniBand rkey number, a
+ * process id the blob claims together with that process's segment) reaches
+ * UCX as it is, and so do the transport addresses, which UCX may crash on
+ * or use to reach the wrong memory. Under another UCX version the keys pass
+ * unchecked (a warning says so). Set a job secret so that only the job's
+ * members' blobs load; without one, whoever can hand this agent a blob
+ * (through the store, for one) is trusted.
  */
 FERRY_API ferry_status_t ferry_peer_load(ferry_agent_t *agent,
                                          const void *blob, size_t len,

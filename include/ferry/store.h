@@ -34,7 +34,8 @@ typedef struct ferry_store ferry_store_t;
 typedef struct ferry_store_server ferry_store_server_t;
 
 enum {
-    FERRY_STORE_PARAM_TIMEOUT = 1u << 0
+    FERRY_STORE_PARAM_TIMEOUT = 1u << 0,
+    FERRY_STORE_PARAM_SECRET = 1u << 1
 };
 
 typedef struct ferry_store_params {
@@ -44,15 +45,26 @@ typedef struct ferry_store_params {
      * timeout of its own; get and multi_get wait this long for their keys.
      * Default 300 s, as torch's. */
     uint64_t timeout_ns;
+    /* FERRY_STORE_PARAM_SECRET: the job secret (16 bytes at least), or
+     * NULL or "" for none. With a secret the client and the server prove
+     * it to each other before any other message (HMAC-SHA-256 over fresh
+     * nonces; docs/STORE.md), and the client refuses a server without one.
+     * Default: FERRY_JOB_SECRET from the environment (none when unset). */
+    const char *secret;
 } ferry_store_params_t;
 
 /*
  * Connects to the store at url ("tcp://host:port"; host a name, an IPv4
  * address or a bracketed IPv6 address), retrying refused connections until
  * the timeout, then performs the protocol's validation handshake and a ping.
- * Returns FERRY_ERR_INVALID for a malformed URL, FERRY_ERR_TIMEOUT if no
- * server answered in time, FERRY_ERR_PROTOCOL if the peer answered the ping
- * wrongly. Any thread.
+ * With a job secret (FERRY_STORE_PARAM_SECRET or FERRY_JOB_SECRET), ferry's
+ * authenticated handshake replaces the validation: client and server prove
+ * the secret to each other first. Returns FERRY_ERR_INVALID for a malformed
+ * URL or a secret shorter than 16 bytes, FERRY_ERR_TIMEOUT if no server
+ * answered in time, FERRY_ERR_PROTOCOL if the peer answered the ping
+ * wrongly, or, with a secret, if the server has none or another one, or
+ * does not speak ferry's handshake (a torch server closes the connection).
+ * Any thread.
  */
 FERRY_API ferry_status_t ferry_store_connect(const char *url,
                                              const ferry_store_params_t *params,
@@ -165,7 +177,8 @@ enum {
     FERRY_STORE_SERVER_PARAM_MAX_KEY_LEN = 1u << 1,
     FERRY_STORE_SERVER_PARAM_MAX_VALUE_LEN = 1u << 2,
     FERRY_STORE_SERVER_PARAM_MAX_WAIT_KEYS = 1u << 3,
-    FERRY_STORE_SERVER_PARAM_MAX_CLIENTS = 1u << 4
+    FERRY_STORE_SERVER_PARAM_MAX_CLIENTS = 1u << 4,
+    FERRY_STORE_SERVER_PARAM_SECRET = 1u << 5
 };
 
 typedef struct ferry_store_server_params {
@@ -186,6 +199,15 @@ typedef struct ferry_store_server_params {
     /* Most clients connected at once; further connections are accepted and
      * closed at once. Default 65536. */
     uint64_t max_clients;
+    /* FERRY_STORE_SERVER_PARAM_SECRET: the job secret (16 bytes at least),
+     * or NULL or "" for none. With a secret, a client must prove it before
+     * any other message (docs/STORE.md); one that sends torch's plain
+     * validation instead (a torch client, or ferry's without the secret) or
+     * a wrong proof is disconnected with a warning, and the others carry
+     * on. Without one, any client that reaches the port is served, as by
+     * torch's server. Default: FERRY_JOB_SECRET from the environment (none
+     * when unset). */
+    const char *secret;
 } ferry_store_server_params_t;
 
 /*
@@ -193,9 +215,10 @@ typedef struct ferry_store_server_params {
  * client. bind_addr is a numeric IPv4 or IPv6 address, NULL meaning
  * "127.0.0.1" (loopback: pass "0.0.0.0" to serve other hosts). A client
  * that sends a malformed message, one over the limits, or anything before
- * the validation handshake, is disconnected with a warning in the log; the
- * others carry on. Returns FERRY_ERR_SYSTEM if the address cannot be bound.
- * Any thread.
+ * the validation handshake, or (with a secret) does not prove the secret
+ * first, is disconnected with a warning in the log; the others carry on.
+ * Returns FERRY_ERR_SYSTEM if the address cannot be bound, FERRY_ERR_INVALID
+ * for a secret shorter than 16 bytes. Any thread.
  */
 FERRY_API ferry_status_t ferry_store_server_start(
     const char *bind_addr, const ferry_store_server_params_t *params,

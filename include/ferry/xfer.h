@@ -69,6 +69,18 @@ typedef struct ferry_xfer_params {
  *                            host) its process has exited
  *   FERRY_ERR_UNSUPPORTED    no backend can serve a pair; the text names
  *                            the pair and what each backend lacks
+ * Pairs are checked in order and the first failure is returned; within a
+ * pair: a zero length (INVALID), lengths that differ (MISMATCH), the local
+ * descriptor's registration, then the remote one's (NOT_REGISTERED or
+ * OUT_OF_RANGE), then each side's kind (MISMATCH). So a descriptor that is
+ * both of the wrong kind and unregistered is NOT_REGISTERED.
+ * Where registrations overlap, a descriptor uses, of those that hold all
+ * of it, the one that starts highest (nearest below its start); of several
+ * that start at the same address, the latest registered. The request keeps
+ * that registration busy while it is in flight (ferry_mem_deregister() of
+ * it is FERRY_ERR_BUSY; of the others, not), and depends on it: once it is
+ * deregistered the request cannot be posted again (NOT_REGISTERED), even if
+ * the same range is registered anew. Prepare it again instead.
  * Each pair goes to a backend chosen here: GPU memory of a peer on the
  * same host through CUDA IPC (the peer's allocation is mapped on first
  * use; a post's copies start after the work queued before it on the
@@ -121,8 +133,9 @@ FERRY_API ferry_status_t ferry_xfer_post(ferry_xfer_t *xfer);
 FERRY_API ferry_status_t ferry_xfer_test(ferry_xfer_t *xfer);
 
 /*
- * Waits for the request to finish: timeout_ns 0 tests once, a negative value
- * waits without limit. It polls for a short time (FERRY_WAIT_SPIN_US) and
+ * Waits for the request to finish: timeout_ns 0 tests once (a request still
+ * in flight then gives FERRY_ERR_TIMEOUT, where ferry_xfer_test() gives
+ * FERRY_IN_PROGRESS), a negative value waits without limit. It polls for a short time (FERRY_WAIT_SPIN_US) and
  * then sleeps on the transports' events, so a long wait costs almost no CPU.
  * Returns what ferry_xfer_test() would, or FERRY_ERR_TIMEOUT if the time ran
  * out (the request stays valid and may be waited on again). A request that

@@ -75,6 +75,15 @@ typedef struct ferry__bk_peer {
     int32_t pid;      /* the peer's process id, meaningful when same_host */
 } ferry__bk_peer_t;
 
+/* The remote region a key opens, as the peer's blob describes it: what a
+ * backend checks the key against before handing it to its transport. */
+typedef struct ferry__bk_rregion {
+    uint32_t id;
+    ferry_mem_kind_t kind;
+    uint64_t addr;
+    uint64_t len;
+} ferry__bk_rregion_t;
+
 /* Completion of a posted batch: called once, from progress(). */
 typedef void (*ferry__bk_done_cb)(void *arg, ferry_status_t status);
 
@@ -105,8 +114,11 @@ typedef struct ferry__backend_ops {
                                 const ferry__bk_peer_t *peer, void **conn_p);
     /* Closes a connection, waiting (bounded) for what is in flight. */
     void (*conn_close)(void *ctx, void *conn);
-    ferry_status_t (*rkey_open)(void *ctx, void *conn, const uint8_t *data,
-                                size_t len, void **rkey_p);
+    /* Opens the key (data, len: the peer's bytes, unchecked) of a region
+     * on a connection; bytes that do not fit the region or the peer are
+     * FERRY_ERR_PROTOCOL, before the transport sees them. */
+    ferry_status_t (*rkey_open)(void *ctx, void *conn, const ferry__bk_rregion_t *region,
+                                const uint8_t *data, size_t len, void **rkey_p);
     void (*rkey_close)(void *ctx, void *rkey);
 
     /*

@@ -100,17 +100,18 @@ ferry_status_t ferry_comm_abort(ferry_comm_t *comm, const char *reason)
     char why[201];
     int r;
 
+    char text[FERRY__COMM_TEXT_MAX];
+
     if (comm == NULL)
         return ferry__error(FERRY_ERR_INVALID, "comm_abort: NULL comm");
     snprintf(why, sizeof(why), "%s", reason ? reason : "aborted");
-    r = ferry__comm_publish_abort(comm, comm->store, comm->rank, why);
-    if (r < 0) {
-        char text[FERRY__COMM_TEXT_MAX];
-
-        snprintf(text, sizeof(text), "comm: aborted by rank %d (this rank): "
-                 "%s", comm->rank, why);
-        set_aborted(comm, text);
-        return r;
-    }
-    return FERRY_OK;
+    /* This rank first: a collective another thread waits in sees the flag
+     * between two slices of its wait, without waiting for the store. */
+    snprintf(text, sizeof(text), "comm: aborted by rank %d (this rank): %s",
+             comm->rank, why);
+    set_aborted(comm, text);
+    /* Then the job, on the heartbeat's connection: the collective's own
+     * is busy with that wait for up to a slice at a time. */
+    r = ferry__comm_publish_abort(comm, comm->hb_store, comm->rank, why);
+    return r < 0 ? r : FERRY_OK;
 }

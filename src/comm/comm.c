@@ -48,8 +48,13 @@ static ferry_status_t comm_connect(ferry_comm_t *c)
 
     if (c->rank != 0)
         return ferry_store_connect(c->cfg.url, &sp, &c->store);
-    if (ferry_store_connect(c->cfg.url, &probe, &c->store) == FERRY_OK)
-        return FERRY_OK; /* a store is running there */
+    if (ferry_store_connect(c->cfg.url, &probe, &c->store) == FERRY_OK) {
+        /* A store is running there. The probe's short limit was for
+         * finding out; kept, it would fail any later call that waits a
+         * little longer for a reply (a busy machine, a stalled store). */
+        ferry__store_set_timeout(c->store, c->cfg.timeout_ns);
+        return FERRY_OK;
+    }
     /* The URL was checked when the configuration was resolved. */
     FERRY_CHECK(ferry__store_parse_url(c->cfg.url, host, sizeof(host), port,
                                        sizeof(port)));
@@ -183,11 +188,14 @@ ferry_status_t ferry_comm_create(const ferry_comm_params_t *params,
                                  ferry_comm_t **comm_p)
 {
     ferry_store_params_t hp = {.field_mask = FERRY_STORE_PARAM_TIMEOUT};
+    ferry__errsave_t save;
     ferry_comm_t *c;
     ferry_status_t st;
 
     if (comm_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "comm_create: NULL comm_p");
+    /* Rank 0's probe of a store it then starts fails as a matter of course. */
+    ferry__error_save(&save);
     c = calloc(1, sizeof(*c));
     if (c == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "comm_create: no memory");
@@ -221,7 +229,7 @@ ferry_status_t ferry_comm_create(const ferry_comm_params_t *params,
     ferry__debug("comm: rank %d of %d joined through %s (%s)", c->rank,
                  c->size, c->cfg.url, c->cfg.source);
     *comm_p = c;
-    return FERRY_OK;
+    return ferry__error_keep(&save, FERRY_OK);
 
 err_destroy:
     ferry__error_prefix("comm_create (rank %d of %d)", c->rank, c->size);

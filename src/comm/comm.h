@@ -134,6 +134,13 @@ int ferry__comm_publish_abort(ferry_comm_t *comm, ferry_store_t *s, int rank,
 /* A deadline from a collective's timeout (negative: none). */
 uint64_t ferry__comm_deadline(int64_t timeout_ns);
 
+/* Holds every store call of a collective to its deadline, plus a second
+ * for telling the job that this rank gave up (its abort), so that a
+ * stalled store cannot keep the collective past it; ferry__comm_uncap()
+ * lifts the cap when the collective ends. Under comm->lock. */
+void ferry__comm_cap(ferry_comm_t *c, uint64_t deadline);
+void ferry__comm_uncap(ferry_comm_t *c);
+
 /*
  * Waits until every key exists, in slices, checking the abort key between
  * them. Returns OK, the abort, a store error, or FERRY_ERR_TIMEOUT (with

@@ -272,14 +272,20 @@ out:
 ferry_status_t ferry_comm_exchange(ferry_comm_t *comm, ferry_agent_t *agent,
                                    int64_t timeout_ns)
 {
+    ferry__errsave_t save;
     ferry_status_t st;
+    uint64_t deadline;
 
     if (comm == NULL || agent == NULL)
         return ferry__error(FERRY_ERR_INVALID, "comm_exchange: NULL argument");
+    ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
-    st = exchange_locked(comm, agent, ferry__comm_deadline(timeout_ns));
+    deadline = ferry__comm_deadline(timeout_ns);
+    ferry__comm_cap(comm, deadline);
+    st = exchange_locked(comm, agent, deadline);
+    ferry__comm_uncap(comm);
     pthread_mutex_unlock(&comm->lock);
-    return st;
+    return ferry__error_keep(&save, st);
 }
 
 ferry_peer_t *ferry_comm_peer(const ferry_comm_t *comm, int rank)

@@ -11,6 +11,7 @@
  * publishes nothing, and its heartbeat (heartbeat.c) gives it away.
  */
 #include "comm/comm.h"
+#include "store/store.h"
 #include "util/time.h"
 
 #include <stdio.h>
@@ -26,6 +27,21 @@ uint64_t ferry__comm_deadline(int64_t timeout_ns)
     if (timeout_ns < 0 || (uint64_t)timeout_ns >= UINT64_MAX - now)
         return UINT64_MAX;
     return now + (uint64_t)timeout_ns;
+}
+
+/* The time a rank whose deadline passed has to publish its abort. */
+#define GIVE_UP_GRACE_NS 1000000000ull
+
+void ferry__comm_cap(ferry_comm_t *c, uint64_t deadline)
+{
+    ferry__store_set_cap(c->store, deadline >= UINT64_MAX - GIVE_UP_GRACE_NS
+                                       ? UINT64_MAX
+                                       : deadline + GIVE_UP_GRACE_NS);
+}
+
+void ferry__comm_uncap(ferry_comm_t *c)
+{
+    ferry__store_set_cap(c->store, UINT64_MAX);
 }
 
 ferry_status_t ferry__comm_give_up(ferry_comm_t *c, const char *const *keys,
@@ -92,7 +108,8 @@ ferry_status_t ferry__comm_wait_keys(ferry_comm_t *c, const char *const *keys,
 /*
  * Round s of collective `what`: this rank's part goes to "c/<s>/<rank>",
  * then ADD 1 to the counter "c/<s>/n"; the rank whose ADD makes it the
- * size sets "c/<s>/done", which the others wait for. A rank whose deadline
+ * size sets "c/<s>/done", which the others wait for, unless the job was
+ * aborted meanwhile (it checks the abort key first). A rank whose deadline
  * passes first poisons the counter and aborts the job, naming the ranks
  * whose parts are missing; a rank that finds the counter poisoned returns
  * that abort.
@@ -122,9 +139,14 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
     st = ferry_store_set(c->store, keys[c->rank], data, len);
     if (st == FERRY_OK)
         st = ferry_store_add(c->store, cnt, 1, &v);
-    if (st == FERRY_OK && v == c->size)
-        st = ferry_store_set(c->store, done, "", 0);
-    else if (st == FERRY_OK && v > 0 && v < c->size)
+    if (st == FERRY_OK && v == c->size) {
+        /* The last to arrive: ranks that aborted while they waited counted
+         * themselves in and left, so the count alone would complete a
+         * round of an aborted job. */
+        st = ferry__comm_check_abort(c);
+        if (st == FERRY_OK)
+            st = ferry_store_set(c->store, done, "", 0);
+    } else if (st == FERRY_OK && v > 0 && v < c->size)
         st = ferry__comm_wait_keys(c, &dk, 1, deadline);
     else if (st == FERRY_OK) {
         /* Abandoned by a rank that gave up: "done" never comes, and the
@@ -136,11 +158,19 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
                               c->size);
     }
     if (st == FERRY_ERR_TIMEOUT) {
+        char first[256];
+
+        /* A store that did not answer in time has closed the connection,
+         * and the ADD below fails for that: say what came first. */
+        snprintf(first, sizeof(first), "%s", ferry_last_error());
         st = ferry_store_add(c->store, cnt, -ROUND_POISON, &v);
         if (st == FERRY_OK && v + ROUND_POISON == c->size)
             st = FERRY_OK; /* it completed just in time */
         else if (st == FERRY_OK)
             st = ferry__comm_give_up(c, keys, (size_t)c->size, started, label);
+        else
+            st = ferry__error(FERRY_ERR_TIMEOUT, "comm: %s: the store did not "
+                              "answer by the deadline (%s)", label, first);
     }
     if (st == FERRY_OK && values_p != NULL)
         st = ferry_store_multi_get(c->store, keys, (size_t)c->size, values_p,
@@ -159,29 +189,40 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
 
 ferry_status_t ferry_comm_barrier(ferry_comm_t *comm, int64_t timeout_ns)
 {
+    ferry__errsave_t save;
     ferry_status_t st;
+    uint64_t deadline;
 
     if (comm == NULL)
         return ferry__error(FERRY_ERR_INVALID, "comm_barrier: NULL comm");
+    ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
-    st = ferry__comm_round(comm, "", 0, NULL, NULL,
-                           ferry__comm_deadline(timeout_ns), "barrier");
+    deadline = ferry__comm_deadline(timeout_ns);
+    ferry__comm_cap(comm, deadline);
+    st = ferry__comm_round(comm, "", 0, NULL, NULL, deadline, "barrier");
+    ferry__comm_uncap(comm);
     pthread_mutex_unlock(&comm->lock);
-    return st;
+    return ferry__error_keep(&save, st);
 }
 
 ferry_status_t ferry_comm_allgather(ferry_comm_t *comm, const void *data,
                                     size_t len, void **values_p,
                                     size_t *lens_p, int64_t timeout_ns)
 {
+    ferry__errsave_t save;
     ferry_status_t st;
+    uint64_t deadline;
 
     if (comm == NULL || (data == NULL && len > 0) || values_p == NULL ||
         lens_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "comm_allgather: NULL argument");
+    ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
-    st = ferry__comm_round(comm, data ? data : "", len, values_p, lens_p,
-                           ferry__comm_deadline(timeout_ns), "allgather");
+    deadline = ferry__comm_deadline(timeout_ns);
+    ferry__comm_cap(comm, deadline);
+    st = ferry__comm_round(comm, data ? data : "", len, values_p, lens_p, deadline,
+                           "allgather");
+    ferry__comm_uncap(comm);
     pthread_mutex_unlock(&comm->lock);
-    return st;
+    return ferry__error_keep(&save, st);
 }

@@ -112,6 +112,12 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
         snprintf(agent->name, sizeof(agent->name), "%s:%d", host, (int)getpid());
     }
     agent_host_id(agent->host_id, sizeof(agent->host_id));
+    st = ferry__secret_init(&agent->secret,
+                            params != NULL && (params->field_mask & FERRY_AGENT_PARAM_SECRET)
+                                ? (params->secret != NULL ? params->secret : "")
+                                : NULL);
+    if (st < 0)
+        goto err_free;
     if (getrandom(&agent->incarnation, sizeof(agent->incarnation), 0) !=
         (ssize_t)sizeof(agent->incarnation))
         agent->incarnation = ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)agent;
@@ -148,6 +154,7 @@ err_backends:
         ferry__backends[k]->fini(agent->bk_ctx[k]);
     pthread_mutex_destroy(&agent->lock);
 err_free:
+    ferry__secret_clear(&agent->secret);
     free(agent);
     return st;
 }
@@ -177,6 +184,7 @@ void ferry_agent_destroy(ferry_agent_t *agent)
         ferry__backends[k]->fini(agent->bk_ctx[k]);
     ferry__imap_free(&agent->registry);
     pthread_mutex_destroy(&agent->lock);
+    ferry__secret_clear(&agent->secret);
     free(agent);
 }
 

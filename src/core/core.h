@@ -161,6 +161,7 @@ struct ferry_agent {
     char name[FERRY__MD_NAME_MAX + 1];
     char host_id[FERRY__MD_NAME_MAX + 1];
     uint64_t incarnation; /* random per agent: tells restarts apart */
+    ferry__secret_t secret; /* the job secret's keys, if one is set */
     void *bk_ctx[FERRY__NBK];
     ferry__imap_t registry; /* local address ranges -> ferry__region_t */
     uint32_t next_region_id;

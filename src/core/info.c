@@ -15,6 +15,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define KNOWN_PARTS                                                            \
     (FERRY_INFO_VERSION | FERRY_INFO_BACKENDS | FERRY_INFO_UCX |               \
@@ -49,6 +50,9 @@ static void print_config(FILE *out)
     for (const ferry__config_entry_t *e = ferry__config_table; e->name; e++) {
         const char *v = getenv(e->name);
 
+        /* A secret is shown as set, never printed. */
+        if (v != NULL && strcmp(e->name, "FERRY_JOB_SECRET") == 0)
+            v = "(hidden)";
         fprintf(out, "  %s = %s%s\n      default \"%s\": %s\n", e->name,
                 v != NULL ? v : e->default_value, v != NULL ? "  (set)" : "",
                 e->default_value, e->help);

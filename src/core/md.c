@@ -21,6 +21,44 @@ void ferry__md_seal(uint8_t *blob, size_t len)
     ferry__store_le32(blob + 12, ferry__crc32(0, blob, len));
 }
 
+/* The MAC of a blob whose SEAL payload starts at seal_off: the checksum
+ * field and the MAC itself count as zero. */
+static ferry_status_t md_mac(const ferry__secret_t *secret, const uint8_t *blob,
+                             size_t len, size_t seal_off, uint8_t mac[FERRY__MAC_LEN])
+{
+    static const uint8_t zero[FERRY__MAC_LEN];
+    size_t mac_off = seal_off + 4 + FERRY__KEY_ID_LEN;
+    ferry__mac_part_t parts[] = {
+        {blob, 12}, {zero, 4}, {blob + 16, mac_off - 16}, {zero, FERRY__MAC_LEN},
+        {blob + mac_off + FERRY__MAC_LEN, len - mac_off - FERRY__MAC_LEN}};
+
+    return ferry__mac(secret->blob_key, parts, sizeof(parts) / sizeof(parts[0]), mac);
+}
+
+ferry_status_t ferry__md_verify(const ferry__secret_t *secret, const uint8_t *blob,
+                                size_t len, const ferry__md_t *md)
+{
+    uint8_t mac[FERRY__MAC_LEN];
+    const uint8_t *seal = blob + md->seal_off;
+
+    if (!secret->set)
+        return FERRY_OK;
+    if (md->seal_off == 0)
+        return ferry__error(FERRY_ERR_PROTOCOL, "metadata: the blob of '%s' is not "
+                            "sealed, and this agent has a job secret (FERRY_JOB_SECRET): "
+                            "it loads only blobs sealed with it", md->name);
+    if (!ferry__ct_equal(seal + 4, secret->id, FERRY__KEY_ID_LEN))
+        return ferry__error(FERRY_ERR_PROTOCOL, "metadata: the blob of '%s' is sealed "
+                            "with another secret than this agent's (another job's?)",
+                            md->name);
+    FERRY_CHECK(md_mac(secret, blob, len, md->seal_off, mac));
+    if (!ferry__ct_equal(mac, seal + 4 + FERRY__KEY_ID_LEN, FERRY__MAC_LEN))
+        return ferry__error(FERRY_ERR_PROTOCOL, "metadata: the seal of the blob of "
+                            "'%s' does not verify: the blob was changed after it "
+                            "was sealed", md->name);
+    return FERRY_OK;
+}
+
 void ferry__md_clear(ferry__md_t *md)
 {
     free(md->regions);
@@ -213,6 +251,23 @@ ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
         case FERRY__MD_SEC_BACKEND:
             st = md_parse_backend(&s, md, off);
             break;
+        case FERRY__MD_SEC_SEAL:
+            /* Last, so that everything it covers comes before it. */
+            if (i + 1 != nsections) {
+                st = ferry__error(FERRY_ERR_PROTOCOL, "metadata: seal section at "
+                                  "offset %zu is not the last section", off);
+                goto err;
+            }
+            if (slen != FERRY__MD_SEAL_LEN ||
+                ferry__rbuf_u8(&s) != FERRY__MD_SEAL_HMAC_SHA256) {
+                st = ferry__error(FERRY_ERR_PROTOCOL, "metadata: seal section at "
+                                  "offset %zu: %u bytes, or an algorithm other "
+                                  "than HMAC-SHA-256", off, slen);
+                goto err;
+            }
+            md->seal_off = off + FERRY__MD_SEC_HDR;
+            s.left = 0;
+            break;
         case FERRY__MD_SEC_REGIONS:
             if (seen_regions) {
                 st = ferry__error(FERRY_ERR_PROTOCOL,
@@ -277,7 +332,7 @@ ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p, size_t *len_p)
 {
     ferry__wbuf_t w;
     uint32_t nsections = 0, nregions = 0;
-    size_t pos, countpos;
+    size_t pos, countpos, seal_off = 0;
     ferry_status_t st = FERRY_OK;
 
     if (agent == NULL || blob_p == NULL || len_p == NULL)
@@ -346,6 +401,18 @@ ferry_status_t ferry_md_pack(ferry_agent_t *agent, void **blob_p, size_t *len_p)
     ferry__wbuf_put_u32_at(&w, countpos, nregions);
     ferry__md_section_end(&w, pos);
     nsections++;
+    if (agent->secret.set) {
+        pos = ferry__md_section(&w, FERRY__MD_SEC_SEAL);
+        seal_off = w.len;
+        ferry__wbuf_u8(&w, FERRY__MD_SEAL_HMAC_SHA256);
+        ferry__wbuf_u8(&w, 0);
+        ferry__wbuf_u16(&w, 0);
+        ferry__wbuf_bytes(&w, agent->secret.id, FERRY__KEY_ID_LEN);
+        for (int i = 0; i < FERRY__MAC_LEN; i++)
+            ferry__wbuf_u8(&w, 0);
+        ferry__md_section_end(&w, pos);
+        nsections++;
+    }
 
 out_unlock:
     ferry__agent_unlock(agent);
@@ -360,6 +427,11 @@ out_unlock:
     w.data[4] = FERRY__MD_VERSION;
     w.data[5] = 0;
     ferry__store_le32(w.data + 16, nsections);
+    ferry__store_le32(w.data + 8, (uint32_t)w.len);
+    if (seal_off != 0)
+        FERRY_CHECK_GOTO(md_mac(&agent->secret, w.data, w.len, seal_off,
+                                w.data + seal_off + 4 + FERRY__KEY_ID_LEN),
+                         st, err);
     ferry__md_seal(w.data, w.len);
     *blob_p = w.data;
     *len_p = w.len;

@@ -34,6 +34,14 @@
  *          u32 id, u8 kind, u8 nbackends, u16 reserved,
  *          i32 device, u64 addr, u64 len,
  *          nbackends times: u16 backend id, u32 len, len bytes (remote key)
+ *   SEAL (type 4), at most once, and then the last section; written when
+ *   the agent has a job secret (util/secret.h)
+ *        u8   algorithm    1: HMAC-SHA-256
+ *        u8   reserved 0, u16 reserved 0
+ *        u8   key id[8]    names the secret (a MAC of a fixed label)
+ *        u8   mac[32]      HMAC-SHA-256 with the blob key of the whole blob,
+ *                          with the checksum field and these 32 bytes zero
+ *   The checksum covers the seal too: it is computed last.
  *
  * A section's payload must be consumed exactly; the sections must fill the
  * blob exactly. Anything else is FERRY_ERR_PROTOCOL.
@@ -43,6 +51,7 @@
 
 #include "backends/backend.h"
 #include "util/buf.h"
+#include "util/secret.h"
 #include "util/status.h"
 
 #include <stddef.h>
@@ -57,8 +66,12 @@
 enum {
     FERRY__MD_SEC_AGENT = 1,
     FERRY__MD_SEC_BACKEND = 2,
-    FERRY__MD_SEC_REGIONS = 3
+    FERRY__MD_SEC_REGIONS = 3,
+    FERRY__MD_SEC_SEAL = 4
 };
+
+#define FERRY__MD_SEAL_LEN 44 /* the SEAL section's payload */
+#define FERRY__MD_SEAL_HMAC_SHA256 1
 
 /* Bytes a backend contributed, by backend id (unknown ids are dropped). */
 typedef struct ferry__md_bytes {
@@ -83,6 +96,7 @@ typedef struct ferry__md {
     ferry__md_bytes_t bk_addr[FERRY__NBK]; /* by backend slot */
     uint32_t nregions;
     ferry__md_region_t *regions; /* allocated; free with ferry__md_clear */
+    size_t seal_off; /* offset of the SEAL payload in the blob; 0: unsealed */
 } ferry__md_t;
 
 /*
@@ -93,6 +107,15 @@ typedef struct ferry__md {
 ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
                                ferry__md_t *md);
 void ferry__md_clear(ferry__md_t *md);
+
+/*
+ * With a job secret set, checks the seal of a parsed blob (md from
+ * ferry__md_parse() of blob): FERRY_ERR_PROTOCOL, naming the reason, for a
+ * blob without a seal, sealed with another secret, or whose seal does not
+ * verify (compared in constant time). Without a secret, any blob passes.
+ */
+ferry_status_t ferry__md_verify(const ferry__secret_t *secret, const uint8_t *blob,
+                                size_t len, const ferry__md_t *md);
 
 /* Starts a section header and returns the position of its length field;
  * ferry__md_section_end() fills that in once the payload is written (also

@@ -68,6 +68,7 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
 {
     const ferry__backend_ops_t *ops = ferry__backends[slot];
     const ferry__md_bytes_t *key = &rr->md.bk[slot];
+    ferry__bk_rregion_t region = {rr->md.id, rr->md.kind, rr->md.addr, rr->md.len};
     void *conn;
 
     if (rr->rkey[slot] == NULL) {
@@ -76,7 +77,7 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
                                 "carries no %s key", remote->md.name, rr->md.id,
                                 ops->name);
         FERRY_CHECK(ferry__remote_conn(agent, remote, slot, &conn));
-        FERRY_CHECK(ops->rkey_open(agent->bk_ctx[slot], conn, key->data,
+        FERRY_CHECK(ops->rkey_open(agent->bk_ctx[slot], conn, &region, key->data,
                                    key->len, &rr->rkey[slot]));
     }
     *rkey_p = rr->rkey[slot];
@@ -84,8 +85,8 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
 }
 
 /* Parses a copy of the blob into a new metadata version with one reference. */
-static ferry_status_t remote_new(const void *blob, size_t len,
-                                        ferry__remote_t **remote_p)
+static ferry_status_t remote_new(const ferry__secret_t *secret, const void *blob,
+                                 size_t len, ferry__remote_t **remote_p)
 {
     ferry__remote_t *remote;
     ferry_status_t st;
@@ -104,6 +105,10 @@ static ferry_status_t remote_new(const void *blob, size_t len,
                                      ferry__config_get_size("FERRY_MD_MAX"),
                                      &remote->md),
                      st, err_blob);
+    /* Sealed blobs only, when the job has a secret: nothing of an unsealed
+     * one is used. */
+    FERRY_CHECK_GOTO(ferry__md_verify(secret, remote->blob, len, &remote->md), st,
+                     err_md);
     remote->regions = calloc(remote->md.nregions ? remote->md.nregions : 1,
                              sizeof(*remote->regions));
     if (remote->regions == NULL) {
@@ -161,7 +166,7 @@ ferry_status_t ferry_peer_load(ferry_agent_t *agent, const void *blob,
 
     if (agent == NULL || blob == NULL || peer_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "peer_load: NULL argument");
-    FERRY_CHECK(remote_new(blob, len, &remote));
+    FERRY_CHECK(remote_new(&agent->secret, blob, len, &remote));
 
     ferry__agent_lock(agent);
     peer = peer_find(agent, remote->md.name);

@@ -46,6 +46,8 @@ struct ferry_store {
     pthread_mutex_t lock;
     int fd; /* -1 once the connection is closed */
     uint64_t timeout_ns;
+    uint64_t cap_ns; /* no call's deadline goes past it (NO_DEADLINE: none) */
+    ferry__secret_t secret; /* set: ferry's authenticated handshake */
     char url[256];
 };
 
@@ -91,6 +93,15 @@ static int wait_fd(int fd, short events, uint64_t deadline)
 }
 
 /* Closes a connection that can no longer be trusted to be in step. */
+/* The deadline of a call that takes no timeout of its own: the
+ * connection's timeout from now, but never past the cap a caller set. */
+static uint64_t call_deadline(const ferry_store_t *s)
+{
+    uint64_t d = deadline_after(s->timeout_ns);
+
+    return d < s->cap_ns ? d : s->cap_ns;
+}
+
 static void store_break(ferry_store_t *s)
 {
     if (s->fd >= 0) {
@@ -295,9 +306,11 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
     uint64_t deadline = timeout_ns < 0 ? NO_DEADLINE
                                        : deadline_after((uint64_t)timeout_ns);
 
+    if (deadline > s->cap_ns)
+        deadline = s->cap_ns;
     req_init(&w, FERRY__Q_WAIT, NULL);
     put_keys(&w, keys, n);
-    FERRY_CHECK(store_send_req(s, &w, deadline_after(s->timeout_ns), op));
+    FERRY_CHECK(store_send_req(s, &w, call_deadline(s), op));
 
     st = store_recv(s, &r, 1, deadline, op);
     if (st == FERRY_OK) {
@@ -315,7 +328,7 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
     /* Timed out: cancel, then read the server's answer, which may be a
      * STOP_WAITING that crossed our cancel (the keys arrived after all). */
     uint8_t cancel = FERRY__Q_CANCEL_WAIT;
-    uint64_t grace = deadline_after(s->timeout_ns);
+    uint64_t grace = call_deadline(s);
     bool stopped = false;
 
     FERRY_CHECK(store_send(s, &cancel, 1, grace, op));
@@ -384,6 +397,58 @@ static ferry_status_t store_ping_roundtrip(ferry_store_t *s, bool validate,
                             ferry__load_le32(rep), nonce);
     }
     return FERRY_OK;
+}
+
+/*
+ * ferry's authenticated handshake (proto.h), instead of VALIDATE: the
+ * server proves the secret first, then this client does. Any refusal is
+ * PROTOCOL, which ends the connection attempts: retrying cannot help.
+ */
+static ferry_status_t store_auth(ferry_store_t *s, uint64_t deadline)
+{
+    uint8_t msg[1 + 4 + FERRY__STORE_NONCE], cn[FERRY__STORE_NONCE];
+    uint8_t rep[FERRY__STORE_NONCE + FERRY__MAC_LEN], proof[FERRY__MAC_LEN];
+    uint8_t auth[1 + FERRY__MAC_LEN], verdict = 0;
+    ferry_status_t st;
+
+    FERRY_CHECK(ferry__random(cn, sizeof(cn)));
+    msg[0] = FERRY__Q_VALIDATE;
+    ferry__store_le32(msg + 1, FERRY__STORE_AUTH_MAGIC);
+    memcpy(msg + 5, cn, sizeof(cn));
+    FERRY_CHECK(store_send(s, msg, sizeof(msg), deadline, "authentication"));
+    st = store_reply(s, &verdict, 1, deadline, "authentication");
+    if (st == FERRY_ERR_PEER_LOST) {
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server closed the "
+                            "connection at authentication: it does not speak "
+                            "ferry's handshake (a torch store?), and this client "
+                            "has a job secret (FERRY_JOB_SECRET)", s->url);
+    }
+    FERRY_CHECK(st);
+    if (verdict != 1) {
+        store_break(s);
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server has no job "
+                            "secret, so anyone who reaches it could read and write "
+                            "the job's keys; this client has one (FERRY_JOB_SECRET) "
+                            "and refuses it", s->url);
+    }
+    FERRY_CHECK(store_reply(s, rep, sizeof(rep), deadline, "authentication"));
+    FERRY_CHECK(ferry__store_proof(&s->secret, "server", cn, rep, proof));
+    if (!ferry__ct_equal(proof, rep + FERRY__STORE_NONCE, FERRY__MAC_LEN)) {
+        store_break(s);
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server's proof does "
+                            "not verify: it has another job secret than this "
+                            "client", s->url);
+    }
+    auth[0] = FERRY__Q_AUTH;
+    FERRY_CHECK(ferry__store_proof(&s->secret, "client", cn, rep, auth + 1));
+    FERRY_CHECK(store_send(s, auth, sizeof(auth), deadline, "authentication"));
+    st = store_reply(s, &verdict, 1, deadline, "authentication");
+    if (st == FERRY_ERR_PEER_LOST || (st == FERRY_OK && verdict != 1)) {
+        store_break(s);
+        return ferry__error(FERRY_ERR_PROTOCOL, "store %s: the server refused this "
+                            "client's proof", s->url);
+    }
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -474,6 +539,10 @@ static ferry_status_t try_connect(ferry_store_t *s, const struct addrinfo *ai,
         }
     }
     s->fd = fd;
+    if (s->secret.set) {
+        FERRY_CHECK(store_auth(s, deadline));
+        return store_ping_roundtrip(s, false, deadline, "handshake");
+    }
     return store_ping_roundtrip(s, true, deadline, "handshake");
 }
 
@@ -496,10 +565,19 @@ ferry_status_t ferry_store_connect(const char *url,
     if (s == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "store: no memory");
     s->fd = -1;
+    s->cap_ns = NO_DEADLINE;
     s->timeout_ns = params && (params->field_mask & FERRY_STORE_PARAM_TIMEOUT)
                         ? params->timeout_ns
                         : STORE_DEFAULT_TIMEOUT_NS;
     snprintf(s->url, sizeof(s->url), "%s", url);
+    st = ferry__secret_init(&s->secret, params && (params->field_mask &
+                                                   FERRY_STORE_PARAM_SECRET)
+                                            ? (params->secret ? params->secret : "")
+                                            : NULL);
+    if (st < 0) {
+        free(s);
+        return st;
+    }
     pthread_mutex_init(&s->lock, NULL);
     deadline = deadline_after(s->timeout_ns);
 
@@ -548,8 +626,23 @@ done:
 
 err_free:
     pthread_mutex_destroy(&s->lock);
+    ferry__secret_clear(&s->secret);
     free(s);
     return st;
+}
+
+void ferry__store_set_cap(ferry_store_t *store, uint64_t deadline_ns)
+{
+    pthread_mutex_lock(&store->lock);
+    store->cap_ns = deadline_ns;
+    pthread_mutex_unlock(&store->lock);
+}
+
+void ferry__store_set_timeout(ferry_store_t *store, uint64_t timeout_ns)
+{
+    pthread_mutex_lock(&store->lock);
+    store->timeout_ns = timeout_ns;
+    pthread_mutex_unlock(&store->lock);
 }
 
 void ferry_store_close(ferry_store_t *store)
@@ -558,6 +651,7 @@ void ferry_store_close(ferry_store_t *store)
         return;
     store_break(store);
     pthread_mutex_destroy(&store->lock);
+    ferry__secret_clear(&store->secret);
     free(store);
 }
 
@@ -584,7 +678,7 @@ static ferry_status_t store_put(ferry_store_t *store, uint8_t q,
     FERRY_CHECK(store_begin(store, op));
     req_init(&w, q, key);
     put_str(&w, value, len);
-    st = store_send_req(store, &w, deadline_after(store->timeout_ns), op);
+    st = store_send_req(store, &w, call_deadline(store), op);
     store_end(store);
     return st;
 }
@@ -613,7 +707,7 @@ ferry_status_t ferry_store_get(ferry_store_t *store, const char *key,
     /* As torch's client does: wait for the key, then fetch it. */
     st = store_await_locked(store, &key, 1, "get");
     if (st == FERRY_OK) {
-        uint64_t deadline = deadline_after(store->timeout_ns);
+        uint64_t deadline = call_deadline(store);
 
         req_init(&w, FERRY__Q_GET, key);
         st = store_send_req(store, &w, deadline, "get");
@@ -634,7 +728,7 @@ ferry_status_t ferry_store_add(ferry_store_t *store, const char *key,
     if (key == NULL || value_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: add: NULL argument");
     FERRY_CHECK(store_begin(store, "add"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_ADD, key);
     ferry__wbuf_u64(&w, (uint64_t)delta);
     st = store_send_req(store, &w, deadline, "add");
@@ -657,7 +751,7 @@ ferry_status_t ferry_store_check(ferry_store_t *store, const char *const *keys,
     if (!keys_valid(keys, n) || ready_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: check: NULL argument");
     FERRY_CHECK(store_begin(store, "check"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_CHECK, NULL);
     put_keys(&w, keys, n);
     st = store_send_req(store, &w, deadline, "check");
@@ -706,7 +800,7 @@ ferry_status_t ferry_store_compare_set(ferry_store_t *store, const char *key,
         return ferry__error(FERRY_ERR_INVALID,
                             "store: compare_set: NULL argument");
     FERRY_CHECK(store_begin(store, "compare_set"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_COMPARE_SET, key);
     put_str(&w, expected, expected_len);
     put_str(&w, desired, desired_len);
@@ -727,7 +821,7 @@ ferry_status_t ferry_store_delete_key(ferry_store_t *store, const char *key,
     if (key == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: delete_key: NULL key");
     FERRY_CHECK(store_begin(store, "delete_key"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     req_init(&w, FERRY__Q_DELETE_KEY, key);
     st = store_send_req(store, &w, deadline, "delete_key");
     if (st == FERRY_OK)
@@ -747,7 +841,7 @@ ferry_status_t ferry_store_num_keys(ferry_store_t *store, int64_t *num_p)
     if (num_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "store: num_keys: NULL num_p");
     FERRY_CHECK(store_begin(store, "num_keys"));
-    deadline = deadline_after(store->timeout_ns);
+    deadline = call_deadline(store);
     st = store_send(store, &q, 1, deadline, "num_keys");
     if (st == FERRY_OK)
         st = store_reply_u64(store, &v, deadline, "num_keys");
@@ -783,7 +877,7 @@ ferry_status_t ferry_store_multi_get(ferry_store_t *store,
         goto out_free;
     st = store_await_locked(store, keys, n, "multi_get");
     if (st == FERRY_OK) {
-        uint64_t deadline = deadline_after(store->timeout_ns);
+        uint64_t deadline = call_deadline(store);
 
         req_init(&w, FERRY__Q_MULTI_GET, NULL);
         put_keys(&w, keys, n);
@@ -828,7 +922,7 @@ ferry_status_t ferry_store_multi_set(ferry_store_t *store,
         put_str(&w, keys[i], strlen(keys[i]));
         put_str(&w, values[i], lens[i]);
     }
-    st = store_send_req(store, &w, deadline_after(store->timeout_ns),
+    st = store_send_req(store, &w, call_deadline(store),
                         "multi_set");
     store_end(store);
     return st;
@@ -840,7 +934,7 @@ ferry_status_t ferry_store_ping(ferry_store_t *store)
 
     FERRY_CHECK(store_begin(store, "ping"));
     st = store_ping_roundtrip(store, false,
-                              deadline_after(store->timeout_ns), "ping");
+                              call_deadline(store), "ping");
     store_end(store);
     return st;
 }

@@ -8,11 +8,22 @@
 #include "ferry.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Splits "tcp://host:port" or "tcp://[v6addr]:port" into host (brackets
  * removed) and port (decimal, 1 to 65535); FERRY_ERR_INVALID with a text
  * naming the URL otherwise. */
 ferry_status_t ferry__store_parse_url(const char *url, char *host, size_t hostcap,
                                       char *port, size_t portcap);
+
+/* Caps the deadline of every later call on the connection, its waits and
+ * their cancellation included, at deadline_ns (ferry__now_ns() time;
+ * UINT64_MAX: no cap), so that a caller with a deadline of its own (a
+ * collective) is not held past it by a stalled server. */
+void ferry__store_set_cap(ferry_store_t *store, uint64_t deadline_ns);
+
+/* Sets the limit of the connection's later calls that take no timeout of
+ * their own (the timeout_ns it was connected with). */
+void ferry__store_set_timeout(ferry_store_t *store, uint64_t timeout_ns);
 
 #endif

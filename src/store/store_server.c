@@ -70,6 +70,8 @@ struct srv_client {
     int fd;
     uint64_t id;
     bool validated;
+    bool challenged;    /* sent its nonce and got ours: AUTH may follow */
+    uint8_t cnonce[FERRY__STORE_NONCE], snonce[FERRY__STORE_NONCE];
     bool dead;          /* closing at the end of this loop turn */
     bool out_armed;     /* EPOLLOUT registered */
     bool in_paused;     /* EPOLLIN dropped: too much unread output */
@@ -99,6 +101,7 @@ struct ferry_store_server {
     uint64_t max_clients;
     uint64_t max_message_len;
     uint64_t max_out_pending;
+    ferry__secret_t secret; /* set: clients must authenticate (proto.h) */
     /* state, server thread only */
     srv_entry_t **buckets;
     size_t nbuckets;
@@ -504,6 +507,8 @@ static const char *srv_qname(unsigned q)
         "MULTI_GET", "MULTI_SET", "CANCEL_WAIT", "PING",       "QUEUE_PUSH",
         "QUEUE_POP", "QUEUE_LEN"};
 
+    if (q == FERRY__Q_AUTH)
+        return "AUTH";
     return q < sizeof(names) / sizeof(names[0]) ? names[q] : "unknown";
 }
 
@@ -549,19 +554,64 @@ static srv_parse_t srv_message(ferry_store_server_t *s, srv_client_t *c,
     size_t klen = 0, vlen = 0, v2len = 0;
 
     ferry__rbuf_init(&r, in + 1, len - 1);
-    if (!c->validated && q != FERRY__Q_VALIDATE)
+    if (!c->validated && q != FERRY__Q_VALIDATE && !(q == FERRY__Q_AUTH && c->challenged))
         BAD("first message is %s (%u), not VALIDATE", srv_qname(q), q);
 
     switch (q) {
     case FERRY__Q_VALIDATE: {
         uint32_t magic = ferry__rbuf_u32(&r);
+        const uint8_t *cn;
 
         NEED();
-        if (magic != FERRY__STORE_MAGIC)
+        if (magic == FERRY__STORE_MAGIC) {
+            /* torch's handshake, or a ferry client without a secret. */
+            if (s->secret.set)
+                BAD("client sent no credentials: this store has a job secret "
+                    "(FERRY_JOB_SECRET) and serves only clients that prove it");
+            if (exec)
+                c->validated = true;
+            break;
+        }
+        if (magic != FERRY__STORE_AUTH_MAGIC)
             BAD("VALIDATE with magic 0x%08x, not 0x%08x", magic,
                 FERRY__STORE_MAGIC);
-        if (exec)
-            c->validated = true;
+        cn = ferry__rbuf_bytes(&r, FERRY__STORE_NONCE);
+        NEED();
+        if (!exec)
+            break;
+        if (!s->secret.set) {
+            /* The client learns that this store admits anyone. */
+            OUT(srv_out_u8(c, 0));
+            break;
+        }
+        uint8_t proof[FERRY__MAC_LEN];
+
+        memcpy(c->cnonce, cn, FERRY__STORE_NONCE);
+        if (ferry__random(c->snonce, FERRY__STORE_NONCE) < 0 ||
+            ferry__store_proof(&s->secret, "server", c->cnonce, c->snonce, proof) < 0)
+            BAD("cannot answer the challenge: %s", ferry_last_error());
+        OUT(srv_out_u8(c, 1));
+        OUT(srv_out(c, c->snonce, FERRY__STORE_NONCE));
+        OUT(srv_out(c, proof, FERRY__MAC_LEN));
+        c->challenged = true;
+        break;
+    }
+    case FERRY__Q_AUTH: {
+        const uint8_t *proof = ferry__rbuf_bytes(&r, FERRY__MAC_LEN);
+        uint8_t want[FERRY__MAC_LEN];
+
+        NEED();
+        if (!exec)
+            break;
+        if (!c->challenged)
+            BAD("AUTH without a challenge");
+        if (ferry__store_proof(&s->secret, "client", c->cnonce, c->snonce, want) < 0)
+            BAD("cannot check the proof: %s", ferry_last_error());
+        c->challenged = false;
+        if (!ferry__ct_equal(want, proof, FERRY__MAC_LEN))
+            BAD("the client's proof does not verify: it has another job secret");
+        c->validated = true;
+        OUT(srv_out_u8(c, 1));
         break;
     }
     case FERRY__Q_PING: {
@@ -987,6 +1037,7 @@ static void srv_destroy(ferry_store_server_t *s)
         }
         free(s->buckets);
     }
+    ferry__secret_clear(&s->secret);
     if (s->stop_fd >= 0)
         close(s->stop_fd);
     if (s->epoll_fd >= 0)
@@ -1044,6 +1095,11 @@ ferry_status_t ferry_store_server_start(const char *bind_addr,
                            ? params->max_wait_keys : 128 * 1024;
     s->max_clients = mask & FERRY_STORE_SERVER_PARAM_MAX_CLIENTS
                          ? params->max_clients : 65536;
+    st = ferry__secret_init(&s->secret, mask & FERRY_STORE_SERVER_PARAM_SECRET
+                                            ? (params->secret ? params->secret : "")
+                                            : NULL);
+    if (st < 0)
+        goto err_free;
     /* A message may carry two values (COMPARE_SET) or many small ones
      * (MULTI_SET); this bounds what one client can make the server hold. */
     s->max_message_len = 2 * s->max_value_len + s->max_key_len + (1u << 20);

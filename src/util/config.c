@@ -62,6 +62,11 @@ const ferry__config_entry_t ferry__config_table[] = {
      "how long ferry_comm_create waits for every rank to join, in ms"},
     {"FERRY_COMM_LIVENESS_MS", "10000",
      "a rank whose heartbeat is this old, in ms, is declared dead"},
+    {"FERRY_JOB_SECRET", "",
+     "the job's shared secret (16 bytes at least; ferry-run sets one per job): "
+     "blobs are sealed with it and only blobs sealed with it load, and store "
+     "connections authenticate with it; empty: none, and any blob or store "
+     "client is trusted"},
     {NULL, NULL, NULL},
 };
 

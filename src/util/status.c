@@ -45,6 +45,19 @@ ferry_status_t ferry__error(ferry_status_t status, const char *fmt, ...)
     return status;
 }
 
+void ferry__error_save(ferry__errsave_t *save)
+{
+    _Static_assert(sizeof(save->text) == FERRY__ERRLEN, "the saved text fits");
+    memcpy(save->text, errbuf, sizeof(save->text));
+}
+
+ferry_status_t ferry__error_keep(const ferry__errsave_t *save, ferry_status_t st)
+{
+    if (st >= 0)
+        memcpy(errbuf, save->text, sizeof(errbuf));
+    return st;
+}
+
 void ferry__error_prefix(const char *fmt, ...)
 {
     char old[FERRY__ERRLEN];

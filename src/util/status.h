@@ -25,6 +25,20 @@ ferry_status_t ferry__error(ferry_status_t status, const char *fmt, ...)
 /* Prefixes the current detail text with more context ("prepare: ..."). */
 void ferry__error_prefix(const char *fmt, ...) FERRY__PRINTF(1, 2);
 
+/*
+ * A successful call must leave ferry_last_error() as it found it, even when
+ * it failed and recovered on the way (a store wait that timed out one slice
+ * of a collective's deadline). A public call that can do so saves the text
+ * on entry and ends with ferry__error_keep(), which puts the text back when
+ * the call succeeds and returns its status unchanged.
+ */
+typedef struct ferry__errsave {
+    char text[512];
+} ferry__errsave_t;
+
+void ferry__error_save(ferry__errsave_t *save);
+ferry_status_t ferry__error_keep(const ferry__errsave_t *save, ferry_status_t st);
+
 /* Propagate a failure (negative status) to the caller. */
 #define FERRY_CHECK(expr)                                                     \
     do {                                                                      \

@@ -4,9 +4,10 @@
 # the environment each rank gets, "[rank] " line prefixes on stdout and
 # stderr, exit code propagation (first failed rank's code, 128 + signal for
 # a signal), stopping the other ranks (SIGTERM, then SIGKILL after the
-# grace period), forwarding SIGINT/SIGTERM, its usage errors (each named)
-# and the check of a --store URL before any rank starts. Every case runs under
-# timeout(1), and no rank may be left running afterwards.
+# grace period), forwarding SIGINT/SIGTERM, its usage errors (each named),
+# the check of a --store URL before any rank starts, and the job secret
+# each job gets. Every case runs under timeout(1), and no rank may be left
+# running afterwards.
 # Usage: run.sh path/to/ferry-run
 set -u
 RUN=$1
@@ -182,6 +183,21 @@ for url in tcp://127.0.0.1:1 tcp://localhost:1 'tcp://[::1]:1'; do
     [ "$(grep -cxF -e "[0] $url" -e "[1] $url" <<<"$out")" = 2 ] ||
         fail "--store $url: the ranks saw '$out'"
 done
+
+# 8. Each job hosting its own store gets a secret of its own (64 hex
+# digits), the same in every rank; one the user set is handed on as it is.
+unset FERRY_JOB_SECRET
+run -n 2 -- sh -c 'echo "secret $FERRY_JOB_SECRET"' "$mark"
+s0=$(sed -n 's/^\[0\] secret //p' <<<"$out")
+s1=$(sed -n 's/^\[1\] secret //p' <<<"$out")
+[[ $s0 =~ ^[0-9a-f]{64}$ ]] && [ "$s0" = "$s1" ] || fail "job secret: '$s0' '$s1'"
+run -n 1 -- sh -c 'echo "secret $FERRY_JOB_SECRET"' "$mark"
+s2=$(sed -n 's/^\[0\] secret //p' <<<"$out")
+[ -n "$s2" ] && [ "$s2" != "$s0" ] || fail "two jobs share a secret: '$s0' '$s2'"
+export FERRY_JOB_SECRET=user-chosen-secret-0123456789
+run -n 1 -- sh -c 'echo "secret $FERRY_JOB_SECRET"' "$mark"
+grep -qx "\[0\] secret $FERRY_JOB_SECRET" <<<"$out" || fail "the user's secret: $out"
+unset FERRY_JOB_SECRET
 
 if [ $fails -gt 0 ]; then
     echo "test_ferry_run: $fails check(s) failed"

@@ -173,7 +173,8 @@ void ferry__ci_allocs_free(ci_ctx_t *ctx);
 ferry_status_t ferry__ci_conn_open(void *vctx, const uint8_t *addr, size_t len,
                                    const ferry__bk_peer_t *peer, void **conn_p);
 void ferry__ci_conn_close(void *vctx, void *vconn);
-ferry_status_t ferry__ci_rkey_open(void *vctx, void *vconn, const uint8_t *data,
+ferry_status_t ferry__ci_rkey_open(void *vctx, void *vconn,
+                                   const ferry__bk_rregion_t *region, const uint8_t *data,
                                    size_t len, void **rkey_p);
 void ferry__ci_rkey_close(void *vctx, void *vrkey);
 /* Whether device d's copy engines reach the memory of device owner. */

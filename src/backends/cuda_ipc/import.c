@@ -276,13 +276,15 @@ err:
     return st;
 }
 
-ferry_status_t ferry__ci_rkey_open(void *vctx, void *vconn, const uint8_t *data,
+ferry_status_t ferry__ci_rkey_open(void *vctx, void *vconn,
+                                   const ferry__bk_rregion_t *region, const uint8_t *data,
                                    size_t len, void **rkey_p)
 {
     ci_ctx_t *ctx = vctx;
     ci_rkey_t *rk;
     ferry_status_t st;
 
+    (void)region; /* ci_map_open() checks the handle's bytes itself */
     FERRY_CHECK(ferry__ci_cuda(ctx));
     rk = calloc(1, sizeof(*rk));
     if (rk == NULL)

@@ -347,6 +347,19 @@ static void ucx_fail(ucx_ctx_t *ctx, ucx_conn_t *conn)
     (void)ferry__ucx_conn_abort(ctx, conn, st);
 }
 
+ferry_status_t ferry__ucx_check_alive(ucx_ctx_t *ctx, ucx_conn_t *conn)
+{
+    if (conn->watched && conn->failed == UCS_OK &&
+        !ferry__pid_alive(conn->pidfd, conn->pid)) {
+        ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
+                    (int)conn->pid);
+        ucx_fail(ctx, conn);
+    }
+    if (conn->failed != UCS_OK)
+        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
+    return FERRY_OK;
+}
+
 /* Fails the endpoints of same-host peers whose process has ended (from
  * progress(), every so often). */
 void ferry__ucx_check_liveness(ucx_ctx_t *ctx)
@@ -384,6 +397,8 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
                          ? UCP_ERR_HANDLING_MODE_NONE
                          : UCP_ERR_HANDLING_MODE_PEER;
     conn->own_worker = !(peer->same_host && peer->pid == (int32_t)getpid());
+    conn->same_host = peer->same_host;
+    conn->pid = peer->same_host ? (pid_t)peer->pid : 0;
     if (peer->same_host && peer->pid > 0) {
         st = ucx_watch(ctx, conn, (pid_t)peer->pid);
         if (st < 0)
@@ -420,25 +435,32 @@ void ferry__ucx_conn_close(void *vctx, void *vconn)
 }
 
 ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
-                                    const uint8_t *data, size_t len,
-                                    void **rkey_p)
+                                    const ferry__bk_rregion_t *region,
+                                    const uint8_t *data, size_t len, void **rkey_p)
 {
     ucx_conn_t *conn = vconn;
     ucx_rkey_t *k;
     ucs_status_t s;
+    ferry_status_t st;
+    size_t klen;
 
-    (void)vctx;
     if (conn->failed != UCS_OK)
         return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
     k = calloc(1, sizeof(*k) + len);
     if (k == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: no memory for a remote key");
-    memcpy(k->packed, data, len);
+    /* UCX trusts every byte of a key (rkey.c): only a vetted copy reaches
+     * it, now and when a reconnect unpacks it again. */
+    st = ferry__ucx_rkey_vet(vctx, conn, region, data, len, k->packed, &klen);
+    if (st < 0) {
+        free(k);
+        return st;
+    }
     k->conn = conn;
     /* After an abort the endpoint is reopened, and keys unpacked, at the
      * next post. */
     if (conn->ep != NULL) {
-        s = ucp_ep_rkey_unpack(conn->ep, data, &k->rkey);
+        s = ucp_ep_rkey_unpack(conn->ep, k->packed, &k->rkey);
         if (s != UCS_OK) {
             free(k);
             return ferry__ucx_error(s, "ucp_ep_rkey_unpack", conn->peer_name);

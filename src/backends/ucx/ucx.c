@@ -181,6 +181,7 @@ static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
     if (st != FERRY_OK)
         goto err_free;
     ctx->local_err_mode = !ucx_tls_has_shm(tls);
+    FERRY_CHECK_GOTO(ferry__ucx_mds_init(ctx), st, err_fini);
 
     /* The core serialises every call into this backend under the agent's
      * lock, so the worker needs no locking of its own. It only serves

@@ -31,6 +31,18 @@ typedef struct ucx_alloc {
     ferry__list_t link; /* ctx->allocs */
 } ucx_alloc_t;
 
+/* The most memory domains a UCP context has (the bits of a key's md_map). */
+#define UCX_MAX_MDS 64
+
+/* One of the context's memory domains, as a peer's key names it by index
+ * (rkey.c). */
+typedef struct ucx_md {
+    char name[16]; /* UCT_MD_NAME_MAX */
+    char cmpt[16]; /* UCT_COMPONENT_NAME_MAX: the component, e.g. "sysv" */
+    size_t key_size; /* its rkey_packed_size */
+    enum { UCX_SHM_NONE, UCX_SHM_SYSV, UCX_SHM_POSIX } shm; /* what a key attaches */
+} ucx_md_t;
+
 typedef struct ucx_ctx {
     ucp_context_h context;
     ucp_worker_h worker; /* serves peers; its address is advertised */
@@ -45,6 +57,9 @@ typedef struct ucx_ctx {
     uint64_t next_check_ns;
     ferry__list_t allocs; /* ucx_alloc_t */
     size_t nt_min; /* mapped copies this large bypass the cache */
+    bool vet; /* peers' keys are checked (rkey.c knows this UCX's layout) */
+    unsigned nmds;
+    ucx_md_t mds[UCX_MAX_MDS];
 } ucx_ctx_t;
 
 typedef struct ucx_reg {
@@ -86,6 +101,7 @@ typedef struct ucx_conn {
     uint64_t events;     /* events its worker handled: the stall check's mark */
     ucp_err_handling_mode_t err_mode;
     ucs_status_t failed; /* UCS_OK until the peer is known to be gone */
+    bool same_host;      /* the blob's host identity is this host's */
     bool watched;        /* same host: liveness through pid/pidfd */
     int pidfd;           /* -1 when pidfd_open was refused */
     pid_t pid;
@@ -107,14 +123,29 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr, size_t len,
 void ferry__ucx_conn_close(void *vctx, void *vconn);
 ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why);
 uint64_t ferry__ucx_conn_events(void *vctx, void *vconn);
-ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn, const uint8_t *data,
-                                    size_t len, void **rkey_p);
+ferry_status_t ferry__ucx_rkey_open(void *vctx, void *vconn,
+                                    const ferry__bk_rregion_t *region,
+                                    const uint8_t *data, size_t len, void **rkey_p);
 void ferry__ucx_rkey_close(void *vctx, void *vkey);
 /* Reopens a connection after an abort (its worker is NULL). */
 ferry_status_t ferry__ucx_reconnect(ucx_ctx_t *ctx, ucx_conn_t *conn);
+/* PEER_LOST (and the connection failed) if a same-host peer's process has
+ * ended, even before progress() noticed: prepare promises it. */
+ferry_status_t ferry__ucx_check_alive(ucx_ctx_t *ctx, ucx_conn_t *conn);
 /* Fails the connections of same-host peers whose process has ended (from
  * progress(), every so often). */
 void ferry__ucx_check_liveness(ucx_ctx_t *ctx);
+
+/* rkey.c: the context's memory domains, read once at init, and the check of
+ * a peer's packed key against them, its region and its process: the key
+ * UCX may see goes to out (len bytes at most; shared-memory keys of a peer
+ * on another host are dropped), its length to *out_len. FERRY_ERR_PROTOCOL
+ * for a key that does not fit, FERRY_ERR_PEER_LOST when the peer's segment
+ * is gone with its process. */
+ferry_status_t ferry__ucx_mds_init(ucx_ctx_t *ctx);
+ferry_status_t ferry__ucx_rkey_vet(ucx_ctx_t *ctx, ucx_conn_t *conn,
+                                   const ferry__bk_rregion_t *region, const uint8_t *data,
+                                   size_t len, uint8_t *out, size_t *out_len);
 
 /* xfer.c: posts. */
 ferry_status_t ferry__ucx_prepare(void *vctx, void *vconn, const ferry__bk_seg_t *segs,

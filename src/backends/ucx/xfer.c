@@ -97,8 +97,7 @@ ferry_status_t ferry__ucx_prepare(void *vctx, void *vconn,
     uint64_t total = 0;
     size_t i;
 
-    if (conn->failed != UCS_OK)
-        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
+    FERRY_CHECK(ferry__ucx_check_alive(vctx, conn));
     if (conn->worker == NULL)
         FERRY_CHECK(ferry__ucx_reconnect(vctx, conn));
     for (i = 0; i < n; i++) {
