@@ -273,7 +273,7 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
         return;
     }
     if (polite && ferry__list_empty(&conn->flushes) && conn->failed == UCS_OK)
-        ucx_ep_close(conn);
+        ucx_ep_close(conn); /* which also lets queued messages leave */
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
     pthread_once(&ucx_log_once, ucx_log_install);
     ucx_aborting = true;
@@ -327,6 +327,7 @@ ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why
         }
     }
     ucx_disconnect(ctx, conn, false);
+    ferry__ucx_sends_drop(conn, true); /* messages in flight are lost */
     for (size_t j = 0; j < i; j++)
         done[j].cb(done[j].arg, why);
     free(done);
@@ -345,6 +346,17 @@ static void ucx_fail(ucx_ctx_t *ctx, ucx_conn_t *conn)
         (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->pidfd, NULL);
     st = ferry__ucx_error(conn->failed, "peer process exited", conn->peer_name);
     (void)ferry__ucx_conn_abort(ctx, conn, st);
+}
+
+bool ferry__ucx_conn_alive(ucx_ctx_t *ctx, ucx_conn_t *conn)
+{
+    if (conn->failed == UCS_OK && conn->watched &&
+        !ferry__pid_alive(conn->pidfd, conn->pid)) {
+        ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
+                    (int)conn->pid);
+        ucx_fail(ctx, conn);
+    }
+    return conn->failed == UCS_OK;
 }
 
 /* Fails the endpoints of same-host peers whose process has ended (from
@@ -376,6 +388,7 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
     conn->pidfd = -1;
     conn->efd = -1;
     ferry__list_init(&conn->flushes);
+    ferry__list_init(&conn->sends);
     ferry__list_init(&conn->rkeys);
     ferry__list_init(&conn->link);
     snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
@@ -415,6 +428,7 @@ void ferry__ucx_conn_close(void *vctx, void *vconn)
     while (!ferry__list_empty(&conn->flushes))
         (void)ucx_orphan_first(conn);
     ucx_disconnect(ctx, conn, true);
+    ferry__ucx_sends_drop(conn, conn->own_worker);
     ferry__list_del(&conn->link);
     free(conn);
 }

@@ -304,7 +304,7 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .size = sizeof(ferry__backend_ops_t),
     .name = "ucx",
     .id = FERRY__BK_UCX,
-    .flags = 0,
+    .flags = FERRY__BK_MESSAGES,
     .init = ucx_init,
     .fini = ucx_fini,
     .supports_kind = ucx_supports_kind,
@@ -328,6 +328,8 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .post_stream = ferry__bk_post_stream_unsupported, /* the core's flags order it */
     .mem_alloc = ferry__ucx_mem_alloc,
     .mem_free = ferry__ucx_mem_free,
+    .msg_send = ferry__ucx_msg_send,
+    .msg_listen = ferry__ucx_msg_listen,
 };
 
 /* ferry-info: UCX's version, the transports a default context selects and
