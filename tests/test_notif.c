@@ -3,10 +3,12 @@
  * Notifications between two agents of this process, over real UCX (the
  * sender's connection has a worker of its own, so the messages cross UCX
  * as they do between processes): the API's errors, message sizes 0, 1 and
- * the maximum, stand-alone messages interleaved with WRITEs whose
- * messages the target checks against its memory on arrival, FIFO order,
- * ferry_xfer_set_notif(), a sender the target never loaded, the fd in an
- * epoll loop, the sleeping wait and its timeout, and the bounded queue.
+ * the maximum, WRITEs whose messages the target checks against its memory
+ * on arrival with stand-alone messages between them, FIFO order,
+ * ferry_xfer_set_notif(), the fd in an epoll loop (with and without the
+ * target's progress thread), and malformed messages, sent to the target's
+ * worker with UCX directly, which it drops without harm. The sleeping
+ * wait, a killed sender and the bounded queue are in test_notif_2proc.
  *
  *   test_notif [thread]   thread: the target has a progress thread and
  *                         its memory is ordinary memory, which UCX writes
@@ -21,6 +23,9 @@
  * target.
  */
 #include "xfer_util.h"
+#include "backends/ucx/ucx.h"
+#include "core/core.h"
+#include "core/md.h"
 
 #include <sys/epoll.h>
 
@@ -231,6 +236,177 @@ static void test_writes(void)
     EXPECT_EQ(seq, expect);
 }
 
+/*
+ * The target's fd in an epoll loop: with nothing sent, it stays quiet for
+ * 100 ms (with a progress thread; without, after progress returned OK);
+ * after 50 messages, the loop (epoll_wait, progress until OK, drain) takes
+ * all of them, in order; then it is quiet again.
+ */
+static void test_fd(void)
+{
+    struct epoll_event ev = {.events = EPOLLIN}, got;
+    uint32_t next = 0;
+    int fd, ep, spurious = 0;
+
+    ASSERT_ST(FERRY_OK, ferry_agent_fd(target, &fd));
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    ASSERT_TRUE(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+    while (!thread && ferry_agent_progress(target) != FERRY_OK)
+        ;
+    if (thread)
+        EXPECT_EQ(0, epoll_wait(ep, &got, 1, 100));
+    for (uint32_t k = 0; k < 50; k++)
+        EXPECT_ST(FERRY_OK, ferry_notif_send(me, peer, &k, sizeof(k)));
+    for (uint64_t t0 = xu_now_ns(); next < 50 && xu_ms_since(t0) < 20000;) {
+        ferry_notif_t *n[8];
+        size_t cnt = 0;
+
+        if (epoll_wait(ep, &got, 1, 10000) != 1)
+            break;
+        while (!thread && ferry_agent_progress(target) != FERRY_OK)
+            ;
+        EXPECT_ST(FERRY_OK, ferry_notif_drain(target, n, 8, &cnt));
+        spurious += thread && cnt == 0;
+        for (size_t i = 0; i < cnt; i++) {
+            uint32_t k = UINT32_MAX;
+
+            if (n[i]->len == sizeof(k))
+                memcpy(&k, n[i]->msg, sizeof(k));
+            EXPECT_EQ(next, k);
+            next = k + 1;
+            ferry_notif_free(n[i]);
+        }
+    }
+    EXPECT_EQ(50, next);
+    /* With a progress thread the fd is readable exactly while messages
+     * wait. */
+    EXPECT_EQ(0, spurious);
+    if (thread)
+        EXPECT_EQ(0, epoll_wait(ep, &got, 1, 100));
+    close(ep);
+}
+
+/* One active message of ferry's id from a raw UCX endpoint; 0 when sent. */
+static int raw_send(ucp_worker_h w, ucp_ep_h ep, const void *hdr, size_t hlen,
+                    const void *data, size_t len)
+{
+    ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                             .flags = UCP_AM_SEND_FLAG_EAGER};
+    ucs_status_ptr_t sp = ucp_am_send_nbx(ep, FERRY__UCX_AM_NOTIF, hdr, hlen, data, len, &p);
+    uint64_t t0 = xu_now_ns();
+
+    if (UCS_PTR_IS_ERR(sp))
+        return -1;
+    while (sp != NULL && ucp_request_check_status(sp) == UCS_INPROGRESS &&
+           xu_ms_since(t0) < 10000) {
+        ucp_worker_progress(w);
+        ferry_agent_progress(target);
+    }
+    if (sp != NULL) {
+        ucs_status_t st = ucp_request_check_status(sp);
+
+        ucp_request_free(sp);
+        return st == UCS_OK ? 0 : -1;
+    }
+    return 0;
+}
+
+/* A header as notif.c writes it (docs/NOTIF.md), with the given fields. */
+static size_t raw_msg(uint8_t *out, uint32_t magic, uint16_t version, uint16_t nlen,
+                      uint32_t mlen, const char *name, size_t body)
+{
+    memset(out, 0, 32);
+    memcpy(out, &magic, 4);
+    memcpy(out + 4, &version, 2);
+    memcpy(out + 6, &nlen, 2);
+    memcpy(out + 24, &mlen, 4);
+    memcpy(out + 32, name, strlen(name));
+    return 32 + strlen(name) + body;
+}
+
+/*
+ * Garbage on the wire: too short, a bad magic or version, lengths that do
+ * not add up, an empty or NUL-bearing name, a header, a message over the
+ * maximum. Each is dropped (with a warning in the log); then a good one
+ * from the same raw sender arrives as the only message, with its name and
+ * no peer (the target never loaded it).
+ */
+static void test_malformed(void)
+{
+    ucp_params_t cp = {.field_mask = UCP_PARAM_FIELD_FEATURES,
+                       .features = UCP_FEATURE_AM};
+    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+                              .thread_mode = UCS_THREAD_MODE_SINGLE};
+    ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS};
+    static uint8_t m[32 + 16 + FERRY_NOTIF_MAX + 8];
+    ucp_config_t *config;
+    ucp_context_h ctx;
+    ucp_worker_h w;
+    ucp_ep_h e;
+    ferry__md_t md;
+    ferry_notif_t *n;
+    void *blob;
+    size_t len, sent = 0;
+    int slot = ferry__backend_slot(FERRY__BK_UCX);
+    const uint32_t magic = 0x46544e46;
+
+    ASSERT_ST(FERRY_OK, ferry_md_pack(target, &blob, &len));
+    ASSERT_ST(FERRY_OK, ferry__md_parse(blob, len, len, &md));
+    ASSERT_TRUE(slot >= 0 && md.bk_addr[slot].data != NULL);
+    ASSERT_TRUE(ucp_config_read(NULL, NULL, &config) == UCS_OK);
+    ASSERT_TRUE(ucp_init(&cp, config, &ctx) == UCS_OK);
+    ucp_config_release(config);
+    ASSERT_TRUE(ucp_worker_create(ctx, &wp, &w) == UCS_OK);
+    ep.address = (const ucp_address_t *)md.bk_addr[slot].data;
+    ASSERT_TRUE(ucp_ep_create(w, &ep, &e) == UCS_OK);
+
+    sent += raw_send(w, e, NULL, 0, m, 7) == 0; /* shorter than a header */
+    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic + 1, 1, 3, 0, "raw", 0)) == 0;
+    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 2, 3, 0, "raw", 0)) == 0;
+    /* Lengths that promise more or less than the message holds. */
+    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 3, 9, "raw", 8)) == 0;
+    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 3, 7, "raw", 8)) == 0;
+    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 40000, 0, "raw", 0)) == 0;
+    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 0, 0, "", 0)) == 0;
+    len = raw_msg(m, magic, 1, 3, 0, "raw", 0);
+    m[33] = '\0'; /* a NUL inside the name */
+    sent += raw_send(w, e, NULL, 0, m, len) == 0;
+    sent += raw_send(w, e, NULL, 0, m,
+                     raw_msg(m, magic, 1, 3, FERRY_NOTIF_MAX + 1, "raw",
+                             FERRY_NOTIF_MAX + 1)) == 0;
+    /* A good message, but with a UCX header, which ferry never sends. */
+    sent += raw_send(w, e, "hd", 2, m, raw_msg(m, magic, 1, 3, 0, "raw", 0)) == 0;
+    EXPECT_EQ(10, sent);
+    /* The one good message: it comes through alone. */
+    len = raw_msg(m, magic, 1, 3, 5, "raw", 5);
+    memcpy(m + 35, "hello", 5);
+    EXPECT_EQ(0, raw_send(w, e, NULL, 0, m, len));
+    n = take(target);
+    if (n != NULL) {
+        EXPECT_TRUE(n->len == 5 && memcmp(n->msg, "hello", 5) == 0);
+        EXPECT_TRUE(strcmp(n->peer_name, "raw") == 0);
+        EXPECT_TRUE(n->peer == NULL);
+        ferry_notif_free(n);
+    }
+    EXPECT_ST(FERRY_ERR_TIMEOUT, ferry_notif_wait(target, 100000000));
+
+    {
+        ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags = UCP_EP_CLOSE_FLAG_FORCE};
+        ucs_status_ptr_t sp = ucp_ep_close_nbx(e, &p);
+
+        while (sp != NULL && !UCS_PTR_IS_ERR(sp) &&
+               ucp_request_check_status(sp) == UCS_INPROGRESS)
+            ucp_worker_progress(w);
+        if (sp != NULL && !UCS_PTR_IS_ERR(sp))
+            ucp_request_free(sp);
+    }
+    ucp_worker_destroy(w);
+    ucp_cleanup(ctx);
+    ferry__md_clear(&md);
+    ferry_md_free(blob);
+}
+
 int main(int argc, char **argv)
 {
     ferry_agent_params_t tp = {.field_mask = FERRY_AGENT_PARAM_NAME |
@@ -262,6 +438,8 @@ int main(int argc, char **argv)
     test_errors();
     test_sizes();
     test_writes();
+    test_fd();
+    test_malformed();
 
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(mm));
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(tm));

@@ -2,7 +2,9 @@
 /*
  * Progress without spinning: the agent's one pollable fd (an epoll set of
  * every backend's event fd, plus an eventfd that stops the progress thread),
- * the optional progress thread, and the wait behind ferry_xfer_wait().
+ * the optional progress thread, and the wait behind ferry_xfer_wait() and
+ * ferry_notif_wait(), which differ only in what ends them (a request's end,
+ * a notification in the queue: both broadcast the condition variable).
  *
  * Waiting polls for FERRY_WAIT_SPIN_US, then sleeps. Without a progress
  * thread, one waiting thread at a time is the "poller": it arms the
