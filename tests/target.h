@@ -166,6 +166,10 @@ static inline uint64_t xt_sum(const uint8_t *p, uint64_t n)
 int xt_notif_begin(xt_target_t *t, unsigned buf, uint64_t count, unsigned flags,
                    const void *blob, size_t len);
 
+/* Waits up to 20 s for the target's acknowledgement of message seq (with
+ * XT_NOTIF_ACK) on agent; 0, or -1 (a failed check). */
+int xt_notif_ack(ferry_agent_t *agent, uint64_t seq);
+
 /* Waits for the answer to xt_notif_begin(), driving agent (if not NULL)
  * meanwhile, so that messages UCX queued leave: the number of bad messages
  * (a WRITE's range that did not match its sum when the message arrived, a

@@ -54,27 +54,6 @@
 static xm_kind_t mem_init = XM_HOST, mem_target = XM_HOST;
 static uint64_t seed;
 
-/* Waits for the target's acknowledgement of message seq. */
-static int wait_ack(ferry_agent_t *me, uint64_t seq)
-{
-    ferry_notif_t *n = NULL;
-    size_t got = 0;
-    uint64_t v = UINT64_MAX;
-
-    EXPECT_ST(FERRY_OK, ferry_notif_wait(me, 20 * SEC));
-    EXPECT_ST(FERRY_OK, ferry_notif_drain(me, &n, 1, &got));
-    if (got != 1) {
-        TEST_FAIL_AT_("no acknowledgement of message %" PRIu64, seq);
-        return -1;
-    }
-    if (n->len == sizeof(v))
-        memcpy(&v, n->msg, sizeof(v));
-    EXPECT_EQ(seq, v);
-    EXPECT_TRUE(strcmp(n->peer_name, "notif-target") == 0);
-    ferry_notif_free(n);
-    return v == seq ? 0 : -1;
-}
-
 /* The transfer cases: WRITE or READ, against the serving target. */
 static int xfer_case(int read, int thread)
 {
@@ -163,7 +142,7 @@ static int xfer_case(int read, int thread)
         st = ferry_xfer_post(x);
         if (st != FERRY_OK && st != FERRY_IN_PROGRESS)
             EXPECT_ST(FERRY_IN_PROGRESS, st);
-        if (wait_ack(me, i) != 0)
+        if (xt_notif_ack(me, i) != 0)
             break;
         EXPECT_ST(FERRY_OK, ferry_xfer_wait(x, 20 * SEC));
         if (read) {

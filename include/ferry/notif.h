@@ -20,7 +20,11 @@
  *  - The message leaves from whichever thread sees the completion: the
  *    progress thread, ferry_agent_progress(), any test or wait, or the
  *    posting thread for a post that completes inline. The initiator does
- *    not have to test or wait for it to go.
+ *    not have to test or wait for it to go. A message that UCX cannot send
+ *    at once (the first on a new connection, while UCX connects, or one
+ *    behind a full transport) is queued and leaves during the agent's next
+ *    progress: an agent without a progress thread must keep making calls
+ *    (any progress, test, wait, drain) until it has gone.
  *  - A stand-alone message (ferry_notif_send()) leaves after every message
  *    of a request to that peer whose post completed before the call, so it
  *    is ordered after those transfers' bytes too; a transfer still in

@@ -166,6 +166,25 @@ int xt_notif_begin(xt_target_t *t, unsigned buf, uint64_t count, unsigned flags,
     return 0;
 }
 
+int xt_notif_ack(ferry_agent_t *agent, uint64_t seq)
+{
+    ferry_notif_t *n = NULL;
+    size_t got = 0;
+    uint64_t v = UINT64_MAX;
+
+    EXPECT_ST(FERRY_OK, ferry_notif_wait(agent, 20000000000ll));
+    EXPECT_ST(FERRY_OK, ferry_notif_drain(agent, &n, 1, &got));
+    if (got != 1) {
+        TEST_FAIL_AT_("no acknowledgement of message %" PRIu64, seq);
+        return -1;
+    }
+    if (n->len == sizeof(v))
+        memcpy(&v, n->msg, sizeof(v));
+    EXPECT_EQ(seq, v);
+    ferry_notif_free(n);
+    return v == seq ? 0 : -1;
+}
+
 long xt_notif_end(xt_target_t *t, ferry_agent_t *agent)
 {
     xu_msg_t m;
