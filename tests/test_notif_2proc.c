@@ -29,7 +29,9 @@
  *       stand-alone one. Then a message to the target after it was killed
  *       is FERRY_ERR_PEER_LOST, and so is a post of a request with one.
  *   test_notif_2proc killed
- *       A sender (forked) sends 200 messages of random sizes and is killed:
+ *       A sender (forked, without a progress thread) sends its first
+ *       message and makes no call until the receiver has it; then it sends
+ *       199 more, of random sizes, and is killed:
  *       the receiver, which never loaded its blob, keeps every one, intact,
  *       in order, with the sender's name; its fd in an epoll loop is
  *       readable while they wait and not after the drain (it has a progress
@@ -261,13 +263,20 @@ static size_t sender_msg(unsigned s, uint32_t k, uint8_t *out)
     return len;
 }
 
-/* The sender's process: takes the receiver's blob from fd, sends count
- * messages, says so (one byte), and waits to be told to go (or killed). */
-static void sender_main(int fd, unsigned s, uint32_t count)
+/*
+ * The sender's process: takes the receiver's blob from fd, sends count
+ * messages, says so (one byte), and waits to be told to go (or killed).
+ * With a progress thread, that thread pushes out what UCX queued. Without
+ * one, the first message is sent alone and the sender then makes no call
+ * until the receiver says it has it: the first message on a connection
+ * waits for UCX's wire-up, which the send itself must see through; the
+ * rest are sent while the sender drives its agent.
+ */
+static void sender_main(int fd, unsigned s, uint32_t count, int thread)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
                                              FERRY_AGENT_PARAM_PROGRESS_THREAD,
-                               .progress_thread = 1};
+                               .progress_thread = thread};
     char name[32];
     uint64_t len;
     void *blob;
@@ -286,18 +295,22 @@ static void sender_main(int fd, unsigned s, uint32_t count)
         size_t n = sender_msg(s, k, msg);
 
         ASSERT_ST(FERRY_OK, ferry_notif_send(a, p, msg, n));
+        if (k == 0 && !thread) {
+            xu_io(fd, &one, 1, 1, 30000); /* sent */
+            xu_io(fd, &one, 1, 0, 30000); /* received: go on */
+        }
     }
-    /* The progress thread pushes out what UCX queued: wait until the
-     * receiver says it has seen enough, or until killed. */
+    /* Wait until the receiver says it has seen enough, or until killed. */
     xu_io(fd, &one, 1, 1, 30000);
-    xu_io(fd, &one, 1, 0, 60000);
+    if (xu_recv(fd, &one, 1, 60000, thread ? NULL : a) != 0)
+        _exit(1);
     ferry_agent_destroy(a);
     free(blob);
     _exit(test_failures ? 1 : 0);
 }
 
 /* Forks a sender before this process touches UCX; returns its socket. */
-static int sender_fork(unsigned s, uint32_t count, pid_t *pid_p)
+static int sender_fork(unsigned s, uint32_t count, int thread, pid_t *pid_p)
 {
     int sv[2];
     pid_t pid;
@@ -307,7 +320,7 @@ static int sender_fork(unsigned s, uint32_t count, pid_t *pid_p)
     ASSERT_TRUE(pid >= 0);
     if (pid == 0) {
         close(sv[0]);
-        sender_main(sv[1], s, count);
+        sender_main(sv[1], s, count, thread);
     }
     close(sv[1]);
     *pid_p = pid;
@@ -363,9 +376,13 @@ static int killed_case(void)
     double c0, t0;
 
     seed = xu_seed(0x4b111);
-    fd = sender_fork(0, count, &pid);
+    fd = sender_fork(0, count, 0, &pid);
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &me));
     sender_start(fd, me);
+    /* The first message arrives while the sender makes no call. */
+    xu_io(fd, &one, 1, 0, 30000);
+    EXPECT_ST(FERRY_OK, ferry_notif_wait(me, 10 * SEC));
+    xu_io(fd, &one, 1, 1, 30000);
     xu_io(fd, &one, 1, 0, 30000); /* all sent */
     ASSERT_ST(FERRY_OK, ferry_agent_fd(me, &afd));
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -443,7 +460,7 @@ static int flood_case(void)
 
     seed = xu_seed(0xf100d);
     for (unsigned s = 0; s < NS; s++) {
-        fd[s] = sender_fork(s, COUNT, &pid[s]);
+        fd[s] = sender_fork(s, COUNT, 1, &pid[s]);
         last[s] = -1;
     }
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &me));

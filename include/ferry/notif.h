@@ -21,10 +21,16 @@
  *    progress thread, ferry_agent_progress(), any test or wait, or the
  *    posting thread for a post that completes inline. The initiator does
  *    not have to test or wait for it to go. A message that UCX cannot send
- *    at once (the first on a new connection, while UCX connects, or one
- *    behind a full transport) is queued and leaves during the agent's next
- *    progress: an agent without a progress thread must keep making calls
- *    (any progress, test, wait, drain) until it has gone.
+ *    at once is queued: the first on a new connection waits for UCX to
+ *    connect (the peer must make progress to answer), a later one for room
+ *    in a full transport (the peer must drain). A stand-alone send, or a
+ *    post that completes inline, then drives the connection itself until
+ *    the message has left, polling for 50 us and then sleeping, for at
+ *    most 200 ms on a connection's first message and 10 ms later (holding
+ *    the agent's lock); what is still queued after that, or was queued
+ *    from inside progress, leaves during the agent's next progress. So an
+ *    agent without a progress thread should keep making calls (any
+ *    progress, test, wait or drain) while messages may be queued.
  *  - A stand-alone message (ferry_notif_send()) leaves after every message
  *    of a request to that peer whose post completed before the call, so it
  *    is ordered after those transfers' bytes too; a transfer still in

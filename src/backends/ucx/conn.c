@@ -178,6 +178,7 @@ static ferry_status_t ucx_connect(ucx_ctx_t *ctx, ucx_conn_t *conn)
     ucs_status_t s;
     ferry_status_t st;
 
+    conn->wired = false; /* a new endpoint: its first message waits longer */
     if (!conn->own_worker) {
         conn->worker = ctx->worker;
         return ucx_ep_create(conn);

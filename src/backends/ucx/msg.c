@@ -18,12 +18,33 @@
  * is copied and queued by UCX behind the ones before it; while any is
  * queued, later ones are queued too rather than tried at once, so none
  * overtakes another.
+ *
+ * A queued message (the first on a new endpoint waits for UCX's wire-up,
+ * which needs the peer's answer) leaves only when the connection's worker
+ * is progressed. A sender without a progress thread that sends and then
+ * waits for something else would keep it, so a send that had to queue
+ * sees it out itself: it polls the connection's worker for up to
+ * UCX_SEND_SPIN_NS, then sleeps on its event fd, for up to UCX_WIREUP_MS
+ * on an endpoint's first message (a peer that makes progress answers the
+ * wire-up within that even on a loaded machine) and UCX_SEND_MS later (a
+ * peer that does not drain what it was sent is not waited for). It holds
+ * the agent's lock meanwhile, which is the price of a message that leaves
+ * without the sender's help; it is paid once per connection, and only
+ * where UCX queues. Not from inside progress (a request's completion),
+ * where the next round of progress is at hand and nesting is not allowed.
  */
 #include "backends/ucx/ucx.h"
 #include "util/log.h"
+#include "util/time.h"
 
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* How long a send that had to queue polls, then sleeps, to let it go. */
+#define UCX_SEND_SPIN_NS 50000ull
+#define UCX_WIREUP_MS 200
+#define UCX_SEND_MS 10
 
 static void ucx_send_done(void *request, ucs_status_t status, void *user_data)
 {
@@ -54,6 +75,35 @@ void ferry__ucx_sends_drop(ucx_conn_t *conn, bool destroyed)
     }
 }
 
+/* Drives the connection's worker until its queued messages have left, or
+ * for a bounded time (see the top of this file). */
+static void ucx_send_see_out(ucx_ctx_t *ctx, ucx_conn_t *conn)
+{
+    uint64_t start = ferry__now_ns(), spin_end = start + UCX_SEND_SPIN_NS;
+    uint64_t end = start + (uint64_t)(conn->wired ? UCX_SEND_MS : UCX_WIREUP_MS) *
+                               1000000;
+
+    ctx->progressing = true;
+    while (!ferry__list_empty(&conn->sends) && conn->worker != NULL) {
+        uint64_t now = ferry__now_ns();
+        struct pollfd pfd = {conn->efd, POLLIN, 0};
+
+        conn->events += ucp_worker_progress(conn->worker);
+        if (ferry__list_empty(&conn->sends) || now >= end)
+            break;
+        /* A loopback connection has no fd of its own: it only polls. */
+        if (now < spin_end || conn->efd < 0 || ucp_worker_arm(conn->worker) != UCS_OK)
+            continue;
+        (void)poll(&pfd, 1, (int)((end - now + 999999) / 1000000));
+    }
+    ctx->progressing = false;
+    /* Any send that left proves the endpoint wired up. */
+    conn->wired = conn->wired || ferry__list_empty(&conn->sends);
+    if (!ferry__list_empty(&conn->sends))
+        ferry__debug("ucx: a notification to peer '%s' is still queued; it leaves "
+                     "with the agent's next progress", conn->peer_name);
+}
+
 ferry_status_t ferry__ucx_msg_send(void *vctx, void *vconn, const void *data,
                                    size_t len)
 {
@@ -76,8 +126,10 @@ ferry_status_t ferry__ucx_msg_send(void *vctx, void *vconn, const void *data,
         /* Most messages leave at once, from the caller's buffer. */
         p.op_attr_mask |= UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL;
         sp = ucp_am_send_nbx(conn->ep, FERRY__UCX_AM_NOTIF, NULL, 0, data, len, &p);
-        if (sp == NULL)
+        if (sp == NULL) {
+            conn->wired = true;
             return FERRY_OK;
+        }
         if (!UCS_PTR_IS_ERR(sp)) { /* not expected with FORCE_IMM_CMPL */
             ucp_request_cancel(conn->worker, sp);
             ucp_request_free(sp);
@@ -112,6 +164,8 @@ ferry_status_t ferry__ucx_msg_send(void *vctx, void *vconn, const void *data,
     r->conn = conn;
     r->buf = buf;
     ferry__list_add(conn->sends.prev, &r->link);
+    if (!ctx->progressing)
+        ucx_send_see_out(ctx, conn);
     return FERRY_OK;
 }
 

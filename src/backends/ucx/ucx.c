@@ -243,8 +243,14 @@ static ferry_status_t ucx_pack_address(void *vctx, ferry__wbuf_t *out)
 static unsigned ucx_progress(void *vctx)
 {
     ucx_ctx_t *ctx = vctx;
-    unsigned n = ucp_worker_progress(ctx->worker), shared = n;
+    unsigned n, shared;
     ferry__list_t *l, *tmp;
+
+    /* Callbacks may send messages (msg.c), which must not progress a
+     * worker from inside its own progress. */
+    ctx->progressing = true;
+    n = ucp_worker_progress(ctx->worker);
+    shared = n;
 
     ferry__list_each(l, tmp, &ctx->conns) {
         ucx_conn_t *c = ferry__container_of(l, ucx_conn_t, link);
@@ -258,6 +264,7 @@ static unsigned ucx_progress(void *vctx)
             n += k;
         }
     }
+    ctx->progressing = false;
     if (ctx->nwatched > 0) {
         uint64_t now = ferry__now_ns();
 

@@ -48,6 +48,7 @@ typedef struct ucx_ctx {
     size_t nt_min; /* mapped copies this large bypass the cache */
     ferry__bk_msg_cb msg_cb; /* where received notifications go (msg.c) */
     void *msg_arg;
+    bool progressing; /* inside ucp_worker_progress: no nested progress */
 } ucx_ctx_t;
 
 typedef struct ucx_reg {
@@ -97,6 +98,7 @@ typedef struct ucx_conn {
     pid_t pid;
     ferry__list_t flushes; /* in flight on this endpoint (ucx_req_t) */
     ferry__list_t sends;   /* messages in flight on it (ucx_req_t, msg.c) */
+    bool wired;            /* a message has left on this endpoint (msg.c) */
     atomic_uint runs;      /* run()s copying into its mapped keys */
     ferry__list_t rkeys;   /* ucx_rkey_t */
     ferry__list_t link;    /* ctx->conns */
