@@ -233,8 +233,10 @@ static int failed_case(void)
         return 1;
     EXPECT_EQ(0, xt_notif_end(&t, me));
 
-    /* A dead peer: the message and the post both say so. */
+    /* A dead peer: the message and the post both say so (a send asks
+     * after the peer at most once a millisecond). */
     xt_kill(&t);
+    usleep(5000);
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_notif_send(me, peer, &marker, sizeof(marker)));
     st = ferry_xfer_post(x);
     if (st == FERRY_IN_PROGRESS)

@@ -25,10 +25,11 @@
  *    connect (the peer must make progress to answer), a later one for room
  *    in a full transport (the peer must drain). A stand-alone send, or a
  *    post that completes inline, then drives the connection itself until
- *    the message has left, polling for 50 us and then sleeping, for at
- *    most 200 ms on a connection's first message and 10 ms later (holding
- *    the agent's lock); what is still queued after that, or was queued
- *    from inside progress, leaves during the agent's next progress. So an
+ *    the message has left: on a connection's first message it polls for
+ *    50 us and then sleeps, 200 ms at most; later it polls for 50 us at
+ *    most (holding the agent's lock). What is still queued after that, or
+ *    was queued from inside progress, leaves during the agent's next
+ *    progress. So an
  *    agent without a progress thread should keep making calls (any
  *    progress, test, wait or drain) while messages may be queued.
  *  - A stand-alone message (ferry_notif_send()) leaves after every message
@@ -86,7 +87,7 @@ typedef struct ferry_notif {
  * that it arrived. Returns FERRY_ERR_INVALID for a NULL agent or peer, a
  * NULL msg with len > 0, a peer of another agent or len over
  * FERRY_NOTIF_MAX; FERRY_ERR_PEER_LOST when the peer is known to be gone
- * or was forgotten or replaced; FERRY_ERR_UNSUPPORTED when the peer
+ * (a same-host peer's exit is known within a millisecond) or was replaced; FERRY_ERR_UNSUPPORTED when the peer
  * advertises no UCX address; or the transport's error. Any thread.
  */
 FERRY_API ferry_status_t ferry_notif_send(ferry_agent_t *agent, ferry_peer_t *peer,

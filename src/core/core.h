@@ -179,7 +179,9 @@ struct ferry_agent {
      * read without it. */
     int msg_slot;          /* the backend that carries them, or -1 */
     uint64_t msg_seq;      /* of the next one sent */
-    int msgfd;             /* eventfd: readable while nq holds messages */
+    int msgfd;             /* eventfd: readable while nq holds messages,
+                              once ferry_agent_fd() was called */
+    bool msgfd_set;        /* msgfd is readable now */
     ferry__list_t nq;      /* received, oldest first (ferry__notif_t) */
     _Atomic size_t nq_len;
     size_t nq_max;
@@ -232,6 +234,8 @@ ferry_status_t ferry__notif_init(ferry_agent_t *agent, size_t queue);
 void ferry__notif_fini(ferry_agent_t *agent);
 ferry_status_t ferry__notif_send_locked(ferry_agent_t *agent, ferry__remote_t *remote,
                                         const void *msg, size_t len);
+/* Under the lock: msgfd's level follows the queue (once the fd is used). */
+void ferry__notif_signal_locked(ferry_agent_t *agent);
 /* Under the lock: makes sure that a lone post of x in progress ends under
  * the lock (where this thread will see it), or has ended (xfer.c). Every
  * path that changes a request in flight, or sleeps until it ends, calls it

@@ -113,10 +113,27 @@ static void notif_recv(void *arg, const void *data, size_t len)
     n->pub.msg = at + nlen + 1;
     n->pub.len = mlen;
     ferry__list_add(agent->nq.prev, &n->link);
-    if (atomic_fetch_add_explicit(&agent->nq_len, 1, memory_order_release) == 0)
-        ferry__fd_level(agent, agent->msgfd, true);
+    atomic_fetch_add_explicit(&agent->nq_len, 1, memory_order_release);
+    ferry__notif_signal_locked(agent);
     /* Waiters sleep on the condition variable (ferry__wait_notif). */
     pthread_cond_broadcast(&agent->done_cv);
+}
+
+/*
+ * Under the lock: makes msgfd readable while messages wait, but only for
+ * an application that sleeps on ferry_agent_fd(): each change of the level
+ * is a system call, which on a receiver that polls would cost more than
+ * the message itself.
+ */
+void ferry__notif_signal_locked(ferry_agent_t *agent)
+{
+    bool ready = atomic_load_explicit(&agent->nq_len, memory_order_relaxed) > 0;
+
+    if (ready == agent->msgfd_set ||
+        (ready && !atomic_load_explicit(&agent->fd_used, memory_order_relaxed)))
+        return;
+    ferry__fd_level(agent, agent->msgfd, ready);
+    agent->msgfd_set = ready;
 }
 
 ferry_status_t ferry__notif_init(ferry_agent_t *agent, size_t queue)
@@ -267,8 +284,10 @@ ferry_status_t ferry_notif_drain(ferry_agent_t *agent, ferry_notif_t **out, size
         ferry__list_del(&m->link);
         out[n++] = &m->pub;
     }
-    if (n > 0 && atomic_fetch_sub_explicit(&agent->nq_len, n, memory_order_relaxed) == n)
-        ferry__fd_level(agent, agent->msgfd, false);
+    if (n > 0) {
+        atomic_fetch_sub_explicit(&agent->nq_len, n, memory_order_relaxed);
+        ferry__notif_signal_locked(agent);
+    }
     ferry__agent_unlock(agent);
     *n_p = n;
     return FERRY_OK;

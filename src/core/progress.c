@@ -281,7 +281,10 @@ ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p)
 {
     if (agent == NULL || fd_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "agent_fd: NULL argument");
+    ferry__agent_lock(agent);
     atomic_store(&agent->fd_used, true);
+    ferry__notif_signal_locked(agent); /* messages that came before */
+    ferry__agent_unlock(agent);
     *fd_p = agent->appfd;
     return FERRY_OK;
 }

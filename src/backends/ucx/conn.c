@@ -349,10 +349,22 @@ static void ucx_fail(ucx_ctx_t *ctx, ucx_conn_t *conn)
     (void)ferry__ucx_conn_abort(ctx, conn, st);
 }
 
+/* A system call costs about as much as a message on this host's shared
+ * memory, so a connection's peer is asked after at most once per interval
+ * (by the sends of msg.c); an exit is then noticed within it. */
+#define UCX_ALIVE_NS 1000000ull
+
 bool ferry__ucx_conn_alive(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
-    if (conn->failed == UCS_OK && conn->watched &&
-        !ferry__pid_alive(conn->pidfd, conn->pid)) {
+    uint64_t now;
+
+    if (conn->failed != UCS_OK || !conn->watched)
+        return conn->failed == UCS_OK;
+    now = ferry__now_ns();
+    if (now < conn->next_alive_ns)
+        return true;
+    conn->next_alive_ns = now + UCX_ALIVE_NS;
+    if (!ferry__pid_alive(conn->pidfd, conn->pid)) {
         ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
                     (int)conn->pid);
         ucx_fail(ctx, conn);

@@ -24,13 +24,13 @@
  * is progressed. A sender without a progress thread that sends and then
  * waits for something else would keep it, so a send that had to queue
  * sees it out itself: it polls the connection's worker for up to
- * UCX_SEND_SPIN_NS, then sleeps on its event fd, for up to UCX_WIREUP_MS
- * on an endpoint's first message (a peer that makes progress answers the
- * wire-up within that even on a loaded machine) and UCX_SEND_MS later (a
- * peer that does not drain what it was sent is not waited for). It holds
- * the agent's lock meanwhile, which is the price of a message that leaves
- * without the sender's help; it is paid once per connection, and only
- * where UCX queues. Not from inside progress (a request's completion),
+ * UCX_SEND_SPIN_NS, and on an endpoint's first message then sleeps on its
+ * event fd, up to UCX_WIREUP_MS in all (a peer that makes progress answers
+ * the wire-up within that even on a loaded machine). A later message is
+ * queued only behind a full transport, whose peer is not draining: it is
+ * not waited for beyond the poll, so a flood into a slow peer costs each
+ * send 50 us at most. It holds the agent's lock meanwhile, the price of a
+ * message that leaves without the sender's help. Not from inside progress (a request's completion),
  * where the next round of progress is at hand and nesting is not allowed.
  */
 #include "backends/ucx/ucx.h"
@@ -44,7 +44,6 @@
 /* How long a send that had to queue polls, then sleeps, to let it go. */
 #define UCX_SEND_SPIN_NS 50000ull
 #define UCX_WIREUP_MS 200
-#define UCX_SEND_MS 10
 
 static void ucx_send_done(void *request, ucs_status_t status, void *user_data)
 {
@@ -80,8 +79,7 @@ void ferry__ucx_sends_drop(ucx_conn_t *conn, bool destroyed)
 static void ucx_send_see_out(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
     uint64_t start = ferry__now_ns(), spin_end = start + UCX_SEND_SPIN_NS;
-    uint64_t end = start + (uint64_t)(conn->wired ? UCX_SEND_MS : UCX_WIREUP_MS) *
-                               1000000;
+    uint64_t end = conn->wired ? spin_end : start + (uint64_t)UCX_WIREUP_MS * 1000000;
 
     ctx->progressing = true;
     while (!ferry__list_empty(&conn->sends) && conn->worker != NULL) {
@@ -114,8 +112,9 @@ ferry_status_t ferry__ucx_msg_send(void *vctx, void *vconn, const void *data,
     ucx_req_t *r;
     void *buf;
 
-    /* A same-host peer that exited is noticed here rather than at the next
-     * liveness check, so that a send to it fails at once. */
+    /* A same-host peer that exited is noticed here (within a millisecond)
+     * rather than at the next liveness check of progress, so that a send to
+     * it fails. */
     if (!ferry__ucx_conn_alive(ctx, conn))
         return ferry__ucx_error(conn->failed, "notification", conn->peer_name);
     if (conn->worker == NULL)

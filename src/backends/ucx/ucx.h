@@ -99,6 +99,7 @@ typedef struct ucx_conn {
     ferry__list_t flushes; /* in flight on this endpoint (ucx_req_t) */
     ferry__list_t sends;   /* messages in flight on it (ucx_req_t, msg.c) */
     bool wired;            /* a message has left on this endpoint (msg.c) */
+    uint64_t next_alive_ns; /* when a send next asks after the peer's pid */
     atomic_uint runs;      /* run()s copying into its mapped keys */
     ferry__list_t rkeys;   /* ucx_rkey_t */
     ferry__list_t link;    /* ctx->conns */
@@ -145,8 +146,9 @@ ferry_status_t ferry__ucx_msg_listen(void *vctx, ferry__bk_msg_cb cb, void *arg)
 /* Frees the messages of sends that the connection abandons; with
  * destroyed true its worker is gone, so UCX will not report them. */
 void ferry__ucx_sends_drop(ucx_conn_t *conn, bool destroyed);
-/* conn.c: fails a same-host connection whose peer process has ended;
- * returns whether it still looks alive. */
+/* conn.c: fails a same-host connection whose peer process has ended
+ * (asking at most once a millisecond); returns whether it still looks
+ * alive. */
 bool ferry__ucx_conn_alive(ucx_ctx_t *ctx, ucx_conn_t *conn);
 
 /* mem.c: registrations and allocations. */
