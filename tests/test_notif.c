@@ -5,7 +5,7 @@
  * as they do between processes): the API's errors, message sizes 0, 1 and
  * the maximum, WRITEs whose messages the target checks against its memory
  * on arrival with stand-alone messages between them, FIFO order,
- * ferry_xfer_set_notif(), the fd in an epoll loop (with and without the
+ * ferry_xfer_set_notif(), a request with a message in the completion queue, the fd in an epoll loop (with and without the
  * target's progress thread), and malformed messages, sent to the target's
  * worker with UCX directly, which it drops without harm. The sleeping
  * wait, a killed sender and the bounded queue are in test_notif_2proc.
@@ -237,6 +237,59 @@ static void test_writes(void)
 }
 
 /*
+ * A request with a message and a completion queue entry (USER_DATA): the
+ * sender still learns of its completions as before, and the target gets
+ * each post's message. A post that completes inline reports by its return
+ * value and queues nothing (ferry/xfer.h), so entries are counted only for
+ * posts that returned FERRY_IN_PROGRESS.
+ */
+static void test_completions(void)
+{
+    ferry_desc_t l = {(uintptr_t)src, 4096, FERRY_MEM_HOST, 0};
+    ferry_desc_t r = {(uintptr_t)dst + 4096, 4096, FERRY_MEM_HOST, 0};
+    uint32_t id = 0;
+    int cookie, queued = 0, entries = 0;
+    ferry_xfer_params_t xp = {.field_mask = FERRY_XFER_PARAM_NOTIF |
+                                            FERRY_XFER_PARAM_USER_DATA,
+                              .notif = &id, .notif_len = sizeof(id), .user_data = &cookie};
+    ferry_xfer_t *x;
+
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &l, 1, peer, &r, 1, &xp, &x));
+    for (id = 1; id <= 20; id++) {
+        ferry_status_t st;
+        ferry_notif_t *n;
+        uint32_t got = 0;
+
+        EXPECT_ST(FERRY_OK, ferry_xfer_set_notif(x, &id, sizeof(id)));
+        st = ferry_xfer_post(x);
+        queued += st == FERRY_IN_PROGRESS;
+        if (st != FERRY_OK && st != FERRY_IN_PROGRESS)
+            EXPECT_ST(FERRY_OK, st);
+        n = take(target);
+        if (n != NULL && n->len == sizeof(got))
+            memcpy(&got, n->msg, sizeof(got));
+        EXPECT_EQ(id, got);
+        ferry_notif_free(n);
+        EXPECT_ST(FERRY_OK, ferry_xfer_wait(x, 10000000000ll));
+        if (st == FERRY_IN_PROGRESS) {
+            ferry_completion_t c;
+            size_t k = 0;
+
+            /* The sender's progress thread queued it by now. */
+            EXPECT_ST(FERRY_OK, ferry_agent_completions(me, &c, 1, &k));
+            if (k == 1) {
+                entries++;
+                EXPECT_TRUE(c.xfer == x && c.user_data == &cookie && c.status == FERRY_OK);
+            }
+        }
+    }
+    EXPECT_EQ(queued, entries);
+    printf("test_notif: %d of 20 posts with a message completed later, each with "
+           "its completion queue entry\n", queued);
+    ferry_xfer_release(x);
+}
+
+/*
  * The target's fd in an epoll loop: with nothing sent, it stays quiet for
  * 100 ms (with a progress thread; without, after progress returned OK);
  * after 50 messages, the loop (epoll_wait, progress until OK, drain) takes
@@ -438,6 +491,7 @@ int main(int argc, char **argv)
     test_errors();
     test_sizes();
     test_writes();
+    test_completions();
     test_fd();
     test_malformed();
 
