@@ -208,6 +208,10 @@ static void test_writes(void)
                 bad++;
             ferry_notif_free(n);
         }
+        /* A call on the target after reading what peers wrote, before
+         * they write again: its lock orders this thread's reads before the
+         * progress thread's next copy (ferry.h). */
+        ferry_agent_progress(target);
         EXPECT_ST(FERRY_OK, ferry_xfer_wait(x, 10000000000ll));
         /* After the WRITE completed, so ordered after its message; two in
          * a row, taken together with the next WRITE's. */
