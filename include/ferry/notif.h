@@ -16,7 +16,11 @@
  *    announced range as soon as it drains the message finds the new bytes;
  *    for a READ, every byte was read (it is in local memory), so the target
  *    may change the range as soon as it drains the message. A post that
- *    fails, is canceled or times out sends nothing.
+ *    fails, is canceled or times out sends nothing. A message that cannot
+ *    be sent when its post completes (the peer is gone) fails the post
+ *    with that error, so the initiator learns that the target was not
+ *    told. A stream-ordered post (ferry/stream.h) sends it when the
+ *    progress thread sees the stream's copies and the other parts done.
  *  - The message leaves from whichever thread sees the completion: the
  *    progress thread, ferry_agent_progress(), any test or wait, or the
  *    posting thread for a post that completes inline. The initiator does
@@ -29,9 +33,9 @@
  *    50 us and then sleeps, 200 ms at most; later it polls for 50 us at
  *    most (holding the agent's lock). What is still queued after that, or
  *    was queued from inside progress, leaves during the agent's next
- *    progress. So an
- *    agent without a progress thread should keep making calls (any
- *    progress, test, wait or drain) while messages may be queued.
+ *    progress. So an agent without a progress thread should keep making
+ *    calls (any progress, test, wait or drain) while messages may be
+ *    queued.
  *  - A stand-alone message (ferry_notif_send()) leaves after every message
  *    of a request to that peer whose post completed before the call, so it
  *    is ordered after those transfers' bytes too; a transfer still in
