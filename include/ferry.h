@@ -41,6 +41,7 @@
  *   ferry/agent.h    descriptors, agents, progress, memory registration
  *   ferry/peer.h     metadata blobs and the peers loaded from them
  *   ferry/xfer.h     READ and WRITE requests, the completion queue
+ *   ferry/notif.h    notifications: messages ordered after transfers
  *   ferry/stream.h   requests ordered on CUDA streams (and graphs)
  *   ferry/store.h    the c10d-compatible rendezvous store and its server
  *   ferry/comm.h     the communicator: ranks, collectives, the exchange
@@ -53,6 +54,7 @@
 #include "ferry/agent.h"
 #include "ferry/peer.h"
 #include "ferry/xfer.h"
+#include "ferry/notif.h"
 #include "ferry/stream.h"
 #include "ferry/store.h"
 #include "ferry/comm.h"

@@ -103,6 +103,11 @@ void xm_to_dev(xm_buf_t *b, uint64_t lo, uint64_t hi);
 /* Before checking [lo, hi): the host shadow gets the device's bytes. */
 void xm_from_dev(xm_buf_t *b, uint64_t lo, uint64_t hi);
 
+/* Waits for the work queued on stream s so far, polling an event, up to
+ * timeout_ms: 0 when done, -1 when the stream is still busy (a
+ * stream-ordered transfer must never hang the GPU: the caller fails). */
+int xm_stream_sync(CUstream s, int timeout_ms);
+
 /* Frees the buffer and zeroes *b. */
 void xm_free(xm_buf_t *b);
 

@@ -19,6 +19,10 @@
  *             and gaps (details on the target's stderr, which is the
  *             test's)
  *   drive     drive the agent while waiting for commands, or stop doing so
+ *   notif     serve a number of notifications (xt_note_t) as they arrive:
+ *             check a WRITE's range against the sum its message names at
+ *             once, refill a READ's range, acknowledge each one to the
+ *             initiator; reply with the count of bad ones
  *   quit      deregister, free, exit 0 if everything worked
  *
  * Patterns are test_pattern()'s with the seed the target was started with,
@@ -110,6 +114,67 @@ long xt_check(xt_target_t *t, unsigned buf, uint64_t lo, uint64_t hi, uint64_t i
 
 /* The target drives its agent while it waits (on), or stops doing so. */
 int xt_drive(xt_target_t *t, int on);
+
+/* ------------------------------------------------------------------------ */
+/* Notifications                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* What an initiator's notification tells the serving target. */
+enum {
+    XT_NOTE_WRITE = 1, /* the range holds bytes whose xt_sum() is sum */
+    XT_NOTE_READ,      /* the range was read: refill it (xt_note_refill) */
+    XT_NOTE_PLAIN      /* a stand-alone message: nothing to do */
+};
+
+typedef struct xt_note {
+    uint32_t op;  /* XT_NOTE_* */
+    uint32_t pad;
+    uint64_t seq; /* each message one more than the last, within a serve */
+    uint64_t off, len; /* a range of the buffer served */
+    uint64_t sum;
+} xt_note_t;
+
+/* Flags of xt_notif_begin(). */
+enum {
+    XT_NOTIF_ACK = 1u << 0,     /* answer each message with its seq (8 bytes) */
+    XT_NOTIF_UNKNOWN = 1u << 1  /* the sender is one the target did not load */
+};
+
+/* FNV-1a over n bytes: the sum a WRITE's message names. */
+static inline uint64_t xt_sum(const uint8_t *p, uint64_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+
+    for (uint64_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* What the target writes into a READ's range after its message seq: the
+ * guard pattern of iteration seq + 1 at buffer offsets (xu_fill_guard),
+ * which the initiator can compute too. */
+#define XT_NOTE_REFILL_ITER(seq) ((seq) + 1)
+
+/*
+ * Starts the target serving count notifications on buffer buf, with the
+ * flags XT_NOTIF_*; blob (len bytes, or NULL) is the initiator's metadata,
+ * which the target loads to acknowledge and to check the sender. Returns
+ * once the target has loaded it: the target answers when it has served
+ * them (xt_notif_end).
+ * Returns 0, or -1 (printed).
+ */
+int xt_notif_begin(xt_target_t *t, unsigned buf, uint64_t count, unsigned flags,
+                   const void *blob, size_t len);
+
+/* Waits up to 20 s for the target's acknowledgement of message seq (with
+ * XT_NOTIF_ACK) on agent; 0, or -1 (a failed check). */
+int xt_notif_ack(ferry_agent_t *agent, uint64_t seq);
+
+/* Waits for the answer to xt_notif_begin(), driving agent (if not NULL)
+ * meanwhile, so that messages UCX queued leave: the number of bad messages
+ * (a WRITE's range that did not match its sum when the message arrived, a
+ * message out of order, from the wrong sender or malformed), or -1. */
+long xt_notif_end(xt_target_t *t, ferry_agent_t *agent);
 
 /* Tells the target to quit and reaps it; closes the socket. Returns 0 if
  * it exited with 0, else -1 (printed). */

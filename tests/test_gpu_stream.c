@@ -31,23 +31,13 @@ static xt_target_t tgt;
  * hang the GPU. */
 static void stream_sync(const ferry__cuda_t *cu, CUstream s, const char *what)
 {
-    CUevent ev;
-    uint64_t t0 = xu_now_ns();
-    CUresult res;
-
-    XM_CU(cu->cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
-    XM_CU(cu->cuEventRecord(ev, s));
-    while ((res = cu->cuEventQuery(ev)) == CUDA_ERROR_NOT_READY) {
-        if (xu_ms_since(t0) > WAIT_MS) {
-            fprintf(stderr, "test_gpu_stream: %s: the stream is still busy after %d "
-                            "ms\n", what, WAIT_MS);
-            xt_kill(&tgt);
-            _exit(1);
-        }
-        usleep(20);
+    (void)cu;
+    if (xm_stream_sync(s, WAIT_MS) != 0) {
+        fprintf(stderr, "test_gpu_stream: %s: the stream is still busy after %d "
+                        "ms\n", what, WAIT_MS);
+        xt_kill(&tgt);
+        _exit(1);
     }
-    XM_CU(res);
-    XM_CU(cu->cuEventDestroy(ev));
 }
 
 typedef struct pipe {

@@ -57,7 +57,8 @@ enum {
     FERRY_AGENT_PARAM_NAME = 1u << 0,
     FERRY_AGENT_PARAM_PROGRESS_THREAD = 1u << 1,
     FERRY_AGENT_PARAM_STALL_TIMEOUT = 1u << 2,
-    FERRY_AGENT_PARAM_SECRET = 1u << 3
+    FERRY_AGENT_PARAM_SECRET = 1u << 3,
+    FERRY_AGENT_PARAM_NOTIF_QUEUE = 1u << 4
 };
 
 typedef struct ferry_agent_params {
@@ -104,6 +105,13 @@ typedef struct ferry_agent_params {
      * (none when unset).
      */
     const char *secret;
+    /*
+     * FERRY_AGENT_PARAM_NOTIF_QUEUE: how many received notifications
+     * (ferry/notif.h) the agent keeps until they are drained, at least 1;
+     * one more that arrives is dropped and counted. Default: FERRY_NOTIF_QUEUE
+     * (4096 unless set in the environment).
+     */
+    size_t notif_queue;
 } ferry_agent_params_t;
 
 /*
@@ -139,16 +147,17 @@ FERRY_API ferry_status_t ferry_agent_progress(ferry_agent_t *agent);
 /*
  * Writes to *fd_p a file descriptor, owned by the agent, for an epoll,
  * poll, libuv or asyncio loop. Without a progress thread it becomes
- * readable when ferry_agent_progress() has work to do or the completion
- * queue holds entries: wait for it to be readable (or for a timeout of
- * your choosing), call ferry_agent_progress() until it returns FERRY_OK,
- * then drain ferry_agent_completions(). Once this function has been
- * called, ferry_agent_progress() arms the transports each time it finds
- * nothing to do (a few microseconds, and peers then signal their
+ * readable when ferry_agent_progress() has work to do, the completion
+ * queue holds entries, or received notifications wait (ferry/notif.h):
+ * wait for it to be readable (or for a timeout of your choosing), call
+ * ferry_agent_progress() until it returns FERRY_OK, then drain
+ * ferry_agent_completions() and ferry_notif_drain(). Once this function
+ * has been called, ferry_agent_progress() arms the transports each time it
+ * finds nothing to do (a few microseconds, and peers then signal their
  * messages), so call it only to sleep on the fd. With a progress thread,
  * which does the progress itself, the fd is readable exactly while the
- * completion queue holds entries. Do not read from the fd or close it.
- * Any thread.
+ * completion queue holds entries or received notifications wait. Do not
+ * read from the fd or close it. Any thread.
  */
 FERRY_API ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p);
 

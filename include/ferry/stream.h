@@ -31,7 +31,13 @@ extern "C" {
  * the waiting stream polls, so such requests need an agent created with
  * FERRY_AGENT_PARAM_PROGRESS_THREAD (else FERRY_ERR_INVALID). The progress
  * thread notices a flag at once while it is busy and within about 1 ms when
- * it had been idle.
+ * it had been idle. A request with a notification (FERRY_XFER_PARAM_NOTIF)
+ * takes the flags too, whatever its backends, and so needs the progress
+ * thread: the stream writes the start flag after its CUDA IPC copies, and
+ * the progress thread, seeing it, starts the other parts and sends the
+ * message once all have completed (at once when there are none). Every
+ * replay of a graph sends the message again; it is the one set when the
+ * stream reached the flag.
  *
  * Errors: a transfer that fails still releases the waiting stream (the GPU
  * never hangs on it); its status is what ferry_xfer_test() and

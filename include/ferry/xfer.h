@@ -35,7 +35,8 @@ typedef enum ferry_backend {
 
 enum {
     FERRY_XFER_PARAM_USER_DATA = 1u << 0,
-    FERRY_XFER_PARAM_BACKEND = 1u << 1
+    FERRY_XFER_PARAM_BACKEND = 1u << 1,
+    FERRY_XFER_PARAM_NOTIF = 1u << 2
 };
 
 typedef struct ferry_xfer_params {
@@ -52,6 +53,19 @@ typedef struct ferry_xfer_params {
      * FERRY_BACKEND_ANY.
      */
     ferry_backend_t backend;
+    /*
+     * FERRY_XFER_PARAM_NOTIF: a message of notif_len bytes (0 to
+     * FERRY_NOTIF_MAX, copied at prepare) that the peer's agent receives
+     * each time a post of the request completes successfully, never before
+     * that post's bytes are in the peer's memory (WRITE) or in local memory
+     * (READ); ferry_xfer_set_notif() changes it between posts. See
+     * ferry/notif.h for the guarantees. Prepare fails with
+     * FERRY_ERR_INVALID when notif_len is over the maximum (or notif is
+     * NULL with notif_len > 0), FERRY_ERR_UNSUPPORTED when the peer
+     * advertises no UCX address (the messages' path). Default: no message.
+     */
+    const void *notif;
+    size_t notif_len;
 } ferry_xfer_params_t;
 
 /*

@@ -54,3 +54,22 @@ ferry_status_t ferry__bk_post_stream_unsupported(void *ctx, void *conn, void *pl
     return ferry__error(FERRY_ERR_UNSUPPORTED, "backend: this backend cannot "
                         "enqueue its transfers on a CUDA stream");
 }
+
+ferry_status_t ferry__bk_msg_send_unsupported(void *ctx, void *conn, const void *data,
+                                             size_t len)
+{
+    (void)ctx;
+    (void)conn;
+    (void)data;
+    (void)len;
+    return ferry__error(FERRY_ERR_UNSUPPORTED, "backend: this backend carries no "
+                        "notifications");
+}
+
+ferry_status_t ferry__bk_msg_listen_nothing(void *ctx, ferry__bk_msg_cb cb, void *arg)
+{
+    (void)ctx;
+    (void)cb;
+    (void)arg;
+    return FERRY_OK;
+}

@@ -52,7 +52,10 @@ enum {
     /* Its transfers are copies that post_stream() enqueues on a CUDA stream;
      * without it, the core starts the backend's parts from the progress
      * thread when a stream reaches a flag (src/core/stream.c). */
-    FERRY__BK_STREAM_COPIES = 1u << 1
+    FERRY__BK_STREAM_COPIES = 1u << 1,
+    /* Carries notifications (msg_send, msg_listen): the core sends every
+     * message through the first backend that has this flag. */
+    FERRY__BK_MESSAGES = 1u << 2
 };
 
 /* What post() returns for a batch that the caller must finish with run(),
@@ -86,6 +89,10 @@ typedef struct ferry__bk_rregion {
 
 /* Completion of a posted batch: called once, from progress(). */
 typedef void (*ferry__bk_done_cb)(void *arg, ferry_status_t status);
+
+/* A message received from a peer: called from progress(), under the lock;
+ * data is valid only during the call. */
+typedef void (*ferry__bk_msg_cb)(void *arg, const void *data, size_t len);
 
 typedef struct ferry__backend_ops {
     size_t size; /* sizeof(ferry__backend_ops_t), for forward checks */
@@ -194,6 +201,17 @@ typedef struct ferry__backend_ops {
      * starts none of this backend's, FERRY_ERR_BUSY while registrations
      * still use it. */
     ferry_status_t (*mem_free)(void *ctx, void *addr);
+    /*
+     * Sends len bytes (copied before it returns) as one message to the
+     * connection's peer (FERRY__BK_MESSAGES): the peer's msg_listen()
+     * callback receives it after everything that completed on the
+     * connection before the call, and after the earlier messages on it.
+     * FERRY_ERR_PEER_LOST when the peer is known to be gone.
+     */
+    ferry_status_t (*msg_send)(void *ctx, void *conn, const void *data, size_t len);
+    /* Where the context delivers the messages peers send it (from
+     * progress()); called once, before the first progress(). */
+    ferry_status_t (*msg_listen)(void *ctx, ferry__bk_msg_cb cb, void *arg);
 } ferry__backend_ops_t;
 
 /* Stubs for the operations a backend does not need or cannot perform
@@ -209,6 +227,10 @@ ferry_status_t ferry__bk_post_stream_unsupported(void *ctx, void *conn, void *pl
                                                  ferry_xfer_op_t op,
                                                  const ferry__bk_seg_t *segs,
                                                  size_t n, void *stream);
+
+ferry_status_t ferry__bk_msg_send_unsupported(void *ctx, void *conn, const void *data,
+                                             size_t len);
+ferry_status_t ferry__bk_msg_listen_nothing(void *ctx, ferry__bk_msg_cb cb, void *arg);
 
 extern const ferry__backend_ops_t ferry__ucx_ops;
 /* For ferry-info: UCX's version, transports and memory types. */

@@ -86,6 +86,7 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
 {
     ferry_agent_t *agent;
     ferry_status_t st;
+    size_t queue;
     unsigned k;
 
     if (agent_p == NULL)
@@ -110,6 +111,15 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
         (void)gethostname(host, sizeof(host) - 1);
         host[sizeof(host) - 1] = '\0';
         snprintf(agent->name, sizeof(agent->name), "%s:%d", host, (int)getpid());
+    }
+    if (params != NULL && (params->field_mask & FERRY_AGENT_PARAM_NOTIF_QUEUE))
+        queue = params->notif_queue;
+    else
+        queue = (size_t)ferry__config_get_size("FERRY_NOTIF_QUEUE");
+    if (queue == 0) {
+        st = ferry__error(FERRY_ERR_INVALID, "agent_create: a notification queue "
+                          "of 0 messages (at least 1)");
+        goto err_free;
     }
     agent_host_id(agent->host_id, sizeof(agent->host_id));
     st = ferry__secret_init(&agent->secret,
@@ -140,6 +150,10 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
         if (st < 0)
             goto err_backends;
     }
+    /* Before the progress thread starts: it may receive the first message. */
+    st = ferry__notif_init(agent, queue);
+    if (st < 0)
+        goto err_backends;
     st = ferry__events_init(agent, params != NULL &&
                                        (params->field_mask & FERRY_AGENT_PARAM_PROGRESS_THREAD) &&
                                        params->progress_thread != 0);
@@ -180,6 +194,7 @@ void ferry_agent_destroy(ferry_agent_t *agent)
     ferry__agent_unlock(agent);
 
     ferry__events_fini(agent);
+    ferry__notif_fini(agent);
     for (unsigned k = FERRY__NBK; k-- > 0;)
         ferry__backends[k]->fini(agent->bk_ctx[k]);
     ferry__imap_free(&agent->registry);

@@ -141,6 +141,13 @@ struct ferry_xfer {
     ferry__list_t cqlink;
     void *user_data;
     struct ferry__xstream *stream; /* stream-ordered state (stream.c) */
+    /* Notification (FERRY_XFER_PARAM_NOTIF): sent by xfer_finish() after
+     * each successful post, on the messages' backend connection, opened
+     * at prepare. has_msg is fixed at prepare; the bytes change only
+     * between posts (ferry_xfer_set_notif), under the lock. */
+    bool has_msg;
+    uint8_t *msg;
+    size_t msg_len;
 };
 
 struct ferry_agent {
@@ -169,7 +176,27 @@ struct ferry_agent {
     ferry__list_t active; /* requests in flight */
     ferry__list_t armed;  /* requests a stream may trigger (stream.c) */
     ferry__list_t cq;     /* finished requests that asked to be queued */
+    /* Notifications (notif.c), under the lock but for nq_len, which waits
+     * read without it. */
+    int msg_slot;          /* the backend that carries them, or -1 */
+    uint64_t msg_seq;      /* of the next one sent */
+    int msgfd;             /* eventfd: readable while nq holds messages,
+                              once ferry_agent_fd() was called */
+    bool msgfd_set;        /* msgfd is readable now */
+    ferry__list_t nq;      /* received, oldest first (ferry__notif_t) */
+    _Atomic size_t nq_len;
+    size_t nq_max;
+    uint64_t nq_dropped;   /* arrived while nq was full */
 };
+
+/* A received notification as the queue holds it and the caller gets it
+ * (pub first: ferry_notif_free() finds the rest from it); the sender's
+ * name and the message follow in data. */
+typedef struct ferry__notif {
+    ferry_notif_t pub;
+    ferry__list_t link; /* agent->nq */
+    char data[];
+} ferry__notif_t;
 
 extern const ferry__backend_ops_t *const ferry__backends[FERRY__NBK];
 
@@ -189,12 +216,27 @@ void ferry__agent_unlock(ferry_agent_t *agent);
 ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread);
 /* Under the lock: makes agent->cqfd readable (entries waiting) or not. */
 void ferry__cq_signal(ferry_agent_t *agent, bool ready);
+/* Under the lock: makes an eventfd readable (ready) or not (a level). */
+void ferry__fd_level(ferry_agent_t *agent, int fd, bool ready);
 void ferry__events_fini(ferry_agent_t *agent);
 /* Under the lock: drives every backend once; returns the events handled. */
 unsigned ferry__progress_locked(ferry_agent_t *agent);
 /* Waits until x is no longer in flight or until deadline_ns (UINT64_MAX:
  * none); returns x's result, FERRY_IN_PROGRESS on timeout. */
 ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns);
+/* Waits until agent->nq holds a message or until deadline_ns: FERRY_OK, or
+ * FERRY_IN_PROGRESS on timeout. */
+ferry_status_t ferry__wait_notif(ferry_agent_t *agent, uint64_t deadline_ns);
+
+/* notif.c: the messages' backend and the receive queue (agent creation,
+ * after the backends and events; teardown); sending one message of len
+ * bytes to a peer's metadata version, under the lock. */
+ferry_status_t ferry__notif_init(ferry_agent_t *agent, size_t queue);
+void ferry__notif_fini(ferry_agent_t *agent);
+ferry_status_t ferry__notif_send_locked(ferry_agent_t *agent, ferry__remote_t *remote,
+                                        const void *msg, size_t len);
+/* Under the lock: msgfd's level follows the queue (once the fd is used). */
+void ferry__notif_signal_locked(ferry_agent_t *agent);
 /* Under the lock: makes sure that a lone post of x in progress ends under
  * the lock (where this thread will see it), or has ended (xfer.c). Every
  * path that changes a request in flight, or sleeps until it ends, calls it

@@ -2,7 +2,9 @@
 /*
  * Progress without spinning: the agent's one pollable fd (an epoll set of
  * every backend's event fd, plus an eventfd that stops the progress thread),
- * the optional progress thread, and the wait behind ferry_xfer_wait().
+ * the optional progress thread, and the wait behind ferry_xfer_wait() and
+ * ferry_notif_wait(), which differ only in what ends them (a request's end,
+ * a notification in the queue: both broadcast the condition variable).
  *
  * Waiting polls for FERRY_WAIT_SPIN_US, then sleeps. Without a progress
  * thread, one waiting thread at a time is the "poller": it arms the
@@ -51,19 +53,23 @@ unsigned ferry__progress_locked(ferry_agent_t *agent)
     return n;
 }
 
-void ferry__cq_signal(ferry_agent_t *agent, bool ready)
+void ferry__fd_level(ferry_agent_t *agent, int fd, bool ready)
 {
     uint64_t v = 1;
     ssize_t r;
 
-    /* A level, not a count: set when the queue fills, cleared when drained. */
+    /* A level, not a count: set when a queue fills, cleared when drained. */
     if (ready)
-        r = write(agent->cqfd, &v, sizeof(v));
+        r = write(fd, &v, sizeof(v));
     else
-        r = read(agent->cqfd, &v, sizeof(v));
+        r = read(fd, &v, sizeof(v));
     if (r < 0 && errno != EAGAIN)
-        ferry__warn("agent '%s': completion queue eventfd: %s", agent->name,
-                    strerror(errno));
+        ferry__warn("agent '%s': queue eventfd: %s", agent->name, strerror(errno));
+}
+
+void ferry__cq_signal(ferry_agent_t *agent, bool ready)
+{
+    ferry__fd_level(agent, agent->cqfd, ready);
 }
 
 /* Under the lock: FERRY_OK when every backend will signal its fd on new
@@ -179,14 +185,16 @@ ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread)
     agent->epfd = epoll_create1(EPOLL_CLOEXEC);
     agent->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     agent->cqfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    agent->msgfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     agent->appfd = epoll_create1(EPOLL_CLOEXEC);
-    if (agent->epfd < 0 || agent->wakefd < 0 || agent->cqfd < 0 || agent->appfd < 0 ||
-        epoll_ctl(agent->epfd, EPOLL_CTL_ADD, agent->wakefd, &ev) != 0)
+    if (agent->epfd < 0 || agent->wakefd < 0 || agent->cqfd < 0 || agent->msgfd < 0 ||
+        agent->appfd < 0 || epoll_ctl(agent->epfd, EPOLL_CTL_ADD, agent->wakefd, &ev) != 0)
         goto err_sys;
-    /* The caller's fd: the queue, and the transports unless the progress
+    /* The caller's fd: the queues, and the transports unless the progress
      * thread serves them. The agent's own sleepers use epfd, without the
-     * queue, which would keep them awake while entries wait. */
+     * queues, which would keep them awake while entries wait. */
     if (epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->cqfd, &ev) != 0 ||
+        epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->msgfd, &ev) != 0 ||
         (!thread && epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->epfd, &ev) != 0))
         goto err_sys;
     for (unsigned k = 0; k < FERRY__NBK; k++) {
@@ -216,6 +224,8 @@ err_sys:
         close(agent->appfd);
     if (agent->cqfd >= 0)
         close(agent->cqfd);
+    if (agent->msgfd >= 0)
+        close(agent->msgfd);
     if (agent->wakefd >= 0)
         close(agent->wakefd);
     if (agent->epfd >= 0)
@@ -237,6 +247,7 @@ void ferry__events_fini(ferry_agent_t *agent)
     pthread_cond_destroy(&agent->done_cv);
     close(agent->appfd);
     close(agent->cqfd);
+    close(agent->msgfd);
     close(agent->wakefd);
     close(agent->epfd);
 }
@@ -270,27 +281,44 @@ ferry_status_t ferry_agent_fd(ferry_agent_t *agent, int *fd_p)
 {
     if (agent == NULL || fd_p == NULL)
         return ferry__error(FERRY_ERR_INVALID, "agent_fd: NULL argument");
+    ferry__agent_lock(agent);
     atomic_store(&agent->fd_used, true);
+    ferry__notif_signal_locked(agent); /* messages that came before */
+    ferry__agent_unlock(agent);
     *fd_p = agent->appfd;
     return FERRY_OK;
+}
+
+/* What a wait waits for: a request's end (x), or a notification (x NULL). */
+typedef struct ferry__waiter {
+    ferry_agent_t *agent;
+    ferry_xfer_t *x;
+} ferry__waiter_t;
+
+/* Whether the wait is over; without the lock, a snapshot. */
+static bool wait_done(const ferry__waiter_t *w)
+{
+    if (w->x != NULL)
+        return !ferry__in_flight(w->x);
+    return atomic_load_explicit(&w->agent->nq_len, memory_order_acquire) > 0;
 }
 
 /*
  * Polls while the transports are busy and for spin_ns after the last event:
  * short waits are answered fastest that way, and queued sends keep moving.
- * Returns true when x finished or the deadline passed, false when it is
- * time to sleep.
+ * Returns true when the wait is over or the deadline passed, false when it
+ * is time to sleep.
  */
-static bool wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
+static bool wait_polling(const ferry__waiter_t *w, uint64_t deadline_ns)
 {
-    ferry_agent_t *agent = x->agent;
+    ferry_agent_t *agent = w->agent;
     uint64_t last = ferry__now_ns(), spin_end = last + agent->spin_ns;
 
     for (;;) {
         uint64_t now;
         unsigned n;
 
-        if (!ferry__in_flight(x))
+        if (wait_done(w))
             return true;
         ferry__agent_lock(agent);
         n = ferry__progress_locked(agent);
@@ -313,21 +341,23 @@ static bool wait_polling(ferry_xfer_t *x, uint64_t deadline_ns)
 }
 
 /*
- * Sleeps until x finishes or the deadline passes (true), or until traffic
- * resumes (false: back to polling). See the top of this file for who sleeps
- * on what.
+ * Sleeps until the wait is over or the deadline passes (true), or until
+ * traffic resumes (false: back to polling). See the top of this file for
+ * who sleeps on what; a notification's arrival broadcasts the condition
+ * variable as a request's end does.
  */
-static bool wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
+static bool wait_sleeping(const ferry__waiter_t *w, uint64_t deadline_ns)
 {
-    ferry_agent_t *agent = x->agent;
+    ferry_agent_t *agent = w->agent;
     bool traffic = false;
     int nap_ms = 1;
     unsigned events;
     ferry_status_t st;
 
     ferry__agent_lock(agent);
-    ferry__xfer_claim_locked(x); /* so that its end wakes us */
-    while (ferry__in_flight(x) && !traffic) {
+    if (w->x != NULL)
+        ferry__xfer_claim_locked(w->x); /* so that its end wakes us */
+    while (!wait_done(w) && !traffic) {
         int ms = ms_to(deadline_ns, 0, FERRY__SLEEP_MAX_MS);
 
         if (ms == 0 && ferry__now_ns() >= deadline_ns)
@@ -337,7 +367,7 @@ static bool wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
                 traffic = true;
                 break;
             }
-            if (!ferry__in_flight(x))
+            if (wait_done(w))
                 break;
             /* Armed, the fd wakes us on new events; busy (sends queued for a
              * peer that does not drain them), a short nap retries them. */
@@ -376,9 +406,20 @@ static bool wait_sleeping(ferry_xfer_t *x, uint64_t deadline_ns)
 
 ferry_status_t ferry__wait(ferry_xfer_t *x, uint64_t deadline_ns)
 {
-    while (!wait_polling(x, deadline_ns) && !wait_sleeping(x, deadline_ns))
+    ferry__waiter_t w = {x->agent, x};
+
+    while (!wait_polling(&w, deadline_ns) && !wait_sleeping(&w, deadline_ns))
         ;
     if (ferry__in_flight(x))
         return FERRY_IN_PROGRESS;
     return ferry_xfer_test(x);
+}
+
+ferry_status_t ferry__wait_notif(ferry_agent_t *agent, uint64_t deadline_ns)
+{
+    ferry__waiter_t w = {agent, NULL};
+
+    while (!wait_polling(&w, deadline_ns) && !wait_sleeping(&w, deadline_ns))
+        ;
+    return wait_done(&w) ? FERRY_OK : FERRY_IN_PROGRESS;
 }

@@ -65,10 +65,16 @@ static ferry_status_t xstream_get(ferry_xfer_t *x, const ferry__cuda_t *cu,
     xs->xfer = x;
     for (unsigned p = 0; p < x->nparts; p++)
         xs->net |= !part_is_copy(&x->parts[p]);
+    /* A message leaves when the stream's copies are done, which only the
+     * progress thread can see: the stream then signals it as it triggers a
+     * network transfer (the copies go first on the stream), and the
+     * triggered start, with no part left to start, sends the message. */
+    xs->net |= x->has_msg;
     if (xs->net && !x->agent->has_thread) {
         free(xs);
         return ferry__error(FERRY_ERR_INVALID, "xfer_post_on_stream: the request "
-                            "goes through a network backend, which a stream can "
+                            "goes through a network backend or carries a "
+                            "notification, which a stream can "
                             "trigger only through the agent's progress thread "
                             "(FERRY_AGENT_PARAM_PROGRESS_THREAD)");
     }

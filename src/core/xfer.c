@@ -323,6 +323,15 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
                                 (int)params->backend);
         route.only = (uint16_t)params->backend;
     }
+    if (params != NULL && (params->field_mask & FERRY_XFER_PARAM_NOTIF)) {
+        if (params->notif == NULL && params->notif_len > 0)
+            return ferry__error(FERRY_ERR_INVALID, "prepare: NULL notification of "
+                                "%zu bytes", params->notif_len);
+        if (params->notif_len > FERRY_NOTIF_MAX)
+            return ferry__error(FERRY_ERR_INVALID, "prepare: a notification of %zu "
+                                "bytes (at most %d)", params->notif_len,
+                                FERRY_NOTIF_MAX);
+    }
 
     x = calloc(1, sizeof(*x));
     if (x != NULL) {
@@ -346,6 +355,18 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
         x->notify = true;
         x->user_data = params->user_data;
     }
+    if (params != NULL && (params->field_mask & FERRY_XFER_PARAM_NOTIF)) {
+        x->has_msg = true;
+        x->msg_len = params->notif_len;
+        x->msg = malloc(x->msg_len ? x->msg_len : 1);
+        if (x->msg == NULL) {
+            st = ferry__error(FERRY_ERR_NO_MEMORY, "prepare: no memory for the "
+                              "notification");
+            goto err_free;
+        }
+        if (x->msg_len > 0)
+            memcpy(x->msg, params->notif, x->msg_len);
+    }
 
     ferry__agent_lock(agent);
     rm = peer->remote;
@@ -356,6 +377,21 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
                      st, err_unlock);
     FERRY_CHECK_GOTO(group(x, slots), st, err_unlock);
     coalesce(x);
+    if (x->has_msg) {
+        /* The messages' connection, opened now so that a peer that cannot
+         * receive them fails the prepare, not a post. */
+        void *conn;
+
+        if (agent->msg_slot < 0)
+            st = ferry__error(FERRY_ERR_UNSUPPORTED, "prepare: no backend of this "
+                              "build carries notifications");
+        else
+            st = ferry__remote_conn(agent, rm, (unsigned)agent->msg_slot, &conn);
+        if (st < 0) {
+            ferry__error_prefix("prepare: notification");
+            goto err_unlock;
+        }
+    }
     for (unsigned p = 0; p < x->nparts; p++) {
         ferry__xfer_part_t *part = &x->parts[p];
 
@@ -380,6 +416,7 @@ err_unlock:
 err_free:
     free(slots);
     if (x != NULL) {
+        free(x->msg);
         free(x->segs);
         free(x->mems);
         free(x);
@@ -409,10 +446,31 @@ static void cq_drop(ferry_xfer_t *x)
 /* Under the lock: ends a request in flight. The completion queue takes it
  * (queue, and the request asked for it) unless the post that started it
  * returns its result itself, as an inline completion does. */
+/*
+ * Under the lock: a successful post's end sends the request's message, now
+ * that every byte of the post is in place (see ferry/notif.h); a message
+ * that cannot leave fails the post, so that the initiator learns that the
+ * target was not told.
+ */
+static void xfer_send_msg(ferry_xfer_t *x)
+{
+    ferry_status_t st;
+
+    if (!x->has_msg || x->first_err != FERRY_OK)
+        return;
+    st = ferry__notif_send_locked(x->agent, x->remote, x->msg, x->msg_len);
+    if (st < 0) {
+        ferry__error_prefix("the transfer completed, but its notification was "
+                            "not sent");
+        xfer_fail(x, st);
+    }
+}
+
 static void xfer_finish(ferry_xfer_t *x, bool queue)
 {
     ferry_agent_t *agent = x->agent;
 
+    xfer_send_msg(x);
     for (size_t i = 0; i < x->nmems; i++)
         x->mems[i]->active--;
     ferry__list_del(&x->alink);
@@ -692,8 +750,9 @@ static ferry_status_t xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
         for (size_t i = 0; i < x->nmems; i++)
             x->mems[i]->active++;
         if (x->pending == (unsigned)__builtin_popcount(runs) && x->first_err == FERRY_OK &&
-            x->stream == NULL) {
-            /* Lone: copies that cannot stall, ended by the posting thread. */
+            x->stream == NULL && !x->has_msg) {
+            /* Lone: copies that cannot stall, ended by the posting thread
+             * (not with a message, which is sent under the lock). */
             atomic_store_explicit(&x->solo, FERRY__SOLO_RUNNING, memory_order_relaxed);
         } else {
             ferry__list_add(&agent->active, &x->alink);
@@ -705,6 +764,7 @@ static ferry_status_t xfer_begin_locked(ferry_xfer_t *x, bool skip_stream,
         atomic_store_explicit(&x->state, FERRY__XFER_ACTIVE, memory_order_relaxed);
         st = FERRY_IN_PROGRESS;
     } else {
+        xfer_send_msg(x);
         atomic_store_explicit(&x->result, x->first_err, memory_order_relaxed);
         atomic_store_explicit(&x->state, FERRY__XFER_DONE, memory_order_release);
         st = ferry__xfer_result(x);
@@ -802,6 +862,7 @@ void ferry_xfer_release(ferry_xfer_t *x)
         ferry__mem_unref(x->mems[i]);
     ferry__remote_unref(agent, x->remote);
     ferry__agent_unlock(agent);
+    free(x->msg);
     free(x->segs);
     free(x->mems);
     free(x);

@@ -49,6 +49,10 @@ const ferry__config_entry_t ferry__config_table[] = {
      "a request in flight whose transport makes no headway for this many "
      "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "
      "parameter stall_timeout_ns overrides it"},
+    {"FERRY_NOTIF_QUEUE", "4096",
+     "received notifications an agent keeps until they are drained; one "
+     "more is dropped and counted (ferry_notif_dropped); the agent "
+     "parameter notif_queue overrides it"},
     {"FERRY_RANK", "", "this process's rank in its job (set by ferry-run); "
      "torchrun's RANK, OMPI_COMM_WORLD_RANK and SLURM_PROCID are read when "
      "it is unset"},

@@ -5,6 +5,7 @@
  * physical allocations, each with a host shadow that tests fill and check.
  */
 #include "mem_util.h"
+#include "xfer_util.h"
 
 static int xm_env_device(const char *name, int dflt)
 {
@@ -184,6 +185,27 @@ void xm_from_dev(xm_buf_t *b, uint64_t lo, uint64_t hi)
     if (xm_is_gpu(b->kind) && hi > lo)
         XM_CU(xm_cuda()->cuMemcpy((CUdeviceptr)(uintptr_t)(b->host + lo),
                                   (CUdeviceptr)(b->addr + lo), hi - lo));
+}
+
+int xm_stream_sync(CUstream s, int timeout_ms)
+{
+    const ferry__cuda_t *cu = xm_cuda();
+    uint64_t t0 = xu_now_ns();
+    CUevent ev;
+    CUresult res;
+
+    XM_CU(cu->cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING));
+    XM_CU(cu->cuEventRecord(ev, s));
+    while ((res = cu->cuEventQuery(ev)) == CUDA_ERROR_NOT_READY) {
+        if (xu_ms_since(t0) > timeout_ms) {
+            XM_CU(cu->cuEventDestroy(ev));
+            return -1;
+        }
+        usleep(20);
+    }
+    XM_CU(res);
+    XM_CU(cu->cuEventDestroy(ev));
+    return 0;
 }
 
 void xm_free(xm_buf_t *b)

@@ -29,6 +29,7 @@ typedef struct sbuf {
 } sbuf_t;
 
 static ferry_agent_t *agent;
+static ferry_peer_t *initiator; /* loaded by XT_NOTIF */
 static int has_thread, drive = 1;
 static uint64_t seed;
 static sbuf_t bufs[XT_MAX_BUF];
@@ -148,6 +149,105 @@ static int take_layout(int fd, const xt_cmd_t *c, sbuf_t *b)
     return 0;
 }
 
+/* One notification of XT_NOTIF; returns whether it was good. */
+static int serve_note(sbuf_t *b, const ferry_notif_t *n, unsigned flags, uint64_t *next)
+{
+    xt_note_t note;
+    int ok = 1;
+
+    if (n->len != sizeof(note)) {
+        fprintf(stderr, "test_target: a notification of %zu bytes\n", n->len);
+        return 0;
+    }
+    memcpy(&note, n->msg, sizeof(note));
+    if ((flags & XT_NOTIF_UNKNOWN) ? n->peer != NULL
+                                   : (initiator != NULL && n->peer != initiator)) {
+        fprintf(stderr, "test_target: notification %" PRIu64 " from '%s' (%s)\n",
+                note.seq, n->peer_name, n->peer ? "loaded" : "not loaded");
+        ok = 0;
+    }
+    if (*next != UINT64_MAX && note.seq != *next) {
+        fprintf(stderr, "test_target: notification %" PRIu64 " where %" PRIu64
+                        " was due\n", note.seq, *next);
+        ok = 0;
+    }
+    *next = note.seq + 1;
+    if (note.op != XT_NOTE_PLAIN && (note.off > b->xb.cap || note.len > b->xb.cap - note.off)) {
+        fprintf(stderr, "test_target: notification %" PRIu64 ": range outside the "
+                        "buffer\n", note.seq);
+        return 0;
+    }
+    order_with_progress_thread();
+    if (note.op == XT_NOTE_WRITE) {
+        /* The bytes must be there as the message arrives. */
+        xm_from_dev(&b->xb, note.off, note.off + note.len);
+        if (xt_sum(b->xb.host + note.off, note.len) != note.sum) {
+            fprintf(stderr, "test_target: notification %" PRIu64 " came before its "
+                            "bytes ([%" PRIu64 ", +%" PRIu64 ") does not match)\n",
+                    note.seq, note.off, note.len);
+            ok = 0;
+        }
+    } else if (note.op == XT_NOTE_READ) {
+        /* Read already: the range may change now. */
+        xu_fill_guard(b->xb.host, note.off, note.off + note.len, seed,
+                      XT_NOTE_REFILL_ITER(note.seq));
+        xm_to_dev(&b->xb, note.off, note.off + note.len);
+    } else if (note.op != XT_NOTE_PLAIN) {
+        fprintf(stderr, "test_target: notification of kind %u\n", note.op);
+        ok = 0;
+    }
+    order_with_progress_thread();
+    if ((flags & XT_NOTIF_ACK) && initiator != NULL)
+        EXPECT_ST(FERRY_OK, ferry_notif_send(agent, initiator, &note.seq,
+                                             sizeof(note.seq)));
+    return ok;
+}
+
+/* XT_NOTIF: loads the initiator's blob (if one follows), then serves
+ * c->iter notifications as they come; returns the bad ones' count. */
+static long serve_notif(int fd, const xt_cmd_t *c, sbuf_t *b)
+{
+    uint64_t done = 0, next = UINT64_MAX;
+    long bad = 0;
+
+    if (c->n > XU_MAX_BLOB)
+        return -1;
+    if (c->n > 0) {
+        void *blob = xu_xcalloc(1, (size_t)c->n);
+
+        if (xu_recv(fd, blob, (size_t)c->n, IDLE_MS, NULL) != 0)
+            exit(1);
+        if (initiator == NULL)
+            EXPECT_ST(FERRY_OK, ferry_peer_load(agent, blob, (size_t)c->n, &initiator));
+        free(blob);
+        /* Loaded: messages sent from now on name their sender's peer. */
+        if (xu_send_msg(fd, XT_NOTIF, 2, c->iter, 0, 0) != 0)
+            exit(1);
+    }
+    while (done < c->iter) {
+        ferry_notif_t *n[16];
+        size_t got = 0;
+        ferry_status_t st = ferry_notif_wait(agent, 20000000000ll);
+
+        if (st != FERRY_OK) {
+            EXPECT_ST(FERRY_OK, st);
+            return -1;
+        }
+        EXPECT_ST(FERRY_OK, ferry_notif_drain(agent, n, 16, &got));
+        for (size_t i = 0; i < got; i++) {
+            bad += !serve_note(b, n[i], (unsigned)c->guard, &next);
+            ferry_notif_free(n[i]);
+        }
+        done += got;
+    }
+    if (done > c->iter) {
+        fprintf(stderr, "test_target: %" PRIu64 " notifications where %" PRIu64
+                        " were due\n", done, c->iter);
+        bad++;
+    }
+    return bad;
+}
+
 /* Serves one command; returns the reply's a, or -1 to refuse it. */
 static long serve(int fd, const xt_cmd_t *c)
 {
@@ -173,6 +273,8 @@ static long serve(int fd, const xt_cmd_t *c)
         return 0;
     case XT_LAYOUT:
         return take_layout(fd, c, b);
+    case XT_NOTIF:
+        return serve_notif(fd, c, b);
     case XT_FILL:
         order_with_progress_thread();
         xu_fill_ranges(b->xb.host, &b->l, &b->l.local, seed, c->iter);

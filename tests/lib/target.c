@@ -148,6 +148,56 @@ int xt_drive(xt_target_t *t, int on)
     return xt_call(t, &c, NULL, 0) < 0 ? -1 : 0;
 }
 
+int xt_notif_begin(xt_target_t *t, unsigned buf, uint64_t count, unsigned flags,
+                   const void *blob, size_t len)
+{
+    xt_cmd_t c = {.op = XT_NOTIF, .buf = buf, .iter = count, .guard = flags,
+                  .n = blob != NULL ? len : 0};
+
+    xu_msg_t m;
+
+    if (xu_send(t->fd, &c, sizeof(c)) != 0 || (c.n && xu_send(t->fd, blob, len) != 0))
+        return -1;
+    /* Messages sent before the target loaded the blob would name no peer. */
+    if (c.n && (xu_recv_msg(t->fd, &m, XT_NOTIF, t->timeout_ms, NULL) != 0 || m.arg != 2)) {
+        fprintf(stderr, "xt_notif_begin: the target did not load the blob\n");
+        return -1;
+    }
+    return 0;
+}
+
+int xt_notif_ack(ferry_agent_t *agent, uint64_t seq)
+{
+    ferry_notif_t *n = NULL;
+    size_t got = 0;
+    uint64_t v = UINT64_MAX;
+
+    EXPECT_ST(FERRY_OK, ferry_notif_wait(agent, 20000000000ll));
+    EXPECT_ST(FERRY_OK, ferry_notif_drain(agent, &n, 1, &got));
+    if (got != 1) {
+        TEST_FAIL_AT_("no acknowledgement of message %" PRIu64, seq);
+        return -1;
+    }
+    if (n->len == sizeof(v))
+        memcpy(&v, n->msg, sizeof(v));
+    EXPECT_EQ(seq, v);
+    ferry_notif_free(n);
+    return v == seq ? 0 : -1;
+}
+
+long xt_notif_end(xt_target_t *t, ferry_agent_t *agent)
+{
+    xu_msg_t m;
+
+    if (xu_recv_msg(t->fd, &m, XT_NOTIF, t->timeout_ms, agent) != 0)
+        return -1;
+    if (m.arg != 1) {
+        fprintf(stderr, "target refused to serve notifications (details above)\n");
+        return -1;
+    }
+    return (long)m.a;
+}
+
 /* Forgets a target that has been reaped (or never started). */
 static void xt_close(xt_target_t *t)
 {

@@ -181,4 +181,6 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .post_stream = ferry__ci_post_stream,
     .mem_alloc = ferry__ci_mem_alloc,
     .mem_free = ferry__ci_mem_free,
+    .msg_send = ferry__bk_msg_send_unsupported,
+    .msg_listen = ferry__bk_msg_listen_nothing,
 };

@@ -178,6 +178,7 @@ static ferry_status_t ucx_connect(ucx_ctx_t *ctx, ucx_conn_t *conn)
     ucs_status_t s;
     ferry_status_t st;
 
+    conn->wired = false; /* a new endpoint: its first message waits longer */
     if (!conn->own_worker) {
         conn->worker = ctx->worker;
         return ucx_ep_create(conn);
@@ -273,7 +274,7 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
         return;
     }
     if (polite && ferry__list_empty(&conn->flushes) && conn->failed == UCS_OK)
-        ucx_ep_close(conn);
+        ucx_ep_close(conn); /* which also lets queued messages leave */
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
     pthread_once(&ucx_log_once, ucx_log_install);
     ucx_aborting = true;
@@ -327,6 +328,7 @@ ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why
         }
     }
     ucx_disconnect(ctx, conn, false);
+    ferry__ucx_sends_drop(conn, true); /* messages in flight are lost */
     for (size_t j = 0; j < i; j++)
         done[j].cb(done[j].arg, why);
     free(done);
@@ -347,17 +349,35 @@ static void ucx_fail(ucx_ctx_t *ctx, ucx_conn_t *conn)
     (void)ferry__ucx_conn_abort(ctx, conn, st);
 }
 
-ferry_status_t ferry__ucx_check_alive(ucx_ctx_t *ctx, ucx_conn_t *conn)
+/* A system call costs about as much as a message on this host's shared
+ * memory, so a connection's peer is asked after at most once per interval
+ * (by the sends of msg.c and by prepare); an exit is then noticed within
+ * it. */
+#define UCX_ALIVE_NS 1000000ull
+
+bool ferry__ucx_conn_alive(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
-    if (conn->watched && conn->failed == UCS_OK &&
-        !ferry__pid_alive(conn->pidfd, conn->pid)) {
+    uint64_t now;
+
+    if (conn->failed != UCS_OK || !conn->watched)
+        return conn->failed == UCS_OK;
+    now = ferry__now_ns();
+    if (now < conn->next_alive_ns)
+        return true;
+    conn->next_alive_ns = now + UCX_ALIVE_NS;
+    if (!ferry__pid_alive(conn->pidfd, conn->pid)) {
         ferry__info("ucx: peer '%s' (pid %d) has exited", conn->peer_name,
                     (int)conn->pid);
         ucx_fail(ctx, conn);
     }
-    if (conn->failed != UCS_OK)
-        return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
-    return FERRY_OK;
+    return conn->failed == UCS_OK;
+}
+
+ferry_status_t ferry__ucx_check_alive(ucx_ctx_t *ctx, ucx_conn_t *conn)
+{
+    if (ferry__ucx_conn_alive(ctx, conn))
+        return FERRY_OK;
+    return ferry__ucx_error(conn->failed, "endpoint", conn->peer_name);
 }
 
 /* Fails the endpoints of same-host peers whose process has ended (from
@@ -389,6 +409,7 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
     conn->pidfd = -1;
     conn->efd = -1;
     ferry__list_init(&conn->flushes);
+    ferry__list_init(&conn->sends);
     ferry__list_init(&conn->rkeys);
     ferry__list_init(&conn->link);
     snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
@@ -430,6 +451,7 @@ void ferry__ucx_conn_close(void *vctx, void *vconn)
     while (!ferry__list_empty(&conn->flushes))
         (void)ucx_orphan_first(conn);
     ucx_disconnect(ctx, conn, true);
+    ferry__ucx_sends_drop(conn, conn->own_worker);
     ferry__list_del(&conn->link);
     free(conn);
 }

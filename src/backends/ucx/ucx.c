@@ -244,8 +244,14 @@ static ferry_status_t ucx_pack_address(void *vctx, ferry__wbuf_t *out)
 static unsigned ucx_progress(void *vctx)
 {
     ucx_ctx_t *ctx = vctx;
-    unsigned n = ucp_worker_progress(ctx->worker), shared = n;
+    unsigned n, shared;
     ferry__list_t *l, *tmp;
+
+    /* Callbacks may send messages (msg.c), which must not progress a
+     * worker from inside its own progress. */
+    ctx->progressing = true;
+    n = ucp_worker_progress(ctx->worker);
+    shared = n;
 
     ferry__list_each(l, tmp, &ctx->conns) {
         ucx_conn_t *c = ferry__container_of(l, ucx_conn_t, link);
@@ -259,6 +265,7 @@ static unsigned ucx_progress(void *vctx)
             n += k;
         }
     }
+    ctx->progressing = false;
     if (ctx->nwatched > 0) {
         uint64_t now = ferry__now_ns();
 
@@ -305,7 +312,7 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .size = sizeof(ferry__backend_ops_t),
     .name = "ucx",
     .id = FERRY__BK_UCX,
-    .flags = 0,
+    .flags = FERRY__BK_MESSAGES,
     .init = ucx_init,
     .fini = ucx_fini,
     .supports_kind = ucx_supports_kind,
@@ -329,6 +336,8 @@ const ferry__backend_ops_t ferry__ucx_ops = {
     .post_stream = ferry__bk_post_stream_unsupported, /* the core's flags order it */
     .mem_alloc = ferry__ucx_mem_alloc,
     .mem_free = ferry__ucx_mem_free,
+    .msg_send = ferry__ucx_msg_send,
+    .msg_listen = ferry__ucx_msg_listen,
 };
 
 /* ferry-info: UCX's version, the transports a default context selects and

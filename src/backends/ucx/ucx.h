@@ -6,7 +6,8 @@
  * files: ucx.c (the context, its workers' progress and sleep, the ops
  * table), conn.c (connections, liveness, aborts, remote keys), xfer.c
  * (posts: UCX's put/get and flush, and the mapped-memory fast path),
- * mem.c (registrations and allocations). Not installed; the core sees only
+ * mem.c (registrations and allocations), msg.c (notifications as active
+ * messages). Not installed; the core sees only
  * the ops table (backends/backend.h).
  */
 #ifndef FERRY_BACKENDS_UCX_UCX_H
@@ -60,6 +61,9 @@ typedef struct ucx_ctx {
     bool vet; /* peers' keys are checked (rkey.c knows this UCX's layout) */
     unsigned nmds;
     ucx_md_t mds[UCX_MAX_MDS];
+    ferry__bk_msg_cb msg_cb; /* where received notifications go (msg.c) */
+    void *msg_arg;
+    bool progressing; /* inside ucp_worker_progress: no nested progress */
 } ucx_ctx_t;
 
 typedef struct ucx_reg {
@@ -70,13 +74,16 @@ typedef struct ucx_reg {
 } ucx_reg_t;
 
 /* Our part of every UCX request (request_size): the flush's completion,
- * linked into its connection's list of flushes in flight. */
+ * linked into its connection's list of flushes in flight; or a message
+ * send in flight (msg.c), with the copy of the message it owns, linked
+ * into the connection's list of sends. */
 typedef struct ucx_req {
     ferry__bk_done_cb cb;
     void *arg;
     struct ucx_conn *conn; /* NULL once orphaned by a dead peer */
-    ferry__list_t link;    /* conn->flushes */
+    ferry__list_t link;    /* conn->flushes or conn->sends */
     ucs_status_t deferred; /* an error from posting, reported at flush end */
+    void *buf;             /* a send's message, freed when it ends */
 } ucx_req_t;
 
 /* A remote key, unpacked on its connection's current endpoint: NULL after
@@ -106,6 +113,9 @@ typedef struct ucx_conn {
     int pidfd;           /* -1 when pidfd_open was refused */
     pid_t pid;
     ferry__list_t flushes; /* in flight on this endpoint (ucx_req_t) */
+    ferry__list_t sends;   /* messages in flight on it (ucx_req_t, msg.c) */
+    bool wired;            /* a message has left on this endpoint (msg.c) */
+    uint64_t next_alive_ns; /* when a send next asks after the peer's pid */
     atomic_uint runs;      /* run()s copying into its mapped keys */
     ferry__list_t rkeys;   /* ucx_rkey_t */
     ferry__list_t link;    /* ctx->conns */
@@ -158,6 +168,19 @@ ferry_status_t ferry__ucx_run(void *vctx, void *vconn, void *plan, ferry_xfer_op
 /* Where remote address raddr of rk's region lies in this process, or NULL
  * if it is not mapped here. */
 void *ferry__ucx_mapped(ucx_rkey_t *rk, uint64_t raddr);
+
+/* msg.c: notifications. The active message id they travel under. */
+#define FERRY__UCX_AM_NOTIF 0x4e46u
+ferry_status_t ferry__ucx_msg_send(void *vctx, void *vconn, const void *data,
+                                   size_t len);
+ferry_status_t ferry__ucx_msg_listen(void *vctx, ferry__bk_msg_cb cb, void *arg);
+/* Frees the messages of sends that the connection abandons; with
+ * destroyed true its worker is gone, so UCX will not report them. */
+void ferry__ucx_sends_drop(ucx_conn_t *conn, bool destroyed);
+/* conn.c: fails a same-host connection whose peer process has ended
+ * (asking at most once a millisecond); returns whether it still looks
+ * alive. */
+bool ferry__ucx_conn_alive(ucx_ctx_t *ctx, ucx_conn_t *conn);
 
 /* mem.c: registrations and allocations. */
 ferry_status_t ferry__ucx_mem_register(void *vctx, const ferry_desc_t *desc,
