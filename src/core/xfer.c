@@ -443,9 +443,6 @@ static void cq_drop(ferry_xfer_t *x)
         ferry__cq_signal(x->agent, false);
 }
 
-/* Under the lock: ends a request in flight. The completion queue takes it
- * (queue, and the request asked for it) unless the post that started it
- * returns its result itself, as an inline completion does. */
 /*
  * Under the lock: a successful post's end sends the request's message, now
  * that every byte of the post is in place (see ferry/notif.h); a message
@@ -466,6 +463,9 @@ static void xfer_send_msg(ferry_xfer_t *x)
     }
 }
 
+/* Under the lock: ends a request in flight. The completion queue takes it
+ * (queue, and the request asked for it) unless the post that started it
+ * returns its result itself, as an inline completion does. */
 static void xfer_finish(ferry_xfer_t *x, bool queue)
 {
     ferry_agent_t *agent = x->agent;
