@@ -62,6 +62,13 @@ const ferry__config_entry_t ferry__config_table[] = {
      "how long ferry_comm_create waits for every rank to join, in ms"},
     {"FERRY_COMM_LIVENESS_MS", "10000",
      "a rank whose heartbeat is this old, in ms, is declared dead"},
+    {"FERRY_DIR_TTL_MS", "5000",
+     "TTL of a directory's etcd lease, in ms (whole seconds): how long a "
+     "dead publisher stays listed"},
+    {"FERRY_DIR_TIMEOUT_MS", "2000",
+     "limit for one directory call to one etcd endpoint, in ms"},
+    {"FERRY_DIR_POLL_MS", "200",
+     "how often a directory watch reads its prefix, in ms"},
     {NULL, NULL, NULL},
 };
 
