@@ -72,7 +72,7 @@ static void fill(uint8_t *p, size_t n, uint64_t seed)
 static char tmpdir[64];
 static volatile pid_t etcd_pids[MAX_MEMBERS];
 static int client_port[MAX_MEMBERS], peer_port[MAX_MEMBERS];
-static volatile pid_t child_pids[4];
+static volatile pid_t child_pids[4]; /* publishers, by slot */
 
 static void stop_all(void)
 {
@@ -232,11 +232,14 @@ static void start_cluster(int n)
 /* The publisher process                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* Publishes an agent whose SIZE bytes of memory hold fill(seed), tells the
- * parent their address, then obeys stdin: "republish" (register a second
+/* Publishes an agent whose SIZE bytes of memory (from ferry_mem_alloc, or
+ * with mode "malloc" ordinary memory, on which transfers need this
+ * process's progress) hold fill(seed), tells the parent their address,
+ * then obeys stdin: "republish" (register a second
  * region and publish again), "exit" (destroy the directory: its lease is
  * revoked), or EOF. */
-static int publisher(const char *url, const char *name, uint64_t seed, long ttl_ms)
+static int publisher(const char *url, const char *name, uint64_t seed, long ttl_ms,
+                     const char *mode)
 {
     ferry_agent_params_t ap = { .field_mask = FERRY_AGENT_PARAM_NAME |
                                               FERRY_AGENT_PARAM_PROGRESS_THREAD,
@@ -251,7 +254,10 @@ static int publisher(const char *url, const char *name, uint64_t seed, long ttl_
 
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    ASSERT_ST(FERRY_OK, ferry_mem_alloc(agent, SIZE, FERRY_MEM_HOST, &buf));
+    if (strcmp(mode, "malloc") == 0)
+        ASSERT_TRUE((buf = aligned_alloc(4096, SIZE)) != NULL);
+    else
+        ASSERT_ST(FERRY_OK, ferry_mem_alloc(agent, SIZE, FERRY_MEM_HOST, &buf));
     fill(buf, SIZE, seed);
     ferry_desc_t d = { .addr = (uintptr_t)buf, .len = SIZE, .kind = FERRY_MEM_HOST };
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &mem));
@@ -287,7 +293,7 @@ typedef struct child {
 static const char *self_path;
 
 static void spawn_publisher(child_t *c, int slot, const char *url, const char *name,
-                            uint64_t seed, long ttl_ms)
+                            uint64_t seed, long ttl_ms, const char *mode)
 {
     int to[2], from[2];
     char seed_s[32], ttl_s[32], line[128];
@@ -301,7 +307,8 @@ static void spawn_publisher(child_t *c, int slot, const char *url, const char *n
         dup2(to[0], 0);
         dup2(from[1], 1);
         close(to[0]), close(to[1]), close(from[0]), close(from[1]);
-        execl(self_path, self_path, "publisher", url, name, seed_s, ttl_s, (char *)NULL);
+        execl(self_path, self_path, "publisher", url, name, seed_s, ttl_s, mode,
+              (char *)NULL);
         _exit(127);
     }
     child_pids[slot] = c->pid;
@@ -407,15 +414,19 @@ static void case_agents(void)
     const double ttl = ttl_ms / 1000.0;
     int order[1] = { 0 };
     char url[256];
+    /* A stall timeout far beyond the TTL: only the directory may end the
+     * request to the frozen publisher below. */
     ferry_agent_params_t ap = { .field_mask = FERRY_AGENT_PARAM_NAME |
-                                              FERRY_AGENT_PARAM_PROGRESS_THREAD,
-                                .name = "reader", .progress_thread = 1 };
+                                              FERRY_AGENT_PARAM_PROGRESS_THREAD |
+                                              FERRY_AGENT_PARAM_STALL_TIMEOUT,
+                                .name = "reader", .progress_thread = 1,
+                                .stall_timeout_ns = 60 * SEC };
     ferry_agent_t *agent;
     ferry_dir_t *dir;
     ferry_peer_t *peer, *peer2;
     ferry_mem_t *mem;
     void *buf;
-    child_t pub, pub2, quiet;
+    child_t pub, pub2, quiet, frozen;
     char **names;
     size_t n;
     void *blob;
@@ -439,11 +450,12 @@ static void case_agents(void)
     EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_dir_get(dir, "prefill-0", &blob, &len, NULL));
     EXPECT_ERR_HAS("prefill-0");
     EXPECT_ST(FERRY_ERR_INVALID, ferry_dir_events(dir, NULL, 0, &n));
+    ASSERT_ST(FERRY_OK, ferry_dir_attach(dir, agent)); /* starts the watch */
     ASSERT_ST(FERRY_OK, ferry_dir_watch(dir));
     ASSERT_ST(FERRY_OK, ferry_dir_fd(dir, &fd));
 
     /* A publisher in another process: joins, is found by name, moves bytes. */
-    spawn_publisher(&pub, 0, url, "prefill-0", 11, ttl_ms);
+    spawn_publisher(&pub, 0, url, "prefill-0", 11, ttl_ms, "alloc");
     EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "prefill-0", 5));
     struct pollfd pfd = { .fd = fd, .events = POLLIN };
     EXPECT_EQ(0, poll(&pfd, 1, 0)); /* drained: not readable */
@@ -492,7 +504,7 @@ static void case_agents(void)
     /* A restart under the same name: LEAVE was seen, now JOIN; loading it
      * gives the same handle with the new instance's metadata, so the old
      * request is refused and a new one reaches the new process. */
-    spawn_publisher(&pub2, 1, url, "prefill-0", 22, ttl_ms);
+    spawn_publisher(&pub2, 1, url, "prefill-0", 22, ttl_ms, "alloc");
     EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "prefill-0", 5));
     ASSERT_ST(FERRY_OK, ferry_dir_load(dir, agent, "prefill-0", &peer2));
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_xfer_post(old));
@@ -501,7 +513,7 @@ static void case_agents(void)
 
     /* A clean exit revokes the lease: gone far sooner than the TTL, which
      * is 30 s for this publisher. */
-    spawn_publisher(&quiet, 2, url, "decode-0", 33, 30000);
+    spawn_publisher(&quiet, 2, url, "decode-0", 33, 30000, "alloc");
     EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "decode-0", 5));
     t0 = now_s();
     tell(&quiet, "exit", NULL);
@@ -514,14 +526,73 @@ static void case_agents(void)
     reap(&pub2, 1);
     EXPECT_EQ(FERRY_DIR_LEAVE, next_event(dir, "prefill-0", 5));
 
-    /* This process publishes too, and unpublishes. */
+    /* A publisher that stops (SIGSTOP: alive, but its lease is no longer
+     * renewed) while a READ of its ordinary memory, which needs its
+     * progress, is in flight: the departure ends the request with
+     * PEER_LOST within the TTL (with margin), long before the 60 s stall
+     * timeout, and refuses new prepares to it. */
+    spawn_publisher(&frozen, 3, url, "frozen-0", 44, ttl_ms, "malloc");
+    EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "frozen-0", 5));
+    ASSERT_ST(FERRY_OK, ferry_dir_load(dir, agent, "frozen-0", &peer));
+    check_transfer(agent, peer, frozen.addr, buf, 44);
+    ferry_desc_t flocal = { .addr = (uintptr_t)buf, .len = SIZE, .kind = FERRY_MEM_HOST };
+    ferry_desc_t fremote = { .addr = frozen.addr, .len = SIZE, .kind = FERRY_MEM_HOST };
+    ferry_xfer_t *stuck;
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &flocal, 1, peer,
+                                           &fremote, 1, NULL, &stuck));
+    xu_stop_child(frozen.pid); /* returns once it is stopped */
+    t0 = now_s();
+    ferry_status_t fst = ferry_xfer_post(stuck);
+    EXPECT_ST(FERRY_IN_PROGRESS, fst);
+    if (fst == FERRY_IN_PROGRESS)
+        fst = ferry_xfer_wait(stuck, (int64_t)((ttl + 2.0) * 1e9));
+    seen = now_s() - t0;
+    EXPECT_ST(FERRY_ERR_PEER_LOST, fst);
+    EXPECT_ERR_HAS("left the directory");
+    printf("request in flight to a stopped publisher ended after %.2f s (TTL %.1f s)\n",
+           seen, ttl);
+    EXPECT_TRUE(seen <= ttl + 2.0);
+    EXPECT_EQ(FERRY_DIR_LEAVE, next_event(dir, "frozen-0", 2));
+    ferry_xfer_t *refused = NULL;
+    EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_xfer_prepare(agent, FERRY_OP_READ, &flocal, 1,
+                                                      peer, &fremote, 1, NULL, &refused));
+    EXPECT_TRUE(refused == NULL);
+    EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_xfer_post(stuck));
+    ferry_xfer_release(stuck);
+    kill(frozen.pid, SIGKILL);
+    reap(&frozen, 3);
+
+    /* This process publishes too, loads itself (loopback), unpublishes
+     * (its loopback peer is then gone) and comes back: the same running
+     * agent, loaded again, is usable as a new instance. */
     ASSERT_ST(FERRY_OK, ferry_dir_publish(dir, agent));
     EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "reader", 5));
     ASSERT_ST(FERRY_OK, ferry_dir_keepalive(dir));
+    ASSERT_ST(FERRY_OK, ferry_dir_load(dir, agent, "reader", &peer));
+    ferry_desc_t lo = { .addr = (uintptr_t)buf, .len = SIZE / 2, .kind = FERRY_MEM_HOST };
+    ferry_desc_t hi = { .addr = (uintptr_t)buf + SIZE / 2, .len = SIZE / 2,
+                        .kind = FERRY_MEM_HOST };
+    ferry_xfer_t *loop;
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &lo, 1, peer, &hi, 1,
+                                           NULL, &loop));
+    EXPECT_ST(FERRY_OK, xu_post_wait(loop, 30 * SEC));
     ASSERT_ST(FERRY_OK, ferry_dir_unpublish(dir, agent));
     EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_dir_unpublish(dir, agent));
     EXPECT_EQ(FERRY_DIR_LEAVE, next_event(dir, "reader", 5));
+    EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_xfer_post(loop));
+    ferry_xfer_release(loop);
+    ASSERT_ST(FERRY_OK, ferry_dir_publish(dir, agent));
+    EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "reader", 5));
+    ASSERT_ST(FERRY_OK, ferry_dir_load(dir, agent, "reader", &peer));
+    memset(buf, 7, SIZE / 2);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &lo, 1, peer, &hi, 1,
+                                           NULL, &loop));
+    EXPECT_ST(FERRY_OK, xu_post_wait(loop, 30 * SEC));
+    EXPECT_TRUE(memcmp(buf, (uint8_t *)buf + SIZE / 2, SIZE / 2) == 0);
+    ferry_xfer_release(loop);
 
+    EXPECT_ST(FERRY_OK, ferry_dir_detach(dir, agent));
+    EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_dir_detach(dir, agent));
     ferry_dir_destroy(dir);
     ferry_mem_deregister(mem);
     ferry_agent_destroy(agent);
@@ -742,8 +813,9 @@ int main(int argc, char **argv)
     const char *c = argc > 1 ? argv[1] : "errors";
 
     self_path = argv[0];
-    if (strcmp(c, "publisher") == 0 && argc == 6)
-        return publisher(argv[2], argv[3], strtoull(argv[4], NULL, 10), atol(argv[5]));
+    if (strcmp(c, "publisher") == 0 && argc == 7)
+        return publisher(argv[2], argv[3], strtoull(argv[4], NULL, 10), atol(argv[5]),
+                         argv[6]);
     signal(SIGALRM, on_alarm);
     alarm(100);
     if (strcmp(c, "errors") == 0)

@@ -205,6 +205,26 @@ FERRY_API ferry_status_t ferry_dir_wait(ferry_dir_t *dir, int64_t timeout_ns);
  */
 FERRY_API ferry_status_t ferry_dir_fd(ferry_dir_t *dir, int *fd_p);
 
+/*
+ * Attaches an agent to the directory handle's watch (starting the watch if
+ * needed): from now on, when the watch sees an agent leave (its lease
+ * expired, was revoked, or it was unpublished), the attached agent's peer
+ * of that name, if it has one, is gone: its requests in flight end with
+ * FERRY_ERR_PEER_LOST (the text says it left the directory), and preparing
+ * or posting to it is FERRY_ERR_PEER_LOST until a blob of that name is
+ * loaded again (ferry_dir_load()), which counts as a new instance.
+ * Detach the agent before destroying it. Attaching twice does nothing.
+ * Any thread.
+ */
+FERRY_API ferry_status_t ferry_dir_attach(ferry_dir_t *dir, ferry_agent_t *agent);
+
+/*
+ * Detaches an agent attached with ferry_dir_attach(): once this returns,
+ * the handle no longer touches it. FERRY_ERR_NOT_FOUND if it was not
+ * attached. Any thread.
+ */
+FERRY_API ferry_status_t ferry_dir_detach(ferry_dir_t *dir, ferry_agent_t *agent);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,9 +18,11 @@
  *
  * Locks, in the order they are taken: call_lock (the callers' connection),
  * lease_lock (the lease and the published blobs: publish, keepalive and
- * re-grant one at a time), lock (the thread's schedule, the watch view and
- * the event queue; never held across a call to etcd).
+ * re-grant one at a time), lock (the thread's schedule, the watch view,
+ * the event queue and the attached agents; never held across a call to
+ * etcd), then an attached agent's own lock (a departure ends its requests).
  */
+#include "core/core.h"
 #include "dir/etcd.h"
 #include "util/config.h"
 #include "util/log.h"
@@ -78,6 +80,8 @@ struct ferry_dir {
     ferry_dir_event_t *events; /* ring buffer */
     size_t ev_head, ev_count, ev_cap;
     int efd; /* readable while ev_count > 0 */
+    ferry_agent_t **attached; /* told of departures (ferry_dir_attach) */
+    size_t nattached;
     ferry__etcd_conn_t *thread_conn;
 };
 
@@ -130,6 +134,20 @@ static void push_event(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
     pthread_cond_broadcast(&dir->event_cv);
 }
 
+/* A departure: the event, and the attached agents' peers of that name are
+ * gone. Call with lock held (which ferry_dir_detach takes, so that no
+ * agent is touched after it returns). */
+static void left(ferry_dir_t *dir, const char *name)
+{
+    char why[FERRY__ETCD_PREFIX_MAX + 96];
+
+    push_event(dir, FERRY_DIR_LEAVE, name, 0);
+    snprintf(why, sizeof(why), "it left the directory '%s': lease expired or "
+             "revoked, or unpublished", dir->prefix);
+    for (size_t i = 0; i < dir->nattached; i++)
+        ferry__peer_lost(dir->attached[i], name, why);
+}
+
 /*
  * Compares a new read of the prefix (kvs, sorted by key) with the view and
  * queues the differences; the read becomes the view. Call with lock held.
@@ -157,14 +175,14 @@ static void diff_view(ferry_dir_t *dir, ferry__etcd_kv_t *kvs, size_t n)
         int c = i == dir->nseen ? 1 : j == nnow ? -1
               : strcmp(dir->seen[i].name, now[j].name);
         if (c < 0) {
-            push_event(dir, FERRY_DIR_LEAVE, dir->seen[i].name, 0);
+            left(dir, dir->seen[i].name);
             i++;
         } else if (c > 0) {
             push_event(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
             j++;
         } else {
             if (dir->seen[i].create_rev != now[j].create_rev) {
-                push_event(dir, FERRY_DIR_LEAVE, now[j].name, 0);
+                left(dir, now[j].name);
                 push_event(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
             } else if (dir->seen[i].mod_rev != now[j].mod_rev) {
                 push_event(dir, FERRY_DIR_UPDATE, now[j].name, now[j].mod_rev);
@@ -401,6 +419,7 @@ void ferry_dir_destroy(ferry_dir_t *dir)
         free(dir->seen[i].name);
     free(dir->seen);
     free(dir->events);
+    free(dir->attached);
     close(dir->efd);
     pthread_cond_destroy(&dir->event_cv);
     pthread_cond_destroy(&dir->cv);
@@ -713,4 +732,43 @@ ferry_status_t ferry_dir_fd(ferry_dir_t *dir, int *fd_p)
         return ferry__error(FERRY_ERR_INVALID, "dir: fd: NULL argument");
     *fd_p = dir->efd;
     return FERRY_OK;
+}
+
+ferry_status_t ferry_dir_attach(ferry_dir_t *dir, ferry_agent_t *agent)
+{
+    ferry_agent_t **a;
+
+    if (dir == NULL || agent == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "dir: attach: NULL argument");
+    FERRY_CHECK(ferry_dir_watch(dir));
+    pthread_mutex_lock(&dir->lock);
+    for (size_t i = 0; i < dir->nattached; i++)
+        if (dir->attached[i] == agent) {
+            pthread_mutex_unlock(&dir->lock);
+            return FERRY_OK;
+        }
+    a = realloc(dir->attached, (dir->nattached + 1) * sizeof(*a));
+    if (a == NULL) {
+        pthread_mutex_unlock(&dir->lock);
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+    }
+    a[dir->nattached++] = agent;
+    dir->attached = a;
+    pthread_mutex_unlock(&dir->lock);
+    return FERRY_OK;
+}
+
+ferry_status_t ferry_dir_detach(ferry_dir_t *dir, ferry_agent_t *agent)
+{
+    if (dir == NULL || agent == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "dir: detach: NULL argument");
+    pthread_mutex_lock(&dir->lock);
+    for (size_t i = 0; i < dir->nattached; i++)
+        if (dir->attached[i] == agent) {
+            dir->attached[i] = dir->attached[--dir->nattached];
+            pthread_mutex_unlock(&dir->lock);
+            return FERRY_OK;
+        }
+    pthread_mutex_unlock(&dir->lock);
+    return ferry__error(FERRY_ERR_NOT_FOUND, "dir: detach: the agent is not attached");
 }

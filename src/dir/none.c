@@ -94,3 +94,15 @@ ferry_status_t ferry_dir_fd(ferry_dir_t *dir, int *fd_p)
     (void)dir, (void)fd_p;
     return missing();
 }
+
+ferry_status_t ferry_dir_attach(ferry_dir_t *dir, ferry_agent_t *agent)
+{
+    (void)dir, (void)agent;
+    return missing();
+}
+
+ferry_status_t ferry_dir_detach(ferry_dir_t *dir, ferry_agent_t *agent)
+{
+    (void)dir, (void)agent;
+    return missing();
+}
