@@ -14,7 +14,7 @@
  *             checked); a watch sees it join, update and, once it is
  *             killed with SIGKILL, leave within the TTL (with margin); a
  *             restart under the same name is a new instance; a clean exit
- *             revokes the lease at once
+ *             revokes the lease at once; ferry-info --dir lists it
  *   failover  three etcd members: a follower listed first is killed and
  *             every call goes on through the others
  *
@@ -404,6 +404,27 @@ static void check_transfer(ferry_agent_t *agent, ferry_peer_t *peer, uint64_t ad
     EXPECT_TRUE(memcmp(buf, want, SIZE) == 0);
 }
 
+/* Runs ferry-info --dir url: its output (stdout and stderr) must contain
+ * want, and its exit status be status. */
+static void check_info(const char *url, const char *want, int status)
+{
+    char cmd[512], out[4096];
+    size_t n;
+    FILE *p;
+    int rc;
+
+    snprintf(cmd, sizeof(cmd), "'%s' --dir '%s' 2>&1", FERRY_INFO_TOOL, url);
+    p = popen(cmd, "r");
+    ASSERT_TRUE(p != NULL);
+    n = fread(out, 1, sizeof(out) - 1, p);
+    out[n] = '\0';
+    rc = pclose(p);
+    printf("%s", out);
+    EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == status);
+    if (strstr(out, want) == NULL)
+        TEST_FAIL_AT_("ferry-info --dir %s: no '%s' in: %s", url, want, out);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Cases                                                                    */
 /* ------------------------------------------------------------------------ */
@@ -467,6 +488,8 @@ static void case_agents(void)
     ASSERT_ST(FERRY_OK, ferry_dir_get(dir, "prefill-0", &blob, &len, &rev));
     EXPECT_TRUE(len > 0);
     ferry_dir_free(blob);
+    check_info(url, "prefill-0", 0);
+    check_info("etcd://127.0.0.1:1/x", "ferry-info: peer lost: dir: opening", 1);
     t0 = now_s();
     ASSERT_ST(FERRY_OK, ferry_dir_load(dir, agent, "prefill-0", &peer));
     printf("lookup and load: %.1f ms\n", (now_s() - t0) * 1e3);
