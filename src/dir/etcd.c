@@ -346,7 +346,13 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         /* etcd is reached directly: an http_proxy set for the web must not
          * capture cluster traffic (nor loopback). */
         curl_easy_setopt(c->curl, CURLOPT_NOPROXY, "*");
+        /* Only plain HTTP, also after a redirect (libcurl 7.85 renamed the
+         * option; older ones, as in Ubuntu 22.04, have only the mask). */
+#if LIBCURL_VERSION_NUM >= 0x075500
         curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http");
+#else
+        curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
+#endif
         rc = curl_easy_perform(c->curl);
         if (rc != CURLE_OK) {
             st = rc == CURLE_OPERATION_TIMEDOUT ? FERRY_ERR_TIMEOUT
