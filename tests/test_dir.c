@@ -15,8 +15,10 @@
  *             killed with SIGKILL, leave within the TTL (with margin); a
  *             restart under the same name is a new instance; a clean exit
  *             revokes the lease at once; ferry-info --dir lists it
- *   failover  three etcd members: a follower listed first is killed and
- *             every call goes on through the others
+ *   failover  three etcd members, four agents that publish, find each
+ *             other by name and transfer (bytes checked); a follower listed
+ *             first is killed, and publishing, renewing, finding and
+ *             transferring go on through the others
  *
  * Without an etcd executable (PATH, or FERRY_TEST_ETCD) the etcd cases exit
  * 77 with the reason. The same executable is the publisher process
@@ -656,15 +658,42 @@ static int find_follower(int n)
     return -1;
 }
 
+#define NFO 4
+
+/* Each of the NFO agents loads the others by name through its own handle
+ * and READs their data (the first SIZE bytes of each one's buffer, filled
+ * with fill(100 + j)) into the second half of its own: bytes checked. */
+static void fo_exchange(ferry_agent_t **agents, ferry_dir_t **dirs, uint8_t **bufs)
+{
+    static uint8_t want[SIZE];
+
+    for (int i = 0; i < NFO; i++)
+        for (int j = 0; j < NFO; j++) {
+            char name[16];
+            ferry_peer_t *peer;
+
+            if (i == j)
+                continue;
+            snprintf(name, sizeof(name), "fo-%d", j);
+            ASSERT_ST(FERRY_OK, ferry_dir_load(dirs[i], agents[i], name, &peer));
+            memset(bufs[i] + SIZE, 0, SIZE);
+            EXPECT_ST(FERRY_OK, move(agents[i], FERRY_OP_READ, bufs[i] + SIZE, peer,
+                                     (uintptr_t)bufs[j]));
+            fill(want, SIZE, 100 + (uint64_t)j);
+            EXPECT_TRUE(memcmp(bufs[i] + SIZE, want, SIZE) == 0);
+        }
+}
+
 static void case_failover(void)
 {
     int order[MAX_MEMBERS], victim, k = 0;
     char url[256];
-    ferry_agent_params_t ap = { .field_mask = FERRY_AGENT_PARAM_NAME, .name = "fo-0" };
     ferry_dir_params_t dp = { .field_mask = FERRY_DIR_PARAM_TTL | FERRY_DIR_PARAM_TIMEOUT,
                               .ttl_ns = 3 * SEC, .timeout_ns = 2 * SEC };
-    ferry_agent_t *agent;
-    ferry_dir_t *dir, *dir2;
+    ferry_agent_t *agents[NFO];
+    ferry_dir_t *dirs[NFO], *dir2;
+    ferry_mem_t *mems[NFO];
+    uint8_t *bufs[NFO];
     void *blob;
     size_t len, n;
     char **names;
@@ -678,40 +707,73 @@ static void case_failover(void)
         if (i != victim)
             order[k++] = i;
     member_url(url, sizeof(url), order, 3, "ferry-test/failover");
-    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    ASSERT_ST(FERRY_OK, ferry_dir_create(url, &dp, &dir));
-    ASSERT_ST(FERRY_OK, ferry_dir_publish(dir, agent));
-    ASSERT_ST(FERRY_OK, ferry_dir_watch(dir));
-    EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "fo-0", 5));
+
+    /* Four agents, each with its memory and its own directory handle,
+     * publish, find each other by name and transfer. */
+    for (int i = 0; i < NFO; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "fo-%d", i);
+        ferry_agent_params_t ap = { .field_mask = FERRY_AGENT_PARAM_NAME |
+                                                  FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                                    .name = name, .progress_thread = 1 };
+        void *b;
+        ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agents[i]));
+        ASSERT_ST(FERRY_OK, ferry_mem_alloc(agents[i], 2 * SIZE, FERRY_MEM_HOST, &b));
+        bufs[i] = b;
+        fill(bufs[i], SIZE, 100 + (uint64_t)i);
+        ferry_desc_t d = { .addr = (uintptr_t)b, .len = 2 * SIZE, .kind = FERRY_MEM_HOST };
+        ASSERT_ST(FERRY_OK, ferry_mem_register(agents[i], &d, 1, &mems[i]));
+        ASSERT_ST(FERRY_OK, ferry_dir_create(url, &dp, &dirs[i]));
+        ASSERT_ST(FERRY_OK, ferry_dir_publish(dirs[i], agents[i]));
+    }
+    ASSERT_ST(FERRY_OK, ferry_dir_watch(dirs[0]));
+    for (int i = 0; i < NFO; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "fo-%d", i);
+        EXPECT_EQ(FERRY_DIR_JOIN, next_event(dirs[0], name, 5));
+    }
+    fo_exchange(agents, dirs, bufs);
 
     /* The first endpoint, the one every call went to, dies. */
     kill(etcd_pids[victim], SIGKILL);
     waitpid(etcd_pids[victim], NULL, 0);
     etcd_pids[victim] = 0;
     t0 = now_s();
-    ASSERT_ST(FERRY_OK, ferry_dir_get(dir, "fo-0", &blob, &len, NULL));
+    ASSERT_ST(FERRY_OK, ferry_dir_get(dirs[0], "fo-0", &blob, &len, NULL));
     printf("first call after the member's death: %.1f ms\n", (now_s() - t0) * 1e3);
     ferry_dir_free(blob);
-    ASSERT_ST(FERRY_OK, ferry_dir_publish(dir, agent));
-    ASSERT_ST(FERRY_OK, ferry_dir_keepalive(dir));
-    ASSERT_ST(FERRY_OK, ferry_dir_list(dir, &names, &n));
-    EXPECT_EQ(1, n);
+    for (int i = 0; i < NFO; i++) {
+        ASSERT_ST(FERRY_OK, ferry_dir_publish(dirs[i], agents[i]));
+        ASSERT_ST(FERRY_OK, ferry_dir_keepalive(dirs[i]));
+    }
+    ASSERT_ST(FERRY_OK, ferry_dir_list(dirs[0], &names, &n));
+    EXPECT_EQ(NFO, n);
     ferry_dir_free(names);
-    EXPECT_EQ(FERRY_DIR_UPDATE, next_event(dir, "fo-0", 5));
+    EXPECT_EQ(FERRY_DIR_UPDATE, next_event(dirs[0], "fo-0", 5));
+    fo_exchange(agents, dirs, bufs);
 
     /* A new handle whose first endpoint is dead connects through the next;
-     * the lease stays alive through the survivors for several TTLs. */
+     * the leases stay alive through the survivors for several TTLs. */
     ASSERT_ST(FERRY_OK, ferry_dir_create(url, &dp, &dir2));
     sleep(4);
-    ASSERT_ST(FERRY_OK, ferry_dir_get(dir2, "fo-0", &blob, &len, NULL));
-    ferry_dir_free(blob);
-    EXPECT_EQ(0, next_event(dir, "fo-0", 0.5)); /* no LEAVE */
+    ASSERT_ST(FERRY_OK, ferry_dir_list(dir2, &names, &n));
+    EXPECT_EQ(NFO, n);
+    ferry_dir_free(names);
+    ferry_dir_event_t ev;
+    while (ferry_dir_events(dirs[0], &ev, 1, &n) == FERRY_OK && n == 1)
+        EXPECT_TRUE(ev.kind != FERRY_DIR_LEAVE); /* nobody left */
 
-    /* Destroying revokes the lease through a survivor. */
-    ferry_dir_destroy(dir);
-    EXPECT_ST(FERRY_ERR_NOT_FOUND, ferry_dir_get(dir2, "fo-0", &blob, &len, NULL));
+    /* Destroying revokes each lease through a survivor. */
+    for (int i = 0; i < NFO; i++)
+        ferry_dir_destroy(dirs[i]);
+    ASSERT_ST(FERRY_OK, ferry_dir_list(dir2, &names, &n));
+    EXPECT_EQ(0, n);
+    ferry_dir_free(names);
     ferry_dir_destroy(dir2);
-    ferry_agent_destroy(agent);
+    for (int i = 0; i < NFO; i++) {
+        ferry_mem_deregister(mems[i]);
+        ferry_agent_destroy(agents[i]);
+    }
 }
 
 /* A one-connection HTTP server thread: answers every request with reply
