@@ -15,6 +15,10 @@
  *             killed with SIGKILL, leave within the TTL (with margin); a
  *             restart under the same name is a new instance; a clean exit
  *             revokes the lease at once; ferry-info --dir lists it
+ *   churn     two agents transfer all along while a third process joins,
+ *             is found through the watch, receives transfers and is killed:
+ *             its departure is seen within the TTL, its requests end with
+ *             PEER_LOST, and not one transfer between the two others fails
  *   failover  three etcd members, four agents that publish, find each
  *             other by name and transfer (bytes checked); a follower listed
  *             first is killed, and publishing, renewing, finding and
@@ -658,6 +662,113 @@ static int find_follower(int n)
     return -1;
 }
 
+/* The survivors' traffic in case_churn: READs of b's data into a's
+ * buffer, each checked, until told to stop. */
+typedef struct churn {
+    ferry_agent_t *a;
+    ferry_peer_t *b;
+    uint8_t *buf;
+    uint64_t addr;
+    atomic_bool stop;
+    long ok, failed;
+} churn_t;
+
+static void *churn_main(void *arg)
+{
+    churn_t *c = arg;
+    static uint8_t want[SIZE];
+
+    fill(want, SIZE, 55);
+    while (!atomic_load(&c->stop)) {
+        memset(c->buf, 0, SIZE);
+        ferry_status_t st = move(c->a, FERRY_OP_READ, c->buf, c->b, c->addr);
+        if (st == FERRY_OK && memcmp(c->buf, want, SIZE) == 0) {
+            c->ok++;
+        } else {
+            c->failed++;
+            fprintf(stderr, "churn: %s: %s\n", ferry_status_str(st), ferry_last_error());
+        }
+        usleep(200); /* leave the 2-core machine some room */
+    }
+    return NULL;
+}
+
+/* Join and leave under load: two agents transfer all along while a third
+ * (another process) joins, is found through the watch, receives
+ * transfers, and is killed with SIGKILL; the departure is seen within the
+ * TTL (with margin), the third's requests end with PEER_LOST, and not one
+ * transfer between the two others fails. */
+static void case_churn(void)
+{
+    const long ttl_ms = 2000;
+    int order[1] = { 0 };
+    char url[256];
+    ferry_agent_t *a, *b;
+    ferry_mem_t *ma, *mb;
+    void *bufa, *bufb;
+    ferry_dir_t *dir;
+    ferry_peer_t *pb, *pc;
+    churn_t c = { 0 };
+    pthread_t th;
+    child_t third;
+    double t0;
+
+    start_cluster(1);
+    member_url(url, sizeof(url), order, 1, "ferry-test/churn");
+    ferry_agent_params_t pa = { .field_mask = FERRY_AGENT_PARAM_NAME |
+                                              FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                                .name = "survivor-a", .progress_thread = 1 };
+    ferry_agent_params_t pbp = pa;
+    pbp.name = "survivor-b";
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&pa, &a));
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&pbp, &b));
+    ASSERT_ST(FERRY_OK, ferry_mem_alloc(a, 2 * SIZE, FERRY_MEM_HOST, &bufa));
+    ASSERT_ST(FERRY_OK, ferry_mem_alloc(b, SIZE, FERRY_MEM_HOST, &bufb));
+    fill(bufb, SIZE, 55);
+    ferry_desc_t da = { .addr = (uintptr_t)bufa, .len = 2 * SIZE, .kind = FERRY_MEM_HOST };
+    ferry_desc_t db = { .addr = (uintptr_t)bufb, .len = SIZE, .kind = FERRY_MEM_HOST };
+    ASSERT_ST(FERRY_OK, ferry_mem_register(a, &da, 1, &ma));
+    ASSERT_ST(FERRY_OK, ferry_mem_register(b, &db, 1, &mb));
+    ASSERT_ST(FERRY_OK, ferry_dir_create(url, NULL, &dir));
+    ASSERT_ST(FERRY_OK, ferry_dir_publish(dir, a));
+    ASSERT_ST(FERRY_OK, ferry_dir_publish(dir, b));
+    ASSERT_ST(FERRY_OK, ferry_dir_attach(dir, a));
+    ASSERT_ST(FERRY_OK, ferry_dir_load(dir, a, "survivor-b", &pb));
+
+    c.a = a;
+    c.b = pb;
+    c.buf = bufa;
+    c.addr = (uintptr_t)bufb;
+    atomic_init(&c.stop, false);
+    ASSERT_TRUE(pthread_create(&th, NULL, churn_main, &c) == 0);
+
+    spawn_publisher(&third, 0, url, "third", 66, ttl_ms, "alloc");
+    EXPECT_EQ(FERRY_DIR_JOIN, next_event(dir, "third", 5));
+    ASSERT_ST(FERRY_OK, ferry_dir_load(dir, a, "third", &pc));
+    check_transfer(a, pc, third.addr, (uint8_t *)bufa + SIZE, 66);
+    kill(third.pid, SIGKILL);
+    t0 = now_s();
+    reap(&third, 0);
+    EXPECT_EQ(FERRY_DIR_LEAVE, next_event(dir, "third", ttl_ms / 1000.0 + 2.0));
+    printf("departure seen after %.2f s (TTL %.1f s) while the survivors transferred\n",
+           now_s() - t0, ttl_ms / 1000.0);
+    EXPECT_ST(FERRY_ERR_PEER_LOST, move(a, FERRY_OP_READ, (uint8_t *)bufa + SIZE, pc,
+                                        third.addr));
+    usleep(300000); /* some more traffic after the departure */
+    atomic_store(&c.stop, true);
+    pthread_join(th, NULL);
+    printf("survivors: %ld transfers checked, %ld failed\n", c.ok, c.failed);
+    EXPECT_EQ(0, c.failed);
+    EXPECT_TRUE(c.ok > 10);
+
+    EXPECT_ST(FERRY_OK, ferry_dir_detach(dir, a));
+    ferry_dir_destroy(dir);
+    ferry_mem_deregister(ma);
+    ferry_mem_deregister(mb);
+    ferry_agent_destroy(a);
+    ferry_agent_destroy(b);
+}
+
 #define NFO 4
 
 /* Each of the NFO agents loads the others by name through its own handle
@@ -909,8 +1020,10 @@ int main(int argc, char **argv)
         case_agents();
     else if (strcmp(c, "failover") == 0)
         case_failover();
+    else if (strcmp(c, "churn") == 0)
+        case_churn();
     else {
-        fprintf(stderr, "usage: test_dir errors|agents|failover\n");
+        fprintf(stderr, "usage: test_dir errors|agents|failover|churn\n");
         return 2;
     }
     stop_all();
