@@ -72,16 +72,21 @@ all: build
 # and make stops, rather than calling sudo.
 #
 # Building and installing need the compiler, CMake, pkg-config, UCX's
-# development files and OpenSSL's (libcrypto: HMAC-SHA-256 for the job
-# secret). ferry-bench (`make bench`) needs nothing more.
+# development files, OpenSSL's (libcrypto: HMAC-SHA-256 for the job
+# secret), and libcurl and jansson for the etcd directory (src/dir/; a
+# build without them leaves it out, its calls then return
+# FERRY_ERR_UNSUPPORTED). ferry-bench (`make bench`) needs nothing more.
 BUILD_DEPS = \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	pkg-config --exists ucx 2>/dev/null || missing="$$missing libucx-dev"; \
-	pkg-config --exists libcrypto 2>/dev/null || missing="$$missing libssl-dev";
+	pkg-config --exists libcrypto 2>/dev/null || missing="$$missing libssl-dev"; \
+	pkg-config --exists libcurl 2>/dev/null || missing="$$missing libcurl4-openssl-dev"; \
+	pkg-config --exists jansson 2>/dev/null || missing="$$missing libjansson-dev";
 
-# The suite adds: ucx_info (ucx-utils), which test_ferry_info compares
+# The suite adds: etcd (etcd-server), which the directory tests start on
+# loopback ports (test_dir_*); ucx_info (ucx-utils), which test_ferry_info compares
 # ferry-info's UCX version with; $(PYTHON) (python3), which runs
 # bench_outputs and the torch interoperability tests, with its headers
 # (python3-dev) for the Python package and numpy, pytest and torch
@@ -93,6 +98,7 @@ BUILD_DEPS = \
 PY_HAS = $(PYTHON) -c 'import sys, importlib; importlib.import_module(sys.argv[1])' 2>/dev/null
 TEST_DEPS = $(BUILD_DEPS) \
 	command -v ucx_info >/dev/null || missing="$$missing ucx-utils"; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	if [ -x $(PYTHON) ]; then \
 		$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || missing="$$missing python3-dev"; \
 		$(PY_HAS) numpy || missing="$$missing python3-numpy"; \

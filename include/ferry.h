@@ -45,6 +45,7 @@
  *   ferry/stream.h   requests ordered on CUDA streams (and graphs)
  *   ferry/store.h    the c10d-compatible rendezvous store and its server
  *   ferry/comm.h     the communicator: ranks, collectives, the exchange
+ *   ferry/dir.h      the directory of agents on etcd: publish, get, watch
  *   ferry/info.h     the report that ferry-info prints
  */
 #ifndef FERRY_H
@@ -58,6 +59,7 @@
 #include "ferry/stream.h"
 #include "ferry/store.h"
 #include "ferry/comm.h"
+#include "ferry/dir.h"
 #include "ferry/info.h"
 
 #endif /* FERRY_H */

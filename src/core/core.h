@@ -247,6 +247,11 @@ ferry_status_t ferry__xfer_result(ferry_xfer_t *x);
 /* Under the lock: times out requests whose transports made no headway for
  * agent->stall_ns (xfer.c; called by every progress). */
 void ferry__stall_check_locked(ferry_agent_t *agent);
+/* Takes the lock: the peer named name has gone (the directory saw it
+ * leave): its instance is retired, so new prepares and posts to it are
+ * PEER_LOST until a new blob of that name is loaded, and its requests in
+ * flight end with PEER_LOST and a text carrying why. No such peer: no-op. */
+void ferry__peer_lost(ferry_agent_t *agent, const char *name, const char *why);
 
 /* xfer.c, under the lock: whether x may be posted now (FERRY_OK, or BUSY,
  * PEER_LOST, NOT_REGISTERED with a text naming call); and starting x's

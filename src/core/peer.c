@@ -182,7 +182,9 @@ ferry_status_t ferry_peer_load(ferry_agent_t *agent, const void *blob,
         ferry__list_add(&agent->peers, &peer->link);
     } else {
         old = peer->remote;
-        if (old->md.incarnation == remote->md.incarnation) {
+        /* A retired instance (its peer left the directory) that comes
+         * back is taken as new too: its old requests stay refused. */
+        if (old->md.incarnation == remote->md.incarnation && !old->inst->retired) {
             /* The same running agent with new registrations: its endpoints
              * and its earlier requests stay good. */
             free(remote->inst);

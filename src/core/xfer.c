@@ -370,6 +370,12 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
 
     ferry__agent_lock(agent);
     rm = peer->remote;
+    if (rm->inst->retired) {
+        /* A peer that left (ferry__peer_lost) until a new blob is loaded. */
+        st = ferry__error(FERRY_ERR_PEER_LOST, "prepare: peer '%s' is gone; "
+                          "load its new metadata first", rm->md.name);
+        goto err_unlock;
+    }
     route.same_host = strcmp(rm->md.host_id, agent->host_id) == 0;
     x->remote = rm; /* referenced below, once nothing can fail */
     FERRY_CHECK_GOTO(resolve(agent, rm, &route, local, remote, nlocal,
@@ -568,6 +574,37 @@ restart:
         (void)xfer_abort_locked(x, FERRY_ERR_TIMEOUT, own, others);
         goto restart; /* the abort took requests off the list */
     }
+}
+
+void ferry__peer_lost(ferry_agent_t *agent, const char *name, const char *why)
+{
+    char own[384], others[448];
+    ferry__inst_t *inst = NULL;
+
+    ferry__agent_lock(agent);
+    for (ferry__list_t *l = agent->peers.next; l != &agent->peers; l = l->next) {
+        ferry_peer_t *peer = ferry__container_of(l, ferry_peer_t, link);
+        if (strcmp(peer->name, name) == 0)
+            inst = peer->remote->inst;
+    }
+    if (inst == NULL || inst->retired) {
+        ferry__agent_unlock(agent);
+        return;
+    }
+    inst->retired = true;
+    snprintf(own, sizeof(own), "xfer: peer '%s' is gone (%s)", name, why);
+    snprintf(others, sizeof(others), "%s; every request in flight to it ended", own);
+    ferry__info("%s", own);
+restart:
+    for (ferry__list_t *l = agent->active.next; l != &agent->active; l = l->next) {
+        ferry_xfer_t *x = ferry__container_of(l, ferry_xfer_t, alink);
+
+        if (x->remote->inst != inst || x->aborting)
+            continue;
+        (void)xfer_abort_locked(x, FERRY_ERR_PEER_LOST, own, others);
+        goto restart; /* the abort took requests off the list */
+    }
+    ferry__agent_unlock(agent);
 }
 
 /* Under the lock: the abort that cancel and release perform. */

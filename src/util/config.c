@@ -71,6 +71,13 @@ const ferry__config_entry_t ferry__config_table[] = {
      "blobs are sealed with it and only blobs sealed with it load, and store "
      "connections authenticate with it; empty: none, and any blob or store "
      "client is trusted"},
+    {"FERRY_DIR_TTL_MS", "5000",
+     "TTL of a directory's etcd lease, in ms (whole seconds): how long a "
+     "dead publisher stays listed"},
+    {"FERRY_DIR_TIMEOUT_MS", "2000",
+     "limit for one directory call to one etcd endpoint, in ms"},
+    {"FERRY_DIR_POLL_MS", "200",
+     "how often a directory watch reads its prefix, in ms"},
     {NULL, NULL, NULL},
 };
 

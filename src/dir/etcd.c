@@ -1,0 +1,644 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The etcd v3 client under the directory: requests are JSON POSTs to the
+ * gateway that every etcd 3.4 member serves on its client port (libcurl),
+ * replies are parsed with jansson. A call goes to the endpoint that
+ * answered last; an endpoint that cannot be reached, does not answer in
+ * time, answers with something that is not etcd's JSON, or says it is
+ * unavailable (no leader, lost quorum) is skipped for the next one, and
+ * the call fails only when every endpoint failed, with a text naming each
+ * endpoint and what went wrong there. An error etcd itself returns (a
+ * lease it does not know) is the cluster's answer and is not retried.
+ */
+#include "dir/etcd.h"
+#include "util/log.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A reply larger than this is not etcd's answer to our requests: the
+ * biggest, a range over the prefix, carries every published blob (each
+ * at most FERRY_MD_MAX), and a bound keeps a bad server from filling the
+ * memory. */
+#define REPLY_MAX (1024u * 1024u * 1024u)
+
+struct ferry__etcd_conn {
+    CURL *curl;
+    struct curl_slist *headers;
+    char *buf;
+    size_t len, cap;
+    bool overflow;
+};
+
+/* ------------------------------------------------------------------------ */
+/* URL                                                                      */
+/* ------------------------------------------------------------------------ */
+
+void ferry__etcd_fini(ferry__etcd_t *e)
+{
+    for (size_t i = 0; i < e->n; i++)
+        free(e->endpoints[i]);
+    e->n = 0;
+}
+
+static ferry_status_t add_endpoint(ferry__etcd_t *e, const char *url,
+                                   const char *s, size_t len)
+{
+    const char *colon = NULL;
+    char *end, port[8];
+    unsigned long p;
+
+    /* The last ':' splits host from port, so that a bracketed IPv6 host
+     * ("[::1]:2379") works too. */
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == ':')
+            colon = s + i;
+    if (len == 0)
+        return ferry__error(FERRY_ERR_INVALID, "dir: '%s': an empty endpoint", url);
+    if (colon == NULL || colon == s || (size_t)(s + len - colon - 1) == 0 ||
+        (size_t)(s + len - colon - 1) > 5)
+        return ferry__error(FERRY_ERR_INVALID,
+                            "dir: '%s': endpoint '%.*s' is not host:port", url,
+                            (int)len, s);
+    memcpy(port, colon + 1, (size_t)(s + len - colon - 1));
+    port[s + len - colon - 1] = '\0';
+    errno = 0;
+    p = strtoul(port, &end, 10);
+    if (*end != '\0' || port[0] < '0' || port[0] > '9' || p == 0 || p > 65535)
+        return ferry__error(FERRY_ERR_INVALID,
+                            "dir: '%s': endpoint '%.*s' has no valid port (1-65535)",
+                            url, (int)len, s);
+    if (e->n == FERRY__ETCD_MAX_ENDPOINTS)
+        return ferry__error(FERRY_ERR_INVALID, "dir: '%s': more than %d endpoints",
+                            url, FERRY__ETCD_MAX_ENDPOINTS);
+    if (asprintf(&e->endpoints[e->n], "http://%.*s", (int)len, s) < 0)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+    e->n++;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__etcd_parse_url(const char *url, ferry__etcd_t *e,
+                                     char *prefix)
+{
+    static const char scheme[] = "etcd://";
+    const char *hosts, *slash, *p;
+    ferry_status_t st;
+    size_t plen;
+
+    if (url == NULL)
+        return ferry__error(FERRY_ERR_INVALID, "dir: NULL url");
+    if (strncmp(url, scheme, sizeof(scheme) - 1) != 0)
+        return ferry__error(FERRY_ERR_INVALID,
+                            "dir: '%s' is not etcd://host:port[,host:port]/prefix", url);
+    hosts = url + sizeof(scheme) - 1;
+    slash = strchr(hosts, '/');
+    if (slash == NULL || slash[1] == '\0')
+        return ferry__error(FERRY_ERR_INVALID,
+                            "dir: '%s' has no prefix (etcd://host:port/prefix)", url);
+    plen = strlen(slash + 1);
+    if (plen > FERRY__ETCD_PREFIX_MAX || slash[plen] == '/')
+        return ferry__error(FERRY_ERR_INVALID,
+                            "dir: '%s': the prefix must be 1 to %d bytes, without a "
+                            "trailing '/'", url, FERRY__ETCD_PREFIX_MAX);
+    for (p = hosts; p < slash;) {
+        const char *comma = memchr(p, ',', (size_t)(slash - p));
+        const char *stop = comma ? comma : slash;
+
+        st = add_endpoint(e, url, p, (size_t)(stop - p));
+        if (st != FERRY_OK) {
+            ferry__etcd_fini(e);
+            return st;
+        }
+        p = comma ? comma + 1 : slash;
+        if (comma && p == slash) {
+            ferry__etcd_fini(e);
+            return ferry__error(FERRY_ERR_INVALID, "dir: '%s': an empty endpoint", url);
+        }
+    }
+    if (e->n == 0)
+        return ferry__error(FERRY_ERR_INVALID, "dir: '%s' names no endpoint", url);
+    memcpy(prefix, slash + 1, plen + 1);
+    return FERRY_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* base64 (RFC 4648, with padding), as protobuf's JSON mapping writes bytes */
+/* ------------------------------------------------------------------------ */
+
+static const char b64[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode(const void *data, size_t len)
+{
+    const unsigned char *s = data;
+    char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
+
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)s[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)s[i + 1] << 8;
+        if (i + 2 < len)
+            v |= s[i + 2];
+        *o++ = b64[v >> 18];
+        *o++ = b64[(v >> 12) & 63];
+        *o++ = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < len ? b64[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+static int b64_value(char c)
+{
+    const char *p = c ? strchr(b64, c) : NULL;
+
+    return p ? (int)(p - b64) : -1;
+}
+
+/* Decodes s into a new buffer with a NUL after the data; NULL for input
+ * that is not base64 (or no memory). */
+static void *b64_decode(const char *s, size_t *len_p)
+{
+    size_t n = strlen(s), o = 0;
+    unsigned char *out;
+
+    if (n % 4 != 0)
+        return NULL;
+    out = malloc(n / 4 * 3 + 1);
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = b64_value(s[i + k]);
+        bool last = i + 4 == n;
+        if (v[0] < 0 || v[1] < 0 || (v[2] < 0 && !(last && s[i + 2] == '=' && s[i + 3] == '=')) ||
+            (v[3] < 0 && !(last && s[i + 3] == '='))) {
+            free(out);
+            return NULL;
+        }
+        out[o++] = (unsigned char)(v[0] << 2 | v[1] >> 4);
+        if (v[2] >= 0)
+            out[o++] = (unsigned char)((v[1] & 15) << 4 | v[2] >> 2);
+        if (v[3] >= 0)
+            out[o++] = (unsigned char)((v[2] & 3) << 6 | v[3]);
+    }
+    out[o] = '\0';
+    *len_p = o;
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connections and calls                                                    */
+/* ------------------------------------------------------------------------ */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+
+/* curl_global_init is not thread-safe in every libcurl: run it once. */
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
+{
+    ferry__etcd_conn_t *c = arg;
+    size_t len = size * n;
+
+    if (c->len + len + 1 > c->cap) {
+        size_t cap = c->cap ? c->cap : 4096;
+        char *b;
+        while (cap < c->len + len + 1)
+            cap *= 2;
+        if (cap > REPLY_MAX + 1 || (b = realloc(c->buf, cap)) == NULL) {
+            c->overflow = true;
+            return 0; /* libcurl ends the transfer with a write error */
+        }
+        c->buf = b;
+        c->cap = cap;
+    }
+    memcpy(c->buf + c->len, data, len);
+    c->len += len;
+    c->buf[c->len] = '\0';
+    return len;
+}
+
+ferry_status_t ferry__etcd_conn_open(ferry__etcd_conn_t **conn_p)
+{
+    ferry__etcd_conn_t *c;
+
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK)
+        return ferry__error(FERRY_ERR_SYSTEM, "dir: curl_global_init: %s",
+                            curl_easy_strerror(curl_init_rc));
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+    c->curl = curl_easy_init();
+    c->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (c->curl == NULL || c->headers == NULL) {
+        ferry__etcd_conn_close(c);
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: curl_easy_init failed");
+    }
+    *conn_p = c;
+    return FERRY_OK;
+}
+
+void ferry__etcd_conn_close(ferry__etcd_conn_t *c)
+{
+    if (c == NULL)
+        return;
+    if (c->curl)
+        curl_easy_cleanup(c->curl);
+    curl_slist_free_all(c->headers);
+    free(c->buf);
+    free(c);
+}
+
+/* gRPC status codes etcd puts in "code" that mean "ask another member":
+ * DEADLINE_EXCEEDED (4), UNAVAILABLE (14). */
+static bool code_retryable(json_int_t code)
+{
+    return code == 4 || code == 14;
+}
+
+/* Worse failures win the final status: an endpoint that answered garbage
+ * says more than one that timed out, which says more than one refused. */
+static int rank_of(ferry_status_t st)
+{
+    return st == FERRY_ERR_PROTOCOL ? 3 : st == FERRY_ERR_BACKEND ? 2
+         : st == FERRY_ERR_TIMEOUT ? 1 : 0;
+}
+
+static void trail_add(char *trail, size_t cap, const char *fmt, ...)
+    FERRY__PRINTF(3, 4);
+
+static void trail_add(char *trail, size_t cap, const char *fmt, ...)
+{
+    size_t n = strlen(trail);
+    va_list ap;
+
+    if (n + 3 >= cap)
+        return;
+    if (n) {
+        memcpy(trail + n, "; ", 3);
+        n += 2;
+    }
+    va_start(ap, fmt);
+    vsnprintf(trail + n, cap - n, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * POSTs req (taken: freed here) to path on the endpoints in turn and
+ * returns the first proper reply in *resp_p. what names the operation for
+ * the texts.
+ */
+static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                           const char *what, const char *path, json_t *req,
+                           json_t **resp_p)
+{
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    ferry_status_t worst = FERRY_ERR_PEER_LOST;
+    size_t start = atomic_load(&e->cur);
+    long ms = (long)(e->timeout_ns / 1000000u);
+    char trail[400] = "";
+
+    json_decref(req);
+    if (body == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: %s: out of memory", what);
+    if (ms < 1)
+        ms = 1;
+    for (size_t i = 0; i < e->n; i++) {
+        size_t idx = (start + i) % e->n;
+        const char *ep = e->endpoints[idx] + 7; /* without "http://" */
+        char url[300];
+        ferry_status_t st;
+        CURLcode rc;
+        long http = 0;
+        json_error_t jerr;
+        json_t *resp, *err;
+
+        snprintf(url, sizeof(url), "%s%s", e->endpoints[idx], path);
+        c->len = 0;
+        c->overflow = false;
+        curl_easy_reset(c->curl);
+        curl_easy_setopt(c->curl, CURLOPT_URL, url);
+        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->headers);
+        curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c);
+        curl_easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, ms);
+        curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, ms);
+        /* Signals for timeouts are process-wide and unsafe with threads. */
+        curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
+        /* etcd is reached directly: an http_proxy set for the web must not
+         * capture cluster traffic (nor loopback). */
+        curl_easy_setopt(c->curl, CURLOPT_NOPROXY, "*");
+        /* Only plain HTTP, also after a redirect (libcurl 7.85 renamed the
+         * option; older ones, as in Ubuntu 22.04, have only the mask). */
+#if LIBCURL_VERSION_NUM >= 0x075500
+        curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS_STR, "http");
+#else
+        curl_easy_setopt(c->curl, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
+#endif
+        rc = curl_easy_perform(c->curl);
+        if (rc != CURLE_OK) {
+            st = rc == CURLE_OPERATION_TIMEDOUT ? FERRY_ERR_TIMEOUT
+               : c->overflow ? FERRY_ERR_PROTOCOL : FERRY_ERR_PEER_LOST;
+            trail_add(trail, sizeof(trail), "%s: %s", ep,
+                      c->overflow ? "reply over 1 GiB" : curl_easy_strerror(rc));
+            if (rank_of(st) > rank_of(worst))
+                worst = st;
+            continue;
+        }
+        curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &http);
+        resp = json_loadb(c->buf ? c->buf : "", c->len, 0, &jerr);
+        if (resp == NULL || !json_is_object(resp)) {
+            trail_add(trail, sizeof(trail), "%s: HTTP %ld, not etcd's JSON (%s)",
+                      ep, http, resp ? "not an object" : jerr.text);
+            json_decref(resp);
+            worst = FERRY_ERR_PROTOCOL;
+            continue;
+        }
+        err = json_object_get(resp, "error");
+        if (err != NULL || http != 200) {
+            json_int_t code = json_integer_value(json_object_get(resp, "code"));
+            const char *msg = json_string_value(err);
+
+            if (msg == NULL)
+                msg = json_string_value(json_object_get(resp, "message"));
+            if (msg == NULL)
+                msg = "no message";
+            if (code_retryable(code) || (http >= 500 && code == 0)) {
+                trail_add(trail, sizeof(trail), "%s: %s (HTTP %ld, code %d)", ep,
+                          msg, http, (int)code);
+                if (rank_of(FERRY_ERR_BACKEND) > rank_of(worst))
+                    worst = FERRY_ERR_BACKEND;
+                json_decref(resp);
+                continue;
+            }
+            st = code == 5 ? FERRY_ERR_NOT_FOUND : FERRY_ERR_BACKEND;
+            ferry__error(st, "dir: etcd %s: %s (%s, code %d)", what, msg, ep, (int)code);
+            json_decref(resp);
+            free(body);
+            return st;
+        }
+        atomic_store(&e->cur, idx);
+        free(body);
+        *resp_p = resp;
+        return FERRY_OK;
+    }
+    free(body);
+    return ferry__error(worst, "dir: etcd %s: no endpoint answered: %s", what, trail);
+}
+
+/* An int64 field: the gateway writes them as decimal strings; absent
+ * fields (zero values are left out) read as 0. */
+static int64_t get_i64(json_t *obj, const char *name)
+{
+    json_t *v = json_object_get(obj, name);
+
+    if (json_is_string(v))
+        return strtoll(json_string_value(v), NULL, 10);
+    if (json_is_integer(v))
+        return (int64_t)json_integer_value(v);
+    return 0;
+}
+
+static json_t *i64_json(int64_t v)
+{
+    char s[24];
+
+    snprintf(s, sizeof(s), "%lld", (long long)v);
+    return json_string(s);
+}
+
+static json_t *bytes_json(const void *p, size_t len)
+{
+    char *s = b64_encode(p, len);
+    json_t *j = s ? json_string(s) : NULL;
+
+    free(s);
+    return j;
+}
+
+/* A request object {"key": base64(key), ...}; NULL when out of memory. */
+static json_t *key_req(const char *key)
+{
+    json_t *req = json_object(), *k = bytes_json(key, strlen(key));
+
+    if (req == NULL || k == NULL || json_object_set_new(req, "key", k) != 0) {
+        json_decref(req);
+        return NULL;
+    }
+    return req;
+}
+
+static int64_t header_rev(json_t *resp)
+{
+    return get_i64(json_object_get(resp, "header"), "revision");
+}
+
+/* ------------------------------------------------------------------------ */
+/* KV                                                                       */
+/* ------------------------------------------------------------------------ */
+
+void ferry__etcd_kvs_free(ferry__etcd_kv_t *kvs, size_t n)
+{
+    if (kvs == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(kvs[i].key);
+        free(kvs[i].value);
+    }
+    free(kvs);
+}
+
+ferry_status_t ferry__etcd_range(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                 const char *key, bool prefix, bool keys_only,
+                                 ferry__etcd_kv_t **kvs_p, size_t *n_p,
+                                 int64_t *rev_p)
+{
+    json_t *req = key_req(key), *resp, *arr;
+    ferry__etcd_kv_t *kvs = NULL;
+    ferry_status_t st;
+    size_t n = 0;
+
+    if (req == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+    if (prefix) {
+        /* Every key starting with key: [key, key with its last byte + 1). */
+        size_t len = strlen(key);
+        char *end = strdup(key);
+        if (end == NULL || len == 0) {
+            free(end);
+            json_decref(req);
+            return ferry__error(FERRY_ERR_INVALID, "dir: empty range prefix");
+        }
+        end[len - 1]++;
+        json_object_set_new(req, "range_end", bytes_json(end, len));
+        free(end);
+    }
+    if (keys_only)
+        json_object_set_new(req, "keys_only", json_true());
+    FERRY_CHECK(call(e, c, "range", "/v3/kv/range", req, &resp));
+    arr = json_object_get(resp, "kvs");
+    if (arr != NULL && !json_is_array(arr)) {
+        json_decref(resp);
+        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd range: 'kvs' is not an array");
+    }
+    if (json_array_size(arr) > 0) {
+        kvs = calloc(json_array_size(arr), sizeof(*kvs));
+        if (kvs == NULL) {
+            json_decref(resp);
+            return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        }
+    }
+    for (n = 0; n < json_array_size(arr); n++) {
+        json_t *kv = json_array_get(arr, n);
+        const char *k = json_string_value(json_object_get(kv, "key"));
+        const char *v = json_string_value(json_object_get(kv, "value"));
+        size_t klen;
+
+        st = FERRY_ERR_PROTOCOL;
+        if (k == NULL || (kvs[n].key = b64_decode(k, &klen)) == NULL ||
+            strlen(kvs[n].key) != klen) {
+            ferry__error(st, "dir: etcd range: entry %zu has no valid key", n);
+            goto err_kvs;
+        }
+        if (!keys_only) {
+            kvs[n].value = b64_decode(v ? v : "", &kvs[n].len);
+            if (kvs[n].value == NULL) {
+                ferry__error(st, "dir: etcd range: key '%s' has no valid value",
+                             kvs[n].key);
+                goto err_kvs;
+            }
+        }
+        kvs[n].create_rev = get_i64(kv, "create_revision");
+        kvs[n].mod_rev = get_i64(kv, "mod_revision");
+        kvs[n].lease = get_i64(kv, "lease");
+    }
+    if (rev_p)
+        *rev_p = header_rev(resp);
+    json_decref(resp);
+    *kvs_p = kvs;
+    *n_p = n;
+    return FERRY_OK;
+
+err_kvs:
+    ferry__etcd_kvs_free(kvs, n + 1); /* entry n may hold a key already */
+    json_decref(resp);
+    return st;
+}
+
+ferry_status_t ferry__etcd_put(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                               const char *key, const void *value, size_t len,
+                               int64_t lease, int64_t *rev_p)
+{
+    json_t *req = key_req(key), *v = bytes_json(value, len), *resp;
+
+    if (req == NULL || v == NULL) {
+        json_decref(req);
+        json_decref(v);
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+    }
+    json_object_set_new(req, "value", v);
+    if (lease != 0)
+        json_object_set_new(req, "lease", i64_json(lease));
+    FERRY_CHECK(call(e, c, "put", "/v3/kv/put", req, &resp));
+    if (rev_p)
+        *rev_p = header_rev(resp);
+    json_decref(resp);
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__etcd_delete(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                  const char *key, int64_t *deleted_p)
+{
+    json_t *req = key_req(key), *resp;
+
+    if (req == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+    FERRY_CHECK(call(e, c, "deleterange", "/v3/kv/deleterange", req, &resp));
+    if (deleted_p)
+        *deleted_p = get_i64(resp, "deleted");
+    json_decref(resp);
+    return FERRY_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Leases                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Calls a lease endpoint with the request {field: "num"}. */
+static ferry_status_t lease_call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                 const char *what, const char *path,
+                                 const char *field, int64_t num, json_t **resp_p)
+{
+    json_t *req = json_object(), *v = i64_json(num);
+
+    if (req == NULL || v == NULL || json_object_set_new(req, field, v) != 0) {
+        json_decref(req);
+        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+    }
+    return call(e, c, what, path, req, resp_p);
+}
+
+ferry_status_t ferry__etcd_lease_grant(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                       int64_t ttl_s, int64_t *id_p)
+{
+    json_t *resp;
+    int64_t id;
+
+    FERRY_CHECK(lease_call(e, c, "lease grant", "/v3/lease/grant", "TTL", ttl_s, &resp));
+    id = get_i64(resp, "ID");
+    json_decref(resp);
+    if (id == 0)
+        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd lease grant: no lease ID in the reply");
+    *id_p = id;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__etcd_lease_keepalive(ferry__etcd_t *e,
+                                           ferry__etcd_conn_t *c, int64_t id,
+                                           int64_t *ttl_p)
+{
+    json_t *resp, *result;
+    int64_t ttl;
+
+    /* The gateway streams keepalive replies: one {"result": ...} object per
+     * request, here exactly one. A lease etcd no longer knows comes back
+     * with no TTL (0). */
+    FERRY_CHECK(lease_call(e, c, "lease keepalive", "/v3/lease/keepalive", "ID", id, &resp));
+    result = json_object_get(resp, "result");
+    if (!json_is_object(result)) {
+        json_decref(resp);
+        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd lease keepalive: no result");
+    }
+    ttl = get_i64(result, "TTL");
+    json_decref(resp);
+    *ttl_p = ttl;
+    return FERRY_OK;
+}
+
+ferry_status_t ferry__etcd_lease_revoke(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                        int64_t id)
+{
+    json_t *resp;
+
+    FERRY_CHECK(lease_call(e, c, "lease revoke", "/v3/lease/revoke", "ID", id, &resp));
+    json_decref(resp);
+    return FERRY_OK;
+}

@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The directory's etcd client (etcd.c): the endpoints of a cluster, one
+ * HTTP connection per calling thread (libcurl), and the few v3 calls the
+ * directory makes through etcd's JSON gateway (kv put, range, deleterange;
+ * lease grant, keepalive, revoke). Keys and values travel base64-encoded,
+ * 64-bit integers as decimal strings, as the gateway's protobuf mapping
+ * does. dir.c builds the public directory on it.
+ */
+#ifndef FERRY_DIR_ETCD_H
+#define FERRY_DIR_ETCD_H
+
+#include "util/status.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FERRY__ETCD_MAX_ENDPOINTS 16
+#define FERRY__ETCD_PREFIX_MAX 200
+
+/* A cluster: its endpoints ("http://host:port"), the one that answered
+ * last (tried first), and the limit for one call to one endpoint. */
+typedef struct ferry__etcd {
+    char *endpoints[FERRY__ETCD_MAX_ENDPOINTS];
+    size_t n;
+    atomic_size_t cur;
+    uint64_t timeout_ns;
+} ferry__etcd_t;
+
+/* One thread's connection (a libcurl easy handle and its reply buffer). */
+typedef struct ferry__etcd_conn ferry__etcd_conn_t;
+
+/* A key-value pair from a range. key and value are NUL-terminated copies
+ * (value NULL for keys-only reads). */
+typedef struct ferry__etcd_kv {
+    char *key;
+    void *value;
+    size_t len;
+    int64_t create_rev, mod_rev, lease;
+} ferry__etcd_kv_t;
+
+/* Parses "etcd://host:port[,host:port...]/prefix" into e's endpoints and
+ * prefix (FERRY__ETCD_PREFIX_MAX + 1 bytes); FERRY_ERR_INVALID with a text
+ * naming what is wrong. */
+ferry_status_t ferry__etcd_parse_url(const char *url, ferry__etcd_t *e,
+                                     char *prefix);
+
+/* Frees the endpoints (not e itself). */
+void ferry__etcd_fini(ferry__etcd_t *e);
+
+ferry_status_t ferry__etcd_conn_open(ferry__etcd_conn_t **conn_p);
+void ferry__etcd_conn_close(ferry__etcd_conn_t *conn);
+
+/*
+ * Reads key (prefix false) or every key that starts with key (prefix
+ * true); keys_only leaves values out. On success *kvs_p (free with
+ * ferry__etcd_kvs_free) holds *n_p pairs in key order and *rev_p (may be
+ * NULL) the store's revision.
+ */
+ferry_status_t ferry__etcd_range(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                 const char *key, bool prefix, bool keys_only,
+                                 ferry__etcd_kv_t **kvs_p, size_t *n_p,
+                                 int64_t *rev_p);
+void ferry__etcd_kvs_free(ferry__etcd_kv_t *kvs, size_t n);
+
+/* Puts key = value bound to lease (0: none); *rev_p (may be NULL) the new
+ * revision. A lease etcd does not know is FERRY_ERR_NOT_FOUND. */
+ferry_status_t ferry__etcd_put(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                               const char *key, const void *value, size_t len,
+                               int64_t lease, int64_t *rev_p);
+
+/* Deletes key; *deleted_p (may be NULL) the number of keys deleted. */
+ferry_status_t ferry__etcd_delete(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                  const char *key, int64_t *deleted_p);
+
+ferry_status_t ferry__etcd_lease_grant(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                       int64_t ttl_s, int64_t *id_p);
+
+/* Renews lease id; *ttl_p its remaining TTL in seconds, 0 when etcd no
+ * longer knows it (expired or revoked). */
+ferry_status_t ferry__etcd_lease_keepalive(ferry__etcd_t *e,
+                                           ferry__etcd_conn_t *c, int64_t id,
+                                           int64_t *ttl_p);
+
+ferry_status_t ferry__etcd_lease_revoke(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                        int64_t id);
+
+#endif
