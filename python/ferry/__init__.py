@@ -26,7 +26,14 @@ with its :class:`Status` and ``ferry_last_error()``'s text.
 Descriptor lists for :meth:`Agent.prepare` may be numpy arrays of
 :data:`desc_dtype` (used in place) or uint64 arrays of shape (n, 2): 10^5
 descriptors cost one C loop, not 10^5 Python objects (see :func:`descs`).
-Notifications (a message per post) are a later addition.
+
+Notifications are small messages (0 to 4096 bytes) between agents, ordered
+after the data they announce: ``prepare(..., notify=msg)`` sends msg to the
+peer after each successful post's bytes, :meth:`Agent.notify` sends a
+stand-alone one, and the receiver takes them with
+:meth:`Agent.notifications` (never blocks), :meth:`Agent.wait_notification`
+(GIL released) or ``await agent.notification_async()``, as
+:class:`Notification` tuples (peer_name, peer, data).
 """
 from ._errors import (Aborted, Backend, Busy, Canceled, Error, InvalidArgument, Mismatch,
                       NoMemory, NotFound, NotRegistered, OutOfRange, PeerLost, Protocol,
@@ -34,10 +41,11 @@ from ._errors import (Aborted, Backend, Busy, Canceled, Error, InvalidArgument, 
 from . import _ferry
 from ._ferry import (Agent, Allocation, Comm, Mem, Peer, Store, StoreServer, Xfer, describe,
                      info, status_str, version)
-from ._aio import Completion
+from ._aio import Completion, Notification
 
 __all__ = [
-    "Agent", "Allocation", "Comm", "Completion", "Mem", "Peer", "Store", "StoreServer", "Xfer",
+    "Agent", "Allocation", "Comm", "Completion", "Mem", "Notification", "Peer", "Store",
+    "StoreServer", "Xfer",
     "Error", "InvalidArgument", "NotRegistered", "OutOfRange", "Mismatch", "NoMemory",
     "NotFound", "Unsupported", "Busy", "Timeout", "Canceled", "PeerLost", "Aborted",
     "Protocol", "Backend", "System", "Status", "error_class", "MEM_AUTO", "MEM_HOST",

@@ -13,6 +13,11 @@ ends with ferry.Timeout (the stall check runs in progress).
 Every request is prepared with its Xfer as the queue's user_data (see
 xfer.c), so an entry names the object to wake. Entries of requests prepared
 with a user_data of the caller's are also kept for Agent.completions().
+
+The fd is also readable while received notifications wait, so the reader
+takes them too (else the fd would stay readable and the loop spin): into
+the agent's list of notifications taken (Agent._notes), from which
+notification_async() and Agent.notifications() return them, oldest first.
 """
 import asyncio
 import collections
@@ -27,16 +32,22 @@ Completion.__doc__ = """A finished post of a request prepared with user_data:
 the Xfer, its user_data, and its Status (Status.OK or the error; xfer.test()
 raises the error with its detail text until the request is posted again)."""
 
+Notification = collections.namedtuple("Notification", "peer_name peer data")
+Notification.__doc__ = """A received notification: the sending agent's name
+(str), its Peer if this agent loaded the sender's blob (the same name and
+instance; else None), and the message (bytes, 0 to 4096 of them)."""
+
 
 class _State:
     """One agent's reader in one event loop."""
 
-    __slots__ = ("loop", "fd", "waiting", "tick", "__weakref__")
+    __slots__ = ("loop", "fd", "waiting", "notes_waiting", "tick", "__weakref__")
 
     def __init__(self, loop, fd):
         self.loop = loop
         self.fd = fd
         self.waiting = set()  # requests with futures in this loop
+        self.notes_waiting = collections.deque()  # futures of notification_async
         self.tick = None
 
 
@@ -66,10 +77,27 @@ def _dispatch(agent, entries):
             ready[id(xfer)] = (weakref.ref(xfer), status)
 
 
+def _take_notes(agent):
+    # Moves the agent's queue of notifications to agent._notes, then hands
+    # the oldest to the futures of notification_async, in the order they
+    # began to wait.
+    notes = agent._notes
+    notes.extend(map(Notification._make, agent._notif_drain()))
+    st = agent._aio
+    if st is None:
+        return
+    waiting = st.notes_waiting
+    while notes and waiting:
+        fut = waiting.popleft()
+        if not fut.done():
+            fut.set_result(notes.pop(0))
+
+
 def _on_readable(ref):
     agent = ref()
     if agent is not None and not agent.closed:
         _dispatch(agent, agent._drain(True))
+        _take_notes(agent)
 
 
 def _on_tick(ref):
@@ -79,7 +107,8 @@ def _on_tick(ref):
     st = agent._aio
     st.tick = None
     _dispatch(agent, agent._drain(True))
-    if st.waiting:
+    _take_notes(agent)
+    if st.waiting or st.notes_waiting:
         st.tick = st.loop.call_later(TICK_S, _on_tick, ref)
 
 
@@ -172,6 +201,73 @@ def completions(agent):
     return out
 
 
+def notifications(agent):
+    """The body of Agent.notifications()."""
+    notes = agent._notes
+    out = list(notes)
+    del notes[:]
+    out.extend(map(Notification._make, agent._notif_drain()))
+    return out
+
+
+async def _next_note(agent, timeout):
+    notes = agent._notes
+    if not notes:
+        notes.extend(map(Notification._make, agent._notif_drain()))
+    if notes:
+        return notes.pop(0)
+    loop = asyncio.get_running_loop()
+    st = _state(agent, loop)
+    fut = loop.create_future()
+    fut.add_done_callback(_retrieve)
+    st.notes_waiting.append(fut)
+    try:
+        # What arrived before the reader was there, then a timer for
+        # progress without a progress thread.
+        _take_notes(agent)
+        if not agent.progress_thread and st.tick is None:
+            st.tick = loop.call_later(TICK_S, _on_tick, weakref.ref(agent))
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise Timeout("notification_async: no notification came before the "
+                          "timeout") from None
+    except BaseException:
+        # Cancelled (or timed out) just after a message was handed over:
+        # give it back, oldest first, rather than lose it.
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            notes.insert(0, fut.result())
+        raise
+    finally:
+        try:
+            st.notes_waiting.remove(fut)
+        except ValueError:
+            pass
+
+
+def notification_async(agent, timeout=None):
+    """The coroutine behind Agent.notification_async()."""
+    return _next_note(agent, timeout)
+
+
+async def _iter_notes(agent):
+    while not agent.closed:
+        try:
+            note = await _next_note(agent, None)
+        except Canceled:
+            if agent.closed:
+                return
+            raise
+        yield note
+
+
+def notifications_async(agent):
+    """The async iterator behind Agent.notifications_async()."""
+    return _iter_notes(agent)
+
+
 def detach(agent):
     """Called by Agent.close(): removes the reader and fails what waits."""
     st = agent._aio
@@ -185,3 +281,8 @@ def detach(agent):
         if fut is not None and not fut.done():
             fut.set_exception(Canceled("the agent was closed while this request was awaited"))
     st.waiting.clear()
+    while st.notes_waiting:
+        fut = st.notes_waiting.popleft()
+        if not fut.done():
+            fut.set_exception(Canceled("the agent was closed while a notification was "
+                                       "awaited"))

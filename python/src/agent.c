@@ -4,6 +4,9 @@
  * (Mem objects, which hold the Python objects whose memory they register)
  * and its peers, and tracks its requests, so that closing it invalidates
  * them all before the libferry agent goes (see ferry_py.h on lifetimes).
+ * It also sends and receives notifications (ferry/notif.h): messages
+ * received are returned as (peer_name, Peer or None, bytes) by
+ * notifications() or, through ferry/_aio.py, notification_async().
  */
 #include "ferry_py.h"
 
@@ -357,9 +360,11 @@ static PyObject *agent_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->mems = PyDict_New();
     self->peers = PyDict_New();
     self->ready = PyDict_New();
+    self->notes = PyList_New(0);
     Py_INCREF(Py_None);
     self->aio = Py_None;
-    if (!self->core || !self->name || !self->mems || !self->peers || !self->ready) {
+    if (!self->core || !self->name || !self->mems || !self->peers || !self->ready ||
+        !self->notes) {
         if (!self->core)
             PyErr_NoMemory();
         Py_DECREF(self);
@@ -416,6 +421,8 @@ static int agent_close_impl(agent_object *self)
     }
     PyDict_Clear(self->peers);
     PyDict_Clear(self->ready);
+    if (PyList_SetSlice(self->notes, 0, PyList_Size(self->notes), NULL) < 0)
+        PyErr_Clear();
     core->closed = 1;
     self->core = NULL;
     ferry__py_core_unref(core);
@@ -434,6 +441,7 @@ static void agent_dealloc(PyObject *self)
     Py_XDECREF(a->mems);
     Py_XDECREF(a->peers);
     Py_XDECREF(a->ready);
+    Py_XDECREF(a->notes);
     Py_XDECREF(a->aio);
     type_free(self);
 }
@@ -614,6 +622,184 @@ static PyObject *agent_completions(PyObject *self, PyObject *unused)
     return ferry__py_aio_call("completions", Py_BuildValue("(O)", self));
 }
 
+/* ------------------------------------------------------------------------ */
+/* Notifications                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* A wait without limit wakes this often to check for signals. */
+#define NOTIF_SLICE_NS 200000000LL
+
+static PyObject *agent_notify(PyObject *self, PyObject *args)
+{
+    agent_object *a = (agent_object *)self;
+    PyObject *peer, *msg;
+    peer_object *po;
+    ferry__py_msg_t m;
+    ferry_status_t st;
+
+    if (!PyArg_ParseTuple(args, "OO:notify", &peer, &msg))
+        return NULL;
+    if (ferry__py_agent_check(a))
+        return NULL;
+    if (!PyObject_TypeCheck(peer, (PyTypeObject *)ferry__py_peer_type))
+        return PyErr_Format(PyExc_TypeError, "notify: peer must be a ferry.Peer");
+    po = (peer_object *)peer;
+    if (!po->fp || po->agent != a)
+        return ferry__py_invalid(po->fp ? "notify: the peer belongs to another agent"
+                                        : "notify: the peer was forgotten");
+    if (ferry__py_msg(msg, "notify", &m))
+        return NULL;
+    FERRY_PY_BEGIN(a->core);
+    st = ferry_notif_send(a->core->fa, po->fp, m.buf, m.len);
+    FERRY_PY_END(a->core);
+    ferry__py_msg_clear(&m);
+    if (st != FERRY_OK)
+        return ferry__py_raise(st, NULL);
+    Py_RETURN_NONE;
+}
+
+/* The Peer of a received message: the one in this agent's table for its
+ * handle and name (looked up, never dereferenced: another thread may have
+ * forgotten it while the GIL was released), else None. */
+static PyObject *notif_peer(agent_object *a, const ferry_notif_t *n)
+{
+    PyObject *key, *p;
+    const char *name;
+
+    if (!n->peer)
+        Py_RETURN_NONE;
+    key = PyLong_FromVoidPtr(n->peer);
+    if (!key)
+        return NULL;
+    p = PyDict_GetItem(a->peers, key);
+    Py_DECREF(key);
+    if (p && ((peer_object *)p)->fp == n->peer) {
+        name = PyUnicode_AsUTF8AndSize(((peer_object *)p)->name, NULL);
+        if (!name)
+            return NULL;
+        if (!strcmp(name, n->peer_name)) {
+            Py_INCREF(p);
+            return p;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* _notif_drain(): takes every message of the agent's queue (driving the
+ * transports once without a progress thread, as ferry_notif_drain does), as
+ * a list of (peer_name, Peer or None, bytes), oldest first. The messages
+ * the asyncio reader took before (Agent._notes) are not included. */
+static PyObject *agent_notif_drain(PyObject *self, PyObject *unused)
+{
+    agent_object *a = (agent_object *)self;
+    ferry_notif_t *m[64];
+    ferry_status_t st;
+    PyObject *list;
+    size_t n, i;
+
+    (void)unused;
+    if (ferry__py_agent_check(a))
+        return NULL;
+    list = PyList_New(0);
+    if (!list)
+        return NULL;
+    do {
+        FERRY_PY_BEGIN(a->core);
+        st = ferry_notif_drain(a->core->fa, m, 64, &n);
+        FERRY_PY_END(a->core);
+        if (st != FERRY_OK) {
+            Py_DECREF(list);
+            return ferry__py_raise(st, NULL);
+        }
+        for (i = 0; i < n; i++) {
+            PyObject *peer = list ? notif_peer(a, m[i]) : NULL, *t = NULL;
+
+            if (peer)
+                /* y# makes None of a NULL pointer: b"" for an empty message. */
+                t = Py_BuildValue("(sOy#)", m[i]->peer_name, peer,
+                                  m[i]->msg ? (const char *)m[i]->msg : "",
+                                  (Py_ssize_t)m[i]->len);
+            if (!t || PyList_Append(list, t) < 0)
+                Py_CLEAR(list);
+            Py_XDECREF(t);
+            Py_XDECREF(peer);
+            ferry_notif_free(m[i]);
+        }
+    } while (list && n == 64);
+    return list;
+}
+
+static PyObject *agent_notifications(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return ferry__py_aio_call("notifications", Py_BuildValue("(O)", self));
+}
+
+static PyObject *agent_wait_notification(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kw[] = {"timeout", NULL};
+    agent_object *a = (agent_object *)self;
+    PyObject *timeout = Py_None;
+    int64_t left, slice;
+    ferry_status_t st;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait_notification", kw, &timeout))
+        return NULL;
+    if (ferry__py_agent_check(a) || ferry__py_timeout(timeout, &left))
+        return NULL;
+    /* Messages the asyncio reader took count as waiting. */
+    if (PyList_Size(a->notes) > 0)
+        Py_RETURN_TRUE;
+    for (;;) {
+        slice = left < 0 || left > NOTIF_SLICE_NS ? NOTIF_SLICE_NS : left;
+        FERRY_PY_BEGIN(a->core);
+        st = ferry_notif_wait(a->core->fa, slice);
+        FERRY_PY_END(a->core);
+        if (st == FERRY_OK)
+            Py_RETURN_TRUE;
+        if (st != FERRY_ERR_TIMEOUT)
+            return ferry__py_raise(st, NULL);
+        if (left >= 0) {
+            left -= slice;
+            if (left <= 0)
+                Py_RETURN_FALSE;
+        }
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+}
+
+static PyObject *agent_notification_async(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kw[] = {"timeout", NULL};
+    PyObject *timeout = Py_None;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:notification_async", kw, &timeout))
+        return NULL;
+    return ferry__py_aio_call("notification_async", Py_BuildValue("(OO)", self, timeout));
+}
+
+static PyObject *agent_notifications_async(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return ferry__py_aio_call("notifications_async", Py_BuildValue("(O)", self));
+}
+
+static PyObject *agent_get_dropped(PyObject *self, void *closure)
+{
+    agent_object *a = (agent_object *)self;
+    ferry_status_t st;
+    uint64_t count;
+
+    (void)closure;
+    if (ferry__py_agent_check(a))
+        return NULL;
+    st = ferry_notif_dropped(a->core->fa, &count);
+    if (st != FERRY_OK)
+        return ferry__py_raise(st, NULL);
+    return PyLong_FromUnsignedLongLong(count);
+}
+
 static PyObject *agent_get_fd(PyObject *self, void *closure)
 {
     agent_object *a = (agent_object *)self;
@@ -712,9 +898,10 @@ static PyMethodDef agent_methods[] = {
      "memory object (one descriptor covering it) or (addr, len[, kind[, device]]) "
      "tuple, or a list of those. Remote addresses are in the peer's address space. "
      "user_data, when given, puts the request's completions into "
-     "Agent.completions(). notify is reserved for notifications (not in this "
-     "version: anything but None raises ferry.Unsupported). backend: None, 'ucx' "
-     "or 'cuda_ipc'."},
+     "Agent.completions(). notify, when given (bytes-like or str, 0 to 4096 bytes), "
+     "is a notification that the peer receives each time a post completes "
+     "successfully, after that post's bytes (FERRY_XFER_PARAM_NOTIF; "
+     "Xfer.set_notify changes it). backend: None, 'ucx' or 'cuda_ipc'."},
     {"progress", agent_progress, METH_NOARGS,
      "progress() -> bool\n\nDrives the transports once without blocking "
      "(ferry_agent_progress); True while more work is pending. Needed only for an "
@@ -725,6 +912,37 @@ static PyMethodDef agent_methods[] = {
      "Completion(xfer, user_data, status) tuples. Without a progress thread, call "
      "progress() first."},
     {"_drain", agent_drain, METH_O, "Internal: takes every completion entry."},
+    {"notify", agent_notify, METH_VARARGS,
+     "notify(peer, msg) -> None\n\nSends a stand-alone notification (ferry_notif_send): "
+     "msg, bytes-like or str of 0 to 4096 bytes, which the peer receives after "
+     "every message this agent sent it before, including those of requests whose "
+     "posts completed before the call (so after those transfers' bytes). Nothing "
+     "tells the sender that it arrived. Raises ferry.InvalidArgument for a message "
+     "over 4096 bytes, ferry.PeerLost when the peer is known to be gone. Releases "
+     "the GIL."},
+    {"notifications", agent_notifications, METH_NOARGS,
+     "notifications() -> list[Notification]\n\nTakes every received notification "
+     "(ferry_notif_drain), oldest first, as Notification(peer_name, peer, data) "
+     "tuples: the sender's name, its Peer if this agent loaded its blob (else "
+     "None), and the message as bytes. Never blocks; returns [] when none waits."},
+    {"_notif_drain", agent_notif_drain, METH_NOARGS,
+     "Internal: takes every message of the agent's queue."},
+    {"wait_notification", (PyCFunction)(void (*)(void))agent_wait_notification,
+     METH_VARARGS | METH_KEYWORDS,
+     "wait_notification(timeout=None) -> bool\n\nWaits until a notification waits "
+     "(ferry_notif_wait), sleeping after a short poll, with the GIL released: True "
+     "when one waits (take it with notifications()), False when timeout seconds "
+     "passed first (None: no limit; 0 checks once)."},
+    {"notification_async", (PyCFunction)(void (*)(void))agent_notification_async,
+     METH_VARARGS | METH_KEYWORDS,
+     "notification_async(timeout=None) -> Awaitable[Notification]\n\nAwaits the next "
+     "notification in the running asyncio loop, which sleeps on the agent's fd "
+     "(no thread, no polling), and returns it (the oldest first). Raises "
+     "ferry.Timeout when timeout seconds pass first."},
+    {"notifications_async", agent_notifications_async, METH_NOARGS,
+     "notifications_async() -> AsyncIterator[Notification]\n\nAn async iterator over "
+     "the notifications as they arrive (notification_async() in a loop; it never "
+     "ends by itself)."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef agent_getset[] = {
@@ -734,8 +952,11 @@ static PyGetSetDef agent_getset[] = {
      "True if the agent has its own progress thread.", NULL},
     {"fd", agent_get_fd, NULL,
      "A file descriptor (ferry_agent_fd) that is readable when the agent has "
-     "progress to make or completions wait; for event loops (the asyncio waits use "
-     "it). Do not read or close it.", NULL},
+     "progress to make or completions or notifications wait; for event loops (the "
+     "asyncio waits use it). Do not read or close it.", NULL},
+    {"notifications_dropped", agent_get_dropped, NULL,
+     "How many notifications this agent dropped because its queue was full "
+     "(ferry_notif_dropped), since it was created.", NULL},
     {"registrations", agent_get_mems, NULL, "The live registrations (Mem objects).", NULL},
     {"peers", agent_get_peers, NULL, "The loaded peers.", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
@@ -744,6 +965,8 @@ static PyMemberDef agent_members[] = {
     {"_aio", T_OBJECT, offsetof(agent_object, aio), 0, "Internal: asyncio state."},
     {"_ready", T_OBJECT, offsetof(agent_object, ready), READONLY,
      "Internal: completions taken but not yet returned."},
+    {"_notes", T_OBJECT, offsetof(agent_object, notes), READONLY,
+     "Internal: notifications taken but not yet returned."},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(agent_object, weakrefs), READONLY, NULL},
     {NULL, 0, 0, 0, NULL}};
 

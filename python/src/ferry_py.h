@@ -52,6 +52,8 @@ typedef struct agent_object {
     PyObject *ready;    /* dict: id(Xfer) -> (weakref, status), completions
                          * taken from the queue, not yet returned */
     PyObject *aio;      /* the asyncio state of ferry._aio, or None */
+    PyObject *notes;    /* list: notifications taken from the queue (by the
+                         * asyncio reader), not yet returned */
     xfer_object *xfers; /* every live request, linked through next/prev */
     PyObject *weakrefs;
 } agent_object;
@@ -110,6 +112,19 @@ int ferry__py_agent_check(agent_object *agent);
 /* Counting a call that releases the GIL. */
 #define FERRY_PY_BEGIN(core) do { (core)->busy++; Py_BEGIN_ALLOW_THREADS
 #define FERRY_PY_END(core) Py_END_ALLOW_THREADS (core)->busy--; } while (0)
+
+/* xfer.c: a notification's bytes from a bytes-like object or a str (UTF-8),
+ * at most FERRY_NOTIF_MAX (ferry.InvalidArgument otherwise; TypeError for
+ * another type); what names the call in the message. Release with
+ * ferry__py_msg_clear. Under the GIL. */
+typedef struct ferry__py_msg {
+    const void *buf;
+    size_t len;
+    Py_buffer view;
+    int has_view;
+} ferry__py_msg_t;
+int ferry__py_msg(PyObject *obj, const char *what, ferry__py_msg_t *m);
+void ferry__py_msg_clear(ferry__py_msg_t *m);
 
 /* mem.c */
 /* Fills *r from a memory object: the buffer protocol, __dlpack__,

@@ -6,7 +6,9 @@
  * completion queue can name the object to the asyncio layer (ferry/_aio.py):
  * releasing a request drops its queue entry, so an entry never outlives its
  * object. Blocking calls release the GIL; a wait without limit sleeps in
- * slices so that Ctrl-C still interrupts it.
+ * slices so that Ctrl-C still interrupts it. A request may carry a
+ * notification (prepare's notify=, set_notify), sent to the peer after each
+ * successful post (ferry/notif.h).
  */
 #include "ferry_py.h"
 
@@ -54,6 +56,43 @@ static void ready_forget(xfer_object *x)
     if (!key || PyDict_DelItem(x->agent->ready, key) < 0)
         PyErr_Clear();
     Py_XDECREF(key);
+}
+
+int ferry__py_msg(PyObject *obj, const char *what, ferry__py_msg_t *m)
+{
+    Py_ssize_t n;
+
+    memset(m, 0, sizeof(*m));
+    if (PyUnicode_Check(obj)) {
+        m->buf = PyUnicode_AsUTF8AndSize(obj, &n);
+        if (!m->buf)
+            return -1;
+    } else {
+        if (PyObject_GetBuffer(obj, &m->view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: the message must be bytes-like or str, not %R",
+                         what, (PyObject *)Py_TYPE(obj));
+            return -1;
+        }
+        m->has_view = 1;
+        m->buf = m->view.buf;
+        n = m->view.len;
+    }
+    if (n > FERRY_NOTIF_MAX) {
+        ferry__py_msg_clear(m);
+        ferry__py_invalid("%s: a message of %zd bytes is over the maximum of %d", what, n,
+                          FERRY_NOTIF_MAX);
+        return -1;
+    }
+    m->len = (size_t)n;
+    return 0;
+}
+
+void ferry__py_msg_clear(ferry__py_msg_t *m)
+{
+    if (m->has_view)
+        PyBuffer_Release(&m->view);
+    memset(m, 0, sizeof(*m));
 }
 
 static int xfer_check(xfer_object *x)
@@ -200,6 +239,25 @@ static PyObject *xfer_release(PyObject *self, PyObject *unused)
     ferry_xfer_release(fx);
     FERRY_PY_END(x->agent->core);
     ready_forget(x);
+    Py_RETURN_NONE;
+}
+
+static PyObject *xfer_set_notify(PyObject *self, PyObject *msg)
+{
+    xfer_object *x = (xfer_object *)self;
+    ferry__py_msg_t m;
+    ferry_status_t st;
+
+    if (xfer_check(x) || ferry__py_msg(msg, "set_notify", &m))
+        return NULL;
+    x->busy++;
+    FERRY_PY_BEGIN(x->agent->core);
+    st = ferry_xfer_set_notif(x->fx, m.buf, m.len);
+    FERRY_PY_END(x->agent->core);
+    x->busy--;
+    ferry__py_msg_clear(&m);
+    if (st != FERRY_OK)
+        return ferry__py_raise(st, NULL);
     Py_RETURN_NONE;
 }
 
@@ -362,6 +420,12 @@ static PyMethodDef xfer_methods[] = {
     {"release", xfer_release, METH_NOARGS,
      "release() -> None\n\nFrees the request (ferry_xfer_release), canceling it if in "
      "flight. Also done when the object is garbage-collected or its agent closed."},
+    {"set_notify", xfer_set_notify, METH_O,
+     "set_notify(msg) -> None\n\nReplaces the notification of a request prepared with "
+     "notify= (ferry_xfer_set_notif): the next posts send msg (bytes-like or str, "
+     "0 to 4096 bytes) to the peer. Raises ferry.InvalidArgument for a request "
+     "prepared without a message or a message over 4096 bytes, ferry.Busy while a "
+     "post is in flight."},
     {"post_on_stream", xfer_post_on_stream, METH_O,
      "post_on_stream(stream) -> None\n\nEnqueues the start of the transfer on a CUDA "
      "stream (ferry_xfer_post_on_stream): a torch.cuda.Stream, a CuPy stream or a "
@@ -483,6 +547,7 @@ PyObject *ferry__py_xfer_prepare(agent_object *self, PyObject *args, PyObject *k
                                                *backend = Py_None;
     desc_list_t l = {0}, r = {0};
     ferry_xfer_params_t p = {0};
+    ferry__py_msg_t m = {0};
     ferry_xfer_op_t op;
     ferry_status_t st;
     xfer_object *x;
@@ -493,18 +558,23 @@ PyObject *ferry__py_xfer_prepare(agent_object *self, PyObject *args, PyObject *k
         return NULL;
     if (ferry__py_agent_check(self) || parse_op(opo, &op) || parse_backend(backend, &p))
         return NULL;
-    if (notify != Py_None)
-        return ferry__py_raise(FERRY_ERR_UNSUPPORTED,
-                               "prepare: notifications are not in this version of ferry");
     if (!PyObject_TypeCheck(peer, (PyTypeObject *)ferry__py_peer_type))
         return PyErr_Format(PyExc_TypeError, "prepare: peer must be a ferry.Peer");
     po = (peer_object *)peer;
     if (!po->fp || po->agent != self)
         return ferry__py_invalid(po->fp ? "prepare: the peer belongs to another agent"
                                         : "prepare: the peer was forgotten");
+    if (notify != Py_None) {
+        if (ferry__py_msg(notify, "prepare", &m))
+            return NULL;
+        p.field_mask |= FERRY_XFER_PARAM_NOTIF;
+        p.notif = m.buf;
+        p.notif_len = m.len;
+    }
     if (ferry__py_descs(local, "local", &l.descs, &l.n, &l.view, &l.has_view, &l.owned) ||
         ferry__py_descs(remote, "remote", &r.descs, &r.n, &r.view, &r.has_view, &r.owned)) {
         desc_list_clear(&l);
+        ferry__py_msg_clear(&m);
         return NULL;
     }
     x = PyObject_New(xfer_object, (PyTypeObject *)ferry__py_xfer_type);
@@ -534,6 +604,7 @@ PyObject *ferry__py_xfer_prepare(agent_object *self, PyObject *args, PyObject *k
     FERRY_PY_END(self->core);
     desc_list_clear(&l);
     desc_list_clear(&r);
+    ferry__py_msg_clear(&m);
     if (st != FERRY_OK) {
         Py_DECREF(x);
         return ferry__py_raise(st, NULL);
@@ -542,5 +613,6 @@ PyObject *ferry__py_xfer_prepare(agent_object *self, PyObject *args, PyObject *k
 fail:
     desc_list_clear(&l);
     desc_list_clear(&r);
+    ferry__py_msg_clear(&m);
     return NULL;
 }

@@ -7,11 +7,20 @@ Usage: peer.py KIND SIZE, KIND one of numpy, torch, alloc, bytearray. It
 prints {"blob", "addr", "len", "pid"} once, then answers each command:
 {"op": "fill", "seed": S} fills the buffer with pattern(S, SIZE);
 {"op": "read", "off": O, "len": N} returns those bytes (hex); {"op":
-"load", "blob": HEX} loads a peer; {"op": "exit"} ends it.
+"load", "blob": HEX} loads a peer; {"op": "send", "msgs": [HEX, ...]} sends
+those notifications to it, in order; {"op": "recv", "count": N, "timeout":
+S, "check": B} waits for N notifications and returns them ("msgs", hex,
+with "names" and "known": whether the sender was the loaded peer), and with
+check, "bad": the indices of those whose announced range (see announce())
+did not hold the announced bytes when the message was taken; {"op":
+"exit"} ends it.
 """
+import hashlib
 import json
 import os
+import struct
 import sys
+import time
 
 import numpy as np
 
@@ -21,6 +30,39 @@ import ferry
 def pattern(seed, n):
     """The bytes both sides compute for a seed."""
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
+
+
+def announce(off, data):
+    """A notification announcing that data was written at off: the offset,
+    length and a digest of the bytes, which recv with check verifies."""
+    return struct.pack("<QQ", off, len(data)) + hashlib.blake2b(
+        bytes(data), digest_size=16).digest()
+
+
+def check_announced(view, msg):
+    """True if view holds the bytes that msg (from announce()) announces."""
+    if len(msg) != 32:
+        return False
+    off, n = struct.unpack_from("<QQ", msg)
+    got = hashlib.blake2b(view[off:off + n].tobytes(), digest_size=16).digest()
+    return got == msg[16:]
+
+
+def recv(agent, view, cmd):
+    msgs, names, known, bad = [], [], [], []
+    deadline = time.monotonic() + cmd.get("timeout", 30)
+    while len(msgs) < cmd["count"]:
+        left = deadline - time.monotonic()
+        if left <= 0 or not agent.wait_notification(left):
+            break
+        for note in agent.notifications():
+            # Checked as soon as taken: the bytes came before the message.
+            if cmd.get("check") and not check_announced(view, note.data):
+                bad.append(len(msgs))
+            msgs.append(note.data.hex())
+            names.append(note.peer_name)
+            known.append(note.peer is not None and note.peer.name == note.peer_name)
+    return {"msgs": msgs, "names": names, "known": known, "bad": bad}
 
 
 def main():
@@ -45,6 +87,7 @@ def main():
     else:
         raise SystemExit(f"peer.py: unknown kind {kind}")
     reg = agent.register(mem)
+    loaded = None
     addr = reg.addr
     print(json.dumps({"blob": agent.metadata().hex(), "addr": addr, "len": size,
                       "pid": os.getpid()}), flush=True)
@@ -60,8 +103,14 @@ def main():
         elif op == "read":
             reply = {"data": bytes(view[cmd["off"]:cmd["off"] + cmd["len"]]).hex()}
         elif op == "load":
-            agent.load_peer(bytes.fromhex(cmd["blob"]))
+            loaded = agent.load_peer(bytes.fromhex(cmd["blob"]))
             reply = {}
+        elif op == "send":
+            for m in cmd["msgs"]:
+                agent.notify(loaded, bytes.fromhex(m))
+            reply = {}
+        elif op == "recv":
+            reply = recv(agent, view, cmd)
         elif op == "exit":
             break
         else:

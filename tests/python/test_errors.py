@@ -121,8 +121,8 @@ def test_descriptor_errors(agent):
         agent.prepare("copy", buf, me, buf)
     with pytest.raises(ferry.InvalidArgument):
         agent.prepare("write", [], me, [])
-    with pytest.raises(ferry.Unsupported):
-        agent.prepare("write", buf, me, buf, notify=b"hello")
+    with pytest.raises(ferry.InvalidArgument):
+        agent.prepare("write", buf, me, buf, notify=bytes(4097))
     # Loopback works: the agent's own blob as a peer.
     buf[:100] = 9
     x = agent.prepare("write", buf[:100], me, (base + 1000, 100))
