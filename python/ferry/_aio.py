@@ -18,6 +18,9 @@ The fd is also readable while received notifications wait, so the reader
 takes them too (else the fd would stay readable and the loop spin): into
 the agent's list of notifications taken (Agent._notes), from which
 notification_async() and Agent.notifications() return them, oldest first.
+That list holds at most NOTES_MAX messages: as the library's own queue
+does, the reader drops what arrives while it is full and counts it in
+Agent.notifications_dropped, so memory stays bounded whoever reads late.
 """
 import asyncio
 import collections
@@ -77,12 +80,29 @@ def _dispatch(agent, entries):
             ready[id(xfer)] = (weakref.ref(xfer), status)
 
 
-def _take_notes(agent):
-    # Moves the agent's queue of notifications to agent._notes, then hands
-    # the oldest to the futures of notification_async, in the order they
-    # began to wait.
+# The most notifications the reader keeps taken and unread (the library's
+# default queue size, FERRY_NOTIF_QUEUE).
+NOTES_MAX = 4096
+
+
+def _pull(agent):
+    # Moves the agent's queue of notifications to agent._notes, dropping and
+    # counting what does not fit under NOTES_MAX (the newest, as the
+    # library's queue does).
     notes = agent._notes
-    notes.extend(map(Notification._make, agent._notif_drain()))
+    new = agent._notif_drain()
+    room = max(NOTES_MAX - len(notes), 0)
+    if len(new) > room:
+        agent._notes_dropped += len(new) - room
+        del new[room:]
+    notes.extend(map(Notification._make, new))
+
+
+def _take_notes(agent):
+    # Takes the agent's queue (_pull), then hands the oldest to the futures
+    # of notification_async, in the order they began to wait.
+    notes = agent._notes
+    _pull(agent)
     st = agent._aio
     if st is None:
         return
@@ -213,7 +233,7 @@ def notifications(agent):
 async def _next_note(agent, timeout):
     notes = agent._notes
     if not notes:
-        notes.extend(map(Notification._make, agent._notif_drain()))
+        _pull(agent)
     if notes:
         return notes.pop(0)
     loop = asyncio.get_running_loop()

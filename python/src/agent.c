@@ -797,7 +797,7 @@ static PyObject *agent_get_dropped(PyObject *self, void *closure)
     st = ferry_notif_dropped(a->core->fa, &count);
     if (st != FERRY_OK)
         return ferry__py_raise(st, NULL);
-    return PyLong_FromUnsignedLongLong(count);
+    return PyLong_FromUnsignedLongLong(count + a->notes_dropped);
 }
 
 static PyObject *agent_get_fd(PyObject *self, void *closure)
@@ -956,7 +956,9 @@ static PyGetSetDef agent_getset[] = {
      "asyncio waits use it). Do not read or close it.", NULL},
     {"notifications_dropped", agent_get_dropped, NULL,
      "How many notifications this agent dropped because its queue was full "
-     "(ferry_notif_dropped), since it was created.", NULL},
+     "(ferry_notif_dropped), since it was created, and those the asyncio "
+     "reader dropped because the notifications it had taken and nobody had "
+     "read yet filled its list (ferry._aio.NOTES_MAX).", NULL},
     {"registrations", agent_get_mems, NULL, "The live registrations (Mem objects).", NULL},
     {"peers", agent_get_peers, NULL, "The loaded peers.", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
@@ -967,6 +969,8 @@ static PyMemberDef agent_members[] = {
      "Internal: completions taken but not yet returned."},
     {"_notes", T_OBJECT, offsetof(agent_object, notes), READONLY,
      "Internal: notifications taken but not yet returned."},
+    {"_notes_dropped", T_ULONGLONG, offsetof(agent_object, notes_dropped), 0,
+     "Internal: notifications the asyncio reader dropped, its list full."},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(agent_object, weakrefs), READONLY, NULL},
     {NULL, 0, 0, 0, NULL}};
 

@@ -54,6 +54,7 @@ typedef struct agent_object {
     PyObject *aio;      /* the asyncio state of ferry._aio, or None */
     PyObject *notes;    /* list: notifications taken from the queue (by the
                          * asyncio reader), not yet returned */
+    unsigned long long notes_dropped; /* what the reader dropped, notes full */
     xfer_object *xfers; /* every live request, linked through next/prev */
     PyObject *weakrefs;
 } agent_object;

@@ -4,7 +4,8 @@ after the post's bytes (the receiver checks the announced range of random
 data as soon as it takes each message), set_notify between posts, the FIFO
 order of stand-alone messages both ways with sizes 0 to 4096 (4097 raises
 InvalidArgument), the sleeping wait with a timeout and the GIL released,
-and the asyncio path (with and without a progress thread)."""
+the asyncio path (with and without a progress thread), and the bound on
+the messages the asyncio reader takes and nobody reads."""
 import asyncio
 import threading
 import time
@@ -170,3 +171,30 @@ def test_asyncio(spawn, rng, thread):
         got = asyncio.run(asyncio.wait_for(main(), 60))
         assert got["msgs"] == [announce(0, src).hex()] and got["bad"] == []
         assert agent.notifications() == []
+
+
+def test_asyncio_reader_bounded(spawn, monkeypatch):
+    # The reader takes what arrives even when nobody awaits it; its list
+    # stops at NOTES_MAX, the newest are dropped and counted, none is lost
+    # without a count.
+    monkeypatch.setattr(ferry._aio, "NOTES_MAX", 8)
+    peer = spawn("numpy", 1 << 20)
+    sent = [bytes([i]) * (i + 1) for i in range(40)]
+    with ferry.Agent(name="notif-bound") as agent:
+        connect(agent, peer)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            with pytest.raises(ferry.Timeout):  # attaches the reader
+                await agent.notification_async(timeout=0.05)
+            await loop.run_in_executor(None, lambda: peer.call(
+                op="send", msgs=[m.hex() for m in sent]))
+            deadline = loop.time() + 30
+            while (len(agent._notes) + agent.notifications_dropped < len(sent) and
+                   loop.time() < deadline):
+                await asyncio.sleep(0.01)
+
+        asyncio.run(asyncio.wait_for(main(), 60))
+        assert len(agent._notes) == 8
+        assert agent.notifications_dropped == len(sent) - 8
+        assert [n.data for n in agent.notifications()] == sent[:8]
