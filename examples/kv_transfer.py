@@ -7,16 +7,17 @@ Two processes, each with a paged KV cache: one torch tensor of shape
 blocks scattered through its cache and publishes their ids; the decode
 rank takes blocks of its own cache, READs the request's blocks for every
 layer (layers x blocks descriptors, built as numpy arrays, one prepared
-request), checks them, and tells prefill, which frees its blocks. Prints
+request, whose notification tells prefill, once every byte has been read,
+that it may free its blocks), and checks them. Prints
 each request's latency (prepare + transfer) and the throughput.
 
     python3 examples/kv_transfer.py                    # starts both ranks itself
     ferry-run -n 2 -- python3 examples/kv_transfer.py  # or as a job
     python3 examples/kv_transfer.py --device cuda      # on the GPU (CUDA IPC)
 
-Requests and their completions travel through the job's store; when
-ferry's notifications land, the "done" message becomes a notification
-posted with the READ (agent.notify / agent.notifications).
+Requests travel through the job's store; their completions are the
+READs' notifications (prepare(..., notify=), agent.wait_notification,
+agent.notifications).
 """
 import argparse
 import json
@@ -85,15 +86,23 @@ def descs(base, o, block_ids):
     return np.stack([addr.reshape(-1), np.full(addr.size, o.block_bytes, np.uint64)], 1)
 
 
+def wait_done(agent, req, done):
+    """Until decode's READ of request req has told us (its notification)."""
+    while req not in done:
+        if not agent.wait_notification(60):
+            sys.exit(f"prefill: no word of request {req} from decode in 60 s")
+        done.update(int(n.data.split()[1]) for n in agent.notifications())
+
+
 def prefill(o, comm, agent, store, cache):
     rng = random.Random(o.seed)
     free = list(range(o.blocks))
-    owned = {}
+    owned, done = {}, set()
     for req in range(o.requests):
         while len(owned) >= o.in_flight or len(free) < o.request_blocks:
-            done = min(owned)
-            store.get(f"kv/done/{done}")
-            free += owned.pop(done)
+            oldest = min(owned)
+            wait_done(agent, oldest, done)
+            free += owned.pop(oldest)
         ids = rng.sample(free, o.request_blocks)
         for b in ids:
             free.remove(b)
@@ -105,7 +114,7 @@ def prefill(o, comm, agent, store, cache):
         owned[req] = ids
         store.set(f"kv/req/{req}", json.dumps(ids))
     for req in sorted(owned):
-        store.get(f"kv/done/{req}")
+        wait_done(agent, req, done)
 
 
 def decode(o, comm, agent, store, cache, prefill_base):
@@ -126,8 +135,10 @@ def decode(o, comm, agent, store, cache, prefill_base):
         theirs = json.loads(store.get(f"kv/req/{req}"))
         mine = rng.sample(range(o.blocks), o.request_blocks)
         t0 = time.perf_counter()
+        # Its notification leaves once every byte is read: prefill may
+        # then reuse the blocks, while we check our copy.
         with agent.prepare("read", descs(base, o, mine), peer,
-                           descs(prefill_base, o, theirs)) as x:
+                           descs(prefill_base, o, theirs), notify=f"done {req}") as x:
             x.post() or x.wait(60)
         lat.append(time.perf_counter() - t0)
         moved += o.layers * o.request_blocks * o.block_bytes
@@ -138,7 +149,6 @@ def decode(o, comm, agent, store, cache, prefill_base):
             if not torch.equal(got[layer], want.to(cache.device)[:, None].expand(
                     -1, o.block_bytes)):
                 sys.exit(f"decode: request {req}, layer {layer}: wrong bytes")
-        store.set(f"kv/done/{req}", b"")  # later: a ferry notification
     lat_us = np.array(lat) * 1e6
     print(f"decode: {o.requests} requests of {o.layers} layers x {o.request_blocks} blocks of "
           f"{o.block_bytes} B ({o.layers * o.request_blocks} descriptors, "
