@@ -267,6 +267,7 @@ ferry_status_t ferry__md_parse(const void *blob, size_t len, uint64_t max_len,
             }
             md->seal_off = off + FERRY__MD_SEC_HDR;
             s.left = 0;
+            st = FERRY_OK;
             break;
         case FERRY__MD_SEC_REGIONS:
             if (seen_regions) {
