@@ -36,12 +36,13 @@ typedef struct forge {
     int unknown_backend;  /* add a region entry of an unknown backend */
     int trailing;         /* bytes appended after the last section */
     size_t name_n;        /* bytes of name to write; 0: strlen(name) */
+    int seal_only;        /* one section, a well-formed seal, and nothing else */
 } forge_t;
 
 static forge_t forge_default(void)
 {
     return (forge_t){FERRY__MD_MAGIC, FERRY__MD_VERSION, 0, 0, 0, 1, "peer-a", 0,
-                     0, 4096, 0x20000, FERRY_MEM_HOST, 0, 0, 0, 0, 0};
+                     0, 4096, 0x20000, FERRY_MEM_HOST, 0, 0, 0, 0, 0, 0};
 }
 
 static void region(ferry__wbuf_t *w, const forge_t *f, uint32_t id, uint8_t kind,
@@ -75,6 +76,15 @@ static void forge(const forge_t *f, ferry__wbuf_t *w)
     ferry__wbuf_init(w);
     ferry__wbuf_reserve(w, FERRY__MD_HDR_LEN);
     memset(w->data, 0, FERRY__MD_HDR_LEN);
+    if (f->seal_only) {
+        pos = ferry__md_section(w, FERRY__MD_SEC_SEAL);
+        ferry__wbuf_u8(w, FERRY__MD_SEAL_HMAC_SHA256);
+        for (int i = 1; i < FERRY__MD_SEAL_LEN; i++)
+            ferry__wbuf_u8(w, (uint8_t)i);
+        ferry__md_section_end(w, pos);
+        n++;
+        goto header;
+    }
     for (int a = 0; a < f->agent_sections; a++, n++) {
         pos = ferry__md_section(w, FERRY__MD_SEC_AGENT);
         ferry__wbuf_u64(w, 0x1122334455667788ull);
@@ -105,6 +115,7 @@ static void forge(const forge_t *f, ferry__wbuf_t *w)
     for (int i = 0; i < f->trailing; i++)
         ferry__wbuf_u8(w, 0);
 
+header:
     ferry__store_le32(w->data, f->magic);
     w->data[4] = (uint8_t)f->version;
     w->data[5] = (uint8_t)(f->version >> 8);
@@ -188,6 +199,7 @@ static void forged_cases(void)
     EXPECT_BAD("name with a NUL", (f_.name = "ab\0cd", f_.name_n = 5), "name");
     EXPECT_BAD("no agent section", f_.agent_sections = 0, "no agent section");
     EXPECT_BAD("two agent sections", f_.agent_sections = 2, "repeats");
+    EXPECT_BAD("a seal and nothing else", f_.seal_only = 1, "no agent section");
 
     /* What a newer writer adds is skipped, not refused. */
     f = forge_default();
