@@ -30,7 +30,11 @@ typedef enum ferry_backend {
     FERRY_BACKEND_ANY = 0,     /* the library's choice (the default) */
     FERRY_BACKEND_UCX = 1,     /* UCX: host memory, any host; GPU memory only
                                 * where UCX itself supports CUDA */
-    FERRY_BACKEND_CUDA_IPC = 2 /* CUDA IPC: the peer's GPU memory, same host */
+    FERRY_BACKEND_CUDA_IPC = 2, /* CUDA IPC: the peer's GPU memory, same host */
+    FERRY_BACKEND_STAGED = 3    /* staging through pinned host bounce buffers
+                                 * over UCX: GPU memory of a peer on another
+                                 * host where UCX takes no GPU memory (and,
+                                 * forced, any memory: see ferry_xfer_prepare) */
 } ferry_backend_t;
 
 enum {

@@ -15,10 +15,13 @@
 
 /* In order of preference: a pair of descriptors goes to the first backend
  * that can serve it, so GPU memory of a peer on the same host takes CUDA
- * IPC even where UCX could carry it too. */
+ * IPC even where UCX could carry it too, and staging through bounce
+ * buffers (backends/staged) serves only what neither can: GPU memory of a
+ * peer on another host when UCX takes no GPU memory. */
 const ferry__backend_ops_t *const ferry__backends[FERRY__NBK] = {
     &ferry__cuda_ipc_ops,
     &ferry__ucx_ops,
+    &ferry__staged_ops,
 };
 
 int ferry__backend_slot(uint16_t id)

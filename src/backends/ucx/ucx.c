@@ -161,11 +161,11 @@ static ferry_status_t ucx_context(const char *name, const char *tls,
     return FERRY_OK;
 }
 
-static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
+ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
+                                   void **ctx_p)
 {
     ucx_ctx_t *ctx;
     ucp_worker_params_t wparams = {0};
-    const char *tls = ferry__config_get("FERRY_UCX_TLS");
     ucs_status_t s;
     ferry_status_t st;
 
@@ -212,6 +212,25 @@ err_fini:
 err_free:
     free(ctx);
     return st;
+}
+
+static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
+{
+    return ferry__ucx_init_tls(agent_name, ferry__config_get("FERRY_UCX_TLS"), ctx_p);
+}
+
+ferry_status_t ferry__ucx_am_listen(ucx_ctx_t *ctx, const ucp_am_handler_param_t *hp)
+{
+    ucs_status_t s;
+
+    if (ctx->nam == UCX_MAX_AM)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: more than %d message "
+                            "handlers", UCX_MAX_AM);
+    s = ucp_worker_set_am_recv_handler(ctx->worker, hp);
+    if (s != UCS_OK)
+        return ferry__ucx_error(s, "ucp_worker_set_am_recv_handler", NULL);
+    ctx->am[ctx->nam++] = *hp;
+    return FERRY_OK;
 }
 
 static bool ucx_supports_kind(void *vctx, ferry_mem_kind_t kind)
