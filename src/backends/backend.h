@@ -238,5 +238,7 @@ extern const ferry__backend_ops_t ferry__ucx_ops;
 void ferry__ucx_describe(FILE *out);
 extern const ferry__backend_ops_t ferry__cuda_ipc_ops;
 extern const ferry__backend_ops_t ferry__staged_ops;
+/* For ferry-info: what the staged backend is for and its bounce buffers. */
+void ferry__staged_describe(FILE *out);
 
 #endif

@@ -258,6 +258,8 @@ void ferry__stg_sent(void *request, ucs_status_t status, void *user_data)
         ferry__stg_op_free(ctx, op);
         return;
     }
+    if (status != UCS_OK && op->plan->run.conn->uc->failed != UCS_OK)
+        status = op->plan->run.conn->uc->failed; /* "canceled" by the peer's end */
     init_sent(ctx, op, status == UCS_OK ? FERRY_OK
                                         : ferry__ucx_error(status, "ucp_am_send_nbx",
                                                            op->plan->run.conn->uc->peer_name));

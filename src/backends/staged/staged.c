@@ -73,12 +73,27 @@ static ferry_status_t stg_init(const char *agent_name, void **ctx_p)
     }
     if (tls[0] == '\0')
         tls = ferry__config_get("FERRY_UCX_TLS");
-    st = ferry__ucx_init_tls(agent_name, tls, &ucx);
+    /* Messages copied into the transport, never sent from our buffers in
+     * place: UCX 1.13's TCP transport completes an in-place (zero-copy)
+     * send twice when its peer dies mid-message and aborts the process
+     * (an assertion in uct_invoke_completion). */
+    static const char *const cfg[] = {"ZCOPY_THRESH", "inf", NULL};
+
+    st = ferry__ucx_init_tls(agent_name, tls, cfg, &ucx);
     if (st < 0) {
         free(ctx);
         return st;
     }
     ctx->ucx = ucx;
+    /*
+     * UCX's peer error handling on every connection, same host included
+     * (where it leaves shared memory out: TCP carries the chunks). A target
+     * learns of an initiator that aborted a connection only so: its replies
+     * to the initiator's destroyed worker then fail and free their bounce
+     * buffers, where over shared memory they would wait forever and hold
+     * them. Staging serves peers on other hosts, which have it anyway.
+     */
+    ctx->ucx->local_err_mode = true;
     for (size_t i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++) {
         ucp_am_handler_param_t hp = {0};
 
@@ -406,6 +421,23 @@ static ferry_status_t stg_mem_free(void *vctx, void *addr)
 {
     (void)vctx;
     return ferry__error(FERRY_ERR_NOT_FOUND, "staged: %p starts no allocation", addr);
+}
+
+void ferry__staged_describe(FILE *out)
+{
+    stg_ctx_t probe = {0};
+
+    fprintf(out, "staging:\n  serves: GPU memory of a peer on another host when UCX "
+            "takes no GPU memory, and requests that ask for FERRY_BACKEND_STAGED; "
+            "the target's agent must be driven (progress thread or "
+            "ferry_agent_progress)\n");
+    if (stg_config(&probe) < 0)
+        fprintf(out, "  %s\n", ferry_last_error());
+    else
+        fprintf(out, "  bounce buffers: %u of %llu bytes in each of two pools "
+                "(FERRY_STAGE_CHUNKS, FERRY_STAGE_CHUNK), allocated on first use; "
+                "%u chunks in flight per peer\n", probe.credits,
+                (unsigned long long)probe.chunk, probe.credits);
 }
 
 const ferry__backend_ops_t ferry__staged_ops = {

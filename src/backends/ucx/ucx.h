@@ -135,10 +135,12 @@ typedef struct ucx_conn {
 ferry_status_t ferry__ucx_error(ucs_status_t s, const char *call, const char *peer);
 
 /* ucx.c: a context whose UCP context selects the transports tls (UCX_TLS
- * syntax; empty: UCX's choice) instead of FERRY_UCX_TLS's, for a backend
- * built on this one (backends/staged). */
+ * syntax; empty: UCX's choice) instead of FERRY_UCX_TLS's, with the UCX
+ * settings cfg (NULL, or name/value pairs ending with a NULL name: "name"
+ * is UCX_name without the prefix) applied, for a backend built on this one
+ * (backends/staged). */
 ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
-                                   void **ctx_p);
+                                   const char *const *cfg, void **ctx_p);
 /* Installs an active-message handler (hp, its id, callback, argument and
  * flags set) on the context's worker, and on the worker of every
  * connection opened or reopened later: replies that a peer sends through
