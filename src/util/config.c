@@ -57,6 +57,12 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_STAGE_TLS", "",
      "staging: the UCX transports of its own UCX context (UCX_TLS syntax); "
      "empty: those of FERRY_UCX_TLS"},
+    {"FERRY_HOST_ID", "",
+     "this process's host identity as its peers compare it (empty: the boot id "
+     "and the PID and IPC namespaces); processes whose identities differ never "
+     "use CUDA IPC or shared memory between them, as on two hosts (tests make "
+     "one machine two hosts with it); give processes that share a machine "
+     "different values only"},
     {"FERRY_XFER_STALL_MS", "10000",
      "a request in flight whose transport makes no headway for this many "
      "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "

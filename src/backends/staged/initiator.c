@@ -226,12 +226,7 @@ ferry_status_t ferry__stg_post(void *vctx, void *vconn, void *vplan, ferry_xfer_
 
 void ferry__stg_init_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
 {
-    const ferry__cuda_t *cu = ferry__cuda_loaded();
-
-    for (unsigned i = 0; i < op->nev && cu != NULL; i++)
-        cu->cuEventDestroy(op->ev[i]);
-    op->nev = 0;
-    ctx->ncopying--;
+    ferry__stg_events_drop(ctx, op);
     op->state = STG_WAITING;
     if (st < 0 || op->type == STG_AM_READ) {
         /* A READ's scatter was its last stage. */

@@ -28,10 +28,19 @@ static ferry_status_t pool_alloc(stg_ctx_t *ctx, stg_pool_t *p)
     p->free = malloc(p->nslots * sizeof(*p->free));
     if (p->free == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "staged: no memory");
-    if (cu != NULL && cu->cuMemHostAlloc(&base, size, CU_MEMHOSTALLOC_PORTABLE |
-                                                         CU_MEMHOSTALLOC_DEVICEMAP) ==
-                          CUDA_SUCCESS) {
-        p->pinned = true;
+    /* The allocation needs a current context; PORTABLE makes it pinned for
+     * every device's. */
+    if (cu != NULL && ferry__cuda_push(0) == FERRY_OK) {
+        p->pinned = cu->cuMemHostAlloc(&base, size, CU_MEMHOSTALLOC_PORTABLE |
+                                                        CU_MEMHOSTALLOC_DEVICEMAP) ==
+                    CUDA_SUCCESS;
+        ferry__cuda_pop();
+        if (!p->pinned)
+            ferry__warn("staged: cannot page-lock %zu bytes of bounce buffers; "
+                        "GPU copies from ordinary pages are slower", size);
+    }
+    if (p->pinned) {
+        /* allocated above */
     } else if (posix_memalign(&base, 4096, size) != 0) {
         free(p->free);
         p->free = NULL;
@@ -67,10 +76,12 @@ void ferry__stg_pool_free(stg_pool_t *p)
     const ferry__cuda_t *cu = ferry__cuda_loaded();
 
     if (p->base != NULL) {
-        if (p->pinned && cu != NULL)
+        if (p->pinned && cu != NULL && ferry__cuda_push(0) == FERRY_OK) {
             cu->cuMemFreeHost(p->base);
-        else if (!p->pinned)
+            ferry__cuda_pop();
+        } else if (!p->pinned) {
             free(p->base);
+        }
     }
     free(p->free);
     memset(p, 0, sizeof(*p));
@@ -128,9 +139,23 @@ ferry_status_t ferry__stg_op_new(stg_ctx_t *ctx, stg_op_t **op_p)
     return FERRY_OK;
 }
 
-void ferry__stg_op_free(stg_ctx_t *ctx, stg_op_t *op)
+void ferry__stg_events_drop(stg_ctx_t *ctx, stg_op_t *op)
 {
     const ferry__cuda_t *cu = ferry__cuda_loaded();
+
+    for (unsigned i = 0; i < op->nev && cu != NULL; i++) {
+        if (ferry__cuda_push(op->evdev[i]) == FERRY_OK) {
+            cu->cuEventDestroy(op->ev[i]);
+            ferry__cuda_pop();
+        }
+    }
+    if (op->state == STG_COPYING && op->nev > 0)
+        ctx->ncopying--;
+    op->nev = 0;
+}
+
+void ferry__stg_op_free(stg_ctx_t *ctx, stg_op_t *op)
+{
 
     if (op->pool != NULL)
         ferry__stg_pool_put(op->pool, op->slot);
@@ -142,11 +167,7 @@ void ferry__stg_op_free(stg_ctx_t *ctx, stg_op_t *op)
             free(op->data);
         op->data = NULL;
     }
-    for (unsigned i = 0; i < op->nev && cu != NULL; i++)
-        cu->cuEventDestroy(op->ev[i]);
-    if (op->state == STG_COPYING && op->nev > 0)
-        ctx->ncopying--;
-    op->nev = 0;
+    ferry__stg_events_drop(ctx, op);
     ferry__list_del(&op->link);
     ferry__list_init(&op->link);
     op->state = STG_FREE;
@@ -273,7 +294,13 @@ ferry_status_t ferry__stg_copy(stg_ctx_t *ctx, stg_op_t *op, uint8_t *buf, bool 
         }
         if (dev[i] < 32 && (done >> dev[i] & 1))
             continue;
-        FERRY_CHECK(stg_copy_dev(ctx, op, dev[i], buf, to_buf, mem, len, dev, n));
+        ferry_status_t st = stg_copy_dev(ctx, op, dev[i], buf, to_buf, mem, len, dev, n);
+
+        if (st < 0) {
+            /* The devices enqueued before may still copy: let them end. */
+            ferry__stg_copies_sync(ctx);
+            return st;
+        }
         if (dev[i] < 32)
             done |= 1u << dev[i];
     }

@@ -414,7 +414,9 @@ static ferry_status_t stg_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kin
     (void)len;
     (void)kind;
     (void)addr_p;
-    return ferry__error(FERRY_ERR_UNSUPPORTED, "staged: allocates no memory");
+    /* No text: the core keeps the reason of the backend before, which
+     * could allocate this kind (CUDA IPC's "no CUDA driver"). */
+    return FERRY_ERR_UNSUPPORTED;
 }
 
 static ferry_status_t stg_mem_free(void *vctx, void *addr)

@@ -266,6 +266,9 @@ ferry_status_t ferry__stg_copy(stg_ctx_t *ctx, stg_op_t *op, uint8_t *buf, bool 
 /* Whether op's CUDA copies have ended (FERRY_OK), not yet
  * (FERRY_IN_PROGRESS), or failed. */
 ferry_status_t ferry__stg_copies_done(stg_ctx_t *ctx, stg_op_t *op);
+/* Destroys op's events (its copies have ended) and takes it off the count
+ * of ops copying. */
+void ferry__stg_events_drop(stg_ctx_t *ctx, stg_op_t *op);
 /* Waits for every copy on the context's streams (before an abort frees
  * buffers that copies may still use). */
 void ferry__stg_copies_sync(stg_ctx_t *ctx);

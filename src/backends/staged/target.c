@@ -50,13 +50,7 @@ static void reply(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t status, const voi
 
 void ferry__stg_target_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
 {
-    const ferry__cuda_t *cu = ferry__cuda_loaded();
-
-    for (unsigned i = 0; i < op->nev && cu != NULL; i++)
-        cu->cuEventDestroy(op->ev[i]);
-    if (op->nev > 0)
-        ctx->ncopying--;
-    op->nev = 0;
+    ferry__stg_events_drop(ctx, op);
     op->state = STG_SENDING;
     if (st < 0) {
         ferry__warn("staged: a chunk's copies failed: %s", ferry_last_error());
