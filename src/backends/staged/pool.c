@@ -7,6 +7,7 @@
  * the agent's lock on a CUDA thread).
  */
 #include "backends/staged/staged.h"
+#include "cuda/copy.h"
 #include "util/log.h"
 
 #include <stdlib.h>
@@ -21,7 +22,11 @@ static ferry_status_t pool_alloc(stg_ctx_t *ctx, stg_pool_t *p)
     size_t size;
     void *base = NULL;
 
-    p->slot_size = STG_TABLE_MAX + (size_t)ctx->chunk;
+    /* The kernel's entries: each piece cut at FERRY__CUDA_COPY_PIECE. */
+    p->ktab = ((size_t)STG_MAX_PIECES + (size_t)(ctx->chunk / FERRY__CUDA_COPY_PIECE) + 1) *
+              sizeof(ferry__cuda_copy_entry_t);
+    p->ktab = (p->ktab + 4095) & ~(size_t)4095;
+    p->slot_size = p->ktab + STG_TABLE_MAX + (size_t)ctx->chunk;
     p->slot_size = (p->slot_size + 4095) & ~(size_t)4095;
     p->nslots = ctx->credits;
     size = p->slot_size * p->nslots;
@@ -34,6 +39,8 @@ static ferry_status_t pool_alloc(stg_ctx_t *ctx, stg_pool_t *p)
         p->pinned = cu->cuMemHostAlloc(&base, size, CU_MEMHOSTALLOC_PORTABLE |
                                                         CU_MEMHOSTALLOC_DEVICEMAP) ==
                     CUDA_SUCCESS;
+        if (p->pinned && cu->cuMemHostGetDevicePointer(&p->dbase, base, 0) != CUDA_SUCCESS)
+            p->dbase = 0; /* the copy engines only */
         ferry__cuda_pop();
         if (!p->pinned)
             ferry__warn("staged: cannot page-lock %zu bytes of bounce buffers; "
@@ -231,8 +238,27 @@ static ferry_status_t stg_stream(stg_ctx_t *ctx, const ferry__cuda_t *cu, int de
     return FERRY_OK;
 }
 
-/* Enqueues the CUDA pieces of device dev and records their end in a new
- * event of op. */
+/* The copy kernel for the pieces of a chunk on dev (m of them), if it is to
+ * copy them: FERRY_CUDA_COPY's choice, as for CUDA IPC batches (auto: two
+ * pieces or more, each at most FERRY_CUDA_COPY_MAX; kernel: all), where the
+ * kernel loads and reaches the bounce buffer (mapped, page-locked). *max_p:
+ * the longest piece it takes. */
+static bool stg_kernel(const stg_op_t *op, int dev, size_t m, CUfunction *fn_p,
+                       uint64_t *max_p)
+{
+    ferry__cuda_copy_mode_t mode;
+
+    if (op->pool == NULL || op->pool->dbase == 0 || m < 2 ||
+        ferry__cuda_copy_mode(&mode) != FERRY_OK || mode == FERRY__COPY_ENGINE ||
+        ferry__cuda_copy_kernel(dev, fn_p) != FERRY_OK)
+        return false;
+    *max_p = mode == FERRY__COPY_KERNEL ? UINT64_MAX : ferry__cuda_copy_max();
+    return true;
+}
+
+/* Enqueues the CUDA pieces of device dev (the copy kernel over a table in
+ * the slot for those it takes, cuMemcpyAsync for the others) and records
+ * their end in a new event of op. */
 static ferry_status_t stg_copy_dev(stg_ctx_t *ctx, stg_op_t *op, int dev, uint8_t *buf,
                                    bool to_buf, const uint64_t *mem, const uint64_t *len,
                                    const int *devs, size_t n)
@@ -240,22 +266,54 @@ static ferry_status_t stg_copy_dev(stg_ctx_t *ctx, stg_op_t *op, int dev, uint8_
     const ferry__cuda_t *cu;
     CUstream s = NULL;
     CUevent ev;
-    uint64_t off = 0;
+    CUfunction fn = NULL;
+    uint64_t off = 0, max = 0;
+    size_t m = 0;
+    unsigned ne = 0;
+    bool kern;
+    ferry__cuda_copy_entry_t *kt = NULL;
     ferry_status_t st;
 
     FERRY_CHECK(ferry__cuda_get(&cu));
     if (op->nev == STG_MAX_DEVS || dev >= STG_MAX_DEVS)
         return ferry__error(FERRY_ERR_UNSUPPORTED, "staged: a chunk on more than "
                             "%d devices, or device %d", STG_MAX_DEVS, dev);
+    for (size_t i = 0; i < n; i++)
+        m += devs[i] == dev;
+    kern = stg_kernel(op, dev, m, &fn, &max);
+    if (kern)
+        kt = (ferry__cuda_copy_entry_t *)(void *)stg_slot_ktab(op->pool, op->slot) +
+             op->kt_used;
     FERRY_CHECK(ferry__cuda_push(dev));
     st = stg_stream(ctx, cu, dev, &s);
     for (size_t i = 0; i < n && st == FERRY_OK; off += len[i], i++) {
-        CUdeviceptr b = (CUdeviceptr)(uintptr_t)(buf + off), m = (CUdeviceptr)mem[i];
+        CUdeviceptr b = (CUdeviceptr)(uintptr_t)(buf + off), m_ = (CUdeviceptr)mem[i];
 
         if (devs[i] != dev)
             continue;
-        st = to_buf ? FERRY__CU(cu, cuMemcpyAsync, (b, m, len[i], s))
-                    : FERRY__CU(cu, cuMemcpyAsync, (m, b, len[i], s));
+        if (kern && len[i] <= max) {
+            /* The kernel addresses the buffer through its mapping. */
+            CUdeviceptr db = op->pool->dbase + (CUdeviceptr)(buf + off - op->pool->base);
+
+            for (uint64_t o = 0; o < len[i]; o += FERRY__CUDA_COPY_PIECE) {
+                uint64_t left = len[i] - o;
+
+                kt[ne++] = (ferry__cuda_copy_entry_t){
+                    m_ + o, db + o,
+                    left < FERRY__CUDA_COPY_PIECE ? left : FERRY__CUDA_COPY_PIECE};
+            }
+            continue;
+        }
+        st = to_buf ? FERRY__CU(cu, cuMemcpyAsync, (b, m_, len[i], s))
+                    : FERRY__CU(cu, cuMemcpyAsync, (m_, b, len[i], s));
+    }
+    if (st == FERRY_OK && ne > 0) {
+        /* Entry "local" is the GPU's side: a gather writes local -> remote. */
+        CUdeviceptr table = op->pool->dbase +
+                            (CUdeviceptr)((uint8_t *)kt - op->pool->base);
+
+        st = ferry__cuda_copy_launch(fn, table, ne, to_buf, ferry__cuda_copy_blocks(dev), s);
+        op->kt_used += ne;
     }
     if (st == FERRY_OK)
         st = FERRY__CU(cu, cuEventCreate, (&ev, CU_EVENT_DISABLE_TIMING));
@@ -282,6 +340,7 @@ ferry_status_t ferry__stg_copy(stg_ctx_t *ctx, stg_op_t *op, uint8_t *buf, bool 
     unsigned done = 0; /* devices already enqueued, as a bit mask */
 
     op->nev = 0;
+    op->kt_used = 0;
     for (size_t i = 0; i < n; off += len[i], i++) {
         uint8_t *m = (uint8_t *)(uintptr_t)mem[i];
 

@@ -149,20 +149,33 @@ ferry_status_t ferry__stg_plan(const ferry__bk_seg_t *segs, size_t n, uint64_t c
                                stg_plan_t **plan_p);
 void ferry__stg_plan_free(stg_plan_t *plan);
 
-/* A pool of bounce buffers (pool.c): nslots of STG_TABLE_MAX + chunk bytes,
- * page-locked (cuMemHostAlloc) where CUDA is loaded, allocated on first use. */
+/*
+ * A pool of bounce buffers (pool.c), page-locked and mapped for the GPU
+ * (cuMemHostAlloc) where CUDA is loaded, allocated on first use. Each slot
+ * is, in order: the copy kernel's table for the chunk's GPU pieces (ktab
+ * bytes: read by the kernel where it lies), the wire table (STG_TABLE_MAX
+ * bytes, the last tlen of them used, so that table and data are one
+ * message), the data (a chunk).
+ */
 typedef struct stg_pool {
     uint8_t *base;
-    size_t slot_size;
+    CUdeviceptr dbase; /* base as the GPU addresses it (pinned only) */
+    size_t slot_size, ktab;
     unsigned nslots, nfree;
     unsigned *free; /* a stack of free slot indices */
     bool pinned;
 } stg_pool_t;
 
-/* Where a slot's table ends and its data begins. */
+/* Where a slot's data begins (its wire table ends there). */
 static inline uint8_t *stg_slot(const stg_pool_t *p, unsigned slot)
 {
-    return p->base + (size_t)slot * p->slot_size + STG_TABLE_MAX;
+    return p->base + (size_t)slot * p->slot_size + p->ktab + STG_TABLE_MAX;
+}
+
+/* Where a slot's kernel table begins. */
+static inline uint8_t *stg_slot_ktab(const stg_pool_t *p, unsigned slot)
+{
+    return p->base + (size_t)slot * p->slot_size;
 }
 
 enum stg_state {
@@ -200,6 +213,7 @@ typedef struct stg_op {
     ferry__list_t link; /* ctx->waitq while queued (target) */
     /* Copies on CUDA streams: an event per device that has some. */
     unsigned nev;
+    uint32_t kt_used;  /* entries of the slot's kernel table in use */
     CUevent ev[STG_MAX_DEVS];
     int evdev[STG_MAX_DEVS];
 } stg_op_t;
