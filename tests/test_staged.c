@@ -22,6 +22,8 @@
  *
  * The target is the shared serving target (target.h) with a progress
  * thread (stop: driven by its control loop instead), and a second process.
+ * With --mem cuda (the gpu entries) both sides' buffers are GPU memory, and
+ * the target is another host to ferry (FERRY_TEST_TARGET_HOST_ID).
  */
 #include "target.h"
 
@@ -31,7 +33,9 @@
 
 static xt_target_t tgt;
 static uint64_t seed;
-static uint8_t *lbuf;
+static uint8_t *lbuf; /* the local buffer's bytes (a GPU buffer's host shadow) */
+static xm_buf_t lxb;
+static xm_kind_t kind = XM_HOST; /* both sides' memory (--mem) */
 static ferry_mem_t *lmem;
 static uint64_t rbase;
 
@@ -61,14 +65,18 @@ static ferry_agent_t *start(int thread, uint64_t stall_ns, const char *target_ch
     ferry_desc_t d;
 
     to.seed = seed;
-    to.buf[0] = (xt_buf_opts_t){XM_HOST, TCAP, 0, 0};
+    to.buf[0] = (xt_buf_opts_t){kind, TCAP, 0, 0};
     if (target_chunks != NULL)
         setenv("FERRY_STAGE_CHUNKS", target_chunks, 1);
     ASSERT_TRUE(xt_start(&tgt, &to) == 0);
     unsetenv("FERRY_STAGE_CHUNKS");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    lbuf = xu_alloc_buf(TCAP);
-    d = (ferry_desc_t){(uintptr_t)lbuf, TCAP, FERRY_MEM_HOST, 0};
+    if (xm_alloc(&lxb, kind, TCAP) != 0) {
+        xt_kill(&tgt);
+        exit(1);
+    }
+    lbuf = lxb.host;
+    d = xm_desc(kind, lxb.addr, TCAP);
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &lmem));
     tgt.timeout_ms = 60000;
     ASSERT_TRUE(xt_connect(&tgt, agent, peer_p) == 0);
@@ -85,15 +93,15 @@ static void finish(ferry_agent_t *agent, ferry_peer_t *peer, int quit)
     ferry_peer_forget(peer);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(lmem));
     ferry_agent_destroy(agent);
-    free(lbuf);
+    xm_free(&lxb);
 }
 
 /* One range [off, off + len) on both sides, as a request of one descriptor. */
 static ferry_xfer_t *prepare_range(ferry_agent_t *agent, ferry_peer_t *peer,
                                    ferry_xfer_op_t op, uint64_t off, uint64_t len)
 {
-    ferry_desc_t l = {(uintptr_t)lbuf + off, len, FERRY_MEM_HOST, 0};
-    ferry_desc_t r = {rbase + off + 3, len, FERRY_MEM_HOST, 0};
+    ferry_desc_t l = xm_desc(kind, lxb.addr + off, len);
+    ferry_desc_t r = xm_target_desc(kind, rbase + off + 3, len);
     ferry_xfer_t *x = NULL;
 
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, &staged, &x));
@@ -111,6 +119,7 @@ static void move_and_check(ferry_xfer_t *x, ferry_xfer_op_t op, uint64_t off, ui
 
     if (op == FERRY_OP_WRITE) {
         test_fill_fast(lbuf + off, len, seed, iter, 0);
+        xm_to_dev(&lxb, off, off + len);
         EXPECT_ST(FERRY_OK, xu_post_wait(x, 60 * SEC));
         ASSERT_TRUE(xt_range(&tgt, 0, off + 3, len, 0) == 0);
         EXPECT_EQ(0, xt_check(&tgt, 0, off + 3, off + 3 + len, iter, XU_GUARD_ITER, what));
@@ -118,7 +127,9 @@ static void move_and_check(ferry_xfer_t *x, ferry_xfer_op_t op, uint64_t off, ui
         ASSERT_TRUE(xt_range(&tgt, 0, off + 3, len, 0) == 0);
         ASSERT_TRUE(xt_fill(&tgt, 0, iter) == 0);
         memset(lbuf + off, 0, len);
+        xm_to_dev(&lxb, off, off + len);
         EXPECT_ST(FERRY_OK, xu_post_wait(x, 60 * SEC));
+        xm_from_dev(&lxb, off, off + len);
         bad = test_verify_fast(lbuf + off, len, seed, iter, 0);
         if (bad != UINT64_MAX)
             TEST_FAIL_AT_("%s: READ byte %" PRIu64 " of %" PRIu64 " is wrong", what, bad,
@@ -153,9 +164,8 @@ static void case_pool(void)
             for (int i = 0; i < PER; i++) {
                 size_t k = (size_t)r * PER + (size_t)i;
 
-                ld[i] = (ferry_desc_t){(uintptr_t)lbuf + l.local.off[k], l.len[k],
-                                       FERRY_MEM_HOST, 0};
-                rd[i] = (ferry_desc_t){rbase + l.remote.off[k], l.len[k], FERRY_MEM_HOST, 0};
+                ld[i] = xm_desc(kind, lxb.addr + l.local.off[k], l.len[k]);
+                rd[i] = xm_target_desc(kind, rbase + l.remote.off[k], l.len[k]);
             }
             ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, xop, ld, PER, peer, rd, PER,
                                                    &staged, &x[r]));
@@ -164,8 +174,10 @@ static void case_pool(void)
         if (xop == FERRY_OP_WRITE) {
             ASSERT_TRUE(xt_pattern(&tgt, 0, 0, TCAP, XU_GUARD_ITER) == 0);
             xu_fill_ranges(lbuf, &l, &l.local, seed, iter);
+            xm_to_dev(&lxb, 0, TCAP);
         } else {
             xu_fill_guard(lbuf, 0, TCAP, seed, XU_GUARD_ITER);
+            xm_to_dev(&lxb, 0, TCAP);
             ASSERT_TRUE(xt_fill(&tgt, 0, iter) == 0);
         }
         for (int r = 0; r < NREQ; r++) {
@@ -180,6 +192,7 @@ static void case_pool(void)
         printf("pool: %d %s requests of %d blocks (%" PRIu64 " bytes) through one "
                "bounce buffer: %.1f ms\n", NREQ, op == 0 ? "WRITE" : "READ", PER,
                l.total, xu_ms_since(t0));
+        xm_from_dev(&lxb, 0, TCAP);
         if (xop == FERRY_OP_WRITE)
             EXPECT_EQ(0, xt_check(&tgt, 0, 0, TCAP, iter, XU_GUARD_ITER, "pool WRITE"));
         else
@@ -284,8 +297,8 @@ static void case_errors(void)
     ferry_peer_t *peer;
     ferry_agent_t *agent = start(1, 0, NULL, &peer);
     ferry_xfer_params_t bad = {.field_mask = FERRY_XFER_PARAM_BACKEND, .backend = 9};
-    ferry_desc_t l = {(uintptr_t)lbuf, 100, FERRY_MEM_HOST, 0};
-    ferry_desc_t r = {rbase, 100, FERRY_MEM_HOST, 0};
+    ferry_desc_t l = xm_desc(kind, lxb.addr, 100);
+    ferry_desc_t r = xm_target_desc(kind, rbase, 100);
     ferry_xfer_t *x = NULL;
 
     EXPECT_ST(FERRY_ERR_INVALID,
@@ -305,11 +318,20 @@ static void case_errors(void)
 
 int main(int argc, char **argv)
 {
-    const char *c = argc == 2 ? argv[1] : "";
+    const char *c = argc >= 2 ? argv[1] : "";
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     seed = xu_seed(0x57a6edull);
-    printf("test_staged %s: seed %" PRIu64 "\n", c, seed);
+    if (argc == 4 && strcmp(argv[2], "--mem") == 0 && xm_parse(argv[3], &kind) == 0) {
+        /* GPU memory on both sides: skipped without a GPU (the check loads
+         * CUDA here, which the target, started with exec, does not inherit). */
+        if ((xm_is_gpu(kind) || kind == XM_PINNED) && xm_cuda() == NULL)
+            return 77;
+    } else if (argc != 2) {
+        fprintf(stderr, "usage: %s CASE [--mem host|pinned|cuda|vmm]\n", argv[0]);
+        return 2;
+    }
+    printf("test_staged %s: seed %" PRIu64 ", %s memory\n", c, seed, xm_name(kind));
     signal(SIGALRM, on_watchdog);
     alarm(170);
     if (strcmp(c, "pool") == 0)
