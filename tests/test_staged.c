@@ -18,7 +18,8 @@
  *           timeout, then, resumed, a clean retry of the same request
  *   cancel  ferry_xfer_cancel of a WRITE and a READ in flight, then the
  *           same requests posted again
- *   errors  the backend chosen by params: an unknown one is INVALID
+ *   errors  an unknown backend in params is INVALID; one byte both ways; the
+ *           last bytes of a registration; a loopback peer (the agent's own)
  *
  * The target is the shared serving target (target.h) with a progress
  * thread (stop: driven by its control loop instead), and a second process.
@@ -313,6 +314,27 @@ static void case_errors(void)
     x = prepare_range(agent, peer, FERRY_OP_WRITE, TCAP - 3 - 4097, 4097);
     move_and_check(x, FERRY_OP_WRITE, TCAP - 3 - 4097, 4097, 52, "the last bytes");
     ferry_xfer_release(x);
+    /* A loopback peer (the agent's own blob): its target side is served by
+     * the same waits. 5 MiB from the buffer's start to its middle. */
+    {
+        ferry_peer_t *self;
+        ferry_desc_t a = xm_desc(kind, lxb.addr + 1, 5u << 20);
+        ferry_desc_t b = xm_desc(kind, lxb.addr + TCAP / 2 + 7, 5u << 20);
+        uint64_t wrong;
+
+        ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &self));
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &a, 1, self, &b, 1,
+                                               &staged, &x));
+        test_fill_fast(lbuf + 1, 5u << 20, seed, 53, 0);
+        xm_to_dev(&lxb, 1, 1 + (5u << 20));
+        EXPECT_ST(FERRY_OK, xu_post_wait(x, 60 * SEC));
+        xm_from_dev(&lxb, TCAP / 2 + 7, TCAP / 2 + 7 + (5u << 20));
+        wrong = test_verify_fast(lbuf + TCAP / 2 + 7, 5u << 20, seed, 53, 0);
+        if (wrong != UINT64_MAX)
+            TEST_FAIL_AT_("loopback WRITE: byte %" PRIu64 " is wrong", wrong);
+        ferry_xfer_release(x);
+        ferry_peer_forget(self);
+    }
     finish(agent, peer, 1);
 }
 

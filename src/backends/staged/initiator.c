@@ -341,19 +341,24 @@ static void end_conn_op(stg_ctx_t *ctx, stg_op_t *op, void *arg)
     chunk_end(ctx, op, FERRY_ERR_CANCELED); /* the run's status is set */
 }
 
-void ferry__stg_conn_end(stg_ctx_t *ctx, stg_conn_t *conn, ferry_status_t why)
+void ferry__stg_conn_fail(stg_ctx_t *ctx, stg_conn_t *conn, ferry_status_t why)
 {
-    char text[256];
-
-    snprintf(text, sizeof(text), "%s", ferry_last_error());
     for (ferry__list_t *l = ctx->runs.next; l != &ctx->runs; l = l->next) {
         stg_run_t *run = ferry__container_of(l, stg_run_t, link);
 
         if (run->conn == conn && run->status == FERRY_OK) {
             run->status = why;
-            snprintf(run->why, sizeof(run->why), "%s", text);
+            snprintf(run->why, sizeof(run->why), "%s", ferry_last_error());
         }
     }
+}
+
+void ferry__stg_conn_end(stg_ctx_t *ctx, stg_conn_t *conn, ferry_status_t why)
+{
+    char text[256];
+
+    snprintf(text, sizeof(text), "%s", ferry_last_error());
+    ferry__stg_conn_fail(ctx, conn, why);
     /* Nothing of UCX touches a buffer once the worker is gone, and no copy
      * of ours once the streams are done. */
     (void)ferry__error(why, "%s", text);

@@ -337,8 +337,17 @@ static void stg_conn_failed(stg_ctx_t *ctx, stg_conn_t *conn)
 static ferry_status_t stg_conn_abort(void *vctx, void *vconn, ferry_status_t why)
 {
     stg_ctx_t *ctx = vctx;
+    stg_conn_t *conn = vconn;
 
-    ferry__stg_conn_end(ctx, vconn, why);
+    /* Our own agent on the other side (a loopback peer): UCX keeps its
+     * messages, and may still read our buffers, until they have gone, so
+     * its runs end with why once their chunks have, as the UCX backend's
+     * do (ferry/xfer.h). */
+    if (!conn->uc->own_worker) {
+        ferry__stg_conn_fail(ctx, conn, why);
+        return conn->runs > 0 ? FERRY_IN_PROGRESS : FERRY_OK;
+    }
+    ferry__stg_conn_end(ctx, conn, why);
     return FERRY_OK;
 }
 

@@ -299,8 +299,11 @@ void ferry__stg_runs_finish(stg_ctx_t *ctx, stg_conn_t *conn);
 void ferry__stg_sent(void *request, ucs_status_t status, void *user_data);
 /* An initiator op whose copies ended. */
 void ferry__stg_init_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st);
+/* Gives every run on conn that has not failed the status why (the detail
+ * text: the caller's last error); they end once their chunks have. */
+void ferry__stg_conn_fail(stg_ctx_t *ctx, stg_conn_t *conn, ferry_status_t why);
 /* Ends every run on conn with why (the detail text is the caller's last
- * error). */
+ * error), at once: the connection's worker is destroyed first. */
 void ferry__stg_conn_end(stg_ctx_t *ctx, stg_conn_t *conn, ferry_status_t why);
 ucs_status_t ferry__stg_on_reply(void *arg, const void *header, size_t header_length,
                                  void *data, size_t length,
