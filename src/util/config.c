@@ -45,6 +45,11 @@ const ferry__config_entry_t ferry__config_table[] = {
      "a post that copies this many bytes or more into or out of a same-host "
      "peer's memory bypasses the cache (non-temporal stores); auto: half the "
      "last-level cache that sysfs reports, at most 16m; off: never"},
+    {"FERRY_STAGE", "on",
+     "on: agents can stage transfers through bounce buffers (a second UCX "
+     "context and worker per agent, started with it); off: no staging, which "
+     "saves that context (GPU memory of peers on other hosts then needs a "
+     "UCX with CUDA support)"},
     {"FERRY_STAGE_CHUNK", "4m",
      "staging through bounce buffers (GPU memory to another host when UCX "
      "takes no GPU memory): the bytes of one chunk, the size of each bounce "

@@ -227,13 +227,14 @@ void ferry__stg_ops_free_all(stg_ctx_t *ctx)
 }
 
 /* The device's stream, created on first use; the caller has pushed the
- * device's context. */
+ * device's context. A blocking stream, as CUDA IPC's: a gather starts only
+ * after the work queued before it on the legacy default stream, where an
+ * application has just produced the bytes. */
 static ferry_status_t stg_stream(stg_ctx_t *ctx, const ferry__cuda_t *cu, int dev,
                                  CUstream *s_p)
 {
     if (ctx->streams[dev] == NULL)
-        FERRY_CHECK(FERRY__CU(cu, cuStreamCreate, (&ctx->streams[dev],
-                                                   CU_STREAM_NON_BLOCKING)));
+        FERRY_CHECK(FERRY__CU(cu, cuStreamCreate, (&ctx->streams[dev], 0)));
     *s_p = ctx->streams[dev];
     return FERRY_OK;
 }

@@ -71,6 +71,11 @@ static ferry_status_t stg_init(const char *agent_name, void **ctx_p)
         free(ctx);
         return st;
     }
+    if (strcmp(ferry__config_get("FERRY_STAGE"), "off") == 0) {
+        /* No UCX context: the backend takes no memory and advertises none. */
+        *ctx_p = ctx;
+        return FERRY_OK;
+    }
     if (tls[0] == '\0')
         tls = ferry__config_get("FERRY_UCX_TLS");
     /* Messages copied into the transport, never sent from our buffers in
@@ -134,7 +139,8 @@ static void stg_fini(void *vctx)
      * copies end before their buffers do. */
     ferry__stg_ops_each(ctx, stg_drop_held, NULL);
     ferry__stg_copies_sync(ctx);
-    ferry__ucx_ops.fini(ctx->ucx);
+    if (ctx->ucx != NULL)
+        ferry__ucx_ops.fini(ctx->ucx);
     for (int d = 0; d < STG_MAX_DEVS && cu != NULL; d++)
         if (ctx->streams[d] != NULL && ferry__cuda_push(d) == FERRY_OK) {
             cu->cuStreamDestroy(ctx->streams[d]);
@@ -151,14 +157,22 @@ static void stg_fini(void *vctx)
 
 static bool stg_supports_kind(void *vctx, ferry_mem_kind_t kind)
 {
-    (void)vctx;
     /* GPU memory needs the CUDA driver, which registering it has loaded. */
-    return kind == FERRY_MEM_HOST || kind == FERRY_MEM_CUDA;
+    return ((stg_ctx_t *)vctx)->ucx != NULL &&
+           (kind == FERRY_MEM_HOST || kind == FERRY_MEM_CUDA);
 }
 
+/* Turned off (FERRY_STAGE=off), the address is one zero byte (metadata
+ * wants one; a UCX worker address is never that short). */
 static ferry_status_t stg_pack_address(void *vctx, ferry__wbuf_t *out)
 {
-    return ferry__ucx_ops.pack_address(((stg_ctx_t *)vctx)->ucx, out);
+    stg_ctx_t *ctx = vctx;
+
+    if (ctx->ucx == NULL) {
+        ferry__wbuf_u8(out, 0);
+        return FERRY_OK;
+    }
+    return ferry__ucx_ops.pack_address(ctx->ucx, out);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -274,6 +288,12 @@ static ferry_status_t stg_conn_open(void *vctx, const uint8_t *addr, size_t len,
     void *uc;
     ferry_status_t st;
 
+    if (ctx->ucx == NULL || len <= 1) {
+        free(conn);
+        return ferry__error(FERRY_ERR_UNSUPPORTED, "staged: staging is turned off "
+                            "(FERRY_STAGE=off) %s", ctx->ucx == NULL ? "here" :
+                            "on the peer");
+    }
     if (conn == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "staged: no memory");
     st = ferry__ucx_ops.conn_open(ctx->ucx, addr, len, peer, &uc);
@@ -385,6 +405,8 @@ static unsigned stg_progress(void *vctx)
     ferry__list_t *l, *tmp;
     unsigned n;
 
+    if (ctx->ucx == NULL)
+        return 0;
     ctx->handled = 0;
     n = ferry__ucx_ops.progress(ctx->ucx);
     if (ctx->ncopying > 0)
@@ -403,7 +425,9 @@ static unsigned stg_progress(void *vctx)
 
 static int stg_event_fd(void *vctx)
 {
-    return ferry__ucx_ops.event_fd(((stg_ctx_t *)vctx)->ucx);
+    stg_ctx_t *ctx = vctx;
+
+    return ctx->ucx != NULL ? ferry__ucx_ops.event_fd(ctx->ucx) : -1;
 }
 
 static ferry_status_t stg_arm(void *vctx)
@@ -413,7 +437,7 @@ static ferry_status_t stg_arm(void *vctx)
     /* Copies on CUDA streams signal no fd: poll them. */
     if (ctx->ncopying > 0)
         return FERRY_ERR_BUSY;
-    return ferry__ucx_ops.arm(ctx->ucx);
+    return ctx->ucx != NULL ? ferry__ucx_ops.arm(ctx->ucx) : FERRY_OK;
 }
 
 static ferry_status_t stg_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kind,
@@ -438,6 +462,10 @@ void ferry__staged_describe(FILE *out)
 {
     stg_ctx_t probe = {0};
 
+    if (strcmp(ferry__config_get("FERRY_STAGE"), "off") == 0) {
+        fprintf(out, "staging:\n  turned off (FERRY_STAGE=off)\n");
+        return;
+    }
     fprintf(out, "staging:\n  serves: GPU memory of a peer on another host when UCX "
             "takes no GPU memory, and requests that ask for FERRY_BACKEND_STAGED; "
             "the target's agent must be driven (progress thread or "
