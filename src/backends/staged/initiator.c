@@ -102,8 +102,8 @@ static void send_chunk(stg_ctx_t *ctx, stg_op_t *op)
     size_t tlen = (size_t)c->n * sizeof(stg_piece_t);
     ferry_status_t st;
 
-    op->hdr = (stg_hdr_t){STG_MAGIC, (uint16_t)op->type, 0, 0, c->n,
-                          ferry__stg_cookie(ctx, op), c->bytes, 0};
+    op->hdr = (stg_hdr_t){STG_MAGIC, (uint16_t)op->type, conn->epoch, 0, c->n,
+                          ferry__stg_cookie(ctx, op), c->bytes, conn->id};
     if (op->type == STG_AM_WRITE)
         st = send_msg(op, conn->uc->ep, STG_AM_WRITE, stg_slot(op->pool, op->slot) - tlen,
                       tlen + c->bytes, conn->uc->peer_name);
@@ -206,8 +206,10 @@ ferry_status_t ferry__stg_post(void *vctx, void *vconn, void *vplan, ferry_xfer_
     (void)n;
     if (conn->uc->failed != UCS_OK)
         return ferry__ucx_error(conn->uc->failed, "endpoint", conn->uc->peer_name);
-    if (conn->uc->worker == NULL)
+    if (conn->uc->worker == NULL) {
         FERRY_CHECK(ferry__ucx_reconnect(ctx->ucx, conn->uc));
+        conn->epoch++;
+    }
     run->conn = conn;
     run->op = op;
     run->cb = cb;

@@ -23,9 +23,12 @@
 #include "backends/staged/staged.h"
 #include "util/config.h"
 #include "util/log.h"
+#include "util/time.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 static void stg_fini(void *vctx);
 
@@ -302,6 +305,8 @@ static ferry_status_t stg_conn_open(void *vctx, const uint8_t *addr, size_t len,
         return st;
     }
     conn->uc = uc;
+    if (getrandom(&conn->id, sizeof(conn->id), 0) != (ssize_t)sizeof(conn->id))
+        conn->id = (uint64_t)(uintptr_t)conn ^ (uint64_t)getpid() << 32 ^ ferry__now_ns();
     ferry__list_add(&ctx->conns, &conn->link);
     *conn_p = conn;
     return FERRY_OK;
@@ -325,8 +330,10 @@ static ferry_status_t stg_prepare(void *vctx, void *vconn, const ferry__bk_seg_t
     stg_plan_t *plan;
 
     FERRY_CHECK(ferry__ucx_check_alive(ctx->ucx, conn->uc));
-    if (conn->uc->worker == NULL)
+    if (conn->uc->worker == NULL) {
         FERRY_CHECK(ferry__ucx_reconnect(ctx->ucx, conn->uc));
+        conn->epoch++;
+    }
     FERRY_CHECK(ferry__stg_plan(segs, n, ctx->chunk, &plan));
     ferry__debug("staged: %zu segments to peer '%s': %zu chunks of at most %llu "
                  "bytes, %llu bytes in all", n, conn->uc->peer_name, plan->nchunks,

@@ -28,7 +28,10 @@
  * The header's cookie names the initiator's operation (stg_op_t, by index
  * and generation) and comes back in the reply, which is checked against the
  * operation before anything of it is used: a late reply to an aborted
- * operation is dropped.
+ * operation is dropped. Its connection id and epoch (bumped each time the
+ * initiator reconnects after an abort) let the target drop a chunk that
+ * an aborted connection left on the way and that arrives after one of its
+ * successor's: the old bytes never land over the retry's.
  *
  * Flow control. An initiator keeps at most FERRY_STAGE_CHUNKS chunks in
  * flight to one peer (the connection's credits) and a chunk needs a bounce
@@ -75,13 +78,17 @@ typedef struct stg_hdr {
     uint32_t magic;
     uint16_t type;     /* STG_AM_* of the message (a reply: STG_AM_WRITE or
                           STG_AM_READ, the kind of chunk it answers) */
-    uint16_t reserved;
+    uint16_t epoch;    /* WRITE, READ: the connection's, bumped by each
+                          reconnect after an abort */
     int32_t status;    /* replies: FERRY_OK or the target's error */
     uint32_t npieces;  /* WRITE, READ: entries of the table */
     uint64_t cookie;   /* the initiator's operation, echoed in the reply */
     uint64_t bytes;    /* the chunk's bytes */
-    uint64_t reserved2;
+    uint64_t conn_id;  /* WRITE, READ: the initiator's connection (random) */
 } stg_hdr_t;
+
+/* How many initiator connections a target remembers the epoch of. */
+#define STG_EPOCHS 256
 
 /* One piece of a chunk as the wire carries it: where it goes (WRITE) or
  * comes from (READ) in the target. */
@@ -220,6 +227,8 @@ typedef struct stg_op {
 
 typedef struct stg_conn {
     ucx_conn_t *uc;       /* the UCX connection under it */
+    uint64_t id;          /* random: tells the target which connection */
+    uint16_t epoch;       /* bumped by each reconnect after an abort */
     ferry__list_t link;   /* ctx->conns */
     unsigned inflight;    /* chunks in flight: at most ctx->credits */
     uint64_t events;      /* replies received: the stall check's headway */
@@ -240,6 +249,14 @@ typedef struct stg_ctx {
     uint32_t *freeops;
     size_t nfreeops;
     ferry__list_t runs;    /* stg_run_t in flight, oldest first */
+    /* Target: the newest epoch seen of recent initiator connections, so
+     * that chunks an aborted connection left on the way and that arrive
+     * after its successor's are dropped, not applied over newer bytes. */
+    struct {
+        uint64_t id;
+        uint16_t epoch;
+    } epochs[STG_EPOCHS];
+    unsigned next_epoch; /* the entry the next new connection takes */
     ferry__list_t conns;   /* stg_conn_t */
     /* Scratch for one chunk's copies (target side). */
     uint64_t smem[STG_MAX_PIECES], slen[STG_MAX_PIECES];

@@ -136,6 +136,28 @@ void ferry__stg_serve_queued(stg_ctx_t *ctx)
     }
 }
 
+/* Whether a chunk of connection id at epoch is older than one already seen
+ * from it (the connection was aborted and reopened since): records the
+ * newest epoch of each recent connection. */
+static bool stale_epoch(stg_ctx_t *ctx, uint64_t id, uint16_t epoch)
+{
+    unsigned i;
+
+    for (i = 0; i < STG_EPOCHS; i++) {
+        if (ctx->epochs[i].id != id)
+            continue;
+        if ((int16_t)(uint16_t)(epoch - ctx->epochs[i].epoch) < 0)
+            return true;
+        ctx->epochs[i].epoch = epoch;
+        return false;
+    }
+    /* A connection not seen lately takes the oldest entry. */
+    i = ctx->next_epoch++ % STG_EPOCHS;
+    ctx->epochs[i].id = id;
+    ctx->epochs[i].epoch = epoch;
+    return false;
+}
+
 /* A chunk from an initiator (STG_AM_WRITE or STG_AM_READ), in progress of
  * this context's worker. Returns UCS_INPROGRESS when it keeps the data to
  * serve the chunk later, UCS_OK when done with it. */
@@ -163,6 +185,11 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
          h.npieces >= 1 && h.npieces <= STG_MAX_PIECES &&
          length == (size_t)h.npieces * sizeof(stg_piece_t) +
                        (h.type == STG_AM_WRITE ? h.bytes : 0);
+    if (ok && stale_epoch(ctx, h.conn_id, h.epoch)) {
+        /* Its connection is gone: nobody waits for the reply. */
+        ferry__debug("staged: dropped a chunk of an aborted connection");
+        return UCS_OK;
+    }
     if (ferry__stg_op_new(ctx, &op) < 0) {
         ferry__warn("staged: no memory to serve a chunk; dropped (its initiator times "
                     "out)");
