@@ -21,9 +21,13 @@
  * bytes that arrived are checked once per size.
  *
  *   ferry-gpu-bench [--sizes 1m,16m,256m] [--rounds 5] [--min-bytes 4g]
- *                   [--mem cuda|vmm] [--grids 132,264] [--only scatter]
+ *                   [--mem cuda|vmm] [--grids 132,264] [--only scatter|staged]
  *
- * --only scatter: the scattered rows alone.
+ * --only scatter: the scattered rows alone. --only staged: GPU -> GPU
+ * through the staged backend instead (bounce buffers over UCX, forced: the
+ * path to a peer on another host), at --sizes and as 1024 x 32 KiB
+ * scattered blocks, beside pinned DtoH, pinned HtoD and a host -> host
+ * UCX WRITE measured in the same run (see staged_section).
  *
  * --mem: how both processes allocate their GPU memory, cuMemAlloc (shared
  * as a legacy IPC handle, the default) or cuMemCreate (VMM, shared as file
@@ -114,9 +118,10 @@ static void gpu_alloc(ferry_agent_t *agent, int dev, size_t len, bench_buf_t *b)
     bench_gpu_pop();
 }
 
-/* The target: one GPU buffer, registered and advertised, until the end
- * (its progress thread serves UCX peers; the initiator reads the bytes
- * back itself). */
+/* The target: one GPU buffer and one host buffer (the stream flags' and
+ * the staged rows' UCX reference), registered and advertised, until the end
+ * (its progress thread serves UCX and staged peers; the initiator reads the
+ * bytes back itself). */
 static int target_main(ferry_comm_t *comm)
 {
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
@@ -128,9 +133,9 @@ static int target_main(ferry_comm_t *comm)
 
     die_st(ferry_agent_create(&ap, &agent), "agent_create");
     gpu_alloc(agent, target_device(), MAX_SIZE, &b);
-    bench_alloc(agent, FERRY_MEM_HOST, SRC_MMAP, 4096, &h);
+    bench_alloc(agent, FERRY_MEM_HOST, SRC_MMAP, MAX_SIZE, &h);
     {
-        ferry_desc_t d[2] = {bench_desc(&b, 0, MAX_SIZE), bench_desc(&h, 0, 4096)};
+        ferry_desc_t d[2] = {bench_desc(&b, 0, MAX_SIZE), bench_desc(&h, 0, MAX_SIZE)};
 
         die_st(ferry_mem_register(agent, d, 2, &mem), "mem_register");
     }
@@ -566,10 +571,129 @@ static void stream_section(run_t *r, const uint8_t *blob, size_t len, uint64_t r
     bench_free(&h);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Staging through bounce buffers (--staged)                                */
+/* ------------------------------------------------------------------------ */
+
+static const ferry_xfer_params_t staged_params = {.field_mask = FERRY_XFER_PARAM_BACKEND,
+                                                  .backend = FERRY_BACKEND_STAGED};
+
+/* GB/s of a batch (n descriptors each side) posted and waited for: one
+ * untimed round, then iters timed ones; median of rounds. */
+static double batch_gbps(run_t *r, ferry_xfer_op_t op, const ferry_desc_t *l,
+                         const ferry_desc_t *rd, size_t n, uint64_t bytes,
+                         const ferry_xfer_params_t *xp, unsigned iters, int rounds)
+{
+    ferry_xfer_t *x;
+    double v[101];
+
+    die_st(ferry_xfer_prepare(r->agent, op, l, n, r->peer, rd, n, xp, &x), "prepare");
+    (void)post_wait_ns(x, 1);
+    for (int i = 0; i < rounds; i++)
+        v[i] = (double)bytes * iters / (double)post_wait_ns(x, iters);
+    ferry_xfer_release(x);
+    return median(v, rounds);
+}
+
+/* The three links staging chains, for bytes bytes, medians of rounds:
+ * pinned DtoH, pinned HtoD and a host -> host WRITE through the UCX
+ * backend into the target's host buffer at rhost; returns the slowest. */
+typedef struct links {
+    double d2h, h2d, ucx;
+} links_t;
+
+static double links_gbps(run_t *r, uint64_t bytes, uint64_t rhost, unsigned iters,
+                         int rounds, links_t *k)
+{
+    uint64_t g = (uintptr_t)r->gpu.p, p = (uintptr_t)r->pinned.p;
+    ferry_desc_t ul = bench_desc(&r->pinned, 0, bytes);
+    ferry_desc_t ur = {rhost, bytes, FERRY_MEM_HOST, 0};
+    ferry_xfer_params_t up = {.field_mask = FERRY_XFER_PARAM_BACKEND,
+                              .backend = FERRY_BACKEND_UCX};
+    double d2h[101], h2d[101], slow;
+
+    for (int i = 0; i < rounds; i++) {
+        d2h[i] = ref_gbps(r->stream, p, r->ctx, g, r->ctx, bytes, iters);
+        h2d[i] = ref_gbps(r->stream, g, r->ctx, p, r->ctx, bytes, iters);
+    }
+    k->d2h = median(d2h, rounds);
+    k->h2d = median(h2d, rounds);
+    k->ucx = batch_gbps(r, FERRY_OP_WRITE, &ul, &ur, 1, bytes, &up, iters, rounds);
+    slow = k->d2h < k->h2d ? k->d2h : k->h2d;
+    return k->ucx < slow ? k->ucx : slow;
+}
+
+/*
+ * GPU -> GPU WRITE and READ through the staged backend (forced: the two
+ * processes share a host, and the path is the one a peer on another host
+ * takes), at each size and as 1024 scattered 32 KiB blocks, beside the
+ * three links it chains, measured in the same run (links_gbps). Run with
+ * FERRY_UCX_TLS=tcp, both UCX contexts use the transport staging uses
+ * between two hosts without RDMA. The ratio is to the slowest of the
+ * three; every transfer's bytes are checked afterwards through CUDA IPC.
+ */
+static int staged_section(run_t *r, const char *sizes, uint64_t rhost, int rounds)
+{
+    char *list = strdup(sizes), *save = NULL;
+    scatter_t sc = {"1024 x 32 KiB", 1024, 32u << 10, NULL, NULL};
+    int failures = 0;
+
+    if (list == NULL)
+        return 1;
+    printf("\n# staged GPU->GPU (FERRY_BACKEND_STAGED): FERRY_STAGE_CHUNK=%s "
+           "FERRY_STAGE_CHUNKS=%s FERRY_UCX_TLS=%s\n",
+           getenv("FERRY_STAGE_CHUNK") ? getenv("FERRY_STAGE_CHUNK") : "(4m)",
+           getenv("FERRY_STAGE_CHUNKS") ? getenv("FERRY_STAGE_CHUNKS") : "(8)",
+           getenv("FERRY_UCX_TLS") ? getenv("FERRY_UCX_TLS") : "(UCX's choice)");
+    printf("%-14s %-14s %10s %9s %9s %9s %8s %6s\n", "size", "transfer", "staged",
+           "DtoH", "HtoD", "UCX host", "ratio", "bytes");
+    scatter_make(r, &sc, 99);
+    /* The sizes, then the scattered batch (the empty token). */
+    for (char *t = strtok_r(list, ",", &save);; t = strtok_r(NULL, ",", &save)) {
+        int scattered = t == NULL;
+        uint64_t size = scattered ? sc.n * sc.size : parse_count(t, "--sizes", false);
+        unsigned iters = iters_for(r, size) / 4 + 3;
+        char name[32];
+        links_t k;
+        double slow;
+
+        if (size == 0 || size > MAX_SIZE) {
+            fprintf(stderr, "sizes must be 1..256m\n");
+            return 2;
+        }
+        snprintf(name, sizeof(name), "%s", scattered ? sc.name : t);
+        slow = links_gbps(r, size, rhost, iters, rounds, &k);
+        for (int op = 0; op < 2; op++) {
+            ferry_xfer_op_t xop = op ? FERRY_OP_READ : FERRY_OP_WRITE;
+            ferry_desc_t ld = bench_desc(&r->gpu, 0, size);
+            ferry_desc_t rd = {r->raddr, size, FERRY_MEM_CUDA, r->rdev};
+            double f = scattered ? batch_gbps(r, xop, sc.l, sc.r, sc.n, size,
+                                              &staged_params, iters, rounds)
+                                 : batch_gbps(r, xop, &ld, &rd, 1, size, &staged_params,
+                                              iters, rounds);
+            int bad = scattered ? scatter_verify(r, &sc) : verify(r, &r->gpu, size);
+
+            failures += bad;
+            printf("%-14s %-14s %10.2f %9.2f %9.2f %9.2f %8.3f %6s\n", name,
+                   op ? "GPU->GPU READ" : "GPU->GPU WRITE", f, k.d2h, k.h2d, k.ucx,
+                   f / slow, bad ? "WRONG" : "ok");
+            fflush(stdout);
+            /* Fresh local bytes: the READ must bring the peer's back. */
+            fill_random(&r->gpu, size + (uint64_t)op + 7);
+        }
+        if (scattered)
+            break;
+    }
+    free(list);
+    free(sc.l);
+    free(sc.r);
+    return failures;
+}
+
 int main(int argc, char **argv)
 {
     const char *sizes = "1m,16m,256m", *grids = NULL;
-    int scatter_only = 0;
+    int scatter_only = 0, staged_only = 0;
     char *list, *save = NULL;
     int rounds = 5, failures = 0;
     run_t r = {.min_bytes = 4ull << 30};
@@ -591,13 +715,15 @@ int main(int argc, char **argv)
             grids = argv[i + 1];
         else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "scatter") == 0)
             scatter_only = 1;
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "staged") == 0)
+            staged_only = 1;
         else if (strcmp(argv[i], "--mem") == 0 && (strcmp(argv[i + 1], "cuda") == 0 ||
                                                    strcmp(argv[i + 1], "vmm") == 0))
             gpu_src = strcmp(argv[i + 1], "cuda") == 0 ? SRC_CUMEM : SRC_FERRY;
         else {
             fprintf(stderr, "usage: %s [--sizes 1m,16m,256m] [--rounds N] "
                             "[--min-bytes 4g] [--mem cuda|vmm] [--grids 16,32,...] "
-                            "[--only scatter]\n", argv[0]);
+                            "[--only scatter|staged]\n", argv[0]);
             return 2;
         }
     }
@@ -678,7 +804,13 @@ int main(int argc, char **argv)
     printf("first prepare against the peer (opens its allocation): %.1f us; "
            "a second prepare: %.1f us; one 4 KiB WRITE after that: %.1f us\n\n",
            open_us, again_us, small_us);
-    failures += scatter_section(&r, rounds, grids);
+    if (staged_only) {
+        failures += staged_section(&r, sizes, hello.b, rounds);
+        sizes = "";
+        scatter_only = 1;
+    } else {
+        failures += scatter_section(&r, rounds, grids);
+    }
     if (scatter_only)
         sizes = "";
     else

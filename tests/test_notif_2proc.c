@@ -53,6 +53,11 @@
 #define MAXLEN (64u << 10)
 #define SEC 1000000000ll
 
+/* "staged": the write and read cases' requests go through the staged
+ * backend (bounce buffers), whose target acknowledges a chunk only once it
+ * is in place: the message must still find every byte. */
+static int staged;
+
 static xm_kind_t mem_init = XM_HOST, mem_target = XM_HOST;
 static uint64_t seed;
 
@@ -110,7 +115,9 @@ static int xfer_case(int read, int thread)
     ferry_md_free(blob);
 
     for (uint64_t i = 0; i < iters; i++) {
-        ferry_xfer_params_t xp = {.field_mask = FERRY_XFER_PARAM_NOTIF};
+        ferry_xfer_params_t xp = {.field_mask = FERRY_XFER_PARAM_NOTIF |
+                                                (staged ? FERRY_XFER_PARAM_BACKEND : 0),
+                                  .backend = FERRY_BACKEND_STAGED};
         xt_note_t note;
         ferry_status_t st;
 
@@ -513,6 +520,8 @@ int main(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "thread") == 0) {
             thread = 1;
+        } else if (strcmp(argv[i], "staged") == 0) {
+            staged = 1;
         } else if (strcmp(argv[i], "--mem") == 0 && i + 1 < argc) {
             char a[16], b[16];
 
@@ -531,7 +540,7 @@ int main(int argc, char **argv)
         return killed_case();
     if (strcmp(mode, "flood") == 0)
         return flood_case();
-    fprintf(stderr, "usage: %s write|read [thread] [--mem I:T] | failed | killed | "
-                    "flood\n", argv[0]);
+    fprintf(stderr, "usage: %s write|read [thread] [staged] [--mem I:T] | failed | "
+                    "killed | flood\n", argv[0]);
     return 2;
 }

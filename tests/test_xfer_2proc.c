@@ -99,6 +99,9 @@ static int set_mem(const char *spec)
 
 static uint64_t seed;
 static xt_target_t tgt;
+/* --backend: the backend every request is forced to (0: the library's
+ * choice); "staged" moves host memory through the bounce buffers too. */
+static ferry_backend_t backend;
 static long passive_target; /* FERRY_TEST_PASSIVE_TARGET */
 static unsigned busy_checked, busy_seen; /* in-flight re-posts tried / refused */
 
@@ -268,8 +271,13 @@ static void run_case(ferry_agent_t *agent, ferry_peer_t *peer,
         rd[i] = xm_target_desc(mem_target, rbase + l.remote.off[i], l.len[i]);
     }
     t0 = xu_now_ns();
-    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, k->op, ld, l.n, peer, rd, l.n,
-                                           NULL, &x));
+    {
+        ferry_xfer_params_t xp = {.field_mask = FERRY_XFER_PARAM_BACKEND,
+                                  .backend = backend};
+
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, k->op, ld, l.n, peer, rd, l.n,
+                                               backend ? &xp : NULL, &x));
+    }
     cs->prep_ms = xu_ms_since(t0);
     free(ld);
     free(rd);
@@ -445,12 +453,18 @@ static int initiator_main(void)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && strcmp(argv[1], "--mem") == 0) {
-        if (set_mem(argv[2]) != 0)
+    for (int i = 1; i < argc; i += 2) {
+        if (i + 1 < argc && strcmp(argv[i], "--mem") == 0) {
+            if (set_mem(argv[i + 1]) != 0)
+                return 1;
+        } else if (i + 1 < argc && strcmp(argv[i], "--backend") == 0 &&
+                   strcmp(argv[i + 1], "staged") == 0) {
+            backend = FERRY_BACKEND_STAGED;
+        } else {
+            fprintf(stderr, "usage: %s [--mem INITIATOR:TARGET] [--backend staged]\n",
+                    argv[0]);
             return 1;
-    } else if (argc != 1) {
-        fprintf(stderr, "usage: %s [--mem INITIATOR:TARGET]\n", argv[0]);
-        return 1;
+        }
     }
     return initiator_main();
 }

@@ -137,7 +137,10 @@ FERRY_API const char *ferry_agent_name(const ferry_agent_t *agent);
 /*
  * Drives the agent's transports without blocking: completes whatever
  * requests can complete, serves peers' operations on this agent's memory,
- * and notices same-host peers whose process has ended. Returns FERRY_OK
+ * and notices same-host peers whose process has ended. A peer's staged
+ * transfers into or out of this agent's memory (GPU memory from another
+ * host without CUDA-aware UCX: ferry/xfer.h) move only while the agent is
+ * driven, by this call, a wait or the progress thread. Returns FERRY_OK
  * when nothing is left to do, after which ferry_agent_fd() becomes readable
  * when there is; FERRY_IN_PROGRESS when more work is pending (call again
  * before sleeping); FERRY_ERR_INVALID for a NULL agent. Any thread.

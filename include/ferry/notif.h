@@ -11,9 +11,11 @@
  *  - A request's message (FERRY_XFER_PARAM_NOTIF) leaves once per post
  *    that completes successfully, and only after that post is complete:
  *    for a WRITE, every byte of it is in the target's memory (UCX reported
- *    the endpoint flushed, a copy into mapped memory ended with a fence, or
- *    the CUDA IPC copy's completion was seen), so a target that reads the
- *    announced range as soon as it drains the message finds the new bytes;
+ *    the endpoint flushed, a copy into mapped memory ended with a fence,
+ *    the CUDA IPC copy's completion was seen, or the target acknowledged
+ *    the last staged chunk after its copies into its memory ended), so a
+ *    target that reads the announced range as soon as it drains the
+ *    message finds the new bytes;
  *    for a READ, every byte was read (it is in local memory), so the target
  *    may change the range as soon as it drains the message. A post that
  *    fails, is canceled or times out sends nothing. A message that cannot

@@ -30,7 +30,11 @@ typedef enum ferry_backend {
     FERRY_BACKEND_ANY = 0,     /* the library's choice (the default) */
     FERRY_BACKEND_UCX = 1,     /* UCX: host memory, any host; GPU memory only
                                 * where UCX itself supports CUDA */
-    FERRY_BACKEND_CUDA_IPC = 2 /* CUDA IPC: the peer's GPU memory, same host */
+    FERRY_BACKEND_CUDA_IPC = 2, /* CUDA IPC: the peer's GPU memory, same host */
+    FERRY_BACKEND_STAGED = 3    /* staging through pinned host bounce buffers
+                                 * over UCX: GPU memory of a peer on another
+                                 * host where UCX takes no GPU memory (and,
+                                 * forced, any memory: see ferry_xfer_prepare) */
 } ferry_backend_t;
 
 enum {
@@ -103,10 +107,18 @@ typedef struct ferry_xfer_params {
  * are the peer's to finish, with a synchronisation, before it lets a READ
  * start, since a cuMemcpy from pageable memory may return before its DMA
  * ends), host memory through UCX, GPU memory to another host through UCX
- * only where UCX reports CUDA support. CUDA IPC serves a remote GPU region
- * with local GPU or host memory; a remote host region is reachable only
- * through UCX. params->backend (FERRY_XFER_PARAM_BACKEND) restricts the
- * choice to one backend. A CUDA IPC batch of several segments is copied
+ * where UCX reports CUDA support and otherwise by staging (the staged
+ * backend: chunks copied through pinned host bounce buffers and sent over
+ * UCX in a pipeline; docs/STAGING.md), which also serves local GPU memory
+ * with a peer's host memory on one host. CUDA IPC serves a remote GPU region
+ * with local GPU or host memory. Unlike UCX's RMA, a staged transfer needs
+ * the target's agent driven (its progress thread, ferry_agent_progress() or
+ * a wait), since the target copies each chunk into place; the request
+ * completes only once the last byte is in the destination's memory (for a
+ * WRITE, after the target's copies into its GPU memory). Peers on "another
+ * host" are those whose host identity differs (FERRY_HOST_ID overrides it).
+ * params->backend (FERRY_XFER_PARAM_BACKEND) restricts the choice to one
+ * backend; FERRY_BACKEND_STAGED stages any pair, host memory included. A CUDA IPC batch of several segments is copied
  * by one launch of ferry's copy kernel over a table built here (segments
  * up to FERRY_CUDA_COPY_MAX; longer ones, and a lone segment, by the copy
  * engines; FERRY_CUDA_COPY chooses), so a paged KV cache's thousands of

@@ -213,6 +213,7 @@ PyMODINIT_FUNC PyInit__ferry(void)
         add_int(m, "OP_READ", FERRY_OP_READ) || add_int(m, "BACKEND_ANY", FERRY_BACKEND_ANY) ||
         add_int(m, "BACKEND_UCX", FERRY_BACKEND_UCX) ||
         add_int(m, "BACKEND_CUDA_IPC", FERRY_BACKEND_CUDA_IPC) ||
+        add_int(m, "BACKEND_STAGED", FERRY_BACKEND_STAGED) ||
         add_int(m, "INFO_VERSION", FERRY_INFO_VERSION) ||
         add_int(m, "INFO_BACKENDS", FERRY_INFO_BACKENDS) ||
         add_int(m, "INFO_UCX", FERRY_INFO_UCX) || add_int(m, "INFO_CUDA", FERRY_INFO_CUDA) ||

@@ -515,10 +515,13 @@ static int parse_backend(PyObject *obj, ferry_xfer_params_t *p)
         p->backend = FERRY_BACKEND_UCX;
     else if (s && !strcmp(s, "cuda_ipc"))
         p->backend = FERRY_BACKEND_CUDA_IPC;
+    else if (s && !strcmp(s, "staged"))
+        p->backend = FERRY_BACKEND_STAGED;
     else if (s && !strcmp(s, "any"))
         p->backend = FERRY_BACKEND_ANY;
     else
-        return ferry__py_invalid("backend is None, 'any', 'ucx' or 'cuda_ipc'"), -1;
+        return ferry__py_invalid("backend is None, 'any', 'ucx', 'cuda_ipc' or "
+                                 "'staged'"), -1;
     return 0;
 }
 

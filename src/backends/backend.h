@@ -38,12 +38,13 @@
 /* Backend ids as they appear in metadata blobs; never renumbered. */
 enum {
     FERRY__BK_UCX = 1,
-    FERRY__BK_CUDA_IPC = 2
+    FERRY__BK_CUDA_IPC = 2,
+    FERRY__BK_STAGED = 3
 };
 
 /* Backends compiled in: the slots of ferry__backends[] (core/agent.c), by
  * which a region, a peer or a request keeps one handle per backend. */
-#define FERRY__NBK 2
+#define FERRY__NBK 3
 
 /* Backend flags: what the core may ask of it. */
 enum {
@@ -236,5 +237,8 @@ extern const ferry__backend_ops_t ferry__ucx_ops;
 /* For ferry-info: UCX's version, transports and memory types. */
 void ferry__ucx_describe(FILE *out);
 extern const ferry__backend_ops_t ferry__cuda_ipc_ops;
+extern const ferry__backend_ops_t ferry__staged_ops;
+/* For ferry-info: what the staged backend is for and its bounce buffers. */
+void ferry__staged_describe(FILE *out);
 
 #endif

@@ -15,10 +15,13 @@
 
 /* In order of preference: a pair of descriptors goes to the first backend
  * that can serve it, so GPU memory of a peer on the same host takes CUDA
- * IPC even where UCX could carry it too. */
+ * IPC even where UCX could carry it too, and staging through bounce
+ * buffers (backends/staged) serves only what neither can: GPU memory of a
+ * peer on another host when UCX takes no GPU memory. */
 const ferry__backend_ops_t *const ferry__backends[FERRY__NBK] = {
     &ferry__cuda_ipc_ops,
     &ferry__ucx_ops,
+    &ferry__staged_ops,
 };
 
 int ferry__backend_slot(uint16_t id)
@@ -61,14 +64,23 @@ void ferry__agent_unlock(ferry_agent_t *agent)
 /*
  * Host identity: the boot id names the running kernel, and the PID and IPC
  * namespaces name the sandbox; processes that agree on all three can share
- * handles that refer to each other's processes and memory.
+ * handles that refer to each other's processes and memory. FERRY_HOST_ID
+ * replaces it.
  */
 static void agent_host_id(char *out, size_t size)
 {
     char boot[64] = "unknown", pidns[64] = "", ipcns[64] = "";
-    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    const char *set = ferry__config_get("FERRY_HOST_ID");
+    FILE *f;
     ssize_t n;
 
+    /* A test's (or a sandbox's) own: two processes of one machine with
+     * different ones are two hosts to each other. */
+    if (set[0] != '\0') {
+        snprintf(out, size, "%s", set);
+        return;
+    }
+    f = fopen("/proc/sys/kernel/random/boot_id", "r");
     if (f != NULL) {
         if (fgets(boot, sizeof(boot), f) != NULL)
             boot[strcspn(boot, "\n")] = '\0';

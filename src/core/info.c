@@ -77,8 +77,10 @@ ferry_status_t ferry_info_print(FILE *out, uint64_t what)
     snprintf(saved, sizeof(saved), "%s", ferry_last_error());
     if (what & FERRY_INFO_VERSION)
         fprintf(out, "ferry %s\n", ferry_version());
-    if (what & FERRY_INFO_BACKENDS)
+    if (what & FERRY_INFO_BACKENDS) {
         print_backends(out);
+        ferry__staged_describe(out);
+    }
     if (what & FERRY_INFO_UCX)
         ferry__ucx_describe(out);
     if (what & FERRY_INFO_CUDA) {

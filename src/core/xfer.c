@@ -318,7 +318,8 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
                             "2^32-1 allowed)", nlocal);
     if (params != NULL && (params->field_mask & FERRY_XFER_PARAM_BACKEND)) {
         if (params->backend != FERRY_BACKEND_ANY && params->backend != FERRY_BACKEND_UCX &&
-            params->backend != FERRY_BACKEND_CUDA_IPC)
+            params->backend != FERRY_BACKEND_CUDA_IPC &&
+            params->backend != FERRY_BACKEND_STAGED)
             return ferry__error(FERRY_ERR_INVALID, "prepare: unknown backend %d",
                                 (int)params->backend);
         route.only = (uint16_t)params->backend;

@@ -45,6 +45,29 @@ const ferry__config_entry_t ferry__config_table[] = {
      "a post that copies this many bytes or more into or out of a same-host "
      "peer's memory bypasses the cache (non-temporal stores); auto: half the "
      "last-level cache that sysfs reports, at most 16m; off: never"},
+    {"FERRY_STAGE", "on",
+     "on: agents can stage transfers through bounce buffers (a second UCX "
+     "context and worker per agent, started with it); off: no staging, which "
+     "saves that context (GPU memory of peers on other hosts then needs a "
+     "UCX with CUDA support)"},
+    {"FERRY_STAGE_CHUNK", "4m",
+     "staging through bounce buffers (GPU memory to another host when UCX "
+     "takes no GPU memory): the bytes of one chunk, the size of each bounce "
+     "buffer (4k to 1g); initiator and target should agree, a target refuses "
+     "chunks larger than its own"},
+    {"FERRY_STAGE_CHUNKS", "8",
+     "staging: the bounce buffers of each of an agent's two pools (outgoing "
+     "and incoming, page-locked when CUDA is loaded), and the chunks an "
+     "initiator keeps in flight to one peer (its credits)"},
+    {"FERRY_STAGE_TLS", "",
+     "staging: the UCX transports of its own UCX context (UCX_TLS syntax); "
+     "empty: those of FERRY_UCX_TLS"},
+    {"FERRY_HOST_ID", "",
+     "this process's host identity as its peers compare it (empty: the boot id "
+     "and the PID and IPC namespaces); processes whose identities differ never "
+     "use CUDA IPC or shared memory between them, as on two hosts (tests make "
+     "one machine two hosts with it); give processes that share a machine "
+     "different values only"},
     {"FERRY_XFER_STALL_MS", "10000",
      "a request in flight whose transport makes no headway for this many "
      "milliseconds ends with FERRY_ERR_TIMEOUT (0: never); the agent "

@@ -17,25 +17,36 @@ extern char **environ;
 
 /* The environment of a spawned target, built before fork (the child may not
  * allocate): this one, with FERRY_TEST_DEVICE set to FERRY_TEST_TARGET_DEVICE
- * (mem_util.h); NULL, to inherit it unchanged, when that is unset. */
+ * (mem_util.h) and FERRY_HOST_ID to FERRY_TEST_TARGET_HOST_ID (the target
+ * another host to the test) when those are set; NULL, to inherit it
+ * unchanged, when neither is. */
 static char **xu_target_env(void)
 {
     const char *t = getenv("FERRY_TEST_TARGET_DEVICE");
+    const char *h = getenv("FERRY_TEST_TARGET_HOST_ID");
     size_t n = 0, k = 0;
     char **e;
 
-    if (t == NULL)
+    if (t == NULL && h == NULL)
         return NULL;
     while (environ[n] != NULL)
         n++;
-    e = calloc(n + 2, sizeof(*e));
-    if (e == NULL || asprintf(&e[0], "FERRY_TEST_DEVICE=%s", t) < 0) {
+    e = calloc(n + 3, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    if (t != NULL && asprintf(&e[k++], "FERRY_TEST_DEVICE=%s", t) < 0) {
         free(e);
         return NULL;
     }
-    k = 1;
+    if (h != NULL && asprintf(&e[k++], "FERRY_HOST_ID=%s", h) < 0) {
+        if (t != NULL)
+            free(e[0]);
+        free(e);
+        return NULL;
+    }
     for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "FERRY_TEST_DEVICE=", 18) != 0)
+        if (strncmp(environ[i], "FERRY_TEST_DEVICE=", 18) != 0 &&
+            strncmp(environ[i], "FERRY_HOST_ID=", 14) != 0)
             e[k++] = environ[i];
     e[k] = NULL;
     return e;
@@ -44,7 +55,11 @@ static char **xu_target_env(void)
 static void xu_env_free(char **env)
 {
     if (env != NULL) {
-        free(env[0]);
+        /* The strings of ours lead, before the first inherited one. */
+        for (size_t i = 0; env[i] != NULL && (strncmp(env[i], "FERRY_TEST_DEVICE=", 18) == 0 ||
+                                             strncmp(env[i], "FERRY_HOST_ID=", 14) == 0);
+             i++)
+            free(env[i]);
         free(env);
     }
 }

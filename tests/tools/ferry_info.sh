@@ -61,15 +61,16 @@ header=$(sed -n 's/^#define FERRY_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)$/\2
     bad "the first line is not 'ferry $version'"
 
 # --- Backends ----------------------------------------------------------------
-# Exactly the two backends, each once, and every one either usable or with
-# the reason it is not.
+# Exactly the three backends, each once, and every one either usable or with
+# the reason it is not; staging through bounce buffers needs no GPU to start.
 backends=$(section backends "$out")
-[ "$(count . "$backends")" -eq 2 ] || bad "backends: expected 2 lines: $backends"
-for b in ucx cuda_ipc; do
+[ "$(count . "$backends")" -eq 3 ] || bad "backends: expected 3 lines: $backends"
+for b in ucx cuda_ipc staged; do
     [ "$(count "^  $b +built, (usable|unusable: .+)$" "$backends")" -eq 1 ] ||
         bad "backends: no single well-formed line for $b"
 done
 expect '^  ucx +built, usable$' "$out"
+expect '^  staged +built, usable$' "$out"
 
 # --- UCX ---------------------------------------------------------------------
 ucx=$(section ucx "$out")

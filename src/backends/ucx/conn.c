@@ -197,6 +197,13 @@ static ferry_status_t ucx_connect(ucx_ctx_t *ctx, ucx_conn_t *conn)
         st = ferry__ucx_error(s, "ucp_worker_get_efd", conn->peer_name);
         goto err_worker;
     }
+    for (unsigned i = 0; i < ctx->nam; i++) {
+        s = ucp_worker_set_am_recv_handler(conn->worker, &ctx->am[i]);
+        if (s != UCS_OK) {
+            st = ferry__ucx_error(s, "ucp_worker_set_am_recv_handler", conn->peer_name);
+            goto err_worker;
+        }
+    }
     if (epoll_ctl(ctx->epfd, EPOLL_CTL_ADD, conn->efd, &ev) != 0) {
         st = ferry__error(FERRY_ERR_SYSTEM, "ucx: epoll for a connection's event "
                           "fd: %s", strerror(errno));

@@ -123,7 +123,8 @@ static bool ucx_tls_has_shm(const char *tls)
 /* A UCP context as ferry uses it (tls, the value of FERRY_UCX_TLS, applied;
  * RMA + AM + wake-up), and the memory types it accepts. */
 static ferry_status_t ucx_context(const char *name, const char *tls,
-                                  ucp_context_h *context, uint64_t *memory_types)
+                                  const char *const *cfg, ucp_context_h *context,
+                                  uint64_t *memory_types)
 {
     ucp_config_t *config;
     ucp_params_t params = {0};
@@ -137,6 +138,14 @@ static ferry_status_t ucx_context(const char *name, const char *tls,
         ucp_config_release(config);
         return ferry__error(FERRY_ERR_INVALID, "ucx: FERRY_UCX_TLS=%s: %s", tls,
                             ucs_status_string(s));
+    }
+    for (; cfg != NULL && cfg[0] != NULL; cfg += 2) {
+        s = ucp_config_modify(config, cfg[0], cfg[1]);
+        if (s != UCS_OK) {
+            ucp_config_release(config);
+            return ferry__error(FERRY_ERR_BACKEND, "ucx: UCX_%s=%s: %s", cfg[0], cfg[1],
+                                ucs_status_string(s));
+        }
     }
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_REQUEST_SIZE;
     /* AM as well as RMA: without it UCX 1.13 selects no zero-copy RMA lane
@@ -161,11 +170,11 @@ static ferry_status_t ucx_context(const char *name, const char *tls,
     return FERRY_OK;
 }
 
-static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
+ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
+                                   const char *const *cfg, void **ctx_p)
 {
     ucx_ctx_t *ctx;
     ucp_worker_params_t wparams = {0};
-    const char *tls = ferry__config_get("FERRY_UCX_TLS");
     ucs_status_t s;
     ferry_status_t st;
 
@@ -177,7 +186,7 @@ static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
     ferry__list_init(&ctx->allocs);
     ctx->nt_min = ferry__copy_nt_min();
 
-    st = ucx_context(agent_name, tls, &ctx->context, &ctx->memory_types);
+    st = ucx_context(agent_name, tls, cfg, &ctx->context, &ctx->memory_types);
     if (st != FERRY_OK)
         goto err_free;
     ctx->local_err_mode = !ucx_tls_has_shm(tls);
@@ -212,6 +221,25 @@ err_fini:
 err_free:
     free(ctx);
     return st;
+}
+
+static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
+{
+    return ferry__ucx_init_tls(agent_name, ferry__config_get("FERRY_UCX_TLS"), NULL, ctx_p);
+}
+
+ferry_status_t ferry__ucx_am_listen(ucx_ctx_t *ctx, const ucp_am_handler_param_t *hp)
+{
+    ucs_status_t s;
+
+    if (ctx->nam == UCX_MAX_AM)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "ucx: more than %d message "
+                            "handlers", UCX_MAX_AM);
+    s = ucp_worker_set_am_recv_handler(ctx->worker, hp);
+    if (s != UCS_OK)
+        return ferry__ucx_error(s, "ucp_worker_set_am_recv_handler", NULL);
+    ctx->am[ctx->nam++] = *hp;
+    return FERRY_OK;
 }
 
 static bool ucx_supports_kind(void *vctx, ferry_mem_kind_t kind)
@@ -351,7 +379,7 @@ void ferry__ucx_describe(FILE *out)
     FILE *mem;
 
     fprintf(out, "ucx:\n  version: %s\n", ucp_get_version_string());
-    if (ucx_context(NULL, ferry__config_get("FERRY_UCX_TLS"), &context, &types) !=
+    if (ucx_context(NULL, ferry__config_get("FERRY_UCX_TLS"), NULL, &context, &types) !=
         FERRY_OK) {
         fprintf(out, "  unusable: %s\n", ferry_last_error());
         return;
@@ -364,7 +392,8 @@ void ferry__ucx_describe(FILE *out)
             types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)
                 ? "yes"
                 : "no (this UCX has no CUDA support: GPU memory goes through "
-                  "CUDA IPC, on one host only)");
+                  "CUDA IPC on one host, and to other hosts through the staged "
+                  "backend's host bounce buffers)");
     /* The transports, from UCX's own resource listing ("... -- tl/dev"). */
     mem = open_memstream(&text, &len);
     if (mem != NULL) {

@@ -44,6 +44,9 @@ typedef struct ucx_md {
     enum { UCX_SHM_NONE, UCX_SHM_SYSV, UCX_SHM_POSIX } shm; /* what a key attaches */
 } ucx_md_t;
 
+/* The most active-message handlers a context installs (ferry__ucx_am_listen). */
+#define UCX_MAX_AM 4
+
 typedef struct ucx_ctx {
     ucp_context_h context;
     ucp_worker_h worker; /* serves peers; its address is advertised */
@@ -63,6 +66,10 @@ typedef struct ucx_ctx {
     ucx_md_t mds[UCX_MAX_MDS];
     ferry__bk_msg_cb msg_cb; /* where received notifications go (msg.c) */
     void *msg_arg;
+    /* Active-message handlers that every worker of the context gets: the
+     * context's own and each connection's (ferry__ucx_am_listen). */
+    ucp_am_handler_param_t am[UCX_MAX_AM];
+    unsigned nam;
     bool progressing; /* inside ucp_worker_progress: no nested progress */
 } ucx_ctx_t;
 
@@ -126,6 +133,20 @@ typedef struct ucx_conn {
 /* ucx.c: records "ucx: <call>: <ucs text>" (and the peer, if not NULL) and
  * returns the mapped status. */
 ferry_status_t ferry__ucx_error(ucs_status_t s, const char *call, const char *peer);
+
+/* ucx.c: a context whose UCP context selects the transports tls (UCX_TLS
+ * syntax; empty: UCX's choice) instead of FERRY_UCX_TLS's, with the UCX
+ * settings cfg (NULL, or name/value pairs ending with a NULL name: "name"
+ * is UCX_name without the prefix) applied, for a backend built on this one
+ * (backends/staged). */
+ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
+                                   const char *const *cfg, void **ctx_p);
+/* Installs an active-message handler (hp, its id, callback, argument and
+ * flags set) on the context's worker, and on the worker of every
+ * connection opened or reopened later: replies that a peer sends through
+ * the reply endpoint of a message arrive on the connection's worker.
+ * Before the first connection; at most UCX_MAX_AM handlers. */
+ferry_status_t ferry__ucx_am_listen(ucx_ctx_t *ctx, const ucp_am_handler_param_t *hp);
 
 /* conn.c: connections, liveness and keys. */
 ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr, size_t len,

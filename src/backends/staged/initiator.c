@@ -1,0 +1,372 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The initiator's part of a staged transfer. A post queues the request's
+ * run; the pump (post and every progress) starts its chunks, oldest run
+ * first, while the connection has credits and the pool a bounce buffer:
+ *
+ *   WRITE  gather the chunk's pieces into an outgoing buffer (memcpy, or
+ *          cuMemcpyAsync from GPU memory whose event progress polls) ->
+ *          send STG_AM_WRITE (the table, then the bytes) -> the buffer is
+ *          free once UCX has sent it -> the target's reply ends the chunk
+ *   READ   reserve an incoming buffer -> send STG_AM_READ (the table) ->
+ *          the reply's bytes into the buffer -> scatter them into local
+ *          memory (memcpy, or cuMemcpyAsync into GPU memory) -> the chunk
+ *          ends when the copies have
+ *
+ * With several chunks in flight the stages overlap: chunk k+1 is gathered
+ * while chunk k travels and the target copies chunk k-1 into place. A run
+ * ends (its callback, from progress) when all its chunks have, or, after a
+ * failure, when the chunks in flight have: the first failure is its result.
+ */
+#include "backends/staged/staged.h"
+#include "util/log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static stg_plan_t *run_plan(stg_run_t *run)
+{
+    return ferry__container_of(run, stg_plan_t, run);
+}
+
+/* Records a run's first failure with the thread's detail text. */
+static void run_fail(stg_run_t *run, ferry_status_t st)
+{
+    if (st >= 0 || run->status < 0)
+        return;
+    run->status = st;
+    snprintf(run->why, sizeof(run->why), "%s", ferry_last_error());
+}
+
+/* Ends an initiator op's chunk with st. */
+static void chunk_end(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
+{
+    stg_run_t *run = &op->plan->run;
+
+    run_fail(run, st);
+    run->inflight--;
+    run->conn->inflight--;
+    run->conn->events++;
+    ferry__stg_op_free(ctx, op);
+}
+
+/* Sends op's message: hdr (op->hdr, filled) and len bytes at data, to ep. */
+static ferry_status_t send_msg(stg_op_t *op, ucp_ep_h ep, unsigned id, const void *data,
+                               size_t len, const char *peer)
+{
+    ucp_request_param_t p = {0};
+    ucs_status_ptr_t sp;
+
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
+                     UCP_OP_ATTR_FIELD_USER_DATA;
+    /* Eager: the data leaves with the message, and a peer never has to
+     * come back for it (see docs/STAGING.md). */
+    p.flags = UCP_AM_SEND_FLAG_EAGER | (op->target ? 0 : UCP_AM_SEND_FLAG_REPLY);
+    p.cb.send = ferry__stg_sent;
+    p.user_data = op;
+    op->state = STG_SENDING;
+    sp = ucp_am_send_nbx(ep, id, &op->hdr, sizeof(op->hdr), data, len, &p);
+    if (sp == NULL)
+        return FERRY_OK;
+    if (UCS_PTR_IS_ERR(sp))
+        return ferry__ucx_error(UCS_PTR_STATUS(sp), "ucp_am_send_nbx", peer);
+    op->req = sp;
+    return FERRY_IN_PROGRESS;
+}
+
+/* An initiator op's message has left (st FERRY_OK) or could not. */
+static void init_sent(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
+{
+    if (st < 0) {
+        chunk_end(ctx, op, st);
+        return;
+    }
+    op->sent = true;
+    if (op->type == STG_AM_WRITE) {
+        /* The bytes are UCX's now: the buffer is free for the next chunk. */
+        ferry__stg_pool_put(op->pool, op->slot);
+        op->pool = NULL;
+        if (op->acked) {
+            chunk_end(ctx, op, FERRY_OK);
+            return;
+        }
+    }
+    op->state = STG_WAITING;
+}
+
+static void send_chunk(stg_ctx_t *ctx, stg_op_t *op)
+{
+    stg_plan_t *plan = op->plan;
+    const stg_chunk_t *c = &plan->chunks[op->chunk];
+    stg_conn_t *conn = plan->run.conn;
+    size_t tlen = (size_t)c->n * sizeof(stg_piece_t);
+    ferry_status_t st;
+
+    op->hdr = (stg_hdr_t){STG_MAGIC, (uint16_t)op->type, conn->epoch, 0, c->n,
+                          ferry__stg_cookie(ctx, op), c->bytes, conn->id};
+    if (op->type == STG_AM_WRITE)
+        st = send_msg(op, conn->uc->ep, STG_AM_WRITE, stg_slot(op->pool, op->slot) - tlen,
+                      tlen + c->bytes, conn->uc->peer_name);
+    else
+        st = send_msg(op, conn->uc->ep, STG_AM_READ, plan->table + c->first, tlen,
+                      conn->uc->peer_name);
+    if (st != FERRY_IN_PROGRESS)
+        init_sent(ctx, op, st);
+}
+
+/* Starts chunk c of plan: FERRY_OK (started, or failed into the run),
+ * FERRY_ERR_BUSY when no buffer is free. */
+static ferry_status_t start_chunk(stg_ctx_t *ctx, stg_plan_t *plan, uint32_t c)
+{
+    stg_run_t *run = &plan->run;
+    const stg_chunk_t *ch = &plan->chunks[c];
+    stg_pool_t *pool = run->op == FERRY_OP_WRITE ? &ctx->out : &ctx->in;
+    stg_op_t *op;
+    unsigned slot;
+    ferry_status_t st;
+
+    st = ferry__stg_pool_take(ctx, pool, &slot);
+    if (st == FERRY_ERR_BUSY)
+        return st;
+    if (st == FERRY_OK && (st = ferry__stg_op_new(ctx, &op)) < 0)
+        ferry__stg_pool_put(pool, slot);
+    if (st < 0) {
+        run_fail(run, st);
+        return FERRY_OK;
+    }
+    op->pool = pool;
+    op->slot = slot;
+    op->plan = plan;
+    op->chunk = c;
+    op->type = run->op == FERRY_OP_WRITE ? STG_AM_WRITE : STG_AM_READ;
+    run->next++;
+    run->inflight++;
+    run->conn->inflight++;
+    if (op->type == STG_AM_WRITE) {
+        uint8_t *buf = stg_slot(pool, slot);
+        size_t tlen = (size_t)ch->n * sizeof(stg_piece_t);
+
+        /* The table goes just before the bytes: one message carries both. */
+        memcpy(buf - tlen, plan->table + ch->first, tlen);
+        st = ferry__stg_copy(ctx, op, buf, true, plan->laddr + ch->first,
+                             plan->llen + ch->first, plan->ldev + ch->first, ch->n);
+        if (st < 0) {
+            ferry__error_prefix("staged: gathering a chunk");
+            chunk_end(ctx, op, st);
+            return FERRY_OK;
+        }
+        if (op->state == STG_COPYING)
+            return FERRY_OK; /* sent once the copies end */
+    }
+    send_chunk(ctx, op);
+    return FERRY_OK;
+}
+
+void ferry__stg_pump(stg_ctx_t *ctx)
+{
+    for (ferry__list_t *l = ctx->runs.next; l != &ctx->runs; l = l->next) {
+        stg_run_t *run = ferry__container_of(l, stg_run_t, link);
+        stg_plan_t *plan = run_plan(run);
+
+        while (run->status == FERRY_OK && run->next < plan->nchunks &&
+               run->conn->inflight < ctx->credits &&
+               start_chunk(ctx, plan, run->next) == FERRY_OK)
+            ;
+    }
+}
+
+void ferry__stg_runs_finish(stg_ctx_t *ctx, stg_conn_t *conn)
+{
+    ferry__list_t *l, *tmp;
+
+    ferry__list_each(l, tmp, &ctx->runs) {
+        stg_run_t *run = ferry__container_of(l, stg_run_t, link);
+
+        if ((conn != NULL && run->conn != conn) || run->inflight > 0 ||
+            (run->status == FERRY_OK && run->next < run_plan(run)->nchunks))
+            continue;
+        ferry__list_del(&run->link);
+        run->conn->runs--;
+        if (run->status < 0)
+            (void)ferry__error(run->status, "%s", run->why);
+        run->cb(run->arg, run->status);
+    }
+}
+
+ferry_status_t ferry__stg_post(void *vctx, void *vconn, void *vplan, ferry_xfer_op_t op,
+                               const ferry__bk_seg_t *segs, size_t n,
+                               ferry__bk_done_cb cb, void *arg)
+{
+    stg_ctx_t *ctx = vctx;
+    stg_conn_t *conn = vconn;
+    stg_plan_t *plan = vplan;
+    stg_run_t *run = &plan->run;
+
+    (void)segs;
+    (void)n;
+    if (conn->uc->failed != UCS_OK)
+        return ferry__ucx_error(conn->uc->failed, "endpoint", conn->uc->peer_name);
+    if (conn->uc->worker == NULL) {
+        FERRY_CHECK(ferry__ucx_reconnect(ctx->ucx, conn->uc));
+        conn->epoch++;
+    }
+    run->conn = conn;
+    run->op = op;
+    run->cb = cb;
+    run->arg = arg;
+    run->next = 0;
+    run->inflight = 0;
+    run->status = FERRY_OK;
+    run->why[0] = '\0';
+    ferry__list_add(ctx->runs.prev, &run->link);
+    conn->runs++;
+    /* Failures here end the run from the next progress, as the core asks
+     * of a post that returns FERRY_IN_PROGRESS. */
+    ferry__stg_pump(ctx);
+    return FERRY_IN_PROGRESS;
+}
+
+void ferry__stg_init_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
+{
+    ferry__stg_events_drop(ctx, op);
+    op->state = STG_WAITING;
+    if (st < 0 || op->type == STG_AM_READ) {
+        /* A READ's scatter was its last stage. */
+        chunk_end(ctx, op, st);
+        return;
+    }
+    send_chunk(ctx, op);
+}
+
+/* The completion of any op's message (target or initiator). */
+void ferry__stg_sent(void *request, ucs_status_t status, void *user_data)
+{
+    stg_op_t *op = user_data;
+    stg_ctx_t *ctx = op->ctx;
+
+    ucp_request_free(request);
+    if (op->req != request)
+        return; /* its op ended meanwhile (an abort) */
+    op->req = NULL;
+    ctx->handled++;
+    if (op->target) {
+        if (status != UCS_OK)
+            ferry__debug("staged: a reply was not sent: %s", ucs_status_string(status));
+        ferry__stg_op_free(ctx, op);
+        return;
+    }
+    if (status != UCS_OK && op->plan->run.conn->uc->failed != UCS_OK)
+        status = op->plan->run.conn->uc->failed; /* "canceled" by the peer's end */
+    init_sent(ctx, op, status == UCS_OK ? FERRY_OK
+                                        : ferry__ucx_error(status, "ucp_am_send_nbx",
+                                                           op->plan->run.conn->uc->peer_name));
+}
+
+/* A target's reply: a WRITE chunk's end or a READ chunk's bytes. Runs in
+ * progress of a connection's worker; returning UCS_OK releases the data. */
+ucs_status_t ferry__stg_on_reply(void *arg, const void *header, size_t header_length,
+                                 void *data, size_t length,
+                                 const ucp_am_recv_param_t *param)
+{
+    stg_ctx_t *ctx = arg;
+    stg_hdr_t h;
+    stg_op_t *op;
+    const stg_chunk_t *c;
+    ferry_status_t st;
+
+    ctx->handled++;
+    if (header_length != sizeof(h) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+        ferry__warn("staged: dropped a reply of %zu header bytes%s: not ferry's "
+                    "protocol", header_length,
+                    (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ? " sent as a "
+                                                                       "rendezvous" : "");
+        return UCS_OK;
+    }
+    memcpy(&h, header, sizeof(h));
+    op = h.magic == STG_MAGIC ? ferry__stg_op_find(ctx, h.cookie) : NULL;
+    if (op == NULL || op->target || op->type != h.type ||
+        (op->state != STG_WAITING && op->state != STG_SENDING) ||
+        (op->type == STG_AM_WRITE && op->acked)) {
+        ferry__debug("staged: dropped a late or unknown reply");
+        return UCS_OK;
+    }
+    op->plan->run.conn->events++;
+    c = &op->plan->chunks[op->chunk];
+    if (h.status < 0) {
+        st = h.status >= FERRY_ERR_SYSTEM ? h.status : FERRY_ERR_PROTOCOL;
+        (void)ferry__error(st, "staged: peer '%s' could not serve a chunk of %llu "
+                           "bytes: %s", op->plan->run.conn->uc->peer_name,
+                           (unsigned long long)c->bytes, ferry_status_str(st));
+        if (op->req != NULL)
+            op->req = NULL; /* the send's completion finds no op */
+        chunk_end(ctx, op, st);
+        return UCS_OK;
+    }
+    if (op->type == STG_AM_WRITE) {
+        if (length != 0 || h.bytes != c->bytes)
+            goto bad;
+        op->acked = true;
+        if (op->sent)
+            chunk_end(ctx, op, FERRY_OK);
+        return UCS_OK;
+    }
+    if (length != c->bytes || h.bytes != c->bytes)
+        goto bad;
+    if (op->req != NULL)
+        op->req = NULL; /* the request's reply came: its send is done */
+    memcpy(stg_slot(op->pool, op->slot), data, length);
+    st = ferry__stg_copy(ctx, op, stg_slot(op->pool, op->slot), false,
+                         op->plan->laddr + c->first, op->plan->llen + c->first,
+                         op->plan->ldev + c->first, c->n);
+    if (st < 0)
+        ferry__error_prefix("staged: scattering a chunk");
+    if (st < 0 || op->state != STG_COPYING)
+        chunk_end(ctx, op, st);
+    return UCS_OK;
+
+bad:
+    st = ferry__error(FERRY_ERR_PROTOCOL, "staged: peer '%s' answered a chunk of %llu "
+                      "bytes with %zu (header %llu)", op->plan->run.conn->uc->peer_name,
+                      (unsigned long long)c->bytes, length, (unsigned long long)h.bytes);
+    op->req = NULL;
+    chunk_end(ctx, op, st);
+    return UCS_OK;
+}
+
+static void end_conn_op(stg_ctx_t *ctx, stg_op_t *op, void *arg)
+{
+    stg_conn_t *conn = arg;
+
+    if (op->target || op->plan->run.conn != conn)
+        return;
+    op->req = NULL;
+    chunk_end(ctx, op, FERRY_ERR_CANCELED); /* the run's status is set */
+}
+
+void ferry__stg_conn_fail(stg_ctx_t *ctx, stg_conn_t *conn, ferry_status_t why)
+{
+    for (ferry__list_t *l = ctx->runs.next; l != &ctx->runs; l = l->next) {
+        stg_run_t *run = ferry__container_of(l, stg_run_t, link);
+
+        if (run->conn == conn && run->status == FERRY_OK) {
+            run->status = why;
+            snprintf(run->why, sizeof(run->why), "%s", ferry_last_error());
+        }
+    }
+}
+
+void ferry__stg_conn_end(stg_ctx_t *ctx, stg_conn_t *conn, ferry_status_t why)
+{
+    char text[256];
+
+    snprintf(text, sizeof(text), "%s", ferry_last_error());
+    ferry__stg_conn_fail(ctx, conn, why);
+    /* Nothing of UCX touches a buffer once the worker is gone, and no copy
+     * of ours once the streams are done. */
+    (void)ferry__error(why, "%s", text);
+    (void)ferry__ucx_ops.conn_abort(ctx->ucx, conn->uc, why);
+    if (ctx->ncopying > 0)
+        ferry__stg_copies_sync(ctx);
+    ferry__stg_ops_each(ctx, end_conn_op, conn);
+    ferry__stg_runs_finish(ctx, conn);
+}

@@ -1,0 +1,233 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The target's part of a staged transfer, served from its progress: a
+ * WRITE chunk is copied into an incoming bounce buffer and from there into
+ * the target's memory (memcpy, or cuMemcpyAsync into GPU memory), and only
+ * when those copies have ended does the reply leave, so the initiator (and
+ * a notification it sends after the request) never learns of a chunk
+ * before its last byte is in place. A READ chunk is gathered into an
+ * outgoing buffer and sent back in the reply.
+ *
+ * Every piece a message names is checked against this agent's own
+ * registrations (token, generation, range) before a byte is copied; a
+ * chunk that fails the check is answered with the error and copies
+ * nothing. A chunk that finds no free buffer waits in a FIFO queue with
+ * UCX's copy of the message (held with UCS_INPROGRESS), bounded by the
+ * initiators' credits: the target delays, never drops.
+ */
+#include "backends/staged/staged.h"
+#include "util/log.h"
+
+#include <string.h>
+
+/* Sends op's reply (status, and len bytes at data for a READ). The op ends
+ * when it has left, which frees its buffer. */
+static void reply(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t status, const void *data,
+                  size_t len)
+{
+    ucp_request_param_t p = {0};
+    ucs_status_ptr_t sp;
+
+    op->hdr = (stg_hdr_t){STG_MAGIC, op->type, 0, status, 0, op->cookie,
+                          status < 0 ? 0 : op->bytes, 0};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
+                     UCP_OP_ATTR_FIELD_USER_DATA;
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
+    p.cb.send = ferry__stg_sent;
+    p.user_data = op;
+    op->state = STG_SENDING;
+    sp = ucp_am_send_nbx(op->reply_ep, STG_AM_REPLY, &op->hdr, sizeof(op->hdr), data,
+                         status < 0 ? 0 : len, &p);
+    if (UCS_PTR_IS_PTR(sp)) {
+        op->req = sp;
+        return;
+    }
+    if (UCS_PTR_IS_ERR(sp))
+        ferry__debug("staged: a reply was not sent: %s",
+                     ucs_status_string(UCS_PTR_STATUS(sp)));
+    ferry__stg_op_free(ctx, op);
+}
+
+void ferry__stg_target_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
+{
+    ferry__stg_events_drop(ctx, op);
+    op->state = STG_SENDING;
+    if (st < 0) {
+        ferry__warn("staged: a chunk's copies failed: %s", ferry_last_error());
+        reply(ctx, op, st, NULL, 0);
+    } else if (op->type == STG_AM_WRITE) {
+        /* Every byte is in place: the buffer is free before the reply. */
+        ferry__stg_pool_put(op->pool, op->slot);
+        op->pool = NULL;
+        reply(ctx, op, FERRY_OK, NULL, 0);
+    } else {
+        reply(ctx, op, FERRY_OK, stg_slot(op->pool, op->slot), op->bytes);
+    }
+}
+
+/* Releases the message's data once it has been copied. */
+static void drop_data(stg_ctx_t *ctx, stg_op_t *op)
+{
+    if (op->data != NULL && op->held)
+        ucp_am_data_release(ctx->ucx->worker, op->data);
+    op->data = NULL;
+}
+
+/* Serves op, which holds a buffer of its pool: checks its pieces, copies. */
+static void serve(stg_ctx_t *ctx, stg_op_t *op)
+{
+    size_t tlen = (size_t)op->npieces * sizeof(stg_piece_t);
+    uint8_t *buf = stg_slot(op->pool, op->slot);
+    stg_piece_t *table = (stg_piece_t *)(void *)(buf - tlen);
+    uint64_t sum = 0;
+    ferry_status_t st;
+
+    memcpy(table, op->data, tlen);
+    for (uint32_t i = 0; i < op->npieces; i++) {
+        const stg_reg_t *r = ferry__stg_reg_find(ctx, &table[i]);
+
+        if (r == NULL || table[i].len == 0) {
+            ferry__debug("staged: a chunk names a piece of %llu bytes at 0x%llx "
+                         "outside this agent's registrations",
+                         (unsigned long long)table[i].len,
+                         (unsigned long long)table[i].addr);
+            drop_data(ctx, op);
+            reply(ctx, op, FERRY_ERR_NOT_REGISTERED, NULL, 0);
+            return;
+        }
+        ctx->smem[i] = table[i].addr;
+        ctx->slen[i] = table[i].len;
+        ctx->sdev[i] = r->kind == FERRY_MEM_CUDA ? r->device : -1;
+        sum += table[i].len;
+    }
+    if (sum != op->bytes) {
+        drop_data(ctx, op);
+        reply(ctx, op, FERRY_ERR_PROTOCOL, NULL, 0);
+        return;
+    }
+    if (op->type == STG_AM_WRITE)
+        memcpy(buf, (const uint8_t *)op->data + tlen, op->bytes);
+    drop_data(ctx, op);
+    op->state = STG_SENDING;
+    st = ferry__stg_copy(ctx, op, buf, op->type == STG_AM_READ, ctx->smem, ctx->slen,
+                         ctx->sdev, op->npieces);
+    if (st < 0 || op->state != STG_COPYING)
+        ferry__stg_target_copied(ctx, op, st);
+}
+
+void ferry__stg_serve_queued(stg_ctx_t *ctx)
+{
+    for (int q = 0; q < 2; q++) {
+        stg_pool_t *pool = q == 0 ? &ctx->in : &ctx->out;
+
+        while (!ferry__list_empty(&ctx->waitq[q])) {
+            stg_op_t *op = ferry__container_of(ctx->waitq[q].next, stg_op_t, link);
+            unsigned slot;
+
+            if (ferry__stg_pool_take(ctx, pool, &slot) != FERRY_OK)
+                break;
+            ferry__list_del(&op->link);
+            ferry__list_init(&op->link);
+            op->pool = pool;
+            op->slot = slot;
+            ctx->handled++;
+            serve(ctx, op);
+        }
+    }
+}
+
+/* Whether a chunk of connection id at epoch is older than one already seen
+ * from it (the connection was aborted and reopened since): records the
+ * newest epoch of each recent connection. */
+static bool stale_epoch(stg_ctx_t *ctx, uint64_t id, uint16_t epoch)
+{
+    unsigned i;
+
+    for (i = 0; i < STG_EPOCHS; i++) {
+        if (ctx->epochs[i].id != id)
+            continue;
+        if ((int16_t)(uint16_t)(epoch - ctx->epochs[i].epoch) < 0)
+            return true;
+        ctx->epochs[i].epoch = epoch;
+        return false;
+    }
+    /* A connection not seen lately takes the oldest entry. */
+    i = ctx->next_epoch++ % STG_EPOCHS;
+    ctx->epochs[i].id = id;
+    ctx->epochs[i].epoch = epoch;
+    return false;
+}
+
+/* A chunk from an initiator (STG_AM_WRITE or STG_AM_READ), in progress of
+ * this context's worker. Returns UCS_INPROGRESS when it keeps the data to
+ * serve the chunk later, UCS_OK when done with it. */
+ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_length,
+                                   void *data, size_t length,
+                                   const ucp_am_recv_param_t *param)
+{
+    stg_ctx_t *ctx = arg;
+    stg_hdr_t h;
+    stg_op_t *op;
+    stg_pool_t *pool;
+    unsigned slot;
+    ferry_status_t st;
+    bool ok;
+
+    ctx->handled++;
+    if (header_length != sizeof(h) || !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ||
+        (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+        ferry__warn("staged: dropped a chunk that is not ferry's protocol (%zu header "
+                    "bytes, %zu data bytes)", header_length, length);
+        return UCS_OK;
+    }
+    memcpy(&h, header, sizeof(h));
+    ok = h.magic == STG_MAGIC && (h.type == STG_AM_WRITE || h.type == STG_AM_READ) &&
+         h.npieces >= 1 && h.npieces <= STG_MAX_PIECES &&
+         length == (size_t)h.npieces * sizeof(stg_piece_t) +
+                       (h.type == STG_AM_WRITE ? h.bytes : 0);
+    if (ok && stale_epoch(ctx, h.conn_id, h.epoch)) {
+        /* Its connection is gone: nobody waits for the reply. */
+        ferry__debug("staged: dropped a chunk of an aborted connection");
+        return UCS_OK;
+    }
+    if (ferry__stg_op_new(ctx, &op) < 0) {
+        ferry__warn("staged: no memory to serve a chunk; dropped (its initiator times "
+                    "out)");
+        return UCS_OK;
+    }
+    op->target = true;
+    op->type = h.type == STG_AM_READ ? STG_AM_READ : STG_AM_WRITE;
+    op->cookie = h.cookie;
+    op->reply_ep = param->reply_ep;
+    op->npieces = h.npieces;
+    op->bytes = h.bytes;
+    if (!ok || h.bytes > ctx->chunk) {
+        ferry__warn("staged: refused a chunk of %llu bytes in %u pieces (%zu data "
+                    "bytes)%s", (unsigned long long)h.bytes, (unsigned)h.npieces, length,
+                    ok ? ": larger than this agent's FERRY_STAGE_CHUNK" : ": malformed");
+        reply(ctx, op, ok ? FERRY_ERR_UNSUPPORTED : FERRY_ERR_PROTOCOL, NULL, 0);
+        return UCS_OK;
+    }
+    op->data = data;
+    op->data_len = length;
+    pool = op->type == STG_AM_WRITE ? &ctx->in : &ctx->out;
+    st = ferry__list_empty(&ctx->waitq[pool == &ctx->out])
+             ? ferry__stg_pool_take(ctx, pool, &slot)
+             : FERRY_ERR_BUSY;
+    if (st == FERRY_ERR_BUSY) {
+        /* Held until a buffer frees (UCP_AM_FLAG_PERSISTENT_DATA). */
+        op->held = true;
+        op->state = STG_QUEUED;
+        ferry__list_add(ctx->waitq[pool == &ctx->out].prev, &op->link);
+        return UCS_INPROGRESS;
+    }
+    if (st < 0) {
+        op->data = NULL;
+        reply(ctx, op, st, NULL, 0);
+        return UCS_OK;
+    }
+    op->pool = pool;
+    op->slot = slot;
+    serve(ctx, op); /* copies the data before it returns */
+    return UCS_OK;
+}

@@ -1,0 +1,374 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Staging through bounce buffers (backends/staged), on host memory, which
+ * a request that asks for FERRY_BACKEND_STAGED moves through the same
+ * pipeline as GPU memory (memcpy where a GPU would copy): chunking,
+ * credits, the target's part served from its progress, READ and WRITE,
+ * every byte checked at random offsets. The data cases of every size and
+ * batch are test_xfer_2proc --backend staged; this file holds what that
+ * one cannot show, each case its own CTest entry:
+ *
+ *   pool    a target with one bounce buffer per pool and 64 KiB chunks,
+ *           and 16 requests of scattered blocks in flight at once from an
+ *           initiator with 8 credits: the target delays chunks, never drops
+ *           or mixes them up
+ *   kill    the target killed (SIGKILL) in the middle of 64 MiB WRITEs and
+ *           READs: FERRY_ERR_PEER_LOST, no hang
+ *   stop    a stopped target (SIGSTOP): FERRY_ERR_TIMEOUT by the stall
+ *           timeout, then, resumed, a clean retry of the same request
+ *   cancel  ferry_xfer_cancel of a WRITE and a READ in flight, then the
+ *           same requests posted again
+ *   errors  an unknown backend in params is INVALID; one byte both ways; the
+ *           last bytes of a registration; a loopback peer (the agent's own)
+ *
+ * The target is the shared serving target (target.h) with a progress
+ * thread (stop: driven by its control loop instead), and a second process.
+ * With --mem cuda (the gpu entries) both sides' buffers are GPU memory, and
+ * the target is another host to ferry (FERRY_TEST_TARGET_HOST_ID).
+ */
+#include "target.h"
+
+#define TCAP (96ull << 20) /* each side's buffer */
+#define BIG (64ull << 20)  /* a transfer long enough to be caught midway */
+#define SEC 1000000000ll
+
+static xt_target_t tgt;
+static uint64_t seed;
+static uint8_t *lbuf; /* the local buffer's bytes (a GPU buffer's host shadow) */
+static xm_buf_t lxb;
+static xm_kind_t kind = XM_HOST; /* both sides' memory (--mem) */
+static ferry_mem_t *lmem;
+static uint64_t rbase;
+
+static const ferry_xfer_params_t staged = {.field_mask = FERRY_XFER_PARAM_BACKEND,
+                                           .backend = FERRY_BACKEND_STAGED};
+
+static void on_watchdog(int sig)
+{
+    (void)sig;
+    if (tgt.pid > 0)
+        kill(tgt.pid, SIGKILL);
+    _exit(1);
+}
+
+/* Starts the target (thread: with a progress thread; target_chunks: its
+ * FERRY_STAGE_CHUNKS, or NULL) and an agent that knows it, with a
+ * registered local buffer. */
+static ferry_agent_t *start(int thread, uint64_t stall_ns, const char *target_chunks,
+                            ferry_peer_t **peer_p)
+{
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
+                                             FERRY_AGENT_PARAM_STALL_TIMEOUT,
+                               .name = "staged-initiator", .stall_timeout_ns = stall_ns};
+    xt_opts_t to = {.name = "staged-target", .progress_thread = thread, .drive = 1,
+                    .nbuf = 1};
+    ferry_agent_t *agent;
+    ferry_desc_t d;
+
+    to.seed = seed;
+    to.buf[0] = (xt_buf_opts_t){kind, TCAP, 0, 0};
+    if (target_chunks != NULL)
+        setenv("FERRY_STAGE_CHUNKS", target_chunks, 1);
+    ASSERT_TRUE(xt_start(&tgt, &to) == 0);
+    unsetenv("FERRY_STAGE_CHUNKS");
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
+    if (xm_alloc(&lxb, kind, TCAP) != 0) {
+        xt_kill(&tgt);
+        exit(1);
+    }
+    lbuf = lxb.host;
+    d = xm_desc(kind, lxb.addr, TCAP);
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &lmem));
+    tgt.timeout_ms = 60000;
+    ASSERT_TRUE(xt_connect(&tgt, agent, peer_p) == 0);
+    rbase = tgt.buf[0].addr;
+    return agent;
+}
+
+static void finish(ferry_agent_t *agent, ferry_peer_t *peer, int quit)
+{
+    if (quit)
+        EXPECT_TRUE(xt_quit(&tgt) == 0);
+    else
+        xt_kill(&tgt);
+    ferry_peer_forget(peer);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(lmem));
+    ferry_agent_destroy(agent);
+    xm_free(&lxb);
+}
+
+/* One range [off, off + len) on both sides, as a request of one descriptor. */
+static ferry_xfer_t *prepare_range(ferry_agent_t *agent, ferry_peer_t *peer,
+                                   ferry_xfer_op_t op, uint64_t off, uint64_t len)
+{
+    ferry_desc_t l = xm_desc(kind, lxb.addr + off, len);
+    ferry_desc_t r = xm_target_desc(kind, rbase + off + 3, len);
+    ferry_xfer_t *x = NULL;
+
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, &staged, &x));
+    return x;
+}
+
+/*
+ * Moves [off, off + len) with x (prepared by prepare_range) and checks
+ * every byte that arrived: a WRITE's at the target, a READ's here.
+ */
+static void move_and_check(ferry_xfer_t *x, ferry_xfer_op_t op, uint64_t off, uint64_t len,
+                           uint64_t iter, const char *what)
+{
+    uint64_t bad;
+
+    if (op == FERRY_OP_WRITE) {
+        test_fill_fast(lbuf + off, len, seed, iter, 0);
+        xm_to_dev(&lxb, off, off + len);
+        EXPECT_ST(FERRY_OK, xu_post_wait(x, 60 * SEC));
+        ASSERT_TRUE(xt_range(&tgt, 0, off + 3, len, 0) == 0);
+        EXPECT_EQ(0, xt_check(&tgt, 0, off + 3, off + 3 + len, iter, XU_GUARD_ITER, what));
+    } else {
+        ASSERT_TRUE(xt_range(&tgt, 0, off + 3, len, 0) == 0);
+        ASSERT_TRUE(xt_fill(&tgt, 0, iter) == 0);
+        memset(lbuf + off, 0, len);
+        xm_to_dev(&lxb, off, off + len);
+        EXPECT_ST(FERRY_OK, xu_post_wait(x, 60 * SEC));
+        xm_from_dev(&lxb, off, off + len);
+        bad = test_verify_fast(lbuf + off, len, seed, iter, 0);
+        if (bad != UINT64_MAX)
+            TEST_FAIL_AT_("%s: READ byte %" PRIu64 " of %" PRIu64 " is wrong", what, bad,
+                          len);
+    }
+}
+
+/* 16 requests of 16 scattered blocks each in flight at once, through a
+ * target with one bounce buffer per pool. */
+static void case_pool(void)
+{
+    enum { NREQ = 16, PER = 16 };
+    ferry_peer_t *peer;
+    ferry_agent_t *agent;
+    test_rng_t rng = {seed};
+    xu_layout_t l;
+    ferry_xfer_t *x[NREQ];
+
+    /* The target's pools hold one buffer each; both sides cut 64 KiB
+     * chunks; this process keeps its 8 credits per peer. */
+    setenv("FERRY_STAGE_CHUNK", "64k", 1);
+    agent = start(1, 0, "1", &peer);
+    ASSERT_TRUE(xu_layout_make(&l, &rng, NREQ * PER, 256u << 10, TCAP, TCAP) == 0);
+    for (int op = 0; op < 2; op++) {
+        ferry_xfer_op_t xop = op == 0 ? FERRY_OP_WRITE : FERRY_OP_READ;
+        uint64_t iter = 100 + (uint64_t)op;
+        uint64_t t0 = xu_now_ns();
+
+        for (int r = 0; r < NREQ; r++) {
+            ferry_desc_t ld[PER], rd[PER];
+
+            for (int i = 0; i < PER; i++) {
+                size_t k = (size_t)r * PER + (size_t)i;
+
+                ld[i] = xm_desc(kind, lxb.addr + l.local.off[k], l.len[k]);
+                rd[i] = xm_target_desc(kind, rbase + l.remote.off[k], l.len[k]);
+            }
+            ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, xop, ld, PER, peer, rd, PER,
+                                                   &staged, &x[r]));
+        }
+        ASSERT_TRUE(xt_layout(&tgt, 0, &l, &l.remote) == 0);
+        if (xop == FERRY_OP_WRITE) {
+            ASSERT_TRUE(xt_pattern(&tgt, 0, 0, TCAP, XU_GUARD_ITER) == 0);
+            xu_fill_ranges(lbuf, &l, &l.local, seed, iter);
+            xm_to_dev(&lxb, 0, TCAP);
+        } else {
+            xu_fill_guard(lbuf, 0, TCAP, seed, XU_GUARD_ITER);
+            xm_to_dev(&lxb, 0, TCAP);
+            ASSERT_TRUE(xt_fill(&tgt, 0, iter) == 0);
+        }
+        for (int r = 0; r < NREQ; r++) {
+            ferry_status_t st = ferry_xfer_post(x[r]);
+
+            EXPECT_TRUE(st == FERRY_OK || st == FERRY_IN_PROGRESS);
+        }
+        for (int r = 0; r < NREQ; r++) {
+            EXPECT_ST(FERRY_OK, ferry_xfer_wait(x[r], 60 * SEC));
+            ferry_xfer_release(x[r]);
+        }
+        printf("pool: %d %s requests of %d blocks (%" PRIu64 " bytes) through one "
+               "bounce buffer: %.1f ms\n", NREQ, op == 0 ? "WRITE" : "READ", PER,
+               l.total, xu_ms_since(t0));
+        xm_from_dev(&lxb, 0, TCAP);
+        if (xop == FERRY_OP_WRITE)
+            EXPECT_EQ(0, xt_check(&tgt, 0, 0, TCAP, iter, XU_GUARD_ITER, "pool WRITE"));
+        else
+            EXPECT_EQ(0, xu_check_dest(lbuf, &l, &l.local, 0, TCAP, seed, iter,
+                                       XU_GUARD_ITER, "pool READ"));
+    }
+    xu_layout_free(&l);
+    unsetenv("FERRY_STAGE_CHUNK");
+    finish(agent, peer, 1);
+}
+
+/* The target killed while 64 MiB move: PEER_LOST, within the wait. */
+static void case_kill(void)
+{
+    ferry_peer_t *peer;
+    ferry_agent_t *agent = start(1, 0, NULL, &peer);
+    ferry_xfer_t *w = prepare_range(agent, peer, FERRY_OP_WRITE, 0, BIG);
+    ferry_xfer_t *r = prepare_range(agent, peer, FERRY_OP_READ, 0, BIG);
+    ferry_status_t sw, sr;
+    uint64_t t0;
+
+    move_and_check(w, FERRY_OP_WRITE, 0, BIG, 1, "before the kill");
+    sw = ferry_xfer_post(w);
+    sr = ferry_xfer_post(r);
+    xt_kill(&tgt);
+    t0 = xu_now_ns();
+    if (sw == FERRY_IN_PROGRESS)
+        sw = ferry_xfer_wait(w, 30 * SEC);
+    if (sr == FERRY_IN_PROGRESS)
+        sr = ferry_xfer_wait(r, 30 * SEC);
+    printf("kill: WRITE %s, READ %s, %.0f ms after the kill: %s\n", ferry_status_str(sw),
+           ferry_status_str(sr), xu_ms_since(t0), ferry_last_error());
+    EXPECT_TRUE(sw == FERRY_ERR_PEER_LOST || sw == FERRY_OK);
+    EXPECT_ST(FERRY_ERR_PEER_LOST, sr);
+    /* And any later post. */
+    sw = ferry_xfer_post(w);
+    if (sw == FERRY_IN_PROGRESS)
+        sw = ferry_xfer_wait(w, 30 * SEC);
+    EXPECT_ST(FERRY_ERR_PEER_LOST, sw);
+    ferry_xfer_release(w);
+    ferry_xfer_release(r);
+    finish(agent, peer, 0);
+}
+
+/* A stopped target: the stall timeout, then a clean retry once resumed. */
+static void case_stop(void)
+{
+    ferry_peer_t *peer;
+    ferry_agent_t *agent = start(0, SEC / 2, NULL, &peer);
+
+    for (int op = 0; op < 2; op++) {
+        ferry_xfer_op_t xop = op == 0 ? FERRY_OP_WRITE : FERRY_OP_READ;
+        uint64_t off = op == 0 ? 0 : BIG / 2;
+        ferry_xfer_t *x = prepare_range(agent, peer, xop, off, BIG / 4);
+        ferry_status_t st;
+        uint64_t t0;
+
+        move_and_check(x, xop, off, BIG / 4, 10 + (uint64_t)op, "before the stop");
+        xu_stop_child(tgt.pid);
+        t0 = xu_now_ns();
+        st = ferry_xfer_post(x);
+        if (st == FERRY_IN_PROGRESS)
+            st = ferry_xfer_wait(x, 30 * SEC);
+        printf("stop: %s %s after %.0f ms: %s\n", op == 0 ? "WRITE" : "READ",
+               ferry_status_str(st), xu_ms_since(t0), ferry_last_error());
+        EXPECT_ST(FERRY_ERR_TIMEOUT, st);
+        EXPECT_ERR_HAS("stall timeout");
+        xu_cont_child(tgt.pid);
+        move_and_check(x, xop, off, BIG / 4, 20 + (uint64_t)op, "the retry after a stop");
+        move_and_check(x, xop, off, BIG / 4, 30 + (uint64_t)op, "the retry after a stop");
+        ferry_xfer_release(x);
+    }
+    finish(agent, peer, 1);
+}
+
+/* Cancel of a request in flight, then the same request again. */
+static void case_cancel(void)
+{
+    ferry_peer_t *peer;
+    ferry_agent_t *agent = start(1, 0, NULL, &peer);
+
+    for (int op = 0; op < 2; op++) {
+        ferry_xfer_op_t xop = op == 0 ? FERRY_OP_WRITE : FERRY_OP_READ;
+        ferry_xfer_t *x = prepare_range(agent, peer, xop, 0, BIG);
+        ferry_status_t st = ferry_xfer_post(x);
+
+        if (st == FERRY_IN_PROGRESS) {
+            st = ferry_xfer_cancel(x);
+            EXPECT_TRUE(st == FERRY_OK || st == FERRY_IN_PROGRESS);
+            st = ferry_xfer_wait(x, 30 * SEC);
+            EXPECT_ST(FERRY_ERR_CANCELED, st);
+        }
+        printf("cancel: %s ended %s\n", op == 0 ? "WRITE" : "READ", ferry_status_str(st));
+        move_and_check(x, xop, 0, BIG, 40 + (uint64_t)op, "after a cancel");
+        ferry_xfer_release(x);
+    }
+    finish(agent, peer, 1);
+}
+
+static void case_errors(void)
+{
+    ferry_peer_t *peer;
+    ferry_agent_t *agent = start(1, 0, NULL, &peer);
+    ferry_xfer_params_t bad = {.field_mask = FERRY_XFER_PARAM_BACKEND, .backend = 9};
+    ferry_desc_t l = xm_desc(kind, lxb.addr, 100);
+    ferry_desc_t r = xm_target_desc(kind, rbase, 100);
+    ferry_xfer_t *x = NULL;
+
+    EXPECT_ST(FERRY_ERR_INVALID,
+              ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1, &bad, &x));
+    /* One byte both ways, and a range that ends at the registration's end. */
+    x = prepare_range(agent, peer, FERRY_OP_WRITE, 5, 1);
+    move_and_check(x, FERRY_OP_WRITE, 5, 1, 50, "one byte");
+    ferry_xfer_release(x);
+    x = prepare_range(agent, peer, FERRY_OP_READ, 5, 1);
+    move_and_check(x, FERRY_OP_READ, 5, 1, 51, "one byte");
+    ferry_xfer_release(x);
+    x = prepare_range(agent, peer, FERRY_OP_WRITE, TCAP - 3 - 4097, 4097);
+    move_and_check(x, FERRY_OP_WRITE, TCAP - 3 - 4097, 4097, 52, "the last bytes");
+    ferry_xfer_release(x);
+    /* A loopback peer (the agent's own blob): its target side is served by
+     * the same waits. 5 MiB from the buffer's start to its middle. */
+    {
+        ferry_peer_t *self;
+        ferry_desc_t a = xm_desc(kind, lxb.addr + 1, 5u << 20);
+        ferry_desc_t b = xm_desc(kind, lxb.addr + TCAP / 2 + 7, 5u << 20);
+        uint64_t wrong;
+
+        ASSERT_ST(FERRY_OK, test_exchange(agent, agent, &self));
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &a, 1, self, &b, 1,
+                                               &staged, &x));
+        test_fill_fast(lbuf + 1, 5u << 20, seed, 53, 0);
+        xm_to_dev(&lxb, 1, 1 + (5u << 20));
+        EXPECT_ST(FERRY_OK, xu_post_wait(x, 60 * SEC));
+        xm_from_dev(&lxb, TCAP / 2 + 7, TCAP / 2 + 7 + (5u << 20));
+        wrong = test_verify_fast(lbuf + TCAP / 2 + 7, 5u << 20, seed, 53, 0);
+        if (wrong != UINT64_MAX)
+            TEST_FAIL_AT_("loopback WRITE: byte %" PRIu64 " is wrong", wrong);
+        ferry_xfer_release(x);
+        ferry_peer_forget(self);
+    }
+    finish(agent, peer, 1);
+}
+
+int main(int argc, char **argv)
+{
+    const char *c = argc >= 2 ? argv[1] : "";
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    seed = xu_seed(0x57a6edull);
+    if (argc == 4 && strcmp(argv[2], "--mem") == 0 && xm_parse(argv[3], &kind) == 0) {
+        /* GPU memory on both sides: skipped without a GPU (the check loads
+         * CUDA here, which the target, started with exec, does not inherit). */
+        if ((xm_is_gpu(kind) || kind == XM_PINNED) && xm_cuda() == NULL)
+            return 77;
+    } else if (argc != 2) {
+        fprintf(stderr, "usage: %s CASE [--mem host|pinned|cuda|vmm]\n", argv[0]);
+        return 2;
+    }
+    printf("test_staged %s: seed %" PRIu64 ", %s memory\n", c, seed, xm_name(kind));
+    signal(SIGALRM, on_watchdog);
+    alarm(170);
+    if (strcmp(c, "pool") == 0)
+        case_pool();
+    else if (strcmp(c, "kill") == 0)
+        case_kill();
+    else if (strcmp(c, "stop") == 0)
+        case_stop();
+    else if (strcmp(c, "cancel") == 0)
+        case_cancel();
+    else if (strcmp(c, "errors") == 0)
+        case_errors();
+    else {
+        fprintf(stderr, "usage: %s pool|kill|stop|cancel|errors\n", argv[0]);
+        return 2;
+    }
+    return test_finish("test_staged");
+}
