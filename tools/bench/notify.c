@@ -17,8 +17,9 @@
  *                  before its bytes fails the run)
  *   message        a stand-alone 8-byte message, no WRITE
  *
- * Both sides poll (no progress thread, no sleep): this is latency, not
- * CPU. With --alloc mmap the WRITE goes through UCX (emulated RMA on UCX
+ * The three rows take turns, sample by sample, so that the machine's
+ * drift weighs alike on each. Both sides poll (no progress thread, no
+ * sleep): this is latency, not CPU. With --alloc mmap the WRITE goes through UCX (emulated RMA on UCX
  * 1.13, served by the target's progress, and a flush before the message),
  * and the target drives its agent's progress while it spins on memory. The target answers each sample with a stand-alone message and the
  * initiator waits for it, so samples never overlap. The reference,
@@ -159,13 +160,15 @@ static int target(const options_t *o, ferry_comm_t *comm, size_t iters, size_t w
     volatile uint8_t *buf;
     ferry_desc_t d;
     pair_hello_t h;
-    uint64_t *lat = xcalloc(iters, sizeof(*lat));
+    uint64_t *lat[NMODES];
     row_t *rows = xcalloc(o->nsizes, sizeof(*rows));
     ucxref_t ref[2];
     size_t bad = 0;
     /* The timestamp the last WRITE left at the start of the buffer. */
     uint64_t last = 0;
 
+    for (int m = 0; m < NMODES; m++)
+        lat[m] = xcalloc(iters, sizeof(*lat[m]));
     ref[0] = reference(iters, warmup);
     CHECK(ferry_agent_create(&ap, &agent), "cannot create the target's agent");
     bench_alloc(agent, FERRY_MEM_HOST, o->alloc == ALLOC_MMAP ? SRC_MMAP : SRC_FERRY,
@@ -180,8 +183,8 @@ static int target(const options_t *o, ferry_comm_t *comm, size_t iters, size_t w
     for (size_t s = 0; s < o->nsizes; s++) {
         size_t size = o->sizes[s];
 
-        for (int m = 0; m < NMODES; m++) {
-            for (size_t i = 0; i < warmup + iters; i++) {
+        for (size_t i = 0; i < warmup + iters; i++) {
+            for (int m = 0; m < NMODES; m++) {
                 uint64_t seen, post;
 
                 if (m == M_WRITE) {
@@ -219,10 +222,12 @@ static int target(const options_t *o, ferry_comm_t *comm, size_t iters, size_t w
                 }
                 CHECK(ferry_notif_send(agent, init, NULL, 0), "cannot answer a sample");
                 if (i >= warmup)
-                    lat[i - warmup] = seen - post;
+                    lat[m][i - warmup] = seen - post;
             }
-            rows[s].med[m] = (double)percentile(lat, iters, 50) / 1e3;
-            rows[s].p99[m] = (double)percentile(lat, iters, 99) / 1e3;
+        }
+        for (int m = 0; m < NMODES; m++) {
+            rows[s].med[m] = (double)percentile(lat[m], iters, 50) / 1e3;
+            rows[s].p99[m] = (double)percentile(lat[m], iters, 99) / 1e3;
         }
     }
     pair_leave(comm);
@@ -231,7 +236,8 @@ static int target(const options_t *o, ferry_comm_t *comm, size_t iters, size_t w
     if (bad > 0)
         printf("ferry-bench --notify: %zu messages came before their bytes\n", bad);
     free(h.blob);
-    free(lat);
+    for (int m = 0; m < NMODES; m++)
+        free(lat[m]);
     free(rows);
     ferry_mem_deregister(mem);
     bench_free(&b);
@@ -272,10 +278,9 @@ static void initiator(const options_t *o, ferry_comm_t *comm, size_t iters,
               "cannot prepare a WRITE of %zu B", size);
         CHECK(ferry_xfer_prepare(agent, FERRY_OP_WRITE, &ls, 1, peer, &r, 1, &xp, &x[1]),
               "cannot prepare a WRITE of %zu B with a message", size);
-        for (int m = 0; m < NMODES; m++) {
-            ferry_xfer_t *xm = x[m == M_WRITE_MSG];
-
-            for (size_t i = 0; i < warmup + iters; i++) {
+        for (size_t i = 0; i < warmup + iters; i++) {
+            for (int m = 0; m < NMODES; m++) {
+                ferry_xfer_t *xm = x[m == M_WRITE_MSG];
                 uint64_t post = now_ns();
 
                 if (m == M_MSG) {
