@@ -134,9 +134,13 @@ static double stalled_wait(ferry_xfer_t *x, uint8_t *src, uint64_t len, uint64_t
     CPU_SET(sched_getcpu(), &one);
     if (!alone)
         ASSERT_TRUE(pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0);
-    ASSERT_TRUE(pthread_create(&th, NULL, reference_spin, &ref) == 0);
+    /* The clocks start before the reference does: on a loaded machine this
+     * thread may lose its core for a long while right after creating it,
+     * and the stall, which the reference ends, must not look shorter than
+     * it was. */
     t0 = xu_now_s();
     c0 = xu_thread_cpu_s();
+    ASSERT_TRUE(pthread_create(&th, NULL, reference_spin, &ref) == 0);
     if (spin) {
         while ((st = ferry_xfer_test(x)) == FERRY_IN_PROGRESS)
             ;

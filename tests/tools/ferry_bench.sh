@@ -14,6 +14,12 @@
 #   errors  failures say what failed in words, not C source; port 0 has its
 #           own message.
 #   sizes   bad --sizes items are refused with exit 2, naming the item.
+#   notify  --notify briefly (300 samples a cell): one table, a row per
+#           size whose medians are positive, below their p99, and whose
+#           differences and ratios are those of its own columns; the
+#           ucx_perftest reference measured (where ucx_perftest is
+#           installed) or its absence said; no message before its bytes;
+#           under ferry-run one table; options it does not take, exit 2.
 # Every process started here is stopped by its pid at the end.
 # Usage: ferry_bench.sh CASE FERRY-BENCH FERRY-RUN FERRY-STORE
 set -u
@@ -237,6 +243,61 @@ EOS
         bad "--sizes 4K:16K,1M failed: $(cat "$tmp/err")"
     [ "$(grep -Ec '^(4096|8192|16384|1048576) ' "$tmp/out")" -eq 4 ] ||
         bad "--sizes 4K:16K,1M did not give 4 rows: $(cat "$tmp/out")"
+    ;;
+notify)
+    timeout -s KILL 100 "$bench" --notify --sizes 8,64K --iters 300 --warmup 30 \
+        >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ $rc -eq 0 ] || bad "--notify exited with $rc: $(cat "$tmp/err")"
+    grep -q '^ferry-bench --notify: 2 ranks on this host, ferry memory, 300 iterations (+30 warm-up) per cell' \
+        "$tmp/out" || bad "no banner: $(cat "$tmp/out")"
+    if command -v ucx_perftest >/dev/null; then
+        grep -Eq '^ucx_perftest -t ucp_am_lat -s [0-9]+ \(one way, typical\): [0-9.]*[1-9][0-9.]* us before, [0-9.]*[1-9][0-9.]* after$' \
+            "$tmp/out" || bad "no ucp_am_lat figures: $(cat "$tmp/out")"
+    else
+        grep -q '^no UCX reference: ' "$tmp/out" || bad "no word of the missing reference: $(cat "$tmp/out")"
+    fi
+    [ "$(grep -c '^| size (B) |' "$tmp/out")" -eq 1 ] || bad "not one table: $(cat "$tmp/out")"
+    grep -q 'before their bytes' "$tmp/out" && bad "$(grep 'before their bytes' "$tmp/out")"
+    # | size | W (p99) | W+m (p99) | added | W+m/W | m (p99) | am | m/am | added/am |
+    awk -F'|' -v ref="$(command -v ucx_perftest)" '
+        function num(s) { gsub(/[ +]/, "", s); return s + 0 }
+        function med(s) { split(s, a, "("); return num(a[1]) }
+        function p99(s) { split(s, a, "("); sub(/\)/, "", a[2]); return num(a[2]) }
+        function near(a, b) { d = a - b; return (d < 0 ? -d : d) <= 0.011 + 0.011 * (b < 0 ? -b : b) }
+        $2 ~ /^ [0-9]+ $/ {
+            rows[num($2)] = 1
+            split("3 4 7", cells, " ")
+            for (k = 1; k <= 3; k++) {
+                c = cells[k]
+                if (!(med($c) > 0) || p99($c) < med($c)) { print "bad cell " c ": " $0; bad = 1 }
+            }
+            w = med($3); wm = med($4); m = med($7)
+            if (!near(num($5), wm - w)) { print "added is not WRITE+message - WRITE: " $0; bad = 1 }
+            if (!near(num($6), wm / w)) { print "bad WRITE+message/WRITE ratio: " $0; bad = 1 }
+            if (ref != "") {
+                am = num($8)
+                if (!(am > 0) || !near(num($9), m / am) || !near(num($10), (wm - w) / am)) {
+                    print "bad ucp_am_lat columns: " $0; bad = 1
+                }
+            }
+        }
+        END {
+            if (!rows[8] || !rows[65536] || length(rows) != 2) { print "not the rows 8 and 65536"; bad = 1 }
+            exit bad
+        }' "$tmp/out" >"$tmp/awk" || bad "the table: $(cat "$tmp/awk") in $(cat "$tmp/out")"
+    # A rank of a ferry-run job: one table, from rank 0.
+    timeout -s KILL 100 "$run" -n 2 -- "$bench" --notify --sizes 8 --iters 100 \
+        >"$tmp/out" 2>"$tmp/err" || bad "ferry-run -n 2 -- ferry-bench --notify failed: $(cat "$tmp/err")"
+    [ "$(grep -c '| size (B) |' "$tmp/out")" -eq 1 ] || bad "under ferry-run, not one table: $(cat "$tmp/out")"
+    grep -q '^\[1\] ' "$tmp/out" && bad "rank 1 printed results: $(cat "$tmp/out")"
+    for args in "--op read" "--sizes 4" "-n 4" "--csv x.csv" "--check"; do
+        # shellcheck disable=SC2086
+        timeout -s KILL 30 "$bench" --notify $args >"$tmp/out" 2>"$tmp/err"
+        rc=$?
+        [ $rc -eq 2 ] || bad "--notify $args exited with $rc, not 2"
+        grep -q '^ferry-bench: --notify ' "$tmp/err" || bad "--notify $args: '$(cat "$tmp/err")'"
+    done
     ;;
 *)
     echo "unknown case '$case'"

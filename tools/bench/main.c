@@ -18,12 +18,14 @@
  * uses ordinary memory instead, which UCX 1.13 reaches only through
  * emulated RMA. buf.h allocates every kind.
  *
- * --prepare-bench and --memcpy measure in one process (local.h).
+ * --prepare-bench and --memcpy measure in one process (local.h); --notify
+ * measures notifications between two ranks on this host (notify.h).
  */
 #include "launch.h"
 #include "buf.h"
 #include "clock.h"
 #include "local.h"
+#include "notify.h"
 #include "rank.h"
 
 #include <stdio.h>
@@ -127,6 +129,10 @@ int main(int argc, char **argv)
     if (o.memcpy_mode) {
         clock_calibrate();
         return run_memcpy_bench(&o);
+    }
+    if (o.notify) {
+        notify_check(&o);
+        return run_notify(&o, argv);
     }
     if (o.store_url == NULL && !launch_in_job()) {
         int rc = launch(&o, argv);

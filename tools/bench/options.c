@@ -85,7 +85,14 @@ static void usage(FILE *f)
         "                     64-byte descriptors (default 100000)\n"
         "  --memcpy           in one process, --threads threads' memcpy at\n"
         "                     each block size, each between its own buffers:\n"
-        "                     the reference copy (B/W is their sum)\n",
+        "                     the reference copy (B/W is their sum)\n"
+        "  --notify           two ranks on this host: the time from a post to\n"
+        "                     the target seeing it, for a WRITE alone, the\n"
+        "                     same WRITE with an 8-byte notification and a\n"
+        "                     notification alone, against ucx_perftest -t\n"
+        "                     ucp_am_lat run before and after (default\n"
+        "                     --sizes 8,1M, --iters 10000; takes --alloc,\n"
+        "                     --warmup, --timeout)\n",
         AUTO_MIN_ITERS, AUTO_MAX_ITERS, DEFAULT_TIMEOUT_S);
 }
 
@@ -180,7 +187,7 @@ void options_parse(options_t *o, int argc, char **argv)
     enum { O_SIZES = 256, O_ITERS, O_WARMUP, O_BATCH, O_OP, O_CHECK, O_CSV,
            O_JSON, O_TARGET, O_PREP, O_INIT_MEM, O_TARGET_MEM, O_ALLOC,
            O_SCHEME, O_THREADS, O_PROGRESS, O_WAIT, O_STORE, O_RANK, O_MEMCPY,
-           O_LAYOUT, O_GPU, O_TIMEOUT, O_HELP };
+           O_LAYOUT, O_GPU, O_TIMEOUT, O_NOTIFY, O_HELP };
     static const struct option longs[] = {
         {"sizes", required_argument, NULL, O_SIZES},
         {"iters", required_argument, NULL, O_ITERS},
@@ -206,6 +213,7 @@ void options_parse(options_t *o, int argc, char **argv)
         {"layout", required_argument, NULL, O_LAYOUT},
         {"gpu", required_argument, NULL, O_GPU},
         {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"notify", no_argument, NULL, O_NOTIFY},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0}};
     static const char *const ops[] = {"write", "read", "both"};
@@ -220,7 +228,10 @@ void options_parse(options_t *o, int argc, char **argv)
 
     while ((c = getopt_long(argc, argv, "hn:", longs, NULL)) != -1) {
         switch (c) {
-        case O_SIZES: parse_list(optarg, "--sizes", o->sizes, &o->nsizes); break;
+        case O_SIZES:
+            parse_list(optarg, "--sizes", o->sizes, &o->nsizes);
+            o->sizes_set = true;
+            break;
         case O_BATCH:
             parse_list(optarg, "--batch", o->batches, &o->nbatches);
             break;
@@ -233,6 +244,7 @@ void options_parse(options_t *o, int argc, char **argv)
             op = parse_choice(optarg, "--op", ops, 3);
             o->do_write = op != 1;
             o->do_read = op != 0;
+            o->op_set = true;
             break;
         case O_CHECK: o->check = true; break;
         case O_CSV: o->csv_path = optarg; break;
@@ -262,6 +274,7 @@ void options_parse(options_t *o, int argc, char **argv)
         case O_STORE: o->store_url = optarg; break;
         case O_RANK: o->rank = (int)parse_count(optarg, "--rank", true); break;
         case O_MEMCPY: o->memcpy_mode = true; break;
+        case O_NOTIFY: o->notify = true; break;
         case O_LAYOUT:
             o->layout = parse_choice(optarg, "--layout", layout_names, 2);
             break;

@@ -41,6 +41,9 @@ typedef struct options {
     bool mem_set; /* --initiator-mem or --target-mem was given */
     size_t prepare_n; /* 0: not in --prepare-bench mode */
     bool memcpy_mode;
+    bool notify;    /* --notify (notify.h) */
+    bool sizes_set; /* --sizes was given */
+    bool op_set;    /* --op was given */
     int gpu; /* the device of a rank's GPU memory; -1: rank modulo the count */
     uint64_t timeout_ns; /* --timeout: how long any wait on the job lasts */
 } options_t;

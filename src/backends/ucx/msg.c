@@ -10,7 +10,9 @@
  * completes once every put is in the peer's memory and every get in
  * ours), after a copy into mapped memory and its fences, or after a CUDA
  * IPC copy's completion was seen. So every byte of the transfer is in
- * place before the message is even sent; no UCX fence is needed. Messages
+ * place before the message is even sent; no UCX fence is needed (nor would
+ * one do: UCX 1.13's ucp_worker_fence() orders operations within each
+ * interface, and a put and this message may use different lanes). Messages
  * of one endpoint are forced eager (UCP_AM_SEND_FLAG_EAGER): UCX sends
  * eager active messages of an endpoint on its one AM lane, in order, so
  * they arrive in the order they were sent, and never as a rendezvous that
@@ -18,6 +20,10 @@
  * is copied and queued by UCX behind the ones before it; while any is
  * queued, later ones are queued too rather than tried at once, so none
  * overtakes another.
+ *
+ * The receiving worker polls the shared-memory interfaces these messages
+ * arrive on thanks to its anchor endpoint (ucx.c); without it each one
+ * would wake UCX's async thread.
  *
  * A queued message (the first on a new endpoint waits for UCX's wire-up,
  * which needs the peer's answer) leaves only when the connection's worker

@@ -7,8 +7,9 @@
  * flush, whose completion means the bytes are in place remotely (WRITE) or
  * locally (READ).
  *
- * This file holds the context: the UCP context and the agent's worker, the
- * one fd a waiter sleeps on, the progress and arming of every worker, the
+ * This file holds the context: the UCP context and the agent's worker (with
+ * the anchor that keeps it polling for same-host messages), the one fd a
+ * waiter sleeps on, the progress and arming of every worker, the
  * ops table, and ferry-info's description of UCX. Connections, liveness and
  * aborts are in conn.c, posts and the mapped-memory fast path in xfer.c,
  * registrations and allocations in mem.c; ucx.h holds what they share.
@@ -64,12 +65,121 @@ ferry_status_t ferry__ucx_error(ucs_status_t s, const char *call, const char *pe
                         ucs_status_string(s));
 }
 
+/* How long opening or closing the anchor endpoint may drive the two
+ * workers (they are in this process: microseconds, unless the machine is
+ * starved). */
+#define UCX_ANCHOR_NS 1000000000ull
+
+/* Drives the agent's worker and the anchor until req ends, for a bounded
+ * time; returns its status (UCS_INPROGRESS if it did not end). */
+static ucs_status_t ucx_anchor_drive(ucx_ctx_t *ctx, ucs_status_ptr_t req)
+{
+    uint64_t deadline = ferry__now_ns() + UCX_ANCHOR_NS;
+    ucs_status_t s;
+
+    if (!UCS_PTR_IS_PTR(req))
+        return UCS_PTR_STATUS(req);
+    while ((s = ucp_request_check_status(req)) == UCS_INPROGRESS &&
+           ferry__now_ns() < deadline) {
+        ucp_worker_progress(ctx->worker);
+        ucp_worker_progress(ctx->anchor);
+    }
+    ucp_request_free(req);
+    return s;
+}
+
+static void ucx_anchor_close(ucx_ctx_t *ctx)
+{
+    ucp_request_param_t p = {0};
+
+    if (ctx->anchor_ep != NULL)
+        (void)ucx_anchor_drive(ctx, ucp_ep_close_nbx(ctx->anchor_ep, &p));
+    ctx->anchor_ep = NULL;
+    if (ctx->anchor != NULL)
+        ucp_worker_destroy(ctx->anchor);
+    ctx->anchor = NULL;
+}
+
+/*
+ * The anchor: keeps the agent's worker polling the interfaces that
+ * same-host peers' messages arrive on.
+ *
+ * Why. With the wake-up feature that ferry asks for, UCP's adaptive
+ * progress (UCX_ADAPTIVE_PROGRESS, on by default) stops polling an
+ * interface that no endpoint of its worker uses, arms it, and leaves it
+ * to UCX's async thread. The agent's worker serves peers and has no
+ * endpoint of its own (connections live on workers of their own, conn.c),
+ * so every interface of it is such a one. An interface that receives an
+ * RMA or tag message is then switched back to polling, but one that
+ * receives a UCP active message is not (UCX 1.13 counts only the former,
+ * ucp_worker_iface_check_events_do): every notification went through a
+ * sendto() from the sender to the armed interface, a wake-up of the
+ * receiver's async thread, and a re-arm (epoll_ctl) by its next progress,
+ * several microseconds and a thread switch each (docs/PERFORMANCE.md,
+ * "Notifications"). Turning adaptive progress off instead would poll the
+ * TCP interfaces too, an epoll_wait() per interface and worker on every
+ * progress.
+ *
+ * How. An endpoint's lanes keep their interfaces polled for as long as it
+ * lives (ucp_worker_iface_progress_ep). So the agent's worker gets one
+ * endpoint, to a second worker of this process that nothing else uses:
+ * UCX reaches it through shared memory, the transports that same-host
+ * peers use, so exactly those interfaces stay polled. It costs a worker
+ * (a few MiB and file descriptors) per agent; nothing is ever sent on it.
+ * Messages from other hosts still take the wake-up path, and with
+ * FERRY_UCX_TLS naming no shared-memory transport there is no anchor.
+ *
+ * A failure here is not the agent's: it only costs latency, and is logged.
+ */
+static void ucx_anchor_open(ucx_ctx_t *ctx)
+{
+    ucp_worker_params_t wp = {0};
+    ucp_ep_params_t ep = {0};
+    ucp_request_param_t p = {0};
+    ucp_address_t *addr;
+    size_t len;
+    ucs_status_t s;
+
+    /* Without shared memory (FERRY_UCX_TLS) no peer's message comes
+     * through an interface that it would keep polled. */
+    if (ctx->local_err_mode)
+        return;
+    wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+    wp.thread_mode = UCS_THREAD_MODE_SINGLE;
+    s = ucp_worker_create(ctx->context, &wp, &ctx->anchor);
+    if (s != UCS_OK) {
+        ctx->anchor = NULL;
+        goto err;
+    }
+    s = ucp_worker_get_address(ctx->anchor, &addr, &len);
+    if (s != UCS_OK)
+        goto err;
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS;
+    ep.address = addr;
+    s = ucp_ep_create(ctx->worker, &ep, &ctx->anchor_ep);
+    ucp_worker_release_address(ctx->anchor, addr);
+    if (s != UCS_OK) {
+        ctx->anchor_ep = NULL;
+        goto err;
+    }
+    /* Its wire-up ends here, not in some later progress of the agent. */
+    s = ucx_anchor_drive(ctx, ucp_ep_flush_nbx(ctx->anchor_ep, &p));
+    if (s == UCS_OK)
+        return;
+err:
+    ferry__info("ucx: the agent's worker will not poll for same-host messages "
+                "(%s); notifications will take UCX's wake-up path",
+                ucs_status_string(s));
+    ucx_anchor_close(ctx);
+}
+
 static void ucx_fini(void *vctx)
 {
     ucx_ctx_t *ctx = vctx;
 
     if (ctx == NULL)
         return;
+    ucx_anchor_close(ctx);
     ferry__ucx_allocs_free(ctx);
     free(ctx->watched);
     if (ctx->epfd >= 0)
@@ -212,6 +322,7 @@ ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
         goto err_fini;
     }
     FERRY_CHECK_GOTO(ucx_events_init(ctx), st, err_fini);
+    ucx_anchor_open(ctx);
     *ctx_p = ctx;
     return FERRY_OK;
 

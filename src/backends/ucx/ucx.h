@@ -50,6 +50,8 @@ typedef struct ucx_md {
 typedef struct ucx_ctx {
     ucp_context_h context;
     ucp_worker_h worker; /* serves peers; its address is advertised */
+    ucp_worker_h anchor; /* never progressed: see ucx_anchor_open() */
+    ucp_ep_h anchor_ep;  /* from worker to anchor, never used */
     ucp_address_t *address;
     size_t address_len;
     uint64_t memory_types;
