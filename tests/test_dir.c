@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The directory of agents against real etcd processes that this test
- * starts on free loopback ports, each with its data in a temporary
- * directory, and always stops (by pid: at exit, on the watchdog's alarm,
- * and through PR_SET_PDEATHSIG if the test itself is killed). Cases, one
- * CTest entry each:
+ * starts on free loopback ports (tests/lib/etcd.c), each with its data in a
+ * temporary directory, and always stops (by pid: at exit, on the watchdog's
+ * alarm, and through PR_SET_PDEATHSIG if the test itself is killed). Cases,
+ * one CTest entry each:
  *
  *   errors    bad URLs, an endpoint with nothing listening, a server that
  *             answers garbage, one that never answers: a typed status and a
@@ -30,6 +30,7 @@
  */
 #include "test.h"
 #include "xfer_util.h"
+#include "lib/etcd.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -70,45 +71,26 @@ static void fill(uint8_t *p, size_t n, uint64_t seed)
 }
 
 /* ------------------------------------------------------------------------ */
-/* etcd processes                                                           */
+/* etcd processes (tests/lib/etcd.c) and the publishers                     */
 /* ------------------------------------------------------------------------ */
 
-#define MAX_MEMBERS 3
-
-static char tmpdir[64];
-static volatile pid_t etcd_pids[MAX_MEMBERS];
-static int client_port[MAX_MEMBERS], peer_port[MAX_MEMBERS];
 static volatile pid_t child_pids[4]; /* publishers, by slot */
 
 static void stop_all(void)
 {
-    for (int i = 0; i < MAX_MEMBERS; i++)
-        if (etcd_pids[i] > 0) {
-            kill(etcd_pids[i], SIGKILL);
-            waitpid(etcd_pids[i], NULL, 0);
-            etcd_pids[i] = 0;
-        }
+    xe_stop();
     for (int i = 0; i < 4; i++)
         if (child_pids[i] > 0) {
             kill(child_pids[i], SIGKILL);
             waitpid(child_pids[i], NULL, 0);
             child_pids[i] = 0;
         }
-    if (tmpdir[0]) {
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-        tmpdir[0] = '\0';
-    }
 }
 
 static void on_alarm(int sig)
 {
     (void)sig;
-    for (int i = 0; i < MAX_MEMBERS; i++)
-        if (etcd_pids[i] > 0)
-            kill(etcd_pids[i], SIGKILL);
+    xe_kill_all_now();
     for (int i = 0; i < 4; i++)
         if (child_pids[i] > 0)
             kill(child_pids[i], SIGKILL);
@@ -118,120 +100,11 @@ static void on_alarm(int sig)
     _exit(1);
 }
 
-static int free_port(void)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    socklen_t len = sizeof(a);
-    int s = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_TRUE(s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0);
-    ASSERT_TRUE(getsockname(s, (struct sockaddr *)&a, &len) == 0);
-    port = ntohs(a.sin_port);
-    close(s);
-    return port;
-}
-
-static const char *find_etcd(void)
-{
-    static char path[512];
-    const char *env = getenv("FERRY_TEST_ETCD"), *p = getenv("PATH");
-
-    if (env && *env)
-        return access(env, X_OK) == 0 ? env : NULL;
-    for (p = p ? p : "/usr/bin"; *p;) {
-        const char *c = strchr(p, ':');
-        size_t n = c ? (size_t)(c - p) : strlen(p);
-        snprintf(path, sizeof(path), "%.*s/etcd", (int)n, p);
-        if (n && access(path, X_OK) == 0)
-            return path;
-        p += n + (c != NULL);
-    }
-    return NULL;
-}
-
-static void start_member(const char *etcd, int i, int n)
-{
-    char name[16], data[128], curl_[64], purl[64], cluster[512] = "", token[32], log[160];
-    pid_t pid;
-
-    for (int k = 0; k < n; k++) {
-        size_t l = strlen(cluster);
-        snprintf(cluster + l, sizeof(cluster) - l, "%sm%d=http://127.0.0.1:%d",
-                 k ? "," : "", k, peer_port[k]);
-    }
-    snprintf(name, sizeof(name), "m%d", i);
-    snprintf(data, sizeof(data), "%s/m%d", tmpdir, i);
-    snprintf(log, sizeof(log), "%s/m%d.log", tmpdir, i);
-    snprintf(curl_, sizeof(curl_), "http://127.0.0.1:%d", client_port[i]);
-    snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", peer_port[i]);
-    snprintf(token, sizeof(token), "ferry-test-%d", (int)getpid());
-    pid = fork();
-    ASSERT_TRUE(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(log, "w", stdout);
-        if (f == NULL || dup2(1, 2) < 0)
-            _exit(126);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        execl(etcd, etcd, "--name", name, "--data-dir", data,
-              "--listen-client-urls", curl_, "--advertise-client-urls", curl_,
-              "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
-              "--initial-cluster", cluster, "--initial-cluster-state", "new",
-              "--initial-cluster-token", token, (char *)NULL);
-        _exit(127);
-    }
-    etcd_pids[i] = pid;
-}
-
-static void member_url(char *url, size_t cap, const int *order, int n, const char *prefix)
-{
-    size_t l = (size_t)snprintf(url, cap, "etcd://");
-    for (int k = 0; k < n; k++)
-        l += (size_t)snprintf(url + l, cap - l, "%s127.0.0.1:%d", k ? "," : "",
-                              client_port[order[k]]);
-    snprintf(url + l, cap - l, "/%s", prefix);
-}
-
 /* Starts an n-member cluster and waits until it serves reads. */
 static void start_cluster(int n)
 {
-    const char *etcd = find_etcd();
-    int order[MAX_MEMBERS] = { 0, 1, 2 };
-    char url[256];
-    double t0;
-
-    if (etcd == NULL) {
-        printf("skip: no etcd executable on PATH (apt-get install etcd-server, or "
-               "set FERRY_TEST_ETCD)\n");
-        exit(TEST_SKIP_CODE);
-    }
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/ferry-etcd-XXXXXX");
-    ASSERT_TRUE(mkdtemp(tmpdir) != NULL);
+    xe_start(n);
     atexit(stop_all);
-    for (int i = 0; i < n; i++) {
-        client_port[i] = free_port();
-        peer_port[i] = free_port();
-    }
-    for (int i = 0; i < n; i++)
-        start_member(etcd, i, n);
-    member_url(url, sizeof(url), order, n, "probe");
-    t0 = now_s();
-    for (;;) {
-        ferry_dir_params_t p = { .field_mask = FERRY_DIR_PARAM_TIMEOUT,
-                                 .timeout_ns = 500000000u };
-        ferry_dir_t *d;
-        if (ferry_dir_create(url, &p, &d) == FERRY_OK) {
-            ferry_dir_destroy(d);
-            break;
-        }
-        if (now_s() - t0 > 30) {
-            fprintf(stderr, "etcd did not come up in 30 s: %s (logs in %s)\n",
-                    ferry_last_error(), tmpdir);
-            exit(1);
-        }
-        usleep(100000);
-    }
-    printf("etcd: %d member(s) up in %.2f s\n", n, now_s() - t0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -464,7 +337,7 @@ static void case_agents(void)
     int fd;
 
     start_cluster(1);
-    member_url(url, sizeof(url), order, 1, "ferry-test/agents");
+    xe_url(url, sizeof(url), order, 1, "ferry-test/agents");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_alloc(agent, SIZE, FERRY_MEM_HOST, &buf));
     ferry_desc_t d = { .addr = (uintptr_t)buf, .len = SIZE, .kind = FERRY_MEM_HOST };
@@ -637,7 +510,7 @@ static int find_follower(int n)
         FILE *f = tmpfile();
         ASSERT_TRUE(c && f);
         snprintf(url, sizeof(url), "http://127.0.0.1:%d/v3/maintenance/status",
-                 client_port[i]);
+                 xe_client_port[i]);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{}");
         curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
@@ -714,7 +587,7 @@ static void case_churn(void)
     double t0;
 
     start_cluster(1);
-    member_url(url, sizeof(url), order, 1, "ferry-test/churn");
+    xe_url(url, sizeof(url), order, 1, "ferry-test/churn");
     ferry_agent_params_t pa = { .field_mask = FERRY_AGENT_PARAM_NAME |
                                               FERRY_AGENT_PARAM_PROGRESS_THREAD,
                                 .name = "survivor-a", .progress_thread = 1 };
@@ -797,7 +670,7 @@ static void fo_exchange(ferry_agent_t **agents, ferry_dir_t **dirs, uint8_t **bu
 
 static void case_failover(void)
 {
-    int order[MAX_MEMBERS], victim, k = 0;
+    int order[XE_MAX_MEMBERS], victim, k = 0;
     char url[256];
     ferry_dir_params_t dp = { .field_mask = FERRY_DIR_PARAM_TTL | FERRY_DIR_PARAM_TIMEOUT,
                               .ttl_ns = 3 * SEC, .timeout_ns = 2 * SEC };
@@ -817,7 +690,7 @@ static void case_failover(void)
     for (int i = 0; i < 3; i++)
         if (i != victim)
             order[k++] = i;
-    member_url(url, sizeof(url), order, 3, "ferry-test/failover");
+    xe_url(url, sizeof(url), order, 3, "ferry-test/failover");
 
     /* Four agents, each with its memory and its own directory handle,
      * publish, find each other by name and transfer. */
@@ -846,9 +719,7 @@ static void case_failover(void)
     fo_exchange(agents, dirs, bufs);
 
     /* The first endpoint, the one every call went to, dies. */
-    kill(etcd_pids[victim], SIGKILL);
-    waitpid(etcd_pids[victim], NULL, 0);
-    etcd_pids[victim] = 0;
+    xe_kill(victim);
     t0 = now_s();
     ASSERT_ST(FERRY_OK, ferry_dir_get(dirs[0], "fo-0", &blob, &len, NULL));
     printf("first call after the member's death: %.1f ms\n", (now_s() - t0) * 1e3);
@@ -963,7 +834,7 @@ static void case_errors(void)
     EXPECT_TRUE(dir == (ferry_dir_t *)&quick);
 
     /* Nothing listens: refused at once, on both endpoints, each named. */
-    snprintf(url, sizeof(url), "etcd://127.0.0.1:%d,127.0.0.1:%d/x", free_port(), free_port());
+    snprintf(url, sizeof(url), "etcd://127.0.0.1:%d,127.0.0.1:%d/x", xe_free_port(), xe_free_port());
     t0 = now_s();
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_dir_create(url, &quick, &dir));
     EXPECT_ERR_HAS("no endpoint answered");

@@ -330,7 +330,11 @@ ferry_status_t ferry_dir_create(const char *url, const ferry_dir_params_t *param
     dir = calloc(1, sizeof(*dir));
     if (dir == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-    FERRY_CHECK_GOTO(ferry__etcd_parse_url(url, &dir->etcd, dir->prefix), st, err_free);
+    st = ferry__etcd_parse_url(url, &dir->etcd, dir->prefix);
+    if (st != FERRY_OK) {
+        ferry__error_prefix("dir");
+        goto err_free;
+    }
     ttl_ns = param_or_config(params, FERRY_DIR_PARAM_TTL,
                              params ? params->ttl_ns : 0, "FERRY_DIR_TTL_MS");
     dir->etcd.timeout_ns = param_or_config(params, FERRY_DIR_PARAM_TIMEOUT,

@@ -12,6 +12,7 @@
  */
 #include "dir/etcd.h"
 #include "util/log.h"
+#include "util/time.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -61,11 +62,11 @@ static ferry_status_t add_endpoint(ferry__etcd_t *e, const char *url,
         if (s[i] == ':')
             colon = s + i;
     if (len == 0)
-        return ferry__error(FERRY_ERR_INVALID, "dir: '%s': an empty endpoint", url);
+        return ferry__error(FERRY_ERR_INVALID, "etcd: '%s': an empty endpoint", url);
     if (colon == NULL || colon == s || (size_t)(s + len - colon - 1) == 0 ||
         (size_t)(s + len - colon - 1) > 5)
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s': endpoint '%.*s' is not host:port", url,
+                            "etcd: '%s': endpoint '%.*s' is not host:port", url,
                             (int)len, s);
     memcpy(port, colon + 1, (size_t)(s + len - colon - 1));
     port[s + len - colon - 1] = '\0';
@@ -73,13 +74,13 @@ static ferry_status_t add_endpoint(ferry__etcd_t *e, const char *url,
     p = strtoul(port, &end, 10);
     if (*end != '\0' || port[0] < '0' || port[0] > '9' || p == 0 || p > 65535)
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s': endpoint '%.*s' has no valid port (1-65535)",
+                            "etcd: '%s': endpoint '%.*s' has no valid port (1-65535)",
                             url, (int)len, s);
     if (e->n == FERRY__ETCD_MAX_ENDPOINTS)
-        return ferry__error(FERRY_ERR_INVALID, "dir: '%s': more than %d endpoints",
+        return ferry__error(FERRY_ERR_INVALID, "etcd: '%s': more than %d endpoints",
                             url, FERRY__ETCD_MAX_ENDPOINTS);
     if (asprintf(&e->endpoints[e->n], "http://%.*s", (int)len, s) < 0)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     e->n++;
     return FERRY_OK;
 }
@@ -93,19 +94,19 @@ ferry_status_t ferry__etcd_parse_url(const char *url, ferry__etcd_t *e,
     size_t plen;
 
     if (url == NULL)
-        return ferry__error(FERRY_ERR_INVALID, "dir: NULL url");
+        return ferry__error(FERRY_ERR_INVALID, "etcd: NULL url");
     if (strncmp(url, scheme, sizeof(scheme) - 1) != 0)
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s' is not etcd://host:port[,host:port]/prefix", url);
+                            "etcd: '%s' is not etcd://host:port[,host:port]/prefix", url);
     hosts = url + sizeof(scheme) - 1;
     slash = strchr(hosts, '/');
     if (slash == NULL || slash[1] == '\0')
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s' has no prefix (etcd://host:port/prefix)", url);
+                            "etcd: '%s' has no prefix (etcd://host:port/prefix)", url);
     plen = strlen(slash + 1);
     if (plen > FERRY__ETCD_PREFIX_MAX || slash[plen] == '/')
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s': the prefix must be 1 to %d bytes, without a "
+                            "etcd: '%s': the prefix must be 1 to %d bytes, without a "
                             "trailing '/'", url, FERRY__ETCD_PREFIX_MAX);
     for (p = hosts; p < slash;) {
         const char *comma = memchr(p, ',', (size_t)(slash - p));
@@ -119,11 +120,11 @@ ferry_status_t ferry__etcd_parse_url(const char *url, ferry__etcd_t *e,
         p = comma ? comma + 1 : slash;
         if (comma && p == slash) {
             ferry__etcd_fini(e);
-            return ferry__error(FERRY_ERR_INVALID, "dir: '%s': an empty endpoint", url);
+            return ferry__error(FERRY_ERR_INVALID, "etcd: '%s': an empty endpoint", url);
         }
     }
     if (e->n == 0)
-        return ferry__error(FERRY_ERR_INVALID, "dir: '%s' names no endpoint", url);
+        return ferry__error(FERRY_ERR_INVALID, "etcd: '%s' names no endpoint", url);
     memcpy(prefix, slash + 1, plen + 1);
     return FERRY_OK;
 }
@@ -239,16 +240,16 @@ ferry_status_t ferry__etcd_conn_open(ferry__etcd_conn_t **conn_p)
 
     pthread_once(&curl_once, curl_init);
     if (curl_init_rc != CURLE_OK)
-        return ferry__error(FERRY_ERR_SYSTEM, "dir: curl_global_init: %s",
+        return ferry__error(FERRY_ERR_SYSTEM, "etcd: curl_global_init: %s",
                             curl_easy_strerror(curl_init_rc));
     c = calloc(1, sizeof(*c));
     if (c == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     c->curl = curl_easy_init();
     c->headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (c->curl == NULL || c->headers == NULL) {
         ferry__etcd_conn_close(c);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: curl_easy_init failed");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: curl_easy_init failed");
     }
     *conn_p = c;
     return FERRY_OK;
@@ -311,17 +312,18 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
     ferry_status_t worst = FERRY_ERR_PEER_LOST;
     size_t start = atomic_load(&e->cur);
-    long ms = (long)(e->timeout_ns / 1000000u);
     char trail[400] = "";
 
     json_decref(req);
     if (body == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: %s: out of memory", what);
-    if (ms < 1)
-        ms = 1;
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: %s: out of memory", what);
+    atomic_store(&e->unanswered, false);
+    atomic_store(&e->maybe_done, false);
     for (size_t i = 0; i < e->n; i++) {
         size_t idx = (start + i) % e->n;
         const char *ep = e->endpoints[idx] + 7; /* without "http://" */
+        uint64_t now = ferry__now_ns(), limit = e->timeout_ns;
+        long ms;
         char url[300];
         ferry_status_t st;
         CURLcode rc;
@@ -329,6 +331,20 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         json_error_t jerr;
         json_t *resp, *err;
 
+        if (e->deadline_ns != 0) {
+            /* The caller's deadline holds the whole call, fail-over
+             * included. */
+            if (now >= e->deadline_ns) {
+                trail_add(trail, sizeof(trail), "%s: not tried, no time left", ep);
+                worst = FERRY_ERR_TIMEOUT;
+                break;
+            }
+            if (e->deadline_ns - now < limit)
+                limit = e->deadline_ns - now;
+        }
+        ms = (long)((limit + 999999u) / 1000000u);
+        if (ms < 1)
+            ms = 1;
         snprintf(url, sizeof(url), "%s%s", e->endpoints[idx], path);
         c->len = 0;
         c->overflow = false;
@@ -361,6 +377,8 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                       c->overflow ? "reply over 1 GiB" : curl_easy_strerror(rc));
             if (rank_of(st) > rank_of(worst))
                 worst = st;
+            if (rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
+                atomic_store(&e->maybe_done, true);
             continue;
         }
         curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &http);
@@ -370,6 +388,7 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                       ep, http, resp ? "not an object" : jerr.text);
             json_decref(resp);
             worst = FERRY_ERR_PROTOCOL;
+            atomic_store(&e->maybe_done, true);
             continue;
         }
         err = json_object_get(resp, "error");
@@ -386,11 +405,13 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                           msg, http, (int)code);
                 if (rank_of(FERRY_ERR_BACKEND) > rank_of(worst))
                     worst = FERRY_ERR_BACKEND;
+                if (code == 4) /* timed out inside etcd */
+                    atomic_store(&e->maybe_done, true);
                 json_decref(resp);
                 continue;
             }
             st = code == 5 ? FERRY_ERR_NOT_FOUND : FERRY_ERR_BACKEND;
-            ferry__error(st, "dir: etcd %s: %s (%s, code %d)", what, msg, ep, (int)code);
+            ferry__error(st, "etcd: %s: %s (%s, code %d)", what, msg, ep, (int)code);
             json_decref(resp);
             free(body);
             return st;
@@ -401,7 +422,8 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         return FERRY_OK;
     }
     free(body);
-    return ferry__error(worst, "dir: etcd %s: no endpoint answered: %s", what, trail);
+    atomic_store(&e->unanswered, true);
+    return ferry__error(worst, "etcd: %s: no endpoint answered: %s", what, trail);
 }
 
 /* An int64 field: the gateway writes them as decimal strings; absent
@@ -466,45 +488,22 @@ void ferry__etcd_kvs_free(ferry__etcd_kv_t *kvs, size_t n)
     free(kvs);
 }
 
-ferry_status_t ferry__etcd_range(ferry__etcd_t *e, ferry__etcd_conn_t *c,
-                                 const char *key, bool prefix, bool keys_only,
-                                 ferry__etcd_kv_t **kvs_p, size_t *n_p,
-                                 int64_t *rev_p)
+/* Parses the "kvs" of a range reply (resp: its object) into *kvs_p and
+ * *n_p; what names the call for the texts. */
+static ferry_status_t kvs_parse(json_t *resp, const char *what, bool keys_only,
+                                ferry__etcd_kv_t **kvs_p, size_t *n_p)
 {
-    json_t *req = key_req(key), *resp, *arr;
+    json_t *arr = json_object_get(resp, "kvs");
     ferry__etcd_kv_t *kvs = NULL;
-    ferry_status_t st;
+    ferry_status_t st = FERRY_ERR_PROTOCOL;
     size_t n = 0;
 
-    if (req == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-    if (prefix) {
-        /* Every key starting with key: [key, key with its last byte + 1). */
-        size_t len = strlen(key);
-        char *end = strdup(key);
-        if (end == NULL || len == 0) {
-            free(end);
-            json_decref(req);
-            return ferry__error(FERRY_ERR_INVALID, "dir: empty range prefix");
-        }
-        end[len - 1]++;
-        json_object_set_new(req, "range_end", bytes_json(end, len));
-        free(end);
-    }
-    if (keys_only)
-        json_object_set_new(req, "keys_only", json_true());
-    FERRY_CHECK(call(e, c, "range", "/v3/kv/range", req, &resp));
-    arr = json_object_get(resp, "kvs");
-    if (arr != NULL && !json_is_array(arr)) {
-        json_decref(resp);
-        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd range: 'kvs' is not an array");
-    }
+    if (arr != NULL && !json_is_array(arr))
+        return ferry__error(st, "etcd: %s: 'kvs' is not an array", what);
     if (json_array_size(arr) > 0) {
         kvs = calloc(json_array_size(arr), sizeof(*kvs));
-        if (kvs == NULL) {
-            json_decref(resp);
-            return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-        }
+        if (kvs == NULL)
+            return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     }
     for (n = 0; n < json_array_size(arr); n++) {
         json_t *kv = json_array_get(arr, n);
@@ -512,16 +511,15 @@ ferry_status_t ferry__etcd_range(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         const char *v = json_string_value(json_object_get(kv, "value"));
         size_t klen;
 
-        st = FERRY_ERR_PROTOCOL;
         if (k == NULL || (kvs[n].key = b64_decode(k, &klen)) == NULL ||
             strlen(kvs[n].key) != klen) {
-            ferry__error(st, "dir: etcd range: entry %zu has no valid key", n);
+            ferry__error(st, "etcd: %s: entry %zu has no valid key", what, n);
             goto err_kvs;
         }
         if (!keys_only) {
             kvs[n].value = b64_decode(v ? v : "", &kvs[n].len);
             if (kvs[n].value == NULL) {
-                ferry__error(st, "dir: etcd range: key '%s' has no valid value",
+                ferry__error(st, "etcd: %s: key '%s' has no valid value", what,
                              kvs[n].key);
                 goto err_kvs;
             }
@@ -530,33 +528,252 @@ ferry_status_t ferry__etcd_range(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         kvs[n].mod_rev = get_i64(kv, "mod_revision");
         kvs[n].lease = get_i64(kv, "lease");
     }
-    if (rev_p)
-        *rev_p = header_rev(resp);
-    json_decref(resp);
     *kvs_p = kvs;
     *n_p = n;
     return FERRY_OK;
 
 err_kvs:
     ferry__etcd_kvs_free(kvs, n + 1); /* entry n may hold a key already */
+    return st;
+}
+
+/* A RangeRequest for key (with range_end for a prefix); NULL when out of
+ * memory. */
+static json_t *range_req(const char *key, bool prefix, bool keys_only)
+{
+    json_t *req = key_req(key);
+
+    if (req == NULL)
+        return NULL;
+    if (prefix) {
+        /* Every key starting with key: [key, key with its last byte + 1). */
+        size_t len = strlen(key);
+        char *end = strdup(key);
+        json_t *j;
+
+        if (end == NULL) {
+            json_decref(req);
+            return NULL;
+        }
+        end[len - 1]++;
+        j = bytes_json(end, len);
+        free(end);
+        if (j == NULL || json_object_set_new(req, "range_end", j) != 0) {
+            json_decref(req);
+            return NULL;
+        }
+    }
+    if (keys_only && json_object_set_new(req, "keys_only", json_true()) != 0) {
+        json_decref(req);
+        return NULL;
+    }
+    return req;
+}
+
+ferry_status_t ferry__etcd_range(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                 const char *key, bool prefix, bool keys_only,
+                                 ferry__etcd_kv_t **kvs_p, size_t *n_p,
+                                 int64_t *rev_p)
+{
+    json_t *req, *resp;
+    ferry_status_t st;
+
+    if (prefix && key[0] == '\0')
+        return ferry__error(FERRY_ERR_INVALID, "etcd: empty range prefix");
+    req = range_req(key, prefix, keys_only);
+    if (req == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    FERRY_CHECK(call(e, c, "range", "/v3/kv/range", req, &resp));
+    st = kvs_parse(resp, "range", keys_only, kvs_p, n_p);
+    if (st == FERRY_OK && rev_p)
+        *rev_p = header_rev(resp);
     json_decref(resp);
     return st;
+}
+
+/* {name: obj}, taking obj; NULL when out of memory. */
+static json_t *wrap(const char *name, json_t *obj)
+{
+    json_t *w = obj ? json_object() : NULL;
+
+    if (w == NULL || json_object_set_new(w, name, obj) != 0) {
+        json_decref(w);
+        json_decref(obj);
+        return NULL;
+    }
+    return w;
+}
+
+/* A PutRequest; NULL when out of memory. */
+static json_t *put_req(const char *key, const void *value, size_t len,
+                       int64_t lease)
+{
+    json_t *req = key_req(key), *v = bytes_json(value, len);
+
+    if (req == NULL || v == NULL) {
+        json_decref(req);
+        json_decref(v);
+        return NULL;
+    }
+    /* json_object_set_new takes the value, also when it fails. */
+    if (json_object_set_new(req, "value", v) != 0 ||
+        (lease != 0 && json_object_set_new(req, "lease", i64_json(lease)) != 0)) {
+        json_decref(req);
+        return NULL;
+    }
+    return req;
+}
+
+/* A Compare for cond on key; NULL when out of memory. */
+static json_t *compare_json(const char *key, const ferry__etcd_cond_t *cond)
+{
+    json_t *cmp = key_req(key);
+    int bad = cmp == NULL;
+
+    if (bad)
+        return NULL;
+    bad |= json_object_set_new(cmp, "result", json_string("EQUAL"));
+    switch (cond->kind) {
+    case FERRY__ETCD_IF_ABSENT:
+        /* A missing key has create revision 0. */
+        bad |= json_object_set_new(cmp, "target", json_string("CREATE"));
+        bad |= json_object_set_new(cmp, "create_revision", i64_json(0));
+        break;
+    case FERRY__ETCD_IF_MOD_REV:
+        bad |= json_object_set_new(cmp, "target", json_string("MOD"));
+        bad |= json_object_set_new(cmp, "mod_revision", i64_json(cond->mod_rev));
+        break;
+    case FERRY__ETCD_IF_VALUE:
+        bad |= json_object_set_new(cmp, "target", json_string("VALUE"));
+        bad |= json_object_set_new(cmp, "value", bytes_json(cond->value, cond->len));
+        break;
+    }
+    if (bad) {
+        json_decref(cmp);
+        return NULL;
+    }
+    return cmp;
+}
+
+ferry_status_t ferry__etcd_put_if(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                  const char *key,
+                                  const ferry__etcd_cond_t *cond,
+                                  const void *value, size_t len, int64_t lease,
+                                  bool *done_p, ferry__etcd_kv_t **cur_p,
+                                  size_t *ncur_p)
+{
+    json_t *req = json_object(), *cmp = json_array(), *ok = json_array();
+    json_t *fail = json_array(), *resp, *r0;
+    ferry__etcd_kv_t *kvs = NULL;
+    size_t n = 0;
+    bool done;
+    ferry_status_t st = FERRY_OK;
+
+    if (req == NULL || cmp == NULL || ok == NULL || fail == NULL ||
+        json_array_append_new(cmp, compare_json(key, cond)) != 0 ||
+        json_array_append_new(ok, wrap("request_put",
+                                       put_req(key, value, len, lease))) != 0 ||
+        json_array_append_new(fail, wrap("request_range",
+                                         range_req(key, false, false))) != 0 ||
+        json_object_set_new(req, "compare", cmp) != 0 ||
+        json_object_set_new(req, "success", ok) != 0 ||
+        json_object_set_new(req, "failure", fail) != 0) {
+        json_decref(req);
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    }
+    FERRY_CHECK(call(e, c, "txn", "/v3/kv/txn", req, &resp));
+    /* "succeeded" is left out when false, as every zero value is. */
+    done = json_is_true(json_object_get(resp, "succeeded"));
+    if (!done) {
+        r0 = json_object_get(json_array_get(json_object_get(resp, "responses"), 0),
+                             "response_range");
+        st = r0 ? kvs_parse(r0, "txn", false, &kvs, &n)
+                : ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: a failed "
+                               "comparison without the range asked for");
+    }
+    json_decref(resp);
+    if (st != FERRY_OK)
+        return st;
+    *done_p = done;
+    *cur_p = kvs;
+    *ncur_p = n;
+    return FERRY_OK;
+}
+
+/* etcd's default limit on the operations of one transaction
+ * (--max-txn-ops). */
+#define TXN_OPS_MAX 128
+
+ferry_status_t ferry__etcd_get_many(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                    const char *const *keys, size_t n,
+                                    bool keys_only, ferry__etcd_kv_t **kvs_p)
+{
+    ferry__etcd_kv_t *all = calloc(n ? n : 1, sizeof(*all));
+    ferry_status_t st = FERRY_OK;
+
+    if (all == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    for (size_t base = 0; base < n && st == FERRY_OK; base += TXN_OPS_MAX) {
+        size_t m = n - base < TXN_OPS_MAX ? n - base : TXN_OPS_MAX;
+        json_t *req = json_object(), *ops = json_array(), *resp, *rs;
+
+        if (req == NULL || ops == NULL || json_object_set(req, "success", ops) != 0)
+            st = ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+        for (size_t i = 0; i < m && st == FERRY_OK; i++)
+            if (json_array_append_new(ops, wrap("request_range",
+                                                range_req(keys[base + i], false,
+                                                          keys_only))) != 0)
+                st = ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+        json_decref(ops);
+        if (st != FERRY_OK) {
+            json_decref(req);
+            break;
+        }
+        /* No comparison: the success branch runs, as one read of one
+         * revision. */
+        st = call(e, c, "txn", "/v3/kv/txn", req, &resp);
+        if (st != FERRY_OK)
+            break;
+        rs = json_object_get(resp, "responses");
+        if (json_array_size(rs) != m)
+            st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: %zu replies to %zu "
+                              "reads", json_array_size(rs), m);
+        for (size_t i = 0; i < m && st == FERRY_OK; i++) {
+            json_t *r = json_object_get(json_array_get(rs, i), "response_range");
+            ferry__etcd_kv_t *kvs = NULL;
+            size_t got = 0;
+
+            st = r ? kvs_parse(r, "txn", keys_only, &kvs, &got)
+                   : ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: reply %zu is "
+                                  "not a range", i);
+            if (st == FERRY_OK && got > 0 && strcmp(kvs[0].key, keys[base + i]) == 0) {
+                all[base + i] = kvs[0];
+                kvs[0].key = NULL;
+                kvs[0].value = NULL;
+            } else if (st == FERRY_OK && got > 0) {
+                st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: asked for '%s', "
+                                  "got '%s'", keys[base + i], kvs[0].key);
+            }
+            ferry__etcd_kvs_free(kvs, got);
+        }
+        json_decref(resp);
+    }
+    if (st != FERRY_OK) {
+        ferry__etcd_kvs_free(all, n);
+        return st;
+    }
+    *kvs_p = all;
+    return FERRY_OK;
 }
 
 ferry_status_t ferry__etcd_put(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                                const char *key, const void *value, size_t len,
                                int64_t lease, int64_t *rev_p)
 {
-    json_t *req = key_req(key), *v = bytes_json(value, len), *resp;
+    json_t *req = put_req(key, value, len, lease), *resp;
 
-    if (req == NULL || v == NULL) {
-        json_decref(req);
-        json_decref(v);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-    }
-    json_object_set_new(req, "value", v);
-    if (lease != 0)
-        json_object_set_new(req, "lease", i64_json(lease));
+    if (req == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     FERRY_CHECK(call(e, c, "put", "/v3/kv/put", req, &resp));
     if (rev_p)
         *rev_p = header_rev(resp);
@@ -570,7 +787,7 @@ ferry_status_t ferry__etcd_delete(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     json_t *req = key_req(key), *resp;
 
     if (req == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     FERRY_CHECK(call(e, c, "deleterange", "/v3/kv/deleterange", req, &resp));
     if (deleted_p)
         *deleted_p = get_i64(resp, "deleted");
@@ -591,7 +808,7 @@ static ferry_status_t lease_call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
 
     if (req == NULL || v == NULL || json_object_set_new(req, field, v) != 0) {
         json_decref(req);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     }
     return call(e, c, what, path, req, resp_p);
 }
@@ -606,7 +823,7 @@ ferry_status_t ferry__etcd_lease_grant(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     id = get_i64(resp, "ID");
     json_decref(resp);
     if (id == 0)
-        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd lease grant: no lease ID in the reply");
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: lease grant: no lease ID in the reply");
     *id_p = id;
     return FERRY_OK;
 }
@@ -625,7 +842,7 @@ ferry_status_t ferry__etcd_lease_keepalive(ferry__etcd_t *e,
     result = json_object_get(resp, "result");
     if (!json_is_object(result)) {
         json_decref(resp);
-        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd lease keepalive: no result");
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: lease keepalive: no result");
     }
     ttl = get_i64(result, "TTL");
     json_decref(resp);
