@@ -308,6 +308,92 @@ static void check_info(const char *url, const char *want, int status)
 /* Cases                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* A call to etcd member i's gateway, outside the client under test:
+ * POSTs body to path, returns the reply's JSON. */
+static json_t *gateway(int i, const char *path, const char *body)
+{
+    char url[128];
+    CURL *c = curl_easy_init();
+    FILE *f = tmpfile();
+    json_error_t e;
+    json_t *j;
+
+    ASSERT_TRUE(c && f);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", xe_client_port[i], path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 5L);
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_cleanup(c);
+    ASSERT_TRUE(rc == CURLE_OK);
+    rewind(f);
+    j = json_loadf(f, 0, &e);
+    fclose(f);
+    ASSERT_TRUE(j != NULL);
+    return j;
+}
+
+static void b64(const char *s, char *out)
+{
+    static const char t[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n = strlen(s);
+
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)(uint8_t)s[i] << 16;
+        if (i + 1 < n)
+            v |= (uint32_t)(uint8_t)s[i + 1] << 8;
+        if (i + 2 < n)
+            v |= (uint8_t)s[i + 2];
+        *out++ = t[v >> 18];
+        *out++ = t[(v >> 12) & 63];
+        *out++ = i + 1 < n ? t[(v >> 6) & 63] : '=';
+        *out++ = i + 2 < n ? t[v & 63] : '=';
+    }
+    *out = '\0';
+}
+
+/* Replaces the value of key with text that is no metadata blob, keeping
+ * its lease (so that it still expires with its publisher). */
+static void put_garbage(const char *key)
+{
+    char k64[512], body[1024];
+    json_t *r;
+    const char *lease;
+
+    b64(key, k64);
+    snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k64);
+    r = gateway(0, "/v3/kv/range", body);
+    lease = json_string_value(json_object_get(
+        json_array_get(json_object_get(r, "kvs"), 0), "lease"));
+    ASSERT_TRUE(lease != NULL);
+    snprintf(body, sizeof(body), "{\"key\":\"%s\",\"value\":\"bm90IGEgYmxvYg==\","
+             "\"lease\":\"%s\"}", k64, lease); /* "not a blob" */
+    json_decref(r);
+    json_decref(gateway(0, "/v3/kv/put", body));
+}
+
+/* The next event for name, as next_event(), copied to *ev. */
+static int next_event_full(ferry_dir_t *dir, const char *name, double timeout_s,
+                           ferry_dir_event_t *out)
+{
+    double end = now_s() + timeout_s;
+
+    for (;;) {
+        size_t n;
+        ASSERT_ST(FERRY_OK, ferry_dir_events(dir, out, 1, &n));
+        if (n == 1 && strcmp(out->name, name) == 0)
+            return (int)out->kind;
+        if (n == 1)
+            continue;
+        double left = end - now_s();
+        if (left <= 0 || ferry_dir_wait(dir, (int64_t)(left * 1e9)) == FERRY_ERR_TIMEOUT)
+            return 0;
+    }
+}
+
 static void case_agents(void)
 {
     const long ttl_ms = 2000;
@@ -381,8 +467,27 @@ static void case_agents(void)
     ferry_desc_t remote = { .addr = pub.addr, .len = SIZE, .kind = FERRY_MEM_HOST };
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &local, 1, peer,
                                            &remote, 1, NULL, &old));
-    tell(&pub, "republish", "republished");
+    /* Something that is no blob under its name: the attached agent, which
+     * has a peer of that name, tries to reload it; the failure is an event
+     * with the reason, and the peer keeps its metadata. */
+    ferry_dir_event_t ev;
+    put_garbage("ferry-test/agents/prefill-0");
     EXPECT_EQ(FERRY_DIR_UPDATE, next_event(dir, "prefill-0", 5));
+    EXPECT_EQ(FERRY_DIR_LOAD_FAILED, next_event_full(dir, "prefill-0", 5, &ev));
+    printf("LOAD_FAILED: %s\n", ev.detail);
+    EXPECT_TRUE(strstr(ev.detail, "dir: reloading 'prefill-0'") != NULL);
+    EXPECT_TRUE(strstr(ev.detail, "metadata") != NULL);
+    EXPECT_ST(FERRY_OK, xu_post_wait(old, 30 * SEC));
+    {
+        static uint8_t want[SIZE];
+
+        fill(want, SIZE, 11 ^ 0x5555); /* what check_transfer left there */
+        EXPECT_TRUE(memcmp(buf, want, SIZE) == 0);
+    }
+
+    tell(&pub, "republish", "republished");
+    EXPECT_EQ(FERRY_DIR_UPDATE, next_event_full(dir, "prefill-0", 5, &ev));
+    EXPECT_TRUE(ev.detail[0] == '\0');
     ASSERT_ST(FERRY_OK, ferry_dir_get(dir, "prefill-0", &blob, &len, &rev2));
     EXPECT_TRUE(rev2 > rev);
     ferry_dir_free(blob);
@@ -505,25 +610,7 @@ static void case_agents(void)
 static int find_follower(int n)
 {
     for (int i = 0; i < n; i++) {
-        char url[64];
-        CURL *c = curl_easy_init();
-        FILE *f = tmpfile();
-        ASSERT_TRUE(c && f);
-        snprintf(url, sizeof(url), "http://127.0.0.1:%d/v3/maintenance/status",
-                 xe_client_port[i]);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{}");
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, 5L);
-        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        CURLcode rc = curl_easy_perform(c);
-        curl_easy_cleanup(c);
-        ASSERT_TRUE(rc == CURLE_OK);
-        rewind(f);
-        json_error_t e;
-        json_t *j = json_loadf(f, 0, &e);
-        fclose(f);
-        ASSERT_TRUE(j != NULL);
+        json_t *j = gateway(i, "/v3/maintenance/status", "{}");
         const char *me = json_string_value(json_object_get(json_object_get(j, "header"),
                                                            "member_id"));
         const char *leader = json_string_value(json_object_get(j, "leader"));

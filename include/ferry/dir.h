@@ -160,13 +160,18 @@ FERRY_API void ferry_dir_free(void *p);
 typedef enum ferry_dir_event_kind {
     FERRY_DIR_JOIN = 1,   /* a name appeared, or reappeared (new instance) */
     FERRY_DIR_UPDATE = 2, /* its blob was published again */
-    FERRY_DIR_LEAVE = 3   /* it was removed: unpublished, revoked, expired */
+    FERRY_DIR_LEAVE = 3,  /* it was removed: unpublished, revoked, expired */
+    /* The blob now published under the name did not load into an attached
+     * agent that had a peer of that name (ferry_dir_attach()); detail says
+     * why. The peer keeps the metadata it had. */
+    FERRY_DIR_LOAD_FAILED = 4
 } ferry_dir_event_kind_t;
 
 typedef struct ferry_dir_event {
     ferry_dir_event_kind_t kind;
     int64_t revision; /* etcd revision of the change (0 for LEAVE) */
     char name[256];   /* the agent's name, NUL-terminated */
+    char detail[256]; /* LOAD_FAILED: the reason, NUL-terminated; else "" */
 } ferry_dir_event_t;
 
 /*
@@ -212,7 +217,12 @@ FERRY_API ferry_status_t ferry_dir_fd(ferry_dir_t *dir, int *fd_p);
  * of that name, if it has one, is gone: its requests in flight end with
  * FERRY_ERR_PEER_LOST (the text says it left the directory), and preparing
  * or posting to it is FERRY_ERR_PEER_LOST until a blob of that name is
- * loaded again (ferry_dir_load()), which counts as a new instance.
+ * loaded again, which counts as a new instance. When the watch sees a name
+ * the attached agent has a peer of published again (UPDATE: new
+ * registrations; JOIN: a restarted process), the handle's thread loads the
+ * new blob into it, as ferry_dir_load() would; a blob that does not load
+ * is a FERRY_DIR_LOAD_FAILED event with the reason, and the peer stays as
+ * it was.
  * Detach the agent before destroying it. Attaching twice does nothing.
  * Any thread.
  */

@@ -82,6 +82,8 @@ struct ferry_dir {
     int efd; /* readable while ev_count > 0 */
     ferry_agent_t **attached; /* told of departures (ferry_dir_attach) */
     size_t nattached;
+    char **reload; /* names published again, to load into attached agents */
+    size_t nreload;
     ferry__etcd_conn_t *thread_conn;
 };
 
@@ -102,9 +104,9 @@ static void key_of(const ferry_dir_t *dir, const char *name, char *key)
 /* Events                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Queues an event; call with lock held. */
-static void push_event(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
-                       const char *name, int64_t rev)
+/* Queues an event (detail may be NULL); call with lock held. */
+static void push_event_detail(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
+                              const char *name, int64_t rev, const char *detail)
 {
     ferry_dir_event_t *ev;
 
@@ -126,12 +128,41 @@ static void push_event(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
     ev->kind = kind;
     ev->revision = rev;
     snprintf(ev->name, sizeof(ev->name), "%s", name);
+    snprintf(ev->detail, sizeof(ev->detail), "%s", detail ? detail : "");
     if (dir->ev_count++ == 0) {
         uint64_t one = 1;
         if (write(dir->efd, &one, sizeof(one)) < 0)
             ferry__warn("dir: eventfd write: %s", strerror(errno));
     }
     pthread_cond_broadcast(&dir->event_cv);
+}
+
+static void push_event(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
+                       const char *name, int64_t rev)
+{
+    push_event_detail(dir, kind, name, rev, NULL);
+}
+
+/* A name published again: JOIN or UPDATE, and, when agents are attached,
+ * a reload for the thread (reload_attached). Call with lock held. */
+static void published(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
+                      const char *name, int64_t rev)
+{
+    char **r, *copy;
+
+    push_event(dir, kind, name, rev);
+    if (dir->nattached == 0)
+        return;
+    r = realloc(dir->reload, (dir->nreload + 1) * sizeof(*r));
+    copy = strdup(name);
+    if (r != NULL)
+        dir->reload = r;
+    if (r == NULL || copy == NULL) {
+        free(copy);
+        ferry__warn("dir: out of memory; '%s' is not reloaded", name);
+        return;
+    }
+    dir->reload[dir->nreload++] = copy;
 }
 
 /* A departure: the event, and the attached agents' peers of that name are
@@ -178,14 +209,14 @@ static void diff_view(ferry_dir_t *dir, ferry__etcd_kv_t *kvs, size_t n)
             left(dir, dir->seen[i].name);
             i++;
         } else if (c > 0) {
-            push_event(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
+            published(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
             j++;
         } else {
             if (dir->seen[i].create_rev != now[j].create_rev) {
                 left(dir, now[j].name);
-                push_event(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
+                published(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
             } else if (dir->seen[i].mod_rev != now[j].mod_rev) {
-                push_event(dir, FERRY_DIR_UPDATE, now[j].name, now[j].mod_rev);
+                published(dir, FERRY_DIR_UPDATE, now[j].name, now[j].mod_rev);
             }
             i++;
             j++;
@@ -249,6 +280,52 @@ static ferry_status_t keepalive(ferry_dir_t *dir, ferry__etcd_conn_t *c)
 /* The thread                                                               */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Loads the blobs of the names published again into the attached agents
+ * that have a peer of that name; a blob that does not load is a
+ * LOAD_FAILED event. On the thread, after the watch's read. The lock is
+ * held while an agent is touched, so that ferry_dir_detach() returning
+ * means the thread is done with that agent.
+ */
+static void reload_attached(ferry_dir_t *dir)
+{
+    char **names, key[KEY_MAX];
+    size_t n;
+
+    pthread_mutex_lock(&dir->lock);
+    names = dir->reload;
+    n = dir->nreload;
+    dir->reload = NULL;
+    dir->nreload = 0;
+    pthread_mutex_unlock(&dir->lock);
+    for (size_t i = 0; i < n; i++) {
+        ferry__etcd_kv_t *kvs = NULL;
+        size_t nk = 0;
+
+        key_of(dir, names[i], key);
+        if (ferry__etcd_range(&dir->etcd, dir->thread_conn, key, false, false,
+                              &kvs, &nk, NULL) != FERRY_OK)
+            ferry__debug("dir: reloading '%s': %s", names[i], ferry_last_error());
+        pthread_mutex_lock(&dir->lock);
+        for (size_t a = 0; nk > 0 && a < dir->nattached; a++) {
+            ferry_peer_t *peer;
+
+            if (!ferry__peer_known(dir->attached[a], names[i]) ||
+                ferry_peer_load(dir->attached[a], kvs[0].value, kvs[0].len,
+                                &peer) == FERRY_OK)
+                continue;
+            ferry__error_prefix("dir: reloading '%s'", names[i]);
+            ferry__warn("%s", ferry_last_error());
+            push_event_detail(dir, FERRY_DIR_LOAD_FAILED, names[i],
+                              kvs[0].mod_rev, ferry_last_error());
+        }
+        pthread_mutex_unlock(&dir->lock);
+        ferry__etcd_kvs_free(kvs, nk);
+        free(names[i]);
+    }
+    free(names);
+}
+
 static void poll_prefix(ferry_dir_t *dir)
 {
     char key[KEY_MAX];
@@ -268,6 +345,7 @@ static void poll_prefix(ferry_dir_t *dir)
     diff_view(dir, kvs, n);
     pthread_mutex_unlock(&dir->lock);
     ferry__etcd_kvs_free(kvs, n);
+    reload_attached(dir);
 }
 
 static void *dir_thread(void *arg)
@@ -424,6 +502,9 @@ void ferry_dir_destroy(ferry_dir_t *dir)
     free(dir->seen);
     free(dir->events);
     free(dir->attached);
+    for (size_t i = 0; i < dir->nreload; i++)
+        free(dir->reload[i]);
+    free(dir->reload);
     close(dir->efd);
     pthread_cond_destroy(&dir->event_cv);
     pthread_cond_destroy(&dir->cv);
