@@ -488,6 +488,31 @@ void ferry__etcd_kvs_free(ferry__etcd_kv_t *kvs, size_t n)
     free(kvs);
 }
 
+/* Parses one KeyValue (entry i of a reply) into out, which the caller
+ * frees, also on failure; what names the call for the texts. */
+static ferry_status_t kv_parse(json_t *kv, const char *what, size_t i,
+                               bool keys_only, ferry__etcd_kv_t *out)
+{
+    const char *k = json_string_value(json_object_get(kv, "key"));
+    const char *v = json_string_value(json_object_get(kv, "value"));
+    size_t klen;
+
+    if (k == NULL || (out->key = b64_decode(k, &klen)) == NULL ||
+        strlen(out->key) != klen)
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: %s: entry %zu has no valid "
+                            "key", what, i);
+    if (!keys_only) {
+        out->value = b64_decode(v ? v : "", &out->len);
+        if (out->value == NULL)
+            return ferry__error(FERRY_ERR_PROTOCOL, "etcd: %s: key '%s' has no "
+                                "valid value", what, out->key);
+    }
+    out->create_rev = get_i64(kv, "create_revision");
+    out->mod_rev = get_i64(kv, "mod_revision");
+    out->lease = get_i64(kv, "lease");
+    return FERRY_OK;
+}
+
 /* Parses the "kvs" of a range reply (resp: its object) into *kvs_p and
  * *n_p; what names the call for the texts. */
 static ferry_status_t kvs_parse(json_t *resp, const char *what, bool keys_only,
@@ -495,46 +520,27 @@ static ferry_status_t kvs_parse(json_t *resp, const char *what, bool keys_only,
 {
     json_t *arr = json_object_get(resp, "kvs");
     ferry__etcd_kv_t *kvs = NULL;
-    ferry_status_t st = FERRY_ERR_PROTOCOL;
+    ferry_status_t st;
     size_t n = 0;
 
     if (arr != NULL && !json_is_array(arr))
-        return ferry__error(st, "etcd: %s: 'kvs' is not an array", what);
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: %s: 'kvs' is not an array",
+                            what);
     if (json_array_size(arr) > 0) {
         kvs = calloc(json_array_size(arr), sizeof(*kvs));
         if (kvs == NULL)
             return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     }
     for (n = 0; n < json_array_size(arr); n++) {
-        json_t *kv = json_array_get(arr, n);
-        const char *k = json_string_value(json_object_get(kv, "key"));
-        const char *v = json_string_value(json_object_get(kv, "value"));
-        size_t klen;
-
-        if (k == NULL || (kvs[n].key = b64_decode(k, &klen)) == NULL ||
-            strlen(kvs[n].key) != klen) {
-            ferry__error(st, "etcd: %s: entry %zu has no valid key", what, n);
-            goto err_kvs;
+        st = kv_parse(json_array_get(arr, n), what, n, keys_only, &kvs[n]);
+        if (st != FERRY_OK) {
+            ferry__etcd_kvs_free(kvs, n + 1); /* entry n may hold a key */
+            return st;
         }
-        if (!keys_only) {
-            kvs[n].value = b64_decode(v ? v : "", &kvs[n].len);
-            if (kvs[n].value == NULL) {
-                ferry__error(st, "etcd: %s: key '%s' has no valid value", what,
-                             kvs[n].key);
-                goto err_kvs;
-            }
-        }
-        kvs[n].create_rev = get_i64(kv, "create_revision");
-        kvs[n].mod_rev = get_i64(kv, "mod_revision");
-        kvs[n].lease = get_i64(kv, "lease");
     }
     *kvs_p = kvs;
     *n_p = n;
     return FERRY_OK;
-
-err_kvs:
-    ferry__etcd_kvs_free(kvs, n + 1); /* entry n may hold a key already */
-    return st;
 }
 
 /* A RangeRequest for key (with range_end for a prefix); NULL when out of
@@ -858,4 +864,229 @@ ferry_status_t ferry__etcd_lease_revoke(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     FERRY_CHECK(lease_call(e, c, "lease revoke", "/v3/lease/revoke", "ID", id, &resp));
     json_decref(resp);
     return FERRY_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Watch: a stream of events                                                */
+/* ------------------------------------------------------------------------ */
+
+/* One watch stream's state, for its write callback. */
+typedef struct watch {
+    char *buf;
+    size_t len, cap;
+    ferry__etcd_watch_cb cb;
+    void *arg;
+    bool created, stopped;
+    ferry_status_t st; /* a malformed message, a cancelled watch */
+} watch_t;
+
+/* One message of the stream: {"result": {"header", "created", "canceled",
+ * "compact_revision", "events": [{"type", "kv"}]}}. Returns false to end
+ * the stream. */
+static bool watch_message(watch_t *w, const char *line, size_t len)
+{
+    json_error_t jerr;
+    json_t *msg = json_loadb(line, len, 0, &jerr), *res, *arr;
+    ferry__etcd_wevent_t *evs = NULL;
+    size_t n = 0;
+    bool go_on = true;
+
+    res = json_object_get(msg, "result");
+    if (!json_is_object(res)) {
+        const char *e = json_string_value(json_object_get(
+            json_object_get(msg, "error"), "message"));
+
+        w->st = ferry__error(msg && e ? FERRY_ERR_BACKEND : FERRY_ERR_PROTOCOL,
+                             "etcd: watch: %s", msg && e ? e : "a message that "
+                             "is not etcd's");
+        json_decref(msg);
+        return false;
+    }
+    if (json_is_true(json_object_get(res, "canceled"))) {
+        int64_t compact = get_i64(res, "compact_revision");
+        const char *why = json_string_value(json_object_get(res, "cancel_reason"));
+
+        if (compact != 0)
+            w->st = ferry__error(FERRY_ERR_BACKEND, "etcd: watch: the revisions "
+                                 "before %lld were compacted", (long long)compact);
+        else
+            w->st = ferry__error(FERRY_ERR_BACKEND, "etcd: watch cancelled: %s",
+                                 why ? why : "no reason");
+        json_decref(msg);
+        return false;
+    }
+    if (json_is_true(json_object_get(res, "created")))
+        w->created = true;
+    arr = json_object_get(res, "events");
+    if (json_array_size(arr) > 0 &&
+        (evs = calloc(json_array_size(arr), sizeof(*evs))) == NULL) {
+        w->st = ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+        go_on = false;
+    }
+    for (; go_on && n < json_array_size(arr); n++) {
+        json_t *ev = json_array_get(arr, n);
+        const char *type = json_string_value(json_object_get(ev, "type"));
+
+        /* PUT, the zero value, is left out. */
+        evs[n].deleted = type != NULL && strcmp(type, "DELETE") == 0;
+        w->st = kv_parse(json_object_get(ev, "kv"), "watch", n, true, &evs[n].kv);
+        go_on = w->st == FERRY_OK;
+        if (!go_on)
+            n++; /* its key may be there */
+    }
+    if (go_on)
+        go_on = w->cb(w->arg, evs, n, header_rev(res));
+    for (size_t i = 0; i < n; i++) {
+        free(evs[i].kv.key);
+        free(evs[i].kv.value);
+    }
+    free(evs);
+    json_decref(msg);
+    return go_on;
+}
+
+/* Splits what arrives into lines, one message each. */
+static size_t on_watch_data(char *data, size_t size, size_t nmemb, void *arg)
+{
+    watch_t *w = arg;
+    size_t len = size * nmemb, start = 0;
+
+    if (w->len + len + 1 > w->cap) {
+        size_t cap = w->cap ? w->cap : 4096;
+        char *b;
+
+        while (cap < w->len + len + 1)
+            cap *= 2;
+        if (cap > REPLY_MAX + 1 || (b = realloc(w->buf, cap)) == NULL) {
+            w->st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: watch: a message "
+                                 "over 1 GiB");
+            return 0;
+        }
+        w->buf = b;
+        w->cap = cap;
+    }
+    memcpy(w->buf + w->len, data, len);
+    w->len += len;
+    for (size_t i = 0; i < w->len; i++) {
+        if (w->buf[i] != '\n')
+            continue;
+        if (i > start && !watch_message(w, w->buf + start, i - start)) {
+            w->stopped = true;
+            return 0; /* libcurl ends the transfer */
+        }
+        start = i + 1;
+    }
+    memmove(w->buf, w->buf + start, w->len - start);
+    w->len -= start;
+    return len;
+}
+
+ferry_status_t ferry__etcd_watch(ferry__etcd_t *e, const char *prefix,
+                                 int64_t start_rev, int stop_fd,
+                                 ferry__etcd_watch_cb cb, void *arg)
+{
+    size_t start = atomic_load(&e->cur), len = strlen(prefix);
+    long ms = (long)((e->timeout_ns + 999999u) / 1000000u);
+    json_t *req = json_object(), *cr = range_req(prefix, true, false);
+    char *body = NULL, trail[400] = "";
+    ferry_status_t st = FERRY_ERR_PEER_LOST;
+
+    if (len == 0)
+        return ferry__error(FERRY_ERR_INVALID, "etcd: watch: empty prefix");
+    if (req != NULL && cr != NULL &&
+        json_object_set_new(cr, "start_revision", i64_json(start_rev)) == 0 &&
+        json_object_set(req, "create_request", cr) == 0)
+        body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    json_decref(cr);
+    if (body == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    pthread_once(&curl_once, curl_init);
+    for (size_t i = 0; i < e->n; i++) {
+        size_t idx = (start + i) % e->n;
+        const char *ep = e->endpoints[idx] + 7;
+        watch_t w = {.cb = cb, .arg = arg, .st = FERRY_OK};
+        struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+        CURL *c = curl_easy_init();
+        CURLM *m = curl_multi_init();
+        CURLcode rc = CURLE_OK;
+        bool cancelled = false;
+        char url[300];
+        int running = 1;
+
+        if (c == NULL || m == NULL || hdr == NULL) {
+            curl_slist_free_all(hdr);
+            curl_easy_cleanup(c);
+            curl_multi_cleanup(m);
+            free(body);
+            return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: watch: curl init failed");
+        }
+        snprintf(url, sizeof(url), "%s/v3/watch", e->endpoints[idx]);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_watch_data);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &w);
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, ms < 1 ? 1L : ms);
+        /* A member that vanishes without closing the connection (a host
+         * gone) is found out by TCP keepalives. */
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+#if LIBCURL_VERSION_NUM >= 0x075500
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+#else
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
+#endif
+        curl_multi_add_handle(m, c);
+        while (running) {
+            struct curl_waitfd wfd = {.fd = stop_fd, .events = CURL_WAIT_POLLIN};
+            CURLMcode mc = curl_multi_perform(m, &running);
+
+            if (mc != CURLM_OK || !running)
+                break;
+            mc = curl_multi_poll(m, &wfd, 1, 1000, NULL);
+            if (mc != CURLM_OK)
+                break;
+            if (wfd.revents) {
+                cancelled = true;
+                break;
+            }
+        }
+        for (CURLMsg *msg; (msg = curl_multi_info_read(m, &running)) != NULL;)
+            if (msg->msg == CURLMSG_DONE)
+                rc = msg->data.result;
+        curl_multi_remove_handle(m, c);
+        curl_easy_cleanup(c);
+        curl_multi_cleanup(m);
+        curl_slist_free_all(hdr);
+        free(w.buf);
+        if (cancelled) {
+            free(body);
+            return ferry__error(FERRY_ERR_CANCELED, "etcd: watch: stopped");
+        }
+        if (w.stopped || w.created) {
+            /* It ran: the callback or etcd ended it, or the connection
+             * broke after the watch was set up. */
+            free(body);
+            if (w.st != FERRY_OK)
+                return w.st;
+            if (w.stopped)
+                return FERRY_OK;
+            atomic_store(&e->cur, (idx + 1) % e->n);
+            return ferry__error(FERRY_ERR_PEER_LOST, "etcd: watch on %s ended: %s",
+                                ep, rc == CURLE_OK ? "the member closed it"
+                                                   : curl_easy_strerror(rc));
+        }
+        trail_add(trail, sizeof(trail), "%s: %s", ep,
+                  w.st != FERRY_OK ? ferry_last_error()
+                  : rc != CURLE_OK ? curl_easy_strerror(rc)
+                                   : "closed before the watch was set up");
+        if (w.st != FERRY_OK)
+            st = w.st;
+    }
+    free(body);
+    return ferry__error(st, "etcd: watch: no endpoint answered: %s", trail);
 }

@@ -116,6 +116,31 @@ ferry_status_t ferry__etcd_get_many(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                                     const char *const *keys, size_t n,
                                     bool keys_only, ferry__etcd_kv_t **kvs_p);
 
+/* One event of a watch: key (keys only) put or deleted. */
+typedef struct ferry__etcd_wevent {
+    bool deleted;
+    ferry__etcd_kv_t kv;
+} ferry__etcd_wevent_t;
+
+/* Called with each message of a watch: its n events (n may be 0) and its
+ * revision; returns false to end the watch. */
+typedef bool (*ferry__etcd_watch_cb)(void *arg, const ferry__etcd_wevent_t *ev,
+                                     size_t n, int64_t revision);
+
+/*
+ * Watches every key under prefix from revision start_rev: a long-lived
+ * POST to /v3/watch whose reply streams one JSON message a line, handed to
+ * cb as they come, on the endpoint that answered last (the next ones in
+ * turn while none can be reached). Returns FERRY_OK once cb returned
+ * false; FERRY_ERR_CANCELED once stop_fd is readable; FERRY_ERR_BACKEND
+ * when etcd cancelled the watch (start_rev compacted away, say);
+ * FERRY_ERR_PEER_LOST when the stream broke (the next call starts on the
+ * next endpoint) or no endpoint could be reached.
+ */
+ferry_status_t ferry__etcd_watch(ferry__etcd_t *e, const char *prefix,
+                                 int64_t start_rev, int stop_fd,
+                                 ferry__etcd_watch_cb cb, void *arg);
+
 /* Deletes key; *deleted_p (may be NULL) the number of keys deleted. */
 ferry_status_t ferry__etcd_delete(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                                   const char *key, int64_t *deleted_p);
