@@ -818,6 +818,8 @@ static void case_failover(void)
     ASSERT_ST(FERRY_OK, ferry_dir_list(dirs[0], &names, &n));
     EXPECT_EQ(NFO, n);
     ferry_dir_free(names);
+    /* The watch's stream was on the dead member: the event comes through
+     * another one. */
     EXPECT_EQ(FERRY_DIR_UPDATE, next_event(dirs[0], "fo-0", 5));
     fo_exchange(agents, dirs, bufs);
 
