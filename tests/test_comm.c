@@ -40,7 +40,10 @@
  * With "etcd" after "fail CASE" or "stall", the store is an etcd member
  * that the test starts (tests/lib/etcd.c; exit 77 without etcd) instead of
  * a ferry-store process or rank 0's store, and in the "store" case that
- * member is killed. "etcd-ring N" starts one and runs
+ * member is killed. "fail failover etcd" runs 4 ranks against three etcd
+ * members and kills the one every rank talks to while they allgather:
+ * every rank's collectives go on (each part checked) and end OK.
+ * "etcd-ring N" starts one and runs
  * "ferry-run -n N --etcd URL -- test_comm ring" against it.
  *
  * A watchdog alarm turns any hang into a failure.
@@ -443,6 +446,49 @@ static int run_rank(const char *cas)
         st = ferry_comm_barrier(comm, TMO);
         rc = verdict(st, ferry__kv_is_etcd(getenv("FERRY_STORE")) ? "etcd"
                                                                  : "store", NULL);
+    } else if (strcmp(cas, "failover") == 0) {
+        /* Allgathers go on while the etcd member every rank talks to (the
+         * first in the URL) is killed: each rank says whether it has seen
+         * the launcher's "killed" file, and all count the rounds after
+         * any rank saw it, so that every rank runs the same rounds. */
+        const char *dir = getenv("TEST_COMM_DIR");
+        char path[512];
+        int after = 0;
+        struct stat sb;
+
+        rc = 100;
+        snprintf(path, sizeof(path), "%s/killed", dir);
+        for (int i = 0; after < 20 && rc == 100; i++) {
+            int mine[3] = {i, me, stat(path, &sb) == 0}, any = 0;
+            void *vals[NFAIL];
+            size_t lens[NFAIL];
+
+            st = ferry_comm_allgather(comm, mine, sizeof(mine), vals, lens, TMO);
+            if (st != FERRY_OK) {
+                rc = verdict(st, "none expected", NULL);
+                break;
+            }
+            for (int r = 0; r < NFAIL; r++) {
+                int *v = vals[r];
+
+                if (lens[r] != sizeof(mine) || v[0] != i || v[1] != r) {
+                    fprintf(stderr, "rank %d: round %d: rank %d's part is wrong\n",
+                            me, i, r);
+                    rc = 1;
+                } else {
+                    any |= v[2];
+                }
+                ferry_store_free(vals[r]);
+            }
+            after += any;
+            if (i == 5 && me == 0) {
+                snprintf(path, sizeof(path), "%s/ready.0", dir);
+                fclose(fopen(path, "w"));
+                snprintf(path, sizeof(path), "%s/killed", dir);
+            }
+        }
+        if (rc == 100)
+            rc = verdict(ferry_comm_exchange(comm, agent, TMO), NULL, NULL);
     } else if (strcmp(cas, "timeout") == 0) {
         if (me == VICTIM) {
             /* Alive (its heartbeat goes on) but late: by the time it comes,
@@ -552,10 +598,12 @@ static int run_fail(const char *self, const char *cas, bool etcd)
      * that a loaded machine does not declare a live rank dead. */
     setenv("FERRY_COMM_LIVENESS_MS", "3000", 1);
     if (etcd) {
-        int order = 0;
+        int order[3] = {0, 1, 2}, n = strcmp(cas, "failover") == 0 ? 3 : 1;
 
-        xe_start(1);
-        xe_url(url, sizeof(url), &order, 1, "fail");
+        xe_start(n);
+        xe_url(url, sizeof(url), order, n, "fail");
+        if (n == 3) /* an election may take a few seconds */
+            setenv("FERRY_COMM_LIVENESS_MS", "10000", 1);
     } else {
         if (strcmp(cas, "store") == 0)
             store = start_store(&port);
@@ -566,6 +614,14 @@ static int run_fail(const char *self, const char *cas, bool etcd)
     for (int r = 0; r < NFAIL; r++)
         pids[r] = spawn_env(argv, url, r);
 
+    if (strcmp(cas, "failover") == 0) {
+        snprintf(path, sizeof(path), "%s/ready.0", dir);
+        wait_for_file(path);
+        xe_kill(0);
+        printf("etcd member 0, every rank's first endpoint, killed\n");
+        snprintf(path, sizeof(path), "%s/killed", dir);
+        fclose(fopen(path, "w"));
+    }
     if (strcmp(cas, "store") == 0) {
         for (int r = 0; r < NFAIL; r++) {
             snprintf(path, sizeof(path), "%s/ready.%d", dir, r);
@@ -600,6 +656,8 @@ static int run_fail(const char *self, const char *cas, bool etcd)
             want = r == VICTIM ? 128 + SIGKILL : 100 - FERRY_ERR_ABORTED;
         else if (strcmp(cas, "store") == 0)
             want = 100 - FERRY_ERR_PEER_LOST;
+        else if (strcmp(cas, "failover") == 0)
+            want = 100;
         else if (strcmp(cas, "timeout") == 0) {
             ntimeout += codes[r] == 100 - FERRY_ERR_TIMEOUT;
             want = r == VICTIM || codes[r] == 100 - FERRY_ERR_TIMEOUT

@@ -20,9 +20,16 @@
  * When no member answers (refused, silent, no leader), a call tries again
  * until retry_ns have passed or the cap: an election after a member's
  * death takes a few seconds, and a cluster that stays away that long is a
- * lost store (FERRY_ERR_PEER_LOST, or what the last try got). An ADD is
- * not tried again once a member may have carried it out: counting a rank
- * twice would be worse than failing the collective.
+ * lost store (FERRY_ERR_PEER_LOST, or what the last try got).
+ *
+ * A request whose answer got lost may have been carried out, and is tried
+ * again (on another member), so every operation must be safe to repeat. A
+ * put, a delete and a compare_set are (a repeated compare_set finds its own
+ * value). An ADD is made so: a counter's value is the list of the ADDs
+ * that made it, one line "<token> <delta>" each, the token unique to that
+ * ADD; one tried again finds its token there and answers the sum up to it
+ * instead of adding twice. (A counter that an ADD of a member that then
+ * died counted twice made a round hold 5 of 4 ranks.)
  */
 #include "comm/kv.h"
 #include "dir/etcd.h"
@@ -36,7 +43,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #define KEY_MAX 1024
 #define POLL_MIN_NS 2000000ull
@@ -53,6 +62,7 @@ typedef struct kv_etcd {
     uint64_t cap_ns, retry_ns;
     int64_t lease, ttl_s;
     uint64_t renewed_ns;
+    uint64_t token_base, adds; /* an ADD's token: "<base>-<adds>" */
 } kv_etcd_t;
 
 static kv_etcd_t *of(ferry__kv_t *kv)
@@ -111,9 +121,9 @@ typedef ferry_status_t (*op_fn)(kv_etcd_t *k, void *args);
 /*
  * Runs op under the lock, with the cap as the client's deadline, after
  * the lease's renewal; tries again while no member answers, for up to
- * retry_ns (idempotent false: only while nothing may have been done).
+ * retry_ns.
  */
-static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args, bool idempotent)
+static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args)
 {
     ferry_status_t st;
     uint64_t end;
@@ -126,7 +136,6 @@ static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args, bool idempotent)
         if (st == FERRY_OK)
             st = op(k, args);
         if (st == FERRY_OK || !atomic_load(&k->etcd.unanswered) ||
-            (!idempotent && atomic_load(&k->etcd.maybe_done)) ||
             ferry__now_ns() + RETRY_PAUSE_NS >= end)
             break;
         ferry__debug("comm: %s; trying again", ferry_last_error());
@@ -171,6 +180,7 @@ typedef struct args {
     const void *value, *expected;
     size_t len, expected_len;
     int64_t delta, *sum_p;
+    const char *token;
     int *ready_p;
     void **values_p, **value_p;
     size_t *lens_p, *len_p;
@@ -191,65 +201,115 @@ static ferry_status_t et_set(ferry__kv_t *kv, const char *key,
 {
     args_t a = {.key = key, .value = value, .len = len};
 
-    return run(of(kv), do_set, &a, true);
+    return run(of(kv), do_set, &a);
 }
 
-/* A counter's value: decimal text, as the TCPStore keeps it. */
+/*
+ * Reads a counter: the lines "<token> <delta>" of the ADDs that made it.
+ * *sum_p the sum of all; *mine_p the sum up to and including the line with
+ * token, or INT64_MIN when token is not there.
+ */
 static ferry_status_t parse_count(const char *key, const ferry__etcd_kv_t *kv,
-                                  int64_t *v)
+                                  const char *token, int64_t *sum_p,
+                                  int64_t *mine_p)
 {
-    char *end;
+    const char *p = kv->value, *end = p + kv->len;
+    size_t tlen = strlen(token);
+    int64_t sum = 0;
 
-    errno = 0;
-    *v = strtoll(kv->value, &end, 10);
-    if (kv->len == 0 || end != (char *)kv->value + kv->len || errno != 0)
-        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: add: '%s' holds '%.40s', "
-                            "not an integer", key, (char *)kv->value);
+    *mine_p = INT64_MIN;
+    while (p < end) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p)), *nl;
+        char *e;
+        long long d;
+
+        nl = sp ? memchr(sp, '\n', (size_t)(end - sp)) : NULL;
+        errno = 0;
+        d = sp && nl ? strtoll(sp + 1, &e, 10) : 0;
+        if (sp == NULL || nl == NULL || e != nl || errno != 0)
+            return ferry__error(FERRY_ERR_PROTOCOL, "etcd: add: '%s' holds "
+                                "'%.40s', not a counter of ADDs", key,
+                                (char *)kv->value);
+        sum += d;
+        if ((size_t)(sp - p) == tlen && memcmp(p, token, tlen) == 0)
+            *mine_p = sum;
+        p = nl + 1;
+    }
+    *sum_p = sum;
     return FERRY_OK;
 }
 
 static ferry_status_t do_add(kv_etcd_t *k, void *a_)
 {
     args_t *a = a_;
-    char key[KEY_MAX], text[24];
+    char key[KEY_MAX], line[64];
     ferry__etcd_cond_t cond = {.kind = FERRY__ETCD_IF_ABSENT};
-    int64_t v = 0;
+    ferry__etcd_kv_t *cur = NULL;
+    size_t n = 0;
+    int64_t sum = 0;
 
     full_key(k, a->key, key);
+    snprintf(line, sizeof(line), "%s %" PRId64 "\n", a->token, a->delta);
     /* Each failed comparison means another rank's ADD went first, so the
      * loop ends after at most one turn per rank. */
     for (;;) {
-        ferry__etcd_kv_t *cur = NULL;
-        size_t n = 0;
+        size_t old = n > 0 ? cur[0].len : 0, len = old + strlen(line);
+        char *v = malloc(len + 1);
         bool done = false;
         ferry_status_t st;
 
-        snprintf(text, sizeof(text), "%" PRId64, v + a->delta);
-        st = ferry__etcd_put_if(&k->etcd, k->conn, key, &cond, text,
-                                strlen(text), k->lease, &done, &cur, &n);
+        if (v == NULL) {
+            ferry__etcd_kvs_free(cur, n);
+            return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+        }
+        if (old > 0)
+            memcpy(v, cur[0].value, old);
+        strcpy(v + old, line);
+        ferry__etcd_kvs_free(cur, n);
+        cur = NULL;
+        n = 0;
+        st = ferry__etcd_put_if(&k->etcd, k->conn, key, &cond, v, len, k->lease,
+                                &done, &cur, &n);
+        free(v);
         FERRY_CHECK(lease_status(k, st));
         if (done) {
-            *a->sum_p = v + a->delta;
+            *a->sum_p = sum + a->delta;
             return FERRY_OK;
         }
-        v = 0;
+        sum = 0;
         cond.kind = FERRY__ETCD_IF_ABSENT;
         if (n > 0) {
-            st = parse_count(a->key, &cur[0], &v);
+            int64_t mine;
+
+            st = parse_count(a->key, &cur[0], a->token, &sum, &mine);
+            if (st == FERRY_OK && mine != INT64_MIN) {
+                /* This ADD, tried again: it was done the first time. */
+                *a->sum_p = mine;
+                ferry__etcd_kvs_free(cur, n);
+                return FERRY_OK;
+            }
             cond.kind = FERRY__ETCD_IF_MOD_REV;
             cond.mod_rev = cur[0].mod_rev;
+            if (st != FERRY_OK) {
+                ferry__etcd_kvs_free(cur, n);
+                return st;
+            }
         }
-        ferry__etcd_kvs_free(cur, n);
-        FERRY_CHECK(st);
     }
 }
 
 static ferry_status_t et_add(ferry__kv_t *kv, const char *key, int64_t delta,
                              int64_t *value_p)
 {
-    args_t a = {.key = key, .delta = delta, .sum_p = value_p};
+    kv_etcd_t *k = of(kv);
+    char token[48];
+    args_t a = {.key = key, .delta = delta, .sum_p = value_p, .token = token};
 
-    return run(of(kv), do_add, &a, false);
+    pthread_mutex_lock(&k->lock);
+    snprintf(token, sizeof(token), "%016" PRIx64 "-%" PRIu64, k->token_base,
+             ++k->adds);
+    pthread_mutex_unlock(&k->lock);
+    return run(k, do_add, &a);
 }
 
 /* How many of the keys, from the first on, exist (one read). */
@@ -296,7 +356,7 @@ static ferry_status_t et_check(ferry__kv_t *kv, const char *const *keys,
 {
     args_t a = {.keys = keys, .n = n, .ready_p = ready_p};
 
-    return run(of(kv), do_check, &a, true);
+    return run(of(kv), do_check, &a);
 }
 
 /* Waits for every key until end (ferry__now_ns() time); called under the
@@ -348,7 +408,7 @@ static ferry_status_t et_wait(ferry__kv_t *kv, const char *const *keys,
     pthread_mutex_lock(&k->lock);
     a.end = end_of(k, timeout_ns < 0 ? UINT64_MAX : (uint64_t)timeout_ns);
     pthread_mutex_unlock(&k->lock);
-    return run(k, do_wait, &a, true);
+    return run(k, do_wait, &a);
 }
 
 static ferry_status_t do_compare_set(kv_etcd_t *k, void *a_)
@@ -399,7 +459,7 @@ static ferry_status_t et_compare_set(ferry__kv_t *kv, const char *key,
                 .len_p = len_p};
 
     /* Done twice, it answers the same: the second finds its own value. */
-    return run(of(kv), do_compare_set, &a, true);
+    return run(of(kv), do_compare_set, &a);
 }
 
 static ferry_status_t do_delete(kv_etcd_t *k, void *a_)
@@ -415,7 +475,7 @@ static ferry_status_t et_delete(ferry__kv_t *kv, const char *key)
 {
     args_t a = {.key = key};
 
-    return run(of(kv), do_delete, &a, true);
+    return run(of(kv), do_delete, &a);
 }
 
 static ferry_status_t do_multi_get(kv_etcd_t *k, void *a_)
@@ -461,7 +521,7 @@ static ferry_status_t et_multi_get(ferry__kv_t *kv, const char *const *keys,
 {
     args_t a = {.keys = keys, .n = n, .values_p = values_p, .lens_p = lens_p};
 
-    return run(of(kv), do_multi_get, &a, true);
+    return run(of(kv), do_multi_get, &a);
 }
 
 static void et_set_cap(ferry__kv_t *kv, uint64_t deadline_ns)
@@ -587,13 +647,15 @@ ferry_status_t ferry__kv_etcd_open(const char *url, const char *lease_key,
      * that no member answers is tried again for retry_ns. */
     k->etcd.timeout_ns = ferry__config_get_size("FERRY_DIR_TIMEOUT_MS") * 1000000u;
     k->cap_ns = UINT64_MAX;
-    k->retry_ns = connect_ns; /* the cluster need not be up yet */
+    k->retry_ns = connect_ns;
+    if (getrandom(&k->token_base, sizeof(k->token_base), 0) != sizeof(k->token_base))
+        k->token_base = ferry__now_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)k; /* the cluster need not be up yet */
     k->ttl_s = (int64_t)((ttl_ns + 999999999u) / 1000000000u);
     st = ferry__etcd_conn_open(&k->conn);
     if (st == FERRY_OK) {
         /* Not renewed while it is being found. */
         k->renewed_ns = ferry__now_ns();
-        st = run(k, join_lease, (void *)lease_key, true);
+        st = run(k, join_lease, (void *)lease_key);
         k->renewed_ns = ferry__now_ns();
         k->retry_ns = retry_ns;
     }

@@ -318,7 +318,6 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     if (body == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: %s: out of memory", what);
     atomic_store(&e->unanswered, false);
-    atomic_store(&e->maybe_done, false);
     for (size_t i = 0; i < e->n; i++) {
         size_t idx = (start + i) % e->n;
         const char *ep = e->endpoints[idx] + 7; /* without "http://" */
@@ -377,8 +376,6 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                       c->overflow ? "reply over 1 GiB" : curl_easy_strerror(rc));
             if (rank_of(st) > rank_of(worst))
                 worst = st;
-            if (rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
-                atomic_store(&e->maybe_done, true);
             continue;
         }
         curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &http);
@@ -388,7 +385,6 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                       ep, http, resp ? "not an object" : jerr.text);
             json_decref(resp);
             worst = FERRY_ERR_PROTOCOL;
-            atomic_store(&e->maybe_done, true);
             continue;
         }
         err = json_object_get(resp, "error");
@@ -405,8 +401,6 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                           msg, http, (int)code);
                 if (rank_of(FERRY_ERR_BACKEND) > rank_of(worst))
                     worst = FERRY_ERR_BACKEND;
-                if (code == 4) /* timed out inside etcd */
-                    atomic_store(&e->maybe_done, true);
                 json_decref(resp);
                 continue;
             }

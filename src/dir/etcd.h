@@ -27,16 +27,17 @@
  * fail-over to other endpoints included: a call that reaches it is
  * FERRY_ERR_TIMEOUT. After a failed call, unanswered says whether it failed
  * for want of an answer (every endpoint unreachable, silent or
- * unavailable) rather than by etcd's refusal, and maybe_done whether the
- * request may have been carried out all the same (an endpoint took it but
- * its answer did not come). */
+ * unavailable) rather than by etcd's refusal; the request may have been
+ * carried out all the same (an endpoint took it, its answer got lost), and
+ * a call tried again on the next endpoint may do it twice, so requests
+ * must be safe to repeat. */
 typedef struct ferry__etcd {
     char *endpoints[FERRY__ETCD_MAX_ENDPOINTS];
     size_t n;
     atomic_size_t cur;
     uint64_t timeout_ns;
     uint64_t deadline_ns;
-    atomic_bool unanswered, maybe_done;
+    atomic_bool unanswered;
 } ferry__etcd_t;
 
 /* One thread's connection (a libcurl easy handle and its reply buffer). */
