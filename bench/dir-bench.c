@@ -13,7 +13,8 @@
  * ITERS (default 200); discovery of 64 agents (a fresh handle's watch
  * until 64 JOINs, and list + load of all 64 into one agent); departure of
  * a publisher killed with SIGKILL, TTL 2 s, three times (from the kill to
- * the LEAVE event).
+ * the LEAVE event); a change as a watching handle sees it (from the start
+ * of a publish to the other handle's UPDATE event, ITERS times).
  */
 #include "ferry.h"
 
@@ -258,6 +259,20 @@ int main(int argc, char **argv)
     printf("%-44s %9.1f ms (%zu names)\n", "64 agents: list, then get + load each",
            (now_s() - t0) * 1e3, n);
     ferry_dir_free(names);
+
+    /* A change as a watching handle sees it: from the start of a publish
+     * (the put) to the UPDATE event on the other handle. */
+    for (int i = 0; i < iters; i++) {
+        snprintf(name, sizeof(name), "agent-%02d", i % NAGENTS);
+        t0 = now_s();
+        if ((st = ferry_dir_publish(dir, agents[i % NAGENTS])) != FERRY_OK)
+            die("publish", st);
+        if (wait_for(dir2, FERRY_DIR_UPDATE, name, 1, 5) != 1)
+            die("no UPDATE", FERRY_ERR_TIMEOUT);
+        t[i] = now_s() - t0;
+    }
+    printf("\n");
+    row("publish until a watcher's UPDATE event", t, iters);
     ferry_dir_destroy(dir2);
     ferry_dir_destroy(dir);
     for (int i = 0; i < NAGENTS; i++)

@@ -37,6 +37,15 @@
  *                 (within 8 s), though the store connection's limit is
  *                 60 s.
  *
+ * With "etcd" after "fail CASE" or "stall", the store is an etcd member
+ * that the test starts (tests/lib/etcd.c; exit 77 without etcd) instead of
+ * a ferry-store process or rank 0's store, and in the "store" case that
+ * member is killed. "fail failover etcd" runs 4 ranks against three etcd
+ * members and kills the one every rank talks to while they allgather:
+ * every rank's collectives go on (each part checked) and end OK.
+ * "etcd-ring N" starts one and runs
+ * "ferry-run -n N --etcd URL -- test_comm ring" against it.
+ *
  * A watchdog alarm turns any hang into a failure.
  */
 #include "xfer_util.h"
@@ -44,6 +53,8 @@
 #include <pthread.h>
 
 #include "comm/comm.h"
+#include "comm/kv.h"
+#include "lib/etcd.h"
 #include "util/time.h"
 
 #include <arpa/inet.h>
@@ -433,7 +444,51 @@ static int run_rank(const char *cas)
         snprintf(path, sizeof(path), "%s/killed", dir);
         wait_for_file(path);
         st = ferry_comm_barrier(comm, TMO);
-        rc = verdict(st, "store", NULL);
+        rc = verdict(st, ferry__kv_is_etcd(getenv("FERRY_STORE")) ? "etcd"
+                                                                 : "store", NULL);
+    } else if (strcmp(cas, "failover") == 0) {
+        /* Allgathers go on while the etcd member every rank talks to (the
+         * first in the URL) is killed: each rank says whether it has seen
+         * the launcher's "killed" file, and all count the rounds after
+         * any rank saw it, so that every rank runs the same rounds. */
+        const char *dir = getenv("TEST_COMM_DIR");
+        char path[512];
+        int after = 0;
+        struct stat sb;
+
+        rc = 100;
+        snprintf(path, sizeof(path), "%s/killed", dir);
+        for (int i = 0; after < 20 && rc == 100; i++) {
+            int mine[3] = {i, me, stat(path, &sb) == 0}, any = 0;
+            void *vals[NFAIL];
+            size_t lens[NFAIL];
+
+            st = ferry_comm_allgather(comm, mine, sizeof(mine), vals, lens, TMO);
+            if (st != FERRY_OK) {
+                rc = verdict(st, "none expected", NULL);
+                break;
+            }
+            for (int r = 0; r < NFAIL; r++) {
+                int *v = vals[r];
+
+                if (lens[r] != sizeof(mine) || v[0] != i || v[1] != r) {
+                    fprintf(stderr, "rank %d: round %d: rank %d's part is wrong\n",
+                            me, i, r);
+                    rc = 1;
+                } else {
+                    any |= v[2];
+                }
+                ferry_store_free(vals[r]);
+            }
+            after += any;
+            if (i == 5 && me == 0) {
+                snprintf(path, sizeof(path), "%s/ready.0", dir);
+                fclose(fopen(path, "w"));
+                snprintf(path, sizeof(path), "%s/killed", dir);
+            }
+        }
+        if (rc == 100)
+            rc = verdict(ferry_comm_exchange(comm, agent, TMO), NULL, NULL);
     } else if (strcmp(cas, "timeout") == 0) {
         if (me == VICTIM) {
             /* Alive (its heartbeat goes on) but late: by the time it comes,
@@ -529,9 +584,9 @@ static pid_t start_store(uint16_t *port)
     return pid;
 }
 
-static int run_fail(const char *self, const char *cas)
+static int run_fail(const char *self, const char *cas, bool etcd)
 {
-    char url[64], dir[] = "/tmp/ferry-test-comm-XXXXXX", path[600];
+    char url[128], dir[] = "/tmp/ferry-test-comm-XXXXXX", path[600];
     char *argv[] = {(char *)self, "rank", (char *)cas, NULL};
     pid_t pids[NFAIL], store = 0;
     int codes[NFAIL], ntimeout = 0;
@@ -542,21 +597,42 @@ static int run_fail(const char *self, const char *cas)
     /* Liveness short enough for the kill case to end quickly, long enough
      * that a loaded machine does not declare a live rank dead. */
     setenv("FERRY_COMM_LIVENESS_MS", "3000", 1);
-    if (strcmp(cas, "store") == 0)
-        store = start_store(&port);
-    else
-        port = free_port(); /* nothing there: rank 0 hosts the store */
-    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", port);
+    if (etcd) {
+        int order[3] = {0, 1, 2}, n = strcmp(cas, "failover") == 0 ? 3 : 1;
+
+        xe_start(n);
+        xe_url(url, sizeof(url), order, n, "fail");
+        if (n == 3) /* an election may take a few seconds */
+            setenv("FERRY_COMM_LIVENESS_MS", "10000", 1);
+    } else {
+        if (strcmp(cas, "store") == 0)
+            store = start_store(&port);
+        else
+            port = free_port(); /* nothing there: rank 0 hosts the store */
+        snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", port);
+    }
     for (int r = 0; r < NFAIL; r++)
         pids[r] = spawn_env(argv, url, r);
 
-    if (store) {
+    if (strcmp(cas, "failover") == 0) {
+        snprintf(path, sizeof(path), "%s/ready.0", dir);
+        wait_for_file(path);
+        xe_kill(0);
+        printf("etcd member 0, every rank's first endpoint, killed\n");
+        snprintf(path, sizeof(path), "%s/killed", dir);
+        fclose(fopen(path, "w"));
+    }
+    if (strcmp(cas, "store") == 0) {
         for (int r = 0; r < NFAIL; r++) {
             snprintf(path, sizeof(path), "%s/ready.%d", dir, r);
             wait_for_file(path);
         }
-        kill(store, SIGKILL);
-        EXPECT_TRUE(xu_reap(store, 10000) != -1);
+        if (etcd) {
+            xe_kill(0);
+        } else {
+            kill(store, SIGKILL);
+            EXPECT_TRUE(xu_reap(store, 10000) != -1);
+        }
         snprintf(path, sizeof(path), "%s/killed", dir);
         fclose(fopen(path, "w"));
     }
@@ -580,6 +656,8 @@ static int run_fail(const char *self, const char *cas)
             want = r == VICTIM ? 128 + SIGKILL : 100 - FERRY_ERR_ABORTED;
         else if (strcmp(cas, "store") == 0)
             want = 100 - FERRY_ERR_PEER_LOST;
+        else if (strcmp(cas, "failover") == 0)
+            want = 100;
         else if (strcmp(cas, "timeout") == 0) {
             ntimeout += codes[r] == 100 - FERRY_ERR_TIMEOUT;
             want = r == VICTIM || codes[r] == 100 - FERRY_ERR_TIMEOUT
@@ -637,15 +715,24 @@ static void *resume_store(void *arg)
  * process) with its short probe and keeps that connection: its later calls
  * must wait as long as the communicator's timeout, not the probe's 300 ms.
  */
-static int run_stall(void)
+static int run_stall(bool etcd)
 {
     uint16_t port;
-    pid_t store = start_store(&port);
-    char url[64];
+    pid_t store;
+    char url[128];
     ferry_agent_t *agent;
     pthread_t t;
 
-    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", (unsigned)port);
+    if (etcd) {
+        int order = 0;
+
+        xe_start(1);
+        xe_url(url, sizeof(url), &order, 1, "stall");
+        store = xe_pids[0];
+    } else {
+        store = start_store(&port);
+        snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", (unsigned)port);
+    }
     ASSERT_ST(FERRY_OK, ferry_agent_create(NULL, &agent));
     /* The store connection's own limit is long (60 s): only the
      * collective's deadline can end a call on a stopped store sooner. */
@@ -682,7 +769,7 @@ static int run_stall(void)
         EXPECT_TRUE(st < 0);
         if (step == 0) {
             EXPECT_ST(FERRY_ERR_TIMEOUT, st);
-            EXPECT_ERR_HAS("no reply in time");
+            EXPECT_ERR_HAS(etcd ? "etcd" : "no reply in time");
         }
         if (ms > 8000)
             TEST_FAIL_AT_("a collective with a 2 s deadline took %.0f ms", ms);
@@ -692,8 +779,10 @@ static int run_stall(void)
     ferry_comm_destroy(c);
     printf("test_comm stall: destroy took %.0f ms\n", (double)(ferry__now_ns() - t0) / 1e6);
     ferry_agent_destroy(agent);
-    kill(store, SIGTERM);
-    EXPECT_TRUE(xu_reap(store, 10000) != -1);
+    if (!etcd) {
+        kill(store, SIGTERM);
+        EXPECT_TRUE(xu_reap(store, 10000) != -1);
+    }
     return test_finish("test_comm stall");
 }
 
@@ -919,6 +1008,21 @@ static int run_env(void)
     expect_invalid(__LINE__, "FERRY_STORE='tcp://h:99999' is not tcp://host:port");
     ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=tcp://h:");
     expect_invalid(__LINE__, "FERRY_STORE='tcp://h:' is not tcp://host:port");
+    /* etcd URLs: checked by the etcd client's parser, or refused as
+     * UNSUPPORTED by a build without it. */
+    if (ferry__kv_etcd_check_url("etcd://h:1/x") == FERRY_OK) {
+        ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1",
+            "FERRY_STORE=etcd://h:1,[::1]:2379/jobs/7");
+        expect_cfg(__LINE__, 0, 1, "etcd://h:1,[::1]:2379/jobs/7", "FERRY");
+        ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=etcd://h:1");
+        expect_invalid(__LINE__, "FERRY_STORE='etcd://h:1': etcd: 'etcd://h:1' has "
+                       "no prefix");
+        ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=etcd://h:0/x");
+        expect_invalid(__LINE__, "no valid port");
+    } else {
+        ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=etcd://h:1/x");
+        EXPECT_ST(FERRY_ERR_UNSUPPORTED, ferry__comm_resolve(NULL, &cfg));
+    }
     ENV("FERRY_RANK=0", "FERRY_WORLD_SIZE=1", "FERRY_STORE=tcp://h:1",
         "FERRY_COMM_TIMEOUT_MS=soon");
     expect_invalid(__LINE__, "FERRY_COMM_TIMEOUT_MS='soon'");
@@ -936,6 +1040,29 @@ static int run_env(void)
     return test_finish("test_comm env");
 }
 
+/* ferry-run -n N --etcd URL -- this test's ring, against an etcd member
+ * started here; the job's exit code. */
+static int run_etcd_ring(const char *self, const char *n)
+{
+    char url[128];
+    int order = 0, status;
+    pid_t pid;
+
+    xe_start(1);
+    xe_url(url, sizeof(url), &order, 1, "ring");
+    fflush(NULL);
+    pid = fork();
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        execl(FERRY_RUN_TOOL, "ferry-run", "-n", n, "--etcd", url, "--", self,
+              "ring", (char *)NULL);
+        _exit(127);
+    }
+    ASSERT_TRUE(waitpid(pid, &status, 0) == pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 int main(int argc, char **argv)
 {
     alarm(170);
@@ -944,13 +1071,16 @@ int main(int argc, char **argv)
     if (argc >= 3 && strcmp(argv[1], "rank") == 0)
         return run_rank(argv[2]);
     if (argc >= 3 && strcmp(argv[1], "fail") == 0)
-        return run_fail(argv[0], argv[2]);
+        return run_fail(argv[0], argv[2], argc >= 4 && strcmp(argv[3], "etcd") == 0);
+    if (argc >= 3 && strcmp(argv[1], "etcd-ring") == 0)
+        return run_etcd_ring(argv[0], argv[2]);
     if (argc >= 2 && strcmp(argv[1], "env") == 0)
         return run_env();
     if (argc >= 2 && strcmp(argv[1], "api") == 0)
         return run_api();
     if (argc >= 2 && strcmp(argv[1], "stall") == 0)
-        return run_stall();
-    fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE | env | api | stall\n");
+        return run_stall(argc >= 3 && strcmp(argv[2], "etcd") == 0);
+    fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE [etcd] | env | api | "
+            "stall [etcd] | etcd-ring N\n");
     return 2;
 }

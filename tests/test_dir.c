@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The directory of agents against real etcd processes that this test
- * starts on free loopback ports, each with its data in a temporary
- * directory, and always stops (by pid: at exit, on the watchdog's alarm,
- * and through PR_SET_PDEATHSIG if the test itself is killed). Cases, one
- * CTest entry each:
+ * starts on free loopback ports (tests/lib/etcd.c), each with its data in a
+ * temporary directory, and always stops (by pid: at exit, on the watchdog's
+ * alarm, and through PR_SET_PDEATHSIG if the test itself is killed). Cases,
+ * one CTest entry each:
  *
  *   errors    bad URLs, an endpoint with nothing listening, a server that
  *             answers garbage, one that never answers: a typed status and a
@@ -30,6 +30,7 @@
  */
 #include "test.h"
 #include "xfer_util.h"
+#include "lib/etcd.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -70,45 +71,26 @@ static void fill(uint8_t *p, size_t n, uint64_t seed)
 }
 
 /* ------------------------------------------------------------------------ */
-/* etcd processes                                                           */
+/* etcd processes (tests/lib/etcd.c) and the publishers                     */
 /* ------------------------------------------------------------------------ */
 
-#define MAX_MEMBERS 3
-
-static char tmpdir[64];
-static volatile pid_t etcd_pids[MAX_MEMBERS];
-static int client_port[MAX_MEMBERS], peer_port[MAX_MEMBERS];
 static volatile pid_t child_pids[4]; /* publishers, by slot */
 
 static void stop_all(void)
 {
-    for (int i = 0; i < MAX_MEMBERS; i++)
-        if (etcd_pids[i] > 0) {
-            kill(etcd_pids[i], SIGKILL);
-            waitpid(etcd_pids[i], NULL, 0);
-            etcd_pids[i] = 0;
-        }
+    xe_stop();
     for (int i = 0; i < 4; i++)
         if (child_pids[i] > 0) {
             kill(child_pids[i], SIGKILL);
             waitpid(child_pids[i], NULL, 0);
             child_pids[i] = 0;
         }
-    if (tmpdir[0]) {
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", tmpdir);
-        tmpdir[0] = '\0';
-    }
 }
 
 static void on_alarm(int sig)
 {
     (void)sig;
-    for (int i = 0; i < MAX_MEMBERS; i++)
-        if (etcd_pids[i] > 0)
-            kill(etcd_pids[i], SIGKILL);
+    xe_kill_all_now();
     for (int i = 0; i < 4; i++)
         if (child_pids[i] > 0)
             kill(child_pids[i], SIGKILL);
@@ -118,120 +100,11 @@ static void on_alarm(int sig)
     _exit(1);
 }
 
-static int free_port(void)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    socklen_t len = sizeof(a);
-    int s = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ASSERT_TRUE(s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0);
-    ASSERT_TRUE(getsockname(s, (struct sockaddr *)&a, &len) == 0);
-    port = ntohs(a.sin_port);
-    close(s);
-    return port;
-}
-
-static const char *find_etcd(void)
-{
-    static char path[512];
-    const char *env = getenv("FERRY_TEST_ETCD"), *p = getenv("PATH");
-
-    if (env && *env)
-        return access(env, X_OK) == 0 ? env : NULL;
-    for (p = p ? p : "/usr/bin"; *p;) {
-        const char *c = strchr(p, ':');
-        size_t n = c ? (size_t)(c - p) : strlen(p);
-        snprintf(path, sizeof(path), "%.*s/etcd", (int)n, p);
-        if (n && access(path, X_OK) == 0)
-            return path;
-        p += n + (c != NULL);
-    }
-    return NULL;
-}
-
-static void start_member(const char *etcd, int i, int n)
-{
-    char name[16], data[128], curl_[64], purl[64], cluster[512] = "", token[32], log[160];
-    pid_t pid;
-
-    for (int k = 0; k < n; k++) {
-        size_t l = strlen(cluster);
-        snprintf(cluster + l, sizeof(cluster) - l, "%sm%d=http://127.0.0.1:%d",
-                 k ? "," : "", k, peer_port[k]);
-    }
-    snprintf(name, sizeof(name), "m%d", i);
-    snprintf(data, sizeof(data), "%s/m%d", tmpdir, i);
-    snprintf(log, sizeof(log), "%s/m%d.log", tmpdir, i);
-    snprintf(curl_, sizeof(curl_), "http://127.0.0.1:%d", client_port[i]);
-    snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", peer_port[i]);
-    snprintf(token, sizeof(token), "ferry-test-%d", (int)getpid());
-    pid = fork();
-    ASSERT_TRUE(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(log, "w", stdout);
-        if (f == NULL || dup2(1, 2) < 0)
-            _exit(126);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        execl(etcd, etcd, "--name", name, "--data-dir", data,
-              "--listen-client-urls", curl_, "--advertise-client-urls", curl_,
-              "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
-              "--initial-cluster", cluster, "--initial-cluster-state", "new",
-              "--initial-cluster-token", token, (char *)NULL);
-        _exit(127);
-    }
-    etcd_pids[i] = pid;
-}
-
-static void member_url(char *url, size_t cap, const int *order, int n, const char *prefix)
-{
-    size_t l = (size_t)snprintf(url, cap, "etcd://");
-    for (int k = 0; k < n; k++)
-        l += (size_t)snprintf(url + l, cap - l, "%s127.0.0.1:%d", k ? "," : "",
-                              client_port[order[k]]);
-    snprintf(url + l, cap - l, "/%s", prefix);
-}
-
 /* Starts an n-member cluster and waits until it serves reads. */
 static void start_cluster(int n)
 {
-    const char *etcd = find_etcd();
-    int order[MAX_MEMBERS] = { 0, 1, 2 };
-    char url[256];
-    double t0;
-
-    if (etcd == NULL) {
-        printf("skip: no etcd executable on PATH (apt-get install etcd-server, or "
-               "set FERRY_TEST_ETCD)\n");
-        exit(TEST_SKIP_CODE);
-    }
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/ferry-etcd-XXXXXX");
-    ASSERT_TRUE(mkdtemp(tmpdir) != NULL);
+    xe_start(n);
     atexit(stop_all);
-    for (int i = 0; i < n; i++) {
-        client_port[i] = free_port();
-        peer_port[i] = free_port();
-    }
-    for (int i = 0; i < n; i++)
-        start_member(etcd, i, n);
-    member_url(url, sizeof(url), order, n, "probe");
-    t0 = now_s();
-    for (;;) {
-        ferry_dir_params_t p = { .field_mask = FERRY_DIR_PARAM_TIMEOUT,
-                                 .timeout_ns = 500000000u };
-        ferry_dir_t *d;
-        if (ferry_dir_create(url, &p, &d) == FERRY_OK) {
-            ferry_dir_destroy(d);
-            break;
-        }
-        if (now_s() - t0 > 30) {
-            fprintf(stderr, "etcd did not come up in 30 s: %s (logs in %s)\n",
-                    ferry_last_error(), tmpdir);
-            exit(1);
-        }
-        usleep(100000);
-    }
-    printf("etcd: %d member(s) up in %.2f s\n", n, now_s() - t0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -435,6 +308,92 @@ static void check_info(const char *url, const char *want, int status)
 /* Cases                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* A call to etcd member i's gateway, outside the client under test:
+ * POSTs body to path, returns the reply's JSON. */
+static json_t *gateway(int i, const char *path, const char *body)
+{
+    char url[128];
+    CURL *c = curl_easy_init();
+    FILE *f = tmpfile();
+    json_error_t e;
+    json_t *j;
+
+    ASSERT_TRUE(c && f);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", xe_client_port[i], path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 5L);
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_cleanup(c);
+    ASSERT_TRUE(rc == CURLE_OK);
+    rewind(f);
+    j = json_loadf(f, 0, &e);
+    fclose(f);
+    ASSERT_TRUE(j != NULL);
+    return j;
+}
+
+static void b64(const char *s, char *out)
+{
+    static const char t[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t n = strlen(s);
+
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)(uint8_t)s[i] << 16;
+        if (i + 1 < n)
+            v |= (uint32_t)(uint8_t)s[i + 1] << 8;
+        if (i + 2 < n)
+            v |= (uint8_t)s[i + 2];
+        *out++ = t[v >> 18];
+        *out++ = t[(v >> 12) & 63];
+        *out++ = i + 1 < n ? t[(v >> 6) & 63] : '=';
+        *out++ = i + 2 < n ? t[v & 63] : '=';
+    }
+    *out = '\0';
+}
+
+/* Replaces the value of key with text that is no metadata blob, keeping
+ * its lease (so that it still expires with its publisher). */
+static void put_garbage(const char *key)
+{
+    char k64[512], body[1024];
+    json_t *r;
+    const char *lease;
+
+    b64(key, k64);
+    snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k64);
+    r = gateway(0, "/v3/kv/range", body);
+    lease = json_string_value(json_object_get(
+        json_array_get(json_object_get(r, "kvs"), 0), "lease"));
+    ASSERT_TRUE(lease != NULL);
+    snprintf(body, sizeof(body), "{\"key\":\"%s\",\"value\":\"bm90IGEgYmxvYg==\","
+             "\"lease\":\"%s\"}", k64, lease); /* "not a blob" */
+    json_decref(r);
+    json_decref(gateway(0, "/v3/kv/put", body));
+}
+
+/* The next event for name, as next_event(), copied to *ev. */
+static int next_event_full(ferry_dir_t *dir, const char *name, double timeout_s,
+                           ferry_dir_event_t *out)
+{
+    double end = now_s() + timeout_s;
+
+    for (;;) {
+        size_t n;
+        ASSERT_ST(FERRY_OK, ferry_dir_events(dir, out, 1, &n));
+        if (n == 1 && strcmp(out->name, name) == 0)
+            return (int)out->kind;
+        if (n == 1)
+            continue;
+        double left = end - now_s();
+        if (left <= 0 || ferry_dir_wait(dir, (int64_t)(left * 1e9)) == FERRY_ERR_TIMEOUT)
+            return 0;
+    }
+}
+
 static void case_agents(void)
 {
     const long ttl_ms = 2000;
@@ -464,7 +423,7 @@ static void case_agents(void)
     int fd;
 
     start_cluster(1);
-    member_url(url, sizeof(url), order, 1, "ferry-test/agents");
+    xe_url(url, sizeof(url), order, 1, "ferry-test/agents");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     ASSERT_ST(FERRY_OK, ferry_mem_alloc(agent, SIZE, FERRY_MEM_HOST, &buf));
     ferry_desc_t d = { .addr = (uintptr_t)buf, .len = SIZE, .kind = FERRY_MEM_HOST };
@@ -508,8 +467,27 @@ static void case_agents(void)
     ferry_desc_t remote = { .addr = pub.addr, .len = SIZE, .kind = FERRY_MEM_HOST };
     ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &local, 1, peer,
                                            &remote, 1, NULL, &old));
-    tell(&pub, "republish", "republished");
+    /* Something that is no blob under its name: the attached agent, which
+     * has a peer of that name, tries to reload it; the failure is an event
+     * with the reason, and the peer keeps its metadata. */
+    ferry_dir_event_t ev;
+    put_garbage("ferry-test/agents/prefill-0");
     EXPECT_EQ(FERRY_DIR_UPDATE, next_event(dir, "prefill-0", 5));
+    EXPECT_EQ(FERRY_DIR_LOAD_FAILED, next_event_full(dir, "prefill-0", 5, &ev));
+    printf("LOAD_FAILED: %s\n", ev.detail);
+    EXPECT_TRUE(strstr(ev.detail, "dir: reloading 'prefill-0'") != NULL);
+    EXPECT_TRUE(strstr(ev.detail, "metadata") != NULL);
+    EXPECT_ST(FERRY_OK, xu_post_wait(old, 30 * SEC));
+    {
+        static uint8_t want[SIZE];
+
+        fill(want, SIZE, 11 ^ 0x5555); /* what check_transfer left there */
+        EXPECT_TRUE(memcmp(buf, want, SIZE) == 0);
+    }
+
+    tell(&pub, "republish", "republished");
+    EXPECT_EQ(FERRY_DIR_UPDATE, next_event_full(dir, "prefill-0", 5, &ev));
+    EXPECT_TRUE(ev.detail[0] == '\0');
     ASSERT_ST(FERRY_OK, ferry_dir_get(dir, "prefill-0", &blob, &len, &rev2));
     EXPECT_TRUE(rev2 > rev);
     ferry_dir_free(blob);
@@ -632,25 +610,7 @@ static void case_agents(void)
 static int find_follower(int n)
 {
     for (int i = 0; i < n; i++) {
-        char url[64];
-        CURL *c = curl_easy_init();
-        FILE *f = tmpfile();
-        ASSERT_TRUE(c && f);
-        snprintf(url, sizeof(url), "http://127.0.0.1:%d/v3/maintenance/status",
-                 client_port[i]);
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "{}");
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, 5L);
-        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-        CURLcode rc = curl_easy_perform(c);
-        curl_easy_cleanup(c);
-        ASSERT_TRUE(rc == CURLE_OK);
-        rewind(f);
-        json_error_t e;
-        json_t *j = json_loadf(f, 0, &e);
-        fclose(f);
-        ASSERT_TRUE(j != NULL);
+        json_t *j = gateway(i, "/v3/maintenance/status", "{}");
         const char *me = json_string_value(json_object_get(json_object_get(j, "header"),
                                                            "member_id"));
         const char *leader = json_string_value(json_object_get(j, "leader"));
@@ -714,7 +674,7 @@ static void case_churn(void)
     double t0;
 
     start_cluster(1);
-    member_url(url, sizeof(url), order, 1, "ferry-test/churn");
+    xe_url(url, sizeof(url), order, 1, "ferry-test/churn");
     ferry_agent_params_t pa = { .field_mask = FERRY_AGENT_PARAM_NAME |
                                               FERRY_AGENT_PARAM_PROGRESS_THREAD,
                                 .name = "survivor-a", .progress_thread = 1 };
@@ -797,7 +757,7 @@ static void fo_exchange(ferry_agent_t **agents, ferry_dir_t **dirs, uint8_t **bu
 
 static void case_failover(void)
 {
-    int order[MAX_MEMBERS], victim, k = 0;
+    int order[XE_MAX_MEMBERS], victim, k = 0;
     char url[256];
     ferry_dir_params_t dp = { .field_mask = FERRY_DIR_PARAM_TTL | FERRY_DIR_PARAM_TIMEOUT,
                               .ttl_ns = 3 * SEC, .timeout_ns = 2 * SEC };
@@ -817,7 +777,7 @@ static void case_failover(void)
     for (int i = 0; i < 3; i++)
         if (i != victim)
             order[k++] = i;
-    member_url(url, sizeof(url), order, 3, "ferry-test/failover");
+    xe_url(url, sizeof(url), order, 3, "ferry-test/failover");
 
     /* Four agents, each with its memory and its own directory handle,
      * publish, find each other by name and transfer. */
@@ -846,9 +806,7 @@ static void case_failover(void)
     fo_exchange(agents, dirs, bufs);
 
     /* The first endpoint, the one every call went to, dies. */
-    kill(etcd_pids[victim], SIGKILL);
-    waitpid(etcd_pids[victim], NULL, 0);
-    etcd_pids[victim] = 0;
+    xe_kill(victim);
     t0 = now_s();
     ASSERT_ST(FERRY_OK, ferry_dir_get(dirs[0], "fo-0", &blob, &len, NULL));
     printf("first call after the member's death: %.1f ms\n", (now_s() - t0) * 1e3);
@@ -860,6 +818,8 @@ static void case_failover(void)
     ASSERT_ST(FERRY_OK, ferry_dir_list(dirs[0], &names, &n));
     EXPECT_EQ(NFO, n);
     ferry_dir_free(names);
+    /* The watch's stream was on the dead member: the event comes through
+     * another one. */
     EXPECT_EQ(FERRY_DIR_UPDATE, next_event(dirs[0], "fo-0", 5));
     fo_exchange(agents, dirs, bufs);
 
@@ -963,7 +923,7 @@ static void case_errors(void)
     EXPECT_TRUE(dir == (ferry_dir_t *)&quick);
 
     /* Nothing listens: refused at once, on both endpoints, each named. */
-    snprintf(url, sizeof(url), "etcd://127.0.0.1:%d,127.0.0.1:%d/x", free_port(), free_port());
+    snprintf(url, sizeof(url), "etcd://127.0.0.1:%d,127.0.0.1:%d/x", xe_free_port(), xe_free_port());
     t0 = now_s();
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_dir_create(url, &quick, &dir));
     EXPECT_ERR_HAS("no endpoint answered");

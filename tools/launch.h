@@ -17,7 +17,7 @@ typedef struct launch_params {
     const char *path; /* the program to run; NULL: argv[0], searched in PATH */
     char **argv;      /* each rank's arguments, NULL-terminated */
     int nranks;
-    const char *store_url; /* NULL: host the job's store on 127.0.0.1 */
+    const char *store_url; /* tcp:// or etcd:// URL; NULL: host the job's store on 127.0.0.1 */
     /* Copy each rank's output, a line at a time, prefixed "[rank] "; else
      * the ranks write to the launcher's stdout and stderr themselves. */
     bool prefix_lines;

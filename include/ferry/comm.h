@@ -19,10 +19,11 @@ extern "C" {
 #endif
 
 /*
- * A communicator joins the N ranks of a job through a store (above): ranks
- * 0..N-1, a barrier, an allgather of byte strings, and the collective
- * metadata exchange that loads every rank's blob into an agent. It is what
- * a job started by ferry-run, torchrun, mpirun or srun calls first.
+ * A communicator joins the N ranks of a job through a store (above, or an
+ * etcd cluster): ranks 0..N-1, a barrier, an allgather of byte strings, and
+ * the collective metadata exchange that loads every rank's blob into an
+ * agent. It is what a job started by ferry-run, torchrun, mpirun or srun
+ * calls first.
  *
  * Every collective must be called by every rank, in the same order, and
  * takes a timeout. While it waits it watches the job's abort key, so that
@@ -30,7 +31,8 @@ extern "C" {
  * times out, every other rank's collective returns FERRY_ERR_ABORTED with a
  * detail text naming that rank and its reason, instead of hanging. An
  * aborted communicator stays aborted: every later collective returns
- * FERRY_ERR_ABORTED at once. A store that goes away is FERRY_ERR_PEER_LOST.
+ * FERRY_ERR_ABORTED at once. A store that goes away (for etcd: no member
+ * answers for the liveness time) is FERRY_ERR_PEER_LOST.
  * docs/COMM.md describes the keys, the abort protocol and the environment.
  *
  * A communicator may be used from any thread, but its collectives are
@@ -58,8 +60,12 @@ typedef struct ferry_comm_params {
     /* FERRY_COMM_PARAM_SIZE: the number of ranks, at least 1. Default: from
      * the environment. */
     int size;
-    /* FERRY_COMM_PARAM_STORE_URL: the store, "tcp://host:port" (copied).
-     * Default: FERRY_STORE, else tcp://MASTER_ADDR:MASTER_PORT. */
+    /* FERRY_COMM_PARAM_STORE_URL: the store (copied): a c10d TCPStore,
+     * "tcp://host:port", or an etcd cluster,
+     * "etcd://host:port[,host:port...]/prefix", whose members the ranks
+     * fail over between and under whose prefix the job's keys go, bound to
+     * a lease of the job's (docs/COMM.md, "On etcd"). Default:
+     * FERRY_STORE, else tcp://MASTER_ADDR:MASTER_PORT. */
     const char *store_url;
     /* FERRY_COMM_PARAM_TIMEOUT: limit, in nanoseconds, for joining the
      * other ranks in ferry_comm_create() and for rank 0's wait for the
@@ -88,9 +94,11 @@ typedef struct ferry_comm_params {
  *   Open MPI (mpirun)     OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE
  *   Slurm (srun)          SLURM_PROCID, SLURM_NTASKS
  * and the store from FERRY_STORE, else MASTER_ADDR and MASTER_PORT. If no
- * store answers at the URL, rank 0 starts one in-process (bound to the
+ * store answers at a tcp:// URL, rank 0 starts one in-process (bound to the
  * URL's address) and keeps it until every rank has left. Rank 0 therefore
- * may not call ferry_comm_destroy() long before the others.
+ * may not call ferry_comm_destroy() long before the others. An etcd:// URL
+ * names a cluster that serves every rank alike; in a libferry built
+ * without etcd support (libcurl, jansson) it is FERRY_ERR_UNSUPPORTED.
  * Returns FERRY_ERR_INVALID, with a text naming the variable, for a
  * missing, partial (a rank without a size), malformed or out-of-range
  * setting, or when another process already joined with this rank or the

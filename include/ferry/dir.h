@@ -29,12 +29,13 @@ extern "C" {
  * A directory handle: a list of etcd endpoints, a key prefix, one lease
  * (granted on the first publish) shared by every agent this handle
  * publishes, and one thread of its own that renews the lease every third
- * of its TTL and, once ferry_dir_watch() was called, polls the prefix for
- * changes. Every call to etcd has a time limit; a call that fails to reach
- * an endpoint (refused, timed out, or answered with a server error) is
- * tried on the next endpoint, so a cluster with a member down keeps
- * serving. Any thread may call any function except where noted; calls are
- * serialised on one connection per handle (the thread has its own).
+ * of its TTL; once ferry_dir_watch() was called, a second thread follows
+ * etcd's watch stream of the prefix. Every call to etcd has a time limit;
+ * a call that fails to reach an endpoint (refused, timed out, or answered
+ * with a server error) is tried on the next endpoint, so a cluster with a
+ * member down keeps serving. Any thread may call any function except where
+ * noted; calls are serialised on one connection per handle (the threads
+ * have their own).
  */
 typedef struct ferry_dir ferry_dir_t;
 
@@ -55,9 +56,10 @@ typedef struct ferry_dir_params {
      * endpoint (connecting included); a call that tries every endpoint may
      * take this long for each. Default: FERRY_DIR_TIMEOUT_MS (2 s). */
     uint64_t timeout_ns;
-    /* FERRY_DIR_PARAM_POLL: how often a watch reads the prefix, in
-     * nanoseconds, at least 10 ms. A departure is seen at most this long
-     * after etcd expires the lease. Default: FERRY_DIR_POLL_MS (200 ms). */
+    /* FERRY_DIR_PARAM_POLL: while a watch's stream cannot be set up (no
+     * endpoint answers), how often it tries again, reading the prefix each
+     * time, in nanoseconds, at least 10 ms. Default: FERRY_DIR_POLL_MS
+     * (200 ms). */
     uint64_t poll_ns;
 } ferry_dir_params_t;
 
@@ -160,24 +162,33 @@ FERRY_API void ferry_dir_free(void *p);
 typedef enum ferry_dir_event_kind {
     FERRY_DIR_JOIN = 1,   /* a name appeared, or reappeared (new instance) */
     FERRY_DIR_UPDATE = 2, /* its blob was published again */
-    FERRY_DIR_LEAVE = 3   /* it was removed: unpublished, revoked, expired */
+    FERRY_DIR_LEAVE = 3,  /* it was removed: unpublished, revoked, expired */
+    /* The blob now published under the name did not load into an attached
+     * agent that had a peer of that name (ferry_dir_attach()); detail says
+     * why. The peer keeps the metadata it had. */
+    FERRY_DIR_LOAD_FAILED = 4
 } ferry_dir_event_kind_t;
 
 typedef struct ferry_dir_event {
     ferry_dir_event_kind_t kind;
     int64_t revision; /* etcd revision of the change (0 for LEAVE) */
     char name[256];   /* the agent's name, NUL-terminated */
+    char detail[256]; /* LOAD_FAILED: the reason, NUL-terminated; else "" */
 } ferry_dir_event_t;
 
 /*
- * Starts watching the prefix: from now on the handle's thread reads it
- * every poll interval and queues one event per change it sees. The agents
- * present when the watch starts are reported as JOIN events first. A name
- * deleted and published again between two reads (a restarted process)
- * gives LEAVE then JOIN, told apart from an UPDATE by etcd's creation
- * revision. Calling it again does nothing. While no endpoint answers, the
- * watch keeps its last view and retries; nothing is reported as gone
- * because etcd could not be reached. Any thread.
+ * Starts watching the prefix: from now on a thread of the handle follows
+ * etcd's watch stream and queues one event per change as etcd makes it.
+ * The agents present when the watch starts are reported as JOIN events
+ * first. A name deleted and published again (a restarted process) gives
+ * LEAVE then JOIN, told apart from an UPDATE by etcd's creation revision.
+ * When the stream breaks (its member died) the watch reads the prefix again
+ * and resumes through another endpoint; changes made meanwhile are
+ * reported then, though one undone meanwhile is not. Calling it again does
+ * nothing. While no endpoint answers, the watch keeps its last view and
+ * retries every poll interval; nothing is reported as gone because etcd
+ * could not be reached. Returns FERRY_ERR_SYSTEM if the thread cannot
+ * start. Any thread.
  */
 FERRY_API ferry_status_t ferry_dir_watch(ferry_dir_t *dir);
 
@@ -212,7 +223,12 @@ FERRY_API ferry_status_t ferry_dir_fd(ferry_dir_t *dir, int *fd_p);
  * of that name, if it has one, is gone: its requests in flight end with
  * FERRY_ERR_PEER_LOST (the text says it left the directory), and preparing
  * or posting to it is FERRY_ERR_PEER_LOST until a blob of that name is
- * loaded again (ferry_dir_load()), which counts as a new instance.
+ * loaded again, which counts as a new instance. When the watch sees a name
+ * the attached agent has a peer of published again (UPDATE: new
+ * registrations; JOIN: a restarted process), the handle's thread loads the
+ * new blob into it, as ferry_dir_load() would; a blob that does not load
+ * is a FERRY_DIR_LOAD_FAILED event with the reason, and the peer stays as
+ * it was.
  * Detach the agent before destroying it. Attaching twice does nothing.
  * Any thread.
  */

@@ -55,7 +55,7 @@ static void take_abort_value(ferry_comm_t *c, const char *v, size_t len)
     set_aborted(c, text);
 }
 
-int ferry__comm_publish_abort(ferry_comm_t *c, ferry_store_t *s, int rank,
+int ferry__comm_publish_abort(ferry_comm_t *c, ferry__kv_t *kv, int rank,
                               const char *reason)
 {
     char key[FERRY__COMM_KEY_MAX], val[FERRY__COMM_TEXT_MAX];
@@ -66,7 +66,7 @@ int ferry__comm_publish_abort(ferry_comm_t *c, ferry_store_t *s, int rank,
 
     ferry__comm_key(c, key, "abort");
     snprintf(val, sizeof(val), "%d %s", rank, reason);
-    st = ferry_store_compare_set(s, key, "", 0, val, strlen(val), &got, &glen);
+    st = ferry__kv_compare_set(kv, key, "", 0, val, strlen(val), &got, &glen);
     if (st != FERRY_OK)
         return st;
     won = glen == strlen(val) && memcmp(got, val, glen) == 0;
@@ -86,10 +86,10 @@ ferry_status_t ferry__comm_check_abort(ferry_comm_t *c)
 
     FERRY_CHECK(ferry__comm_aborted(c));
     ferry__comm_key(c, key, "abort");
-    FERRY_CHECK(ferry_store_check(c->store, &k, 1, &ready));
+    FERRY_CHECK(ferry__kv_check(c->kv, &k, 1, &ready));
     if (!ready)
         return FERRY_OK;
-    FERRY_CHECK(ferry_store_get(c->store, key, &v, &len));
+    FERRY_CHECK(ferry__kv_get(c->kv, key, &v, &len));
     take_abort_value(c, v, len);
     ferry_store_free(v);
     return ferry__comm_aborted(c);
@@ -112,6 +112,6 @@ ferry_status_t ferry_comm_abort(ferry_comm_t *comm, const char *reason)
     set_aborted(comm, text);
     /* Then the job, on the heartbeat's connection: the collective's own
      * is busy with that wait for up to a slice at a time. */
-    r = ferry__comm_publish_abort(comm, comm->hb_store, comm->rank, why);
+    r = ferry__comm_publish_abort(comm, comm->hb_kv, comm->rank, why);
     return r < 0 ? r : FERRY_OK;
 }

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The communicator: N ranks that find each other through a c10d-compatible
- * store (src/store/), with a barrier, an allgather, and a job-wide abort
- * that every waiting rank notices, so that no collective hangs when one
- * rank fails. This file creates and destroys one: rank 0 finds or hosts the
- * store, every rank claims its rank, starts its heartbeat and waits for the
+ * store (src/store/) or an etcd cluster, with a barrier, an allgather, and
+ * a job-wide abort that every waiting rank notices, so that no collective
+ * hangs when one rank fails. This file creates and destroys one: rank 0
+ * finds or hosts a TCPStore (every rank just connects to etcd), every rank
+ * claims its rank, starts its heartbeat and waits for the
  * others; on the way out, rank 0 keeps a store it hosts until the others
  * have left, and the last rank to leave an external store deletes the
  * job's keys. The rest, one idea a file:
@@ -14,6 +15,8 @@
  *   round.c      collective rounds, waiting, barrier and allgather
  *   heartbeat.c  the heartbeat and watch thread
  *   exchange.c   the collective metadata exchange
+ *   kv.h         the store operations all of them use, on a TCPStore
+ *                (kv.c) or on etcd (kv_etcd.c; kv_none.c without etcd)
  */
 #include "comm/comm.h"
 #include "store/store.h"
@@ -30,10 +33,40 @@
 
 #define PROBE_NS 300000000ull /* rank 0: is a store already there? */
 
+/* The time etcd may stay out of reach before the communicator takes it
+ * for lost, and the TTL of the job's lease on it: from the liveness time,
+ * since a rank cut off from the store for that long is as good as dead. */
+static uint64_t etcd_lease_ns(const ferry_comm_t *c)
+{
+    uint64_t ttl = 3 * c->cfg.liveness_ns;
+
+    return ttl < 10000000000ull ? 10000000000ull : ttl;
+}
+
+/* A connection to the job's store: etcd (kv_etcd.c), or a TCPStore with
+ * the given timeout. */
+static ferry_status_t comm_open(ferry_comm_t *c, uint64_t timeout_ns,
+                                ferry__kv_t **kv_p)
+{
+    ferry_store_params_t sp = {.field_mask = FERRY_STORE_PARAM_TIMEOUT,
+                               .timeout_ns = timeout_ns};
+    ferry_store_t *s;
+    char lease_key[FERRY__COMM_KEY_MAX];
+
+    if (ferry__kv_is_etcd(c->cfg.url)) {
+        ferry__comm_key(c, lease_key, "lease");
+        return ferry__kv_etcd_open(c->cfg.url, lease_key, etcd_lease_ns(c),
+                                   timeout_ns, c->cfg.liveness_ns, kv_p);
+    }
+    FERRY_CHECK(ferry_store_connect(c->cfg.url, &sp, &s));
+    return ferry__kv_from_store(s, kv_p);
+}
+
 /*
  * Rank 0: use the store at the URL if one answers, else start one bound to
  * the URL's address. If that fails too (the address is another host's, or
  * someone else just bound the port), connect and wait for a store there.
+ * Every rank of a job on etcd just connects: the cluster is the store.
  */
 static ferry_status_t comm_connect(ferry_comm_t *c)
 {
@@ -46,14 +79,16 @@ static ferry_status_t comm_connect(ferry_comm_t *c)
     char host[FERRY__COMM_URL_MAX], port[8], addr[INET6_ADDRSTRLEN] = "";
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
 
-    if (c->rank != 0)
-        return ferry_store_connect(c->cfg.url, &sp, &c->store);
-    if (ferry_store_connect(c->cfg.url, &probe, &c->store) == FERRY_OK) {
+    ferry_store_t *s;
+
+    if (c->rank != 0 || ferry__kv_is_etcd(c->cfg.url))
+        return comm_open(c, c->cfg.timeout_ns, &c->kv);
+    if (ferry_store_connect(c->cfg.url, &probe, &s) == FERRY_OK) {
         /* A store is running there. The probe's short limit was for
          * finding out; kept, it would fail any later call that waits a
          * little longer for a reply (a busy machine, a stalled store). */
-        ferry__store_set_timeout(c->store, c->cfg.timeout_ns);
-        return FERRY_OK;
+        ferry__store_set_timeout(s, c->cfg.timeout_ns);
+        return ferry__kv_from_store(s, &c->kv);
     }
     /* The URL was checked when the configuration was resolved. */
     FERRY_CHECK(ferry__store_parse_url(c->cfg.url, host, sizeof(host), port,
@@ -76,7 +111,8 @@ static ferry_status_t comm_connect(ferry_comm_t *c)
         ferry__debug("comm: rank 0 could not host the store at %s (%s); "
                      "waiting for one", c->cfg.url, ferry_last_error());
     }
-    return ferry_store_connect(c->cfg.url, &sp, &c->store);
+    FERRY_CHECK(ferry_store_connect(c->cfg.url, &sp, &s));
+    return ferry__kv_from_store(s, &c->kv);
 }
 
 /* Claims this rank, starts the heartbeat, waits for every rank, and checks
@@ -92,13 +128,13 @@ static ferry_status_t comm_join(ferry_comm_t *c)
 
     gethostname(host, sizeof(host) - 1);
     ferry__comm_key(c, key, "hb/%d", c->rank);
-    FERRY_CHECK(ferry_store_set(c->store, key, "0", 1));
+    FERRY_CHECK(ferry__kv_set(c->kv, key, "0", 1));
     ferry__comm_key(c, key, "join/%d", c->rank);
     /* The nonce tells two communicators of one process apart. */
     snprintf(mine, sizeof(mine), "%d %s %d %llx %d", c->size, host,
              (int)getpid(),
              (unsigned long long)(ferry__now_ns() ^ (uintptr_t)c), c->hosted);
-    FERRY_CHECK(ferry_store_compare_set(c->store, key, "", 0, mine,
+    FERRY_CHECK(ferry__kv_compare_set(c->kv, key, "", 0, mine,
                                         strlen(mine), &got, &glen));
     if (glen != strlen(mine) || memcmp(got, mine, glen) != 0) {
         st = ferry__error(FERRY_ERR_INVALID,
@@ -131,7 +167,7 @@ static ferry_status_t comm_join(ferry_comm_t *c)
         st = ferry__comm_check_abort(c);
     if (st != FERRY_OK)
         goto out;
-    FERRY_CHECK_GOTO(ferry_store_multi_get(c->store, keys, n, vals, lens), st,
+    FERRY_CHECK_GOTO(ferry__kv_multi_get(c->kv, keys, n, vals, lens), st,
                      out);
     for (size_t i = 0; i < n; i++) {
         char *end;
@@ -147,7 +183,7 @@ static ferry_status_t comm_join(ferry_comm_t *c)
         snprintf(reason, sizeof(reason), "rank %zu joined as '%.100s' (size, "
                  "host, pid, ...), but rank %d's world size is %d", i,
                  (char *)vals[i], c->rank, c->size);
-        (void)ferry__comm_publish_abort(c, c->store, c->rank, reason);
+        (void)ferry__comm_publish_abort(c, c->kv, c->rank, reason);
         st = ferry__error(FERRY_ERR_INVALID, "comm: %s", reason);
         goto out;
     }
@@ -169,8 +205,8 @@ out:
 static void comm_free(ferry_comm_t *c)
 {
     ferry__comm_hb_stop(c);
-    ferry_store_close(c->hb_store);
-    ferry_store_close(c->store);
+    ferry__kv_close(c->hb_kv);
+    ferry__kv_close(c->kv);
     ferry_store_server_stop(c->server);
     pthread_mutex_destroy(&c->lock);
     pthread_mutex_destroy(&c->abort_lock);
@@ -187,7 +223,6 @@ static void comm_free(ferry_comm_t *c)
 ferry_status_t ferry_comm_create(const ferry_comm_params_t *params,
                                  ferry_comm_t **comm_p)
 {
-    ferry_store_params_t hp = {.field_mask = FERRY_STORE_PARAM_TIMEOUT};
     ferry__errsave_t save;
     ferry_comm_t *c;
     ferry_status_t st;
@@ -222,8 +257,7 @@ ferry_status_t ferry_comm_create(const ferry_comm_params_t *params,
     /* The heartbeat's own connection: a collective's long wait on the
      * other one must not delay it. Its calls are bounded by the liveness
      * time, so a stuck store does not stall it longer than that. */
-    hp.timeout_ns = c->cfg.liveness_ns;
-    FERRY_CHECK_GOTO(ferry_store_connect(c->cfg.url, &hp, &c->hb_store), st,
+    FERRY_CHECK_GOTO(comm_open(c, c->cfg.liveness_ns, &c->hb_kv), st,
                      err_destroy);
     FERRY_CHECK_GOTO(comm_join(c), st, err_destroy);
     ferry__debug("comm: rank %d of %d joined through %s (%s)", c->rank,
@@ -255,18 +289,18 @@ static void comm_leave(ferry_comm_t *c)
     int64_t left = 0;
 
     ferry__comm_key(c, key, "hb/%d", c->rank);
-    if (ferry_store_set(c->store, key, "done", 4) != FERRY_OK || c->hosted)
+    if (ferry__kv_set(c->kv, key, "done", 4) != FERRY_OK || c->hosted)
         return;
     ferry__comm_key(c, key, "left");
-    if (ferry_store_add(c->store, key, 1, &left) != FERRY_OK ||
+    if (ferry__kv_add(c->kv, key, 1, &left) != FERRY_OK ||
         left != c->size || atomic_load(&c->aborted))
         return;
-    ferry__comm_delete_key(c->store, key);
+    ferry__comm_delete_key(c->kv, key);
     for (int i = 0; i < c->size; i++) {
         ferry__comm_key(c, key, "hb/%d", i);
-        ferry__comm_delete_key(c->store, key);
+        ferry__comm_delete_key(c->kv, key);
         ferry__comm_key(c, key, "join/%d", i);
-        ferry__comm_delete_key(c->store, key);
+        ferry__comm_delete_key(c->kv, key);
         /* Every rank ran the same rounds, so its pending keys are this
          * rank's with its own number. */
         for (size_t j = 0; j < c->npending; j++) {
@@ -274,7 +308,7 @@ static void comm_leave(ferry_comm_t *c)
                 continue;
             snprintf(k2, sizeof(k2), c->pending[j].per_rank ? "%s%d" : "%s",
                      c->pending[j].key, i);
-            ferry__comm_delete_key(c->store, k2);
+            ferry__comm_delete_key(c->kv, k2);
         }
     }
 }

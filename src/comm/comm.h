@@ -11,6 +11,7 @@
 #define FERRY_COMM_COMM_H
 
 #include "ferry.h"
+#include "comm/kv.h"
 #include "util/status.h"
 
 #include <pthread.h>
@@ -59,7 +60,7 @@ struct ferry_comm {
     int rank, size;
     bool hosted;                  /* rank 0 runs the store in-process */
     ferry_store_server_t *server; /* rank 0's, when hosted */
-    ferry_store_t *store;         /* collectives, abort */
+    ferry__kv_t *kv;              /* collectives, abort */
     pthread_mutex_t lock;         /* one collective at a time */
     uint64_t seq;                 /* collectives started */
 
@@ -69,7 +70,7 @@ struct ferry_comm {
     char abort_text[FERRY__COMM_TEXT_MAX];
 
     /* Heartbeat and watch thread (heartbeat.c), on its own connection. */
-    ferry_store_t *hb_store;
+    ferry__kv_t *hb_kv;
     pthread_t hb_thread;
     bool hb_started;
     pthread_mutex_t hb_lock;
@@ -110,7 +111,7 @@ void ferry__comm_flush_pending(ferry_comm_t *comm);
 
 /* Deletes key, logging (not returning) a failure: a key left behind costs
  * the store a few bytes, never a rank its collective. */
-void ferry__comm_delete_key(ferry_store_t *s, const char *key);
+void ferry__comm_delete_key(ferry__kv_t *kv, const char *key);
 
 /* abort.c ---------------------------------------------------------------- */
 
@@ -121,12 +122,12 @@ ferry_status_t ferry__comm_aborted(ferry_comm_t *comm);
 ferry_status_t ferry__comm_check_abort(ferry_comm_t *comm);
 
 /*
- * Publishes "<rank> <reason>" through s as the job's abort unless one is
+ * Publishes "<rank> <reason>" through kv as the job's abort unless one is
  * there already, and takes whichever is there afterwards as the local
  * abort. Returns 1 if this call's abort won, 0 if an earlier one stands, or
  * a store error.
  */
-int ferry__comm_publish_abort(ferry_comm_t *comm, ferry_store_t *s, int rank,
+int ferry__comm_publish_abort(ferry_comm_t *comm, ferry__kv_t *kv, int rank,
                               const char *reason);
 
 /* round.c ---------------------------------------------------------------- */

@@ -142,14 +142,26 @@ static ferry_status_t resolve_url(const ferry_comm_params_t *p,
                                 "comm: MASTER_ADDR is too long");
         return FERRY_OK;
     }
-    {
+    if (url != NULL && ferry__kv_is_etcd(url)) {
+        ferry_status_t st;
+
+        if (strlen(url) >= sizeof(cfg->url))
+            return ferry__error(FERRY_ERR_INVALID, "comm: %s: the URL is over %d "
+                                "bytes", what, FERRY__COMM_URL_MAX - 1);
+        st = ferry__kv_etcd_check_url(url);
+        if (st != FERRY_OK) {
+            ferry__error_prefix("comm: %s='%s'", what, url);
+            return st;
+        }
+    } else {
         char uhost[FERRY__COMM_URL_MAX], uport[8];
 
         if (url == NULL || strlen(url) >= sizeof(cfg->url) ||
             ferry__store_parse_url(url, uhost, sizeof(uhost), uport, sizeof(uport)) < 0)
             return ferry__error(FERRY_ERR_INVALID,
                                 "comm: %s='%s' is not tcp://host:port (port 1 to "
-                                "65535)", what, url ? url : "(null)");
+                                "65535) nor etcd://host:port[,host:port]/prefix",
+                                what, url ? url : "(null)");
     }
     strcpy(cfg->url, url);
     return FERRY_OK;

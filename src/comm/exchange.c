@@ -157,7 +157,7 @@ static void load_changed(ferry_comm_t *c, ferry_agent_t *agent,
         goto out;
     /* Every blob was set before its rank's round-1 contribution, on the
      * same connection, so all of them are there. */
-    st = ferry_store_multi_get(c->store, keys, nfetch, blobs, lens);
+    st = ferry__kv_multi_get(c->kv, keys, nfetch, blobs, lens);
     if (st != FERRY_OK) {
         note_failure(err, errcap, st, "rank %d could not fetch %d blobs: %s",
                      c->rank, (int)nfetch, ferry_last_error());
@@ -225,7 +225,7 @@ static ferry_status_t exchange_locked(ferry_comm_t *c, ferry_agent_t *agent,
         ferry__comm_key(c, stem, "x/%llu/b/", (unsigned long long)c->epoch);
         ferry__comm_key(c, key, "x/%llu/b/%d", (unsigned long long)c->epoch,
                         c->rank);
-        FERRY_CHECK_GOTO(ferry_store_set(c->store, key, blob, len), st, out);
+        FERRY_CHECK_GOTO(ferry__kv_set(c->kv, key, blob, len), st, out);
         snprintf(digest, sizeof(digest), "%016" PRIx64 " %zu", d, len);
     } else {
         note_failure(err, sizeof(err), st, "rank %d could not pack its blob: "
@@ -243,7 +243,7 @@ static ferry_status_t exchange_locked(ferry_comm_t *c, ferry_agent_t *agent,
     if (err[0] != '\0') {
         ferry__debug("comm: exchange %llu: %s", (unsigned long long)c->epoch,
                      err);
-        FERRY_CHECK_GOTO(ferry_store_compare_set(c->store, key, "", 0, err,
+        FERRY_CHECK_GOTO(ferry__kv_compare_set(c->kv, key, "", 0, err,
                                                  strlen(err), &got, &glen),
                          st, out);
         ferry_store_free(got);
@@ -254,9 +254,9 @@ static ferry_status_t exchange_locked(ferry_comm_t *c, ferry_agent_t *agent,
     FERRY_CHECK_GOTO(ferry__comm_round(c, "", 0, NULL, NULL, deadline,
                                        "exchange barrier"), st, out);
     ferry__comm_defer(c, key, false);
-    FERRY_CHECK_GOTO(ferry_store_check(c->store, &k, 1, &ready), st, out);
+    FERRY_CHECK_GOTO(ferry__kv_check(c->kv, &k, 1, &ready), st, out);
     if (ready) {
-        FERRY_CHECK_GOTO(ferry_store_get(c->store, key, &got, &glen), st, out);
+        FERRY_CHECK_GOTO(ferry__kv_get(c->kv, key, &got, &glen), st, out);
         st = exchange_result(c->epoch, got, glen);
     }
 out:

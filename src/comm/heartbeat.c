@@ -43,7 +43,7 @@ static ferry_status_t hb_watch(ferry_comm_t *c, const char *const *keys, void **
     bool gone = true;
     ferry_status_t st;
 
-    st = ferry_store_multi_get(c->hb_store, keys, n, vals, lens);
+    st = ferry__kv_multi_get(c->hb_kv, keys, n, vals, lens);
     now = ferry__now_ns();
     for (size_t i = 0; st == FERRY_OK && i < n; i++) {
         const char *v = vals[i];
@@ -63,7 +63,7 @@ static ferry_status_t hb_watch(ferry_comm_t *c, const char *const *keys, void **
                          (unsigned long long)((now - c->hb_changed[i]) /
                                               1000000), c->rank);
                 ferry__warn("comm: rank %zu: %s", i, reason);
-                int r = ferry__comm_publish_abort(c, c->hb_store, (int)i, reason);
+                int r = ferry__comm_publish_abort(c, c->hb_kv, (int)i, reason);
 
                 if (r < 0)
                     st = r;
@@ -110,7 +110,7 @@ static void *hb_main(void *arg)
         }
         pthread_mutex_unlock(&c->hb_lock);
         snprintf(val, sizeof(val), "%llu", (unsigned long long)++beat);
-        st = ferry_store_set(c->hb_store, key, val, strlen(val));
+        st = ferry__kv_set(c->hb_kv, key, val, strlen(val));
         if (st == FERRY_OK && watch && keys && vals && lens)
             st = hb_watch(c, keys, vals, lens);
         if (st != FERRY_OK)

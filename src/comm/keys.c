@@ -72,9 +72,9 @@ void ferry__comm_defer(ferry_comm_t *c, const char *key, bool per_rank)
     c->npending++;
 }
 
-void ferry__comm_delete_key(ferry_store_t *s, const char *key)
+void ferry__comm_delete_key(ferry__kv_t *kv, const char *key)
 {
-    ferry_status_t st = ferry_store_delete_key(s, key, NULL);
+    ferry_status_t st = ferry__kv_delete(kv, key);
 
     if (st != FERRY_OK)
         ferry__debug("comm: delete '%s': %s", key, ferry_last_error());
@@ -99,7 +99,7 @@ void ferry__comm_flush_pending(ferry_comm_t *c)
             continue;
         snprintf(key, sizeof(key), p->per_rank ? "%s%d" : "%s", p->key,
                  c->rank);
-        ferry__comm_delete_key(c->store, key);
+        ferry__comm_delete_key(c->kv, key);
     }
     c->npending = keep;
 }

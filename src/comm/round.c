@@ -11,7 +11,6 @@
  * publishes nothing, and its heartbeat (heartbeat.c) gives it away.
  */
 #include "comm/comm.h"
-#include "store/store.h"
 #include "util/time.h"
 
 #include <stdio.h>
@@ -34,14 +33,14 @@ uint64_t ferry__comm_deadline(int64_t timeout_ns)
 
 void ferry__comm_cap(ferry_comm_t *c, uint64_t deadline)
 {
-    ferry__store_set_cap(c->store, deadline >= UINT64_MAX - GIVE_UP_GRACE_NS
+    ferry__kv_set_cap(c->kv, deadline >= UINT64_MAX - GIVE_UP_GRACE_NS
                                        ? UINT64_MAX
                                        : deadline + GIVE_UP_GRACE_NS);
 }
 
 void ferry__comm_uncap(ferry_comm_t *c)
 {
-    ferry__store_set_cap(c->store, UINT64_MAX);
+    ferry__kv_set_cap(c->kv, UINT64_MAX);
 }
 
 ferry_status_t ferry__comm_give_up(ferry_comm_t *c, const char *const *keys,
@@ -55,7 +54,7 @@ ferry_status_t ferry__comm_give_up(ferry_comm_t *c, const char *const *keys,
     for (size_t i = 0; i < n; i++) {
         int ready = 1;
 
-        FERRY_CHECK(ferry_store_check(c->store, &keys[i], 1, &ready));
+        FERRY_CHECK(ferry__kv_check(c->kv, &keys[i], 1, &ready));
         if (ready)
             continue;
         if (nmissing++ < 8 && used < sizeof(missing))
@@ -70,7 +69,7 @@ ferry_status_t ferry__comm_give_up(ferry_comm_t *c, const char *const *keys,
              (unsigned long long)((ferry__now_ns() - started) / 1000000),
              nmissing == 1 ? "rank" : "ranks",
              nmissing ? missing : "(none missing any more)");
-    won = ferry__comm_publish_abort(c, c->store, c->rank, reason);
+    won = ferry__comm_publish_abort(c, c->kv, c->rank, reason);
     if (won < 0)
         return won;
     st = ferry__comm_aborted(c);
@@ -92,7 +91,7 @@ ferry_status_t ferry__comm_wait_keys(ferry_comm_t *c, const char *const *keys,
             return FERRY_ERR_TIMEOUT;
         if (deadline - now < slice)
             slice = deadline - now;
-        st = ferry_store_wait(c->store, keys, n, (int64_t)slice);
+        st = ferry__kv_wait(c->kv, keys, n, (int64_t)slice);
         if (st != FERRY_ERR_TIMEOUT)
             return st;
         FERRY_CHECK(ferry__comm_check_abort(c));
@@ -136,16 +135,16 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
     snprintf(label, sizeof(label), "%s (round %llu)", what,
              (unsigned long long)s);
 
-    st = ferry_store_set(c->store, keys[c->rank], data, len);
+    st = ferry__kv_set(c->kv, keys[c->rank], data, len);
     if (st == FERRY_OK)
-        st = ferry_store_add(c->store, cnt, 1, &v);
+        st = ferry__kv_add(c->kv, cnt, 1, &v);
     if (st == FERRY_OK && v == c->size) {
         /* The last to arrive: ranks that aborted while they waited counted
          * themselves in and left, so the count alone would complete a
          * round of an aborted job. */
         st = ferry__comm_check_abort(c);
         if (st == FERRY_OK)
-            st = ferry_store_set(c->store, done, "", 0);
+            st = ferry__kv_set(c->kv, done, "", 0);
     } else if (st == FERRY_OK && v > 0 && v < c->size)
         st = ferry__comm_wait_keys(c, &dk, 1, deadline);
     else if (st == FERRY_OK) {
@@ -163,7 +162,7 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
         /* A store that did not answer in time has closed the connection,
          * and the ADD below fails for that: say what came first. */
         snprintf(first, sizeof(first), "%s", ferry_last_error());
-        st = ferry_store_add(c->store, cnt, -ROUND_POISON, &v);
+        st = ferry__kv_add(c->kv, cnt, -ROUND_POISON, &v);
         if (st == FERRY_OK && v + ROUND_POISON == c->size)
             st = FERRY_OK; /* it completed just in time */
         else if (st == FERRY_OK)
@@ -173,7 +172,7 @@ ferry_status_t ferry__comm_round(ferry_comm_t *c, const void *data, size_t len,
                               "answer by the deadline (%s)", label, first);
     }
     if (st == FERRY_OK && values_p != NULL)
-        st = ferry_store_multi_get(c->store, keys, (size_t)c->size, values_p,
+        st = ferry__kv_multi_get(c->kv, keys, (size_t)c->size, values_p,
                                    lens_p);
     if (st == FERRY_OK) {
         /* Every rank has reached round s, so every rank is past the

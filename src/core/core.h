@@ -253,6 +253,10 @@ void ferry__stall_check_locked(ferry_agent_t *agent);
  * flight end with PEER_LOST and a text carrying why. No such peer: no-op. */
 void ferry__peer_lost(ferry_agent_t *agent, const char *name, const char *why);
 
+/* Takes the lock: whether agent has a peer named name (loaded, whether or
+ * not it has gone since). */
+bool ferry__peer_known(ferry_agent_t *agent, const char *name);
+
 /* xfer.c, under the lock: whether x may be posted now (FERRY_OK, or BUSY,
  * PEER_LOST, NOT_REGISTERED with a text naming call); and starting x's
  * parts, as a post does, except (skip_stream) those of backends that put

@@ -608,6 +608,18 @@ restart:
     ferry__agent_unlock(agent);
 }
 
+bool ferry__peer_known(ferry_agent_t *agent, const char *name)
+{
+    bool known = false;
+
+    ferry__agent_lock(agent);
+    for (ferry__list_t *l = agent->peers.next; l != &agent->peers && !known;
+         l = l->next)
+        known = strcmp(ferry__container_of(l, ferry_peer_t, link)->name, name) == 0;
+    ferry__agent_unlock(agent);
+    return known;
+}
+
 /* Under the lock: the abort that cancel and release perform. */
 static ferry_status_t xfer_cancel_locked(ferry_xfer_t *x, const char *call)
 {

@@ -2,25 +2,19 @@
 /*
  * The directory of agents (include/ferry/dir.h) on the etcd client of
  * etcd.c. A handle owns one lease, shared by every agent it publishes, and
- * one thread that renews the lease every third of its TTL and, once a
- * watch was started, reads the prefix every poll interval and turns the
- * differences from its last view into events.
- *
- * Why polling and not etcd's /v3/watch: the gateway's watch is a streaming
- * POST whose reply never ends, which needs a long-lived transfer per
- * endpoint, resumption from a revision after fail-over, and its own way to
- * be interrupted; a keys-only range every poll interval is one short call
- * that fails over like every other, costs etcd little (one read of the
- * prefix's keys, no values), and bounds the delay of every event by the
- * interval. What polling cannot see is a change undone between two reads;
- * the directory's entries only matter in their present state, except a
- * restart under the same name, which the creation revision still reveals.
+ * one thread that renews the lease every third of its TTL. A watch has a
+ * thread of its own (watch_main): it reads the prefix, then follows etcd's
+ * watch stream (/v3/watch) from the revision after that read, so no change
+ * falls between the two, and turns the differences from its last view into
+ * events; when the stream breaks it reads and streams again, through the
+ * next endpoint.
  *
  * Locks, in the order they are taken: call_lock (the callers' connection),
  * lease_lock (the lease and the published blobs: publish, keepalive and
  * re-grant one at a time), lock (the thread's schedule, the watch view,
  * the event queue and the attached agents; never held across a call to
- * etcd), then an attached agent's own lock (a departure ends its requests).
+ * etcd), then an attached agent's own lock (a departure ends its requests,
+ * a new blob is loaded into it).
  */
 #include "core/core.h"
 #include "dir/etcd.h"
@@ -74,7 +68,9 @@ struct ferry_dir {
     bool has_lease; /* mirror of lease != 0, read under lock */
     uint64_t next_keepalive_ns;
     bool watching;
-    uint64_t next_poll_ns;
+    pthread_t watch_thread; /* started by the first ferry_dir_watch() */
+    int stop_fd;            /* readable once the handle is being destroyed */
+    ferry__etcd_conn_t *watch_conn;
     seen_t *seen; /* sorted by name, as etcd returns keys */
     size_t nseen;
     ferry_dir_event_t *events; /* ring buffer */
@@ -82,6 +78,8 @@ struct ferry_dir {
     int efd; /* readable while ev_count > 0 */
     ferry_agent_t **attached; /* told of departures (ferry_dir_attach) */
     size_t nattached;
+    char **reload; /* names published again, to load into attached agents */
+    size_t nreload;
     ferry__etcd_conn_t *thread_conn;
 };
 
@@ -102,9 +100,9 @@ static void key_of(const ferry_dir_t *dir, const char *name, char *key)
 /* Events                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Queues an event; call with lock held. */
-static void push_event(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
-                       const char *name, int64_t rev)
+/* Queues an event (detail may be NULL); call with lock held. */
+static void push_event_detail(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
+                              const char *name, int64_t rev, const char *detail)
 {
     ferry_dir_event_t *ev;
 
@@ -126,12 +124,41 @@ static void push_event(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
     ev->kind = kind;
     ev->revision = rev;
     snprintf(ev->name, sizeof(ev->name), "%s", name);
+    snprintf(ev->detail, sizeof(ev->detail), "%s", detail ? detail : "");
     if (dir->ev_count++ == 0) {
         uint64_t one = 1;
         if (write(dir->efd, &one, sizeof(one)) < 0)
             ferry__warn("dir: eventfd write: %s", strerror(errno));
     }
     pthread_cond_broadcast(&dir->event_cv);
+}
+
+static void push_event(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
+                       const char *name, int64_t rev)
+{
+    push_event_detail(dir, kind, name, rev, NULL);
+}
+
+/* A name published again: JOIN or UPDATE, and, when agents are attached,
+ * a reload for the thread (reload_attached). Call with lock held. */
+static void published(ferry_dir_t *dir, ferry_dir_event_kind_t kind,
+                      const char *name, int64_t rev)
+{
+    char **r, *copy;
+
+    push_event(dir, kind, name, rev);
+    if (dir->nattached == 0)
+        return;
+    r = realloc(dir->reload, (dir->nreload + 1) * sizeof(*r));
+    copy = strdup(name);
+    if (r != NULL)
+        dir->reload = r;
+    if (r == NULL || copy == NULL) {
+        free(copy);
+        ferry__warn("dir: out of memory; '%s' is not reloaded", name);
+        return;
+    }
+    dir->reload[dir->nreload++] = copy;
 }
 
 /* A departure: the event, and the attached agents' peers of that name are
@@ -178,14 +205,14 @@ static void diff_view(ferry_dir_t *dir, ferry__etcd_kv_t *kvs, size_t n)
             left(dir, dir->seen[i].name);
             i++;
         } else if (c > 0) {
-            push_event(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
+            published(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
             j++;
         } else {
             if (dir->seen[i].create_rev != now[j].create_rev) {
                 left(dir, now[j].name);
-                push_event(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
+                published(dir, FERRY_DIR_JOIN, now[j].name, now[j].mod_rev);
             } else if (dir->seen[i].mod_rev != now[j].mod_rev) {
-                push_event(dir, FERRY_DIR_UPDATE, now[j].name, now[j].mod_rev);
+                published(dir, FERRY_DIR_UPDATE, now[j].name, now[j].mod_rev);
             }
             i++;
             j++;
@@ -249,7 +276,55 @@ static ferry_status_t keepalive(ferry_dir_t *dir, ferry__etcd_conn_t *c)
 /* The thread                                                               */
 /* ------------------------------------------------------------------------ */
 
-static void poll_prefix(ferry_dir_t *dir)
+/*
+ * Loads the blobs of the names published again into the attached agents
+ * that have a peer of that name; a blob that does not load is a
+ * LOAD_FAILED event. On the thread, after the watch's read. The lock is
+ * held while an agent is touched, so that ferry_dir_detach() returning
+ * means the thread is done with that agent.
+ */
+static void reload_attached(ferry_dir_t *dir)
+{
+    char **names, key[KEY_MAX];
+    size_t n;
+
+    pthread_mutex_lock(&dir->lock);
+    names = dir->reload;
+    n = dir->nreload;
+    dir->reload = NULL;
+    dir->nreload = 0;
+    pthread_mutex_unlock(&dir->lock);
+    for (size_t i = 0; i < n; i++) {
+        ferry__etcd_kv_t *kvs = NULL;
+        size_t nk = 0;
+
+        key_of(dir, names[i], key);
+        if (ferry__etcd_range(&dir->etcd, dir->watch_conn, key, false, false,
+                              &kvs, &nk, NULL) != FERRY_OK)
+            ferry__debug("dir: reloading '%s': %s", names[i], ferry_last_error());
+        pthread_mutex_lock(&dir->lock);
+        for (size_t a = 0; nk > 0 && a < dir->nattached; a++) {
+            ferry_peer_t *peer;
+
+            if (!ferry__peer_known(dir->attached[a], names[i]) ||
+                ferry_peer_load(dir->attached[a], kvs[0].value, kvs[0].len,
+                                &peer) == FERRY_OK)
+                continue;
+            ferry__error_prefix("dir: reloading '%s'", names[i]);
+            ferry__warn("%s", ferry_last_error());
+            push_event_detail(dir, FERRY_DIR_LOAD_FAILED, names[i],
+                              kvs[0].mod_rev, ferry_last_error());
+        }
+        pthread_mutex_unlock(&dir->lock);
+        ferry__etcd_kvs_free(kvs, nk);
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* Reads the prefix (keys only) and makes the view match it; *rev_p the
+ * revision read. Unreachable is not empty: on failure the view stays. */
+static ferry_status_t sync_prefix(ferry_dir_t *dir, int64_t *rev_p)
 {
     char key[KEY_MAX];
     ferry__etcd_kv_t *kvs;
@@ -257,19 +332,124 @@ static void poll_prefix(ferry_dir_t *dir)
     ferry_status_t st;
 
     snprintf(key, sizeof(key), "%s/", dir->prefix);
-    st = ferry__etcd_range(&dir->etcd, dir->thread_conn, key, true, true, &kvs,
-                           &n, NULL);
-    if (st != FERRY_OK) {
-        /* Unreachable is not empty: keep the view, report nothing. */
-        ferry__debug("dir: watch: %s", ferry_last_error());
-        return;
-    }
+    st = ferry__etcd_range(&dir->etcd, dir->watch_conn, key, true, true, &kvs,
+                           &n, rev_p);
+    if (st != FERRY_OK)
+        return st;
     pthread_mutex_lock(&dir->lock);
     diff_view(dir, kvs, n);
     pthread_mutex_unlock(&dir->lock);
     ferry__etcd_kvs_free(kvs, n);
+    reload_attached(dir);
+    return FERRY_OK;
 }
 
+static int key_cmp(const void *a, const void *b)
+{
+    return strcmp(((const ferry__etcd_kv_t *)a)->key,
+                  ((const ferry__etcd_kv_t *)b)->key);
+}
+
+/* A message of the watch stream: its events applied to the view, as one
+ * new read of the prefix would show them (diff_view). */
+static bool on_watch(void *arg, const ferry__etcd_wevent_t *ev, size_t n,
+                     int64_t rev)
+{
+    ferry_dir_t *dir = arg;
+    ferry__etcd_kv_t *kvs;
+    size_t m = 0, cap;
+    bool ok = true;
+
+    (void)rev;
+    if (n == 0)
+        return true;
+    pthread_mutex_lock(&dir->lock);
+    cap = dir->nseen + n;
+    kvs = calloc(cap, sizeof(*kvs));
+    for (size_t i = 0; kvs != NULL && i < dir->nseen; i++, m++) {
+        ok &= asprintf(&kvs[m].key, "%s/%s", dir->prefix, dir->seen[i].name) >= 0;
+        kvs[m].create_rev = dir->seen[i].create_rev;
+        kvs[m].mod_rev = dir->seen[i].mod_rev;
+    }
+    for (size_t i = 0; kvs != NULL && ok && i < n; i++) {
+        size_t j = 0;
+
+        while (j < m && strcmp(kvs[j].key, ev[i].kv.key) != 0)
+            j++;
+        if (ev[i].deleted) {
+            if (j < m) {
+                free(kvs[j].key);
+                kvs[j] = kvs[--m];
+                memset(&kvs[m], 0, sizeof(kvs[m]));
+            }
+            continue;
+        }
+        if (j == m && (kvs[m++].key = strdup(ev[i].kv.key)) == NULL)
+            ok = false;
+        kvs[j].create_rev = ev[i].kv.create_rev;
+        kvs[j].mod_rev = ev[i].kv.mod_rev;
+    }
+    if (kvs != NULL && ok) {
+        qsort(kvs, m, sizeof(*kvs), key_cmp);
+        diff_view(dir, kvs, m);
+    }
+    pthread_mutex_unlock(&dir->lock);
+    ferry__etcd_kvs_free(kvs, cap);
+    if (kvs == NULL || !ok) {
+        /* Ends the stream: the next one starts with a full read. */
+        ferry__warn("dir: watch: out of memory; reading the prefix again");
+        return false;
+    }
+    reload_attached(dir);
+    return true;
+}
+
+/* Waits up to ns for the handle's destruction; true if it came. */
+static bool stop_within(ferry_dir_t *dir, uint64_t ns)
+{
+    struct pollfd p = {.fd = dir->stop_fd, .events = POLLIN};
+
+    return poll(&p, 1, (int)(ns / 1000000u)) > 0;
+}
+
+/*
+ * The watch's thread: reads the prefix (JOINs for what is there, and,
+ * after an interruption, whatever changed meanwhile), then follows etcd's
+ * watch stream from the next revision, so that each change arrives as
+ * etcd makes it and none is lost between the read and the stream. When
+ * the stream breaks (its member died), it reads and streams again at
+ * once, on the next endpoint; while no endpoint answers, it tries every
+ * poll interval, reading the prefix each time.
+ */
+static void *watch_main(void *arg)
+{
+    ferry_dir_t *dir = arg;
+    char key[KEY_MAX];
+
+    snprintf(key, sizeof(key), "%s/", dir->prefix);
+    for (;;) {
+        uint64_t t0 = ferry__now_ns();
+        int64_t rev = 0;
+        ferry_status_t st = sync_prefix(dir, &rev);
+
+        if (st == FERRY_OK)
+            st = ferry__etcd_watch(&dir->etcd, key, rev + 1, dir->stop_fd,
+                                   on_watch, dir);
+        if (st == FERRY_ERR_CANCELED)
+            break;
+        ferry__debug("dir: watch: %s", ferry_last_error());
+        /* A stream that ran a while is resumed at once; one that could
+         * not start is tried again after the poll interval. */
+        if (ferry__now_ns() - t0 < dir->poll_ns &&
+            stop_within(dir, dir->poll_ns))
+            break;
+        if (stop_within(dir, 0))
+            break;
+    }
+    return NULL;
+}
+
+/* The handle's thread: renews the lease every third of its TTL. */
 static void *dir_thread(void *arg)
 {
     ferry_dir_t *dir = arg;
@@ -278,30 +458,19 @@ static void *dir_thread(void *arg)
     pthread_mutex_lock(&dir->lock);
     while (!dir->stop) {
         uint64_t now = ferry__now_ns(), next = now + 1000000000u;
-        bool ka = dir->has_lease && now >= dir->next_keepalive_ns;
-        bool poll = dir->watching && now >= dir->next_poll_ns;
 
-        if (ka || poll) {
-            if (ka)
-                dir->next_keepalive_ns = now + period;
-            if (poll)
-                dir->next_poll_ns = now + dir->poll_ns;
+        if (dir->has_lease && now >= dir->next_keepalive_ns) {
+            dir->next_keepalive_ns = now + period;
             pthread_mutex_unlock(&dir->lock);
-            if (ka) {
-                pthread_mutex_lock(&dir->lease_lock);
-                if (keepalive(dir, dir->thread_conn) != FERRY_OK)
-                    ferry__warn("dir: lease keepalive: %s", ferry_last_error());
-                pthread_mutex_unlock(&dir->lease_lock);
-            }
-            if (poll)
-                poll_prefix(dir);
+            pthread_mutex_lock(&dir->lease_lock);
+            if (keepalive(dir, dir->thread_conn) != FERRY_OK)
+                ferry__warn("dir: lease keepalive: %s", ferry_last_error());
+            pthread_mutex_unlock(&dir->lease_lock);
             pthread_mutex_lock(&dir->lock);
             continue;
         }
         if (dir->has_lease && dir->next_keepalive_ns < next)
             next = dir->next_keepalive_ns;
-        if (dir->watching && dir->next_poll_ns < next)
-            next = dir->next_poll_ns;
         struct timespec ts = { .tv_sec = (time_t)(next / 1000000000u),
                                .tv_nsec = (long)(next % 1000000000u) };
         pthread_cond_timedwait(&dir->cv, &dir->lock, &ts);
@@ -330,7 +499,11 @@ ferry_status_t ferry_dir_create(const char *url, const ferry_dir_params_t *param
     dir = calloc(1, sizeof(*dir));
     if (dir == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-    FERRY_CHECK_GOTO(ferry__etcd_parse_url(url, &dir->etcd, dir->prefix), st, err_free);
+    st = ferry__etcd_parse_url(url, &dir->etcd, dir->prefix);
+    if (st != FERRY_OK) {
+        ferry__error_prefix("dir");
+        goto err_free;
+    }
     ttl_ns = param_or_config(params, FERRY_DIR_PARAM_TTL,
                              params ? params->ttl_ns : 0, "FERRY_DIR_TTL_MS");
     dir->etcd.timeout_ns = param_or_config(params, FERRY_DIR_PARAM_TIMEOUT,
@@ -348,6 +521,9 @@ ferry_status_t ferry_dir_create(const char *url, const ferry_dir_params_t *param
     dir->ttl_s = (int64_t)((ttl_ns + 999999999u) / 1000000000u);
     FERRY_CHECK_GOTO(ferry__etcd_conn_open(&dir->conn), st, err_etcd);
     FERRY_CHECK_GOTO(ferry__etcd_conn_open(&dir->thread_conn), st, err_conn);
+    st = ferry__etcd_conn_open(&dir->watch_conn);
+    if (st != FERRY_OK)
+        goto err_thread_conn;
 
     /* One read proves that an etcd answers at one of the endpoints. */
     snprintf(key, sizeof(key), "%s/", dir->prefix);
@@ -359,8 +535,13 @@ ferry_status_t ferry_dir_create(const char *url, const ferry_dir_params_t *param
     ferry__etcd_kvs_free(kvs, n);
 
     dir->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (dir->efd < 0) {
+    dir->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (dir->efd < 0 || dir->stop_fd < 0) {
         st = ferry__error(FERRY_ERR_SYSTEM, "dir: eventfd: %s", strerror(errno));
+        if (dir->efd >= 0)
+            close(dir->efd);
+        if (dir->stop_fd >= 0)
+            close(dir->stop_fd);
         goto err_thread_conn;
     }
     pthread_mutex_init(&dir->call_lock, NULL);
@@ -385,7 +566,9 @@ err_sync:
     pthread_mutex_destroy(&dir->lease_lock);
     pthread_mutex_destroy(&dir->call_lock);
     close(dir->efd);
+    close(dir->stop_fd);
 err_thread_conn:
+    ferry__etcd_conn_close(dir->watch_conn);
     ferry__etcd_conn_close(dir->thread_conn);
 err_conn:
     ferry__etcd_conn_close(dir->conn);
@@ -400,10 +583,18 @@ void ferry_dir_destroy(ferry_dir_t *dir)
 {
     if (dir == NULL)
         return;
+    uint64_t one = 1;
+    bool watching;
+
     pthread_mutex_lock(&dir->lock);
     dir->stop = true;
+    watching = dir->watching;
     pthread_cond_broadcast(&dir->cv);
     pthread_mutex_unlock(&dir->lock);
+    if (write(dir->stop_fd, &one, sizeof(one)) < 0)
+        ferry__warn("dir: eventfd write: %s", strerror(errno));
+    if (watching)
+        pthread_join(dir->watch_thread, NULL);
     pthread_join(dir->thread, NULL);
     if (dir->lease != 0 &&
         ferry__etcd_lease_revoke(&dir->etcd, dir->conn, dir->lease) != FERRY_OK)
@@ -420,12 +611,17 @@ void ferry_dir_destroy(ferry_dir_t *dir)
     free(dir->seen);
     free(dir->events);
     free(dir->attached);
+    for (size_t i = 0; i < dir->nreload; i++)
+        free(dir->reload[i]);
+    free(dir->reload);
     close(dir->efd);
+    close(dir->stop_fd);
     pthread_cond_destroy(&dir->event_cv);
     pthread_cond_destroy(&dir->cv);
     pthread_mutex_destroy(&dir->lock);
     pthread_mutex_destroy(&dir->lease_lock);
     pthread_mutex_destroy(&dir->call_lock);
+    ferry__etcd_conn_close(dir->watch_conn);
     ferry__etcd_conn_close(dir->thread_conn);
     ferry__etcd_conn_close(dir->conn);
     ferry__etcd_fini(&dir->etcd);
@@ -656,14 +852,18 @@ ferry_status_t ferry_dir_watch(ferry_dir_t *dir)
 {
     if (dir == NULL)
         return ferry__error(FERRY_ERR_INVALID, "dir: watch: NULL dir");
+    ferry_status_t st = FERRY_OK;
+
     pthread_mutex_lock(&dir->lock);
     if (!dir->watching) {
-        dir->watching = true;
-        dir->next_poll_ns = 0;
-        pthread_cond_broadcast(&dir->cv);
+        if ((errno = pthread_create(&dir->watch_thread, NULL, watch_main, dir)) == 0)
+            dir->watching = true;
+        else
+            st = ferry__error(FERRY_ERR_SYSTEM, "dir: watch: pthread_create: %s",
+                              strerror(errno));
     }
     pthread_mutex_unlock(&dir->lock);
-    return FERRY_OK;
+    return st;
 }
 
 ferry_status_t ferry_dir_events(ferry_dir_t *dir, ferry_dir_event_t *out,

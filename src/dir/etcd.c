@@ -12,6 +12,7 @@
  */
 #include "dir/etcd.h"
 #include "util/log.h"
+#include "util/time.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -61,11 +62,11 @@ static ferry_status_t add_endpoint(ferry__etcd_t *e, const char *url,
         if (s[i] == ':')
             colon = s + i;
     if (len == 0)
-        return ferry__error(FERRY_ERR_INVALID, "dir: '%s': an empty endpoint", url);
+        return ferry__error(FERRY_ERR_INVALID, "etcd: '%s': an empty endpoint", url);
     if (colon == NULL || colon == s || (size_t)(s + len - colon - 1) == 0 ||
         (size_t)(s + len - colon - 1) > 5)
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s': endpoint '%.*s' is not host:port", url,
+                            "etcd: '%s': endpoint '%.*s' is not host:port", url,
                             (int)len, s);
     memcpy(port, colon + 1, (size_t)(s + len - colon - 1));
     port[s + len - colon - 1] = '\0';
@@ -73,13 +74,13 @@ static ferry_status_t add_endpoint(ferry__etcd_t *e, const char *url,
     p = strtoul(port, &end, 10);
     if (*end != '\0' || port[0] < '0' || port[0] > '9' || p == 0 || p > 65535)
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s': endpoint '%.*s' has no valid port (1-65535)",
+                            "etcd: '%s': endpoint '%.*s' has no valid port (1-65535)",
                             url, (int)len, s);
     if (e->n == FERRY__ETCD_MAX_ENDPOINTS)
-        return ferry__error(FERRY_ERR_INVALID, "dir: '%s': more than %d endpoints",
+        return ferry__error(FERRY_ERR_INVALID, "etcd: '%s': more than %d endpoints",
                             url, FERRY__ETCD_MAX_ENDPOINTS);
     if (asprintf(&e->endpoints[e->n], "http://%.*s", (int)len, s) < 0)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     e->n++;
     return FERRY_OK;
 }
@@ -93,19 +94,19 @@ ferry_status_t ferry__etcd_parse_url(const char *url, ferry__etcd_t *e,
     size_t plen;
 
     if (url == NULL)
-        return ferry__error(FERRY_ERR_INVALID, "dir: NULL url");
+        return ferry__error(FERRY_ERR_INVALID, "etcd: NULL url");
     if (strncmp(url, scheme, sizeof(scheme) - 1) != 0)
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s' is not etcd://host:port[,host:port]/prefix", url);
+                            "etcd: '%s' is not etcd://host:port[,host:port]/prefix", url);
     hosts = url + sizeof(scheme) - 1;
     slash = strchr(hosts, '/');
     if (slash == NULL || slash[1] == '\0')
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s' has no prefix (etcd://host:port/prefix)", url);
+                            "etcd: '%s' has no prefix (etcd://host:port/prefix)", url);
     plen = strlen(slash + 1);
     if (plen > FERRY__ETCD_PREFIX_MAX || slash[plen] == '/')
         return ferry__error(FERRY_ERR_INVALID,
-                            "dir: '%s': the prefix must be 1 to %d bytes, without a "
+                            "etcd: '%s': the prefix must be 1 to %d bytes, without a "
                             "trailing '/'", url, FERRY__ETCD_PREFIX_MAX);
     for (p = hosts; p < slash;) {
         const char *comma = memchr(p, ',', (size_t)(slash - p));
@@ -119,11 +120,11 @@ ferry_status_t ferry__etcd_parse_url(const char *url, ferry__etcd_t *e,
         p = comma ? comma + 1 : slash;
         if (comma && p == slash) {
             ferry__etcd_fini(e);
-            return ferry__error(FERRY_ERR_INVALID, "dir: '%s': an empty endpoint", url);
+            return ferry__error(FERRY_ERR_INVALID, "etcd: '%s': an empty endpoint", url);
         }
     }
     if (e->n == 0)
-        return ferry__error(FERRY_ERR_INVALID, "dir: '%s' names no endpoint", url);
+        return ferry__error(FERRY_ERR_INVALID, "etcd: '%s' names no endpoint", url);
     memcpy(prefix, slash + 1, plen + 1);
     return FERRY_OK;
 }
@@ -239,16 +240,16 @@ ferry_status_t ferry__etcd_conn_open(ferry__etcd_conn_t **conn_p)
 
     pthread_once(&curl_once, curl_init);
     if (curl_init_rc != CURLE_OK)
-        return ferry__error(FERRY_ERR_SYSTEM, "dir: curl_global_init: %s",
+        return ferry__error(FERRY_ERR_SYSTEM, "etcd: curl_global_init: %s",
                             curl_easy_strerror(curl_init_rc));
     c = calloc(1, sizeof(*c));
     if (c == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     c->curl = curl_easy_init();
     c->headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (c->curl == NULL || c->headers == NULL) {
         ferry__etcd_conn_close(c);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: curl_easy_init failed");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: curl_easy_init failed");
     }
     *conn_p = c;
     return FERRY_OK;
@@ -311,17 +312,17 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
     ferry_status_t worst = FERRY_ERR_PEER_LOST;
     size_t start = atomic_load(&e->cur);
-    long ms = (long)(e->timeout_ns / 1000000u);
     char trail[400] = "";
 
     json_decref(req);
     if (body == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: %s: out of memory", what);
-    if (ms < 1)
-        ms = 1;
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: %s: out of memory", what);
+    atomic_store(&e->unanswered, false);
     for (size_t i = 0; i < e->n; i++) {
         size_t idx = (start + i) % e->n;
         const char *ep = e->endpoints[idx] + 7; /* without "http://" */
+        uint64_t now = ferry__now_ns(), limit = e->timeout_ns;
+        long ms;
         char url[300];
         ferry_status_t st;
         CURLcode rc;
@@ -329,6 +330,20 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         json_error_t jerr;
         json_t *resp, *err;
 
+        if (e->deadline_ns != 0) {
+            /* The caller's deadline holds the whole call, fail-over
+             * included. */
+            if (now >= e->deadline_ns) {
+                trail_add(trail, sizeof(trail), "%s: not tried, no time left", ep);
+                worst = FERRY_ERR_TIMEOUT;
+                break;
+            }
+            if (e->deadline_ns - now < limit)
+                limit = e->deadline_ns - now;
+        }
+        ms = (long)((limit + 999999u) / 1000000u);
+        if (ms < 1)
+            ms = 1;
         snprintf(url, sizeof(url), "%s%s", e->endpoints[idx], path);
         c->len = 0;
         c->overflow = false;
@@ -390,7 +405,7 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                 continue;
             }
             st = code == 5 ? FERRY_ERR_NOT_FOUND : FERRY_ERR_BACKEND;
-            ferry__error(st, "dir: etcd %s: %s (%s, code %d)", what, msg, ep, (int)code);
+            ferry__error(st, "etcd: %s: %s (%s, code %d)", what, msg, ep, (int)code);
             json_decref(resp);
             free(body);
             return st;
@@ -401,7 +416,8 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         return FERRY_OK;
     }
     free(body);
-    return ferry__error(worst, "dir: etcd %s: no endpoint answered: %s", what, trail);
+    atomic_store(&e->unanswered, true);
+    return ferry__error(worst, "etcd: %s: no endpoint answered: %s", what, trail);
 }
 
 /* An int64 field: the gateway writes them as decimal strings; absent
@@ -466,97 +482,298 @@ void ferry__etcd_kvs_free(ferry__etcd_kv_t *kvs, size_t n)
     free(kvs);
 }
 
+/* Parses one KeyValue (entry i of a reply) into out, which the caller
+ * frees, also on failure; what names the call for the texts. */
+static ferry_status_t kv_parse(json_t *kv, const char *what, size_t i,
+                               bool keys_only, ferry__etcd_kv_t *out)
+{
+    const char *k = json_string_value(json_object_get(kv, "key"));
+    const char *v = json_string_value(json_object_get(kv, "value"));
+    size_t klen;
+
+    if (k == NULL || (out->key = b64_decode(k, &klen)) == NULL ||
+        strlen(out->key) != klen)
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: %s: entry %zu has no valid "
+                            "key", what, i);
+    if (!keys_only) {
+        out->value = b64_decode(v ? v : "", &out->len);
+        if (out->value == NULL)
+            return ferry__error(FERRY_ERR_PROTOCOL, "etcd: %s: key '%s' has no "
+                                "valid value", what, out->key);
+    }
+    out->create_rev = get_i64(kv, "create_revision");
+    out->mod_rev = get_i64(kv, "mod_revision");
+    out->lease = get_i64(kv, "lease");
+    return FERRY_OK;
+}
+
+/* Parses the "kvs" of a range reply (resp: its object) into *kvs_p and
+ * *n_p; what names the call for the texts. */
+static ferry_status_t kvs_parse(json_t *resp, const char *what, bool keys_only,
+                                ferry__etcd_kv_t **kvs_p, size_t *n_p)
+{
+    json_t *arr = json_object_get(resp, "kvs");
+    ferry__etcd_kv_t *kvs = NULL;
+    ferry_status_t st;
+    size_t n = 0;
+
+    if (arr != NULL && !json_is_array(arr))
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: %s: 'kvs' is not an array",
+                            what);
+    if (json_array_size(arr) > 0) {
+        kvs = calloc(json_array_size(arr), sizeof(*kvs));
+        if (kvs == NULL)
+            return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    }
+    for (n = 0; n < json_array_size(arr); n++) {
+        st = kv_parse(json_array_get(arr, n), what, n, keys_only, &kvs[n]);
+        if (st != FERRY_OK) {
+            ferry__etcd_kvs_free(kvs, n + 1); /* entry n may hold a key */
+            return st;
+        }
+    }
+    *kvs_p = kvs;
+    *n_p = n;
+    return FERRY_OK;
+}
+
+/* A RangeRequest for key (with range_end for a prefix); NULL when out of
+ * memory. */
+static json_t *range_req(const char *key, bool prefix, bool keys_only)
+{
+    json_t *req = key_req(key);
+
+    if (req == NULL)
+        return NULL;
+    if (prefix) {
+        /* Every key starting with key: [key, key with its last byte + 1). */
+        size_t len = strlen(key);
+        char *end = strdup(key);
+        json_t *j;
+
+        if (end == NULL) {
+            json_decref(req);
+            return NULL;
+        }
+        end[len - 1]++;
+        j = bytes_json(end, len);
+        free(end);
+        if (j == NULL || json_object_set_new(req, "range_end", j) != 0) {
+            json_decref(req);
+            return NULL;
+        }
+    }
+    if (keys_only && json_object_set_new(req, "keys_only", json_true()) != 0) {
+        json_decref(req);
+        return NULL;
+    }
+    return req;
+}
+
 ferry_status_t ferry__etcd_range(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                                  const char *key, bool prefix, bool keys_only,
                                  ferry__etcd_kv_t **kvs_p, size_t *n_p,
                                  int64_t *rev_p)
 {
-    json_t *req = key_req(key), *resp, *arr;
-    ferry__etcd_kv_t *kvs = NULL;
+    json_t *req, *resp;
     ferry_status_t st;
-    size_t n = 0;
 
+    if (prefix && key[0] == '\0')
+        return ferry__error(FERRY_ERR_INVALID, "etcd: empty range prefix");
+    req = range_req(key, prefix, keys_only);
     if (req == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-    if (prefix) {
-        /* Every key starting with key: [key, key with its last byte + 1). */
-        size_t len = strlen(key);
-        char *end = strdup(key);
-        if (end == NULL || len == 0) {
-            free(end);
-            json_decref(req);
-            return ferry__error(FERRY_ERR_INVALID, "dir: empty range prefix");
-        }
-        end[len - 1]++;
-        json_object_set_new(req, "range_end", bytes_json(end, len));
-        free(end);
-    }
-    if (keys_only)
-        json_object_set_new(req, "keys_only", json_true());
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     FERRY_CHECK(call(e, c, "range", "/v3/kv/range", req, &resp));
-    arr = json_object_get(resp, "kvs");
-    if (arr != NULL && !json_is_array(arr)) {
-        json_decref(resp);
-        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd range: 'kvs' is not an array");
-    }
-    if (json_array_size(arr) > 0) {
-        kvs = calloc(json_array_size(arr), sizeof(*kvs));
-        if (kvs == NULL) {
-            json_decref(resp);
-            return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-        }
-    }
-    for (n = 0; n < json_array_size(arr); n++) {
-        json_t *kv = json_array_get(arr, n);
-        const char *k = json_string_value(json_object_get(kv, "key"));
-        const char *v = json_string_value(json_object_get(kv, "value"));
-        size_t klen;
-
-        st = FERRY_ERR_PROTOCOL;
-        if (k == NULL || (kvs[n].key = b64_decode(k, &klen)) == NULL ||
-            strlen(kvs[n].key) != klen) {
-            ferry__error(st, "dir: etcd range: entry %zu has no valid key", n);
-            goto err_kvs;
-        }
-        if (!keys_only) {
-            kvs[n].value = b64_decode(v ? v : "", &kvs[n].len);
-            if (kvs[n].value == NULL) {
-                ferry__error(st, "dir: etcd range: key '%s' has no valid value",
-                             kvs[n].key);
-                goto err_kvs;
-            }
-        }
-        kvs[n].create_rev = get_i64(kv, "create_revision");
-        kvs[n].mod_rev = get_i64(kv, "mod_revision");
-        kvs[n].lease = get_i64(kv, "lease");
-    }
-    if (rev_p)
+    st = kvs_parse(resp, "range", keys_only, kvs_p, n_p);
+    if (st == FERRY_OK && rev_p)
         *rev_p = header_rev(resp);
     json_decref(resp);
-    *kvs_p = kvs;
-    *n_p = n;
-    return FERRY_OK;
-
-err_kvs:
-    ferry__etcd_kvs_free(kvs, n + 1); /* entry n may hold a key already */
-    json_decref(resp);
     return st;
+}
+
+/* {name: obj}, taking obj; NULL when out of memory. */
+static json_t *wrap(const char *name, json_t *obj)
+{
+    json_t *w = obj ? json_object() : NULL;
+
+    if (w == NULL || json_object_set_new(w, name, obj) != 0) {
+        json_decref(w);
+        json_decref(obj);
+        return NULL;
+    }
+    return w;
+}
+
+/* A PutRequest; NULL when out of memory. */
+static json_t *put_req(const char *key, const void *value, size_t len,
+                       int64_t lease)
+{
+    json_t *req = key_req(key), *v = bytes_json(value, len);
+
+    if (req == NULL || v == NULL) {
+        json_decref(req);
+        json_decref(v);
+        return NULL;
+    }
+    /* json_object_set_new takes the value, also when it fails. */
+    if (json_object_set_new(req, "value", v) != 0 ||
+        (lease != 0 && json_object_set_new(req, "lease", i64_json(lease)) != 0)) {
+        json_decref(req);
+        return NULL;
+    }
+    return req;
+}
+
+/* A Compare for cond on key; NULL when out of memory. */
+static json_t *compare_json(const char *key, const ferry__etcd_cond_t *cond)
+{
+    json_t *cmp = key_req(key);
+    int bad = cmp == NULL;
+
+    if (bad)
+        return NULL;
+    bad |= json_object_set_new(cmp, "result", json_string("EQUAL"));
+    switch (cond->kind) {
+    case FERRY__ETCD_IF_ABSENT:
+        /* A missing key has create revision 0. */
+        bad |= json_object_set_new(cmp, "target", json_string("CREATE"));
+        bad |= json_object_set_new(cmp, "create_revision", i64_json(0));
+        break;
+    case FERRY__ETCD_IF_MOD_REV:
+        bad |= json_object_set_new(cmp, "target", json_string("MOD"));
+        bad |= json_object_set_new(cmp, "mod_revision", i64_json(cond->mod_rev));
+        break;
+    case FERRY__ETCD_IF_VALUE:
+        bad |= json_object_set_new(cmp, "target", json_string("VALUE"));
+        bad |= json_object_set_new(cmp, "value", bytes_json(cond->value, cond->len));
+        break;
+    }
+    if (bad) {
+        json_decref(cmp);
+        return NULL;
+    }
+    return cmp;
+}
+
+ferry_status_t ferry__etcd_put_if(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                  const char *key,
+                                  const ferry__etcd_cond_t *cond,
+                                  const void *value, size_t len, int64_t lease,
+                                  bool *done_p, ferry__etcd_kv_t **cur_p,
+                                  size_t *ncur_p)
+{
+    json_t *req = json_object(), *cmp = json_array(), *ok = json_array();
+    json_t *fail = json_array(), *resp, *r0;
+    ferry__etcd_kv_t *kvs = NULL;
+    size_t n = 0;
+    bool done;
+    ferry_status_t st = FERRY_OK;
+
+    if (req == NULL || cmp == NULL || ok == NULL || fail == NULL ||
+        json_array_append_new(cmp, compare_json(key, cond)) != 0 ||
+        json_array_append_new(ok, wrap("request_put",
+                                       put_req(key, value, len, lease))) != 0 ||
+        json_array_append_new(fail, wrap("request_range",
+                                         range_req(key, false, false))) != 0 ||
+        json_object_set_new(req, "compare", cmp) != 0 ||
+        json_object_set_new(req, "success", ok) != 0 ||
+        json_object_set_new(req, "failure", fail) != 0) {
+        json_decref(req);
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    }
+    FERRY_CHECK(call(e, c, "txn", "/v3/kv/txn", req, &resp));
+    /* "succeeded" is left out when false, as every zero value is. */
+    done = json_is_true(json_object_get(resp, "succeeded"));
+    if (!done) {
+        r0 = json_object_get(json_array_get(json_object_get(resp, "responses"), 0),
+                             "response_range");
+        st = r0 ? kvs_parse(r0, "txn", false, &kvs, &n)
+                : ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: a failed "
+                               "comparison without the range asked for");
+    }
+    json_decref(resp);
+    if (st != FERRY_OK)
+        return st;
+    *done_p = done;
+    *cur_p = kvs;
+    *ncur_p = n;
+    return FERRY_OK;
+}
+
+/* etcd's default limit on the operations of one transaction
+ * (--max-txn-ops). */
+#define TXN_OPS_MAX 128
+
+ferry_status_t ferry__etcd_get_many(ferry__etcd_t *e, ferry__etcd_conn_t *c,
+                                    const char *const *keys, size_t n,
+                                    bool keys_only, ferry__etcd_kv_t **kvs_p)
+{
+    ferry__etcd_kv_t *all = calloc(n ? n : 1, sizeof(*all));
+    ferry_status_t st = FERRY_OK;
+
+    if (all == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    for (size_t base = 0; base < n && st == FERRY_OK; base += TXN_OPS_MAX) {
+        size_t m = n - base < TXN_OPS_MAX ? n - base : TXN_OPS_MAX;
+        json_t *req = json_object(), *ops = json_array(), *resp, *rs;
+
+        if (req == NULL || ops == NULL || json_object_set(req, "success", ops) != 0)
+            st = ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+        for (size_t i = 0; i < m && st == FERRY_OK; i++)
+            if (json_array_append_new(ops, wrap("request_range",
+                                                range_req(keys[base + i], false,
+                                                          keys_only))) != 0)
+                st = ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+        json_decref(ops);
+        if (st != FERRY_OK) {
+            json_decref(req);
+            break;
+        }
+        /* No comparison: the success branch runs, as one read of one
+         * revision. */
+        st = call(e, c, "txn", "/v3/kv/txn", req, &resp);
+        if (st != FERRY_OK)
+            break;
+        rs = json_object_get(resp, "responses");
+        if (json_array_size(rs) != m)
+            st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: %zu replies to %zu "
+                              "reads", json_array_size(rs), m);
+        for (size_t i = 0; i < m && st == FERRY_OK; i++) {
+            json_t *r = json_object_get(json_array_get(rs, i), "response_range");
+            ferry__etcd_kv_t *kvs = NULL;
+            size_t got = 0;
+
+            st = r ? kvs_parse(r, "txn", keys_only, &kvs, &got)
+                   : ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: reply %zu is "
+                                  "not a range", i);
+            if (st == FERRY_OK && got > 0 && strcmp(kvs[0].key, keys[base + i]) == 0) {
+                all[base + i] = kvs[0];
+                kvs[0].key = NULL;
+                kvs[0].value = NULL;
+            } else if (st == FERRY_OK && got > 0) {
+                st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: txn: asked for '%s', "
+                                  "got '%s'", keys[base + i], kvs[0].key);
+            }
+            ferry__etcd_kvs_free(kvs, got);
+        }
+        json_decref(resp);
+    }
+    if (st != FERRY_OK) {
+        ferry__etcd_kvs_free(all, n);
+        return st;
+    }
+    *kvs_p = all;
+    return FERRY_OK;
 }
 
 ferry_status_t ferry__etcd_put(ferry__etcd_t *e, ferry__etcd_conn_t *c,
                                const char *key, const void *value, size_t len,
                                int64_t lease, int64_t *rev_p)
 {
-    json_t *req = key_req(key), *v = bytes_json(value, len), *resp;
+    json_t *req = put_req(key, value, len, lease), *resp;
 
-    if (req == NULL || v == NULL) {
-        json_decref(req);
-        json_decref(v);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
-    }
-    json_object_set_new(req, "value", v);
-    if (lease != 0)
-        json_object_set_new(req, "lease", i64_json(lease));
+    if (req == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     FERRY_CHECK(call(e, c, "put", "/v3/kv/put", req, &resp));
     if (rev_p)
         *rev_p = header_rev(resp);
@@ -570,7 +787,7 @@ ferry_status_t ferry__etcd_delete(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     json_t *req = key_req(key), *resp;
 
     if (req == NULL)
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     FERRY_CHECK(call(e, c, "deleterange", "/v3/kv/deleterange", req, &resp));
     if (deleted_p)
         *deleted_p = get_i64(resp, "deleted");
@@ -591,7 +808,7 @@ static ferry_status_t lease_call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
 
     if (req == NULL || v == NULL || json_object_set_new(req, field, v) != 0) {
         json_decref(req);
-        return ferry__error(FERRY_ERR_NO_MEMORY, "dir: out of memory");
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
     }
     return call(e, c, what, path, req, resp_p);
 }
@@ -606,7 +823,7 @@ ferry_status_t ferry__etcd_lease_grant(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     id = get_i64(resp, "ID");
     json_decref(resp);
     if (id == 0)
-        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd lease grant: no lease ID in the reply");
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: lease grant: no lease ID in the reply");
     *id_p = id;
     return FERRY_OK;
 }
@@ -625,7 +842,7 @@ ferry_status_t ferry__etcd_lease_keepalive(ferry__etcd_t *e,
     result = json_object_get(resp, "result");
     if (!json_is_object(result)) {
         json_decref(resp);
-        return ferry__error(FERRY_ERR_PROTOCOL, "dir: etcd lease keepalive: no result");
+        return ferry__error(FERRY_ERR_PROTOCOL, "etcd: lease keepalive: no result");
     }
     ttl = get_i64(result, "TTL");
     json_decref(resp);
@@ -641,4 +858,229 @@ ferry_status_t ferry__etcd_lease_revoke(ferry__etcd_t *e, ferry__etcd_conn_t *c,
     FERRY_CHECK(lease_call(e, c, "lease revoke", "/v3/lease/revoke", "ID", id, &resp));
     json_decref(resp);
     return FERRY_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Watch: a stream of events                                                */
+/* ------------------------------------------------------------------------ */
+
+/* One watch stream's state, for its write callback. */
+typedef struct watch {
+    char *buf;
+    size_t len, cap;
+    ferry__etcd_watch_cb cb;
+    void *arg;
+    bool created, stopped;
+    ferry_status_t st; /* a malformed message, a cancelled watch */
+} watch_t;
+
+/* One message of the stream: {"result": {"header", "created", "canceled",
+ * "compact_revision", "events": [{"type", "kv"}]}}. Returns false to end
+ * the stream. */
+static bool watch_message(watch_t *w, const char *line, size_t len)
+{
+    json_error_t jerr;
+    json_t *msg = json_loadb(line, len, 0, &jerr), *res, *arr;
+    ferry__etcd_wevent_t *evs = NULL;
+    size_t n = 0;
+    bool go_on = true;
+
+    res = json_object_get(msg, "result");
+    if (!json_is_object(res)) {
+        const char *e = json_string_value(json_object_get(
+            json_object_get(msg, "error"), "message"));
+
+        w->st = ferry__error(msg && e ? FERRY_ERR_BACKEND : FERRY_ERR_PROTOCOL,
+                             "etcd: watch: %s", msg && e ? e : "a message that "
+                             "is not etcd's");
+        json_decref(msg);
+        return false;
+    }
+    if (json_is_true(json_object_get(res, "canceled"))) {
+        int64_t compact = get_i64(res, "compact_revision");
+        const char *why = json_string_value(json_object_get(res, "cancel_reason"));
+
+        if (compact != 0)
+            w->st = ferry__error(FERRY_ERR_BACKEND, "etcd: watch: the revisions "
+                                 "before %lld were compacted", (long long)compact);
+        else
+            w->st = ferry__error(FERRY_ERR_BACKEND, "etcd: watch cancelled: %s",
+                                 why ? why : "no reason");
+        json_decref(msg);
+        return false;
+    }
+    if (json_is_true(json_object_get(res, "created")))
+        w->created = true;
+    arr = json_object_get(res, "events");
+    if (json_array_size(arr) > 0 &&
+        (evs = calloc(json_array_size(arr), sizeof(*evs))) == NULL) {
+        w->st = ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+        go_on = false;
+    }
+    for (; go_on && n < json_array_size(arr); n++) {
+        json_t *ev = json_array_get(arr, n);
+        const char *type = json_string_value(json_object_get(ev, "type"));
+
+        /* PUT, the zero value, is left out. */
+        evs[n].deleted = type != NULL && strcmp(type, "DELETE") == 0;
+        w->st = kv_parse(json_object_get(ev, "kv"), "watch", n, true, &evs[n].kv);
+        go_on = w->st == FERRY_OK;
+        if (!go_on)
+            n++; /* its key may be there */
+    }
+    if (go_on)
+        go_on = w->cb(w->arg, evs, n, header_rev(res));
+    for (size_t i = 0; i < n; i++) {
+        free(evs[i].kv.key);
+        free(evs[i].kv.value);
+    }
+    free(evs);
+    json_decref(msg);
+    return go_on;
+}
+
+/* Splits what arrives into lines, one message each. */
+static size_t on_watch_data(char *data, size_t size, size_t nmemb, void *arg)
+{
+    watch_t *w = arg;
+    size_t len = size * nmemb, start = 0;
+
+    if (w->len + len + 1 > w->cap) {
+        size_t cap = w->cap ? w->cap : 4096;
+        char *b;
+
+        while (cap < w->len + len + 1)
+            cap *= 2;
+        if (cap > REPLY_MAX + 1 || (b = realloc(w->buf, cap)) == NULL) {
+            w->st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: watch: a message "
+                                 "over 1 GiB");
+            return 0;
+        }
+        w->buf = b;
+        w->cap = cap;
+    }
+    memcpy(w->buf + w->len, data, len);
+    w->len += len;
+    for (size_t i = 0; i < w->len; i++) {
+        if (w->buf[i] != '\n')
+            continue;
+        if (i > start && !watch_message(w, w->buf + start, i - start)) {
+            w->stopped = true;
+            return 0; /* libcurl ends the transfer */
+        }
+        start = i + 1;
+    }
+    memmove(w->buf, w->buf + start, w->len - start);
+    w->len -= start;
+    return len;
+}
+
+ferry_status_t ferry__etcd_watch(ferry__etcd_t *e, const char *prefix,
+                                 int64_t start_rev, int stop_fd,
+                                 ferry__etcd_watch_cb cb, void *arg)
+{
+    size_t start = atomic_load(&e->cur), len = strlen(prefix);
+    long ms = (long)((e->timeout_ns + 999999u) / 1000000u);
+    json_t *req = json_object(), *cr = range_req(prefix, true, false);
+    char *body = NULL, trail[400] = "";
+    ferry_status_t st = FERRY_ERR_PEER_LOST;
+
+    if (len == 0)
+        return ferry__error(FERRY_ERR_INVALID, "etcd: watch: empty prefix");
+    if (req != NULL && cr != NULL &&
+        json_object_set_new(cr, "start_revision", i64_json(start_rev)) == 0 &&
+        json_object_set(req, "create_request", cr) == 0)
+        body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    json_decref(cr);
+    if (body == NULL)
+        return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
+    pthread_once(&curl_once, curl_init);
+    for (size_t i = 0; i < e->n; i++) {
+        size_t idx = (start + i) % e->n;
+        const char *ep = e->endpoints[idx] + 7;
+        watch_t w = {.cb = cb, .arg = arg, .st = FERRY_OK};
+        struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+        CURL *c = curl_easy_init();
+        CURLM *m = curl_multi_init();
+        CURLcode rc = CURLE_OK;
+        bool cancelled = false;
+        char url[300];
+        int running = 1;
+
+        if (c == NULL || m == NULL || hdr == NULL) {
+            curl_slist_free_all(hdr);
+            curl_easy_cleanup(c);
+            curl_multi_cleanup(m);
+            free(body);
+            return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: watch: curl init failed");
+        }
+        snprintf(url, sizeof(url), "%s/v3/watch", e->endpoints[idx]);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_watch_data);
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &w);
+        curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, ms < 1 ? 1L : ms);
+        /* A member that vanishes without closing the connection (a host
+         * gone) is found out by TCP keepalives. */
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPIDLE, 5L);
+        curl_easy_setopt(c, CURLOPT_TCP_KEEPINTVL, 2L);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+#if LIBCURL_VERSION_NUM >= 0x075500
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+#else
+        curl_easy_setopt(c, CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
+#endif
+        curl_multi_add_handle(m, c);
+        while (running) {
+            struct curl_waitfd wfd = {.fd = stop_fd, .events = CURL_WAIT_POLLIN};
+            CURLMcode mc = curl_multi_perform(m, &running);
+
+            if (mc != CURLM_OK || !running)
+                break;
+            mc = curl_multi_poll(m, &wfd, 1, 1000, NULL);
+            if (mc != CURLM_OK)
+                break;
+            if (wfd.revents) {
+                cancelled = true;
+                break;
+            }
+        }
+        for (CURLMsg *msg; (msg = curl_multi_info_read(m, &running)) != NULL;)
+            if (msg->msg == CURLMSG_DONE)
+                rc = msg->data.result;
+        curl_multi_remove_handle(m, c);
+        curl_easy_cleanup(c);
+        curl_multi_cleanup(m);
+        curl_slist_free_all(hdr);
+        free(w.buf);
+        if (cancelled) {
+            free(body);
+            return ferry__error(FERRY_ERR_CANCELED, "etcd: watch: stopped");
+        }
+        if (w.stopped || w.created) {
+            /* It ran: the callback or etcd ended it, or the connection
+             * broke after the watch was set up. */
+            free(body);
+            if (w.st != FERRY_OK)
+                return w.st;
+            if (w.stopped)
+                return FERRY_OK;
+            atomic_store(&e->cur, (idx + 1) % e->n);
+            return ferry__error(FERRY_ERR_PEER_LOST, "etcd: watch on %s ended: %s",
+                                ep, rc == CURLE_OK ? "the member closed it"
+                                                   : curl_easy_strerror(rc));
+        }
+        trail_add(trail, sizeof(trail), "%s: %s", ep,
+                  w.st != FERRY_OK ? ferry_last_error()
+                  : rc != CURLE_OK ? curl_easy_strerror(rc)
+                                   : "closed before the watch was set up");
+        if (w.st != FERRY_OK)
+            st = w.st;
+    }
+    free(body);
+    return ferry__error(st, "etcd: watch: no endpoint answered: %s", trail);
 }

@@ -100,7 +100,7 @@ const ferry__config_entry_t ferry__config_table[] = {
     {"FERRY_DIR_TIMEOUT_MS", "2000",
      "limit for one directory call to one etcd endpoint, in ms"},
     {"FERRY_DIR_POLL_MS", "200",
-     "how often a directory watch reads its prefix, in ms"},
+     "how often a directory watch retries while its stream is down, in ms"},
     {NULL, NULL, NULL},
 };
 

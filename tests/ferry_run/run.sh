@@ -184,6 +184,32 @@ for url in tcp://127.0.0.1:1 tcp://localhost:1 'tcp://[::1]:1'; do
         fail "--store $url: the ranks saw '$out'"
 done
 
+# 7b. --etcd: a URL the etcd client's parser refuses is refused before any
+# rank starts (as is any, in a build without etcd support); a good one
+# reaches the ranks with a fresh key prefix, whether or not etcd is up;
+# --store and --etcd together are a usage error.
+while IFS='|' read -r url want; do
+    rm -f "$tmp/started"
+    run -n 2 --etcd "$url" -- sh -c "touch $tmp/started"
+    [ $rc = 2 ] || fail "--etcd $url: expected 2, got $rc"
+    [[ "$err" == "ferry-run: --etcd: $want"* || "$err" == *"built without"* ]] ||
+        fail "--etcd $url: '$err', not 'ferry-run: --etcd: $want...'"
+    [ -e "$tmp/started" ] && fail "--etcd $url: a rank was started"
+done <<'EOF'
+etcd://127.0.0.1:2379|dir: etcd: 'etcd://127.0.0.1:2379' has no prefix
+etcd://127.0.0.1:0/x|dir: etcd: 'etcd://127.0.0.1:0/x': endpoint '127.0.0.1:0' has no valid port
+tcp://127.0.0.1:2379/x|dir: etcd: 'tcp://127.0.0.1:2379/x' is not etcd://
+EOF
+run -n 2 --etcd etcd://127.0.0.1:1,127.0.0.1:2/jobs -- sh -c 'echo "$FERRY_STORE $FERRY_COMM_PREFIX"'
+if [[ "$err" != *"built without"* ]]; then
+    [ $rc = 0 ] || fail "--etcd: expected 0, got $rc ($err)"
+    [ "$(grep -cE '^\[[01]\] etcd://127.0.0.1:1,127.0.0.1:2/jobs ferry/run-[0-9]+-[0-9]+/$' <<<"$out")" = 2 ] ||
+        fail "--etcd: the ranks saw '$out'"
+fi
+run -n 2 --store tcp://127.0.0.1:1 --etcd etcd://127.0.0.1:1/x -- true
+[ $rc = 2 ] && [[ "$err" == "ferry-run: one store: --store or --etcd, once"* ]] ||
+    fail "--store with --etcd: $rc '$err'"
+
 # 8. Each job hosting its own store gets a secret of its own (64 hex
 # digits), the same in every rank; one the user set is handed on as it is.
 unset FERRY_JOB_SECRET
