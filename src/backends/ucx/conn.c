@@ -28,10 +28,14 @@
  * a worker per peer (about 4 MiB and 10 file descriptors with Debian's UCX
  * 1.13 and its default transports, and a few milliseconds to open); a peer
  * pays for one stale endpoint each time we abort a connection to it. Two
- * exceptions. A loopback connection (an agent that loaded its own blob)
- * stays on the agent's worker: what it has in flight needs no one else to
- * finish, so an abort lets it finish (two workers of one process over TCP
- * also crash UCX 1.13 now and then). And when the configured transports
+ * exceptions. A loopback connection (an agent that loaded its own blob,
+ * known by its own worker address) stays on the agent's worker: what it has
+ * in flight needs no one else to finish, so an abort lets it finish (two
+ * workers of one process over TCP also crash UCX 1.13 now and then).
+ * Another agent of the same process is not loopback: nothing says that
+ * anyone drives it, and an emulated put waits for its target's progress,
+ * so its connection has a worker of its own like any peer's, and an abort
+ * ends what it was sent at once; it has no pid of its own to watch. And when the configured transports
  * (FERRY_UCX_TLS) include no shared memory, same-host endpoints use UCX
  * error handling like remote ones: nothing is lost, since only shared
  * memory could not serve it.
@@ -417,10 +421,15 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
     conn->err_mode = peer->same_host && !ctx->local_err_mode
                          ? UCP_ERR_HANDLING_MODE_NONE
                          : UCP_ERR_HANDLING_MODE_PEER;
-    conn->own_worker = !(peer->same_host && peer->pid == (int32_t)getpid());
+    /* Loopback: this agent's own worker address, in its own blob. Another
+     * agent of this process is a peer like any other: nobody may drive it,
+     * and an abort must end what it was sent without its help. */
+    conn->own_worker = !(len == ctx->address_len &&
+                         memcmp(addr, ctx->address, len) == 0);
     conn->same_host = peer->same_host;
     conn->pid = peer->same_host ? (pid_t)peer->pid : 0;
-    if (peer->same_host && peer->pid > 0) {
+    /* This process outlives its own agents: no pid to watch. */
+    if (peer->same_host && peer->pid > 0 && peer->pid != (int32_t)getpid()) {
         st = ucx_watch(ctx, conn, (pid_t)peer->pid);
         if (st < 0)
             goto err_free;
