@@ -191,12 +191,16 @@ FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns)
  * they end one to another process. Cancel leaves ferry_last_error() as it
  * was.
  *
- * Known limit of UCX 1.13 over TCP (FERRY_UCX_TLS=tcp, or peers on other
- * hosts without RDMA): a peer that receives emulated WRITEs from a
- * connection that was closed meanwhile aborts (a UCX bug, the same that
- * takes a target down when an initiator process dies mid-transfer). Over
- * shared memory, the default between processes of one host, it does not.
- * Any thread.
+ * Over TCP (UCX_TLS or FERRY_UCX_TLS=tcp, or peers on other hosts
+ * without RDMA), UCX 1.13 aborts a peer that finds WRITEs of a closed
+ * connection in its sockets, so there cancel does not close the
+ * connection's sockets: it sets its UCX worker aside, never to be driven
+ * again (up to 8 per peer, each a few MiB; they go when the peer is
+ * forgotten). Known limits: a peer that was stopped before it had answered
+ * the connection's first contact still aborts when that worker goes; and
+ * a peer whose initiator process dies mid-transfer still aborts (both UCX
+ * bugs). Over shared memory, the default between processes of one host,
+ * neither happens. Any thread.
  */
 FERRY_API ferry_status_t ferry_xfer_cancel(ferry_xfer_t *xfer);
 
