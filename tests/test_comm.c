@@ -774,10 +774,30 @@ static int run_stall(bool etcd)
         if (ms > 8000)
             TEST_FAIL_AT_("a collective with a 2 s deadline took %.0f ms", ms);
     }
-    xu_cont_child(store);
+    /* Destroy with the store still stopped: the heartbeat's call under way
+     * and the leave end by the leave's second (it took 12-20 s). */
     uint64_t t0 = ferry__now_ns();
     ferry_comm_destroy(c);
-    printf("test_comm stall: destroy took %.0f ms\n", (double)(ferry__now_ns() - t0) / 1e6);
+    double dms = (double)(ferry__now_ns() - t0) / 1e6;
+    printf("test_comm stall: destroy on a stopped store took %.0f ms\n", dms);
+    if (dms > 5000)
+        TEST_FAIL_AT_("destroy on a stopped store took %.0f ms", dms);
+    xu_cont_child(store);
+    /* The same with a communicator whose connections are whole: the
+     * heartbeat's call waits on the stopped store when destroy comes. */
+    p.prefix = "stall2/";
+    ASSERT_ST(FERRY_OK, ferry_comm_create(&p, &c));
+    ASSERT_ST(FERRY_OK, ferry_comm_barrier(c, TMO));
+    xu_stop_child(store);
+    usleep(300000); /* the heartbeat's next beat meets the stop */
+    t0 = ferry__now_ns();
+    ferry_comm_destroy(c);
+    dms = (double)(ferry__now_ns() - t0) / 1e6;
+    printf("test_comm stall: destroy of a whole communicator on a stopped store took "
+           "%.0f ms\n", dms);
+    if (dms > 5000)
+        TEST_FAIL_AT_("destroy on a stopped store took %.0f ms", dms);
+    xu_cont_child(store);
     ferry_agent_destroy(agent);
     if (!etcd) {
         kill(store, SIGTERM);

@@ -113,7 +113,9 @@ FERRY_API ferry_status_t ferry_comm_create(const ferry_comm_params_t *params,
  * Leaves the job and frees the communicator: stops its heartbeat and closes
  * its store connection. Rank 0, when it hosts the store, first waits (up to
  * the communicator's timeout) until every other rank has left or is dead.
- * The peers loaded by ferry_comm_exchange() belong to their agent and stay
+ * A store that does not answer holds it no longer than about a second
+ * past that: the heartbeat's call under way is given up, and so is the
+ * leave (the job's keys then stay in the store). The peers loaded by ferry_comm_exchange() belong to their agent and stay
  * valid. Accepts NULL. No other thread may use the communicator meanwhile.
  */
 FERRY_API void ferry_comm_destroy(ferry_comm_t *comm);

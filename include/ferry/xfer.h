@@ -195,16 +195,24 @@ FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns)
  * included, may be posted again, which reopens the connection (a peer that
  * is gone still gives FERRY_ERR_PEER_LOST). To stop one request to a
  * healthy peer without touching the others, wait for it instead. A request
- * to this same agent (a loopback peer) needs no one else to finish, so it
- * is not stopped: cancel returns FERRY_IN_PROGRESS and it ends, CANCELED,
- * when its transfer does.
+ * to this same agent (a loopback peer: the agent loaded its own blob) needs
+ * no one else to finish, so it is not stopped: cancel returns
+ * FERRY_IN_PROGRESS and it ends, CANCELED, when its transfer does. Another
+ * agent of the same process is an ordinary peer, whether or not anything
+ * drives it: cancel, the stall timeout and release end a request to it as
+ * they end one to another process. Cancel leaves ferry_last_error() as it
+ * was.
  *
- * Known limit of UCX 1.13 over TCP (FERRY_UCX_TLS=tcp, or peers on other
- * hosts without RDMA): a peer that receives emulated WRITEs from a
- * connection that was closed meanwhile aborts (a UCX bug, the same that
- * takes a target down when an initiator process dies mid-transfer). Over
- * shared memory, the default between processes of one host, it does not.
- * Any thread.
+ * Over TCP (UCX_TLS or FERRY_UCX_TLS=tcp, or peers on other hosts
+ * without RDMA), UCX 1.13 aborts a peer that finds WRITEs of a closed
+ * connection in its sockets, so there cancel does not close the
+ * connection's sockets: it sets its UCX worker aside, never to be driven
+ * again (up to 8 per peer, each a few MiB; they go when the peer is
+ * forgotten). Known limits: a peer that was stopped before it had answered
+ * the connection's first contact still aborts when that worker goes; and
+ * a peer whose initiator process dies mid-transfer still aborts (both UCX
+ * bugs). Over shared memory, the default between processes of one host,
+ * neither happens. Any thread.
  */
 FERRY_API ferry_status_t ferry_xfer_cancel(ferry_xfer_t *xfer);
 

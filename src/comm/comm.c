@@ -283,6 +283,9 @@ err_free:
 /* The last rank to leave an external store deletes the job's keys (an
  * in-process store goes away with rank 0 anyway). Each rank says "done"
  * before it counts itself out, so nobody writes a key after this. */
+/* How long ferry_comm_destroy() gives the store to record the leave. */
+#define COMM_LEAVE_NS 1000000000ull
+
 static void comm_leave(ferry_comm_t *c)
 {
     char key[FERRY__COMM_KEY_MAX], k2[FERRY__COMM_KEY_MAX + 16];
@@ -335,7 +338,13 @@ void ferry_comm_destroy(ferry_comm_t *comm)
                         "still use it");
         pthread_mutex_unlock(&comm->hb_lock);
     }
+    /* A stalled store must not hold the rank here: the heartbeat's call
+     * under way ends within a slice of its wait, and the leave's calls
+     * within COMM_LEAVE_NS (a store that takes longer keeps the job's
+     * keys; an in-process one goes anyway). */
+    ferry__store_set_cap(comm->hb_store, ferry__now_ns());
     ferry__comm_hb_stop(comm);
+    ferry__store_set_cap(comm->store, ferry__now_ns() + COMM_LEAVE_NS);
     comm_leave(comm);
     comm_free(comm);
 }

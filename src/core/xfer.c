@@ -525,6 +525,11 @@ static uint64_t xfer_mark(ferry_xfer_t *x)
 static ferry_status_t xfer_abort_locked(ferry_xfer_t *x, ferry_status_t why,
                                                const char *own, const char *others)
 {
+    ferry__errsave_t save;
+
+    /* The text for the others is for them alone: the caller's own detail
+     * text stays as it was (cancel and release succeed). */
+    ferry__error_save(&save);
     ferry__xfer_claim_locked(x);
     if (!ferry__in_flight(x))
         return FERRY_OK;
@@ -538,7 +543,7 @@ static ferry_status_t xfer_abort_locked(ferry_xfer_t *x, ferry_status_t why,
         ferry__error(why, "%s", others);
         (void)x->parts[p].ops->conn_abort(x->parts[p].ctx, x->parts[p].conn, why);
     }
-    return ferry__in_flight(x) ? FERRY_IN_PROGRESS : FERRY_OK;
+    return ferry__error_keep(&save, ferry__in_flight(x) ? FERRY_IN_PROGRESS : FERRY_OK);
 }
 
 void ferry__stall_check_locked(ferry_agent_t *agent)

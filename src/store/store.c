@@ -28,6 +28,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +47,9 @@ struct ferry_store {
     pthread_mutex_t lock;
     int fd; /* -1 once the connection is closed */
     uint64_t timeout_ns;
-    uint64_t cap_ns; /* no call's deadline goes past it (NO_DEADLINE: none) */
+    /* No call's deadline goes past it (NO_DEADLINE: none). Atomic: a
+     * lowered cap ends a wait already under way, within WAIT_SLICE_NS. */
+    _Atomic uint64_t cap_ns;
     ferry__secret_t secret; /* set: ferry's authenticated handshake */
     char url[256];
 };
@@ -62,33 +65,35 @@ static uint64_t deadline_after(uint64_t ns)
     return ns >= NO_DEADLINE - now ? NO_DEADLINE : now + ns;
 }
 
-/* Polls fd for events until the deadline: 1 ready, 0 timed out, -1 error. */
-static int wait_fd(int fd, short events, uint64_t deadline)
+/* How often a wait looks at its connection's cap again. */
+#define WAIT_SLICE_NS 100000000ull
+
+/* Polls fd (of connection s) for events until the deadline, or the cap
+ * that another thread may lower meanwhile: 1 ready, 0 timed out, -1
+ * error. */
+static int wait_fd(const ferry_store_t *s, int fd, short events, uint64_t deadline)
 {
     for (;;) {
         struct pollfd pfd = {.fd = fd, .events = events};
-        int ms = -1;
+        uint64_t cap = atomic_load(&s->cap_ns), now = ferry__now_ns();
+        uint64_t end = cap < deadline ? cap : deadline;
+        int n;
 
-        if (deadline != NO_DEADLINE) {
-            uint64_t now = ferry__now_ns();
-            /* Capped at an hour so that it fits an int. */
-            uint64_t left_ms = now >= deadline
-                                   ? 0
-                                   : (deadline - now + 999999) / 1000000;
+        bool last = end != NO_DEADLINE && now >= end;
 
-            ms = left_ms > 3600000 ? 3600000 : (int)left_ms;
-        }
-        int n = poll(&pfd, 1, ms);
-
+        /* A slice at most, then the cap again; past the end, one look
+         * without waiting. */
+        if (last)
+            end = now;
+        else if (end == NO_DEADLINE || end - now > WAIT_SLICE_NS)
+            end = now + WAIT_SLICE_NS;
+        n = poll(&pfd, 1, (int)((end - now + 999999) / 1000000));
         if (n > 0)
             return 1;
-        if (n == 0) {
-            if (deadline == NO_DEADLINE || ferry__now_ns() < deadline)
-                continue; /* a capped slice of a longer wait */
-            return 0;
-        }
-        if (errno != EINTR)
+        if (n < 0 && errno != EINTR)
             return -1;
+        if (last)
+            return 0;
     }
 }
 
@@ -99,7 +104,9 @@ static uint64_t call_deadline(const ferry_store_t *s)
 {
     uint64_t d = deadline_after(s->timeout_ns);
 
-    return d < s->cap_ns ? d : s->cap_ns;
+    uint64_t cap = atomic_load(&s->cap_ns);
+
+    return d < cap ? d : cap;
 }
 
 static void store_break(ferry_store_t *s)
@@ -132,7 +139,7 @@ static ferry_status_t store_io(ferry_store_t *s, uint8_t *b, size_t n,
         if (k < 0 && e == EINTR)
             continue;
         if (k < 0 && (e == EAGAIN || e == EWOULDBLOCK)) {
-            int w = wait_fd(s->fd, sending ? POLLOUT : POLLIN, deadline);
+            int w = wait_fd(s, s->fd, sending ? POLLOUT : POLLIN, deadline);
 
             if (w > 0)
                 continue;
@@ -306,8 +313,8 @@ static ferry_status_t store_wait_locked(ferry_store_t *s,
     uint64_t deadline = timeout_ns < 0 ? NO_DEADLINE
                                        : deadline_after((uint64_t)timeout_ns);
 
-    if (deadline > s->cap_ns)
-        deadline = s->cap_ns;
+    if (deadline > atomic_load(&s->cap_ns))
+        deadline = atomic_load(&s->cap_ns);
     req_init(&w, FERRY__Q_WAIT, NULL);
     put_keys(&w, keys, n);
     FERRY_CHECK(store_send_req(s, &w, call_deadline(s), op));
@@ -523,7 +530,7 @@ static ferry_status_t try_connect(ferry_store_t *s, const struct addrinfo *ai,
                                 "store %s: connect: %s", s->url,
                                 strerror(err));
         }
-        int w = wait_fd(fd, POLLOUT, deadline);
+        int w = wait_fd(s, fd, POLLOUT, deadline);
 
         if (w <= 0) {
             close(fd);
@@ -633,9 +640,8 @@ err_free:
 
 void ferry__store_set_cap(ferry_store_t *store, uint64_t deadline_ns)
 {
-    pthread_mutex_lock(&store->lock);
-    store->cap_ns = deadline_ns;
-    pthread_mutex_unlock(&store->lock);
+    /* Not under the lock: a call under way holds it. */
+    atomic_store(&store->cap_ns, deadline_ns);
 }
 
 void ferry__store_set_timeout(ferry_store_t *store, uint64_t timeout_ns)

@@ -28,20 +28,37 @@
  * a worker per peer (about 4 MiB and 10 file descriptors with Debian's UCX
  * 1.13 and its default transports, and a few milliseconds to open); a peer
  * pays for one stale endpoint each time we abort a connection to it. Two
- * exceptions. A loopback connection (an agent that loaded its own blob)
- * stays on the agent's worker: what it has in flight needs no one else to
- * finish, so an abort lets it finish (two workers of one process over TCP
- * also crash UCX 1.13 now and then). And when the configured transports
- * (FERRY_UCX_TLS) include no shared memory, same-host endpoints use UCX
+ * exceptions. A loopback connection (an agent that loaded its own blob,
+ * known by its own worker address) stays on the agent's worker: what it has
+ * in flight needs no one else to finish, so an abort lets it finish (two
+ * workers of one process over TCP also crash UCX 1.13 now and then).
+ * Another agent of the same process is not loopback: nothing says that
+ * anyone drives it, and an emulated put waits for its target's progress,
+ * so its connection has a worker of its own like any peer's, and an abort
+ * ends what it was sent at once; it has no pid of its own to watch. And when the configured transports
+ * (FERRY_UCX_TLS, or else UCX_TLS) include no shared memory, same-host endpoints use UCX
  * error handling like remote ones: nothing is lost, since only shared
  * memory could not serve it.
  *
- * Known limit (UCX 1.13): a peer replies to operations it received before
- * an abort. Over shared memory the replies vanish into the destroyed
- * worker's FIFO. Over TCP, the peer's UCX cannot deliver the completion of
- * an emulated put and aborts the peer process (ucs_fatal in
- * ucp_request_try_send, via ucp_rma_sw_send_cmpl, whatever the error mode),
- * exactly as it does when an initiator process dies with puts in flight.
+ * A peer replies to operations it received before an abort. Over shared
+ * memory the replies vanish into the destroyed worker's FIFO. Over TCP,
+ * UCX 1.13 cannot take the closed sockets: a peer that still holds emulated
+ * puts of the closed endpoint in its sockets (it was stopped, or busy) finds
+ * its endpoint failed when it reads them, cannot send their completions,
+ * and aborts ("unexpected error: Endpoint timeout", ucs_fatal in
+ * ucp_request_try_send via ucp_put_handler), or trips an assertion while
+ * purging a wire-up reply (ucp_request_send_state_ff). So an abort of a
+ * connection whose endpoint runs over TCP keeps its worker instead,
+ * retired: out of the epoll set and never progressed again, so that UCX
+ * touches none of the aborted operations' memory (over TCP the kernel has
+ * copied whatever left; nothing an idle worker does reads or writes user
+ * memory), while its sockets stay open for the peer to finish against. A
+ * connection keeps at most UCX_RETIRED_MAX of them, each a worker's memory
+ * and descriptors, and destroys them when it closes. Left open: a peer
+ * that was stopped before it answered the endpoint's very first contact
+ * (the wire-up) still aborts once the retired worker is destroyed, at
+ * the connection's close: UCX 1.13 purges its pending wire-up reply with
+ * an assertion. A same-process initiator dies the same way when it exits.
  */
 #include "backends/ucx/ucx.h"
 #include "util/log.h"
@@ -61,6 +78,17 @@
 /* How long closing an idle endpoint may take before its worker is destroyed
  * anyway. */
 #define UCX_CLOSE_NS 1000000000ull
+
+/* How many workers aborted TCP endpoints may keep per connection (see the
+ * top of this file); beyond it, the oldest is destroyed. */
+#define UCX_RETIRED_MAX 8
+
+/* A worker an abort took off a connection over TCP. */
+typedef struct ucx_retired {
+    ucp_worker_h worker;
+    ucp_ep_h ep; /* to force-close first, or NULL */
+    ferry__list_t link; /* conn->retired, oldest first */
+} ucx_retired_t;
 
 static void ucx_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
@@ -149,6 +177,119 @@ static void ucx_log_install(void)
     ucs_log_push_handler(ucx_log);
 }
 
+/* How long a forced close of an endpoint may take before its worker goes. */
+#define UCX_FORCE_NS 100000000ull
+
+/*
+ * Destroys a worker with whatever it still holds. An endpoint in peer error
+ * handling mode (ep, else NULL) is force-closed first: that ends its
+ * operations without touching their memory (UCX fails them), and UCX 1.13
+ * asserts when it destroys an endpoint whose emulated gets still wait for
+ * replies (ucp_ep_destroy_base). Without error handling UCX refuses the
+ * force; an endpoint over shared memory keeps no such list.
+ */
+static void ucx_worker_drop(ucp_worker_h worker, ucp_ep_h ep)
+{
+    pthread_once(&ucx_log_once, ucx_log_install);
+    ucx_aborting = true;
+    if (ep != NULL) {
+        ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                                 .flags = UCP_EP_CLOSE_FLAG_FORCE};
+        ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &p);
+        uint64_t deadline = ferry__now_ns() + UCX_FORCE_NS;
+
+        if (UCS_PTR_IS_PTR(req)) {
+            /* Nothing of the operations is left to progress: only the
+             * endpoint's own teardown. */
+            while (ucp_request_check_status(req) == UCS_INPROGRESS &&
+                   ferry__now_ns() < deadline)
+                ucp_worker_progress(worker);
+            ucp_request_free(req);
+        }
+    }
+    ucp_worker_destroy(worker);
+    ucx_aborting = false;
+}
+
+/* Whether the endpoint's active messages (and so the emulated puts and
+ * gets) go over TCP: its lane that carries "am" is a tcp resource, as
+ * ucp_ep_print_info() lists them ("lane[0]:  0:tcp/lo.0 md[0] -> ... am"). */
+static bool ucx_ep_on_tcp(ucp_ep_h ep)
+{
+    char *text = NULL, *line, *save = NULL;
+    size_t len = 0;
+    bool tcp = false;
+    FILE *mem = open_memstream(&text, &len);
+
+    if (mem == NULL)
+        return false;
+    ucp_ep_print_info(ep, mem);
+    fclose(mem);
+    for (line = strtok_r(text, "\n", &save); line != NULL && !tcp;
+         line = strtok_r(NULL, "\n", &save)) {
+        char *tok, *tsave = NULL;
+        bool lane_tcp;
+
+        if (strstr(line, "lane[") == NULL)
+            continue;
+        lane_tcp = strstr(line, "tcp/") != NULL;
+        for (tok = strtok_r(line, " ", &tsave); tok != NULL; tok = strtok_r(NULL, " ", &tsave))
+            if (strcmp(tok, "am") == 0)
+                tcp = lane_tcp;
+    }
+    free(text);
+    return tcp;
+}
+
+/* The connection's endpoint if a forced close may end it (peer error
+ * handling, and the peer not known to be gone: UCX failed its operations
+ * then), else NULL. */
+static ucp_ep_h ucx_ep_forcible(const ucx_conn_t *conn)
+{
+    return conn->err_mode == UCP_ERR_HANDLING_MODE_PEER && conn->failed == UCS_OK
+               ? conn->ep
+               : NULL;
+}
+
+/* Keeps the connection's worker, retired (see the top of this file), and
+ * destroys the oldest retired one beyond UCX_RETIRED_MAX; returns false if
+ * it could not be kept. */
+static bool ucx_retire(ucx_conn_t *conn)
+{
+    ucx_retired_t *r = malloc(sizeof(*r));
+
+    if (r == NULL)
+        return false;
+    if (conn->nretired == UCX_RETIRED_MAX) {
+        ucx_retired_t *old = ferry__container_of(conn->retired.next, ucx_retired_t, link);
+
+        ferry__list_del(&old->link);
+        conn->nretired--;
+        ucx_worker_drop(old->worker, old->ep);
+        free(old);
+    }
+    r->worker = conn->worker;
+    r->ep = ucx_ep_forcible(conn);
+    ferry__list_add(conn->retired.prev, &r->link); /* at the tail */
+    conn->nretired++;
+    ferry__debug("ucx: connection to peer '%s' over TCP: its worker retired (%u "
+                 "kept)", conn->peer_name, conn->nretired);
+    return true;
+}
+
+/* Destroys the connection's retired workers (it closes). */
+static void ucx_retired_drop(ucx_conn_t *conn)
+{
+    while (!ferry__list_empty(&conn->retired)) {
+        ucx_retired_t *r = ferry__container_of(conn->retired.next, ucx_retired_t, link);
+
+        ferry__list_del(&r->link);
+        ucx_worker_drop(r->worker, r->ep);
+        free(r);
+    }
+    conn->nretired = 0;
+}
+
 static ferry_status_t ucx_ep_create(ucx_conn_t *conn)
 {
     ucp_ep_params_t ep = {0};
@@ -166,6 +307,7 @@ static ferry_status_t ucx_ep_create(ucx_conn_t *conn)
         conn->ep = NULL;
         return ferry__ucx_error(s, "ucp_ep_create", conn->peer_name);
     }
+    conn->tcp = ucx_ep_on_tcp(conn->ep);
     return FERRY_OK;
 }
 
@@ -283,10 +425,9 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
     if (polite && ferry__list_empty(&conn->flushes) && conn->failed == UCS_OK)
         ucx_ep_close(conn); /* which also lets queued messages leave */
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
-    pthread_once(&ucx_log_once, ucx_log_install);
-    ucx_aborting = true;
-    ucp_worker_destroy(conn->worker);
-    ucx_aborting = false;
+    /* A dead peer reads nothing more: its sockets may close. */
+    if (polite || !conn->tcp || conn->failed != UCS_OK || !ucx_retire(conn))
+        ucx_worker_drop(conn->worker, polite ? NULL : ucx_ep_forcible(conn));
     conn->worker = NULL;
     conn->ep = NULL;
 }
@@ -335,7 +476,9 @@ ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why
         }
     }
     ucx_disconnect(ctx, conn, false);
-    ferry__ucx_sends_drop(conn, true); /* messages in flight are lost */
+    /* Messages in flight are lost (a retired worker, never progressed
+     * again, reports nothing either). */
+    ferry__ucx_sends_drop(conn, true);
     for (size_t j = 0; j < i; j++)
         done[j].cb(done[j].arg, why);
     free(done);
@@ -418,16 +561,22 @@ ferry_status_t ferry__ucx_conn_open(void *vctx, const uint8_t *addr,
     ferry__list_init(&conn->flushes);
     ferry__list_init(&conn->sends);
     ferry__list_init(&conn->rkeys);
+    ferry__list_init(&conn->retired);
     ferry__list_init(&conn->link);
     snprintf(conn->peer_name, sizeof(conn->peer_name), "%s", peer->name);
     memcpy(conn->addr, addr, len);
     conn->err_mode = peer->same_host && !ctx->local_err_mode
                          ? UCP_ERR_HANDLING_MODE_NONE
                          : UCP_ERR_HANDLING_MODE_PEER;
-    conn->own_worker = !(peer->same_host && peer->pid == (int32_t)getpid());
+    /* Loopback: this agent's own worker address, in its own blob. Another
+     * agent of this process is a peer like any other: nobody may drive it,
+     * and an abort must end what it was sent without its help. */
+    conn->own_worker = !(len == ctx->address_len &&
+                         memcmp(addr, ctx->address, len) == 0);
     conn->same_host = peer->same_host;
     conn->pid = peer->same_host ? (pid_t)peer->pid : 0;
-    if (peer->same_host && peer->pid > 0) {
+    /* This process outlives its own agents: no pid to watch. */
+    if (peer->same_host && peer->pid > 0 && peer->pid != (int32_t)getpid()) {
         st = ucx_watch(ctx, conn, (pid_t)peer->pid);
         if (st < 0)
             goto err_free;
@@ -459,6 +608,7 @@ void ferry__ucx_conn_close(void *vctx, void *vconn)
         (void)ucx_orphan_first(conn);
     ucx_disconnect(ctx, conn, true);
     ferry__ucx_sends_drop(conn, conn->own_worker);
+    ucx_retired_drop(conn);
     ferry__list_del(&conn->link);
     free(conn);
 }

@@ -299,7 +299,9 @@ ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
     st = ucx_context(agent_name, tls, cfg, &ctx->context, &ctx->memory_types);
     if (st != FERRY_OK)
         goto err_free;
-    ctx->local_err_mode = !ucx_tls_has_shm(tls);
+    /* UCX reads UCX_TLS itself when FERRY_UCX_TLS does not override it. */
+    ctx->local_err_mode = !ucx_tls_has_shm(tls[0] != '\0' || getenv("UCX_TLS") == NULL
+                                               ? tls : getenv("UCX_TLS"));
     FERRY_CHECK_GOTO(ferry__ucx_mds_init(ctx), st, err_fini);
 
     /* The core serialises every call into this backend under the agent's

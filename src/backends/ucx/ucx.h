@@ -125,6 +125,9 @@ typedef struct ucx_conn {
     ferry__list_t sends;   /* messages in flight on it (ucx_req_t, msg.c) */
     bool wired;            /* a message has left on this endpoint (msg.c) */
     uint64_t next_alive_ns; /* when a send next asks after the peer's pid */
+    bool tcp;              /* its endpoint's active messages go over TCP */
+    ferry__list_t retired; /* workers aborts took off it (TCP), never progressed */
+    unsigned nretired;
     atomic_uint runs;      /* run()s copying into its mapped keys */
     ferry__list_t rkeys;   /* ucx_rkey_t */
     ferry__list_t link;    /* ctx->conns */
