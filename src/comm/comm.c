@@ -342,9 +342,9 @@ void ferry_comm_destroy(ferry_comm_t *comm)
      * under way ends within a slice of its wait, and the leave's calls
      * within COMM_LEAVE_NS (a store that takes longer keeps the job's
      * keys; an in-process one goes anyway). */
-    ferry__store_set_cap(comm->hb_store, ferry__now_ns());
+    ferry__kv_set_cap(comm->hb_kv, ferry__now_ns());
     ferry__comm_hb_stop(comm);
-    ferry__store_set_cap(comm->store, ferry__now_ns() + COMM_LEAVE_NS);
+    ferry__kv_set_cap(comm->kv, ferry__now_ns() + COMM_LEAVE_NS);
     comm_leave(comm);
     comm_free(comm);
 }

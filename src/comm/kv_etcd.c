@@ -59,7 +59,8 @@ typedef struct kv_etcd {
     pthread_mutex_t lock; /* one call at a time on conn */
     char prefix[FERRY__ETCD_PREFIX_MAX + 2]; /* "<url prefix>/" */
     char url[256];
-    uint64_t cap_ns, retry_ns;
+    _Atomic uint64_t cap_ns; /* set by any thread (et_set_cap) */
+    uint64_t retry_ns;
     int64_t lease, ttl_s;
     uint64_t renewed_ns;
     uint64_t token_base, adds; /* an ADD's token: "<base>-<adds>" */
@@ -90,7 +91,9 @@ static uint64_t end_of(const kv_etcd_t *k, uint64_t ns)
     uint64_t now = ferry__now_ns(), end = ns >= UINT64_MAX - now ? UINT64_MAX
                                                                 : now + ns;
 
-    return end < k->cap_ns ? end : k->cap_ns;
+    uint64_t cap = atomic_load(&k->cap_ns);
+
+    return end < cap ? end : cap;
 }
 
 /* Renews the job's lease once a third of its TTL has passed. */
@@ -130,13 +133,16 @@ static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args)
 
     pthread_mutex_lock(&k->lock);
     end = end_of(k, k->retry_ns);
-    k->etcd.deadline_ns = k->cap_ns == UINT64_MAX ? 0 : k->cap_ns;
+    uint64_t cap = atomic_load(&k->cap_ns);
+
+    atomic_store(&k->etcd.deadline_ns, cap == UINT64_MAX ? 0 : cap);
     for (;;) {
         st = renew(k);
         if (st == FERRY_OK)
             st = op(k, args);
         if (st == FERRY_OK || !atomic_load(&k->etcd.unanswered) ||
-            ferry__now_ns() + RETRY_PAUSE_NS >= end)
+            ferry__now_ns() + RETRY_PAUSE_NS >= end ||
+            ferry__now_ns() + RETRY_PAUSE_NS >= atomic_load(&k->cap_ns))
             break;
         ferry__debug("comm: %s; trying again", ferry_last_error());
         sleep_ns(RETRY_PAUSE_NS);
@@ -528,9 +534,10 @@ static void et_set_cap(ferry__kv_t *kv, uint64_t deadline_ns)
 {
     kv_etcd_t *k = of(kv);
 
-    pthread_mutex_lock(&k->lock);
-    k->cap_ns = deadline_ns;
-    pthread_mutex_unlock(&k->lock);
+    /* Not under the lock, which a call under way holds: it sees the new
+     * deadline within a second (etcd.c). */
+    atomic_store(&k->cap_ns, deadline_ns);
+    atomic_store(&k->etcd.deadline_ns, deadline_ns == UINT64_MAX ? 0 : deadline_ns);
 }
 
 static void et_close(ferry__kv_t *kv)

@@ -211,6 +211,18 @@ static void curl_init(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+/* libcurl's progress callback: ends the request once the client's
+ * deadline, which another thread may bring forward, has passed. */
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow,
+                       curl_off_t ultotal, curl_off_t ulnow)
+{
+    ferry__etcd_t *e = arg;
+    uint64_t deadline = atomic_load(&e->deadline_ns);
+
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    return deadline != 0 && ferry__now_ns() >= deadline;
+}
+
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
     ferry__etcd_conn_t *c = arg;
@@ -330,16 +342,18 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         json_error_t jerr;
         json_t *resp, *err;
 
-        if (e->deadline_ns != 0) {
+        uint64_t deadline = atomic_load(&e->deadline_ns);
+
+        if (deadline != 0) {
             /* The caller's deadline holds the whole call, fail-over
              * included. */
-            if (now >= e->deadline_ns) {
+            if (now >= deadline) {
                 trail_add(trail, sizeof(trail), "%s: not tried, no time left", ep);
                 worst = FERRY_ERR_TIMEOUT;
                 break;
             }
-            if (e->deadline_ns - now < limit)
-                limit = e->deadline_ns - now;
+            if (deadline - now < limit)
+                limit = deadline - now;
         }
         ms = (long)((limit + 999999u) / 1000000u);
         if (ms < 1)
@@ -356,6 +370,11 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
         curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c);
         curl_easy_setopt(c->curl, CURLOPT_TIMEOUT_MS, ms);
         curl_easy_setopt(c->curl, CURLOPT_CONNECTTIMEOUT_MS, ms);
+        /* A deadline that another thread brings forward ends the request
+         * too (libcurl asks at least once a second). */
+        curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+        curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, e);
+        curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
         /* Signals for timeouts are process-wide and unsafe with threads. */
         curl_easy_setopt(c->curl, CURLOPT_NOSIGNAL, 1L);
         /* etcd is reached directly: an http_proxy set for the web must not
@@ -370,7 +389,8 @@ static ferry_status_t call(ferry__etcd_t *e, ferry__etcd_conn_t *c,
 #endif
         rc = curl_easy_perform(c->curl);
         if (rc != CURLE_OK) {
-            st = rc == CURLE_OPERATION_TIMEDOUT ? FERRY_ERR_TIMEOUT
+            st = rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_ABORTED_BY_CALLBACK
+                     ? FERRY_ERR_TIMEOUT
                : c->overflow ? FERRY_ERR_PROTOCOL : FERRY_ERR_PEER_LOST;
             trail_add(trail, sizeof(trail), "%s: %s", ep,
                       c->overflow ? "reply over 1 GiB" : curl_easy_strerror(rc));

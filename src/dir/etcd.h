@@ -36,7 +36,7 @@ typedef struct ferry__etcd {
     size_t n;
     atomic_size_t cur;
     uint64_t timeout_ns;
-    uint64_t deadline_ns;
+    _Atomic uint64_t deadline_ns; /* may be moved by another thread */
     atomic_bool unanswered;
 } ferry__etcd_t;
 
