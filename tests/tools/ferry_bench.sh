@@ -265,6 +265,14 @@ notify)
         function med(s) { split(s, a, "("); return num(a[1]) }
         function p99(s) { split(s, a, "("); sub(/\)/, "", a[2]); return num(a[2]) }
         function near(a, b) { d = a - b; return (d < 0 ? -d : d) <= 0.011 + 0.011 * (b < 0 ? -b : b) }
+        # A ratio x/y printed from medians that the table shows rounded to
+        # 0.01 (x within ex of the shown value): it must lie between what
+        # the rounded figures allow.
+        function ratio_ok(r, x, ex, y) {
+            if (y <= 0.005) return r > 0
+            lo = (x - ex) / (y + 0.005); hi = (x + ex) / (y - 0.005)
+            return r >= lo - 0.011 && r <= hi + 0.011
+        }
         $2 ~ /^ [0-9]+ $/ {
             rows[num($2)] = 1
             split("3 4 7", cells, " ")
@@ -274,10 +282,10 @@ notify)
             }
             w = med($3); wm = med($4); m = med($7)
             if (!near(num($5), wm - w)) { print "added is not WRITE+message - WRITE: " $0; bad = 1 }
-            if (!near(num($6), wm / w)) { print "bad WRITE+message/WRITE ratio: " $0; bad = 1 }
+            if (!ratio_ok(num($6), wm, 0.005, w)) { print "bad WRITE+message/WRITE ratio: " $0; bad = 1 }
             if (ref != "") {
                 am = num($8)
-                if (!(am > 0) || !near(num($9), m / am) || !near(num($10), (wm - w) / am)) {
+                if (!(am > 0) || !ratio_ok(num($9), m, 0.005, am) || !ratio_ok(num($10), wm - w, 0.01, am)) {
                     print "bad ucp_am_lat columns: " $0; bad = 1
                 }
             }

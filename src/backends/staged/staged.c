@@ -102,6 +102,15 @@ static ferry_status_t stg_init(const char *agent_name, void **ctx_p)
      * them. Staging serves peers on other hosts, which have it anyway.
      */
     ctx->ucx->local_err_mode = true;
+    /*
+     * For the same reason an abort destroys the connection's worker even
+     * over TCP, where the UCX backend keeps it retired (conn.c): a kept
+     * worker would swallow the replies, and the target's buffers would
+     * never come back. Its reason does not hold here: a staging target
+     * receives only active messages, never the emulated puts whose
+     * completions UCX 1.13 cannot send to a closed endpoint.
+     */
+    ctx->ucx->retire_tcp = false;
     for (size_t i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++) {
         ucp_am_handler_param_t hp = {0};
 

@@ -426,7 +426,8 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
         ucx_ep_close(conn); /* which also lets queued messages leave */
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
     /* A dead peer reads nothing more: its sockets may close. */
-    if (polite || !conn->tcp || conn->failed != UCS_OK || !ucx_retire(conn))
+    if (polite || !conn->tcp || !ctx->retire_tcp || conn->failed != UCS_OK ||
+        !ucx_retire(conn))
         ucx_worker_drop(conn->worker, polite ? NULL : ucx_ep_forcible(conn));
     conn->worker = NULL;
     conn->ep = NULL;

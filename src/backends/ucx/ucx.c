@@ -302,6 +302,7 @@ ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
     /* UCX reads UCX_TLS itself when FERRY_UCX_TLS does not override it. */
     ctx->local_err_mode = !ucx_tls_has_shm(tls[0] != '\0' || getenv("UCX_TLS") == NULL
                                                ? tls : getenv("UCX_TLS"));
+    ctx->retire_tcp = true;
     FERRY_CHECK_GOTO(ferry__ucx_mds_init(ctx), st, err_fini);
 
     /* The core serialises every call into this backend under the agent's

@@ -56,6 +56,10 @@ typedef struct ucx_ctx {
     size_t address_len;
     uint64_t memory_types;
     bool local_err_mode; /* same-host peers get UCX error handling too */
+    /* An abort of a connection over TCP keeps its worker, retired, rather
+     * than destroying it (conn.c): the default; the staged backend's
+     * context, whose peers must see their replies fail, turns it off. */
+    bool retire_tcp;
     int epfd; /* every worker's event fd and the watched peers' pidfds */
     ferry__list_t conns; /* every open connection (ucx_conn_t) */
     struct ucx_conn **watched; /* same-host connections */
