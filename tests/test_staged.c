@@ -313,7 +313,9 @@ static void case_abort(void)
 
     setenv("FERRY_STAGE_CHUNK", "64k", 1);
     setenv("FERRY_STAGE_TEST_REPLY_DELAY_MS", "100", 1);
-    agent = start(1, SEC / 2, "1", &peer);
+    /* A stall timeout well above a chunk's 100 ms at the target, so that
+     * only a stopped target reaches it on a busy machine. */
+    agent = start(1, 2 * SEC, "1", &peer);
     unsetenv("FERRY_STAGE_TEST_REPLY_DELAY_MS");
     for (int round = 0; round < 4; round++) {
         int stop = round >= 2;

@@ -62,8 +62,9 @@ static ferry_status_t send_msg(stg_op_t *op, ucp_ep_h ep, unsigned id, size_t hl
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
                      UCP_OP_ATTR_FIELD_USER_DATA;
     /* Eager: the data leaves with the message, and a peer never has to
-     * come back for it (see docs/STAGING.md). */
-    p.flags = UCP_AM_SEND_FLAG_EAGER | (op->target ? 0 : UCP_AM_SEND_FLAG_REPLY);
+     * come back for it (see docs/STAGING.md). No UCX reply endpoint: the
+     * target replies to the address in the header. */
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
     p.cb.send = ferry__stg_sent;
     p.user_data = op;
     op->state = STG_SENDING;

@@ -339,10 +339,11 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
     op->target = true;
     op->type = h.type == STG_AM_READ ? STG_AM_READ : STG_AM_WRITE;
     op->cookie = h.cookie;
-    /* A malformed chunk's address is not trusted: no reply. */
-    op->rep = ok ? rep_get(ctx, h.conn_id, h.epoch, (const uint8_t *)header + sizeof(h),
-                           header_length - sizeof(h))
-                 : NULL;
+    /* Without ferry's magic, the address is not trusted: no reply. */
+    op->rep = h.magic == STG_MAGIC ? rep_get(ctx, h.conn_id, h.epoch,
+                                             (const uint8_t *)header + sizeof(h),
+                                             header_length - sizeof(h))
+                                   : NULL;
     if (op->rep != NULL)
         op->rep->refs++;
     if (op->rep != NULL && op->rep->dead) {
