@@ -18,6 +18,13 @@
  *           timeout, then, resumed, a clean retry of the same request
  *   cancel  ferry_xfer_cancel of a WRITE and a READ in flight, then the
  *           same requests posted again
+ *   abort   a target with one bounce buffer per pool that holds each
+ *           chunk's reply back 100 ms (FERRY_STAGE_TEST_REPLY_DELAY_MS, as a
+ *           GPU copy would), so that chunks wait at the target, and an
+ *           initiator that aborts meanwhile: a cancel, then a stall timeout
+ *           with the target stopped (SIGSTOP) and resumed; the target
+ *           drops the replies nobody waits for, survives, and serves fresh
+ *           WRITEs and READs after each abort
  *   errors  an unknown backend in params is INVALID; one byte both ways; the
  *           last bytes of a registration; a loopback peer (the agent's own)
  *
@@ -293,6 +300,64 @@ static void case_cancel(void)
     finish(agent, peer, 1);
 }
 
+/*
+ * Chunks waiting at the target (one bounce buffer, each reply held 100 ms)
+ * when their initiator aborts: the target's replies must not go out on
+ * an endpoint UCX freed with the initiator's worker.
+ */
+static void case_abort(void)
+{
+    enum { LEN = 2u << 20, CHECK = 256u << 10 };
+    ferry_peer_t *peer;
+    ferry_agent_t *agent;
+
+    setenv("FERRY_STAGE_CHUNK", "64k", 1);
+    setenv("FERRY_STAGE_TEST_REPLY_DELAY_MS", "100", 1);
+    /* A stall timeout well above a chunk's 100 ms at the target, so that
+     * only a stopped target reaches it on a busy machine. */
+    agent = start(1, 2 * SEC, "1", &peer);
+    unsetenv("FERRY_STAGE_TEST_REPLY_DELAY_MS");
+    for (int round = 0; round < 4; round++) {
+        int stop = round >= 2;
+        ferry_xfer_op_t xop = round % 2 == 0 ? FERRY_OP_WRITE : FERRY_OP_READ;
+        const char *name = xop == FERRY_OP_WRITE ? "WRITE" : "READ";
+        ferry_xfer_t *x = prepare_range(agent, peer, xop, 0, LEN);
+        ferry_xfer_t *c = prepare_range(agent, peer, xop, LEN, CHECK);
+        ferry_status_t st = ferry_xfer_post(x);
+        uint64_t t0 = xu_now_ns();
+
+        /* Chunks reach the target and wait there for its one buffer. */
+        while (st == FERRY_IN_PROGRESS && xu_now_ns() - t0 < 150000000ull) {
+            usleep(2000);
+            st = ferry_xfer_test(x);
+        }
+        EXPECT_ST(FERRY_IN_PROGRESS, st);
+        if (stop) {
+            xu_stop_child(tgt.pid);
+            st = ferry_xfer_wait(x, 30 * SEC);
+            EXPECT_ST(FERRY_ERR_TIMEOUT, st);
+            EXPECT_ERR_HAS("stall timeout");
+            /* The target resumes with replies due to a worker now gone. */
+            xu_cont_child(tgt.pid);
+        } else {
+            st = ferry_xfer_cancel(x);
+            EXPECT_TRUE(st == FERRY_OK || st == FERRY_IN_PROGRESS);
+            st = ferry_xfer_wait(x, 30 * SEC);
+            EXPECT_ST(FERRY_ERR_CANCELED, st);
+        }
+        printf("abort: %s ended %s after %.0f ms (%s)\n", name, ferry_status_str(st),
+               xu_ms_since(t0), stop ? "stall timeout, target stopped" : "cancel");
+        /* A fresh request and the aborted one again, bytes checked. */
+        move_and_check(c, xop, LEN, CHECK, 60 + (uint64_t)round,
+                       "a fresh request after an abort");
+        move_and_check(x, xop, 0, LEN, 70 + (uint64_t)round, "the aborted request again");
+        ferry_xfer_release(x);
+        ferry_xfer_release(c);
+    }
+    unsetenv("FERRY_STAGE_CHUNK");
+    finish(agent, peer, 1);
+}
+
 static void case_errors(void)
 {
     ferry_peer_t *peer;
@@ -364,10 +429,12 @@ int main(int argc, char **argv)
         case_stop();
     else if (strcmp(c, "cancel") == 0)
         case_cancel();
+    else if (strcmp(c, "abort") == 0)
+        case_abort();
     else if (strcmp(c, "errors") == 0)
         case_errors();
     else {
-        fprintf(stderr, "usage: %s pool|kill|stop|cancel|errors\n", argv[0]);
+        fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors\n", argv[0]);
         return 2;
     }
     return test_finish("test_staged");

@@ -59,6 +59,10 @@ const ferry__config_entry_t ferry__config_table[] = {
      "staging: the bounce buffers of each of an agent's two pools (outgoing "
      "and incoming, page-locked when CUDA is loaded), and the chunks an "
      "initiator keeps in flight to one peer (its credits)"},
+    {"FERRY_STAGE_TEST_REPLY_DELAY_MS", "0",
+     "tests: a staging target holds each chunk's reply back this many "
+     "milliseconds after its copies end, keeping its bounce buffer, as a slow "
+     "GPU copy would (0: never)"},
     {"FERRY_STAGE_TLS", "",
      "staging: the UCX transports of its own UCX context (UCX_TLS syntax); "
      "empty: those of FERRY_UCX_TLS"},

@@ -22,6 +22,7 @@
 #include "util/log.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static stg_plan_t *run_plan(stg_run_t *run)
@@ -50,9 +51,10 @@ static void chunk_end(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
     ferry__stg_op_free(ctx, op);
 }
 
-/* Sends op's message: hdr (op->hdr, filled) and len bytes at data, to ep. */
-static ferry_status_t send_msg(stg_op_t *op, ucp_ep_h ep, unsigned id, const void *data,
-                               size_t len, const char *peer)
+/* Sends op's message: its header (op->hdr, filled: hlen bytes) and len
+ * bytes at data, to ep. */
+static ferry_status_t send_msg(stg_op_t *op, ucp_ep_h ep, unsigned id, size_t hlen,
+                               const void *data, size_t len, const char *peer)
 {
     ucp_request_param_t p = {0};
     ucs_status_ptr_t sp;
@@ -60,12 +62,13 @@ static ferry_status_t send_msg(stg_op_t *op, ucp_ep_h ep, unsigned id, const voi
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
                      UCP_OP_ATTR_FIELD_USER_DATA;
     /* Eager: the data leaves with the message, and a peer never has to
-     * come back for it (see docs/STAGING.md). */
-    p.flags = UCP_AM_SEND_FLAG_EAGER | (op->target ? 0 : UCP_AM_SEND_FLAG_REPLY);
+     * come back for it (see docs/STAGING.md). No UCX reply endpoint: the
+     * target replies to the address in the header. */
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
     p.cb.send = ferry__stg_sent;
     p.user_data = op;
     op->state = STG_SENDING;
-    sp = ucp_am_send_nbx(ep, id, &op->hdr, sizeof(op->hdr), data, len, &p);
+    sp = ucp_am_send_nbx(ep, id, &op->hdr, hlen, data, len, &p);
     if (sp == NULL)
         return FERRY_OK;
     if (UCS_PTR_IS_ERR(sp))
@@ -94,6 +97,39 @@ static void init_sent(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
     op->state = STG_WAITING;
 }
 
+/* The address of the worker that conn sends from (which the target replies
+ * to), fetched once per epoch. */
+static ferry_status_t conn_address(stg_conn_t *conn)
+{
+    ucp_address_t *a;
+    size_t alen;
+    ucs_status_t s;
+
+    if (conn->addr != NULL && conn->addr_epoch == conn->epoch)
+        return FERRY_OK;
+    s = ucp_worker_get_address(conn->uc->worker, &a, &alen);
+    if (s != UCS_OK)
+        return ferry__ucx_error(s, "ucp_worker_get_address", conn->uc->peer_name);
+    if (alen > STG_ADDR_MAX) {
+        ucp_worker_release_address(conn->uc->worker, a);
+        return ferry__error(FERRY_ERR_UNSUPPORTED, "staged: the UCX worker's address "
+                            "is %zu bytes (at most %u)", alen, STG_ADDR_MAX);
+    }
+    free(conn->addr);
+    conn->addr = malloc(alen);
+    if (conn->addr == NULL) {
+        ucp_worker_release_address(conn->uc->worker, a);
+        return ferry__error(FERRY_ERR_NO_MEMORY, "staged: no memory");
+    }
+    memcpy(conn->addr, a, alen);
+    conn->alen = alen;
+    conn->addr_epoch = conn->epoch;
+    ucp_worker_release_address(conn->uc->worker, a);
+    ferry__debug("staged: connection to peer '%s': its worker's address (in every "
+                 "chunk) is %zu bytes", conn->uc->peer_name, alen);
+    return FERRY_OK;
+}
+
 static void send_chunk(stg_ctx_t *ctx, stg_op_t *op)
 {
     stg_plan_t *plan = op->plan;
@@ -102,14 +138,21 @@ static void send_chunk(stg_ctx_t *ctx, stg_op_t *op)
     size_t tlen = (size_t)c->n * sizeof(stg_piece_t);
     ferry_status_t st;
 
-    op->hdr = (stg_hdr_t){STG_MAGIC, (uint16_t)op->type, conn->epoch, 0, c->n,
-                          ferry__stg_cookie(ctx, op), c->bytes, conn->id};
-    if (op->type == STG_AM_WRITE)
-        st = send_msg(op, conn->uc->ep, STG_AM_WRITE, stg_slot(op->pool, op->slot) - tlen,
-                      tlen + c->bytes, conn->uc->peer_name);
-    else
-        st = send_msg(op, conn->uc->ep, STG_AM_READ, plan->table + c->first, tlen,
-                      conn->uc->peer_name);
+    op->hdr.h = (stg_hdr_t){STG_MAGIC, (uint16_t)op->type, conn->epoch, 0, c->n,
+                            ferry__stg_cookie(ctx, op), c->bytes, conn->id};
+    st = conn_address(conn);
+    if (st == FERRY_OK) {
+        size_t hlen = sizeof(op->hdr.h) + conn->alen;
+
+        memcpy(op->hdr.addr, conn->addr, conn->alen);
+        if (op->type == STG_AM_WRITE)
+            st = send_msg(op, conn->uc->ep, STG_AM_WRITE, hlen,
+                          stg_slot(op->pool, op->slot) - tlen, tlen + c->bytes,
+                          conn->uc->peer_name);
+        else
+            st = send_msg(op, conn->uc->ep, STG_AM_READ, hlen, plan->table + c->first,
+                          tlen, conn->uc->peer_name);
+    }
     if (st != FERRY_IN_PROGRESS)
         init_sent(ctx, op, st);
 }
@@ -250,6 +293,8 @@ void ferry__stg_sent(void *request, ucs_status_t status, void *user_data)
     op->req = NULL;
     ctx->handled++;
     if (op->target) {
+        if (status != UCS_OK && op->rep != NULL)
+            op->rep->dead = true; /* its initiator is gone */
         if (status != UCS_OK)
             ferry__debug("staged: a reply was not sent: %s", ucs_status_string(status));
         ferry__stg_op_free(ctx, op);

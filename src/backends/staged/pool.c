@@ -175,6 +175,9 @@ void ferry__stg_op_free(stg_ctx_t *ctx, stg_op_t *op)
         op->data = NULL;
     }
     ferry__stg_events_drop(ctx, op);
+    if (op->state == STG_DELAYED)
+        ctx->ndelayed--;
+    ferry__stg_rep_put(ctx, op);
     ferry__list_del(&op->link);
     ferry__list_init(&op->link);
     op->state = STG_FREE;

@@ -46,6 +46,7 @@ static ferry_status_t stg_config(stg_ctx_t *ctx)
                             "(1 to 1024)", (unsigned long long)n);
     ctx->chunk = chunk;
     ctx->credits = (unsigned)n;
+    ctx->reply_delay_ns = ferry__config_get_size("FERRY_STAGE_TEST_REPLY_DELAY_MS") * 1000000ull;
     return FERRY_OK;
 }
 
@@ -67,6 +68,7 @@ static ferry_status_t stg_init(const char *agent_name, void **ctx_p)
     ctx->pin = true;
     ferry__list_init(&ctx->runs);
     ferry__list_init(&ctx->conns);
+    ferry__list_init(&ctx->reps);
     ferry__list_init(&ctx->waitq[0]);
     ferry__list_init(&ctx->waitq[1]);
     st = stg_config(ctx);
@@ -138,6 +140,7 @@ static void stg_drop_held(stg_ctx_t *ctx, stg_op_t *op, void *arg)
         ucp_am_data_release(ctx->ucx->worker, op->data);
         op->data = NULL;
     }
+    ferry__stg_rep_put(ctx, op);
 }
 
 static void stg_fini(void *vctx)
@@ -151,6 +154,8 @@ static void stg_fini(void *vctx)
      * copies end before their buffers do. */
     ferry__stg_ops_each(ctx, stg_drop_held, NULL);
     ferry__stg_copies_sync(ctx);
+    if (ctx->ucx != NULL)
+        ferry__stg_reps_close(ctx, true);
     if (ctx->ucx != NULL)
         ferry__ucx_ops.fini(ctx->ucx);
     for (int d = 0; d < STG_MAX_DEVS && cu != NULL; d++)
@@ -328,6 +333,7 @@ static void stg_conn_close(void *vctx, void *vconn)
 
     ferry__ucx_ops.conn_close(ctx->ucx, conn->uc);
     ferry__list_del(&conn->link);
+    free(conn->addr);
     free(conn);
 }
 
@@ -433,6 +439,8 @@ static unsigned stg_progress(void *vctx)
         if (conn->runs > 0 && conn->uc->failed != UCS_OK)
             stg_conn_failed(ctx, conn);
     }
+    ferry__stg_replies_due(ctx);
+    ferry__stg_reps_close(ctx, false);
     ferry__stg_serve_queued(ctx);
     ferry__stg_pump(ctx);
     ferry__stg_runs_finish(ctx, NULL);
@@ -451,7 +459,7 @@ static ferry_status_t stg_arm(void *vctx)
     stg_ctx_t *ctx = vctx;
 
     /* Copies on CUDA streams signal no fd: poll them. */
-    if (ctx->ncopying > 0)
+    if (ctx->ncopying > 0 || ctx->ndelayed > 0)
         return FERRY_ERR_BUSY;
     return ctx->ucx != NULL ? ferry__ucx_ops.arm(ctx->ucx) : FERRY_OK;
 }

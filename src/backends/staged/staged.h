@@ -20,10 +20,19 @@
  *                 memory into an outgoing bounce buffer
  *   STG_AM_READ   initiator -> target: one chunk of a READ; the data is the
  *                 table alone
- *   STG_AM_REPLY  target -> initiator, through the reply endpoint of the
- *                 message it answers: a WRITE chunk's end (status, no data:
- *                 sent once the last byte is in the target's memory) or a
- *                 READ chunk's bytes (or its error)
+ *   STG_AM_REPLY  target -> initiator: a WRITE chunk's end (status, no
+ *                 data: sent once the last byte is in the target's memory)
+ *                 or a READ chunk's bytes (or its error)
+ *
+ * A WRITE or READ message's header is the stg_hdr_t followed by the UCX
+ * address of the worker the initiator's connection sends from. The target
+ * replies on an endpoint of its own to that worker (stg_rep_t), one per
+ * connection and epoch, never on the message's reply endpoint: UCX owns
+ * that one and frees it when the initiator's worker goes (an abort), which
+ * a reply sent from a later progress (after a GPU copy, or a wait for a
+ * bounce buffer) would then use. Its own endpoint stays until the target
+ * closes it; its error callback marks it dead and replies to it are
+ * dropped (the initiator has aborted: nobody waits for them).
  *
  * The header's cookie names the initiator's operation (stg_op_t, by index
  * and generation) and comes back in the reply, which is checked against the
@@ -86,6 +95,30 @@ typedef struct stg_hdr {
     uint64_t bytes;    /* the chunk's bytes */
     uint64_t conn_id;  /* WRITE, READ: the initiator's connection (random) */
 } stg_hdr_t;
+
+/* The longest worker address a WRITE or READ header carries. */
+#define STG_ADDR_MAX 4096u
+
+/* A WRITE or READ message's header as an initiator's op sends it: the
+ * stg_hdr_t, then its connection's worker address (alen bytes). */
+typedef struct stg_msg_hdr {
+    stg_hdr_t h;
+    uint8_t addr[STG_ADDR_MAX];
+} stg_msg_hdr_t;
+_Static_assert(offsetof(stg_msg_hdr_t, addr) == sizeof(stg_hdr_t),
+               "the address follows the header");
+
+/* A target's endpoint to an initiator connection's worker, for the
+ * replies to that connection's chunks of one epoch (target.c). */
+typedef struct stg_rep {
+    uint64_t id;        /* the connection */
+    uint16_t epoch;
+    ucp_ep_h ep;        /* NULL once closed */
+    bool dead;          /* its error callback ran, a reply failed, or a newer
+                           epoch came: replies to it are dropped */
+    unsigned refs;      /* target ops that hold it */
+    ferry__list_t link; /* ctx->reps */
+} stg_rep_t;
 
 /* How many initiator connections a target remembers the epoch of. */
 #define STG_EPOCHS 256
@@ -190,7 +223,8 @@ enum stg_state {
     STG_COPYING,   /* copies into or out of the bounce buffer are running */
     STG_SENDING,   /* a message of ours is in flight */
     STG_WAITING,   /* initiator: for the target's reply */
-    STG_QUEUED     /* target: for a bounce buffer */
+    STG_QUEUED,    /* target: for a bounce buffer */
+    STG_DELAYED    /* target: its reply held back (FERRY_STAGE_TEST_REPLY_DELAY_MS) */
 };
 
 /* An operation in flight: one chunk, on either side. */
@@ -208,14 +242,18 @@ typedef struct stg_op {
     stg_plan_t *plan;
     uint32_t chunk;
     /* Target: */
-    ucp_ep_h reply_ep;
+    stg_rep_t *rep;    /* where the reply goes (a reference) */
+    uint64_t due;      /* STG_DELAYED: when the reply leaves */
+    ferry_status_t dstatus; /* and the status of its copies */
+    bool delayed;      /* its reply has been held back once */
     uint64_t cookie;   /* the initiator's */
     uint32_t npieces;
     uint64_t bytes;
     void *data;        /* the message's data while it waits (held) */
     size_t data_len;
     bool held;         /* data is UCX's (ucp_am_data_release), else malloc'd */
-    stg_hdr_t hdr;     /* of the message it sends, valid until sent */
+    stg_msg_hdr_t hdr; /* of the message it sends, valid until sent (a
+                          reply's: hdr.h alone) */
     void *req;         /* that message's UCX request while in flight */
     ferry__list_t link; /* ctx->waitq while queued (target) */
     /* Copies on CUDA streams: an event per device that has some. */
@@ -233,6 +271,9 @@ typedef struct stg_conn {
     unsigned inflight;    /* chunks in flight: at most ctx->credits */
     uint64_t events;      /* replies received: the stall check's headway */
     unsigned runs;        /* runs posted on it and not ended */
+    uint8_t *addr;        /* the address of its worker, sent in every chunk */
+    size_t alen;
+    uint16_t addr_epoch;  /* the epoch addr is of */
 } stg_conn_t;
 
 typedef struct stg_ctx {
@@ -258,6 +299,9 @@ typedef struct stg_ctx {
     } epochs[STG_EPOCHS];
     unsigned next_epoch; /* the entry the next new connection takes */
     ferry__list_t conns;   /* stg_conn_t */
+    ferry__list_t reps;    /* stg_rep_t: the target's reply endpoints */
+    uint64_t reply_delay_ns; /* FERRY_STAGE_TEST_REPLY_DELAY_MS (tests) */
+    size_t ndelayed;       /* target ops in STG_DELAYED */
     /* Scratch for one chunk's copies (target side). */
     uint64_t smem[STG_MAX_PIECES], slen[STG_MAX_PIECES];
     int sdev[STG_MAX_PIECES];
@@ -332,6 +376,13 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
                                    const ucp_am_recv_param_t *param);
 /* A target op whose copies ended. */
 void ferry__stg_target_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st);
+/* Drops op's reference to its reply endpoint. */
+void ferry__stg_rep_put(stg_ctx_t *ctx, stg_op_t *op);
+/* Closes the reply endpoints that are dead (all of them: at the end). */
+void ferry__stg_reps_close(stg_ctx_t *ctx, bool all);
+/* Sends the replies that FERRY_STAGE_TEST_REPLY_DELAY_MS held back and
+ * whose time has come. */
+void ferry__stg_replies_due(stg_ctx_t *ctx);
 /* Serves the queued target ops that a freed buffer lets start. */
 void ferry__stg_serve_queued(stg_ctx_t *ctx);
 /* The registration a piece names, if the piece lies inside it. */

@@ -14,43 +14,159 @@
  * nothing. A chunk that finds no free buffer waits in a FIFO queue with
  * UCX's copy of the message (held with UCS_INPROGRESS), bounded by the
  * initiators' credits: the target delays, never drops.
+ *
+ * Replies go on an endpoint of the target's own to the initiator
+ * connection's worker (stg_rep_t, staged.h says why), opened when the
+ * connection's first chunk of an epoch comes and closed once dead.
  */
 #include "backends/staged/staged.h"
 #include "util/log.h"
+#include "util/time.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-/* Sends op's reply (status, and len bytes at data for a READ). The op ends
- * when it has left, which frees its buffer. */
+/* UCX's error callback of a reply endpoint: the initiator's worker is gone.
+ * The endpoint is closed from the next progress (ferry__stg_reps_close). */
+static void rep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    stg_rep_t *rep = arg;
+
+    (void)ep;
+    ferry__debug("staged: the reply endpoint of an initiator's connection failed: %s",
+                 ucs_status_string(status));
+    rep->dead = true;
+}
+
+/* The reply endpoint of connection id at epoch, to the worker at addr
+ * (alen bytes), opened if need be (dead if it failed since): NULL when it
+ * cannot be. */
+static stg_rep_t *rep_get(stg_ctx_t *ctx, uint64_t id, uint16_t epoch, const void *addr,
+                          size_t alen)
+{
+    ucp_ep_params_t ep = {0};
+    ferry__list_t *l, *tmp;
+    stg_rep_t *rep;
+    ucs_status_t s;
+
+    ferry__list_each(l, tmp, &ctx->reps) {
+        rep = ferry__container_of(l, stg_rep_t, link);
+        if (rep->id != id)
+            continue;
+        if (rep->epoch == epoch)
+            return rep; /* dead: the caller drops the chunk */
+        rep->dead = true; /* an epoch before: that worker is gone */
+    }
+    if (alen == 0 || (rep = calloc(1, sizeof(*rep))) == NULL)
+        return NULL;
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    ep.address = addr;
+    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ep.err_handler.cb = rep_error;
+    ep.err_handler.arg = rep;
+    s = ucp_ep_create(ctx->ucx->worker, &ep, &rep->ep);
+    if (s != UCS_OK) {
+        ferry__warn("staged: cannot open an endpoint to an initiator (%zu address "
+                    "bytes): %s", alen, ucs_status_string(s));
+        free(rep);
+        return NULL;
+    }
+    rep->id = id;
+    rep->epoch = epoch;
+    ferry__list_add(&ctx->reps, &rep->link);
+    return rep;
+}
+
+void ferry__stg_rep_put(stg_ctx_t *ctx, stg_op_t *op)
+{
+    stg_rep_t *rep = op->rep;
+
+    (void)ctx;
+    op->rep = NULL;
+    if (rep != NULL && --rep->refs == 0 && rep->ep == NULL) {
+        ferry__list_del(&rep->link);
+        free(rep);
+    }
+}
+
+void ferry__stg_reps_close(stg_ctx_t *ctx, bool all)
+{
+    ferry__list_t *l, *tmp;
+
+    ferry__list_each(l, tmp, &ctx->reps) {
+        stg_rep_t *rep = ferry__container_of(l, stg_rep_t, link);
+        ucp_request_param_t p = {0};
+        ucs_status_ptr_t sp;
+        ucp_ep_h ep = rep->ep;
+
+        if ((!rep->dead && !all) || ep == NULL)
+            continue;
+        /* Its replies in flight end (canceled) and drop their references;
+         * the last one frees it. Nothing touches rep after the close. */
+        rep->dead = true;
+        rep->ep = NULL;
+        if (rep->refs == 0) {
+            ferry__list_del(&rep->link);
+            free(rep);
+        }
+        p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+        p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+        sp = ucp_ep_close_nbx(ep, &p);
+        if (UCS_PTR_IS_PTR(sp))
+            ucp_request_free(sp);
+    }
+}
+
+/* Sends op's reply (status, and len bytes at data for a READ), unless its
+ * initiator's connection is gone. The op ends when it has left, which
+ * frees its buffer. */
 static void reply(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t status, const void *data,
                   size_t len)
 {
     ucp_request_param_t p = {0};
     ucs_status_ptr_t sp;
 
-    op->hdr = (stg_hdr_t){STG_MAGIC, op->type, 0, status, 0, op->cookie,
-                          status < 0 ? 0 : op->bytes, 0};
+    if (op->rep == NULL || op->rep->dead) {
+        ferry__debug("staged: dropped a reply: its initiator's connection is gone");
+        ferry__stg_op_free(ctx, op);
+        return;
+    }
+    op->hdr.h = (stg_hdr_t){STG_MAGIC, op->type, 0, status, 0, op->cookie,
+                            status < 0 ? 0 : op->bytes, 0};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
                      UCP_OP_ATTR_FIELD_USER_DATA;
     p.flags = UCP_AM_SEND_FLAG_EAGER;
     p.cb.send = ferry__stg_sent;
     p.user_data = op;
     op->state = STG_SENDING;
-    sp = ucp_am_send_nbx(op->reply_ep, STG_AM_REPLY, &op->hdr, sizeof(op->hdr), data,
+    sp = ucp_am_send_nbx(op->rep->ep, STG_AM_REPLY, &op->hdr.h, sizeof(op->hdr.h), data,
                          status < 0 ? 0 : len, &p);
     if (UCS_PTR_IS_PTR(sp)) {
         op->req = sp;
         return;
     }
-    if (UCS_PTR_IS_ERR(sp))
+    if (UCS_PTR_IS_ERR(sp)) {
         ferry__debug("staged: a reply was not sent: %s",
                      ucs_status_string(UCS_PTR_STATUS(sp)));
+        op->rep->dead = true;
+    }
     ferry__stg_op_free(ctx, op);
 }
 
 void ferry__stg_target_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
 {
     ferry__stg_events_drop(ctx, op);
+    if (ctx->reply_delay_ns > 0 && !op->delayed) {
+        /* Tests: the reply leaves from a later progress, as after a GPU
+         * copy; the bounce buffer stays taken until then. */
+        op->delayed = true;
+        op->dstatus = st;
+        op->due = ferry__now_ns() + ctx->reply_delay_ns;
+        op->state = STG_DELAYED;
+        ctx->ndelayed++;
+        return;
+    }
     op->state = STG_SENDING;
     if (st < 0) {
         ferry__warn("staged: a chunk's copies failed: %s", ferry_last_error());
@@ -115,6 +231,23 @@ static void serve(stg_ctx_t *ctx, stg_op_t *op)
         ferry__stg_target_copied(ctx, op, st);
 }
 
+static void reply_due(stg_ctx_t *ctx, stg_op_t *op, void *arg)
+{
+    if (op->state != STG_DELAYED || op->due > *(uint64_t *)arg)
+        return;
+    ctx->ndelayed--;
+    ctx->handled++;
+    ferry__stg_target_copied(ctx, op, op->dstatus);
+}
+
+void ferry__stg_replies_due(stg_ctx_t *ctx)
+{
+    uint64_t now = ferry__now_ns();
+
+    if (ctx->ndelayed > 0)
+        ferry__stg_ops_each(ctx, reply_due, &now);
+}
+
 void ferry__stg_serve_queued(stg_ctx_t *ctx)
 {
     for (int q = 0; q < 2; q++) {
@@ -124,6 +257,14 @@ void ferry__stg_serve_queued(stg_ctx_t *ctx)
             stg_op_t *op = ferry__container_of(ctx->waitq[q].next, stg_op_t, link);
             unsigned slot;
 
+            if (op->rep == NULL || op->rep->dead) {
+                /* Its initiator aborted while it waited: no copy, no reply
+                 * (ferry__stg_op_free unlinks it). */
+                ferry__debug("staged: dropped a queued chunk of an aborted connection");
+                ctx->handled++;
+                ferry__stg_op_free(ctx, op);
+                continue;
+            }
             if (ferry__stg_pool_take(ctx, pool, &slot) != FERRY_OK)
                 break;
             ferry__list_del(&op->link);
@@ -174,7 +315,7 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
     bool ok;
 
     ctx->handled++;
-    if (header_length != sizeof(h) || !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ||
+    if (header_length <= sizeof(h) || header_length > sizeof(h) + STG_ADDR_MAX ||
         (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
         ferry__warn("staged: dropped a chunk that is not ferry's protocol (%zu header "
                     "bytes, %zu data bytes)", header_length, length);
@@ -198,7 +339,18 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
     op->target = true;
     op->type = h.type == STG_AM_READ ? STG_AM_READ : STG_AM_WRITE;
     op->cookie = h.cookie;
-    op->reply_ep = param->reply_ep;
+    /* Without ferry's magic, the address is not trusted: no reply. */
+    op->rep = h.magic == STG_MAGIC ? rep_get(ctx, h.conn_id, h.epoch,
+                                             (const uint8_t *)header + sizeof(h),
+                                             header_length - sizeof(h))
+                                   : NULL;
+    if (op->rep != NULL)
+        op->rep->refs++;
+    if (op->rep != NULL && op->rep->dead) {
+        ferry__debug("staged: dropped a chunk of an aborted connection");
+        ferry__stg_op_free(ctx, op);
+        return UCS_OK;
+    }
     op->npieces = h.npieces;
     op->bytes = h.bytes;
     if (!ok || h.bytes > ctx->chunk) {
