@@ -36,6 +36,14 @@
  *                 barrier and an exchange with a 2 s deadline fail by it
  *                 (within 8 s), though the store connection's limit is
  *                 60 s.
+ *   stall4        a launcher: 4 ranks (role "rank stall") loop on
+ *                 collectives while a ferry-store process is stopped for
+ *                 1 s (all OK), then for 12 s (each ends by its deadline
+ *                 with an error naming the store, while it is still
+ *                 stopped); after it resumes the communicator is lost on
+ *                 every rank (PEER_LOST), a new one works, and an abort
+ *                 from a second thread of rank 2 reaches every waiting
+ *                 rank within 1 s.
  *
  * With "etcd" after "fail CASE" or "stall", the store is an etcd member
  * that the test starts (tests/lib/etcd.c; exit 77 without etcd) instead of
@@ -369,6 +377,197 @@ static void *abort_thread(void *arg)
     return NULL;
 }
 
+/* Touches dir/name.r (r < 0: dir/name). */
+static void touch(const char *name, int r)
+{
+    char path[512];
+    const char *dir = getenv("TEST_COMM_DIR");
+
+    if (r < 0)
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+    else
+        snprintf(path, sizeof(path), "%s/%s.%d", dir, name, r);
+    fclose(fopen(path, "w"));
+}
+
+static bool exists(const char *name)
+{
+    char path[512];
+    struct stat sb;
+
+    snprintf(path, sizeof(path), "%s/%s", getenv("TEST_COMM_DIR"), name);
+    return stat(path, &sb) == 0;
+}
+
+/* Rank 2's second thread: writes the time (CLOCK_MONOTONIC, the same in
+ * every process of the host) to dir/abort_t, then aborts. */
+static void *stall_abort_thread(void *arg)
+{
+    char path[512], tmp[520];
+    FILE *f;
+
+    usleep(300000);
+    snprintf(path, sizeof(path), "%s/abort_t", getenv("TEST_COMM_DIR"));
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    f = fopen(tmp, "w");
+    fprintf(f, "%llu\n", (unsigned long long)ferry__now_ns());
+    fclose(f);
+    rename(tmp, path);
+    ferry_comm_abort(arg, "abort from a second thread");
+    return NULL;
+}
+
+/*
+ * Phase 4 of "stall4": the job goes on with a new communicator (fresh store
+ * connections); ranks 0-2 wait in a barrier that rank 3 comes late to, and
+ * a second thread of rank 2 aborts. Each waiting rank's barrier returns
+ * ABORTED within a few wait slices (100 ms each) of the abort, measured
+ * across processes on the host's monotonic clock. Returns 0 if all was as
+ * expected.
+ */
+static int stall_abort(int me)
+{
+    ferry_comm_params_t p = {.field_mask = FERRY_COMM_PARAM_PREFIX,
+                             .prefix = "again/"};
+    ferry_comm_t *c2 = NULL;
+    ferry_status_t st;
+    pthread_t t;
+    unsigned long long t_abort = 0;
+    char path[512];
+    FILE *f;
+    double ms;
+    int bad = 0;
+
+    st = ferry_comm_create(&p, &c2);
+    if (st == FERRY_OK)
+        st = ferry_comm_barrier(c2, 30 * 1000000000ll);
+    if (st != FERRY_OK) {
+        verdict(st, "none expected (a new communicator)", NULL);
+        return 1;
+    }
+    if (me == VICTIM)
+        ASSERT_TRUE(pthread_create(&t, NULL, stall_abort_thread, c2) == 0);
+    if (me == 3)
+        usleep(3000000);
+    st = ferry_comm_barrier(c2, 30 * 1000000000ll);
+    uint64_t t_ret = ferry__now_ns();
+    if (me == VICTIM)
+        pthread_join(t, NULL);
+    snprintf(path, sizeof(path), "%s/abort_t", getenv("TEST_COMM_DIR"));
+    f = fopen(path, "r");
+    if (f == NULL || fscanf(f, "%llu", &t_abort) != 1)
+        bad = 1;
+    if (f != NULL)
+        fclose(f);
+    ms = ((double)t_ret - (double)t_abort) / 1e6;
+    fprintf(stderr, "rank %d: phase 4: the barrier returned %s %.1f ms after rank 2's "
+            "second thread aborted\n", me, ferry_status_str(st), ms);
+    if (verdict(st, "aborted by rank 2", "second thread") != 100 - FERRY_ERR_ABORTED ||
+        st != FERRY_ERR_ABORTED)
+        bad = 1;
+    /* Rank 3 came after the abort: it returns at once on arrival. */
+    if (me != 3 && (ms < 0 || ms > 1000)) {
+        fprintf(stderr, "rank %d: the abort took %.1f ms to reach it\n", me, ms);
+        bad = 1;
+    }
+    ferry_comm_destroy(c2);
+    return bad;
+}
+
+/*
+ * A rank of "stall4". Phase 1: rounds of allgather, exchange and barrier
+ * (30 s deadline) while the launcher stops the store for a second; all
+ * ranks leave after the same round (each says in the allgather whether it
+ * has seen the launcher's "resumed" file). Every collective is OK: no
+ * store call gave up early and no heartbeat declared a rank dead. Phase 2:
+ * with the store stopped for good, a barrier and an exchange with a 2 s
+ * deadline each end by it (plus the slack the existing stall test allows)
+ * with an error that names the store. Phase 3, after the launcher resumes
+ * the store: a barrier shows what is left of the job (see docs/COMM.md).
+ * Exit code: 100 + -(phase 3's status), or 1 if a check failed.
+ */
+static int rank_stall(ferry_comm_t *comm, ferry_agent_t *agent, int me)
+{
+    double worst = 0;
+    int rounds = 0, after = 0, rc = 100;
+    ferry_status_t st;
+
+    for (int i = 0; after < 2; i++, rounds++) {
+        int mine[3] = {i, me, exists("resumed")}, any = 0;
+        void *vals[NFAIL];
+        size_t lens[NFAIL];
+        uint64_t t0 = ferry__now_ns();
+
+        st = ferry_comm_allgather(comm, mine, sizeof(mine), vals, lens, 30 * 1000000000ll);
+        if (st != FERRY_OK) {
+            verdict(st, "none expected (allgather)", NULL);
+            return 1;
+        }
+        for (int r = 0; r < NFAIL; r++) {
+            int *v = vals[r];
+
+            if (lens[r] != sizeof(mine) || v[0] != i || v[1] != r) {
+                fprintf(stderr, "rank %d: round %d: rank %d's part is wrong\n", me, i, r);
+                rc = 1;
+            } else {
+                any |= v[2];
+            }
+            ferry_store_free(vals[r]);
+        }
+        after += any;
+        st = ferry_comm_exchange(comm, agent, 30 * 1000000000ll);
+        if (st == FERRY_OK)
+            st = ferry_comm_barrier(comm, 30 * 1000000000ll);
+        if (st != FERRY_OK) {
+            verdict(st, "none expected (exchange, barrier)", NULL);
+            return 1;
+        }
+        double ms = (double)(ferry__now_ns() - t0) / 1e6;
+        worst = ms > worst ? ms : worst;
+        if (i == 0)
+            touch("ready", me);
+    }
+    fprintf(stderr, "rank %d: phase 1: %d rounds OK across a 1 s stall, the longest "
+            "%.0f ms\n", me, rounds, worst);
+    /* The stall fell inside some round (the ranks looped throughout). */
+    if (worst < 700) {
+        fprintf(stderr, "rank %d: no round waited for the stopped store\n", me);
+        rc = 1;
+    }
+
+    touch("ready2", me);
+    while (!exists("stopped"))
+        usleep(10000);
+    for (int step = 0; step < 2; step++) {
+        uint64_t t0 = ferry__now_ns();
+
+        st = step == 1 ? ferry_comm_barrier(comm, 2000000000ll)
+                       : ferry_comm_exchange(comm, agent, 2000000000ll);
+        double ms = (double)(ferry__now_ns() - t0) / 1e6;
+        const char *e = ferry_last_error();
+
+        fprintf(stderr, "rank %d: phase 2: %s on the stopped store: %s after %.0f ms "
+                "(%s)\n", me, step == 1 ? "barrier" : "exchange",
+                ferry_status_str(st), ms, e);
+        if (st >= 0 || ms > 8000 || !strstr(e, "store")) {
+            fprintf(stderr, "rank %d: expected an error naming the store within "
+                    "8 s\n", me);
+            rc = 1;
+        }
+    }
+    touch("gaveup", me);
+    while (!exists("resumed2"))
+        usleep(10000);
+    uint64_t t0 = ferry__now_ns();
+    st = ferry_comm_barrier(comm, 10 * 1000000000ll);
+    fprintf(stderr, "rank %d: phase 3: a barrier after the store resumed: %s after "
+            "%.0f ms (%s)\n", me, ferry_status_str(st),
+            (double)(ferry__now_ns() - t0) / 1e6, ferry_last_error());
+    if (stall_abort(me) != 0)
+        rc = 1;
+    return rc == 100 ? 100 - (int)st : rc;
+}
+
 static int run_rank(const char *cas)
 {
     ferry_comm_t *comm;
@@ -489,6 +688,8 @@ static int run_rank(const char *cas)
         }
         if (rc == 100)
             rc = verdict(ferry_comm_exchange(comm, agent, TMO), NULL, NULL);
+    } else if (strcmp(cas, "stall") == 0) {
+        rc = rank_stall(comm, agent, me);
     } else if (strcmp(cas, "timeout") == 0) {
         if (me == VICTIM) {
             /* Alive (its heartbeat goes on) but late: by the time it comes,
@@ -681,6 +882,110 @@ static int run_fail(const char *self, const char *cas, bool etcd)
     unlink(path);
     rmdir(dir);
     return test_finish("test_comm fail");
+}
+
+/* Waits up to ms for dir/name.r of every rank; false if one is missing. */
+static bool wait_all(const char *name, int ms)
+{
+    char path[64];
+    uint64_t end = ferry__now_ns() + (uint64_t)ms * 1000000ull;
+
+    for (int r = 0; r < NFAIL; r++) {
+        snprintf(path, sizeof(path), "%s.%d", name, r);
+        while (!exists(path)) {
+            if (ferry__now_ns() > end)
+                return false;
+            usleep(10000);
+        }
+    }
+    return true;
+}
+
+/*
+ * "stall4": 4 ranks (role "rank stall") on a ferry-store process that is
+ * stopped for a second while they loop on collectives, then for 12 s (four
+ * times the liveness time, six times the collectives' deadline: every
+ * timer on the way, the collective's, its store calls', the heartbeat's,
+ * has run out well before the store resumes, so a longer stall, the 60 s
+ * of the original report, changes nothing), then resumed. Checks each
+ * rank's verdict and that every phase-2 collective ended while the store
+ * was still stopped.
+ */
+static int run_stall4(const char *self)
+{
+    char url[128], dir[] = "/tmp/ferry-test-comm-XXXXXX";
+    char *argv[] = {(char *)self, "rank", "stall", NULL};
+    const char *files[] = {"ready", "ready2", "gaveup", NULL};
+    pid_t pids[NFAIL], store;
+    uint16_t port;
+    uint64_t t0;
+    int codes[NFAIL];
+
+    ASSERT_TRUE(mkdtemp(dir) != NULL);
+    setenv("TEST_COMM_DIR", dir, 1);
+    setenv("FERRY_COMM_LIVENESS_MS", "3000", 1);
+    store = start_store(&port);
+    snprintf(url, sizeof(url), "tcp://127.0.0.1:%u", port);
+    for (int r = 0; r < NFAIL; r++)
+        pids[r] = spawn_env(argv, url, r);
+
+    EXPECT_TRUE(wait_all("ready", 60000));
+    usleep(200000);
+    xu_stop_child(store);
+    usleep(1000000);
+    xu_cont_child(store);
+    touch("resumed", -1);
+    printf("test_comm stall4: the store was stopped for 1 s under the loop\n");
+
+    EXPECT_TRUE(wait_all("ready2", 60000));
+    xu_stop_child(store);
+    t0 = ferry__now_ns();
+    touch("stopped", -1);
+    if (!wait_all("gaveup", 12000))
+        TEST_FAIL_AT_("a rank's collectives still waited on the stopped store "
+                      "after 12 s");
+    printf("test_comm stall4: every rank gave up %.0f ms into the long stall\n",
+           (double)(ferry__now_ns() - t0) / 1e6);
+    while (ferry__now_ns() - t0 < 12000000000ull)
+        usleep(10000);
+    xu_cont_child(store);
+    t0 = ferry__now_ns();
+    touch("resumed2", -1);
+    printf("test_comm stall4: the store resumed after a 12 s stall\n");
+
+    for (int r = 0; r < NFAIL; r++) {
+        int status = xu_reap(pids[r], 60000);
+
+        codes[r] = status == -1 ? -1
+                   : WIFEXITED(status) ? WEXITSTATUS(status)
+                                       : 128 + WTERMSIG(status);
+    }
+    printf("test_comm stall4: every rank exited %.0f ms after the store resumed\n",
+           (double)(ferry__now_ns() - t0) / 1e6);
+    for (int r = 0; r < NFAIL; r++) {
+        printf("test_comm stall4: rank %d exited %d\n", r, codes[r]);
+        if (codes[r] != 100 - FERRY_ERR_PEER_LOST)
+            TEST_FAIL_AT_("rank %d exited %d, expected %d", r, codes[r],
+                          100 - FERRY_ERR_PEER_LOST);
+    }
+    kill(store, SIGTERM);
+    EXPECT_TRUE(xu_reap(store, 10000) != -1);
+    for (int f = 0; files[f]; f++)
+        for (int r = 0; r < NFAIL; r++) {
+            char path[600];
+
+            snprintf(path, sizeof(path), "%s/%s.%d", dir, files[f], r);
+            unlink(path);
+        }
+    for (int f = 0; f < 4; f++) {
+        char path[600];
+        const char *one[] = {"resumed", "stopped", "resumed2", "abort_t"};
+
+        snprintf(path, sizeof(path), "%s/%s", dir, one[f]);
+        unlink(path);
+    }
+    rmdir(dir);
+    return test_finish("test_comm stall4");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1096,11 +1401,13 @@ int main(int argc, char **argv)
         return run_etcd_ring(argv[0], argv[2]);
     if (argc >= 2 && strcmp(argv[1], "env") == 0)
         return run_env();
+    if (argc >= 2 && strcmp(argv[1], "stall4") == 0)
+        return run_stall4(argv[0]);
     if (argc >= 2 && strcmp(argv[1], "api") == 0)
         return run_api();
     if (argc >= 2 && strcmp(argv[1], "stall") == 0)
         return run_stall(argc >= 3 && strcmp(argv[2], "etcd") == 0);
     fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE [etcd] | env | api | "
-            "stall [etcd] | etcd-ring N\n");
+            "stall [etcd] | stall4 | etcd-ring N\n");
     return 2;
 }

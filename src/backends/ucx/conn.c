@@ -363,7 +363,10 @@ err_worker:
     return st;
 }
 
-/* Closes an idle endpoint politely, for a bounded time. */
+/* Closes an idle endpoint politely, for a bounded time, spinning on its
+ * worker under the agent's lock: only where messages are still queued on
+ * it (they leave meanwhile) or the close cannot be kept for later
+ * (ucx_close_later), and for a loopback connection. */
 static void ucx_ep_close(ucx_conn_t *conn)
 {
     ucp_request_param_t p = {0};
@@ -382,6 +385,74 @@ static void ucx_ep_close(ucx_conn_t *conn)
         ferry__debug("ucx: ucp_ep_close_nbx (peer '%s'): %s", conn->peer_name,
                      ucs_status_string(UCS_PTR_STATUS(req)));
     }
+}
+
+/*
+ * A polite close under way on the worker of a connection that is gone. A
+ * close can wait for the peer (an endpoint whose wire-up it never answered
+ * because it is stopped): spinning here would hold the agent's lock, and
+ * every thread of the agent with it, for up to UCX_CLOSE_NS. So the close
+ * is started, the worker kept, and ucx_progress() drives it with the other
+ * workers until it ends or its time runs out, then destroys the worker.
+ */
+typedef struct ucx_closing {
+    ferry__list_t link;
+    ucp_worker_h worker;
+    void *req;
+    uint64_t deadline;
+} ucx_closing_t;
+
+/* Starts closing the connection's idle endpoint politely, to be ended by
+ * progress; its worker is the closing's (or destroyed now if the close
+ * ended at once). False if it could not be kept (no memory): the caller
+ * closes it the old way. */
+static bool ucx_close_later(ucx_ctx_t *ctx, ucx_conn_t *conn)
+{
+    ucx_closing_t *c = malloc(sizeof(*c));
+    ucp_request_param_t p = {0};
+    ucs_status_ptr_t req;
+
+    if (c == NULL)
+        return false;
+    req = ucp_ep_close_nbx(conn->ep, &p);
+    if (!UCS_PTR_IS_PTR(req)) {
+        if (UCS_PTR_IS_ERR(req))
+            ferry__debug("ucx: ucp_ep_close_nbx (peer '%s'): %s", conn->peer_name,
+                         ucs_status_string(UCS_PTR_STATUS(req)));
+        free(c);
+        ucx_worker_drop(conn->worker, NULL);
+        return true;
+    }
+    c->worker = conn->worker;
+    c->req = req;
+    c->deadline = ferry__now_ns() + UCX_CLOSE_NS;
+    ferry__list_add(&ctx->closing, &c->link);
+    return true;
+}
+
+void ferry__ucx_closing_progress(ucx_ctx_t *ctx, bool drain)
+{
+    ferry__list_t *l, *tmp;
+
+    do {
+        ferry__list_each(l, tmp, &ctx->closing) {
+            ucx_closing_t *c = ferry__container_of(l, ucx_closing_t, link);
+
+            ucp_worker_progress(c->worker);
+            if (ucp_request_check_status(c->req) == UCS_INPROGRESS) {
+                if (ferry__now_ns() < c->deadline)
+                    continue;
+                ferry__debug("ucx: closing an endpoint did not finish; "
+                             "destroying its worker");
+            }
+            ucp_request_free(c->req);
+            ferry__list_del(&c->link);
+            ucx_worker_drop(c->worker, NULL);
+            free(c);
+        }
+        if (drain && !ferry__list_empty(&ctx->closing))
+            sched_yield();
+    } while (drain && !ferry__list_empty(&ctx->closing));
 }
 
 /* Waits for the runs copying into the connection's mapped keys to end,
@@ -422,9 +493,18 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
         conn->ep = NULL;
         return;
     }
-    if (polite && ferry__list_empty(&conn->flushes) && conn->failed == UCS_OK)
-        ucx_ep_close(conn); /* which also lets queued messages leave */
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
+    if (polite && ferry__list_empty(&conn->flushes) && conn->failed == UCS_OK) {
+        /* Nothing queued: the close may end outside this call (and the
+         * agent's lock). Queued messages are seen out here, bounded, as
+         * before: their requests die with the worker. */
+        if (ferry__list_empty(&conn->sends) && ucx_close_later(ctx, conn)) {
+            conn->worker = NULL;
+            conn->ep = NULL;
+            return;
+        }
+        ucx_ep_close(conn); /* which also lets queued messages leave */
+    }
     /* A dead peer reads nothing more: its sockets may close. */
     if (polite || !conn->tcp || !ctx->retire_tcp || conn->failed != UCS_OK ||
         !ucx_retire(conn))

@@ -179,6 +179,7 @@ static void ucx_fini(void *vctx)
 
     if (ctx == NULL)
         return;
+    ferry__ucx_closing_progress(ctx, true);
     ucx_anchor_close(ctx);
     ferry__ucx_allocs_free(ctx);
     free(ctx->watched);
@@ -294,6 +295,7 @@ ferry_status_t ferry__ucx_init_tls(const char *agent_name, const char *tls,
     ctx->epfd = -1;
     ferry__list_init(&ctx->conns);
     ferry__list_init(&ctx->allocs);
+    ferry__list_init(&ctx->closing);
     ctx->nt_min = ferry__copy_nt_min();
 
     st = ucx_context(agent_name, tls, cfg, &ctx->context, &ctx->memory_types);
@@ -407,6 +409,7 @@ static unsigned ucx_progress(void *vctx)
             n += k;
         }
     }
+    ferry__ucx_closing_progress(ctx, false);
     ctx->progressing = false;
     if (ctx->nwatched > 0) {
         uint64_t now = ferry__now_ns();

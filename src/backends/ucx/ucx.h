@@ -62,6 +62,7 @@ typedef struct ucx_ctx {
     bool retire_tcp;
     int epfd; /* every worker's event fd and the watched peers' pidfds */
     ferry__list_t conns; /* every open connection (ucx_conn_t) */
+    ferry__list_t closing; /* endpoints closing after their connection (conn.c) */
     struct ucx_conn **watched; /* same-host connections */
     size_t nwatched, capwatched;
     uint64_t next_check_ns;
@@ -175,6 +176,12 @@ ferry_status_t ferry__ucx_check_alive(ucx_ctx_t *ctx, ucx_conn_t *conn);
 /* Fails the connections of same-host peers whose process has ended (from
  * progress(), every so often). */
 void ferry__ucx_check_liveness(ucx_ctx_t *ctx);
+
+/* Drives the polite closes that outlived their connections (each on its
+ * own worker, see ucx_close_later() in conn.c) once, destroying the workers
+ * of those that ended or ran out of time; with drain, until none is left
+ * (at most a second). Under the agent's lock, like everything here. */
+void ferry__ucx_closing_progress(ucx_ctx_t *ctx, bool drain);
 
 /* rkey.c: the context's memory domains, read once at init, and the check of
  * a peer's packed key against them, its region and its process: the key

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Closing a connection to a stopped peer does not hold the agent's other
+ * threads. Two serving targets: "live" and "stopped". The second is
+ * stopped (SIGSTOP) before the connection to it is wired up, so a polite
+ * close of its endpoint waits for an answer that does not come (UCX's
+ * flush of the wire-up). One thread prepares a request to it, releases it
+ * and forgets the peer; meanwhile another thread keeps writing random data
+ * to random offsets of the live target, and finally reads the whole buffer
+ * back and checks every byte against its own copy.
+ *
+ * The close used to spin on the endpoint's worker under the agent's lock
+ * for up to a second (ucx_ep_close), and every post of the live thread
+ * waited for it: ferry_peer_forget took about 1 000 ms and the live
+ * thread's longest post as long, against about 150 ms in a reference
+ * window of the same run on a loaded machine. Now the close goes on in
+ * progress (ferry__ucx_closing_progress). The test fails only if both the
+ * forget took most of that second and the live thread's longest post was
+ * that long and more than twice the reference's, so that a busy machine
+ * alone does not fail it. Exit 77 where no UCX transport serves.
+ */
+#include "target.h"
+#include "util/time.h"
+
+#include <pthread.h>
+
+#define CAP (1u << 20)
+#define WINDOW_NS 1500000000ull
+
+static ferry_agent_t *agent;
+static ferry_peer_t *live_peer, *stopped_peer;
+static xt_target_t live, stopped;
+static uint8_t *lb, *shadow;
+static test_rng_t rng = {.s = 0x5EED1234ull};
+static double forget_ms = -1;
+
+/* Random writes to the live target for a window; the longest post. */
+static double write_loop(int *count)
+{
+    uint64_t end = ferry__now_ns() + WINDOW_NS;
+    double worst = 0;
+
+    *count = 0;
+    while (ferry__now_ns() < end) {
+        uint64_t len = test_rand_range(&rng, 1, 16384);
+        uint64_t loff = test_rand_range(&rng, 0, CAP - len);
+        uint64_t roff = test_rand_range(&rng, 0, CAP - len);
+        ferry_desc_t l = {(uintptr_t)lb + loff, len, FERRY_MEM_HOST, 0};
+        ferry_desc_t r = {live.buf[0].addr + roff, len, FERRY_MEM_HOST, 0};
+        ferry_xfer_t *x;
+        uint64_t t0 = ferry__now_ns();
+
+        test_rand_bytes(&rng, lb + loff, len);
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, live_peer,
+                                               &r, 1, NULL, &x));
+        ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
+        ferry_xfer_release(x);
+        memcpy(shadow + roff, lb + loff, len);
+        double ms = (double)(ferry__now_ns() - t0) / 1e6;
+        worst = ms > worst ? ms : worst;
+        (*count)++;
+    }
+    return worst;
+}
+
+/* A request to the stopped peer opens its connection (the endpoint's
+ * wire-up cannot finish); then the peer is forgotten, which closes it. */
+static void *closer(void *arg)
+{
+    ferry_desc_t l = {(uintptr_t)lb, 4096, FERRY_MEM_HOST, 0};
+    ferry_desc_t r = {stopped.buf[0].addr, 4096, FERRY_MEM_HOST, 0};
+    ferry_xfer_t *x;
+    ferry_status_t st;
+    uint64_t t0;
+
+    (void)arg;
+    usleep(200000);
+    st = ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, stopped_peer, &r, 1, NULL, &x);
+    if (st == FERRY_OK)
+        ferry_xfer_release(x);
+    t0 = ferry__now_ns();
+    ferry_peer_forget(stopped_peer);
+    forget_ms = (double)(ferry__now_ns() - t0) / 1e6;
+    return NULL;
+}
+
+int main(void)
+{
+    xt_opts_t to = {.name = "live", .progress_thread = 1, .nbuf = 1, .seed = 7,
+                    .buf = {{.kind = XM_HOST, .cap = CAP}}};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_PROGRESS_THREAD,
+                               .progress_thread = 1};
+    ferry_mem_t *m, *sm;
+    ferry_xfer_t *x;
+    double ref, during;
+    int nref, nduring;
+    uint64_t bad;
+    pthread_t t;
+
+    alarm(120);
+    ASSERT_TRUE(xt_start(&live, &to) == 0);
+    to.name = "stopped";
+    ASSERT_TRUE(xt_start(&stopped, &to) == 0);
+    ferry_status_t st = ferry_agent_create(&ap, &agent);
+    if (st == FERRY_ERR_BACKEND || st == FERRY_ERR_UNSUPPORTED) {
+        printf("test_close_stopped: no UCX (%s): skipped\n", ferry_last_error());
+        return 77;
+    }
+    ASSERT_ST(FERRY_OK, st);
+    ASSERT_TRUE(xt_connect(&live, agent, &live_peer) == 0);
+    ASSERT_TRUE(xt_connect(&stopped, agent, &stopped_peer) == 0);
+    lb = xu_alloc_buf(CAP);
+    shadow = xu_alloc_buf(CAP);
+    ferry_desc_t d = {(uintptr_t)lb, CAP, FERRY_MEM_HOST, 0};
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &m));
+
+    /* The live buffer starts as zeros (the target zeroes it). */
+    memset(shadow, 0, CAP);
+    ref = write_loop(&nref);
+    xu_stop_child(stopped.pid);
+    ASSERT_TRUE(pthread_create(&t, NULL, closer, NULL) == 0);
+    during = write_loop(&nduring);
+    pthread_join(t, NULL);
+    printf("test_close_stopped: reference: %d posts, the longest %.1f ms; while a "
+           "connection to a stopped peer closed: %d posts, the longest %.1f ms; "
+           "ferry_peer_forget took %.1f ms\n", nref, ref, nduring, during, forget_ms);
+    if (forget_ms < 0 || (forget_ms > 900 && during > 900 && during > 2 * ref))
+        TEST_FAIL_AT_("the close of the stopped peer's connection held the live "
+                      "thread's posts (forget %.0f ms, longest post %.0f ms, "
+                      "reference %.0f ms)", forget_ms, during, ref);
+
+    /* Every byte the live thread wrote arrived. */
+    uint8_t *back = xu_alloc_buf(CAP);
+    ferry_desc_t bd = {(uintptr_t)back, CAP, FERRY_MEM_HOST, 0};
+    ferry_desc_t rd = {live.buf[0].addr, CAP, FERRY_MEM_HOST, 0};
+    memset(back, 0xA5, CAP);
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &bd, 1, &sm));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &bd, 1, live_peer, &rd,
+                                           1, NULL, &x));
+    ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
+    ferry_xfer_release(x);
+    bad = UINT64_MAX;
+    for (uint64_t i = 0; i < CAP && bad == UINT64_MAX; i++)
+        if (back[i] != shadow[i])
+            bad = i;
+    if (bad != UINT64_MAX)
+        TEST_FAIL_AT_("byte %" PRIu64 " of the live target's buffer is wrong", bad);
+
+    xu_cont_child(stopped.pid);
+    EXPECT_TRUE(xt_quit(&live) == 0);
+    EXPECT_TRUE(xt_quit(&stopped) == 0);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(sm));
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
+    ferry_agent_destroy(agent);
+    free(back);
+    free(lb);
+    free(shadow);
+    return test_finish("test_close_stopped");
+}
