@@ -56,19 +56,10 @@ static void chunk_end(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
 static ferry_status_t send_msg(stg_op_t *op, ucp_ep_h ep, unsigned id, size_t hlen,
                                const void *data, size_t len, const char *peer)
 {
-    ucp_request_param_t p = {0};
-    ucs_status_ptr_t sp;
+    /* No UCX reply endpoint: the target replies to the address in the
+     * header. */
+    ucs_status_ptr_t sp = ferry__stg_am_send(op, ep, id, &op->hdr, hlen, data, len);
 
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
-                     UCP_OP_ATTR_FIELD_USER_DATA;
-    /* Eager: the data leaves with the message, and a peer never has to
-     * come back for it (see docs/STAGING.md). No UCX reply endpoint: the
-     * target replies to the address in the header. */
-    p.flags = UCP_AM_SEND_FLAG_EAGER;
-    p.cb.send = ferry__stg_sent;
-    p.user_data = op;
-    op->state = STG_SENDING;
-    sp = ucp_am_send_nbx(ep, id, &op->hdr, hlen, data, len, &p);
     if (sp == NULL)
         return FERRY_OK;
     if (UCS_PTR_IS_ERR(sp))
@@ -279,6 +270,20 @@ void ferry__stg_init_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
         return;
     }
     send_chunk(ctx, op);
+}
+
+ucs_status_ptr_t ferry__stg_am_send(stg_op_t *op, ucp_ep_h ep, unsigned id, const void *hdr,
+                                    size_t hlen, const void *data, size_t len)
+{
+    ucp_request_param_t p = {0};
+
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
+                     UCP_OP_ATTR_FIELD_USER_DATA;
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
+    p.cb.send = ferry__stg_sent;
+    p.user_data = op;
+    op->state = STG_SENDING;
+    return ucp_am_send_nbx(ep, id, hdr, hlen, data, len, &p);
 }
 
 /* The completion of any op's message (target or initiator). */

@@ -358,6 +358,13 @@ void ferry__stg_pump(stg_ctx_t *ctx);
 void ferry__stg_runs_finish(stg_ctx_t *ctx, stg_conn_t *conn);
 /* The completion of a message an op sent (a ucp_send_nbx_callback_t). */
 void ferry__stg_sent(void *request, ucs_status_t status, void *user_data);
+/* Sends op's message (hdr, hlen bytes, then len bytes at data) on ep as
+ * active message id, eager (the data leaves with the message, and a peer
+ * never has to come back for it: docs/STAGING.md), completing in
+ * ferry__stg_sent; marks op STG_SENDING. Returns what ucp_am_send_nbx
+ * returned. */
+ucs_status_ptr_t ferry__stg_am_send(stg_op_t *op, ucp_ep_h ep, unsigned id, const void *hdr,
+                                    size_t hlen, const void *data, size_t len);
 /* An initiator op whose copies ended. */
 void ferry__stg_init_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st);
 /* Gives every run on conn that has not failed the status why (the detail

@@ -124,7 +124,6 @@ void ferry__stg_reps_close(stg_ctx_t *ctx, bool all)
 static void reply(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t status, const void *data,
                   size_t len)
 {
-    ucp_request_param_t p = {0};
     ucs_status_ptr_t sp;
 
     if (op->rep == NULL || op->rep->dead) {
@@ -134,14 +133,8 @@ static void reply(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t status, const voi
     }
     op->hdr.h = (stg_hdr_t){STG_MAGIC, op->type, 0, status, 0, op->cookie,
                             status < 0 ? 0 : op->bytes, 0};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK |
-                     UCP_OP_ATTR_FIELD_USER_DATA;
-    p.flags = UCP_AM_SEND_FLAG_EAGER;
-    p.cb.send = ferry__stg_sent;
-    p.user_data = op;
-    op->state = STG_SENDING;
-    sp = ucp_am_send_nbx(op->rep->ep, STG_AM_REPLY, &op->hdr.h, sizeof(op->hdr.h), data,
-                         status < 0 ? 0 : len, &p);
+    sp = ferry__stg_am_send(op, op->rep->ep, STG_AM_REPLY, &op->hdr.h, sizeof(op->hdr.h),
+                            data, status < 0 ? 0 : len);
     if (UCS_PTR_IS_PTR(sp)) {
         op->req = sp;
         return;
