@@ -5,6 +5,7 @@
  * map so that prepare finds the region covering a range in O(log n).
  */
 #include "core/core.h"
+#include "cuda/copy.h"
 #include "cuda/cuda.h"
 #include "util/log.h"
 
@@ -97,6 +98,8 @@ static ferry_status_t desc_kind(ferry_desc_t *d, size_t i)
                             (unsigned long long)d->addr, (int)device);
     d->kind = kind;
     d->device = kind == FERRY_MEM_CUDA ? device : -1;
+    if (kind == FERRY_MEM_CUDA)
+        ferry__cuda_copy_preload(device);
     return FERRY_OK;
 }
 

@@ -75,8 +75,35 @@ static char *copy_ptx(char *why, size_t whylen)
     return text;
 }
 
-/* Loads the module in device's primary context: d->state 1 and d->fn, or
- * -1 and d->why. */
+/*
+ * Runs fn once over an empty table on a stream of its own and waits for it.
+ * With lazy loading (CUDA_MODULE_LOADING, the default since CUDA 12.2) the
+ * driver loads a kernel's code at its first launch, and loading may wait
+ * for the whole context; were that first launch a staged gather, made by a
+ * progress thread while an application's stream waits on a flag that only
+ * that thread will set, neither would ever go on. Loaded here, outside any
+ * transfer, a launch never loads.
+ */
+static CUresult copy_warm(const ferry__cuda_t *cu, CUfunction fn)
+{
+    CUdeviceptr table = 0;
+    unsigned n = 0;
+    int w = 0;
+    void *args[3] = {&table, &n, &w};
+    CUstream s;
+    CUresult res = cu->cuStreamCreate(&s, CU_STREAM_NON_BLOCKING);
+
+    if (res != CUDA_SUCCESS)
+        return res;
+    res = cu->cuLaunchKernel(fn, 1, 1, 1, FERRY__CUDA_COPY_THREADS, 1, 1, 0, s, args, NULL);
+    if (res == CUDA_SUCCESS)
+        res = cu->cuStreamSynchronize(s);
+    cu->cuStreamDestroy(s);
+    return res;
+}
+
+/* Loads the module in device's primary context and the kernel's code on
+ * the device: d->state 1 and d->fn, or -1 and d->why. */
 static void copy_load(const ferry__cuda_t *cu, int device, copy_dev_t *d)
 {
     char log[256] = "";
@@ -98,11 +125,13 @@ static void copy_load(const ferry__cuda_t *cu, int device, copy_dev_t *d)
     res = cu->cuModuleLoadDataEx(&mod, ptx, 2, opts, vals);
     if (res == CUDA_SUCCESS)
         res = cu->cuModuleGetFunction(&d->fn, mod, "ferry_copy");
+    if (res == CUDA_SUCCESS)
+        res = copy_warm(cu, d->fn);
     ferry__cuda_pop();
     free(ptx);
     if (res != CUDA_SUCCESS) {
         log[sizeof(log) - 1] = '\0';
-        (void)ferry__cuda_check(res, "cuModuleLoadDataEx");
+        (void)ferry__cuda_check(res, "loading the copy kernel");
         snprintf(d->why, sizeof(d->why), "the driver cannot load the copy kernel: "
                  "%s%s%.120s", ferry_last_error(), *log ? ": " : "", log);
         return;
@@ -141,6 +170,15 @@ ferry_status_t ferry__cuda_copy_kernel(int device, CUfunction *fn_p)
 out:
     pthread_mutex_unlock(&copy_lock);
     return st;
+}
+
+void ferry__cuda_copy_preload(int device)
+{
+    ferry__cuda_copy_mode_t mode;
+    CUfunction fn;
+
+    if (ferry__cuda_copy_mode(&mode) == FERRY_OK && mode != FERRY__COPY_ENGINE)
+        (void)ferry__cuda_copy_kernel(device, &fn);
 }
 
 unsigned ferry__cuda_copy_blocks(int device)

@@ -4,7 +4,7 @@
  * segments listed in a table in device memory, instead of one
  * cuMemcpyAsync per segment (about 5 us each, whatever the size). Its PTX
  * is embedded in the library and loaded once per device, in the device's
- * primary context, the first time a batch asks for it; a driver that
+ * primary context, when memory of that device is first registered; a driver that
  * cannot load it makes the callers keep the copy engines.
  *
  * How a batch is split between the kernel and the copy engines is the
@@ -56,6 +56,14 @@ uint64_t ferry__cuda_copy_max(void);
  * after the first, which is logged once.
  */
 ferry_status_t ferry__cuda_copy_kernel(int device, CUfunction *fn_p);
+/*
+ * Loads the kernel for device now, unless FERRY_CUDA_COPY is engine; a
+ * failure is only logged (the copies then take the engines). Called when
+ * memory of the device is registered, so that no copy on a transfer's
+ * path, a progress thread's included, is the first launch (copy.c says
+ * why that matters).
+ */
+void ferry__cuda_copy_preload(int device);
 
 /* The grid a launch on device uses: FERRY_CUDA_COPY_BLOCKS thread blocks,
  * or the default for the device. */
