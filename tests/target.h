@@ -176,6 +176,27 @@ int xt_notif_ack(ferry_agent_t *agent, uint64_t seq);
  * message out of order, from the wrong sender or malformed), or -1. */
 long xt_notif_end(xt_target_t *t, ferry_agent_t *agent);
 
+/* ------------------------------------------------------------------------ */
+/* A live peer beside a stalled one                                         */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * For window_ns, random WRITEs of 1 B to 16 KiB of random bytes from random
+ * places of lb (registered on agent, at least as long as the target's host
+ * buffer 0) to random places of that buffer, each prepared, posted, waited
+ * for and released, and mirrored into shadow (as long). Returns the longest
+ * of them in ms; *count: how many. A failure is a failed assertion.
+ */
+double xt_write_window(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
+                       uint8_t *lb, uint8_t *shadow, test_rng_t *rng, uint64_t window_ns,
+                       int *count);
+
+/* Reads the target's host buffer 0 back (through a registration of its
+ * own) and compares every byte with shadow: 0, or -1 (a failed check,
+ * naming the first wrong byte). */
+int xt_check_shadow(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
+                    const uint8_t *shadow);
+
 /* Tells the target to quit and reaps it; closes the socket. Returns 0 if
  * it exited with 0, else -1 (printed). */
 int xt_quit(xt_target_t *t);

@@ -34,35 +34,6 @@ static uint8_t *lb, *shadow;
 static test_rng_t rng = {.s = 0x5EED1234ull};
 static double forget_ms = -1;
 
-/* Random writes to the live target for a window; the longest post. */
-static double write_loop(int *count)
-{
-    uint64_t end = ferry__now_ns() + WINDOW_NS;
-    double worst = 0;
-
-    *count = 0;
-    while (ferry__now_ns() < end) {
-        uint64_t len = test_rand_range(&rng, 1, 16384);
-        uint64_t loff = test_rand_range(&rng, 0, CAP - len);
-        uint64_t roff = test_rand_range(&rng, 0, CAP - len);
-        ferry_desc_t l = {(uintptr_t)lb + loff, len, FERRY_MEM_HOST, 0};
-        ferry_desc_t r = {live.buf[0].addr + roff, len, FERRY_MEM_HOST, 0};
-        ferry_xfer_t *x;
-        uint64_t t0 = ferry__now_ns();
-
-        test_rand_bytes(&rng, lb + loff, len);
-        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, live_peer,
-                                               &r, 1, NULL, &x));
-        ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
-        ferry_xfer_release(x);
-        memcpy(shadow + roff, lb + loff, len);
-        double ms = (double)(ferry__now_ns() - t0) / 1e6;
-        worst = ms > worst ? ms : worst;
-        (*count)++;
-    }
-    return worst;
-}
-
 /* A request to the stopped peer opens its connection (the endpoint's
  * wire-up cannot finish); then the peer is forgotten, which closes it. */
 static void *closer(void *arg)
@@ -90,11 +61,9 @@ int main(void)
                     .buf = {{.kind = XM_HOST, .cap = CAP}}};
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_PROGRESS_THREAD,
                                .progress_thread = 1};
-    ferry_mem_t *m, *sm;
-    ferry_xfer_t *x;
+    ferry_mem_t *m;
     double ref, during;
     int nref, nduring;
-    uint64_t bad;
     pthread_t t;
 
     alarm(120);
@@ -116,10 +85,11 @@ int main(void)
 
     /* The live buffer starts as zeros (the target zeroes it). */
     memset(shadow, 0, CAP);
-    ref = write_loop(&nref);
+    ref = xt_write_window(&live, agent, live_peer, lb, shadow, &rng, WINDOW_NS, &nref);
     xu_stop_child(stopped.pid);
     ASSERT_TRUE(pthread_create(&t, NULL, closer, NULL) == 0);
-    during = write_loop(&nduring);
+    during = xt_write_window(&live, agent, live_peer, lb, shadow, &rng, WINDOW_NS,
+                             &nduring);
     pthread_join(t, NULL);
     printf("test_close_stopped: reference: %d posts, the longest %.1f ms; while a "
            "connection to a stopped peer closed: %d posts, the longest %.1f ms; "
@@ -130,29 +100,13 @@ int main(void)
                       "reference %.0f ms)", forget_ms, during, ref);
 
     /* Every byte the live thread wrote arrived. */
-    uint8_t *back = xu_alloc_buf(CAP);
-    ferry_desc_t bd = {(uintptr_t)back, CAP, FERRY_MEM_HOST, 0};
-    ferry_desc_t rd = {live.buf[0].addr, CAP, FERRY_MEM_HOST, 0};
-    memset(back, 0xA5, CAP);
-    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &bd, 1, &sm));
-    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &bd, 1, live_peer, &rd,
-                                           1, NULL, &x));
-    ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
-    ferry_xfer_release(x);
-    bad = UINT64_MAX;
-    for (uint64_t i = 0; i < CAP && bad == UINT64_MAX; i++)
-        if (back[i] != shadow[i])
-            bad = i;
-    if (bad != UINT64_MAX)
-        TEST_FAIL_AT_("byte %" PRIu64 " of the live target's buffer is wrong", bad);
+    EXPECT_TRUE(xt_check_shadow(&live, agent, live_peer, shadow) == 0);
 
     xu_cont_child(stopped.pid);
     EXPECT_TRUE(xt_quit(&live) == 0);
     EXPECT_TRUE(xt_quit(&stopped) == 0);
-    EXPECT_ST(FERRY_OK, ferry_mem_deregister(sm));
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
     ferry_agent_destroy(agent);
-    free(back);
     free(lb);
     free(shadow);
     return test_finish("test_close_stopped");

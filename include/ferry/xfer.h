@@ -87,6 +87,12 @@ typedef struct ferry_xfer_params {
  *                            host) its process has exited
  *   FERRY_ERR_UNSUPPORTED    no backend can serve a pair; the text names
  *                            the pair and what each backend lacks
+ *   FERRY_ERR_TIMEOUT        (same host, the peer's VMM GPU memory, its file
+ *                            descriptors fetched from its hand-off socket:
+ *                            FERRY_CUDA_FD_HANDOFF) the peer did not hand
+ *                            them over within 5 s, as when it is stopped;
+ *                            that wait holds only the calling thread, not
+ *                            the agent's others
  * Pairs are checked in order and the first failure is returned; within a
  * pair: a zero length (INVALID), lengths that differ (MISMATCH), the local
  * descriptor's registration, then the remote one's (NOT_REGISTERED or

@@ -128,6 +128,15 @@ typedef struct ferry__backend_ops {
     ferry_status_t (*rkey_open)(void *ctx, void *conn, const ferry__bk_rregion_t *region,
                                 const uint8_t *data, size_t len, void **rkey_p);
     void (*rkey_close)(void *ctx, void *rkey);
+    /* Optional. Called without the agent lock, before a prepare takes it,
+     * for each remote region that the prepare names and whose key is not
+     * open yet: fetches now what rkey_open would otherwise wait for from the
+     * peer under the lock (CUDA IPC: a VMM export's descriptors, which a
+     * stopped peer's hand-off socket holds back for seconds), so that a
+     * stopped peer holds only the preparing thread. addr: the peer's
+     * address for this backend. Failures are kept for rkey_open to report. */
+    void (*rkey_prefetch)(void *ctx, const uint8_t *addr, size_t addr_len,
+                          const uint8_t *data, size_t len);
 
     /*
      * Readies n segments on a connection that every post of one request

@@ -67,6 +67,7 @@ typedef struct ferry__inst {
 typedef struct ferry__rregion {
     ferry__md_region_t md;    /* points into the remote's blob copy */
     void *rkey[FERRY__NBK];   /* unpacked on first use, per backend */
+    atomic_bool opened[FERRY__NBK]; /* rkey[k] is set: read without the lock */
 } ferry__rregion_t;
 
 typedef struct ferry__remote {
@@ -76,6 +77,7 @@ typedef struct ferry__remote {
     ferry__md_t md;
     ferry__rregion_t *regions;
     ferry__imap_t map; /* remote address ranges -> ferry__rregion_t */
+    bool prefetch;     /* a GPU region has a key of a backend with rkey_prefetch */
 } ferry__remote_t;
 
 struct ferry_peer {
@@ -282,6 +284,13 @@ ferry_status_t ferry__remote_conn(ferry_agent_t *agent, ferry__remote_t *remote,
 ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
                                   ferry__rregion_t *rr, unsigned slot,
                                   void **rkey_p);
+/* Without the lock, the caller holding a reference to remote: the backends'
+ * rkey_prefetch for the GPU regions that descs (remote addresses) name and
+ * whose keys are not open yet; only: a backend forced by the prepare, or 0.
+ * Nothing when no region of remote has such a key or the peer is on
+ * another host. */
+void ferry__remote_prefetch(ferry_agent_t *agent, ferry__remote_t *remote,
+                            const ferry_desc_t *descs, size_t n, uint16_t only);
 /* Under the lock: deregister without the BUSY check (agent teardown). */
 void ferry__mem_drop(ferry_mem_t *mem);
 /* Agent teardown helpers. */

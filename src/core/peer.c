@@ -79,9 +79,40 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
         FERRY_CHECK(ferry__remote_conn(agent, remote, slot, &conn));
         FERRY_CHECK(ops->rkey_open(agent->bk_ctx[slot], conn, &region, key->data,
                                    key->len, &rr->rkey[slot]));
+        atomic_store_explicit(&rr->opened[slot], true, memory_order_release);
     }
     *rkey_p = rr->rkey[slot];
     return FERRY_OK;
+}
+
+void ferry__remote_prefetch(ferry_agent_t *agent, ferry__remote_t *remote,
+                            const ferry_desc_t *descs, size_t n, uint16_t only)
+{
+    const ferry__rregion_t *last = NULL;
+
+    if (!remote->prefetch || strcmp(remote->md.host_id, agent->host_id) != 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        ferry__rregion_t *rr;
+
+        if (last != NULL && descs[i].addr >= last->md.addr &&
+            descs[i].addr - last->md.addr < last->md.len)
+            continue; /* the region just seen (a batch's usual shape) */
+        if (ferry__imap_find(&remote->map, descs[i].addr, descs[i].len,
+                             (void **)&rr) != FERRY__IMAP_FOUND || rr->md.kind != FERRY_MEM_CUDA)
+            continue;
+        last = rr;
+        for (unsigned k = 0; k < FERRY__NBK; k++) {
+            const ferry__backend_ops_t *ops = ferry__backends[k];
+            const ferry__md_bytes_t *key = &rr->md.bk[k], *addr = &remote->md.bk_addr[k];
+
+            if (ops->rkey_prefetch != NULL && key->data != NULL && addr->data != NULL &&
+                (only == 0 || ops->id == only) && agent->bk_ctx[k] != NULL &&
+                !atomic_load_explicit(&rr->opened[k], memory_order_acquire))
+                ops->rkey_prefetch(agent->bk_ctx[k], addr->data, addr->len, key->data,
+                                   key->len);
+        }
+    }
 }
 
 /* Parses a copy of the blob into a new metadata version with one reference. */
@@ -121,6 +152,12 @@ static ferry_status_t remote_new(const ferry__secret_t *secret, const void *blob
         ferry__rregion_t *rr = &remote->regions[i];
 
         rr->md = remote->md.regions[i];
+        for (unsigned k = 0; k < FERRY__NBK; k++) {
+            atomic_init(&rr->opened[k], false);
+            if (ferry__backends[k]->rkey_prefetch != NULL && rr->md.bk[k].data != NULL &&
+                rr->md.kind == FERRY_MEM_CUDA)
+                remote->prefetch = true;
+        }
         FERRY_CHECK_GOTO(ferry__imap_append(&remote->map, rr->md.addr,
                                             rr->md.len, rr), st, err_map);
     }

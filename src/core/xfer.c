@@ -371,6 +371,16 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
 
     ferry__agent_lock(agent);
     rm = peer->remote;
+    if (rm->prefetch) {
+        /* What opening the peer's keys would wait for from the peer is
+         * fetched first, without the lock, the remote held meanwhile. */
+        rm->refs++;
+        ferry__agent_unlock(agent);
+        ferry__remote_prefetch(agent, rm, remote, nremote, route.only);
+        ferry__agent_lock(agent);
+        ferry__remote_unref(agent, rm);
+        rm = peer->remote;
+    }
     if (rm->inst->retired) {
         /* A peer that left (ferry__peer_lost) until a new blob is loaded. */
         st = ferry__error(FERRY_ERR_PEER_LOST, "prepare: peer '%s' is gone; "

@@ -209,6 +209,64 @@ static void xt_close(xt_target_t *t)
     t->blob = NULL;
 }
 
+double xt_write_window(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
+                       uint8_t *lb, uint8_t *shadow, test_rng_t *rng, uint64_t window_ns,
+                       int *count)
+{
+    uint64_t cap = t->buf[0].cap, end = xu_now_ns() + window_ns;
+    double worst = 0;
+
+    *count = 0;
+    while (xu_now_ns() < end) {
+        uint64_t len = test_rand_range(rng, 1, 16384);
+        uint64_t loff = test_rand_range(rng, 0, cap - len);
+        uint64_t roff = test_rand_range(rng, 0, cap - len);
+        ferry_desc_t l = {(uintptr_t)lb + loff, len, FERRY_MEM_HOST, 0};
+        ferry_desc_t r = {t->buf[0].addr + roff, len, FERRY_MEM_HOST, 0};
+        ferry_xfer_t *x;
+        uint64_t t0 = xu_now_ns();
+        double ms;
+
+        test_rand_bytes(rng, lb + loff, len);
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                               NULL, &x));
+        ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
+        ferry_xfer_release(x);
+        memcpy(shadow + roff, lb + loff, len);
+        ms = xu_ms_since(t0);
+        worst = ms > worst ? ms : worst;
+        (*count)++;
+    }
+    return worst;
+}
+
+int xt_check_shadow(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
+                    const uint8_t *shadow)
+{
+    uint64_t cap = t->buf[0].cap, bad = UINT64_MAX;
+    uint8_t *back = xu_alloc_buf(cap);
+    ferry_desc_t bd = {(uintptr_t)back, cap, FERRY_MEM_HOST, 0};
+    ferry_desc_t rd = {t->buf[0].addr, cap, FERRY_MEM_HOST, 0};
+    ferry_mem_t *m;
+    ferry_xfer_t *x;
+
+    memset(back, 0xA5, cap);
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &bd, 1, &m));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &bd, 1, peer, &rd, 1,
+                                           NULL, &x));
+    ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
+    ferry_xfer_release(x);
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
+    for (uint64_t i = 0; i < cap && bad == UINT64_MAX; i++)
+        if (back[i] != shadow[i])
+            bad = i;
+    free(back);
+    if (bad == UINT64_MAX)
+        return 0;
+    TEST_FAIL_AT_("byte %" PRIu64 " of the live target's buffer is wrong", bad);
+    return -1;
+}
+
 int xt_quit(xt_target_t *t)
 {
     xt_cmd_t c = {.op = XT_QUIT};

@@ -60,6 +60,7 @@ static ferry_status_t ci_init(const char *agent_name, void **ctx_p)
     ctx->srv_fd = ctx->stop_fd = -1;
     ferry__list_init(&ctx->allocs);
     pthread_mutex_init(&ctx->export_lock, NULL);
+    pthread_mutex_init(&ctx->pf_lock, NULL);
     atomic_init(&ctx->notify_pending, false);
     atomic_init(&ctx->notified, false);
     *ctx_p = ctx;
@@ -131,7 +132,9 @@ static void ci_fini(void *vctx)
     free(ctx->devs);
     free(ctx->uuids);
     free(ctx->exported);
+    ferry__ci_pf_drop(ctx, -1, 0);
     pthread_mutex_destroy(&ctx->export_lock);
+    pthread_mutex_destroy(&ctx->pf_lock);
     close(ctx->evfd);
     free(ctx);
 }
@@ -169,6 +172,7 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .conn_close = ferry__ci_conn_close,
     .rkey_open = ferry__ci_rkey_open,
     .rkey_close = ferry__ci_rkey_close,
+    .rkey_prefetch = ferry__ci_rkey_prefetch,
     .prepare = ferry__ci_prepare,
     .unprepare = ferry__ci_unprepare,
     .post = ferry__ci_post,

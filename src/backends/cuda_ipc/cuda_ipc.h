@@ -120,6 +120,16 @@ typedef struct ci_batch {
     void *arg;
 } ci_batch_t;
 
+/* A descriptor fetched ahead of its import (handoff.c), or why not. */
+typedef struct ci_pf {
+    int32_t pid;
+    uint64_t id;
+    int rfd;                   /* its number in the owner */
+    int fd;                    /* here, or -1: the fetch failed with st */
+    ferry_status_t st;
+    char why[200];
+} ci_pf_t;
+
 typedef struct ci_ctx {
     const ferry__cuda_t *cu;   /* NULL until CUDA is first needed */
     ci_dev_t *devs;
@@ -140,6 +150,10 @@ typedef struct ci_ctx {
     bool srv_running;
     pthread_t srv_thread;
     ferry__list_t allocs;      /* ci_alloc_t */
+    /* Descriptors fetched ahead of their import (handoff.c). */
+    pthread_mutex_t pf_lock;
+    ci_pf_t *pf;
+    size_t npf, cappf;
 } ci_ctx_t;
 
 /* cuda_ipc.c: the context. */
@@ -158,6 +172,12 @@ ferry_status_t ferry__ci_export_add(ci_ctx_t *ctx, int fd);
 void ferry__ci_export_del(ci_ctx_t *ctx, int fd);
 /* Duplicates the owner's exported descriptor remote_fd (importer side). */
 ferry_status_t ferry__ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p);
+/* The ops' rkey_prefetch: a VMM export's descriptors, fetched ahead. */
+void ferry__ci_rkey_prefetch(void *vctx, const uint8_t *addr, size_t addr_len,
+                             const uint8_t *data, size_t len);
+/* Closes the descriptors fetched ahead from the owner (pid, id); pid -1:
+ * all of them, the context going away. */
+void ferry__ci_pf_drop(ci_ctx_t *ctx, int32_t pid, uint64_t id);
 
 /* export.c: registrations and allocations (owner side). */
 ferry_status_t ferry__ci_mem_register(void *vctx, const ferry_desc_t *d, void **lreg_p);

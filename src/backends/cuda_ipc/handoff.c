@@ -14,11 +14,14 @@
 #include "backends/cuda_ipc/cuda_ipc.h"
 #include "util/config.h"
 #include "util/log.h"
+#include "util/proc.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -215,7 +218,132 @@ void ferry__ci_export_del(ci_ctx_t *ctx, int fd)
 /* The importer's side                                                      */
 /* ------------------------------------------------------------------------ */
 
-/* One of the owner's exported descriptors, duplicated into this process. */
+/*
+ * Descriptors fetched ahead (ferry__ci_rkey_prefetch, without the agent
+ * lock) for the import that will need them (under it): each is taken once,
+ * by the owner's pid and context id and its number there; a fetch that
+ * failed is kept as its status and text, so that the import fails at once
+ * instead of waiting for a stopped peer again. At most CI_PF_MAX are kept;
+ * those of a peer are closed with its connection, the rest with the
+ * context.
+ */
+#define CI_PF_MAX 1024
+
+static size_t ci_pf_find(const ci_ctx_t *ctx, int32_t pid, uint64_t id, int rfd)
+{
+    for (size_t i = 0; i < ctx->npf; i++)
+        if (ctx->pf[i].pid == pid && ctx->pf[i].id == id && ctx->pf[i].rfd == rfd)
+            return i;
+    return SIZE_MAX;
+}
+
+/* Removes entry i (under pf_lock). */
+static void ci_pf_remove(ci_ctx_t *ctx, size_t i)
+{
+    ctx->pf[i] = ctx->pf[--ctx->npf];
+}
+
+/* Takes the entry for (pid, id, rfd), if there is one: true, with *fd_p or
+ * the failure in *st_p (and the detail text). */
+static bool ci_pf_take(ci_ctx_t *ctx, int32_t pid, uint64_t id, int rfd, int *fd_p,
+                       ferry_status_t *st_p)
+{
+    ci_pf_t e;
+    size_t i;
+
+    pthread_mutex_lock(&ctx->pf_lock);
+    i = ci_pf_find(ctx, pid, id, rfd);
+    if (i != SIZE_MAX) {
+        e = ctx->pf[i];
+        ci_pf_remove(ctx, i);
+    }
+    pthread_mutex_unlock(&ctx->pf_lock);
+    if (i == SIZE_MAX)
+        return false;
+    *fd_p = e.fd;
+    *st_p = e.fd >= 0 ? FERRY_OK : ferry__error(e.st, "%s", e.why);
+    return true;
+}
+
+void ferry__ci_pf_drop(ci_ctx_t *ctx, int32_t pid, uint64_t id)
+{
+    pthread_mutex_lock(&ctx->pf_lock);
+    for (size_t i = ctx->npf; i-- > 0;) {
+        if (ctx->pf[i].pid == pid && ctx->pf[i].id == id) {
+            if (ctx->pf[i].fd >= 0)
+                close(ctx->pf[i].fd);
+            ci_pf_remove(ctx, i);
+        }
+    }
+    if (pid < 0) { /* the context goes: everything */
+        for (size_t i = 0; i < ctx->npf; i++)
+            if (ctx->pf[i].fd >= 0)
+                close(ctx->pf[i].fd);
+        free(ctx->pf);
+        ctx->pf = NULL;
+        ctx->npf = ctx->cappf = 0;
+    }
+    pthread_mutex_unlock(&ctx->pf_lock);
+}
+
+void ferry__ci_rkey_prefetch(void *vctx, const uint8_t *addr, size_t addr_len,
+                             const uint8_t *data, size_t len)
+{
+    ci_ctx_t *ctx = vctx;
+    ci_conn_t tmp = {.ctx = ctx, .pidfd = -1};
+    ferry__rbuf_t r;
+    uint32_t n;
+
+    ferry__rbuf_init(&r, addr, addr_len);
+    tmp.pid = (int32_t)ferry__rbuf_u32(&r);
+    tmp.id = ferry__rbuf_u64(&r);
+    if (r.err || r.left != 0 || (tmp.pid == ctx->pid && tmp.id == ctx->id))
+        return;
+    ferry__rbuf_init(&r, data, len);
+    if (ferry__rbuf_u8(&r) != CI_VMM)
+        return;
+    ferry__rbuf_u8(&r);
+    ferry__rbuf_u16(&r);
+    ferry__rbuf_bytes(&r, 16 + 8 + 8);
+    n = ferry__rbuf_u32(&r);
+    /* Malformed keys are rkey_open's to refuse. */
+    if (r.err || n == 0 || n > CI_MAX_CHUNKS || r.left != (size_t)n * 20)
+        return;
+    snprintf(tmp.name, sizeof(tmp.name), "pid %d", (int)tmp.pid);
+    tmp.pidfd = ferry__pidfd_open((pid_t)tmp.pid);
+    for (uint32_t i = 0; i < n; i++) {
+        ci_pf_t e = {tmp.pid, tmp.id, 0, -1, FERRY_OK, ""};
+        bool have;
+
+        ferry__rbuf_u64(&r);
+        ferry__rbuf_u64(&r);
+        e.rfd = (int)ferry__rbuf_u32(&r);
+        pthread_mutex_lock(&ctx->pf_lock);
+        have = ci_pf_find(ctx, e.pid, e.id, e.rfd) != SIZE_MAX || ctx->npf >= CI_PF_MAX;
+        pthread_mutex_unlock(&ctx->pf_lock);
+        if (have)
+            continue;
+        e.st = ferry__ci_fetch_fd(&tmp, e.rfd, &e.fd);
+        if (e.st < 0)
+            snprintf(e.why, sizeof(e.why), "%s", ferry_last_error());
+        pthread_mutex_lock(&ctx->pf_lock);
+        if (ctx->npf < CI_PF_MAX && ci_pf_find(ctx, e.pid, e.id, e.rfd) == SIZE_MAX &&
+            ferry__ci_grow(&ctx->pf, &ctx->cappf, ctx->npf, sizeof(*ctx->pf))) {
+            ctx->pf[ctx->npf++] = e;
+            e.fd = -1;
+        }
+        pthread_mutex_unlock(&ctx->pf_lock);
+        if (e.fd >= 0)
+            close(e.fd);
+        if (e.st < 0)
+            break; /* the next would wait as long */
+    }
+    if (tmp.pidfd >= 0)
+        close(tmp.pidfd);
+}
+
+/* One of the owner's exported descriptors, duplicated into this process:
+ * the one fetched ahead, if there is one. */
 ferry_status_t ferry__ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
 {
     const char *mode = ferry__config_get("FERRY_CUDA_FD_HANDOFF");
@@ -224,8 +352,11 @@ ferry_status_t ferry__ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
     uint32_t want = (uint32_t)remote_fd;
     ci_fdmsg_t m;
     struct timeval tv = {CI_HANDOFF_TIMEOUT_MS / 1000, 0};
+    ferry_status_t st;
     int s, err;
 
+    if (ci_pf_take(conn->ctx, conn->pid, conn->id, remote_fd, fd_p, &st))
+        return st;
     if (strcmp(mode, "socket") != 0 && !conn->getfd_refused) {
         if (conn->pidfd >= 0) {
             int fd = (int)syscall(SYS_pidfd_getfd, conn->pidfd, remote_fd, 0);
@@ -268,6 +399,10 @@ ferry_status_t ferry__ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
         CMSG_FIRSTHDR(&m.msg) == NULL || CMSG_FIRSTHDR(&m.msg)->cmsg_type != SCM_RIGHTS) {
         err = errno;
         close(s);
+        if (err == EAGAIN || err == EWOULDBLOCK)
+            return ferry__error(FERRY_ERR_TIMEOUT, "cuda_ipc: peer '%s' did not hand "
+                                "over descriptor %d within %d ms (is it stopped?)",
+                                conn->name, remote_fd, CI_HANDOFF_TIMEOUT_MS);
         return ferry__error(FERRY_ERR_PROTOCOL, "cuda_ipc: peer '%s' did not hand "
                             "over descriptor %d (%s)", conn->name, remote_fd,
                             m.ok == 0 ? "it does not export it" : strerror(err));

@@ -101,6 +101,7 @@ void ferry__ci_conn_close(void *vctx, void *vconn)
             break;
         }
     }
+    ferry__ci_pf_drop(conn->ctx, conn->pid, conn->id);
     if (conn->pidfd >= 0)
         close(conn->pidfd);
     free(conn);
