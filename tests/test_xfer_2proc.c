@@ -384,7 +384,7 @@ static int initiator_main(void)
     char memspec[40];
     uint64_t iters = (uint64_t)xu_env_long("FERRY_TEST_ITERS", 100);
     uint64_t t_all = xu_now_ns();
-    unsigned long case_mask = (unsigned long)xu_env_long("FERRY_TEST_CASES", 0xff);
+    unsigned long case_mask = (unsigned long)xu_env_long("FERRY_TEST_CASES", 0xfff);
     xt_opts_t to = {.name = "xfer-target", .nbuf = 1};
     uint64_t rbase;
 
