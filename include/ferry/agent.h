@@ -144,6 +144,18 @@ FERRY_API const char *ferry_agent_name(const ferry_agent_t *agent);
  * when nothing is left to do, after which ferry_agent_fd() becomes readable
  * when there is; FERRY_IN_PROGRESS when more work is pending (call again
  * before sleeping); FERRY_ERR_INVALID for a NULL agent. Any thread.
+ *
+ * FERRY_OK also when the transports hold work that more calls would not
+ * move, so that a loop calling this until FERRY_OK never spins: UCX 1.13
+ * keeps a reply queued for a peer that no longer reads it (an initiator
+ * that canceled a transfer and then stopped, exited or destroyed its
+ * agent; a peer that is stopped), and cannot then be armed to wake the fd.
+ * In that case, once ferry_agent_fd() was taken and without a progress
+ * thread, the fd becomes readable after a short nap instead: 1 ms, doubling
+ * to 16 ms while nothing moves, as ferry's own waits retry. A loop that
+ * sleeps on the fd, calls this until FERRY_OK and sleeps again thus polls
+ * at that pace for as long as the state lasts (which can be the rest of
+ * the process's life) and serves new work within a nap.
  */
 FERRY_API ferry_status_t ferry_agent_progress(ferry_agent_t *agent);
 
