@@ -36,6 +36,7 @@
 #include "target.h"
 #include "util/time.h"
 
+#include <poll.h>
 #include <pthread.h>
 
 #define CAP (1u << 20)
@@ -115,6 +116,81 @@ static void *closer(void *arg)
     return NULL;
 }
 
+/*
+ * "notif-fd": the same close, on an agent without a progress thread whose
+ * caller sleeps on ferry_agent_fd() and calls ferry_agent_progress() until
+ * FERRY_OK, as an event loop does. Nothing else happens on the agent, so
+ * only that loop can drive the close; the closing worker is out of the
+ * fd's set, so the fd must still come back while the close is under way
+ * (ferry_agent_progress(): a nap). The loop also watches the target's
+ * control socket, which speaks once every message has arrived; a sleep of
+ * 3 s with neither readable fails the test.
+ */
+static int notif_fd_case(void)
+{
+    xt_opts_t to = {.name = "stopped", .progress_thread = 1, .nbuf = 1, .seed = 7,
+                    .buf = {{.kind = XM_HOST, .cap = CAP}}};
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "loop"};
+    ferry_status_t st;
+    uint64_t t0;
+    long calls = 0, wakes = 0;
+    int fd;
+
+    ASSERT_TRUE(xt_start(&stopped, &to) == 0);
+    st = ferry_agent_create(&ap, &agent);
+    if (st == FERRY_ERR_BACKEND || st == FERRY_ERR_UNSUPPORTED) {
+        printf("test_close_stopped: no UCX (%s): skipped\n", ferry_last_error());
+        xt_kill(&stopped);
+        return 77;
+    }
+    ASSERT_ST(FERRY_OK, st);
+    ASSERT_TRUE(xt_connect(&stopped, agent, &stopped_peer) == 0);
+    ASSERT_ST(FERRY_OK, ferry_agent_fd(agent, &fd));
+    ASSERT_TRUE(xt_notif_begin(&stopped, 0, notes, XT_NOTIF_UNKNOWN, NULL, 0) == 0);
+    xu_stop_child(stopped.pid);
+    for (uint64_t i = 0; i < notes; i++) {
+        xt_note_t n = {.op = XT_NOTE_PLAIN, .seq = i};
+
+        EXPECT_ST(FERRY_OK, ferry_notif_send(agent, stopped_peer, &n, sizeof(n)));
+    }
+    t0 = ferry__now_ns();
+    ferry_peer_forget(stopped_peer);
+    forget_ms = (double)(ferry__now_ns() - t0) / 1e6;
+    xu_cont_child(stopped.pid);
+    for (;;) {
+        struct pollfd p[2] = {{fd, POLLIN, 0}, {stopped.fd, POLLIN, 0}};
+        int r;
+
+        while ((st = ferry_agent_progress(agent)) == FERRY_IN_PROGRESS)
+            calls++;
+        calls++;
+        EXPECT_ST(FERRY_OK, st);
+        r = poll(p, 2, 3000);
+        if (r > 0 && (p[1].revents & POLLIN))
+            break;
+        if (r == 0) {
+            TEST_FAIL_AT_("the event loop slept 3 s while the forgotten peer's close, "
+                          "with its queued messages, was under way");
+            break;
+        }
+        wakes++;
+    }
+    long nbad = test_failures ? -1 : xt_notif_end(&stopped, NULL);
+
+    printf("test_close_stopped notif-fd: forget took %.1f ms; the target's answer on "
+           "its %u messages, %ld bad (-1: none), came %.0f ms later, after %ld "
+           "wake-ups of the loop and %ld calls of ferry_agent_progress\n", forget_ms,
+           notes, nbad,
+           (double)(ferry__now_ns() - t0) / 1e6, wakes, calls);
+    EXPECT_EQ(0, nbad);
+    if (test_failures)
+        xt_kill(&stopped);
+    else
+        EXPECT_TRUE(xt_quit(&stopped) == 0);
+    ferry_agent_destroy(agent);
+    return test_finish("test_close_stopped notif-fd");
+}
+
 int main(int argc, char **argv)
 {
     xt_opts_t to = {.name = "live", .progress_thread = 1, .nbuf = 1, .seed = 7,
@@ -131,6 +207,8 @@ int main(int argc, char **argv)
     alarm(120);
     notif_mode = argc > 1 && strcmp(argv[1], "notif") == 0;
     notes = getenv("UCX_TLS") != NULL && strstr(getenv("UCX_TLS"), "tcp") ? 2 : 300;
+    if (argc > 1 && strcmp(argv[1], "notif-fd") == 0)
+        return notif_fd_case();
     ASSERT_TRUE(xt_start(&live, &to) == 0);
     to.name = "stopped";
     ASSERT_TRUE(xt_start(&stopped, &to) == 0);

@@ -74,12 +74,22 @@ void ferry__cq_signal(ferry_agent_t *agent, bool ready)
 }
 
 /* Under the lock: FERRY_OK when every backend will signal its fd on new
- * work, FERRY_ERR_BUSY when work is already pending. */
+ * work; FERRY_IN_PROGRESS when they will, but one also has work that only
+ * progress moves (sleep a nap at most); FERRY_ERR_BUSY when work is
+ * already pending. */
 static ferry_status_t arm_once_locked(ferry_agent_t *agent)
 {
-    for (unsigned k = 0; k < FERRY__NBK; k++)
-        FERRY_CHECK(ferry__backends[k]->arm(agent->bk_ctx[k]));
-    return FERRY_OK;
+    ferry_status_t st = FERRY_OK;
+
+    for (unsigned k = 0; k < FERRY__NBK; k++) {
+        ferry_status_t s = ferry__backends[k]->arm(agent->bk_ctx[k]);
+
+        if (s < 0)
+            return s;
+        if (s == FERRY_IN_PROGRESS)
+            st = s;
+    }
+    return st;
 }
 
 /* How often arming is retried before a busy transport counts as stuck. */
@@ -91,8 +101,9 @@ static ferry_status_t arm_once_locked(ferry_agent_t *agent)
  * just consumed the wake-up signals that the last sleep was woken by; the
  * latter only asks for a progress and a second try. Napping on it instead
  * (as this did before) cost every wake-up a millisecond, on the waiter and
- * on a target's progress thread alike. Returns FERRY_OK (armed), or
- * FERRY_ERR_BUSY with *events_p the events that the retries' progress
+ * on a target's progress thread alike. Returns FERRY_OK (armed),
+ * FERRY_IN_PROGRESS (armed, but come back within a nap: arm_once_locked),
+ * or FERRY_ERR_BUSY with *events_p the events that the retries' progress
  * handled (traffic: poll again) or 0 (stuck: nap).
  */
 static ferry_status_t arm_locked(ferry_agent_t *agent, unsigned *events_p)
@@ -160,7 +171,7 @@ static void *progress_thread(void *arg)
                 continue;
             }
             ferry__agent_unlock(agent);
-            if (st == FERRY_OK)
+            if (st >= 0) /* armed: a sleep is at most a nap anyway */
                 progress_sleep(agent, FERRY__SLEEP_MAX_MS);
             else
                 progress_nap(FERRY__SLEEP_MAX_MS);
@@ -324,7 +335,9 @@ ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
     if (st == FERRY_ERR_BUSY && events > 0) {
         nap_end_locked(agent);
         st = FERRY_IN_PROGRESS;
-    } else if (st == FERRY_ERR_BUSY) {
+    } else if (st == FERRY_ERR_BUSY || st == FERRY_IN_PROGRESS) {
+        /* Stuck, or armed with work only progress moves (a connection
+         * closing in the background): the fd comes back after a nap. */
         nap_start_locked(agent);
         st = FERRY_OK;
     } else {
@@ -435,7 +448,7 @@ static bool wait_sleeping(const ferry__waiter_t *w, uint64_t deadline_ns)
             }
             agent->polling = true;
             ferry__agent_unlock(agent);
-            if (st == FERRY_OK) {
+            if (st >= 0) { /* armed; ms is a nap at most */
                 progress_sleep(agent, ms);
             } else {
                 /* A peer that stays stalled is retried less and less often,
