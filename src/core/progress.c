@@ -16,7 +16,10 @@
  * variable. Polling goes on while the transports report events and stops
  * FERRY_WAIT_SPIN_US after the last one. Sleeps are capped
  * (FERRY__SLEEP_MAX_MS) so that an event no fd reports (room freed in a
- * peer's FIFO) costs a short delay, never a hang.
+ * peer's FIFO) costs a short delay, never a hang. An application that
+ * sleeps on ferry_agent_fd() gets the same naps from a timerfd in that
+ * fd's set, set by ferry_agent_progress() whenever the transports cannot
+ * be armed or have work that only progress moves.
  */
 #include "core/core.h"
 #include "util/config.h"
