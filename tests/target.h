@@ -19,6 +19,9 @@
  *             and gaps (details on the target's stderr, which is the
  *             test's)
  *   drive     drive the agent while waiting for commands, or stop doing so
+ *   settle    call ferry_agent_progress() until it returns FERRY_OK, as an
+ *             event loop does before it sleeps, within a limit; reply with
+ *             the number of calls
  *   notif     serve a number of notifications (xt_note_t) as they arrive:
  *             check a WRITE's range against the sum its message names at
  *             once, refill a READ's range, acknowledge each one to the
@@ -114,6 +117,16 @@ long xt_check(xt_target_t *t, unsigned buf, uint64_t lo, uint64_t hi, uint64_t i
 
 /* The target drives its agent while it waits (on), or stops doing so. */
 int xt_drive(xt_target_t *t, int on);
+
+/*
+ * The target calls ferry_agent_progress() until it returns FERRY_OK, for at
+ * most limit_ms; with fd, it first takes ferry_agent_fd(), after which each
+ * progress that finds nothing to do arms the transports (an event loop's
+ * way). Returns the number of calls, or -1 if the last one still returned
+ * FERRY_IN_PROGRESS (the target prints how many it made, and counts a
+ * failure).
+ */
+long xt_settle(xt_target_t *t, int limit_ms, int fd);
 
 /* ------------------------------------------------------------------------ */
 /* Notifications                                                            */

@@ -554,6 +554,15 @@ static int rank_stall(ferry_comm_t *comm, ferry_agent_t *agent, int me)
                     "8 s\n", me);
             rc = 1;
         }
+        /* The exchange's failure closed the store connection: the barrier
+         * after it names that failure, not only the closed connection. */
+        if (step == 1 && (st != FERRY_ERR_PEER_LOST ||
+                          !strstr(e, "the communicator failed earlier: exchange") ||
+                          !strstr(e, "the store did not answer by the deadline"))) {
+            fprintf(stderr, "rank %d: the barrier does not name the exchange's "
+                    "failure\n", me);
+            rc = 1;
+        }
     }
     touch("gaveup", me);
     while (!exists("resumed2"))
@@ -1075,6 +1084,13 @@ static int run_stall(bool etcd)
         if (step == 0) {
             EXPECT_ST(FERRY_ERR_TIMEOUT, st);
             EXPECT_ERR_HAS(etcd ? "etcd" : "no reply in time");
+        } else if (!etcd) {
+            /* The barrier's timeout closed the store connection: the
+             * exchange fails at once, and says why it was closed. */
+            EXPECT_ST(FERRY_ERR_PEER_LOST, st);
+            EXPECT_ERR_HAS("comm: exchange: the communicator failed earlier: "
+                           "barrier (round");
+            EXPECT_ERR_HAS("no reply in time");
         }
         if (ms > 8000)
             TEST_FAIL_AT_("a collective with a 2 s deadline took %.0f ms", ms);

@@ -300,6 +300,10 @@ static void case_wait(void)
     /* ...and the stopped server's clients see PEER_LOST. */
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_store_ping(a));
     EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_store_ping(quick));
+    /* A later call says what closed the connection. */
+    EXPECT_ST(FERRY_ERR_PEER_LOST, ferry_store_get(a, "w/one", &v, &vl));
+    EXPECT_ERR_HAS("get: the connection was closed by an earlier failure (store");
+    EXPECT_ERR_HAS(": ping: ");
     ferry_store_close(a);
     ferry_store_close(quick);
 }

@@ -127,6 +127,10 @@ FERRY_API ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
 /*
  * Destroys an agent with everything it still owns: requests (in flight ones
  * are canceled first, see ferry_xfer_release()), peers and registrations.
+ * The connections of peers, forgotten before or now, whose polite close is
+ * still under way (ferry_peer_forget()) are driven until each ends or its
+ * second runs out, so that notifications still queued may leave: destroy
+ * takes up to a second longer when a peer does not answer (it is stopped).
  * Accepts NULL. No other thread may use the agent or its objects meanwhile.
  */
 FERRY_API void ferry_agent_destroy(ferry_agent_t *agent);
@@ -144,6 +148,20 @@ FERRY_API const char *ferry_agent_name(const ferry_agent_t *agent);
  * when nothing is left to do, after which ferry_agent_fd() becomes readable
  * when there is; FERRY_IN_PROGRESS when more work is pending (call again
  * before sleeping); FERRY_ERR_INVALID for a NULL agent. Any thread.
+ *
+ * FERRY_OK also when the transports hold work that more calls would not
+ * move, so that a loop calling this until FERRY_OK never spins: UCX 1.13
+ * keeps a reply queued for a peer that no longer reads it (an initiator
+ * that canceled a transfer and then stopped, exited or destroyed its
+ * agent; a peer that is stopped), and cannot then be armed to wake the fd.
+ * In that case, once ferry_agent_fd() was taken and without a progress
+ * thread, the fd becomes readable after a short nap instead: 1 ms, doubling
+ * to 16 ms while nothing moves, as ferry's own waits retry. A loop that
+ * sleeps on the fd, calls this until FERRY_OK and sleeps again thus polls
+ * at that pace for as long as the state lasts (which can be the rest of
+ * the process's life) and serves new work within a nap. The same nap
+ * wakes it while a forgotten peer's connection closes (ferry_peer_forget()),
+ * which only this agent's progress moves on.
  */
 FERRY_API ferry_status_t ferry_agent_progress(ferry_agent_t *agent);
 

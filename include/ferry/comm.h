@@ -135,7 +135,11 @@ FERRY_API int ferry_comm_size(const ferry_comm_t *comm);
  * its reason) if any rank aborted, died or timed out; FERRY_ERR_TIMEOUT if
  * this rank's own time ran out first, in which case it aborts the job with
  * a reason naming the ranks it waited for; FERRY_ERR_PEER_LOST if the store
- * is gone. Any thread (see above).
+ * is gone, or at once, naming the first failure, once an earlier
+ * collective's failure closed this communicator's store connection (a
+ * TCPStore reply that did not come by the deadline: docs/COMM.md). A
+ * collective that returns FERRY_OK leaves ferry_last_error() as it was.
+ * Any thread (see above).
  */
 FERRY_API ferry_status_t ferry_comm_barrier(ferry_comm_t *comm,
                                             int64_t timeout_ns);

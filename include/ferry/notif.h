@@ -51,6 +51,11 @@
  *  - A connection that is aborted (ferry_xfer_cancel(), the stall timeout)
  *    or a peer that dies may lose the messages still in flight on it;
  *    messages received before stay queued.
+ *  - Forgetting a peer (ferry_peer_forget()) with messages still queued to
+ *    it does not wait for them: its connection's close, which lets them
+ *    leave first, goes on in the agent's progress for up to a second (see
+ *    ferry_peer_forget() for who drives it); a peer that does not take
+ *    them within that second (it is stopped) loses them.
  */
 #ifndef FERRY_NOTIF_H
 #define FERRY_NOTIF_H

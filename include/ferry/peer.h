@@ -72,6 +72,19 @@ FERRY_API ferry_status_t ferry_peer_load(ferry_agent_t *agent,
  * Drops a peer and releases its remote keys and connection. Requests
  * prepared against it remain objects to release; posting them returns
  * FERRY_ERR_PEER_LOST. Accepts NULL. Any thread.
+ *
+ * The connection is closed politely without waiting here: the close,
+ * which first lets notifications still queued to the peer leave
+ * (ferry/notif.h), goes on in the agent's progress until the peer has
+ * answered it or a second has passed, then its UCX worker is destroyed
+ * (a peer that is stopped then loses those messages). With a progress
+ * thread that happens by itself. Without one, the close moves only during
+ * the agent's calls that drive it: ferry_agent_progress(), a test or wait
+ * of any request, ferry_notif_drain() or ferry_notif_wait(). A loop that
+ * sleeps on ferry_agent_fd() is woken for it while it lasts (see
+ * ferry_agent_progress()); a caller that makes none of these calls leaves
+ * it to ferry_agent_destroy(), which finishes every close still under way
+ * (waiting out the rest of its second at most, all at once).
  */
 FERRY_API void ferry_peer_forget(ferry_peer_t *peer);
 

@@ -27,8 +27,9 @@ extern "C" {
  * but calls from several threads run one after another on one connection.
  * After a call fails with FERRY_ERR_TIMEOUT (other than
  * ferry_store_wait()) or FERRY_ERR_PEER_LOST, the connection is closed and
- * every later call returns FERRY_ERR_PEER_LOST: a reply that arrived late
- * would otherwise be taken for the answer to the next question.
+ * every later call returns FERRY_ERR_PEER_LOST, its detail text quoting the
+ * failure that closed it: a reply that arrived late would otherwise be
+ * taken for the answer to the next question.
  */
 typedef struct ferry_store ferry_store_t;
 typedef struct ferry_store_server ferry_store_server_t;

@@ -216,8 +216,9 @@ FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns)
  * again (up to 8 per peer, each a few MiB; they go when the peer is
  * forgotten). Known limits: a peer that was stopped before it had answered
  * the connection's first contact still aborts when that worker goes; and
- * a peer whose initiator process dies mid-transfer still aborts (both UCX
- * bugs). Over shared memory, the default between processes of one host,
+ * a peer whose initiator process dies mid-transfer still aborts, as does
+ * one still reading a canceled WRITE when its initiator forgets it or
+ * destroys its agent right after the cancel (all UCX bugs). Over shared memory, the default between processes of one host,
  * neither happens. Any thread.
  */
 FERRY_API ferry_status_t ferry_xfer_cancel(ferry_xfer_t *xfer);

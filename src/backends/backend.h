@@ -173,8 +173,11 @@ typedef struct ferry__backend_ops {
     /* A file descriptor that becomes readable when progress() has work,
      * once arm() has returned FERRY_OK; -1 if the backend has none. */
     int (*event_fd)(void *ctx);
-    /* Prepares event_fd() for sleeping: FERRY_OK, or FERRY_ERR_BUSY when
-     * events are already pending (progress first, then arm again). */
+    /* Prepares event_fd() for sleeping: FERRY_OK; FERRY_IN_PROGRESS when
+     * armed, but work that no fd signals is under way and needs progress
+     * (a connection closing in the background): sleep a short nap at
+     * most; or FERRY_ERR_BUSY when events are already pending (progress
+     * first, then arm again). */
     ferry_status_t (*arm)(void *ctx);
 
     /*

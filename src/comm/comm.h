@@ -63,6 +63,9 @@ struct ferry_comm {
     ferry__kv_t *kv;              /* collectives, abort */
     pthread_mutex_t lock;         /* one collective at a time */
     uint64_t seq;                 /* collectives started */
+    /* The failure that closed kv's connection for good (kv.h's lost), as
+     * its collective reported it; "" while none has. Under lock. */
+    char lost_text[FERRY__COMM_TEXT_MAX];
 
     /* Abort state: set once, by this rank's abort or a seen abort key. */
     pthread_mutex_t abort_lock;
@@ -135,12 +138,20 @@ int ferry__comm_publish_abort(ferry_comm_t *comm, ferry__kv_t *kv, int rank,
 /* A deadline from a collective's timeout (negative: none). */
 uint64_t ferry__comm_deadline(int64_t timeout_ns);
 
-/* Holds every store call of a collective to its deadline, plus a second
- * for telling the job that this rank gave up (its abort), so that a
- * stalled store cannot keep the collective past it; ferry__comm_uncap()
- * lifts the cap when the collective ends. Under comm->lock. */
-void ferry__comm_cap(ferry_comm_t *c, uint64_t deadline);
-void ferry__comm_uncap(ferry_comm_t *c);
+/*
+ * Begins collective `what`, under comm->lock: holds every store call of it
+ * to its deadline, plus a second for telling the job that this rank gave
+ * up (its abort), so that a stalled store cannot keep the collective past
+ * it. Returns the abort if there is one, or FERRY_ERR_PEER_LOST naming the
+ * failure of an earlier collective that closed the store connection (the
+ * store's own text would say only that it is closed); the collective then
+ * does not run. Either way ferry__comm_end() follows, with the
+ * collective's status: it lifts the cap and, when this failure is the one
+ * that closed the connection, keeps its text for the later ones.
+ */
+ferry_status_t ferry__comm_begin(ferry_comm_t *c, uint64_t deadline,
+                                 const char *what);
+void ferry__comm_end(ferry_comm_t *c, ferry_status_t st);
 
 /*
  * Waits until every key exists, in slices, checking the abort key between

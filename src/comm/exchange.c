@@ -281,9 +281,10 @@ ferry_status_t ferry_comm_exchange(ferry_comm_t *comm, ferry_agent_t *agent,
     ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
     deadline = ferry__comm_deadline(timeout_ns);
-    ferry__comm_cap(comm, deadline);
-    st = exchange_locked(comm, agent, deadline);
-    ferry__comm_uncap(comm);
+    st = ferry__comm_begin(comm, deadline, "exchange");
+    if (st == FERRY_OK)
+        st = exchange_locked(comm, agent, deadline);
+    ferry__comm_end(comm, st);
     pthread_mutex_unlock(&comm->lock);
     return ferry__error_keep(&save, st);
 }

@@ -71,6 +71,11 @@ static void st_set_cap(ferry__kv_t *kv, uint64_t deadline_ns)
     ferry__store_set_cap(store_of(kv), deadline_ns);
 }
 
+static bool st_lost(ferry__kv_t *kv)
+{
+    return ferry__store_lost(store_of(kv));
+}
+
 static void st_close(ferry__kv_t *kv)
 {
     ferry_store_close(store_of(kv));
@@ -87,6 +92,7 @@ static const ferry__kv_ops_t store_ops = {
     .delete_key = st_delete,
     .multi_get = st_multi_get,
     .set_cap = st_set_cap,
+    .lost = st_lost,
     .close = st_close,
 };
 

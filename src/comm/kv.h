@@ -41,6 +41,10 @@ typedef struct ferry__kv_ops {
     /* No later call goes past deadline_ns (ferry__now_ns() time;
      * UINT64_MAX: no cap): a collective's deadline (round.c). */
     void (*set_cap)(ferry__kv_t *kv, uint64_t deadline_ns);
+    /* Whether a failure has closed the handle for good, so that every
+     * later call fails at once (a TCPStore connection whose reply did not
+     * come in time); etcd's calls each try again, so never there. */
+    bool (*lost)(ferry__kv_t *kv);
     void (*close)(ferry__kv_t *kv);
 } ferry__kv_ops_t;
 
@@ -133,6 +137,11 @@ static inline ferry_status_t ferry__kv_delete(ferry__kv_t *kv, const char *key)
 static inline void ferry__kv_set_cap(ferry__kv_t *kv, uint64_t deadline_ns)
 {
     kv->ops->set_cap(kv, deadline_ns);
+}
+
+static inline bool ferry__kv_lost(ferry__kv_t *kv)
+{
+    return kv->ops->lost(kv);
 }
 
 /* Closes the handle; accepts NULL. */

@@ -540,6 +540,13 @@ static void et_set_cap(ferry__kv_t *kv, uint64_t deadline_ns)
     atomic_store(&k->etcd.deadline_ns, deadline_ns == UINT64_MAX ? 0 : deadline_ns);
 }
 
+/* Each call tries the members again: no failure closes the handle. */
+static bool et_lost(ferry__kv_t *kv)
+{
+    (void)kv;
+    return false;
+}
+
 static void et_close(ferry__kv_t *kv)
 {
     kv_etcd_t *k = of(kv);
@@ -561,6 +568,7 @@ static const ferry__kv_ops_t etcd_ops = {
     .delete_key = et_delete,
     .multi_get = et_multi_get,
     .set_cap = et_set_cap,
+    .lost = et_lost,
     .close = et_close,
 };
 

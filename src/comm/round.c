@@ -31,16 +31,29 @@ uint64_t ferry__comm_deadline(int64_t timeout_ns)
 /* The time a rank whose deadline passed has to publish its abort. */
 #define GIVE_UP_GRACE_NS 1000000000ull
 
-void ferry__comm_cap(ferry_comm_t *c, uint64_t deadline)
+ferry_status_t ferry__comm_begin(ferry_comm_t *c, uint64_t deadline,
+                                 const char *what)
 {
+    const char *t = c->lost_text;
+
+    FERRY_CHECK(ferry__comm_aborted(c));
+    if (t[0] != '\0') {
+        if (strncmp(t, "comm: ", 6) == 0)
+            t += 6;
+        return ferry__error(FERRY_ERR_PEER_LOST, "comm: %s: the communicator "
+                            "failed earlier: %s", what, t);
+    }
     ferry__kv_set_cap(c->kv, deadline >= UINT64_MAX - GIVE_UP_GRACE_NS
-                                       ? UINT64_MAX
-                                       : deadline + GIVE_UP_GRACE_NS);
+                                 ? UINT64_MAX
+                                 : deadline + GIVE_UP_GRACE_NS);
+    return FERRY_OK;
 }
 
-void ferry__comm_uncap(ferry_comm_t *c)
+void ferry__comm_end(ferry_comm_t *c, ferry_status_t st)
 {
     ferry__kv_set_cap(c->kv, UINT64_MAX);
+    if (st < 0 && c->lost_text[0] == '\0' && ferry__kv_lost(c->kv))
+        snprintf(c->lost_text, sizeof(c->lost_text), "%s", ferry_last_error());
 }
 
 ferry_status_t ferry__comm_give_up(ferry_comm_t *c, const char *const *keys,
@@ -197,9 +210,10 @@ ferry_status_t ferry_comm_barrier(ferry_comm_t *comm, int64_t timeout_ns)
     ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
     deadline = ferry__comm_deadline(timeout_ns);
-    ferry__comm_cap(comm, deadline);
-    st = ferry__comm_round(comm, "", 0, NULL, NULL, deadline, "barrier");
-    ferry__comm_uncap(comm);
+    st = ferry__comm_begin(comm, deadline, "barrier");
+    if (st == FERRY_OK)
+        st = ferry__comm_round(comm, "", 0, NULL, NULL, deadline, "barrier");
+    ferry__comm_end(comm, st);
     pthread_mutex_unlock(&comm->lock);
     return ferry__error_keep(&save, st);
 }
@@ -218,10 +232,11 @@ ferry_status_t ferry_comm_allgather(ferry_comm_t *comm, const void *data,
     ferry__error_save(&save);
     pthread_mutex_lock(&comm->lock);
     deadline = ferry__comm_deadline(timeout_ns);
-    ferry__comm_cap(comm, deadline);
-    st = ferry__comm_round(comm, data ? data : "", len, values_p, lens_p, deadline,
-                           "allgather");
-    ferry__comm_uncap(comm);
+    st = ferry__comm_begin(comm, deadline, "allgather");
+    if (st == FERRY_OK)
+        st = ferry__comm_round(comm, data ? data : "", len, values_p, lens_p,
+                               deadline, "allgather");
+    ferry__comm_end(comm, st);
     pthread_mutex_unlock(&comm->lock);
     return ferry__error_keep(&save, st);
 }

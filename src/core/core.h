@@ -166,6 +166,10 @@ struct ferry_agent {
     uint64_t next_stall_ns; /* when the stall check runs next */
     int cqfd;               /* eventfd: readable while cq holds entries */
     int appfd;              /* ferry_agent_fd(): epoll set for the caller */
+    int napfd;              /* timerfd in appfd (no progress thread): ends
+                               the caller's sleep while the transports
+                               cannot be armed (progress.c) */
+    int nap_ms;             /* the next such nap; 0: no nap under way */
     pthread_t thread;
     char name[FERRY__MD_NAME_MAX + 1];
     char host_id[FERRY__MD_NAME_MAX + 1];

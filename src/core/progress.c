@@ -16,7 +16,10 @@
  * variable. Polling goes on while the transports report events and stops
  * FERRY_WAIT_SPIN_US after the last one. Sleeps are capped
  * (FERRY__SLEEP_MAX_MS) so that an event no fd reports (room freed in a
- * peer's FIFO) costs a short delay, never a hang.
+ * peer's FIFO) costs a short delay, never a hang. An application that
+ * sleeps on ferry_agent_fd() gets the same naps from a timerfd in that
+ * fd's set, set by ferry_agent_progress() whenever the transports cannot
+ * be armed or have work that only progress moves.
  */
 #include "core/core.h"
 #include "util/config.h"
@@ -28,6 +31,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -73,12 +77,22 @@ void ferry__cq_signal(ferry_agent_t *agent, bool ready)
 }
 
 /* Under the lock: FERRY_OK when every backend will signal its fd on new
- * work, FERRY_ERR_BUSY when work is already pending. */
+ * work; FERRY_IN_PROGRESS when they will, but one also has work that only
+ * progress moves (sleep a nap at most); FERRY_ERR_BUSY when work is
+ * already pending. */
 static ferry_status_t arm_once_locked(ferry_agent_t *agent)
 {
-    for (unsigned k = 0; k < FERRY__NBK; k++)
-        FERRY_CHECK(ferry__backends[k]->arm(agent->bk_ctx[k]));
-    return FERRY_OK;
+    ferry_status_t st = FERRY_OK;
+
+    for (unsigned k = 0; k < FERRY__NBK; k++) {
+        ferry_status_t s = ferry__backends[k]->arm(agent->bk_ctx[k]);
+
+        if (s < 0)
+            return s;
+        if (s == FERRY_IN_PROGRESS)
+            st = s;
+    }
+    return st;
 }
 
 /* How often arming is retried before a busy transport counts as stuck. */
@@ -90,8 +104,9 @@ static ferry_status_t arm_once_locked(ferry_agent_t *agent)
  * just consumed the wake-up signals that the last sleep was woken by; the
  * latter only asks for a progress and a second try. Napping on it instead
  * (as this did before) cost every wake-up a millisecond, on the waiter and
- * on a target's progress thread alike. Returns FERRY_OK (armed), or
- * FERRY_ERR_BUSY with *events_p the events that the retries' progress
+ * on a target's progress thread alike. Returns FERRY_OK (armed),
+ * FERRY_IN_PROGRESS (armed, but come back within a nap: arm_once_locked),
+ * or FERRY_ERR_BUSY with *events_p the events that the retries' progress
  * handled (traffic: poll again) or 0 (stuck: nap).
  */
 static ferry_status_t arm_locked(ferry_agent_t *agent, unsigned *events_p)
@@ -159,7 +174,7 @@ static void *progress_thread(void *arg)
                 continue;
             }
             ferry__agent_unlock(agent);
-            if (st == FERRY_OK)
+            if (st >= 0) /* armed: a sleep is at most a nap anyway */
                 progress_sleep(agent, FERRY__SLEEP_MAX_MS);
             else
                 progress_nap(FERRY__SLEEP_MAX_MS);
@@ -187,15 +202,18 @@ ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread)
     agent->cqfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     agent->msgfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     agent->appfd = epoll_create1(EPOLL_CLOEXEC);
+    agent->napfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     if (agent->epfd < 0 || agent->wakefd < 0 || agent->cqfd < 0 || agent->msgfd < 0 ||
-        agent->appfd < 0 || epoll_ctl(agent->epfd, EPOLL_CTL_ADD, agent->wakefd, &ev) != 0)
+        agent->appfd < 0 || agent->napfd < 0 ||
+        epoll_ctl(agent->epfd, EPOLL_CTL_ADD, agent->wakefd, &ev) != 0)
         goto err_sys;
     /* The caller's fd: the queues, and the transports unless the progress
      * thread serves them. The agent's own sleepers use epfd, without the
      * queues, which would keep them awake while entries wait. */
     if (epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->cqfd, &ev) != 0 ||
         epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->msgfd, &ev) != 0 ||
-        (!thread && epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->epfd, &ev) != 0))
+        (!thread && (epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->epfd, &ev) != 0 ||
+                     epoll_ctl(agent->appfd, EPOLL_CTL_ADD, agent->napfd, &ev) != 0)))
         goto err_sys;
     for (unsigned k = 0; k < FERRY__NBK; k++) {
         int fd = ferry__backends[k]->event_fd(agent->bk_ctx[k]);
@@ -220,6 +238,8 @@ ferry_status_t ferry__events_init(ferry_agent_t *agent, bool thread)
 
 err_sys:
     err = errno;
+    if (agent->napfd >= 0)
+        close(agent->napfd);
     if (agent->appfd >= 0)
         close(agent->appfd);
     if (agent->cqfd >= 0)
@@ -245,6 +265,7 @@ void ferry__events_fini(ferry_agent_t *agent)
         pthread_join(agent->thread, NULL);
     }
     pthread_cond_destroy(&agent->done_cv);
+    close(agent->napfd);
     close(agent->appfd);
     close(agent->cqfd);
     close(agent->msgfd);
@@ -252,14 +273,52 @@ void ferry__events_fini(ferry_agent_t *agent)
     close(agent->epfd);
 }
 
+/*
+ * Under the lock, for the caller's fd, when the transports stay busy
+ * without moving (arm_locked: sends queued for a peer that does not drain
+ * them, or that is gone without UCX knowing): the fd becomes readable after
+ * a nap, as long as the wait's (wait_sleeping), 1 ms doubling to
+ * FERRY__NAP_MAX_MS while it lasts, so that a loop that sleeps on it polls
+ * at that pace instead of spinning. Without a progress thread only: that
+ * thread naps by itself.
+ */
+static void nap_start_locked(ferry_agent_t *agent)
+{
+    struct itimerspec t = {{0, 0}, {0, 0}};
+
+    if (agent->has_thread)
+        return;
+    if (agent->nap_ms == 0)
+        agent->nap_ms = 1;
+    t.it_value.tv_nsec = (long)agent->nap_ms * 1000000;
+    /* Setting it also clears an expiry the caller did not read. */
+    if (timerfd_settime(agent->napfd, 0, &t, NULL) != 0)
+        ferry__warn("agent '%s': nap timer: %s", agent->name, strerror(errno));
+    if (agent->nap_ms < FERRY__NAP_MAX_MS)
+        agent->nap_ms *= 2;
+}
+
+/* Under the lock: the transports moved or were armed; no nap is due. */
+static void nap_end_locked(ferry_agent_t *agent)
+{
+    struct itimerspec off = {{0, 0}, {0, 0}};
+
+    if (agent->nap_ms == 0)
+        return;
+    agent->nap_ms = 0;
+    (void)timerfd_settime(agent->napfd, 0, &off, NULL);
+}
+
 ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
 {
     ferry_status_t st;
+    unsigned events;
 
     if (agent == NULL)
         return ferry__error(FERRY_ERR_INVALID, "agent_progress: agent is NULL");
     ferry__agent_lock(agent);
     if (ferry__progress_locked(agent) > 0) {
+        nap_end_locked(agent);
         ferry__agent_unlock(agent);
         return FERRY_IN_PROGRESS;
     }
@@ -270,10 +329,24 @@ ferry_status_t ferry_agent_progress(ferry_agent_t *agent)
         ferry__agent_unlock(agent);
         return FERRY_OK;
     }
-    st = arm_once_locked(agent);
+    /* Busy with events is traffic: call again. Busy without any, the
+     * transports hold work that more calls would not move (UCX 1.13 keeps
+     * a reply queued for a worker that an aborting initiator dropped, and
+     * the interface stays unarmable for as long as this process lives):
+     * "call again" would spin, so this is FERRY_OK, with a nap on the fd. */
+    st = arm_locked(agent, &events);
+    if (st == FERRY_ERR_BUSY && events > 0) {
+        nap_end_locked(agent);
+        st = FERRY_IN_PROGRESS;
+    } else if (st == FERRY_ERR_BUSY || st == FERRY_IN_PROGRESS) {
+        /* Stuck, or armed with work only progress moves (a connection
+         * closing in the background): the fd comes back after a nap. */
+        nap_start_locked(agent);
+        st = FERRY_OK;
+    } else {
+        nap_end_locked(agent);
+    }
     ferry__agent_unlock(agent);
-    if (st == FERRY_ERR_BUSY)
-        return FERRY_IN_PROGRESS;
     return st;
 }
 
@@ -378,7 +451,7 @@ static bool wait_sleeping(const ferry__waiter_t *w, uint64_t deadline_ns)
             }
             agent->polling = true;
             ferry__agent_unlock(agent);
-            if (st == FERRY_OK) {
+            if (st >= 0) { /* armed; ms is a nap at most */
                 progress_sleep(agent, ms);
             } else {
                 /* A peer that stays stalled is retried less and less often,

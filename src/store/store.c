@@ -52,6 +52,7 @@ struct ferry_store {
     _Atomic uint64_t cap_ns;
     ferry__secret_t secret; /* set: ferry's authenticated handshake */
     char url[256];
+    char why[256]; /* the failure that closed the connection, once it has */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -266,14 +267,29 @@ static ferry_status_t store_begin(ferry_store_t *s, const char *op)
         pthread_mutex_unlock(&s->lock);
         return ferry__error(FERRY_ERR_PEER_LOST,
                             "store %s: %s: the connection was closed by an "
-                            "earlier failure", s->url, op);
+                            "earlier failure (%s)", s->url, op, s->why);
     }
     return FERRY_OK;
 }
 
+/* Ends a call that store_begin() let in. A connection open at the start
+ * and closed now was closed by this call's failure, whose text every later
+ * call repeats: "closed" alone would hide a timeout behind PEER_LOST. */
 static void store_end(ferry_store_t *s)
 {
+    if (s->fd < 0 && s->why[0] == 0)
+        snprintf(s->why, sizeof(s->why), "%s", ferry_last_error());
     pthread_mutex_unlock(&s->lock);
+}
+
+bool ferry__store_lost(ferry_store_t *store)
+{
+    bool lost;
+
+    pthread_mutex_lock(&store->lock);
+    lost = store->fd < 0;
+    pthread_mutex_unlock(&store->lock);
+    return lost;
 }
 
 /* Sends the request built in w, and frees it. */

@@ -7,6 +7,7 @@
 
 #include "ferry.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,5 +26,9 @@ void ferry__store_set_cap(ferry_store_t *store, uint64_t deadline_ns);
 /* Sets the limit of the connection's later calls that take no timeout of
  * their own (the timeout_ns it was connected with). */
 void ferry__store_set_timeout(ferry_store_t *store, uint64_t timeout_ns);
+
+/* Whether a failure has closed the connection, so that every later call
+ * fails at once with FERRY_ERR_PEER_LOST (naming that failure). */
+bool ferry__store_lost(ferry_store_t *store);
 
 #endif

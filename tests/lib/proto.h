@@ -11,7 +11,8 @@
  *             pattern base} (3 x uint64_t), XT_NOTIF by n bytes of the
  *             initiator's metadata blob (n may be 0)
  *   reply     xu_msg_t {op, arg = 1 done / 0 refused, iter = the
- *             command's iter, a = bad ranges and gaps (XT_CHECK)}
+ *             command's iter, a = bad ranges and gaps (XT_CHECK), or
+ *             calls of ferry_agent_progress() (XT_SETTLE)}
  *
  * XT_QUIT has no reply: the exit status is the answer. XT_NOTIF with a
  * blob has two: {XT_NOTIF, arg = 2} once the blob is loaded, then the
@@ -31,15 +32,17 @@ enum {
     XT_CHECK,
     XT_DRIVE,
     XT_QUIT,
-    XT_NOTIF
+    XT_NOTIF,
+    XT_SETTLE
 };
 
 typedef struct xt_cmd {
     uint32_t op;
     uint32_t buf;      /* which buffer */
     uint64_t iter;     /* data pattern (XT_DRIVE: on or off; XT_NOTIF:
-                          messages to serve) */
-    uint64_t guard;    /* guard pattern (XT_CHECK); XT_NOTIF: XT_NOTIF_* */
+                          messages to serve; XT_SETTLE: the limit in ms) */
+    uint64_t guard;    /* guard pattern (XT_CHECK); XT_NOTIF: XT_NOTIF_*;
+                          XT_SETTLE: 1 to take ferry_agent_fd() first */
     uint64_t lo, hi;   /* the span, or XT_LAYOUT's window */
     uint64_t n;        /* XT_LAYOUT: ranges that follow */
     char what[96];     /* XT_CHECK: names the check in reports */

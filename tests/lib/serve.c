@@ -248,6 +248,29 @@ static long serve_notif(int fd, const xt_cmd_t *c, sbuf_t *b)
     return bad;
 }
 
+/* XT_SETTLE: ferry_agent_progress() until FERRY_OK, for c->iter ms at
+ * most; the number of calls, or -1 (printed) if it still had work. */
+static long settle(const xt_cmd_t *c)
+{
+    uint64_t t0 = xu_now_ns(), end = t0 + c->iter * 1000000ull;
+    ferry_status_t st;
+    long calls = 0;
+    int efd;
+
+    if (c->guard)
+        EXPECT_ST(FERRY_OK, ferry_agent_fd(agent, &efd));
+    do {
+        st = ferry_agent_progress(agent);
+        calls++;
+    } while (st == FERRY_IN_PROGRESS && xu_now_ns() < end);
+    if (st == FERRY_OK)
+        return calls;
+    fprintf(stderr, "test_target: ferry_agent_progress returned %s after %ld calls "
+                    "in %.0f ms\n", ferry_status_str(st), calls,
+            (double)(xu_now_ns() - t0) / 1e6);
+    return -1;
+}
+
 /* Serves one command; returns the reply's a, or -1 to refuse it. */
 static long serve(int fd, const xt_cmd_t *c)
 {
@@ -257,6 +280,8 @@ static long serve(int fd, const xt_cmd_t *c)
         drive = c->iter != 0;
         return 0;
     }
+    if (c->op == XT_SETTLE)
+        return settle(c);
     if (b == NULL) {
         fprintf(stderr, "test_target: command %u for buffer %u of %u\n", c->op, c->buf,
                 nbuf);

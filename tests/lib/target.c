@@ -148,6 +148,13 @@ int xt_drive(xt_target_t *t, int on)
     return xt_call(t, &c, NULL, 0) < 0 ? -1 : 0;
 }
 
+long xt_settle(xt_target_t *t, int limit_ms, int fd)
+{
+    xt_cmd_t c = {.op = XT_SETTLE, .iter = (uint64_t)limit_ms, .guard = fd != 0};
+
+    return xt_call(t, &c, NULL, 0);
+}
+
 int xt_notif_begin(xt_target_t *t, unsigned buf, uint64_t count, unsigned flags,
                    const void *blob, size_t len)
 {

@@ -364,9 +364,8 @@ err_worker:
 }
 
 /* Closes an idle endpoint politely, for a bounded time, spinning on its
- * worker under the agent's lock: only where messages are still queued on
- * it (they leave meanwhile) or the close cannot be kept for later
- * (ucx_close_later), and for a loopback connection. */
+ * worker under the agent's lock: only where the close cannot be kept for
+ * later (ucx_close_later: no memory), and for a loopback connection. */
 static void ucx_ep_close(ucx_conn_t *conn)
 {
     ucp_request_param_t p = {0};
@@ -390,22 +389,27 @@ static void ucx_ep_close(ucx_conn_t *conn)
 /*
  * A polite close under way on the worker of a connection that is gone. A
  * close can wait for the peer (an endpoint whose wire-up it never answered
- * because it is stopped): spinning here would hold the agent's lock, and
- * every thread of the agent with it, for up to UCX_CLOSE_NS. So the close
- * is started, the worker kept, and ucx_progress() drives it with the other
- * workers until it ends or its time runs out, then destroys the worker.
+ * because it is stopped, messages queued for a peer that does not drain):
+ * spinning here would hold the agent's lock, and every thread of the agent
+ * with it, for up to UCX_CLOSE_NS. So the close is started, the worker
+ * kept, and ucx_progress() drives it with the other workers until it ends
+ * or its time runs out, then destroys the worker. The close flushes the
+ * endpoint, so messages still queued on it (msg.c) leave first, as they
+ * did when the close spun in place; they move to the closing's list, and
+ * whichever has not left when the worker goes is freed with it.
  */
 typedef struct ucx_closing {
     ferry__list_t link;
     ucp_worker_h worker;
     void *req;
     uint64_t deadline;
+    ferry__list_t sends; /* the connection's queued messages (ucx_req_t) */
 } ucx_closing_t;
 
 /* Starts closing the connection's idle endpoint politely, to be ended by
- * progress; its worker is the closing's (or destroyed now if the close
- * ended at once). False if it could not be kept (no memory): the caller
- * closes it the old way. */
+ * progress; its worker and queued messages are the closing's (or the
+ * worker is destroyed now if the close ended at once). False if it could
+ * not be kept (no memory): the caller closes it the old way. */
 static bool ucx_close_later(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
     ucx_closing_t *c = malloc(sizeof(*c));
@@ -426,6 +430,14 @@ static bool ucx_close_later(ucx_ctx_t *ctx, ucx_conn_t *conn)
     c->worker = conn->worker;
     c->req = req;
     c->deadline = ferry__now_ns() + UCX_CLOSE_NS;
+    ferry__list_init(&c->sends);
+    while (!ferry__list_empty(&conn->sends)) {
+        ucx_req_t *r = ferry__container_of(conn->sends.next, ucx_req_t, link);
+
+        ferry__list_del(&r->link);
+        r->conn = NULL;
+        ferry__list_add_tail(&c->sends, &r->link);
+    }
     ferry__list_add(&ctx->closing, &c->link);
     return true;
 }
@@ -448,6 +460,14 @@ void ferry__ucx_closing_progress(ucx_ctx_t *ctx, bool drain)
             ucp_request_free(c->req);
             ferry__list_del(&c->link);
             ucx_worker_drop(c->worker, NULL);
+            /* What did not leave went with the worker (a message whose
+             * callback ran has left the list). */
+            while (!ferry__list_empty(&c->sends)) {
+                ucx_req_t *r = ferry__container_of(c->sends.next, ucx_req_t, link);
+
+                ferry__list_del(&r->link);
+                free(r->buf);
+            }
             free(c);
         }
         if (drain && !ferry__list_empty(&ctx->closing))
@@ -495,10 +515,10 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
     }
     (void)epoll_ctl(ctx->epfd, EPOLL_CTL_DEL, conn->efd, NULL);
     if (polite && ferry__list_empty(&conn->flushes) && conn->failed == UCS_OK) {
-        /* Nothing queued: the close may end outside this call (and the
-         * agent's lock). Queued messages are seen out here, bounded, as
-         * before: their requests die with the worker. */
-        if (ferry__list_empty(&conn->sends) && ucx_close_later(ctx, conn)) {
+        /* No transfer in flight: the close, and the messages still queued
+         * on the endpoint, may end outside this call (and the agent's
+         * lock). */
+        if (ucx_close_later(ctx, conn)) {
             conn->worker = NULL;
             conn->ep = NULL;
             return;

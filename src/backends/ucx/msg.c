@@ -60,8 +60,9 @@ static void ucx_send_done(void *request, ucs_status_t status, void *user_data)
         ferry__info("ucx: a notification to peer '%s' was not sent: %s",
                     r->conn != NULL ? r->conn->peer_name : "(closed)",
                     ucs_status_string(status));
-    if (r->conn != NULL)
-        ferry__list_del(&r->link);
+    /* Off its connection's list, or a closing's (conn.c), or none: a
+     * link in no list points to itself. */
+    ferry__list_del(&r->link);
     free(r->buf);
     ucp_request_free(request);
 }

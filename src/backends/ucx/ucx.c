@@ -450,7 +450,9 @@ static ferry_status_t ucx_arm(void *vctx)
         if (c->own_worker && c->worker != NULL)
             FERRY_CHECK(ucx_arm_one(c->worker));
     }
-    return FERRY_OK;
+    /* A closing worker is out of the epoll set: only progress ends its
+     * close (conn.c), so a sleeper must come back for it. */
+    return ferry__list_empty(&ctx->closing) ? FERRY_OK : FERRY_IN_PROGRESS;
 }
 
 const ferry__backend_ops_t ferry__ucx_ops = {
