@@ -52,7 +52,9 @@
  * members and kills the one every rank talks to while they allgather:
  * every rank's collectives go on (each part checked) and end OK.
  * "etcd-ring N" starts one and runs
- * "ferry-run -n N --etcd URL -- test_comm ring" against it.
+ * "ferry-run -n N --etcd URL -- test_comm ring" against it. "etcd-late":
+ * a world of one joins before its etcd member is up (started 5 s later,
+ * past the first renewal of the job's lease): it joins and works.
  *
  * A watchdog alarm turns any hang into a failure.
  */
@@ -1111,6 +1113,59 @@ static int run_stall(bool etcd)
     return test_finish("test_comm stall");
 }
 
+/* A world of one that joins an etcd store before the cluster is up. */
+typedef struct late {
+    const char *url;
+    ferry_status_t st;
+    char err[512];
+    ferry_comm_t *c;
+} late_t;
+
+static void *late_create(void *arg)
+{
+    late_t *l = arg;
+    ferry_comm_params_t p = {
+        .field_mask = FERRY_COMM_PARAM_RANK | FERRY_COMM_PARAM_SIZE |
+                      FERRY_COMM_PARAM_STORE_URL | FERRY_COMM_PARAM_PREFIX |
+                      FERRY_COMM_PARAM_TIMEOUT | FERRY_COMM_PARAM_LIVENESS,
+        .rank = 0, .size = 1, .store_url = l->url, .prefix = "late/",
+        .timeout_ns = 60000000000ull, .liveness_ns = 1000000000ull};
+
+    l->st = ferry_comm_create(&p, &l->c);
+    snprintf(l->err, sizeof(l->err), "%s", ferry_last_error());
+    return NULL;
+}
+
+/*
+ * A job started before its etcd cluster: joining waits for the cluster
+ * (up to the communicator's timeout, 60 s here) and then works. The
+ * cluster comes up 5 s late, after a third of the job's lease TTL (10 s
+ * with a 1 s liveness time), when the lease is due for renewal though it
+ * has not been found or granted yet.
+ */
+static int run_late(void)
+{
+    char url[128];
+    int order = 0;
+    late_t l = {.url = url};
+    pthread_t t;
+
+    xe_reserve(1);
+    xe_url(url, sizeof(url), &order, 1, "late");
+    ASSERT_TRUE(pthread_create(&t, NULL, late_create, &l) == 0);
+    usleep(5000000);
+    xe_start(1);
+    pthread_join(t, NULL);
+    printf("test_comm late: create: %s\n", ferry_status_str(l.st));
+    if (l.st != FERRY_OK)
+        TEST_FAIL_AT_("create before etcd was up: %s: %s", ferry_status_str(l.st), l.err);
+    if (l.c != NULL) {
+        EXPECT_ST(FERRY_OK, ferry_comm_barrier(l.c, TMO));
+        ferry_comm_destroy(l.c);
+    }
+    return test_finish("test_comm late");
+}
+
 static int run_api(void)
 {
     ferry_store_server_t *srv;
@@ -1407,7 +1462,9 @@ int main(int argc, char **argv)
         return run_api();
     if (argc >= 2 && strcmp(argv[1], "stall") == 0)
         return run_stall(argc >= 3 && strcmp(argv[2], "etcd") == 0);
+    if (argc >= 2 && strcmp(argv[1], "etcd-late") == 0)
+        return run_late();
     fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE [etcd] | env | api | "
-            "stall [etcd] | stall4 | etcd-ring N\n");
+            "stall [etcd] | stall4 | etcd-ring N | etcd-late\n");
     return 2;
 }

@@ -96,13 +96,16 @@ static uint64_t end_of(const kv_etcd_t *k, uint64_t ns)
     return end < cap ? end : cap;
 }
 
-/* Renews the job's lease once a third of its TTL has passed. */
+/* Renews the job's lease once a third of its TTL has passed; not while
+ * it is being found (lease 0), which may take longer when the cluster
+ * comes up after the job. */
 static ferry_status_t renew(kv_etcd_t *k)
 {
     int64_t ttl = 0;
     ferry_status_t st;
 
-    if (ferry__now_ns() - k->renewed_ns < (uint64_t)k->ttl_s * 1000000000ull / 3)
+    if (k->lease == 0 ||
+        ferry__now_ns() - k->renewed_ns < (uint64_t)k->ttl_s * 1000000000ull / 3)
         return FERRY_OK;
     st = ferry__etcd_lease_keepalive(&k->etcd, k->conn, k->lease, &ttl);
     if (st == FERRY_ERR_NOT_FOUND)
