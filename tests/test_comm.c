@@ -55,6 +55,8 @@
  * "ferry-run -n N --etcd URL -- test_comm ring" against it. "etcd-late":
  * a world of one joins before its etcd member is up (started 5 s later,
  * past the first renewal of the job's lease): it joins and works.
+ * "etcd-garbage": the etcd store's handle on keys that hold what ferry
+ * never writes (a counter past int64): typed errors naming the key.
  *
  * A watchdog alarm turns any hang into a failure.
  */
@@ -1166,6 +1168,50 @@ static int run_late(void)
     return test_finish("test_comm late");
 }
 
+/*
+ * The etcd store's handle on keys that hold what ferry never writes there,
+ * as another program sharing the prefix might: typed errors naming the
+ * key, never a wrong count.
+ */
+static int run_etcd_garbage(void)
+{
+    char url[128];
+    int order = 0;
+    ferry__kv_t *kv;
+    int64_t v = 0;
+    static const char huge[] = "a 9223372036854775807\n";
+
+    xe_start(1);
+    xe_url(url, sizeof(url), &order, 1, "garbage");
+    ASSERT_ST(FERRY_OK, ferry__kv_etcd_open(url, "lease", 10000000000ull, 10000000000ull,
+                                            2000000000ull, &kv));
+    /* An ADD that would pass int64 is refused (INVALID) before it is
+     * written; a counter whose lines sum past it is PROTOCOL: never a
+     * wrapped sum. */
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt", "a 1\nb 2\n", 8));
+    EXPECT_ST(FERRY_OK, ferry__kv_add(kv, "cnt", 4, &v));
+    EXPECT_EQ(7, v);
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt", huge, strlen(huge)));
+    v = 0;
+    EXPECT_ST(FERRY_OK, ferry__kv_add(kv, "cnt", -1, &v));
+    EXPECT_TRUE(v == INT64_MAX - 1);
+    EXPECT_ST(FERRY_ERR_INVALID, ferry__kv_add(kv, "cnt", 2, &v));
+    EXPECT_ERR_HAS("'cnt' is 9223372036854775806");
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt2", huge, strlen(huge)));
+    ASSERT_ST(FERRY_OK, ferry__kv_add(kv, "cnt2", 0, &v));
+    EXPECT_TRUE(v == INT64_MAX);
+    /* A second line that passes the range: another writer's, or a bug. */
+    {
+        static const char two[] = "a 9223372036854775807\nb 1\n";
+
+        ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt2", two, strlen(two)));
+    }
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry__kv_add(kv, "cnt2", 1, &v));
+    EXPECT_ERR_HAS("'cnt2' holds ADDs whose sum is past");
+    ferry__kv_close(kv);
+    return test_finish("test_comm etcd-garbage");
+}
+
 static int run_api(void)
 {
     ferry_store_server_t *srv;
@@ -1464,7 +1510,9 @@ int main(int argc, char **argv)
         return run_stall(argc >= 3 && strcmp(argv[2], "etcd") == 0);
     if (argc >= 2 && strcmp(argv[1], "etcd-late") == 0)
         return run_late();
+    if (argc >= 2 && strcmp(argv[1], "etcd-garbage") == 0)
+        return run_etcd_garbage();
     fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE [etcd] | env | api | "
-            "stall [etcd] | stall4 | etcd-ring N | etcd-late\n");
+            "stall [etcd] | stall4 | etcd-ring N | etcd-late | etcd-garbage\n");
     return 2;
 }

@@ -239,7 +239,10 @@ static ferry_status_t parse_count(const char *key, const ferry__etcd_kv_t *kv,
             return ferry__error(FERRY_ERR_PROTOCOL, "etcd: add: '%s' holds "
                                 "'%.40s', not a counter of ADDs", key,
                                 (char *)kv->value);
-        sum += d;
+        if (__builtin_add_overflow(sum, (int64_t)d, &sum))
+            return ferry__error(FERRY_ERR_PROTOCOL, "etcd: add: '%s' holds "
+                                "ADDs whose sum is past a 64-bit counter's "
+                                "range", key);
         if ((size_t)(sp - p) == tlen && memcmp(p, token, tlen) == 0)
             *mine_p = sum;
         p = nl + 1;
@@ -263,10 +266,18 @@ static ferry_status_t do_add(kv_etcd_t *k, void *a_)
      * loop ends after at most one turn per rank. */
     for (;;) {
         size_t old = n > 0 ? cur[0].len : 0, len = old + strlen(line);
-        char *v = malloc(len + 1);
+        char *v;
         bool done = false;
+        int64_t after;
         ferry_status_t st;
 
+        if (__builtin_add_overflow(sum, a->delta, &after)) {
+            ferry__etcd_kvs_free(cur, n);
+            return ferry__error(FERRY_ERR_INVALID, "etcd: add: '%s' is %" PRId64
+                                ": adding %" PRId64 " would pass a 64-bit "
+                                "counter's range", a->key, sum, a->delta);
+        }
+        v = malloc(len + 1);
         if (v == NULL) {
             ferry__etcd_kvs_free(cur, n);
             return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
@@ -282,7 +293,7 @@ static ferry_status_t do_add(kv_etcd_t *k, void *a_)
         free(v);
         FERRY_CHECK(lease_status(k, st));
         if (done) {
-            *a->sum_p = sum + a->delta;
+            *a->sum_p = after;
             return FERRY_OK;
         }
         sum = 0;
