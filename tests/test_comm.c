@@ -56,7 +56,8 @@
  * a world of one joins before its etcd member is up (started 5 s later,
  * past the first renewal of the job's lease): it joins and works.
  * "etcd-garbage": the etcd store's handle on keys that hold what ferry
- * never writes (a counter past int64): typed errors naming the key.
+ * never writes (a counter past int64, a lease key without a lease ID):
+ * typed errors naming the key.
  *
  * A watchdog alarm turns any hang into a failure.
  */
@@ -1208,6 +1209,18 @@ static int run_etcd_garbage(void)
     }
     EXPECT_ST(FERRY_ERR_PROTOCOL, ferry__kv_add(kv, "cnt2", 1, &v));
     EXPECT_ERR_HAS("'cnt2' holds ADDs whose sum is past");
+    /* A lease key that holds no lease ID: PROTOCOL quoting it, not five
+     * leases granted and revoked and "kept changing". */
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "bad/lease", "zzz", 3));
+    {
+        ferry__kv_t *kv2 = NULL;
+
+        EXPECT_ST(FERRY_ERR_PROTOCOL,
+                  ferry__kv_etcd_open(url, "bad/lease", 10000000000ull, 10000000000ull,
+                                      2000000000ull, &kv2));
+        EXPECT_ERR_HAS("holds 'zzz', not a lease ID");
+        EXPECT_TRUE(kv2 == NULL);
+    }
     ferry__kv_close(kv);
     return test_finish("test_comm etcd-garbage");
 }

@@ -604,8 +604,16 @@ static ferry_status_t join_lease(kv_etcd_t *k, void *a_)
 
         FERRY_CHECK(ferry__etcd_range(&k->etcd, k->conn, key, false, false, &cur,
                                       &n, NULL));
-        if (n > 0)
+        if (n > 0) {
+            errno = 0;
             id = strtoll(cur[0].value, &end, 10);
+            if (end == (char *)cur[0].value || *end != '\0' || errno != 0 || id <= 0) {
+                st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: '%s' holds '%.40s', not "
+                                  "a lease ID", key, (char *)cur[0].value);
+                ferry__etcd_kvs_free(cur, n);
+                return st;
+            }
+        }
         ferry__etcd_kvs_free(cur, n);
         if (id != 0) {
             st = ferry__etcd_lease_keepalive(&k->etcd, k->conn, id, &ttl);
