@@ -132,13 +132,16 @@ typedef ferry_status_t (*op_fn)(kv_etcd_t *k, void *args);
 static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args)
 {
     ferry_status_t st;
-    uint64_t end;
+    uint64_t end, cap;
 
     pthread_mutex_lock(&k->lock);
     end = end_of(k, k->retry_ns);
-    uint64_t cap = atomic_load(&k->cap_ns);
-
-    atomic_store(&k->etcd.deadline_ns, cap == UINT64_MAX ? 0 : cap);
+    /* Again if et_set_cap() moved the cap meanwhile: its deadline must
+     * not be overwritten with the cap before it. */
+    do {
+        cap = atomic_load(&k->cap_ns);
+        atomic_store(&k->etcd.deadline_ns, cap == UINT64_MAX ? 0 : cap);
+    } while (cap != atomic_load(&k->cap_ns));
     for (;;) {
         st = renew(k);
         if (st == FERRY_OK)
