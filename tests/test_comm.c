@@ -57,7 +57,9 @@
  * past the first renewal of the job's lease): it joins and works.
  * "etcd-garbage": the etcd store's handle on keys that hold what ferry
  * never writes (a counter past int64, a lease key without a lease ID):
- * typed errors naming the key.
+ * typed errors naming the key. "etcd-outage": a wait already longer than
+ * the store's retry time meets a 1.5 s outage of the cluster (stopped):
+ * it is tried again and ends OK.
  *
  * A watchdog alarm turns any hang into a failure.
  */
@@ -1169,6 +1171,60 @@ static int run_late(void)
     return test_finish("test_comm late");
 }
 
+typedef struct outage_wait {
+    ferry__kv_t *kv;
+    ferry_status_t st;
+    char err[512];
+} outage_wait_t;
+
+static void *outage_waiter(void *arg)
+{
+    outage_wait_t *w = arg;
+    const char *key = "late";
+
+    w->st = ferry__kv_wait(w->kv, &key, 1, 30000000000ll);
+    snprintf(w->err, sizeof(w->err), "%s", ferry_last_error());
+    return NULL;
+}
+
+/*
+ * A wait that has gone on for longer than the store's retry time when the
+ * cluster stops answering for a moment (1.5 s; the retry time is 4 s, one
+ * call to a member 0.5 s): it is tried again, as any call that meets an
+ * outage, and ends OK when the key comes after the cluster is back.
+ */
+static int run_etcd_outage(void)
+{
+    char url[128];
+    int order = 0;
+    ferry__kv_t *setter;
+    outage_wait_t w = {0};
+    pthread_t t;
+
+    setenv("FERRY_DIR_TIMEOUT_MS", "500", 1);
+    xe_start(1);
+    xe_url(url, sizeof(url), &order, 1, "outage");
+    ASSERT_ST(FERRY_OK, ferry__kv_etcd_open(url, "lease", 60000000000ull, 10000000000ull,
+                                            4000000000ull, &w.kv));
+    ASSERT_ST(FERRY_OK, ferry__kv_etcd_open(url, "lease", 60000000000ull, 10000000000ull,
+                                            4000000000ull, &setter));
+    ASSERT_TRUE(pthread_create(&t, NULL, outage_waiter, &w) == 0);
+    usleep(6000000); /* past the retry time of the wait's call */
+    xu_stop_child(xe_pids[0]);
+    usleep(1500000);
+    xu_cont_child(xe_pids[0]);
+    usleep(1000000);
+    EXPECT_ST(FERRY_OK, ferry__kv_set(setter, "late", "x", 1));
+    pthread_join(t, NULL);
+    printf("test_comm etcd-outage: the wait: %s\n", ferry_status_str(w.st));
+    if (w.st != FERRY_OK)
+        TEST_FAIL_AT_("a wait that met a 1.5 s outage: %s: %s", ferry_status_str(w.st),
+                      w.err);
+    ferry__kv_close(setter);
+    ferry__kv_close(w.kv);
+    return test_finish("test_comm etcd-outage");
+}
+
 /*
  * The etcd store's handle on keys that hold what ferry never writes there,
  * as another program sharing the prefix might: typed errors naming the
@@ -1525,7 +1581,9 @@ int main(int argc, char **argv)
         return run_late();
     if (argc >= 2 && strcmp(argv[1], "etcd-garbage") == 0)
         return run_etcd_garbage();
+    if (argc >= 2 && strcmp(argv[1], "etcd-outage") == 0)
+        return run_etcd_outage();
     fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE [etcd] | env | api | "
-            "stall [etcd] | stall4 | etcd-ring N | etcd-late | etcd-garbage\n");
+            "stall [etcd] | stall4 | etcd-ring N | etcd-late | etcd-garbage | etcd-outage\n");
     return 2;
 }

@@ -127,15 +127,15 @@ typedef ferry_status_t (*op_fn)(kv_etcd_t *k, void *args);
 /*
  * Runs op under the lock, with the cap as the client's deadline, after
  * the lease's renewal; tries again while no member answers, for up to
- * retry_ns.
+ * retry_ns from the first try that none answered (a wait may have gone on
+ * for longer than that before the cluster went away).
  */
 static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args)
 {
     ferry_status_t st;
-    uint64_t end, cap;
+    uint64_t end = 0, cap;
 
     pthread_mutex_lock(&k->lock);
-    end = end_of(k, k->retry_ns);
     /* Again if et_set_cap() moved the cap meanwhile: its deadline must
      * not be overwritten with the cap before it. */
     do {
@@ -146,8 +146,11 @@ static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args)
         st = renew(k);
         if (st == FERRY_OK)
             st = op(k, args);
-        if (st == FERRY_OK || !atomic_load(&k->etcd.unanswered) ||
-            ferry__now_ns() + RETRY_PAUSE_NS >= end ||
+        if (st == FERRY_OK || !atomic_load(&k->etcd.unanswered))
+            break;
+        if (end == 0)
+            end = end_of(k, k->retry_ns);
+        if (ferry__now_ns() + RETRY_PAUSE_NS >= end ||
             ferry__now_ns() + RETRY_PAUSE_NS >= atomic_load(&k->cap_ns))
             break;
         ferry__debug("comm: %s; trying again", ferry_last_error());
