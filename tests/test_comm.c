@@ -52,7 +52,14 @@
  * members and kills the one every rank talks to while they allgather:
  * every rank's collectives go on (each part checked) and end OK.
  * "etcd-ring N" starts one and runs
- * "ferry-run -n N --etcd URL -- test_comm ring" against it.
+ * "ferry-run -n N --etcd URL -- test_comm ring" against it. "etcd-late":
+ * a world of one joins before its etcd member is up (started 5 s later,
+ * past the first renewal of the job's lease): it joins and works.
+ * "etcd-garbage": the etcd store's handle on keys that hold what ferry
+ * never writes (a counter past int64, a lease key without a lease ID):
+ * typed errors naming the key. "etcd-outage": a wait already longer than
+ * the store's retry time meets a 1.5 s outage of the cluster (stopped):
+ * it is tried again and ends OK.
  *
  * A watchdog alarm turns any hang into a failure.
  */
@@ -1127,6 +1134,169 @@ static int run_stall(bool etcd)
     return test_finish("test_comm stall");
 }
 
+/* A world of one that joins an etcd store before the cluster is up. */
+typedef struct late {
+    const char *url;
+    ferry_status_t st;
+    char err[512];
+    ferry_comm_t *c;
+} late_t;
+
+static void *late_create(void *arg)
+{
+    late_t *l = arg;
+    ferry_comm_params_t p = {
+        .field_mask = FERRY_COMM_PARAM_RANK | FERRY_COMM_PARAM_SIZE |
+                      FERRY_COMM_PARAM_STORE_URL | FERRY_COMM_PARAM_PREFIX |
+                      FERRY_COMM_PARAM_TIMEOUT | FERRY_COMM_PARAM_LIVENESS,
+        .rank = 0, .size = 1, .store_url = l->url, .prefix = "late/",
+        .timeout_ns = 60000000000ull, .liveness_ns = 1000000000ull};
+
+    l->st = ferry_comm_create(&p, &l->c);
+    snprintf(l->err, sizeof(l->err), "%s", ferry_last_error());
+    return NULL;
+}
+
+/*
+ * A job started before its etcd cluster: joining waits for the cluster
+ * (up to the communicator's timeout, 60 s here) and then works. The
+ * cluster comes up 5 s late, after a third of the job's lease TTL (10 s
+ * with a 1 s liveness time), when the lease is due for renewal though it
+ * has not been found or granted yet.
+ */
+static int run_late(void)
+{
+    char url[128];
+    int order = 0;
+    late_t l = {.url = url};
+    pthread_t t;
+
+    xe_reserve(1);
+    xe_url(url, sizeof(url), &order, 1, "late");
+    ASSERT_TRUE(pthread_create(&t, NULL, late_create, &l) == 0);
+    usleep(5000000);
+    xe_start(1);
+    pthread_join(t, NULL);
+    printf("test_comm late: create: %s\n", ferry_status_str(l.st));
+    if (l.st != FERRY_OK)
+        TEST_FAIL_AT_("create before etcd was up: %s: %s", ferry_status_str(l.st), l.err);
+    if (l.c != NULL) {
+        EXPECT_ST(FERRY_OK, ferry_comm_barrier(l.c, TMO));
+        ferry_comm_destroy(l.c);
+    }
+    return test_finish("test_comm late");
+}
+
+typedef struct outage_wait {
+    ferry__kv_t *kv;
+    ferry_status_t st;
+    char err[512];
+} outage_wait_t;
+
+static void *outage_waiter(void *arg)
+{
+    outage_wait_t *w = arg;
+    const char *key = "late";
+
+    w->st = ferry__kv_wait(w->kv, &key, 1, 30000000000ll);
+    snprintf(w->err, sizeof(w->err), "%s", ferry_last_error());
+    return NULL;
+}
+
+/*
+ * A wait that has gone on for longer than the store's retry time when the
+ * cluster stops answering for a moment (1.5 s; the retry time is 4 s, one
+ * call to a member 0.5 s): it is tried again, as any call that meets an
+ * outage, and ends OK when the key comes after the cluster is back.
+ */
+static int run_etcd_outage(void)
+{
+    char url[128];
+    int order = 0;
+    ferry__kv_t *setter;
+    outage_wait_t w = {0};
+    pthread_t t;
+
+    setenv("FERRY_DIR_TIMEOUT_MS", "500", 1);
+    xe_start(1);
+    xe_url(url, sizeof(url), &order, 1, "outage");
+    ASSERT_ST(FERRY_OK, ferry__kv_etcd_open(url, "lease", 60000000000ull, 10000000000ull,
+                                            4000000000ull, &w.kv));
+    ASSERT_ST(FERRY_OK, ferry__kv_etcd_open(url, "lease", 60000000000ull, 10000000000ull,
+                                            4000000000ull, &setter));
+    ASSERT_TRUE(pthread_create(&t, NULL, outage_waiter, &w) == 0);
+    usleep(6000000); /* past the retry time of the wait's call */
+    xu_stop_child(xe_pids[0]);
+    usleep(1500000);
+    xu_cont_child(xe_pids[0]);
+    usleep(1000000);
+    EXPECT_ST(FERRY_OK, ferry__kv_set(setter, "late", "x", 1));
+    pthread_join(t, NULL);
+    printf("test_comm etcd-outage: the wait: %s\n", ferry_status_str(w.st));
+    if (w.st != FERRY_OK)
+        TEST_FAIL_AT_("a wait that met a 1.5 s outage: %s: %s", ferry_status_str(w.st),
+                      w.err);
+    ferry__kv_close(setter);
+    ferry__kv_close(w.kv);
+    return test_finish("test_comm etcd-outage");
+}
+
+/*
+ * The etcd store's handle on keys that hold what ferry never writes there,
+ * as another program sharing the prefix might: typed errors naming the
+ * key, never a wrong count.
+ */
+static int run_etcd_garbage(void)
+{
+    char url[128];
+    int order = 0;
+    ferry__kv_t *kv;
+    int64_t v = 0;
+    static const char huge[] = "a 9223372036854775807\n";
+
+    xe_start(1);
+    xe_url(url, sizeof(url), &order, 1, "garbage");
+    ASSERT_ST(FERRY_OK, ferry__kv_etcd_open(url, "lease", 10000000000ull, 10000000000ull,
+                                            2000000000ull, &kv));
+    /* An ADD that would pass int64 is refused (INVALID) before it is
+     * written; a counter whose lines sum past it is PROTOCOL: never a
+     * wrapped sum. */
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt", "a 1\nb 2\n", 8));
+    EXPECT_ST(FERRY_OK, ferry__kv_add(kv, "cnt", 4, &v));
+    EXPECT_EQ(7, v);
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt", huge, strlen(huge)));
+    v = 0;
+    EXPECT_ST(FERRY_OK, ferry__kv_add(kv, "cnt", -1, &v));
+    EXPECT_TRUE(v == INT64_MAX - 1);
+    EXPECT_ST(FERRY_ERR_INVALID, ferry__kv_add(kv, "cnt", 2, &v));
+    EXPECT_ERR_HAS("'cnt' is 9223372036854775806");
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt2", huge, strlen(huge)));
+    ASSERT_ST(FERRY_OK, ferry__kv_add(kv, "cnt2", 0, &v));
+    EXPECT_TRUE(v == INT64_MAX);
+    /* A second line that passes the range: another writer's, or a bug. */
+    {
+        static const char two[] = "a 9223372036854775807\nb 1\n";
+
+        ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "cnt2", two, strlen(two)));
+    }
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry__kv_add(kv, "cnt2", 1, &v));
+    EXPECT_ERR_HAS("'cnt2' holds ADDs whose sum is past");
+    /* A lease key that holds no lease ID: PROTOCOL quoting it, not five
+     * leases granted and revoked and "kept changing". */
+    ASSERT_ST(FERRY_OK, ferry__kv_set(kv, "bad/lease", "zzz", 3));
+    {
+        ferry__kv_t *kv2 = NULL;
+
+        EXPECT_ST(FERRY_ERR_PROTOCOL,
+                  ferry__kv_etcd_open(url, "bad/lease", 10000000000ull, 10000000000ull,
+                                      2000000000ull, &kv2));
+        EXPECT_ERR_HAS("holds 'zzz', not a lease ID");
+        EXPECT_TRUE(kv2 == NULL);
+    }
+    ferry__kv_close(kv);
+    return test_finish("test_comm etcd-garbage");
+}
+
 static int run_api(void)
 {
     ferry_store_server_t *srv;
@@ -1423,7 +1593,13 @@ int main(int argc, char **argv)
         return run_api();
     if (argc >= 2 && strcmp(argv[1], "stall") == 0)
         return run_stall(argc >= 3 && strcmp(argv[2], "etcd") == 0);
+    if (argc >= 2 && strcmp(argv[1], "etcd-late") == 0)
+        return run_late();
+    if (argc >= 2 && strcmp(argv[1], "etcd-garbage") == 0)
+        return run_etcd_garbage();
+    if (argc >= 2 && strcmp(argv[1], "etcd-outage") == 0)
+        return run_etcd_outage();
     fprintf(stderr, "usage: test_comm ring | rank CASE | fail CASE [etcd] | env | api | "
-            "stall [etcd] | stall4 | etcd-ring N\n");
+            "stall [etcd] | stall4 | etcd-ring N | etcd-late | etcd-garbage | etcd-outage\n");
     return 2;
 }

@@ -27,6 +27,9 @@
  *           WRITEs and READs after each abort
  *   errors  an unknown backend in params is INVALID; one byte both ways; the
  *           last bytes of a registration; a loopback peer (the agent's own)
+ *   chunk   a target whose FERRY_STAGE_CHUNK (64 KiB) is smaller than the
+ *           initiator's: a larger chunk is refused with UNSUPPORTED, WRITE
+ *           and READ, posted twice; chunks that fit still move
  *
  * The target is the shared serving target (target.h) with a progress
  * thread (stop: driven by its control loop instead), and a second process.
@@ -46,6 +49,9 @@ static xm_buf_t lxb;
 static xm_kind_t kind = XM_HOST; /* both sides' memory (--mem) */
 static ferry_mem_t *lmem;
 static uint64_t rbase;
+
+/* The target's FERRY_STAGE_CHUNK, if not this process's. */
+static const char *target_chunk;
 
 static const ferry_xfer_params_t staged = {.field_mask = FERRY_XFER_PARAM_BACKEND,
                                            .backend = FERRY_BACKEND_STAGED};
@@ -76,8 +82,12 @@ static ferry_agent_t *start(int thread, uint64_t stall_ns, const char *target_ch
     to.buf[0] = (xt_buf_opts_t){kind, TCAP, 0, 0};
     if (target_chunks != NULL)
         setenv("FERRY_STAGE_CHUNKS", target_chunks, 1);
+    if (target_chunk != NULL)
+        setenv("FERRY_STAGE_CHUNK", target_chunk, 1);
     ASSERT_TRUE(xt_start(&tgt, &to) == 0);
     unsetenv("FERRY_STAGE_CHUNKS");
+    if (target_chunk != NULL)
+        unsetenv("FERRY_STAGE_CHUNK");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     if (xm_alloc(&lxb, kind, TCAP) != 0) {
         xt_kill(&tgt);
@@ -403,6 +413,34 @@ static void case_errors(void)
     finish(agent, peer, 1);
 }
 
+/*
+ * A target whose chunks are smaller (64 KiB) than the initiator's (4 MiB):
+ * a chunk larger than its buffers is refused with UNSUPPORTED, WRITE and
+ * READ; chunks that fit still move, on the same connection.
+ */
+static void case_chunk(void)
+{
+    ferry_peer_t *peer;
+    ferry_agent_t *agent;
+    ferry_xfer_t *x;
+
+    target_chunk = "64k";
+    agent = start(1, 0, NULL, &peer);
+    for (int op = 0; op < 2; op++) {
+        ferry_xfer_op_t o = op == 0 ? FERRY_OP_WRITE : FERRY_OP_READ;
+
+        x = prepare_range(agent, peer, o, 100, 1u << 20);
+        EXPECT_ST(FERRY_ERR_UNSUPPORTED, xu_post_wait(x, 60 * SEC));
+        EXPECT_ERR_HAS("could not serve a chunk");
+        EXPECT_ST(FERRY_ERR_UNSUPPORTED, xu_post_wait(x, 60 * SEC));
+        ferry_xfer_release(x);
+        x = prepare_range(agent, peer, o, 200, 60000);
+        move_and_check(x, o, 200, 60000, 60 + (uint64_t)op, "a chunk that fits");
+        ferry_xfer_release(x);
+    }
+    finish(agent, peer, 1);
+}
+
 int main(int argc, char **argv)
 {
     const char *c = argc >= 2 ? argv[1] : "";
@@ -433,8 +471,10 @@ int main(int argc, char **argv)
         case_abort();
     else if (strcmp(c, "errors") == 0)
         case_errors();
+    else if (strcmp(c, "chunk") == 0)
+        case_chunk();
     else {
-        fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors\n", argv[0]);
+        fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk\n", argv[0]);
         return 2;
     }
     return test_finish("test_staged");

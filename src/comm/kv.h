@@ -66,8 +66,9 @@ ferry_status_t ferry__kv_from_store(ferry_store_t *s, ferry__kv_t **kv_p);
  * it (ttl_ns), the others find it, and every call renews it once a third
  * of its TTL has passed, so the job's keys vanish a TTL after its last
  * process stopped. A call that finds no member answering retries until
- * retry_ns have passed (or its cap), then fails with what the last try
- * got; opening retries for connect_ns (the cluster need not be up yet).
+ * retry_ns have passed since that first unanswered try (or its cap), then
+ * fails with what the last try got; opening retries for connect_ns (the
+ * cluster need not be up yet).
  * FERRY_ERR_INVALID for a malformed URL; FERRY_ERR_UNSUPPORTED in a build
  * without the directory (kv_none.c).
  */

@@ -96,13 +96,16 @@ static uint64_t end_of(const kv_etcd_t *k, uint64_t ns)
     return end < cap ? end : cap;
 }
 
-/* Renews the job's lease once a third of its TTL has passed. */
+/* Renews the job's lease once a third of its TTL has passed; not while
+ * it is being found (lease 0), which may take longer when the cluster
+ * comes up after the job. */
 static ferry_status_t renew(kv_etcd_t *k)
 {
     int64_t ttl = 0;
     ferry_status_t st;
 
-    if (ferry__now_ns() - k->renewed_ns < (uint64_t)k->ttl_s * 1000000000ull / 3)
+    if (k->lease == 0 ||
+        ferry__now_ns() - k->renewed_ns < (uint64_t)k->ttl_s * 1000000000ull / 3)
         return FERRY_OK;
     st = ferry__etcd_lease_keepalive(&k->etcd, k->conn, k->lease, &ttl);
     if (st == FERRY_ERR_NOT_FOUND)
@@ -124,24 +127,30 @@ typedef ferry_status_t (*op_fn)(kv_etcd_t *k, void *args);
 /*
  * Runs op under the lock, with the cap as the client's deadline, after
  * the lease's renewal; tries again while no member answers, for up to
- * retry_ns.
+ * retry_ns from the first try that none answered (a wait may have gone on
+ * for longer than that before the cluster went away).
  */
 static ferry_status_t run(kv_etcd_t *k, op_fn op, void *args)
 {
     ferry_status_t st;
-    uint64_t end;
+    uint64_t end = 0, cap;
 
     pthread_mutex_lock(&k->lock);
-    end = end_of(k, k->retry_ns);
-    uint64_t cap = atomic_load(&k->cap_ns);
-
-    atomic_store(&k->etcd.deadline_ns, cap == UINT64_MAX ? 0 : cap);
+    /* Again if et_set_cap() moved the cap meanwhile: its deadline must
+     * not be overwritten with the cap before it. */
+    do {
+        cap = atomic_load(&k->cap_ns);
+        atomic_store(&k->etcd.deadline_ns, cap == UINT64_MAX ? 0 : cap);
+    } while (cap != atomic_load(&k->cap_ns));
     for (;;) {
         st = renew(k);
         if (st == FERRY_OK)
             st = op(k, args);
-        if (st == FERRY_OK || !atomic_load(&k->etcd.unanswered) ||
-            ferry__now_ns() + RETRY_PAUSE_NS >= end ||
+        if (st == FERRY_OK || !atomic_load(&k->etcd.unanswered))
+            break;
+        if (end == 0)
+            end = end_of(k, k->retry_ns);
+        if (ferry__now_ns() + RETRY_PAUSE_NS >= end ||
             ferry__now_ns() + RETRY_PAUSE_NS >= atomic_load(&k->cap_ns))
             break;
         ferry__debug("comm: %s; trying again", ferry_last_error());
@@ -236,7 +245,10 @@ static ferry_status_t parse_count(const char *key, const ferry__etcd_kv_t *kv,
             return ferry__error(FERRY_ERR_PROTOCOL, "etcd: add: '%s' holds "
                                 "'%.40s', not a counter of ADDs", key,
                                 (char *)kv->value);
-        sum += d;
+        if (__builtin_add_overflow(sum, (int64_t)d, &sum))
+            return ferry__error(FERRY_ERR_PROTOCOL, "etcd: add: '%s' holds "
+                                "ADDs whose sum is past a 64-bit counter's "
+                                "range", key);
         if ((size_t)(sp - p) == tlen && memcmp(p, token, tlen) == 0)
             *mine_p = sum;
         p = nl + 1;
@@ -260,10 +272,18 @@ static ferry_status_t do_add(kv_etcd_t *k, void *a_)
      * loop ends after at most one turn per rank. */
     for (;;) {
         size_t old = n > 0 ? cur[0].len : 0, len = old + strlen(line);
-        char *v = malloc(len + 1);
+        char *v;
         bool done = false;
+        int64_t after;
         ferry_status_t st;
 
+        if (__builtin_add_overflow(sum, a->delta, &after)) {
+            ferry__etcd_kvs_free(cur, n);
+            return ferry__error(FERRY_ERR_INVALID, "etcd: add: '%s' is %" PRId64
+                                ": adding %" PRId64 " would pass a 64-bit "
+                                "counter's range", a->key, sum, a->delta);
+        }
+        v = malloc(len + 1);
         if (v == NULL) {
             ferry__etcd_kvs_free(cur, n);
             return ferry__error(FERRY_ERR_NO_MEMORY, "etcd: out of memory");
@@ -279,7 +299,7 @@ static ferry_status_t do_add(kv_etcd_t *k, void *a_)
         free(v);
         FERRY_CHECK(lease_status(k, st));
         if (done) {
-            *a->sum_p = sum + a->delta;
+            *a->sum_p = after;
             return FERRY_OK;
         }
         sum = 0;
@@ -598,8 +618,16 @@ static ferry_status_t join_lease(kv_etcd_t *k, void *a_)
 
         FERRY_CHECK(ferry__etcd_range(&k->etcd, k->conn, key, false, false, &cur,
                                       &n, NULL));
-        if (n > 0)
+        if (n > 0) {
+            errno = 0;
             id = strtoll(cur[0].value, &end, 10);
+            if (end == (char *)cur[0].value || *end != '\0' || errno != 0 || id <= 0) {
+                st = ferry__error(FERRY_ERR_PROTOCOL, "etcd: '%s' holds '%.40s', not "
+                                  "a lease ID", key, (char *)cur[0].value);
+                ferry__etcd_kvs_free(cur, n);
+                return st;
+            }
+        }
         ferry__etcd_kvs_free(cur, n);
         if (id != 0) {
             st = ferry__etcd_lease_keepalive(&k->etcd, k->conn, id, &ttl);

@@ -142,15 +142,12 @@ void xe_kill_all_now(void)
             kill(xe_pids[i], SIGKILL);
 }
 
-void xe_start(int n)
-{
-    const char *etcd = find_etcd();
-    int order[XE_MAX_MEMBERS] = {0, 1, 2};
-    char url[256];
-    double t0;
+static int reserved;
 
-    ASSERT_TRUE(n >= 1 && n <= XE_MAX_MEMBERS);
-    if (etcd == NULL) {
+void xe_reserve(int n)
+{
+    ASSERT_TRUE(n >= 1 && n <= XE_MAX_MEMBERS && reserved == 0);
+    if (find_etcd() == NULL) {
         printf("skip: no etcd executable on PATH (apt-get install etcd-server, or "
                "set FERRY_TEST_ETCD)\n");
         exit(TEST_SKIP_CODE);
@@ -162,6 +159,20 @@ void xe_start(int n)
         xe_client_port[i] = xe_free_port();
         peer_port[i] = xe_free_port();
     }
+    reserved = n;
+}
+
+void xe_start(int n)
+{
+    const char *etcd;
+    int order[XE_MAX_MEMBERS] = {0, 1, 2};
+    char url[256];
+    double t0;
+
+    if (reserved == 0)
+        xe_reserve(n);
+    ASSERT_TRUE(n == reserved);
+    etcd = find_etcd();
     for (int i = 0; i < n; i++)
         start_member(etcd, i, n);
     xe_url(url, sizeof(url), order, n, "probe");

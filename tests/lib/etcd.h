@@ -19,8 +19,13 @@
 extern volatile pid_t xe_pids[XE_MAX_MEMBERS];
 extern int xe_client_port[XE_MAX_MEMBERS];
 
-/* Starts an n-member cluster and waits (up to 30 s) until it serves
- * reads; stops it at exit. */
+/* Chooses the ports (and the data directory) of an n-member cluster
+ * without starting it, so that its URL is known before it runs (exit 77
+ * without etcd). */
+void xe_reserve(int n);
+
+/* Starts an n-member cluster (on the ports xe_reserve() chose, if it was
+ * called) and waits (up to 30 s) until it serves reads; stops it at exit. */
 void xe_start(int n);
 
 /* "etcd://127.0.0.1:P1,.../prefix" with the n members in the given order. */
