@@ -59,6 +59,13 @@
  * (the wire-up) still aborts once the retired worker is destroyed, at
  * the connection's close: UCX 1.13 purges its pending wire-up reply with
  * an assertion. A same-process initiator dies the same way when it exits.
+ * And a peer holds that reply, too, until this process accepts the TCP
+ * connection the peer opens back to it, which takes progress of the
+ * connection's worker (or, once the connection is closed, of the closing
+ * worker below, in this agent's progress): a peer that exits in between,
+ * on an endpoint this agent opened but never used and whose agent it did
+ * not drive since, dies of the same assertion. A request completed on the
+ * endpoint ends its wire-up.
  */
 #include "backends/ucx/ucx.h"
 #include "util/log.h"
