@@ -14,7 +14,8 @@
  *   - ownership: a well-formed sysv key naming a segment that another
  *     process (this one) created, a region outside the key's segment;
  *   - a blob that claims another host: its shared-memory key is dropped,
- *     and the target's segment is not attached;
+ *     and the target's segment is not attached, neither at prepare nor by
+ *     a WRITE, which goes over TCP and arrives;
  *   - a corpus: every bit flip of the real keys and random keys, random and
  *     structured (header and lengths right, bytes random), each one
  *     PROTOCOL (or a key that still names the right segment).
@@ -272,16 +273,49 @@ static void ownership(ferry_agent_t *b, const ferry_desc_t *ld, uint32_t shm)
     expect_refused(b, ld, shm, key, n, "lies outside", "a region past its segment");
 }
 
+/* A WRITE of n bytes from ib to offset off of target buffer i, through
+ * peer: it arrives, and every other byte of the buffer keeps its guard
+ * pattern (the target checks). */
+static void write_checked(xt_target_t *t, ferry_agent_t *b, ferry_peer_t *peer, uint8_t *ib,
+                          unsigned i, uint64_t off, uint64_t n, uint64_t iter)
+{
+    ferry_desc_t l = {(uintptr_t)ib, n, FERRY_MEM_HOST, 0};
+    ferry_desc_t r = {t->buf[i].addr + off, n, FERRY_MEM_HOST, 0};
+    ferry_xfer_t *x;
+
+    ASSERT_TRUE(xt_pattern(t, i, 0, LEN, XU_GUARD_ITER) == 0);
+    test_fill_fast(ib, n, SEED, iter, 0);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(b, FERRY_OP_WRITE, &l, 1, peer, &r, 1, NULL, &x));
+    EXPECT_ST(FERRY_OK, xu_post_wait(x, WAIT_NS));
+    ferry_xfer_release(x);
+    ASSERT_TRUE(xt_range(t, i, off, n, 0) == 0);
+    EXPECT_EQ(0, xt_check(t, i, 0, LEN, iter, XU_GUARD_ITER, "test_rkey target"));
+}
+
 /* A blob from "another host": its sysv key is dropped, so preparing to the
  * region attaches nothing here; the same blob from this host attaches the
- * segment (which shows that the count is the right witness). */
-static void other_host(ferry_agent_t *b, const ferry_desc_t *ld, uint32_t shm)
+ * segment (which shows that the count is the right witness). A WRITE to
+ * the other host's region goes over TCP (a peer on another host gets UCX
+ * error handling, which shared memory cannot serve), arrives, and attaches
+ * nothing either.
+ *
+ * The WRITE also finishes the TCP endpoint's wire-up before the peer is
+ * forgotten. Without it the target, answering the endpoint's first
+ * message, can hold its reply until this process, which does not drive
+ * its agent meanwhile, accepts the target's connection back; if the
+ * target exits first (exited() below), UCX 1.13 asserts while it purges
+ * that pending reply ("got REP message", ucp_worker_destroy), as it did
+ * under load before (src/backends/ucx/conn.c). */
+static void other_host(xt_target_t *t, ferry_agent_t *b, uint8_t *ib,
+                       const ferry_desc_t *ld, uint32_t shm)
 {
     uint32_t shmid;
     ferry_desc_t rd = {md.regions[shm].addr, 64, FERRY_MEM_HOST, 0};
     ferry_desc_t l64 = {ld->addr, 64, FERRY_MEM_HOST, 0};
     const char *hosts[2] = {NULL, "another-host"};
+    test_rng_t rng = {xu_seed(0x07e5ull)};
 
+    ASSERT_TRUE(md.regions[shm].addr == t->buf[0].addr);
     memcpy(&shmid, md.regions[shm].bk[ucx_slot].data + 12, 4);
     /* Each blob gets a connection of its own: a kept one knows the host. */
     ferry_peer_forget(kept);
@@ -303,6 +337,13 @@ static void other_host(ferry_agent_t *b, const ferry_desc_t *ld, uint32_t shm)
         else
             EXPECT_EQ(before, nattach(shmid));
         ferry_xfer_release(x);
+        if (h == 1) {
+            uint64_t n = test_rand_range(&rng, 1, LEN / 2);
+            uint64_t off = test_rand_range(&rng, 0, LEN - n);
+
+            write_checked(t, b, peer, ib, 0, off, n, 7);
+            EXPECT_EQ(before, nattach(shmid));
+        }
         ferry_peer_forget(peer);
     }
 }
@@ -341,24 +382,11 @@ static void corpus(ferry_agent_t *b, const ferry_desc_t *ld, uint32_t shm, uint3
 static void intact(xt_target_t *t, ferry_agent_t *b, uint8_t *ib)
 {
     ferry_peer_t *peer;
-    ferry_xfer_t *x;
-    const uint64_t n = 4096, off = 1000;
 
     ferry_peer_forget(kept);
     ASSERT_TRUE(xt_load(t, b, &peer) == 0);
-    for (unsigned i = 0; i < 2; i++) {
-        ferry_desc_t l = {(uintptr_t)ib, n, FERRY_MEM_HOST, 0};
-        ferry_desc_t r = {t->buf[i].addr + off, n, FERRY_MEM_HOST, 0};
-
-        ASSERT_TRUE(xt_pattern(t, i, 0, LEN, XU_GUARD_ITER) == 0);
-        test_fill_fast(ib, n, SEED, i, 0);
-        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(b, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
-                                               NULL, &x));
-        EXPECT_ST(FERRY_OK, xu_post_wait(x, WAIT_NS));
-        ferry_xfer_release(x);
-        ASSERT_TRUE(xt_range(t, i, off, n, 0) == 0);
-        EXPECT_EQ(0, xt_check(t, i, 0, LEN, i, XU_GUARD_ITER, "test_rkey target"));
-    }
+    for (unsigned i = 0; i < 2; i++)
+        write_checked(t, b, peer, ib, i, 1000, 4096, i);
     ferry_peer_forget(peer);
 }
 
@@ -419,7 +447,7 @@ int main(void)
     garbage(b, &ld, shm_region);
     structure(b, &ld, shm_region, plain_region);
     ownership(b, &ld, shm_region);
-    other_host(b, &ld, shm_region);
+    other_host(&t, b, ib, &ld, shm_region);
     corpus(b, &ld, shm_region, plain_region);
     EXPECT_TRUE(refused >= 300 + 15);
     intact(&t, b, ib);

@@ -214,12 +214,16 @@ FERRY_API ferry_status_t ferry_xfer_wait(ferry_xfer_t *xfer, int64_t timeout_ns)
  * connection in its sockets, so there cancel does not close the
  * connection's sockets: it sets its UCX worker aside, never to be driven
  * again (up to 8 per peer, each a few MiB; they go when the peer is
- * forgotten). Known limits: a peer that was stopped before it had answered
- * the connection's first contact still aborts when that worker goes; and
- * a peer whose initiator process dies mid-transfer still aborts, as does
- * one still reading a canceled WRITE when its initiator forgets it or
- * destroys its agent right after the cancel (all UCX bugs). Over shared memory, the default between processes of one host,
- * neither happens. Any thread.
+ * forgotten). Known limits: a peer whose answer to the connection's first
+ * contact (UCX's wire-up) had not arrived when the connection was canceled,
+ * timed out or forgotten (the peer was stopped, or busy, or this agent was
+ * not driven meanwhile) may abort when that worker goes or when the peer
+ * exits; a peer whose initiator process dies mid-transfer still aborts, as
+ * does one still reading a canceled WRITE when its initiator forgets it or
+ * destroys its agent right after the cancel (all UCX bugs). A request
+ * completed on a connection ends its first contact. Over shared memory,
+ * the default between processes of one host, none of this happens. Any
+ * thread.
  */
 FERRY_API ferry_status_t ferry_xfer_cancel(ferry_xfer_t *xfer);
 

@@ -59,6 +59,16 @@
  * (the wire-up) still aborts once the retired worker is destroyed, at
  * the connection's close: UCX 1.13 purges its pending wire-up reply with
  * an assertion. A same-process initiator dies the same way when it exits.
+ * And a peer holds that reply, too, until this process accepts the TCP
+ * connection the peer opens back to it, which takes progress of the
+ * connection's worker (or, once the connection is closed, of the closing
+ * worker below, in this agent's progress; a retired worker never accepts
+ * it): a peer that exits in between dies of the same assertion. Seen: an
+ * endpoint opened, never used and forgotten without driving the agent
+ * (test_rkey, before it completed a WRITE there), and a stall timeout that
+ * aborted a reconnected endpoint before its wire-up ended
+ * (test_same_process over TCP, with a 250 ms stall timeout under load). A
+ * request completed on the endpoint ends its wire-up.
  */
 #include "backends/ucx/ucx.h"
 #include "util/log.h"
