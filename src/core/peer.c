@@ -99,9 +99,11 @@ void ferry__remote_prefetch(ferry_agent_t *agent, ferry__remote_t *remote,
             descs[i].addr - last->md.addr < last->md.len)
             continue; /* the region just seen (a batch's usual shape) */
         if (ferry__imap_find(&remote->map, descs[i].addr, descs[i].len,
-                             (void **)&rr) != FERRY__IMAP_FOUND || rr->md.kind != FERRY_MEM_CUDA)
+                             (void **)&rr) != FERRY__IMAP_FOUND)
             continue;
         last = rr;
+        if (rr->md.kind != FERRY_MEM_CUDA)
+            continue;
         for (unsigned k = 0; k < FERRY__NBK; k++) {
             const ferry__backend_ops_t *ops = ferry__backends[k];
             const ferry__md_bytes_t *key = &rr->md.bk[k], *addr = &remote->md.bk_addr[k];
