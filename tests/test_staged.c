@@ -441,6 +441,13 @@ static void case_chunk(void)
     finish(agent, peer, 1);
 }
 
+static const struct {
+    const char *name;
+    void (*run)(void);
+} cases[] = {{"pool", case_pool},   {"kill", case_kill},     {"stop", case_stop},
+             {"cancel", case_cancel}, {"abort", case_abort}, {"errors", case_errors},
+             {"chunk", case_chunk}};
+
 int main(int argc, char **argv)
 {
     const char *c = argc >= 2 ? argv[1] : "";
@@ -459,23 +466,12 @@ int main(int argc, char **argv)
     printf("test_staged %s: seed %" PRIu64 ", %s memory\n", c, seed, xm_name(kind));
     signal(SIGALRM, on_watchdog);
     alarm(170);
-    if (strcmp(c, "pool") == 0)
-        case_pool();
-    else if (strcmp(c, "kill") == 0)
-        case_kill();
-    else if (strcmp(c, "stop") == 0)
-        case_stop();
-    else if (strcmp(c, "cancel") == 0)
-        case_cancel();
-    else if (strcmp(c, "abort") == 0)
-        case_abort();
-    else if (strcmp(c, "errors") == 0)
-        case_errors();
-    else if (strcmp(c, "chunk") == 0)
-        case_chunk();
-    else {
-        fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk\n", argv[0]);
-        return 2;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (strcmp(c, cases[i].name) == 0) {
+            cases[i].run();
+            return test_finish("test_staged");
+        }
     }
-    return test_finish("test_staged");
+    fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk\n", argv[0]);
+    return 2;
 }

@@ -269,19 +269,16 @@ void ferry__ci_pf_drop(ci_ctx_t *ctx, int32_t pid, uint64_t id)
 {
     pthread_mutex_lock(&ctx->pf_lock);
     for (size_t i = ctx->npf; i-- > 0;) {
-        if (ctx->pf[i].pid == pid && ctx->pf[i].id == id) {
+        if (pid < 0 || (ctx->pf[i].pid == pid && ctx->pf[i].id == id)) {
             if (ctx->pf[i].fd >= 0)
                 close(ctx->pf[i].fd);
             ci_pf_remove(ctx, i);
         }
     }
-    if (pid < 0) { /* the context goes: everything */
-        for (size_t i = 0; i < ctx->npf; i++)
-            if (ctx->pf[i].fd >= 0)
-                close(ctx->pf[i].fd);
+    if (pid < 0) { /* the context goes */
         free(ctx->pf);
         ctx->pf = NULL;
-        ctx->npf = ctx->cappf = 0;
+        ctx->cappf = 0;
     }
     pthread_mutex_unlock(&ctx->pf_lock);
 }

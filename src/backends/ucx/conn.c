@@ -35,10 +35,10 @@
  * Another agent of the same process is not loopback: nothing says that
  * anyone drives it, and an emulated put waits for its target's progress,
  * so its connection has a worker of its own like any peer's, and an abort
- * ends what it was sent at once; it has no pid of its own to watch. And when the configured transports
- * (FERRY_UCX_TLS, or else UCX_TLS) include no shared memory, same-host endpoints use UCX
- * error handling like remote ones: nothing is lost, since only shared
- * memory could not serve it.
+ * ends what it was sent at once; it has no pid of its own to watch. And
+ * when the configured transports (FERRY_UCX_TLS, or else UCX_TLS) include
+ * no shared memory, same-host endpoints use UCX error handling like remote
+ * ones: nothing is lost, since only shared memory could not serve it.
  *
  * A peer replies to operations it received before an abort. Over shared
  * memory the replies vanish into the destroyed worker's FIFO. Over TCP,
@@ -280,7 +280,7 @@ static bool ucx_retire(ucx_conn_t *conn)
     }
     r->worker = conn->worker;
     r->ep = ucx_ep_forcible(conn);
-    ferry__list_add(conn->retired.prev, &r->link); /* at the tail */
+    ferry__list_add_tail(&conn->retired, &r->link);
     conn->nretired++;
     ferry__debug("ucx: connection to peer '%s' over TCP: its worker retired (%u "
                  "kept)", conn->peer_name, conn->nretired);
