@@ -136,7 +136,8 @@ long xt_settle(xt_target_t *t, int limit_ms, int fd);
 enum {
     XT_NOTE_WRITE = 1, /* the range holds bytes whose xt_sum() is sum */
     XT_NOTE_READ,      /* the range was read: refill it (xt_note_refill) */
-    XT_NOTE_PLAIN      /* a stand-alone message: nothing to do */
+    XT_NOTE_PLAIN      /* a stand-alone message: with len 1, its sum must be
+                        * xt_note_plain_sum() (its contents are checked) */
 };
 
 typedef struct xt_note {
@@ -161,6 +162,15 @@ static inline uint64_t xt_sum(const uint8_t *p, uint64_t n)
     for (uint64_t i = 0; i < n; i++)
         h = (h ^ p[i]) * 1099511628211ull;
     return h;
+}
+
+/* The sum of a stand-alone message that asks for a check (len 1): one
+ * that depends on its seq and off, which the sender sets as it likes. */
+static inline uint64_t xt_note_plain_sum(uint64_t seq, uint64_t off)
+{
+    uint64_t v[2] = {seq, off};
+
+    return xt_sum((const uint8_t *)v, sizeof(v));
 }
 
 /* What the target writes into a READ's range after its message seq: the

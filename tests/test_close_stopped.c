@@ -23,7 +23,7 @@
  * notifications (tests/target.h), and the thread sends them to it instead
  * of preparing a request, so that some are still queued on the connection
  * when it is forgotten: over TCP, 2, the connection's first messages,
- * which wait for its wire-up (and each send on an endpoint not yet wired
+ * which wait for its wire-up (the first send on an endpoint not yet wired
  * up sees its message out for 200 ms); over shared memory, where the first
  * ones go straight into the stopped peer's FIFO, 300, more than it holds.
  * Such a close spun in place, under the lock, for up to a second, so that

@@ -41,10 +41,20 @@
  *       4 senders send 300 messages each into a receiver whose queue holds
  *       64: it keeps exactly 64, counts the rest as dropped, and what it
  *       keeps is intact and in order per sender.
+ *   test_notif_2proc stopped
+ *       Over UCX's TCP transport, 20 stand-alone messages from one thread
+ *       to a target stopped before the connection was wired up, while a
+ *       second thread times ferry_notif_dropped(), a call that takes the
+ *       agent's lock: the time that thread spent in it must stay within a
+ *       few times the first send (which waits for the wire-up, 200 ms) plus
+ *       what it spent in a reference window as long, right after. Each
+ *       send used to wait 200 ms under the lock, holding that thread for
+ *       all 20. Resumed, the target gets the 20, in order and intact.
  */
 #include "target.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 
@@ -254,6 +264,116 @@ static int failed_case(void)
     ferry_agent_destroy(me);
     free(buf);
     return test_finish("test_notif_2proc");
+}
+
+/* "stopped": a thread that keeps calling ferry_notif_dropped() until told
+ * to stop, adding up the time it spent inside. */
+typedef struct lock_timer {
+    ferry_agent_t *agent;
+    atomic_int stop;
+    double in_ms, max_ms;
+    long calls;
+} lock_timer_t;
+
+static void *lock_timer_main(void *arg)
+{
+    lock_timer_t *lt = arg;
+
+    while (!atomic_load(&lt->stop)) {
+        uint64_t t0 = xu_now_ns(), n;
+        double ms;
+
+        EXPECT_ST(FERRY_OK, ferry_notif_dropped(lt->agent, &n));
+        ms = (double)(xu_now_ns() - t0) / 1e6;
+        lt->in_ms += ms;
+        lt->max_ms = ms > lt->max_ms ? ms : lt->max_ms;
+        lt->calls++;
+        usleep(100);
+    }
+    return NULL;
+}
+
+/* Runs a lock_timer on agent while the caller works; lock_timer_end()
+ * stops it. */
+static void lock_timer_begin(lock_timer_t *lt, ferry_agent_t *agent, pthread_t *t)
+{
+    *lt = (lock_timer_t){.agent = agent};
+    ASSERT_TRUE(pthread_create(t, NULL, lock_timer_main, lt) == 0);
+}
+
+static void lock_timer_end(lock_timer_t *lt, pthread_t t)
+{
+    atomic_store(&lt->stop, 1);
+    pthread_join(t, NULL);
+}
+
+static int stopped_case(void)
+{
+    enum { COUNT = 20 };
+    ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME, .name = "notif-init"};
+    xt_opts_t to = {.name = "notif-target", .progress_thread = 1, .nbuf = 1,
+                    .buf = {{XM_HOST, 4096, 0, 0}}};
+    test_rng_t rng;
+    xt_target_t t;
+    ferry_agent_t *me;
+    ferry_peer_t *peer;
+    lock_timer_t during, ref;
+    pthread_t th;
+    uint64_t t0, t1;
+    double first_ms = 0, sends_ms;
+    long bad;
+
+    /* Over TCP a connection's first messages wait for its wire-up, which
+     * needs the peer; over shared memory they go straight into its FIFO. */
+    setenv("UCX_TLS", "tcp", 1);
+    seed = xu_seed(0x5709);
+    rng.s = seed;
+    to.seed = seed;
+    if (xt_start(&t, &to) != 0)
+        return 1;
+    ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &me));
+    if (xt_notif_begin(&t, 0, COUNT, XT_NOTIF_UNKNOWN, NULL, 0) != 0)
+        return 1;
+    if (xt_connect(&t, me, &peer) != 0)
+        return 1;
+    xu_stop_child(t.pid);
+
+    lock_timer_begin(&during, me, &th);
+    t0 = xu_now_ns();
+    for (uint64_t i = 0; i < COUNT; i++) {
+        xt_note_t n = {.op = XT_NOTE_PLAIN, .seq = i, .off = test_rand(&rng), .len = 1};
+
+        n.sum = xt_note_plain_sum(n.seq, n.off);
+        EXPECT_ST(FERRY_OK, ferry_notif_send(me, peer, &n, sizeof(n)));
+        if (i == 0)
+            first_ms = (double)(xu_now_ns() - t0) / 1e6;
+    }
+    t1 = xu_now_ns();
+    sends_ms = (double)(t1 - t0) / 1e6;
+    lock_timer_end(&during, th);
+    /* The reference: as long again, the peer still stopped, no sends. */
+    lock_timer_begin(&ref, me, &th);
+    while (xu_now_ns() - t1 < t1 - t0)
+        usleep(1000);
+    lock_timer_end(&ref, th);
+    printf("test_notif_2proc stopped: %d sends took %.1f ms, the first %.1f ms; the "
+           "other thread spent %.1f ms in %ld calls of ferry_notif_dropped (the "
+           "longest %.1f ms), against %.1f ms in %ld calls (the longest %.1f ms) "
+           "in the reference window\n", COUNT, sends_ms, first_ms, during.in_ms,
+           during.calls, during.max_ms, ref.in_ms, ref.calls, ref.max_ms);
+    if (during.in_ms > 3 * first_ms + 2 * ref.in_ms + ref.max_ms)
+        TEST_FAIL_AT_("sends to a stopped peer held the agent's other thread for "
+                      "%.0f ms (the first send took %.0f ms)", during.in_ms, first_ms);
+
+    /* Resumed, the target gets them all, in order and intact, while the
+     * agent is driven (it has no progress thread). */
+    xu_cont_child(t.pid);
+    bad = xt_notif_end(&t, me);
+    EXPECT_EQ(0, bad);
+    EXPECT_TRUE(xt_quit(&t) == 0);
+    ferry_peer_forget(peer);
+    ferry_agent_destroy(me);
+    return test_finish("test_notif_2proc stopped");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -540,7 +660,9 @@ int main(int argc, char **argv)
         return killed_case();
     if (strcmp(mode, "flood") == 0)
         return flood_case();
+    if (strcmp(mode, "stopped") == 0)
+        return stopped_case();
     fprintf(stderr, "usage: %s write|read [thread] [staged] [--mem I:T] | failed | "
-                    "killed | flood\n", argv[0]);
+                    "killed | flood | stopped\n", argv[0]);
     return 2;
 }

@@ -17,6 +17,14 @@
  *
  * With the argument "ferry" the transports come from FERRY_UCX_TLS=tcp
  * instead. FERRY_TEST_ITERS sets the number of rounds.
+ *
+ * With the argument "keepalive", one round with a stall timeout of 21 s,
+ * longer than UCP's keepalive interval (20 s by default in UCX 1.13): the
+ * stall timeout must end the stopped WRITE within a few seconds of its
+ * 21 s, and after the resume the WRITE must land whole. UCP's keepalive
+ * counted as headway, one check per interval, so this WRITE waited as
+ * long as the target was stopped; ferry now turns keepalive off
+ * (src/backends/ucx/ucx.c).
  */
 #include "target.h"
 
@@ -24,6 +32,8 @@
 #define TCAP (2 * BIG)
 #define SEC 1000000000ll
 #define STALL_NS (SEC / 4)
+
+#define KA_STALL_NS (21 * SEC)
 
 static int retries;
 
@@ -40,12 +50,52 @@ static ferry_status_t post_wait(ferry_xfer_t *x)
     return st;
 }
 
+/* "keepalive": a WRITE to the stopped target ends by the stall timeout,
+ * not before it and not much after it; resumed, the target gets it whole. */
+static void keepalive_case(ferry_agent_t *agent, ferry_peer_t *peer, xt_target_t *target,
+                           uint8_t *src, uint64_t seed)
+{
+    ferry_desc_t l = {(uintptr_t)src, BIG, FERRY_MEM_HOST, 0};
+    ferry_desc_t r = {target->buf[0].addr, BIG, FERRY_MEM_HOST, 0};
+    ferry_xfer_t *w;
+    ferry_status_t st;
+    uint64_t t0;
+    double took;
+
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                           NULL, &w));
+    test_fill_fast(src, BIG, seed, 1, 0);
+    /* Stopped before the post: nothing of the WRITE can finish. */
+    xu_stop_child(target->pid);
+    t0 = xu_now_ns();
+    st = ferry_xfer_post(w);
+    EXPECT_TRUE(st == FERRY_IN_PROGRESS);
+    st = ferry_xfer_wait(w, KA_STALL_NS + 20 * SEC);
+    took = (double)(xu_now_ns() - t0) / 1e9;
+    printf("test_tcp_stall keepalive: the WRITE to the stopped target ended with %s "
+           "after %.1f s (stall timeout %.0f s)\n", ferry_status_str(st), took,
+           (double)KA_STALL_NS / 1e9);
+    EXPECT_ST(FERRY_ERR_TIMEOUT, st);
+    EXPECT_ERR_HAS("stall timeout");
+    EXPECT_TRUE(took >= (double)KA_STALL_NS / 1e9 - 0.5);
+    EXPECT_TRUE(took < (double)KA_STALL_NS / 1e9 + 10);
+    xu_cont_child(target->pid);
+    usleep(50000);
+    ASSERT_TRUE(kill(target->pid, 0) == 0);
+    EXPECT_ST(FERRY_OK, post_wait(w));
+    ASSERT_TRUE(xt_range(target, 0, 0, BIG, 0) == 0);
+    EXPECT_EQ(0, xt_check(target, 0, 0, BIG, 1, XU_GUARD_ITER, "WRITE"));
+    ferry_xfer_release(w);
+}
+
 int main(int argc, char **argv)
 {
     int ferry_tls = argc > 1 && strcmp(argv[1], "ferry") == 0;
+    int keepalive = argc > 1 && strcmp(argv[1], "keepalive") == 0;
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_NAME |
                                              FERRY_AGENT_PARAM_STALL_TIMEOUT,
-                               .name = "tcp-initiator", .stall_timeout_ns = STALL_NS};
+                               .name = "tcp-initiator",
+                               .stall_timeout_ns = keepalive ? KA_STALL_NS : STALL_NS};
     xt_opts_t to = {.name = "tcp-target", .progress_thread = 1, .nbuf = 1,
                     .buf = {{XM_HOST, TCAP, 0, 0}}};
     long rounds = xu_env_long("FERRY_TEST_ITERS", 20);
@@ -91,6 +141,10 @@ int main(int argc, char **argv)
                                                NULL, &w));
         EXPECT_ST(FERRY_OK, xu_post_wait(w, 60 * SEC));
         ferry_xfer_release(w);
+    }
+    if (keepalive) {
+        keepalive_case(agent, peer, &target, src, seed);
+        rounds = 0;
     }
     for (long round = 0; round < rounds; round++) {
         uint64_t iter = (uint64_t)round + 1;

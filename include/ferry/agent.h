@@ -91,7 +91,10 @@ typedef struct ferry_agent_params {
      * a busy one does. The check runs in progress (ferry_xfer_wait, test,
      * ferry_agent_progress or the progress thread), every stall/8 or 10 ms,
      * whichever is shorter. 0 means never. Default: FERRY_XFER_STALL_MS
-     * milliseconds (10 000 unless set in the environment).
+     * milliseconds (10 000 unless set in the environment). UCX's keepalive
+     * checks would count as headway, so ferry turns them off; a
+     * UCX_KEEPALIVE_INTERVAL set in the environment is honoured, and its
+     * checks then put the stall timeout off.
      */
     uint64_t stall_timeout_ns;
     /*

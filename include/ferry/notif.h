@@ -31,9 +31,11 @@
  *    connect (the peer must make progress to answer), a later one for room
  *    in a full transport (the peer must drain). A stand-alone send, or a
  *    post that completes inline, then drives the connection itself until
- *    the message has left: on a connection's first message it polls for
- *    50 us and then sleeps, 200 ms at most; later it polls for 50 us at
- *    most (holding the agent's lock). What is still queued after that, or
+ *    the message has left: the first time on a connection not yet wired
+ *    up it polls for 50 us and then sleeps, 200 ms at most; otherwise it
+ *    polls for 50 us at most (holding the agent's lock), so a stopped peer
+ *    holds the agent's other threads 200 ms once per connection, then
+ *    50 us a message. What is still queued after that, or
  *    was queued from inside progress, leaves during the agent's next
  *    progress. So an agent without a progress thread should keep making
  *    calls (any progress, test, wait or drain) while messages may be

@@ -192,7 +192,13 @@ static int serve_note(sbuf_t *b, const ferry_notif_t *n, unsigned flags, uint64_
         xu_fill_guard(b->xb.host, note.off, note.off + note.len, seed,
                       XT_NOTE_REFILL_ITER(note.seq));
         xm_to_dev(&b->xb, note.off, note.off + note.len);
-    } else if (note.op != XT_NOTE_PLAIN) {
+    } else if (note.op == XT_NOTE_PLAIN) {
+        if (note.len == 1 && note.sum != xt_note_plain_sum(note.seq, note.off)) {
+            fprintf(stderr, "test_target: stand-alone notification %" PRIu64 " arrived "
+                            "altered\n", note.seq);
+            ok = 0;
+        }
+    } else {
         fprintf(stderr, "test_target: notification of kind %u\n", note.op);
         ok = 0;
     }

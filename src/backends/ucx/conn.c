@@ -330,7 +330,9 @@ static ferry_status_t ucx_connect(ucx_ctx_t *ctx, ucx_conn_t *conn)
     ucs_status_t s;
     ferry_status_t st;
 
-    conn->wired = false; /* a new endpoint: its first message waits longer */
+    /* A new endpoint: its first queued message waits for the wire-up. */
+    conn->wired = false;
+    conn->wireup_waited = false;
     if (!conn->own_worker) {
         conn->worker = ctx->worker;
         return ucx_ep_create(conn);

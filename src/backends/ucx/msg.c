@@ -30,14 +30,21 @@
  * is progressed. A sender without a progress thread that sends and then
  * waits for something else would keep it, so a send that had to queue
  * sees it out itself: it polls the connection's worker for up to
- * UCX_SEND_SPIN_NS, and on an endpoint's first message then sleeps on its
- * event fd, up to UCX_WIREUP_MS in all (a peer that makes progress answers
- * the wire-up within that even on a loaded machine). A later message is
- * queued only behind a full transport, whose peer is not draining: it is
- * not waited for beyond the poll, so a flood into a slow peer costs each
- * send 50 us at most. It holds the agent's lock meanwhile, the price of a
- * message that leaves without the sender's help. Not from inside progress (a request's completion),
- * where the next round of progress is at hand and nesting is not allowed.
+ * UCX_SEND_SPIN_NS, and the first time on an endpoint not yet wired up
+ * then sleeps on its event fd, up to UCX_WIREUP_MS in all (a peer that
+ * makes progress answers the wire-up within that even on a loaded
+ * machine). That sleep comes once per endpoint: a peer that did not answer
+ * in time is stopped or busy, and every later send only polls until a
+ * message has left, so a stopped peer holds the agent's lock, and with it
+ * the agent's other threads, for UCX_WIREUP_MS once per connection and
+ * 50 us a message after that (it used to be UCX_WIREUP_MS a message).
+ * Those later messages leave with the agent's next progress. A message
+ * on a wired endpoint is queued only behind a full transport, whose peer
+ * is not draining: it is not waited for beyond the poll either, so a
+ * flood into a slow peer costs each send 50 us at most. The lock is held
+ * meanwhile, the price of a message that leaves without the sender's
+ * help. Not from inside progress (a request's completion), where the next
+ * round of progress is at hand and nesting is not allowed.
  */
 #include "backends/ucx/ucx.h"
 #include "util/log.h"
@@ -85,8 +92,9 @@ void ferry__ucx_sends_drop(ucx_conn_t *conn, bool destroyed)
  * for a bounded time (see the top of this file). */
 static void ucx_send_see_out(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
+    bool wireup = !conn->wired && !conn->wireup_waited;
     uint64_t start = ferry__now_ns(), spin_end = start + UCX_SEND_SPIN_NS;
-    uint64_t end = conn->wired ? spin_end : start + (uint64_t)UCX_WIREUP_MS * 1000000;
+    uint64_t end = wireup ? start + (uint64_t)UCX_WIREUP_MS * 1000000 : spin_end;
 
     ctx->progressing = true;
     while (!ferry__list_empty(&conn->sends) && conn->worker != NULL) {
@@ -102,8 +110,10 @@ static void ucx_send_see_out(ucx_ctx_t *ctx, ucx_conn_t *conn)
         (void)poll(&pfd, 1, (int)((end - now + 999999) / 1000000));
     }
     ctx->progressing = false;
-    /* Any send that left proves the endpoint wired up. */
+    /* Any send that left proves the endpoint wired up; one that did not
+     * leave in time waited for this endpoint's last time. */
     conn->wired = conn->wired || ferry__list_empty(&conn->sends);
+    conn->wireup_waited = conn->wireup_waited || wireup;
     if (!ferry__list_empty(&conn->sends))
         ferry__debug("ucx: a notification to peer '%s' is still queued; it leaves "
                      "with the agent's next progress", conn->peer_name);

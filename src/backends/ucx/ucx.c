@@ -231,8 +231,25 @@ static bool ucx_tls_has_shm(const char *tls)
     return false;
 }
 
-/* A UCP context as ferry uses it (tls, the value of FERRY_UCX_TLS, applied;
- * RMA + AM + wake-up), and the memory types it accepts. */
+/*
+ * A UCP context as ferry uses it (tls, the value of FERRY_UCX_TLS, applied;
+ * RMA + AM + wake-up; keepalive off), and the memory types it accepts.
+ *
+ * Keepalive. UCP's keepalive (UCX_KEEPALIVE_INTERVAL, 20 s in UCX 1.13)
+ * checks every endpoint once per interval from inside ucp_worker_progress(),
+ * which counts each check as an event, and its timer wakes the worker's
+ * event fd. The stall timeout (core/xfer.c) takes a connection's events
+ * as its headway, so a round restarted it: against a peer stopped during
+ * a WRITE over TCP, where nothing else moves, a 21 s stall timeout fired
+ * after 41 s, and any round that could reach the peer put it off. What
+ * keepalive finds, ferry finds without it: a dead process on this host
+ * through its pid (conn.c, within 20 ms), one on another host through the
+ * transport's reset, a vanished host through the TCP socket's own
+ * keepalive (UCX_TCP_KEEPIDLE, which stays on) or, for a request in
+ * flight, the stall timeout. So ferry turns it off. A UCX_KEEPALIVE_INTERVAL
+ * in the environment is the user's choice and wins; its rounds then count
+ * as headway again and put the stall timeout off (README).
+ */
 static ferry_status_t ucx_context(const char *name, const char *tls,
                                   const char *const *cfg, ucp_context_h *context,
                                   uint64_t *memory_types)
@@ -248,6 +265,13 @@ static ferry_status_t ucx_context(const char *name, const char *tls,
     if (tls[0] != '\0' && (s = ucp_config_modify(config, "TLS", tls)) != UCS_OK) {
         ucp_config_release(config);
         return ferry__error(FERRY_ERR_INVALID, "ucx: FERRY_UCX_TLS=%s: %s", tls,
+                            ucs_status_string(s));
+    }
+    /* UCP's keepalive off, unless the user asked for it (see above). */
+    if (getenv("UCX_KEEPALIVE_INTERVAL") == NULL &&
+        (s = ucp_config_modify(config, "KEEPALIVE_INTERVAL", "inf")) != UCS_OK) {
+        ucp_config_release(config);
+        return ferry__error(FERRY_ERR_BACKEND, "ucx: UCX_KEEPALIVE_INTERVAL=inf: %s",
                             ucs_status_string(s));
     }
     for (; cfg != NULL && cfg[0] != NULL; cfg += 2) {

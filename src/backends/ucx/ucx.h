@@ -129,6 +129,7 @@ typedef struct ucx_conn {
     ferry__list_t flushes; /* in flight on this endpoint (ucx_req_t) */
     ferry__list_t sends;   /* messages in flight on it (ucx_req_t, msg.c) */
     bool wired;            /* a message has left on this endpoint (msg.c) */
+    bool wireup_waited;    /* a send waited for its wire-up once (msg.c) */
     uint64_t next_alive_ns; /* when a send next asks after the peer's pid */
     bool tcp;              /* its endpoint's active messages go over TCP */
     ferry__list_t retired; /* workers aborts took off it (TCP), never progressed */
