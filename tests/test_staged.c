@@ -30,6 +30,12 @@
  *   chunk   a target whose FERRY_STAGE_CHUNK (64 KiB) is smaller than the
  *           initiator's: a larger chunk is refused with UNSUPPORTED, WRITE
  *           and READ, posted twice; chunks that fit still move
+ *   share   a stopped target whose WRITE holds every outgoing bounce buffer
+ *           (two 16 MiB chunks that cannot leave), and a WRITE to a second,
+ *           running target posted right after it, which waits for a
+ *           buffer: the stall timeout ends the stopped target's WRITE
+ *           alone, the other then completes; the first, retried after
+ *           SIGCONT, completes too
  *
  * The target is the shared serving target (target.h) with a progress
  * thread (stop: driven by its control loop instead), and a second process.
@@ -85,7 +91,8 @@ static ferry_agent_t *start(int thread, uint64_t stall_ns, const char *target_ch
     if (target_chunk != NULL)
         setenv("FERRY_STAGE_CHUNK", target_chunk, 1);
     ASSERT_TRUE(xt_start(&tgt, &to) == 0);
-    unsetenv("FERRY_STAGE_CHUNKS");
+    if (target_chunks != NULL)
+        unsetenv("FERRY_STAGE_CHUNKS");
     if (target_chunk != NULL)
         unsetenv("FERRY_STAGE_CHUNK");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
@@ -441,12 +448,86 @@ static void case_chunk(void)
     finish(agent, peer, 1);
 }
 
+/*
+ * One stopped peer and the shared pool. This process's pools hold two
+ * buffers of 16 MiB, more than the loopback socket to a stopped target
+ * takes: a 64 MiB WRITE to it keeps both buffers in sends that never end.
+ * A 1 MiB WRITE to a running target, posted right after, waits for a
+ * buffer; waiting for buffers that another connection's chunks hold is not
+ * a stall, so only the stopped target's WRITE meets the stall timeout,
+ * and its end frees the buffers for the other.
+ */
+static void case_share(void)
+{
+    enum { LEN = 1 << 20, OFF = 5 };
+    xt_target_t t2 = {0};
+    xt_opts_t to = {.name = "staged-target2", .progress_thread = 1, .drive = 1,
+                    .nbuf = 1};
+    ferry_peer_t *peer, *peer2;
+    ferry_agent_t *agent;
+    ferry_xfer_t *x1, *x2;
+    ferry_desc_t l, r;
+    ferry_status_t s1 = FERRY_OK, s2;
+    uint64_t t0 = 0;
+
+    setenv("FERRY_STAGE_CHUNK", "16m", 1); /* both targets inherit them */
+    setenv("FERRY_STAGE_CHUNKS", "2", 1);
+    agent = start(1, 2 * SEC, NULL, &peer);
+    to.seed = seed;
+    to.buf[0] = (xt_buf_opts_t){kind, TCAP, 0, 0};
+    ASSERT_TRUE(xt_start(&t2, &to) == 0);
+    t2.timeout_ms = 60000;
+    ASSERT_TRUE(xt_connect(&t2, agent, &peer2) == 0);
+    x1 = prepare_range(agent, peer, FERRY_OP_WRITE, 0, BIG);
+    l = xm_desc(kind, lxb.addr + BIG, LEN);
+    r = xm_target_desc(kind, t2.buf[0].addr + OFF, LEN);
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer2, &r, 1,
+                                           &staged, &x2));
+    move_and_check(x1, FERRY_OP_WRITE, 0, BIG, 1, "before the stop");
+    ASSERT_TRUE(xt_range(&t2, 0, OFF, LEN, 0) == 0);
+    for (uint64_t iter = 2; iter < 4; iter++) {
+        test_fill_fast(lbuf + BIG, LEN, seed, iter, 0);
+        xm_to_dev(&lxb, BIG, BIG + LEN);
+        if (iter == 3) {
+            /* Both at once, the first to the stopped target. */
+            xu_stop_child(tgt.pid);
+            test_fill_fast(lbuf, BIG, seed, iter, 0);
+            xm_to_dev(&lxb, 0, BIG);
+            s1 = ferry_xfer_post(x1);
+        }
+        t0 = xu_now_ns();
+        s2 = ferry_xfer_post(x2);
+        if (s2 == FERRY_IN_PROGRESS)
+            s2 = ferry_xfer_wait(x2, 30 * SEC);
+        printf("share: the WRITE to the running target: %s after %.0f ms%s\n",
+               ferry_status_str(s2), xu_ms_since(t0),
+               iter == 3 ? ", the other target stopped" : "");
+        EXPECT_ST(FERRY_OK, s2);
+        EXPECT_EQ(0, xt_check(&t2, 0, OFF, OFF + LEN, iter, XU_GUARD_ITER,
+                              "the WRITE to the running target"));
+    }
+    if (s1 == FERRY_IN_PROGRESS)
+        s1 = ferry_xfer_wait(x1, 30 * SEC);
+    printf("share: the WRITE to the stopped target: %s after %.0f ms: %s\n",
+           ferry_status_str(s1), xu_ms_since(t0), ferry_last_error());
+    EXPECT_ST(FERRY_ERR_TIMEOUT, s1);
+    xu_cont_child(tgt.pid);
+    move_and_check(x1, FERRY_OP_WRITE, 0, BIG, 4, "the retry after a stop");
+    ferry_xfer_release(x1);
+    ferry_xfer_release(x2);
+    EXPECT_TRUE(xt_quit(&t2) == 0);
+    ferry_peer_forget(peer2);
+    unsetenv("FERRY_STAGE_CHUNK");
+    unsetenv("FERRY_STAGE_CHUNKS");
+    finish(agent, peer, 1);
+}
+
 static const struct {
     const char *name;
     void (*run)(void);
 } cases[] = {{"pool", case_pool},   {"kill", case_kill},     {"stop", case_stop},
              {"cancel", case_cancel}, {"abort", case_abort}, {"errors", case_errors},
-             {"chunk", case_chunk}};
+             {"chunk", case_chunk},   {"share", case_share}};
 
 int main(int argc, char **argv)
 {
@@ -472,6 +553,6 @@ int main(int argc, char **argv)
             return test_finish("test_staged");
         }
     }
-    fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk\n", argv[0]);
+    fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk|share\n", argv[0]);
     return 2;
 }

@@ -78,8 +78,7 @@ static void init_sent(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
     op->sent = true;
     if (op->type == STG_AM_WRITE) {
         /* The bytes are UCX's now: the buffer is free for the next chunk. */
-        ferry__stg_pool_put(op->pool, op->slot);
-        op->pool = NULL;
+        ferry__stg_op_put_slot(op);
         if (op->acked) {
             chunk_end(ctx, op, FERRY_OK);
             return;
@@ -170,6 +169,7 @@ static ferry_status_t start_chunk(stg_ctx_t *ctx, stg_plan_t *plan, uint32_t c)
     }
     op->pool = pool;
     op->slot = slot;
+    pool->init_held++;
     op->plan = plan;
     op->chunk = c;
     op->type = run->op == FERRY_OP_WRITE ? STG_AM_WRITE : STG_AM_READ;

@@ -161,12 +161,19 @@ void ferry__stg_events_drop(stg_ctx_t *ctx, stg_op_t *op)
     op->nev = 0;
 }
 
+void ferry__stg_op_put_slot(stg_op_t *op)
+{
+    if (op->pool == NULL)
+        return;
+    if (!op->target)
+        op->pool->init_held--;
+    ferry__stg_pool_put(op->pool, op->slot);
+    op->pool = NULL;
+}
+
 void ferry__stg_op_free(stg_ctx_t *ctx, stg_op_t *op)
 {
-
-    if (op->pool != NULL)
-        ferry__stg_pool_put(op->pool, op->slot);
-    op->pool = NULL;
+    ferry__stg_op_put_slot(op);
     if (op->data != NULL) {
         if (op->held)
             ucp_am_data_release(ctx->ucx->worker, op->data);

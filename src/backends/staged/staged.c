@@ -393,11 +393,42 @@ static ferry_status_t stg_conn_abort(void *vctx, void *vconn, ferry_status_t why
     return FERRY_OK;
 }
 
+/*
+ * Whether conn has nothing in flight and its oldest run waits for a
+ * buffer of a pool that initiator chunks hold: chunks of other
+ * connections, which end by their own headway or by the stall check of
+ * their connection, and free the buffer then.
+ */
+static bool stg_waits_for_pool(const stg_ctx_t *ctx, const stg_conn_t *conn)
+{
+    if (conn->inflight > 0 || conn->runs == 0)
+        return false;
+    for (const ferry__list_t *l = ctx->runs.next; l != &ctx->runs; l = l->next) {
+        const stg_run_t *run = ferry__container_of(l, stg_run_t, link);
+        const stg_pool_t *pool = run->op == FERRY_OP_WRITE ? &ctx->out : &ctx->in;
+
+        if (run->conn == conn && run->status == FERRY_OK)
+            return pool->nfree == 0 && pool->init_held > 0;
+    }
+    return false;
+}
+
+/*
+ * The stall check's mark. Waiting for a bounce buffer that other
+ * connections' chunks hold is not a stall: the mark moves at every check
+ * while it lasts, so a stopped peer that holds the whole pool meets the
+ * stall timeout alone, and its end frees the buffers for the others. A
+ * wait for buffers that a target's chunks hold (serving a stopped
+ * initiator, say) counts as a stall as before: nothing else would end it.
+ */
 static uint64_t stg_conn_events(void *vctx, void *vconn)
 {
+    stg_ctx_t *ctx = vctx;
     stg_conn_t *conn = vconn;
 
-    return ferry__ucx_ops.conn_events(((stg_ctx_t *)vctx)->ucx, conn->uc) + conn->events;
+    if (stg_waits_for_pool(ctx, conn))
+        conn->waits++;
+    return ferry__ucx_ops.conn_events(ctx->ucx, conn->uc) + conn->events + conn->waits;
 }
 
 /* ------------------------------------------------------------------------ */

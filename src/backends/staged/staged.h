@@ -202,6 +202,7 @@ typedef struct stg_pool {
     CUdeviceptr dbase; /* base as the GPU addresses it (pinned only) */
     size_t slot_size, ktab;
     unsigned nslots, nfree;
+    unsigned init_held; /* slots that initiator ops hold */
     unsigned *free; /* a stack of free slot indices */
     bool pinned;
 } stg_pool_t;
@@ -270,6 +271,8 @@ typedef struct stg_conn {
     ferry__list_t link;   /* ctx->conns */
     unsigned inflight;    /* chunks in flight: at most ctx->credits */
     uint64_t events;      /* replies received: the stall check's headway */
+    uint64_t waits;       /* stall checks that found it waiting for buffers
+                             that other connections' chunks hold */
     unsigned runs;        /* runs posted on it and not ended */
     uint8_t *addr;        /* the address of its worker, sent in every chunk */
     size_t alen;
@@ -321,6 +324,8 @@ ferry_status_t ferry__stg_op_new(stg_ctx_t *ctx, stg_op_t **op_p);
 /* Frees op: its bounce buffer back to its pool, its events destroyed, its
  * generation bumped. */
 void ferry__stg_op_free(stg_ctx_t *ctx, stg_op_t *op);
+/* Gives op's bounce buffer, if it holds one, back to its pool. */
+void ferry__stg_op_put_slot(stg_op_t *op);
 uint64_t ferry__stg_cookie(const stg_ctx_t *ctx, const stg_op_t *op);
 /* The operation a cookie names, or NULL when it names none (any more). */
 stg_op_t *ferry__stg_op_find(stg_ctx_t *ctx, uint64_t cookie);

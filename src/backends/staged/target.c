@@ -166,8 +166,7 @@ void ferry__stg_target_copied(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
         reply(ctx, op, st, NULL, 0);
     } else if (op->type == STG_AM_WRITE) {
         /* Every byte is in place: the buffer is free before the reply. */
-        ferry__stg_pool_put(op->pool, op->slot);
-        op->pool = NULL;
+        ferry__stg_op_put_slot(op);
         reply(ctx, op, FERRY_OK, NULL, 0);
     } else {
         reply(ctx, op, FERRY_OK, stg_slot(op->pool, op->slot), op->bytes);
