@@ -60,14 +60,6 @@ static int32_t last_status;
 static const ferry_xfer_params_t staged = {.field_mask = FERRY_XFER_PARAM_BACKEND,
                                            .backend = FERRY_BACKEND_STAGED};
 
-static void on_watchdog(int sig)
-{
-    (void)sig;
-    if (tgt.pid > 0)
-        kill(tgt.pid, SIGKILL);
-    _exit(1);
-}
-
 static void pump(void *agent)
 {
     ferry_agent_progress(agent);
@@ -399,8 +391,7 @@ int main(int argc, char **argv)
     seed = xu_seed(0xf0e6eull);
     rng.s = seed;
     printf("test_staged_forge %s: seed %" PRIu64 "\n", argv[1], seed);
-    signal(SIGALRM, on_watchdog);
-    alarm(150);
+    xt_watchdog(&tgt, 150);
     /* The target inherits the environment: both sides get the secret. */
     if (with_secret)
         setenv("FERRY_JOB_SECRET", SECRET, 1);

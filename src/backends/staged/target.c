@@ -341,18 +341,15 @@ static bool stale_epoch(stg_ctx_t *ctx, uint64_t id, uint16_t epoch)
 static bool check_seal(stg_ctx_t *ctx, const stg_hdr_t *h, const stg_seal_t *seal,
                        const void *addr, size_t alen)
 {
-    const stg_rep_t *rep;
+    const char *why = ferry__stg_seal_refusal(ctx, seal);
+    const stg_rep_t *rep = why == NULL ? rep_find(ctx, h->conn_id, h->epoch) : NULL;
     uint8_t mac[FERRY__MAC_LEN];
-    const char *why = NULL;
 
-    if ((why = ferry__stg_seal_refusal(ctx, seal)) != NULL)
-        ;
-    else if ((rep = rep_find(ctx, h->conn_id, h->epoch)) != NULL)
-        why = ferry__ct_equal(seal->mac, rep->mac, sizeof(mac)) ? NULL
-                                                                : "its seal does not verify";
-    else if (ferry__stg_chunk_mac(ctx, h->conn_id, h->epoch, addr, alen, mac) < 0)
+    if (rep != NULL)
+        memcpy(mac, rep->mac, sizeof(mac));
+    else if (why == NULL && ferry__stg_chunk_mac(ctx, h->conn_id, h->epoch, addr, alen, mac) < 0)
         why = ferry_last_error();
-    else if (!ferry__ct_equal(seal->mac, mac, sizeof(mac)))
+    if (why == NULL && !ferry__ct_equal(seal->mac, mac, sizeof(mac)))
         why = "its seal does not verify";
     if (why != NULL)
         ferry__warn("staged: dropped a chunk (%zu address bytes), without a reply: %s",
