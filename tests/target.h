@@ -228,4 +228,9 @@ int xt_quit(xt_target_t *t);
  * wait status. Safe in any state, and again. */
 int xt_kill(xt_target_t *t);
 
+/* A watchdog for a test with one target: after seconds, the target is
+ * killed and this process exits with 1 (a hang fails, leaving nothing
+ * behind). */
+void xt_watchdog(xt_target_t *t, unsigned seconds);
+
 #endif

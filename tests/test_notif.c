@@ -22,6 +22,7 @@
  * sender's next progress, and this process's one thread waits on the
  * target.
  */
+#include "raw_ucx.h"
 #include "xfer_util.h"
 #include "backends/ucx/ucx.h"
 #include "core/core.h"
@@ -343,29 +344,17 @@ static void test_fd(void)
     close(ep);
 }
 
-/* One active message of ferry's id from a raw UCX endpoint; 0 when sent. */
-static int raw_send(ucp_worker_h w, ucp_ep_h ep, const void *hdr, size_t hlen,
-                    const void *data, size_t len)
+static void pump_target(void *arg)
 {
-    ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                             .flags = UCP_AM_SEND_FLAG_EAGER};
-    ucs_status_ptr_t sp = ucp_am_send_nbx(ep, FERRY__UCX_AM_NOTIF, hdr, hlen, data, len, &p);
-    uint64_t t0 = xu_now_ns();
+    (void)arg;
+    ferry_agent_progress(target);
+}
 
-    if (UCS_PTR_IS_ERR(sp))
-        return -1;
-    while (sp != NULL && ucp_request_check_status(sp) == UCS_INPROGRESS &&
-           xu_ms_since(t0) < 10000) {
-        ucp_worker_progress(w);
-        ferry_agent_progress(target);
-    }
-    if (sp != NULL) {
-        ucs_status_t st = ucp_request_check_status(sp);
-
-        ucp_request_free(sp);
-        return st == UCS_OK ? 0 : -1;
-    }
-    return 0;
+/* One active message of ferry's id from the raw sender; 0 when sent. */
+static int raw_send(xr_sender_t *s, const void *hdr, size_t hlen, const void *data,
+                    size_t len)
+{
+    return xr_send(s, FERRY__UCX_AM_NOTIF, hdr, hlen, data, len, pump_target, NULL);
 }
 
 /* A header as notif.c writes it (docs/NOTIF.md), with the given fields. */
@@ -390,16 +379,8 @@ static size_t raw_msg(uint8_t *out, uint32_t magic, uint16_t version, uint16_t n
  */
 static void test_malformed(void)
 {
-    ucp_params_t cp = {.field_mask = UCP_PARAM_FIELD_FEATURES,
-                       .features = UCP_FEATURE_AM};
-    ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = UCS_THREAD_MODE_SINGLE};
-    ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS};
     static uint8_t m[32 + 16 + FERRY_NOTIF_MAX + 8];
-    ucp_config_t *config;
-    ucp_context_h ctx;
-    ucp_worker_h w;
-    ucp_ep_h e;
+    xr_sender_t raw;
     ferry__md_t md;
     ferry_notif_t *n;
     void *blob;
@@ -410,34 +391,29 @@ static void test_malformed(void)
     ASSERT_ST(FERRY_OK, ferry_md_pack(target, &blob, &len));
     ASSERT_ST(FERRY_OK, ferry__md_parse(blob, len, len, &md));
     ASSERT_TRUE(slot >= 0 && md.bk_addr[slot].data != NULL);
-    ASSERT_TRUE(ucp_config_read(NULL, NULL, &config) == UCS_OK);
-    ASSERT_TRUE(ucp_init(&cp, config, &ctx) == UCS_OK);
-    ucp_config_release(config);
-    ASSERT_TRUE(ucp_worker_create(ctx, &wp, &w) == UCS_OK);
-    ep.address = (const ucp_address_t *)md.bk_addr[slot].data;
-    ASSERT_TRUE(ucp_ep_create(w, &ep, &e) == UCS_OK);
+    ASSERT_TRUE(xr_open(&raw, md.bk_addr[slot].data) == 0);
 
-    sent += raw_send(w, e, NULL, 0, m, 7) == 0; /* shorter than a header */
-    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic + 1, 1, 3, 0, "raw", 0)) == 0;
-    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 2, 3, 0, "raw", 0)) == 0;
+    sent += raw_send(&raw, NULL, 0, m, 7) == 0; /* shorter than a header */
+    sent += raw_send(&raw, NULL, 0, m, raw_msg(m, magic + 1, 1, 3, 0, "raw", 0)) == 0;
+    sent += raw_send(&raw, NULL, 0, m, raw_msg(m, magic, 2, 3, 0, "raw", 0)) == 0;
     /* Lengths that promise more or less than the message holds. */
-    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 3, 9, "raw", 8)) == 0;
-    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 3, 7, "raw", 8)) == 0;
-    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 40000, 0, "raw", 0)) == 0;
-    sent += raw_send(w, e, NULL, 0, m, raw_msg(m, magic, 1, 0, 0, "", 0)) == 0;
+    sent += raw_send(&raw, NULL, 0, m, raw_msg(m, magic, 1, 3, 9, "raw", 8)) == 0;
+    sent += raw_send(&raw, NULL, 0, m, raw_msg(m, magic, 1, 3, 7, "raw", 8)) == 0;
+    sent += raw_send(&raw, NULL, 0, m, raw_msg(m, magic, 1, 40000, 0, "raw", 0)) == 0;
+    sent += raw_send(&raw, NULL, 0, m, raw_msg(m, magic, 1, 0, 0, "", 0)) == 0;
     len = raw_msg(m, magic, 1, 3, 0, "raw", 0);
     m[33] = '\0'; /* a NUL inside the name */
-    sent += raw_send(w, e, NULL, 0, m, len) == 0;
-    sent += raw_send(w, e, NULL, 0, m,
+    sent += raw_send(&raw, NULL, 0, m, len) == 0;
+    sent += raw_send(&raw, NULL, 0, m,
                      raw_msg(m, magic, 1, 3, FERRY_NOTIF_MAX + 1, "raw",
                              FERRY_NOTIF_MAX + 1)) == 0;
     /* A good message, but with a UCX header, which ferry never sends. */
-    sent += raw_send(w, e, "hd", 2, m, raw_msg(m, magic, 1, 3, 0, "raw", 0)) == 0;
+    sent += raw_send(&raw, "hd", 2, m, raw_msg(m, magic, 1, 3, 0, "raw", 0)) == 0;
     EXPECT_EQ(10, sent);
     /* The one good message: it comes through alone. */
     len = raw_msg(m, magic, 1, 3, 5, "raw", 5);
     memcpy(m + 35, "hello", 5);
-    EXPECT_EQ(0, raw_send(w, e, NULL, 0, m, len));
+    EXPECT_EQ(0, raw_send(&raw, NULL, 0, m, len));
     n = take(target);
     if (n != NULL) {
         EXPECT_TRUE(n->len == 5 && memcmp(n->msg, "hello", 5) == 0);
@@ -447,19 +423,7 @@ static void test_malformed(void)
     }
     EXPECT_ST(FERRY_ERR_TIMEOUT, ferry_notif_wait(target, 100000000));
 
-    {
-        ucp_request_param_t p = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                 .flags = UCP_EP_CLOSE_FLAG_FORCE};
-        ucs_status_ptr_t sp = ucp_ep_close_nbx(e, &p);
-
-        while (sp != NULL && !UCS_PTR_IS_ERR(sp) &&
-               ucp_request_check_status(sp) == UCS_INPROGRESS)
-            ucp_worker_progress(w);
-        if (sp != NULL && !UCS_PTR_IS_ERR(sp))
-            ucp_request_free(sp);
-    }
-    ucp_worker_destroy(w);
-    ucp_cleanup(ctx);
+    xr_close(&raw);
     ferry__md_clear(&md);
     ferry_md_free(blob);
 }

@@ -62,14 +62,6 @@ static const char *target_chunk;
 static const ferry_xfer_params_t staged = {.field_mask = FERRY_XFER_PARAM_BACKEND,
                                            .backend = FERRY_BACKEND_STAGED};
 
-static void on_watchdog(int sig)
-{
-    (void)sig;
-    if (tgt.pid > 0)
-        kill(tgt.pid, SIGKILL);
-    _exit(1);
-}
-
 /* Starts the target (thread: with a progress thread; target_chunks: its
  * FERRY_STAGE_CHUNKS, or NULL) and an agent that knows it, with a
  * registered local buffer. */
@@ -545,8 +537,7 @@ int main(int argc, char **argv)
         return 2;
     }
     printf("test_staged %s: seed %" PRIu64 ", %s memory\n", c, seed, xm_name(kind));
-    signal(SIGALRM, on_watchdog);
-    alarm(170);
+    xt_watchdog(&tgt, 170);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         if (strcmp(c, cases[i].name) == 0) {
             cases[i].run();

@@ -29,6 +29,7 @@
 
 #include "ferry.h"
 #include "util/buf.h"
+#include "util/secret.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -101,8 +102,12 @@ typedef struct ferry__backend_ops {
     uint16_t id;
     unsigned flags; /* FERRY__BK_* */
 
-    /* Creates the per-agent context. */
-    ferry_status_t (*init)(const char *agent_name, void **ctx_p);
+    /* Creates the per-agent context. secret: the agent's job secret
+     * (secret->set false without one), never NULL, which outlives the
+     * context: a backend that authenticates its own messages keeps the
+     * pointer (staged), the others ignore it. */
+    ferry_status_t (*init)(const char *agent_name, const ferry__secret_t *secret,
+                           void **ctx_p);
     void (*fini)(void *ctx);
     /* Whether memory of this kind can be registered (and so transferred). */
     bool (*supports_kind)(void *ctx, ferry_mem_kind_t kind);

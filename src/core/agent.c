@@ -158,7 +158,7 @@ ferry_status_t ferry_agent_create(const ferry_agent_params_t *params,
         agent->stall_ns = ferry__config_get_size("FERRY_XFER_STALL_MS") * 1000000;
 
     for (k = 0; k < FERRY__NBK; k++) {
-        st = ferry__backends[k]->init(agent->name, &agent->bk_ctx[k]);
+        st = ferry__backends[k]->init(agent->name, &agent->secret, &agent->bk_ctx[k]);
         if (st < 0)
             goto err_backends;
     }

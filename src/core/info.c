@@ -29,9 +29,10 @@ static void print_backends(FILE *out)
         const ferry__backend_ops_t *ops = ferry__backends[k];
         const ferry__cuda_t *cu;
         void *ctx = NULL;
+        const ferry__secret_t none = {0};
         /* The name a backend gives its context shows in UCX's own
          * messages; "ferry-info" says where they come from. */
-        ferry_status_t st = ops->init("ferry-info", &ctx);
+        ferry_status_t st = ops->init("ferry-info", &none, &ctx);
 
         if (st == FERRY_OK)
             ops->fini(ctx);

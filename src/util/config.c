@@ -95,9 +95,9 @@ const ferry__config_entry_t ferry__config_table[] = {
      "a rank whose heartbeat is this old, in ms, is declared dead"},
     {"FERRY_JOB_SECRET", "",
      "the job's shared secret (16 bytes at least; ferry-run sets one per job): "
-     "blobs are sealed with it and only blobs sealed with it load, and store "
-     "connections authenticate with it; empty: none, and any blob or store "
-     "client is trusted"},
+     "blobs are sealed with it and only blobs sealed with it load, store "
+     "connections authenticate with it, and staging messages are sealed with "
+     "it; empty: none, and any blob, store client or staging peer is trusted"},
     {"FERRY_DIR_TTL_MS", "5000",
      "TTL of a directory's etcd lease, in ms (whole seconds): how long a "
      "dead publisher stays listed"},

@@ -291,6 +291,24 @@ int xt_quit(xt_target_t *t)
     return 0;
 }
 
+/* The target the watchdog kills (a signal handler reads it). */
+static xt_target_t *xt_watched;
+
+static void xt_on_watchdog(int sig)
+{
+    (void)sig;
+    if (xt_watched != NULL && xt_watched->pid > 0)
+        kill(xt_watched->pid, SIGKILL);
+    _exit(1);
+}
+
+void xt_watchdog(xt_target_t *t, unsigned seconds)
+{
+    xt_watched = t;
+    signal(SIGALRM, xt_on_watchdog);
+    alarm(seconds);
+}
+
 int xt_kill(xt_target_t *t)
 {
     int status = -1;

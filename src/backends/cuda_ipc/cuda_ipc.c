@@ -42,11 +42,13 @@ bool ferry__ci_grow(void *arr_p, size_t *cap, size_t used, size_t elem)
     return true;
 }
 
-static ferry_status_t ci_init(const char *agent_name, void **ctx_p)
+static ferry_status_t ci_init(const char *agent_name, const ferry__secret_t *secret,
+                              void **ctx_p)
 {
     ci_ctx_t *ctx = calloc(1, sizeof(*ctx));
 
     (void)agent_name;
+    (void)secret;
     if (ctx == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "cuda_ipc: no memory");
     ctx->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -88,8 +88,9 @@ static void init_sent(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t st)
 }
 
 /* The address of the worker that conn sends from (which the target replies
- * to), fetched once per epoch. */
-static ferry_status_t conn_address(stg_conn_t *conn)
+ * to), fetched once per epoch, and with a secret its seal, made then too:
+ * it covers only what stays the same for the epoch (staged.h). */
+static ferry_status_t conn_address(stg_ctx_t *ctx, stg_conn_t *conn)
 {
     ucp_address_t *a;
     size_t alen;
@@ -113,8 +114,13 @@ static ferry_status_t conn_address(stg_conn_t *conn)
     }
     memcpy(conn->addr, a, alen);
     conn->alen = alen;
-    conn->addr_epoch = conn->epoch;
     ucp_worker_release_address(conn->uc->worker, a);
+    if (ctx->stage_mac != NULL) {
+        memcpy(conn->seal.key_id, ctx->secret->id, sizeof(conn->seal.key_id));
+        FERRY_CHECK(ferry__stg_chunk_mac(ctx, conn->id, conn->epoch, conn->addr, alen,
+                                         conn->seal.mac));
+    }
+    conn->addr_epoch = conn->epoch;
     ferry__debug("staged: connection to peer '%s': its worker's address (in every "
                  "chunk) is %zu bytes", conn->uc->peer_name, alen);
     return FERRY_OK;
@@ -126,15 +132,18 @@ static void send_chunk(stg_ctx_t *ctx, stg_op_t *op)
     const stg_chunk_t *c = &plan->chunks[op->chunk];
     stg_conn_t *conn = plan->run.conn;
     size_t tlen = (size_t)c->n * sizeof(stg_piece_t);
+    size_t sl = ctx->stage_mac != NULL ? sizeof(stg_seal_t) : 0;
     ferry_status_t st;
 
-    op->hdr.h = (stg_hdr_t){STG_MAGIC, (uint16_t)op->type, conn->epoch, 0, c->n,
-                            ferry__stg_cookie(ctx, op), c->bytes, conn->id};
-    st = conn_address(conn);
+    op->hdr.h = (stg_hdr_t){sl > 0 ? STG_MAGIC_SEALED : STG_MAGIC, (uint16_t)op->type,
+                            conn->epoch, 0, c->n, ferry__stg_cookie(ctx, op), c->bytes,
+                            conn->id};
+    st = conn_address(ctx, conn);
     if (st == FERRY_OK) {
-        size_t hlen = sizeof(op->hdr.h) + conn->alen;
+        size_t hlen = sizeof(op->hdr.h) + sl + conn->alen;
 
-        memcpy(op->hdr.addr, conn->addr, conn->alen);
+        memcpy(op->hdr.tail, &conn->seal, sl);
+        memcpy(op->hdr.tail + sl, conn->addr, conn->alen);
         if (op->type == STG_AM_WRITE)
             st = send_msg(op, conn->uc->ep, STG_AM_WRITE, hlen,
                           stg_slot(op->pool, op->slot) - tlen, tlen + c->bytes,
@@ -312,40 +321,83 @@ void ferry__stg_sent(void *request, ucs_status_t status, void *user_data)
                                                            op->plan->run.conn->uc->peer_name));
 }
 
+/* For a context with a secret: whether a reply's seal (NULL: none) vouches
+ * for its header; warns with the reason when not. */
+static bool reply_sealed(stg_ctx_t *ctx, const stg_hdr_t *h, const stg_seal_t *seal)
+{
+    uint8_t mac[FERRY__MAC_LEN];
+    const char *why = ferry__stg_seal_refusal(ctx, seal);
+
+    if (why == NULL && ferry__stg_reply_mac(ctx, h, mac) < 0)
+        why = ferry_last_error();
+    else if (why == NULL && !ferry__ct_equal(seal->mac, mac, sizeof(mac)))
+        why = "its seal does not verify";
+    if (why != NULL)
+        ferry__warn("staged: dropped a reply: %s", why);
+    return why == NULL;
+}
+
 /* A target's reply: a WRITE chunk's end or a READ chunk's bytes. Runs in
- * progress of a connection's worker; returning UCS_OK releases the data. */
+ * progress of a connection's worker; returning UCS_OK releases the data.
+ * Nothing of it is used before its seal (with a secret), its operation,
+ * and the worker it came in on and the connection it names (its
+ * operation's) have been checked. */
 ucs_status_t ferry__stg_on_reply(void *arg, const void *header, size_t header_length,
                                  void *data, size_t length,
                                  const ucp_am_recv_param_t *param)
 {
     stg_ctx_t *ctx = arg;
-    stg_hdr_t h;
+    stg_hdr_t h = {0};
+    stg_seal_t seal;
     stg_op_t *op;
+    stg_conn_t *conn;
     const stg_chunk_t *c;
     ferry_status_t st;
+    bool sealed;
 
     ctx->handled++;
-    if (header_length != sizeof(h) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+    if (header_length >= sizeof(h))
+        memcpy(&h, header, sizeof(h));
+    sealed = h.magic == STG_MAGIC_SEALED;
+    if (header_length != sizeof(h) + (sealed ? sizeof(seal) : 0) ||
+        (h.magic != STG_MAGIC && !sealed) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
         ferry__warn("staged: dropped a reply of %zu header bytes%s: not ferry's "
                     "protocol", header_length,
                     (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ? " sent as a "
                                                                        "rendezvous" : "");
         return UCS_OK;
     }
-    memcpy(&h, header, sizeof(h));
-    op = h.magic == STG_MAGIC ? ferry__stg_op_find(ctx, h.cookie) : NULL;
+    if (sealed)
+        memcpy(&seal, (const uint8_t *)header + sizeof(h), sizeof(seal));
+    /* Without a secret a seal is skipped: the network is trusted. */
+    if (ctx->stage_mac != NULL && !reply_sealed(ctx, &h, sealed ? &seal : NULL))
+        return UCS_OK;
+    op = ferry__stg_op_find(ctx, h.cookie);
     if (op == NULL || op->target || op->type != h.type ||
         (op->state != STG_WAITING && op->state != STG_SENDING) ||
         (op->type == STG_AM_WRITE && op->acked)) {
         ferry__debug("staged: dropped a late or unknown reply");
         return UCS_OK;
     }
-    op->plan->run.conn->events++;
+    conn = op->plan->run.conn;
+    /* A reply comes only on the worker its chunk left from, naming that
+     * connection and epoch: a peer cannot end another connection's chunks
+     * (the worker is known only inside its progress, ucx.h). */
+    if (conn->uc->worker != ctx->ucx->current || h.conn_id != conn->id ||
+        h.epoch != conn->epoch) {
+        ferry__warn("staged: dropped a reply for a chunk to peer '%s' that %s",
+                    conn->uc->peer_name,
+                    conn->uc->worker != ctx->ucx->current
+                        ? "came in on another connection's worker"
+                        : "names another connection or epoch");
+        return UCS_OK;
+    }
+    conn->events++;
     c = &op->plan->chunks[op->chunk];
     if (h.status < 0) {
         st = h.status >= FERRY_ERR_SYSTEM ? h.status : FERRY_ERR_PROTOCOL;
         (void)ferry__error(st, "staged: peer '%s' could not serve a chunk of %llu "
-                           "bytes: %s", op->plan->run.conn->uc->peer_name,
+                           "bytes: %s", conn->uc->peer_name,
                            (unsigned long long)c->bytes, ferry_status_str(st));
         if (op->req != NULL)
             op->req = NULL; /* the send's completion finds no op */
@@ -376,7 +428,7 @@ ucs_status_t ferry__stg_on_reply(void *arg, const void *header, size_t header_le
 
 bad:
     st = ferry__error(FERRY_ERR_PROTOCOL, "staged: peer '%s' answered a chunk of %llu "
-                      "bytes with %zu (header %llu)", op->plan->run.conn->uc->peer_name,
+                      "bytes with %zu (header %llu)", conn->uc->peer_name,
                       (unsigned long long)c->bytes, length, (unsigned long long)h.bytes);
     op->req = NULL;
     chunk_end(ctx, op, st);

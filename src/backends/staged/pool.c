@@ -107,6 +107,8 @@ ferry_status_t ferry__stg_op_new(stg_ctx_t *ctx, stg_op_t **op_p)
     uint32_t gen;
 
     if (ctx->nfreeops == 0) {
+        uint32_t gens[STG_OPS_BLOCK];
+
         /* Operations live in blocks that never move: lists link them and
          * callers hold them across the allocation of others. */
         size_t nb = ctx->capops / STG_OPS_BLOCK;
@@ -120,11 +122,15 @@ ferry_status_t ferry__stg_op_new(stg_ctx_t *ctx, stg_op_t **op_p)
         if (fr == NULL)
             return ferry__error(FERRY_ERR_NO_MEMORY, "staged: no memory");
         ctx->freeops = fr;
+        /* Each slot's generation starts anywhere: a cookie (index and
+         * generation) that a peer could guess would let it end an
+         * operation with a reply of its own. */
+        FERRY_CHECK(ferry__random(gens, sizeof(gens)));
         blocks[nb] = calloc(STG_OPS_BLOCK, sizeof(stg_op_t));
         if (blocks[nb] == NULL)
             return ferry__error(FERRY_ERR_NO_MEMORY, "staged: no memory");
         for (size_t i = STG_OPS_BLOCK; i-- > 0;) {
-            blocks[nb][i].gen = 1;
+            blocks[nb][i].gen = gens[i];
             blocks[nb][i].index = (uint32_t)(ctx->capops + i);
             ctx->freeops[ctx->nfreeops++] = (uint32_t)(ctx->capops + i);
         }

@@ -14,8 +14,9 @@
  * connections, peer liveness and aborts are the UCX backend's), the
  * registrations and keys (a key names a registration of the target by
  * token and generation: the target checks every piece a peer names against
- * its own registrations before it copies), connections, progress, aborts
- * and the ops table.
+ * its own registrations before it copies), the MACs of the seals (with the
+ * job secret's stage key), connections, progress, aborts and the ops
+ * table.
  *
  * The target's part needs the target's agent driven (its progress thread,
  * ferry_agent_progress() or a wait), unlike the RMA of the UCX backend.
@@ -50,7 +51,8 @@ static ferry_status_t stg_config(stg_ctx_t *ctx)
     return FERRY_OK;
 }
 
-static ferry_status_t stg_init(const char *agent_name, void **ctx_p)
+static ferry_status_t stg_init(const char *agent_name, const ferry__secret_t *secret,
+                               void **ctx_p)
 {
     static const struct {
         unsigned id;
@@ -66,12 +68,15 @@ static ferry_status_t stg_init(const char *agent_name, void **ctx_p)
     if (ctx == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "staged: no memory for a context");
     ctx->pin = true;
+    ctx->secret = secret;
     ferry__list_init(&ctx->runs);
     ferry__list_init(&ctx->conns);
     ferry__list_init(&ctx->reps);
     ferry__list_init(&ctx->waitq[0]);
     ferry__list_init(&ctx->waitq[1]);
     st = stg_config(ctx);
+    if (st == FERRY_OK && secret->set)
+        st = ferry__mac_key_new(secret->stage_key, &ctx->stage_mac);
     if (st < 0) {
         free(ctx);
         return st;
@@ -91,7 +96,7 @@ static ferry_status_t stg_init(const char *agent_name, void **ctx_p)
 
     st = ferry__ucx_init_tls(agent_name, tls, cfg, &ucx);
     if (st < 0) {
-        free(ctx);
+        stg_fini(ctx);
         return st;
     }
     ctx->ucx = ucx;
@@ -169,7 +174,39 @@ static void stg_fini(void *vctx)
         free(ctx->regs[i]);
     free(ctx->regs);
     ferry__stg_ops_free_all(ctx);
+    ferry__mac_key_free(ctx->stage_mac);
     free(ctx);
+}
+
+ferry_status_t ferry__stg_chunk_mac(stg_ctx_t *ctx, uint64_t conn_id, uint16_t epoch,
+                                    const void *addr, size_t alen,
+                                    uint8_t mac[FERRY__MAC_LEN])
+{
+    /* The label keeps a chunk's MAC from ever passing as a reply's. */
+    const ferry__mac_part_t parts[] = {{"chunk", 5},
+                                       {&conn_id, sizeof(conn_id)},
+                                       {&epoch, sizeof(epoch)},
+                                       {addr, alen}};
+
+    return ferry__mac_with(ctx->stage_mac, parts, sizeof(parts) / sizeof(parts[0]), mac);
+}
+
+ferry_status_t ferry__stg_reply_mac(stg_ctx_t *ctx, const stg_hdr_t *h,
+                                    uint8_t mac[FERRY__MAC_LEN])
+{
+    const ferry__mac_part_t parts[] = {{"reply", 5}, {h, sizeof(*h)}};
+
+    return ferry__mac_with(ctx->stage_mac, parts, sizeof(parts) / sizeof(parts[0]), mac);
+}
+
+const char *ferry__stg_seal_refusal(const stg_ctx_t *ctx, const stg_seal_t *seal)
+{
+    if (seal == NULL)
+        return "it is not sealed, and this agent has a job secret (FERRY_JOB_SECRET): "
+               "is the peer's unset?";
+    if (!ferry__ct_equal(seal->key_id, ctx->secret->id, sizeof(seal->key_id)))
+        return "it is sealed with another secret than this agent's (another job's?)";
+    return NULL;
 }
 
 static bool stg_supports_kind(void *vctx, ferry_mem_kind_t kind)

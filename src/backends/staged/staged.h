@@ -25,7 +25,8 @@
  *                 or a READ chunk's bytes (or its error)
  *
  * A WRITE or READ message's header is the stg_hdr_t followed by the UCX
- * address of the worker the initiator's connection sends from. The target
+ * address of the worker the initiator's connection sends from; with a job
+ * secret, a seal (stg_seal_t) comes between them (below). The target
  * replies on an endpoint of its own to that worker (stg_rep_t), one per
  * connection and epoch, never on the message's reply endpoint: UCX owns
  * that one and frees it when the initiator's worker goes (an abort), which
@@ -35,12 +36,27 @@
  * dropped (the initiator has aborted: nobody waits for them).
  *
  * The header's cookie names the initiator's operation (stg_op_t, by index
- * and generation) and comes back in the reply, which is checked against the
- * operation before anything of it is used: a late reply to an aborted
- * operation is dropped. Its connection id and epoch (bumped each time the
- * initiator reconnects after an abort) let the target drop a chunk that
- * an aborted connection left on the way and that arrives after one of its
- * successor's: the old bytes never land over the retry's.
+ * and generation, which starts at a random value in each slot) and comes
+ * back in the reply, which is checked against the operation before
+ * anything of it is used: a late reply to an aborted operation is dropped,
+ * and so is one that arrives on a worker other than its connection's (one
+ * peer cannot end another's chunks). Its connection id and epoch (bumped
+ * each time the initiator reconnects after an abort) let the target drop
+ * a chunk that an aborted connection left on the way and that arrives
+ * after one of its successor's: the old bytes never land over the retry's.
+ * A reply echoes them, and the initiator checks them too.
+ *
+ * Seals (docs/STAGING.md). With a job secret every WRITE and READ header
+ * is sealed (magic STG_MAGIC_SEALED, then stg_seal_t: the secret's key id
+ * and an HMAC-SHA-256 with its stage_key over "chunk", the connection id,
+ * the epoch and the worker address), made once per connection epoch; a
+ * target with a secret checks it before anything of the header is used
+ * and drops a chunk that fails, without a reply: the address reaches UCX
+ * only once its seal verifies, and a forger cannot touch an epoch or an
+ * endpoint. A reply is sealed too (HMAC over "reply" and its 40-byte
+ * header) and an initiator with a secret drops one that is not. A party
+ * without a secret skips a seal (and sends none): without a secret the
+ * network is trusted, the worker address included.
  *
  * Flow control. An initiator keeps at most FERRY_STAGE_CHUNKS chunks in
  * flight to one peer (the connection's credits) and a chunk needs a bounce
@@ -63,6 +79,7 @@
 #include "backends/ucx/ucx.h"
 #include "cuda/cuda.h"
 #include "util/list.h"
+#include "util/secret.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -73,7 +90,8 @@
 #define STG_AM_READ 0x4e48u
 #define STG_AM_REPLY 0x4e49u
 
-#define STG_MAGIC 0x47545346u /* "FSTG" */
+#define STG_MAGIC 0x47545346u        /* "FSTG": unsealed */
+#define STG_MAGIC_SEALED 0x53545346u /* "FSTS": a stg_seal_t follows the header */
 
 /* The most pieces one chunk carries: bounds a chunk's table (96 KiB). */
 #define STG_MAX_PIECES 4096u
@@ -96,17 +114,25 @@ typedef struct stg_hdr {
     uint64_t conn_id;  /* WRITE, READ: the initiator's connection (random) */
 } stg_hdr_t;
 
+_Static_assert(sizeof(stg_hdr_t) == 40, "the header is 40 bytes on the wire");
+
+/* A seal: which secret made it, and the MAC (40 bytes on the wire). */
+typedef struct stg_seal {
+    uint8_t key_id[FERRY__KEY_ID_LEN]; /* ferry__secret_t.id */
+    uint8_t mac[FERRY__MAC_LEN];
+} stg_seal_t;
+
 /* The longest worker address a WRITE or READ header carries. */
 #define STG_ADDR_MAX 4096u
 
-/* A WRITE or READ message's header as an initiator's op sends it: the
- * stg_hdr_t, then its connection's worker address (alen bytes). */
+/* A message's header as an op sends it: the stg_hdr_t, then, sealed, the
+ * stg_seal_t, then (WRITE, READ) the connection's worker address. */
 typedef struct stg_msg_hdr {
     stg_hdr_t h;
-    uint8_t addr[STG_ADDR_MAX];
+    uint8_t tail[sizeof(stg_seal_t) + STG_ADDR_MAX];
 } stg_msg_hdr_t;
-_Static_assert(offsetof(stg_msg_hdr_t, addr) == sizeof(stg_hdr_t),
-               "the address follows the header");
+_Static_assert(offsetof(stg_msg_hdr_t, tail) == sizeof(stg_hdr_t),
+               "the seal or the address follows the header");
 
 /* A target's endpoint to an initiator connection's worker, for the
  * replies to that connection's chunks of one epoch (target.c). */
@@ -118,6 +144,8 @@ typedef struct stg_rep {
                            epoch came: replies to it are dropped */
     unsigned refs;      /* target ops that hold it */
     ferry__list_t link; /* ctx->reps */
+    uint8_t mac[FERRY__MAC_LEN]; /* with a secret: the seal that opened it,
+                                    which later chunks of the epoch repeat */
 } stg_rep_t;
 
 /* How many initiator connections a target remembers the epoch of. */
@@ -276,11 +304,14 @@ typedef struct stg_conn {
     unsigned runs;        /* runs posted on it and not ended */
     uint8_t *addr;        /* the address of its worker, sent in every chunk */
     size_t alen;
-    uint16_t addr_epoch;  /* the epoch addr is of */
+    uint16_t addr_epoch;  /* the epoch addr and seal are of */
+    stg_seal_t seal;      /* with a secret: addr's seal, sent in every chunk */
 } stg_conn_t;
 
 typedef struct stg_ctx {
     ucx_ctx_t *ucx;       /* its own UCX context and worker */
+    const ferry__secret_t *secret; /* the agent's: seals, when set */
+    ferry__mac_key_t *stage_mac;   /* its stage_key, readied (set only) */
     uint64_t chunk;       /* FERRY_STAGE_CHUNK */
     unsigned credits;     /* FERRY_STAGE_CHUNKS */
     bool pin;             /* pools page-locked when CUDA is loaded */
@@ -352,6 +383,18 @@ void ferry__stg_events_drop(stg_ctx_t *ctx, stg_op_t *op);
 /* Waits for every copy on the context's streams (before an abort frees
  * buffers that copies may still use). */
 void ferry__stg_copies_sync(stg_ctx_t *ctx);
+
+/* staged.c: the MAC of a chunk's seal (conn id, epoch, worker address) and
+ * of a reply's (its header), with the context's stage key. */
+ferry_status_t ferry__stg_chunk_mac(stg_ctx_t *ctx, uint64_t conn_id, uint16_t epoch,
+                                    const void *addr, size_t alen,
+                                    uint8_t mac[FERRY__MAC_LEN]);
+ferry_status_t ferry__stg_reply_mac(stg_ctx_t *ctx, const stg_hdr_t *h,
+                                    uint8_t mac[FERRY__MAC_LEN]);
+/* For a context with a secret: why a message's seal (NULL: it has none)
+ * cannot vouch for it before its MAC is even looked at (not sealed, or
+ * by another secret), or NULL when its MAC is to be checked. */
+const char *ferry__stg_seal_refusal(const stg_ctx_t *ctx, const stg_seal_t *seal);
 
 /* initiator.c. */
 ferry_status_t ferry__stg_post(void *vctx, void *vconn, void *plan, ferry_xfer_op_t op,

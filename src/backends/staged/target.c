@@ -18,6 +18,12 @@
  * Replies go on an endpoint of the target's own to the initiator
  * connection's worker (stg_rep_t, staged.h says why), opened when the
  * connection's first chunk of an epoch comes and closed once dead.
+ *
+ * With a job secret, a chunk's seal is checked first, before its epoch is
+ * recorded, an endpoint is looked up, opened or marked dead, or any of it
+ * reaches UCX (check_seal); a chunk that fails is dropped with a warning
+ * and no reply (there is no trusted address to send one to: its
+ * initiator's stall timeout ends the request). Replies are sealed.
  */
 #include "backends/staged/staged.h"
 #include "util/log.h"
@@ -38,11 +44,27 @@ static void rep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
     rep->dead = true;
 }
 
+/* The reply endpoint of connection id at epoch, if one is open (it may be
+ * dead), changing nothing. */
+static stg_rep_t *rep_find(stg_ctx_t *ctx, uint64_t id, uint16_t epoch)
+{
+    ferry__list_t *l, *tmp;
+
+    ferry__list_each(l, tmp, &ctx->reps) {
+        stg_rep_t *rep = ferry__container_of(l, stg_rep_t, link);
+
+        if (rep->id == id && rep->epoch == epoch)
+            return rep;
+    }
+    return NULL;
+}
+
 /* The reply endpoint of connection id at epoch, to the worker at addr
- * (alen bytes), opened if need be (dead if it failed since): NULL when it
- * cannot be. */
+ * (alen bytes), opened if need be (dead if it failed since), with mac the
+ * seal that vouched for addr (NULL without a secret): NULL when it cannot
+ * be. */
 static stg_rep_t *rep_get(stg_ctx_t *ctx, uint64_t id, uint16_t epoch, const void *addr,
-                          size_t alen)
+                          size_t alen, const uint8_t *mac)
 {
     ucp_ep_params_t ep = {0};
     ferry__list_t *l, *tmp;
@@ -74,6 +96,8 @@ static stg_rep_t *rep_get(stg_ctx_t *ctx, uint64_t id, uint16_t epoch, const voi
     }
     rep->id = id;
     rep->epoch = epoch;
+    if (mac != NULL)
+        memcpy(rep->mac, mac, sizeof(rep->mac));
     ferry__list_add(&ctx->reps, &rep->link);
     return rep;
 }
@@ -131,9 +155,23 @@ static void reply(stg_ctx_t *ctx, stg_op_t *op, ferry_status_t status, const voi
         ferry__stg_op_free(ctx, op);
         return;
     }
-    op->hdr.h = (stg_hdr_t){STG_MAGIC, op->type, 0, status, 0, op->cookie,
-                            status < 0 ? 0 : op->bytes, 0};
-    sp = ferry__stg_am_send(op, op->rep->ep, STG_AM_REPLY, &op->hdr.h, sizeof(op->hdr.h),
+    /* The connection and epoch go back too: the initiator checks them. */
+    op->hdr.h = (stg_hdr_t){ctx->stage_mac != NULL ? STG_MAGIC_SEALED : STG_MAGIC,
+                            op->type, op->rep->epoch, status, 0, op->cookie,
+                            status < 0 ? 0 : op->bytes, op->rep->id};
+    if (ctx->stage_mac != NULL) {
+        stg_seal_t seal;
+
+        memcpy(seal.key_id, ctx->secret->id, sizeof(seal.key_id));
+        if (ferry__stg_reply_mac(ctx, &op->hdr.h, seal.mac) < 0) {
+            ferry__warn("staged: a reply was not sealed, nor sent: %s", ferry_last_error());
+            ferry__stg_op_free(ctx, op);
+            return;
+        }
+        memcpy(op->hdr.tail, &seal, sizeof(seal));
+    }
+    sp = ferry__stg_am_send(op, op->rep->ep, STG_AM_REPLY, &op->hdr,
+                            sizeof(op->hdr.h) + (ctx->stage_mac != NULL ? sizeof(stg_seal_t) : 0),
                             data, status < 0 ? 0 : len);
     if (UCS_PTR_IS_PTR(sp)) {
         op->req = sp;
@@ -291,6 +329,33 @@ static bool stale_epoch(stg_ctx_t *ctx, uint64_t id, uint16_t epoch)
     return false;
 }
 
+/*
+ * Whether a chunk's seal (NULL: it has none) vouches for its connection,
+ * epoch and worker address (alen bytes at addr), for a target with a
+ * secret; warns with the reason when not. Changes nothing: it runs before
+ * anything of the chunk is used. The first chunk of an epoch has its MAC
+ * computed; the later ones repeat the seal that opened the epoch's reply
+ * endpoint, which a constant-time comparison checks.
+ */
+static bool check_seal(stg_ctx_t *ctx, const stg_hdr_t *h, const stg_seal_t *seal,
+                       const void *addr, size_t alen)
+{
+    const char *why = ferry__stg_seal_refusal(ctx, seal);
+    const stg_rep_t *rep = why == NULL ? rep_find(ctx, h->conn_id, h->epoch) : NULL;
+    uint8_t mac[FERRY__MAC_LEN];
+
+    if (rep != NULL)
+        memcpy(mac, rep->mac, sizeof(mac));
+    else if (why == NULL && ferry__stg_chunk_mac(ctx, h->conn_id, h->epoch, addr, alen, mac) < 0)
+        why = ferry_last_error();
+    if (why == NULL && !ferry__ct_equal(seal->mac, mac, sizeof(mac)))
+        why = "its seal does not verify";
+    if (why != NULL)
+        ferry__warn("staged: dropped a chunk (%zu address bytes), without a reply: %s",
+                    alen, why);
+    return why == NULL;
+}
+
 /* A chunk from an initiator (STG_AM_WRITE or STG_AM_READ), in progress of
  * this context's worker. Returns UCS_INPROGRESS when it keeps the data to
  * serve the chunk later, UCS_OK when done with it. */
@@ -299,22 +364,36 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
                                    const ucp_am_recv_param_t *param)
 {
     stg_ctx_t *ctx = arg;
-    stg_hdr_t h;
+    stg_hdr_t h = {0};
+    stg_seal_t seal;
     stg_op_t *op;
     stg_pool_t *pool;
     unsigned slot;
     ferry_status_t st;
-    bool ok;
+    size_t off = sizeof(h);
+    bool ok, sealed = false;
 
     ctx->handled++;
-    if (header_length <= sizeof(h) || header_length > sizeof(h) + STG_ADDR_MAX ||
-        (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+    if (header_length >= sizeof(h)) {
+        memcpy(&h, header, sizeof(h));
+        sealed = h.magic == STG_MAGIC_SEALED;
+        off += sealed ? sizeof(seal) : 0;
+    }
+    /* Ferry's magic, a seal if it says so, and an address after them. */
+    if (header_length <= off || header_length > off + STG_ADDR_MAX ||
+        (h.magic != STG_MAGIC && !sealed) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
         ferry__warn("staged: dropped a chunk that is not ferry's protocol (%zu header "
                     "bytes, %zu data bytes)", header_length, length);
         return UCS_OK;
     }
-    memcpy(&h, header, sizeof(h));
-    ok = h.magic == STG_MAGIC && (h.type == STG_AM_WRITE || h.type == STG_AM_READ) &&
+    if (sealed)
+        memcpy(&seal, (const uint8_t *)header + sizeof(h), sizeof(seal));
+    /* Without a secret a seal is skipped: the network is trusted. */
+    if (ctx->stage_mac != NULL &&
+        !check_seal(ctx, &h, sealed ? &seal : NULL, (const uint8_t *)header + off,
+                    header_length - off))
+        return UCS_OK;
+    ok = (h.type == STG_AM_WRITE || h.type == STG_AM_READ) &&
          h.npieces >= 1 && h.npieces <= STG_MAX_PIECES &&
          length == (size_t)h.npieces * sizeof(stg_piece_t) +
                        (h.type == STG_AM_WRITE ? h.bytes : 0);
@@ -331,11 +410,8 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
     op->target = true;
     op->type = h.type == STG_AM_READ ? STG_AM_READ : STG_AM_WRITE;
     op->cookie = h.cookie;
-    /* Without ferry's magic, the address is not trusted: no reply. */
-    op->rep = h.magic == STG_MAGIC ? rep_get(ctx, h.conn_id, h.epoch,
-                                             (const uint8_t *)header + sizeof(h),
-                                             header_length - sizeof(h))
-                                   : NULL;
+    op->rep = rep_get(ctx, h.conn_id, h.epoch, (const uint8_t *)header + off,
+                      header_length - off, ctx->stage_mac != NULL ? seal.mac : NULL);
     if (op->rep != NULL)
         op->rep->refs++;
     if (op->rep != NULL && op->rep->dead) {

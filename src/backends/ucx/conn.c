@@ -198,7 +198,7 @@ static void ucx_log_install(void)
  * replies (ucp_ep_destroy_base). Without error handling UCX refuses the
  * force; an endpoint over shared memory keeps no such list.
  */
-static void ucx_worker_drop(ucp_worker_h worker, ucp_ep_h ep)
+static void ucx_worker_drop(ucx_ctx_t *ctx, ucp_worker_h worker, ucp_ep_h ep)
 {
     pthread_once(&ucx_log_once, ucx_log_install);
     ucx_aborting = true;
@@ -213,7 +213,7 @@ static void ucx_worker_drop(ucp_worker_h worker, ucp_ep_h ep)
              * endpoint's own teardown. */
             while (ucp_request_check_status(req) == UCS_INPROGRESS &&
                    ferry__now_ns() < deadline)
-                ucp_worker_progress(worker);
+                ferry__ucx_worker_progress(ctx, worker);
             ucp_request_free(req);
         }
     }
@@ -264,7 +264,7 @@ static ucp_ep_h ucx_ep_forcible(const ucx_conn_t *conn)
 /* Keeps the connection's worker, retired (see the top of this file), and
  * destroys the oldest retired one beyond UCX_RETIRED_MAX; returns false if
  * it could not be kept. */
-static bool ucx_retire(ucx_conn_t *conn)
+static bool ucx_retire(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
     ucx_retired_t *r = malloc(sizeof(*r));
 
@@ -275,7 +275,7 @@ static bool ucx_retire(ucx_conn_t *conn)
 
         ferry__list_del(&old->link);
         conn->nretired--;
-        ucx_worker_drop(old->worker, old->ep);
+        ucx_worker_drop(ctx, old->worker, old->ep);
         free(old);
     }
     r->worker = conn->worker;
@@ -288,13 +288,13 @@ static bool ucx_retire(ucx_conn_t *conn)
 }
 
 /* Destroys the connection's retired workers (it closes). */
-static void ucx_retired_drop(ucx_conn_t *conn)
+static void ucx_retired_drop(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
     while (!ferry__list_empty(&conn->retired)) {
         ucx_retired_t *r = ferry__container_of(conn->retired.next, ucx_retired_t, link);
 
         ferry__list_del(&r->link);
-        ucx_worker_drop(r->worker, r->ep);
+        ucx_worker_drop(ctx, r->worker, r->ep);
         free(r);
     }
     conn->nretired = 0;
@@ -378,7 +378,7 @@ err_worker:
 /* Closes an idle endpoint politely, for a bounded time, spinning on its
  * worker under the agent's lock: only where the close cannot be kept for
  * later (ucx_close_later: no memory), and for a loopback connection. */
-static void ucx_ep_close(ucx_conn_t *conn)
+static void ucx_ep_close(ucx_ctx_t *ctx, ucx_conn_t *conn)
 {
     ucp_request_param_t p = {0};
     ucs_status_ptr_t req = ucp_ep_close_nbx(conn->ep, &p);
@@ -387,7 +387,7 @@ static void ucx_ep_close(ucx_conn_t *conn)
     if (UCS_PTR_IS_PTR(req)) {
         while (ucp_request_check_status(req) == UCS_INPROGRESS &&
                ferry__now_ns() < deadline)
-            ucp_worker_progress(conn->worker);
+            ferry__ucx_worker_progress(ctx, conn->worker);
         if (ucp_request_check_status(req) == UCS_INPROGRESS)
             ferry__debug("ucx: closing the endpoint to peer '%s' did not finish; "
                          "destroying its worker", conn->peer_name);
@@ -436,7 +436,7 @@ static bool ucx_close_later(ucx_ctx_t *ctx, ucx_conn_t *conn)
             ferry__debug("ucx: ucp_ep_close_nbx (peer '%s'): %s", conn->peer_name,
                          ucs_status_string(UCS_PTR_STATUS(req)));
         free(c);
-        ucx_worker_drop(conn->worker, NULL);
+        ucx_worker_drop(ctx, conn->worker, NULL);
         return true;
     }
     c->worker = conn->worker;
@@ -462,7 +462,7 @@ void ferry__ucx_closing_progress(ucx_ctx_t *ctx, bool drain)
         ferry__list_each(l, tmp, &ctx->closing) {
             ucx_closing_t *c = ferry__container_of(l, ucx_closing_t, link);
 
-            ucp_worker_progress(c->worker);
+            ferry__ucx_worker_progress(ctx, c->worker);
             if (ucp_request_check_status(c->req) == UCS_INPROGRESS) {
                 if (ferry__now_ns() < c->deadline)
                     continue;
@@ -471,7 +471,7 @@ void ferry__ucx_closing_progress(ucx_ctx_t *ctx, bool drain)
             }
             ucp_request_free(c->req);
             ferry__list_del(&c->link);
-            ucx_worker_drop(c->worker, NULL);
+            ucx_worker_drop(ctx, c->worker, NULL);
             /* What did not leave went with the worker (a message whose
              * callback ran has left the list). */
             while (!ferry__list_empty(&c->sends)) {
@@ -520,7 +520,7 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
     }
     if (!conn->own_worker) {
         /* Only the last close: a loopback connection is never aborted. */
-        ucx_ep_close(conn);
+        ucx_ep_close(ctx, conn);
         conn->worker = NULL;
         conn->ep = NULL;
         return;
@@ -535,12 +535,12 @@ static void ucx_disconnect(ucx_ctx_t *ctx, ucx_conn_t *conn, bool polite)
             conn->ep = NULL;
             return;
         }
-        ucx_ep_close(conn); /* which also lets queued messages leave */
+        ucx_ep_close(ctx, conn); /* which also lets queued messages leave */
     }
     /* A dead peer reads nothing more: its sockets may close. */
     if (polite || !conn->tcp || !ctx->retire_tcp || conn->failed != UCS_OK ||
-        !ucx_retire(conn))
-        ucx_worker_drop(conn->worker, polite ? NULL : ucx_ep_forcible(conn));
+        !ucx_retire(ctx, conn))
+        ucx_worker_drop(ctx, conn->worker, polite ? NULL : ucx_ep_forcible(conn));
     conn->worker = NULL;
     conn->ep = NULL;
 }
@@ -721,7 +721,7 @@ void ferry__ucx_conn_close(void *vctx, void *vconn)
         (void)ucx_orphan_first(conn);
     ucx_disconnect(ctx, conn, true);
     ferry__ucx_sends_drop(conn, conn->own_worker);
-    ucx_retired_drop(conn);
+    ucx_retired_drop(ctx, conn);
     ferry__list_del(&conn->link);
     free(conn);
 }

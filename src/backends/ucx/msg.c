@@ -101,7 +101,7 @@ static void ucx_send_see_out(ucx_ctx_t *ctx, ucx_conn_t *conn)
         uint64_t now = ferry__now_ns();
         struct pollfd pfd = {conn->efd, POLLIN, 0};
 
-        conn->events += ucp_worker_progress(conn->worker);
+        conn->events += ferry__ucx_worker_progress(ctx, conn->worker);
         if (ferry__list_empty(&conn->sends) || now >= end)
             break;
         /* A loopback connection has no fd of its own: it only polls. */

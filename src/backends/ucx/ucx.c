@@ -81,8 +81,8 @@ static ucs_status_t ucx_anchor_drive(ucx_ctx_t *ctx, ucs_status_ptr_t req)
         return UCS_PTR_STATUS(req);
     while ((s = ucp_request_check_status(req)) == UCS_INPROGRESS &&
            ferry__now_ns() < deadline) {
-        ucp_worker_progress(ctx->worker);
-        ucp_worker_progress(ctx->anchor);
+        ferry__ucx_worker_progress(ctx, ctx->worker);
+        ferry__ucx_worker_progress(ctx, ctx->anchor);
     }
     ucp_request_free(req);
     return s;
@@ -363,8 +363,10 @@ err_free:
     return st;
 }
 
-static ferry_status_t ucx_init(const char *agent_name, void **ctx_p)
+static ferry_status_t ucx_init(const char *agent_name, const ferry__secret_t *secret,
+                               void **ctx_p)
 {
+    (void)secret; /* UCX's own messages carry nothing a peer could misuse */
     return ferry__ucx_init_tls(agent_name, ferry__config_get("FERRY_UCX_TLS"), NULL, ctx_p);
 }
 
@@ -407,6 +409,17 @@ static ferry_status_t ucx_pack_address(void *vctx, ferry__wbuf_t *out)
     return FERRY_OK;
 }
 
+unsigned ferry__ucx_worker_progress(ucx_ctx_t *ctx, ucp_worker_h worker)
+{
+    ucp_worker_h outer = ctx->current;
+    unsigned n;
+
+    ctx->current = worker;
+    n = ucp_worker_progress(worker);
+    ctx->current = outer;
+    return n;
+}
+
 /* Every worker, every time: an idle one costs a few nanoseconds, and one
  * left unprogressed could keep its event fd readable for the sleepers. */
 static unsigned ucx_progress(void *vctx)
@@ -418,7 +431,7 @@ static unsigned ucx_progress(void *vctx)
     /* Callbacks may send messages (msg.c), which must not progress a
      * worker from inside its own progress. */
     ctx->progressing = true;
-    n = ucp_worker_progress(ctx->worker);
+    n = ferry__ucx_worker_progress(ctx, ctx->worker);
     shared = n;
 
     ferry__list_each(l, tmp, &ctx->conns) {
@@ -427,7 +440,7 @@ static unsigned ucx_progress(void *vctx)
         if (!c->own_worker) {
             c->events += shared;
         } else if (c->worker != NULL) {
-            unsigned k = ucp_worker_progress(c->worker);
+            unsigned k = ferry__ucx_worker_progress(ctx, c->worker);
 
             c->events += k;
             n += k;

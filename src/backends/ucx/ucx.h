@@ -78,6 +78,9 @@ typedef struct ucx_ctx {
     ucp_am_handler_param_t am[UCX_MAX_AM];
     unsigned nam;
     bool progressing; /* inside ucp_worker_progress: no nested progress */
+    /* The worker inside ferry__ucx_worker_progress now, else NULL: its
+     * callbacks learn which connection a message came in on. */
+    ucp_worker_h current;
 } ucx_ctx_t;
 
 typedef struct ucx_reg {
@@ -144,6 +147,13 @@ typedef struct ucx_conn {
 /* ucx.c: records "ucx: <call>: <ucs text>" (and the peer, if not NULL) and
  * returns the mapped status. */
 ferry_status_t ferry__ucx_error(ucs_status_t s, const char *call, const char *peer);
+
+/* ucx.c: ucp_worker_progress(worker), with ctx->current set to worker
+ * meanwhile (and restored after), so that an active-message handler can
+ * tell which connection's worker a message arrived on (the staged
+ * backend's replies must come in on their own connection's). Every
+ * progress of this backend's workers goes through here. */
+unsigned ferry__ucx_worker_progress(ucx_ctx_t *ctx, ucp_worker_h worker);
 
 /* ucx.c: a context whose UCP context selects the transports tls (UCX_TLS
  * syntax; empty: UCX's choice) instead of FERRY_UCX_TLS's, with the UCX
