@@ -261,7 +261,10 @@ FERRY_API ferry_status_t ferry_mem_alloc(ferry_agent_t *agent, size_t len,
  * registrations inside it remain (deregister them first),
  * FERRY_ERR_NOT_FOUND for an address that ferry_mem_alloc() did not return
  * on this agent or that was freed already, FERRY_ERR_INVALID for a NULL
- * agent. Any thread.
+ * agent. GPU memory is freed once its device's work has ended, as
+ * cudaFree() does: kernels and copies still queued on it finish first (the
+ * call waits for them). The agent's destruction frees what is left the
+ * same way. Any thread.
  */
 FERRY_API ferry_status_t ferry_mem_free(ferry_agent_t *agent, void *addr);
 
