@@ -10,7 +10,8 @@
  *             address bytes (unsealed, and sealed with a random MAC),
  *             truncated headers, wrong magic, sealed with another key id,
  *             unsealed, a bad MAC (a bit flipped after sealing), a forged
- *             higher epoch and a wrong MAC for the live connection. None
+ *             higher epoch and a wrong MAC for the live connection, and
+ *             its earlier epochs correctly sealed, some malformed. None
  *             gets a reply, none writes (their WRITEs name a span of the
  *             target's memory that must keep its pattern), the target
  *             does not crash; then one correctly sealed header (the test
@@ -21,8 +22,9 @@
  *             another connection's: the READ completes with the real bytes.
  *   nosecret  neither has a secret: the network is trusted and a header's
  *             worker address goes to UCX as it is, so random addresses
- *             are not sent (UCX 1.13 aborts on most). Truncated headers
- *             and wrong magic are dropped; sealed headers (any key id and
+ *             are not sent (UCX 1.13 aborts on most). Truncated headers,
+ *             wrong magic and the live connection's earlier epochs are
+ *             dropped; sealed headers (any key id and
  *             MAC) with a good address are served (an error reply: the
  *             seal was skipped, not taken for an address); forged replies
  *             with guessed cookies, and the exact cookie on another
@@ -262,6 +264,20 @@ static int send_chunks(xr_sender_t *r, const stg_conn_t *live, const void *raddr
         s = random_seal(1);
         forge(r, &h, &s, i % 2 ? junk : raddr, i % 2 ? alen : ralen, SIZE_MAX,
               rkey.token);
+    }
+    for (int i = 0; i < 8; i++, sent++) {
+        /* The live connection's earlier epochs, correctly sealed (the seal
+         * a replay of a captured chunk carries), half of them malformed (a
+         * replay may change what the seal does not cover): stale, dropped
+         * without a reply, the live epoch's endpoint untouched. */
+        h = hdr(with_secret ? STG_MAGIC_SEALED : STG_MAGIC, live->id,
+                (uint16_t)(live->epoch - 1 - i));
+        if (i % 2)
+            h.npieces = i % 4 == 1 ? 0 : STG_MAX_PIECES + 1;
+        memcpy(s.key_id, sec.id, sizeof(s.key_id));
+        if (with_secret)
+            chunk_mac(h.conn_id, h.epoch, raddr, ralen, s.mac);
+        forge(r, &h, with_secret ? &s : NULL, raddr, ralen, SIZE_MAX, rkey.token);
     }
     printf("test_staged_forge: %d malformed or forged chunk headers sent\n", sent);
     if (with_secret)

@@ -88,7 +88,9 @@ typedef struct ferry_agent_params {
      * too, and nothing touches their memory afterwards). Headway is any
      * event the transport handles for that peer (a fragment sent, an
      * acknowledgement received); a stopped or unreachable peer makes none,
-     * a busy one does. The check runs in progress (ferry_xfer_wait, test,
+     * a busy one does. A staged request that waits for bounce buffers
+     * which requests to other peers hold is not stalled either
+     * (docs/STAGING.md). The check runs in progress (ferry_xfer_wait, test,
      * ferry_agent_progress or the progress thread), every stall/8 or 10 ms,
      * whichever is shorter. 0 means never. Default: FERRY_XFER_STALL_MS
      * milliseconds (10 000 unless set in the environment). UCX's keepalive

@@ -397,7 +397,10 @@ ucs_status_t ferry__stg_on_request(void *arg, const void *header, size_t header_
          h.npieces >= 1 && h.npieces <= STG_MAX_PIECES &&
          length == (size_t)h.npieces * sizeof(stg_piece_t) +
                        (h.type == STG_AM_WRITE ? h.bytes : 0);
-    if (ok && stale_epoch(ctx, h.conn_id, h.epoch)) {
+    /* A malformed chunk too: its connection and epoch are what the rest
+     * trusts (a seal vouches for them), and an older epoch's must not
+     * mark the newer one's endpoint dead (rep_get). */
+    if (stale_epoch(ctx, h.conn_id, h.epoch)) {
         /* Its connection is gone: nobody waits for the reply. */
         ferry__debug("staged: dropped a chunk of an aborted connection");
         return UCS_OK;
