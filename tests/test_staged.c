@@ -464,7 +464,7 @@ static void case_share(void)
 
     setenv("FERRY_STAGE_CHUNK", "16m", 1); /* both targets inherit them */
     setenv("FERRY_STAGE_CHUNKS", "2", 1);
-    agent = start(1, 2 * SEC, NULL, &peer);
+    agent = start(1, 5 * SEC, NULL, &peer);
     to.seed = seed;
     to.buf[0] = (xt_buf_opts_t){kind, TCAP, 0, 0};
     ASSERT_TRUE(xt_start(&t2, &to) == 0);
