@@ -36,6 +36,9 @@
  *           buffer: the stall timeout ends the stopped target's WRITE
  *           alone, the other then completes; the first, retried after
  *           SIGCONT, completes too
+ *   secret  a target with a job secret, this agent without: a staged
+ *           prepare is refused (PROTOCOL, naming the secret), a UCX one
+ *           still moves its bytes
  *
  * The target is the shared serving target (target.h) with a progress
  * thread (stop: driven by its control loop instead), and a second process.
@@ -58,6 +61,8 @@ static uint64_t rbase;
 
 /* The target's FERRY_STAGE_CHUNK, if not this process's. */
 static const char *target_chunk;
+/* The target's FERRY_JOB_SECRET (this process has none), or NULL. */
+static const char *target_secret;
 
 static const ferry_xfer_params_t staged = {.field_mask = FERRY_XFER_PARAM_BACKEND,
                                            .backend = FERRY_BACKEND_STAGED};
@@ -82,11 +87,14 @@ static ferry_agent_t *start(int thread, uint64_t stall_ns, const char *target_ch
         setenv("FERRY_STAGE_CHUNKS", target_chunks, 1);
     if (target_chunk != NULL)
         setenv("FERRY_STAGE_CHUNK", target_chunk, 1);
+    if (target_secret != NULL)
+        setenv("FERRY_JOB_SECRET", target_secret, 1);
     ASSERT_TRUE(xt_start(&tgt, &to) == 0);
     if (target_chunks != NULL)
         unsetenv("FERRY_STAGE_CHUNKS");
     if (target_chunk != NULL)
         unsetenv("FERRY_STAGE_CHUNK");
+    unsetenv("FERRY_JOB_SECRET");
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
     if (xm_alloc(&lxb, kind, TCAP) != 0) {
         xt_kill(&tgt);
@@ -441,6 +449,36 @@ static void case_chunk(void)
 }
 
 /*
+ * A target with a job secret and this agent without one (it loads the
+ * sealed blob, which an agent without a secret cannot check): a staged
+ * prepare is refused at once with PROTOCOL naming the secret, where the
+ * target would drop every chunk unread and the request would end only by
+ * the stall timeout. The same range through UCX, which the secret does
+ * not seal, still moves.
+ */
+static void case_secret(void)
+{
+    ferry_peer_t *peer;
+    ferry_agent_t *agent;
+    ferry_desc_t l, r;
+    ferry_xfer_t *x = NULL;
+
+    target_secret = "staged-test-secret-0123456789abcdef";
+    agent = start(1, 0, NULL, &peer);
+    target_secret = NULL;
+    l = xm_desc(kind, lxb.addr + 100, 1u << 20);
+    r = xm_target_desc(kind, rbase + 103, 1u << 20);
+    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer,
+                                                     &r, 1, &staged, &x));
+    EXPECT_ERR_HAS("has a job secret");
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
+                                           NULL, &x));
+    move_and_check(x, FERRY_OP_WRITE, 100, 1u << 20, 70, "a WRITE through UCX");
+    ferry_xfer_release(x);
+    finish(agent, peer, 1);
+}
+
+/*
  * One stopped peer and the shared pool. This process's pools hold two
  * buffers of 16 MiB, more than the loopback socket to a stopped target
  * takes: a 64 MiB WRITE to it keeps both buffers in sends that never end.
@@ -519,7 +557,7 @@ static const struct {
     void (*run)(void);
 } cases[] = {{"pool", case_pool},   {"kill", case_kill},     {"stop", case_stop},
              {"cancel", case_cancel}, {"abort", case_abort}, {"errors", case_errors},
-             {"chunk", case_chunk},   {"share", case_share}};
+             {"chunk", case_chunk},   {"share", case_share},   {"secret", case_secret}};
 
 int main(int argc, char **argv)
 {
@@ -544,6 +582,6 @@ int main(int argc, char **argv)
             return test_finish("test_staged");
         }
     }
-    fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk|share\n", argv[0]);
+    fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk|share|secret\n", argv[0]);
     return 2;
 }

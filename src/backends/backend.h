@@ -78,6 +78,7 @@ typedef struct ferry__bk_peer {
     const char *name; /* for messages */
     bool same_host;   /* same kernel and PID namespace (host identity) */
     int32_t pid;      /* the peer's process id, meaningful when same_host */
+    bool sealed;      /* its blob carries a job secret's seal */
 } ferry__bk_peer_t;
 
 /* The remote region a key opens, as the peer's blob describes it: what a

@@ -55,6 +55,7 @@ ferry_status_t ferry__remote_conn(ferry_agent_t *agent, ferry__remote_t *remote,
         who.name = remote->md.name;
         who.same_host = strcmp(remote->md.host_id, agent->host_id) == 0;
         who.pid = (int32_t)remote->md.pid;
+        who.sealed = remote->md.seal_off != 0;
         FERRY_CHECK(ops->conn_open(agent->bk_ctx[slot], addr->data, addr->len,
                                    &who, &inst->conn[slot]));
     }

@@ -350,6 +350,16 @@ static ferry_status_t stg_conn_open(void *vctx, const uint8_t *addr, size_t len,
     }
     if (conn == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "staged: no memory");
+    /* Its target would drop every unsealed chunk unread, and the requests
+     * would end only by the stall timeout: say so now. (An agent with a
+     * secret loads no unsealed blob, so the other way round cannot come.) */
+    if (peer->sealed && ctx->stage_mac == NULL) {
+        free(conn);
+        return ferry__error(FERRY_ERR_PROTOCOL, "staged: peer '%s' has a job secret (its "
+                            "blob is sealed) and this agent has none: it would drop every "
+                            "staging chunk sent from here; give this process the job's "
+                            "FERRY_JOB_SECRET", peer->name);
+    }
     st = ferry__ucx_ops.conn_open(ctx->ucx, addr, len, peer, &uc);
     if (st < 0) {
         free(conn);
