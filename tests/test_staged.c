@@ -266,7 +266,7 @@ static void case_kill(void)
 static void case_stop(void)
 {
     ferry_peer_t *peer;
-    ferry_agent_t *agent = start(0, SEC / 2, NULL, &peer);
+    ferry_agent_t *agent = start(0, 2 * SEC, NULL, &peer);
 
     for (int op = 0; op < 2; op++) {
         ferry_xfer_op_t xop = op == 0 ? FERRY_OP_WRITE : FERRY_OP_READ;
