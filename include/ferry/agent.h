@@ -264,9 +264,11 @@ FERRY_API ferry_status_t ferry_mem_alloc(ferry_agent_t *agent, size_t len,
  * FERRY_ERR_NOT_FOUND for an address that ferry_mem_alloc() did not return
  * on this agent or that was freed already, FERRY_ERR_INVALID for a NULL
  * agent. GPU memory is freed once its device's work has ended, as
- * cudaFree() does: kernels and copies still queued on it finish first (the
- * call waits for them). The agent's destruction frees what is left the
- * same way. Any thread.
+ * cudaFree() does: kernels and copies still queued on the device finish
+ * first (the call waits for them, without holding the agent's lock, so
+ * stream-ordered requests of a progress thread still end). The agent's
+ * destruction frees what is left without waiting: free GPU memory that
+ * work may still use before it. Any thread.
  */
 FERRY_API ferry_status_t ferry_mem_free(ferry_agent_t *agent, void *addr);
 

@@ -8,6 +8,7 @@
  * backend that allocated a block is found again at free by asking each one.
  */
 #include "core/core.h"
+#include "cuda/cuda.h"
 
 ferry_status_t ferry_mem_alloc(ferry_agent_t *agent, size_t len,
                                ferry_mem_kind_t kind, void **addr_p)
@@ -50,6 +51,13 @@ ferry_status_t ferry_mem_free(ferry_agent_t *agent, void *addr)
         return FERRY_OK;
     if (agent == NULL)
         return ferry__error(FERRY_ERR_INVALID, "mem_free: NULL agent");
+    /*
+     * GPU memory: its device's work ends first, as cudaFree() waits for it
+     * (a kernel still running on it would fault once it is unmapped, which
+     * does not wait). Before the lock: a stream that waits on ferry's flags
+     * goes on only when the progress thread, which takes it, sets them.
+     */
+    ferry__cuda_quiesce((uint64_t)(uintptr_t)addr);
     ferry__agent_lock(agent);
     for (unsigned k = 0; k < FERRY__NBK && st == FERRY_ERR_NOT_FOUND; k++)
         st = ferry__backends[k]->mem_free(agent->bk_ctx[k], addr);

@@ -181,6 +181,19 @@ void ferry__cuda_classify(uint64_t addr, ferry_mem_kind_t *kind_p,
     *device_p = ordinal;
 }
 
+void ferry__cuda_quiesce(uint64_t addr)
+{
+    const ferry__cuda_t *cu = ferry__cuda_loaded();
+    ferry_mem_kind_t kind;
+    int32_t device;
+
+    ferry__cuda_classify(addr, &kind, &device);
+    if (kind != FERRY_MEM_CUDA || ferry__cuda_push(device) != FERRY_OK)
+        return;
+    (void)cu->cuCtxSynchronize(); /* a fault it reports is the work's, not ours */
+    ferry__cuda_pop();
+}
+
 void ferry__cuda_describe(FILE *out)
 {
     const ferry__cuda_t *cu;

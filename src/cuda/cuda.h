@@ -239,6 +239,15 @@ void ferry__cuda_pop(void);
 void ferry__cuda_classify(uint64_t addr, ferry_mem_kind_t *kind_p,
                           int32_t *device_p);
 
+/*
+ * Waits for the work of the device whose GPU memory addr lies in (nothing
+ * for host memory, or when CUDA is not loaded): what cudaFree() waits for
+ * before it frees. Without the agent's lock: stream work queued behind
+ * ferry's own flags ends only when the progress thread, which takes the
+ * lock, sets them.
+ */
+void ferry__cuda_quiesce(uint64_t addr);
+
 /* For ferry-info: the driver's version and devices, or why there are none. */
 void ferry__cuda_describe(FILE *out);
 

@@ -41,7 +41,6 @@ typedef struct ci_alloc {
     CUdeviceptr va;
     size_t size;
     CUmemGenericAllocationHandle h;
-    int dev;                   /* the device it lies on */
     unsigned regs;             /* registrations inside it */
 } ci_alloc_t;
 

@@ -30,25 +30,6 @@ static void ci_alloc_unmap(const ferry__cuda_t *cu, const ci_alloc_t *a)
     cu->cuMemRelease(a->h);
 }
 
-/*
- * Frees an allocation the user is done with. Its device's work ends first,
- * as cudaFree waits for it: the caller may have queued kernels or copies
- * that use it (a torch tensor over it, filled and dropped), and
- * cuMemUnmap, unlike cudaFree, does not wait, so they would fault on the
- * unmapped range.
- */
-static void ci_alloc_free(const ferry__cuda_t *cu, ci_alloc_t *a)
-{
-    bool pushed = ferry__cuda_push(a->dev) == FERRY_OK;
-
-    if (pushed)
-        (void)cu->cuCtxSynchronize();
-    ci_alloc_unmap(cu, a);
-    if (pushed)
-        ferry__cuda_pop();
-    free(a);
-}
-
 static void ci_reg_free(ci_ctx_t *ctx, ci_reg_t *reg)
 {
     if (reg->alloc != NULL)
@@ -349,7 +330,6 @@ ferry_status_t ferry__ci_mem_alloc(void *vctx, size_t len, ferry_mem_kind_t kind
     a = calloc(1, sizeof(*a));
     if (a == NULL)
         return ferry__error(FERRY_ERR_NO_MEMORY, "cuda_ipc: no memory");
-    a->dev = (int)dev;
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
     prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     prop.location.id = dev;
@@ -404,8 +384,11 @@ ferry_status_t ferry__ci_mem_free(void *vctx, void *addr)
     if (a->regs > 0)
         return ferry__error(FERRY_ERR_BUSY, "cuda_ipc: %u registration(s) still use "
                             "the allocation at %p", a->regs, addr);
+    /* The device's work on it has ended (ferry_mem_free waits for it
+     * before it takes the lock: cuMemUnmap, unlike cudaFree, does not). */
     ferry__list_del(&a->link);
-    ci_alloc_free(ctx->cu, a);
+    ci_alloc_unmap(ctx->cu, a);
+    free(a);
     return FERRY_OK;
 }
 
@@ -419,6 +402,7 @@ void ferry__ci_allocs_free(ci_ctx_t *ctx)
         ferry__debug("cuda_ipc: freeing a GPU allocation of %zu B the user left",
                      a->size);
         ferry__list_del(&a->link);
-        ci_alloc_free(ctx->cu, a);
+        ci_alloc_unmap(ctx->cu, a);
+        free(a);
     }
 }
