@@ -443,13 +443,7 @@ static bool ucx_close_later(ucx_ctx_t *ctx, ucx_conn_t *conn)
     c->req = req;
     c->deadline = ferry__now_ns() + UCX_CLOSE_NS;
     ferry__list_init(&c->sends);
-    while (!ferry__list_empty(&conn->sends)) {
-        ucx_req_t *r = ferry__container_of(conn->sends.next, ucx_req_t, link);
-
-        ferry__list_del(&r->link);
-        r->conn = NULL;
-        ferry__list_add_tail(&c->sends, &r->link);
-    }
+    ferry__ucx_sends_drop(&conn->sends, &c->sends, false);
     ferry__list_add(&ctx->closing, &c->link);
     return true;
 }
@@ -474,12 +468,7 @@ void ferry__ucx_closing_progress(ucx_ctx_t *ctx, bool drain)
             ucx_worker_drop(ctx, c->worker, NULL);
             /* What did not leave went with the worker (a message whose
              * callback ran has left the list). */
-            while (!ferry__list_empty(&c->sends)) {
-                ucx_req_t *r = ferry__container_of(c->sends.next, ucx_req_t, link);
-
-                ferry__list_del(&r->link);
-                free(r->buf);
-            }
+            ferry__ucx_sends_drop(&c->sends, NULL, true);
             free(c);
         }
         if (drain && !ferry__list_empty(&ctx->closing))
@@ -591,7 +580,7 @@ ferry_status_t ferry__ucx_conn_abort(void *vctx, void *vconn, ferry_status_t why
     ucx_disconnect(ctx, conn, false);
     /* Messages in flight are lost (a retired worker, never progressed
      * again, reports nothing either). */
-    ferry__ucx_sends_drop(conn, true);
+    ferry__ucx_sends_drop(&conn->sends, NULL, true);
     for (size_t j = 0; j < i; j++)
         done[j].cb(done[j].arg, why);
     free(done);
@@ -720,7 +709,7 @@ void ferry__ucx_conn_close(void *vctx, void *vconn)
     while (!ferry__list_empty(&conn->flushes))
         (void)ucx_orphan_first(conn);
     ucx_disconnect(ctx, conn, true);
-    ferry__ucx_sends_drop(conn, conn->own_worker);
+    ferry__ucx_sends_drop(&conn->sends, NULL, conn->own_worker);
     ucx_retired_drop(ctx, conn);
     ferry__list_del(&conn->link);
     free(conn);

@@ -74,17 +74,17 @@ static void ucx_send_done(void *request, ucs_status_t status, void *user_data)
     ucp_request_free(request);
 }
 
-void ferry__ucx_sends_drop(ucx_conn_t *conn, bool destroyed)
+void ferry__ucx_sends_drop(ferry__list_t *sends, ferry__list_t *to, bool destroyed)
 {
-    while (!ferry__list_empty(&conn->sends)) {
-        ucx_req_t *r = ferry__container_of(conn->sends.next, ucx_req_t, link);
+    while (!ferry__list_empty(sends)) {
+        ucx_req_t *r = ferry__container_of(sends->next, ucx_req_t, link);
 
         ferry__list_del(&r->link);
         r->conn = NULL;
-        if (destroyed) {
-            /* The request went with the worker; so does its callback. */
-            free(r->buf);
-        }
+        if (to != NULL)
+            ferry__list_add_tail(to, &r->link);
+        else if (destroyed)
+            free(r->buf); /* the request went with the worker; so does its callback */
     }
 }
 

@@ -222,9 +222,12 @@ void *ferry__ucx_mapped(ucx_rkey_t *rk, uint64_t raddr);
 ferry_status_t ferry__ucx_msg_send(void *vctx, void *vconn, const void *data,
                                    size_t len);
 ferry_status_t ferry__ucx_msg_listen(void *vctx, ferry__bk_msg_cb cb, void *arg);
-/* Frees the messages of sends that the connection abandons; with
- * destroyed true its worker is gone, so UCX will not report them. */
-void ferry__ucx_sends_drop(ucx_conn_t *conn, bool destroyed);
+/* Takes every message off sends (a connection's, or a closing's,
+ * conn.c), each no longer its connection's: onto the list to, whose
+ * worker still carries them (a polite close), or, with to NULL, dropped;
+ * with destroyed true their worker is gone, so UCX will not report them
+ * and their buffers are freed here. */
+void ferry__ucx_sends_drop(ferry__list_t *sends, ferry__list_t *to, bool destroyed);
 /* conn.c: fails a same-host connection whose peer process has ended
  * (asking at most once a millisecond); returns whether it still looks
  * alive. */
