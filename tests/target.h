@@ -173,6 +173,16 @@ static inline uint64_t xt_note_plain_sum(uint64_t seq, uint64_t off)
     return xt_sum((const uint8_t *)v, sizeof(v));
 }
 
+/* Stand-alone message seq whose contents the target checks: word (any
+ * value, random say) and the sum of both. */
+static inline xt_note_t xt_note_plain(uint64_t seq, uint64_t word)
+{
+    xt_note_t n = {.op = XT_NOTE_PLAIN, .seq = seq, .off = word, .len = 1};
+
+    n.sum = xt_note_plain_sum(seq, word);
+    return n;
+}
+
 /* What the target writes into a READ's range after its message seq: the
  * guard pattern of iteration seq + 1 at buffer offsets (xu_fill_guard),
  * which the initiator can compute too. */

@@ -341,9 +341,8 @@ static int stopped_case(void)
     lock_timer_begin(&during, me, &th);
     t0 = xu_now_ns();
     for (uint64_t i = 0; i < COUNT; i++) {
-        xt_note_t n = {.op = XT_NOTE_PLAIN, .seq = i, .off = test_rand(&rng), .len = 1};
+        xt_note_t n = xt_note_plain(i, test_rand(&rng));
 
-        n.sum = xt_note_plain_sum(n.seq, n.off);
         EXPECT_ST(FERRY_OK, ferry_notif_send(me, peer, &n, sizeof(n)));
         if (i == 0)
             first_ms = (double)(xu_now_ns() - t0) / 1e6;

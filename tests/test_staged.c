@@ -121,15 +121,25 @@ static void finish(ferry_agent_t *agent, ferry_peer_t *peer, int quit)
     xm_free(&lxb);
 }
 
-/* One range [off, off + len) on both sides, as a request of one descriptor. */
-static ferry_xfer_t *prepare_range(ferry_agent_t *agent, ferry_peer_t *peer,
-                                   ferry_xfer_op_t op, uint64_t off, uint64_t len)
+/* One range [off, off + len) on both sides (the target's 3 bytes on), as
+ * a request of one descriptor with params: ferry_xfer_prepare's status. */
+static ferry_status_t prepare_with(ferry_agent_t *agent, ferry_peer_t *peer,
+                                   ferry_xfer_op_t op, uint64_t off, uint64_t len,
+                                   const ferry_xfer_params_t *params, ferry_xfer_t **x_p)
 {
     ferry_desc_t l = xm_desc(kind, lxb.addr + off, len);
     ferry_desc_t r = xm_target_desc(kind, rbase + off + 3, len);
+
+    return ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, params, x_p);
+}
+
+/* The same, staged, which must prepare. */
+static ferry_xfer_t *prepare_range(ferry_agent_t *agent, ferry_peer_t *peer,
+                                   ferry_xfer_op_t op, uint64_t off, uint64_t len)
+{
     ferry_xfer_t *x = NULL;
 
-    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, op, &l, 1, peer, &r, 1, &staged, &x));
+    ASSERT_ST(FERRY_OK, prepare_with(agent, peer, op, off, len, &staged, &x));
     return x;
 }
 
@@ -458,22 +468,20 @@ static void case_chunk(void)
  */
 static void case_secret(void)
 {
+    test_rng_t rng = {seed};
+    uint64_t off = test_rand_range(&rng, 0, TCAP / 2);
     ferry_peer_t *peer;
     ferry_agent_t *agent;
-    ferry_desc_t l, r;
     ferry_xfer_t *x = NULL;
 
     target_secret = "staged-test-secret-0123456789abcdef";
     agent = start(1, 0, NULL, &peer);
     target_secret = NULL;
-    l = xm_desc(kind, lxb.addr + 100, 1u << 20);
-    r = xm_target_desc(kind, rbase + 103, 1u << 20);
-    EXPECT_ST(FERRY_ERR_PROTOCOL, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer,
-                                                     &r, 1, &staged, &x));
+    EXPECT_ST(FERRY_ERR_PROTOCOL,
+              prepare_with(agent, peer, FERRY_OP_WRITE, off, 1u << 20, &staged, &x));
     EXPECT_ERR_HAS("has a job secret");
-    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
-                                           NULL, &x));
-    move_and_check(x, FERRY_OP_WRITE, 100, 1u << 20, 70, "a WRITE through UCX");
+    ASSERT_ST(FERRY_OK, prepare_with(agent, peer, FERRY_OP_WRITE, off, 1u << 20, NULL, &x));
+    move_and_check(x, FERRY_OP_WRITE, off, 1u << 20, 70, "a WRITE through UCX");
     ferry_xfer_release(x);
     finish(agent, peer, 1);
 }

@@ -280,8 +280,6 @@ static int send_chunks(xr_sender_t *r, const stg_conn_t *live, const void *raddr
         forge(r, &h, with_secret ? &s : NULL, raddr, ralen, SIZE_MAX, rkey.token);
     }
     printf("test_staged_forge: %d malformed or forged chunk headers sent\n", sent);
-    if (with_secret)
-        EXPECT_TRUE(sent >= 300);
     return expect;
 }
 
@@ -446,7 +444,9 @@ int main(int argc, char **argv)
 
         ASSERT_ST(FERRY_OK, ferry_xfer_prepare(me, FERRY_OP_WRITE, &a, 1, opeer, &b, 1,
                                                &staged, &x));
+        test_fill_fast(lbuf, 64, seed, 2, 0);
         EXPECT_ST(FERRY_OK, xu_post_wait(x, 30 * SEC));
+        EXPECT_TRUE(memcmp(lbuf + TCAP - 4096, lbuf, 64) == 0);
         ferry_xfer_release(x);
     }
     live = staged_conn(peer);
