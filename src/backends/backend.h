@@ -143,6 +143,14 @@ typedef struct ferry__backend_ops {
      * address for this backend. Failures are kept for rkey_open to report. */
     void (*rkey_prefetch)(void *ctx, const uint8_t *addr, size_t addr_len,
                           const uint8_t *data, size_t len);
+    /* With rkey_prefetch, under the lock at the end of a prepare that
+     * called it: drops what it fetched from the peer at addr and no
+     * rkey_open took (the prepare failed, or chose another backend), so
+     * that nothing fetched outlives its prepare (a later export could
+     * reuse the number it was fetched by). A concurrent prepare to the
+     * same peer may lose its own fetches so: its import then fetches
+     * under the lock, as without a prefetch. */
+    void (*rkey_prefetch_end)(void *ctx, const uint8_t *addr, size_t addr_len);
 
     /*
      * Readies n segments on a connection that every post of one request

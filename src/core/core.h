@@ -295,6 +295,9 @@ ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
  * another host. */
 void ferry__remote_prefetch(ferry_agent_t *agent, ferry__remote_t *remote,
                             const ferry_desc_t *descs, size_t n, uint16_t only);
+/* Under the lock, at the end of a prepare that prefetched: the backends'
+ * rkey_prefetch_end (what was fetched and not taken is dropped). */
+void ferry__remote_prefetch_end(ferry_agent_t *agent, ferry__remote_t *remote);
 /* Under the lock: deregister without the BUSY check (agent teardown). */
 void ferry__mem_drop(ferry_mem_t *mem);
 /* Agent teardown helpers. */

@@ -63,6 +63,17 @@ ferry_status_t ferry__remote_conn(ferry_agent_t *agent, ferry__remote_t *remote,
     return FERRY_OK;
 }
 
+void ferry__remote_prefetch_end(ferry_agent_t *agent, ferry__remote_t *remote)
+{
+    for (unsigned k = 0; k < FERRY__NBK; k++) {
+        const ferry__backend_ops_t *ops = ferry__backends[k];
+        const ferry__md_bytes_t *addr = &remote->md.bk_addr[k];
+
+        if (ops->rkey_prefetch_end != NULL && addr->data != NULL && agent->bk_ctx[k] != NULL)
+            ops->rkey_prefetch_end(agent->bk_ctx[k], addr->data, addr->len);
+    }
+}
+
 ferry_status_t ferry__remote_rkey(ferry_agent_t *agent, ferry__remote_t *remote,
                                   ferry__rregion_t *rr, unsigned slot,
                                   void **rkey_p)

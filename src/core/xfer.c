@@ -299,6 +299,7 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
     ferry_xfer_t *x;
     uint8_t *slots = NULL;
     ferry__remote_t *rm;
+    bool prefetched = false;
     ferry__route_t route = {false, 0};
     ferry_status_t st;
 
@@ -371,9 +372,11 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
 
     ferry__agent_lock(agent);
     rm = peer->remote;
-    if (rm->prefetch) {
+    prefetched = rm->prefetch;
+    if (prefetched) {
         /* What opening the peer's keys would wait for from the peer is
-         * fetched first, without the lock, the remote held meanwhile. */
+         * fetched first, without the lock, the remote held meanwhile;
+         * what no key took is dropped at the end (both ways out). */
         rm->refs++;
         ferry__agent_unlock(agent);
         ferry__remote_prefetch(agent, rm, remote, nremote, route.only);
@@ -421,6 +424,8 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
         x->mems[i]->refs++;
     rm->refs++;
     ferry__list_add(&agent->xfers, &x->link);
+    if (prefetched)
+        ferry__remote_prefetch_end(agent, rm);
     ferry__agent_unlock(agent);
     free(slots);
     *xfer_p = x;
@@ -429,6 +434,8 @@ ferry_status_t ferry_xfer_prepare(ferry_agent_t *agent, ferry_xfer_op_t op,
 err_unprepare:
     xfer_unprepare(x);
 err_unlock:
+    if (prefetched)
+        ferry__remote_prefetch_end(agent, rm);
     ferry__agent_unlock(agent);
 err_free:
     free(slots);

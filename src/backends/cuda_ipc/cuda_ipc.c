@@ -175,6 +175,7 @@ const ferry__backend_ops_t ferry__cuda_ipc_ops = {
     .rkey_open = ferry__ci_rkey_open,
     .rkey_close = ferry__ci_rkey_close,
     .rkey_prefetch = ferry__ci_rkey_prefetch,
+    .rkey_prefetch_end = ferry__ci_rkey_prefetch_end,
     .prepare = ferry__ci_prepare,
     .unprepare = ferry__ci_unprepare,
     .post = ferry__ci_post,

@@ -175,6 +175,8 @@ ferry_status_t ferry__ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p);
 /* The ops' rkey_prefetch: a VMM export's descriptors, fetched ahead. */
 void ferry__ci_rkey_prefetch(void *vctx, const uint8_t *addr, size_t addr_len,
                              const uint8_t *data, size_t len);
+/* The ops' rkey_prefetch_end: closes what the prefetch left of that peer. */
+void ferry__ci_rkey_prefetch_end(void *vctx, const uint8_t *addr, size_t addr_len);
 /* Closes the descriptors fetched ahead from the owner (pid, id); pid -1:
  * all of them, the context going away. */
 void ferry__ci_pf_drop(ci_ctx_t *ctx, int32_t pid, uint64_t id);

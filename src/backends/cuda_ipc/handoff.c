@@ -283,6 +283,29 @@ void ferry__ci_pf_drop(ci_ctx_t *ctx, int32_t pid, uint64_t id)
     pthread_mutex_unlock(&ctx->pf_lock);
 }
 
+/* The owner (pid, context id) a peer's address names: false when the
+ * address is malformed or names this context. */
+static bool ci_addr_owner(const ci_ctx_t *ctx, const uint8_t *addr, size_t addr_len,
+                          int32_t *pid_p, uint64_t *id_p)
+{
+    ferry__rbuf_t r;
+
+    ferry__rbuf_init(&r, addr, addr_len);
+    *pid_p = (int32_t)ferry__rbuf_u32(&r);
+    *id_p = ferry__rbuf_u64(&r);
+    return !r.err && r.left == 0 && !(*pid_p == ctx->pid && *id_p == ctx->id);
+}
+
+void ferry__ci_rkey_prefetch_end(void *vctx, const uint8_t *addr, size_t addr_len)
+{
+    ci_ctx_t *ctx = vctx;
+    int32_t pid;
+    uint64_t id;
+
+    if (ci_addr_owner(ctx, addr, addr_len, &pid, &id))
+        ferry__ci_pf_drop(ctx, pid, id);
+}
+
 void ferry__ci_rkey_prefetch(void *vctx, const uint8_t *addr, size_t addr_len,
                              const uint8_t *data, size_t len)
 {
@@ -291,10 +314,7 @@ void ferry__ci_rkey_prefetch(void *vctx, const uint8_t *addr, size_t addr_len,
     ferry__rbuf_t r;
     uint32_t n;
 
-    ferry__rbuf_init(&r, addr, addr_len);
-    tmp.pid = (int32_t)ferry__rbuf_u32(&r);
-    tmp.id = ferry__rbuf_u64(&r);
-    if (r.err || r.left != 0 || (tmp.pid == ctx->pid && tmp.id == ctx->id))
+    if (!ci_addr_owner(ctx, addr, addr_len, &tmp.pid, &tmp.id))
         return;
     ferry__rbuf_init(&r, data, len);
     if (ferry__rbuf_u8(&r) != CI_VMM)
@@ -350,6 +370,7 @@ ferry_status_t ferry__ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
     ci_fdmsg_t m;
     struct timeval tv = {CI_HANDOFF_TIMEOUT_MS / 1000, 0};
     ferry_status_t st;
+    ssize_t n;
     int s, err;
 
     if (ci_pf_take(conn->ctx, conn->pid, conn->id, remote_fd, fd_p, &st))
@@ -392,9 +413,12 @@ ferry_status_t ferry__ci_fetch_fd(ci_conn_t *conn, int remote_fd, int *fd_p)
                             conn->name, strerror(err));
     }
     ci_fdmsg_init(&m, true);
-    if (recvmsg(s, &m.msg, MSG_CMSG_CLOEXEC) != 1 || m.ok != 1 ||
+    n = recvmsg(s, &m.msg, MSG_CMSG_CLOEXEC);
+    if (n != 1 || m.ok != 1 ||
         CMSG_FIRSTHDR(&m.msg) == NULL || CMSG_FIRSTHDR(&m.msg)->cmsg_type != SCM_RIGHTS) {
-        err = errno;
+        /* errno only where recvmsg failed: an answer (or a closed socket)
+         * is no timeout, whatever errno an earlier call left. */
+        err = n < 0 ? errno : 0;
         close(s);
         if (err == EAGAIN || err == EWOULDBLOCK)
             return ferry__error(FERRY_ERR_TIMEOUT, "cuda_ipc: peer '%s' did not hand "
