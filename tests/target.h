@@ -213,22 +213,47 @@ long xt_notif_end(xt_target_t *t, ferry_agent_t *agent);
 /* A live peer beside a stalled one                                         */
 /* ------------------------------------------------------------------------ */
 
+/* A live peer: a serving target whose host buffer 0 one thread keeps
+ * writing to, and what it should hold. */
+typedef struct xt_live {
+    xt_target_t t;        /* started by the test (xt_start) */
+    ferry_agent_t *agent; /* the writer's */
+    ferry_peer_t *peer;   /* t, on agent */
+    ferry_mem_t *mem;     /* lb's registration */
+    uint8_t *lb;          /* the source, as long as buffer 0 */
+    uint8_t *shadow;      /* what buffer 0 should hold */
+    test_rng_t rng;       /* the writes' lengths, places and bytes */
+} xt_live_t;
+
+/* Connects agent to the started target l->t, allocates and registers lb
+ * and a zeroed shadow (the target zeroes its buffers): 0, or -1. */
+int xt_live_attach(xt_live_t *l, ferry_agent_t *agent);
+
 /*
  * For window_ns, random WRITEs of 1 B to 16 KiB of random bytes from random
- * places of lb (registered on agent, at least as long as the target's host
- * buffer 0) to random places of that buffer, each prepared, posted, waited
- * for and released, and mirrored into shadow (as long). Returns the longest
- * of them in ms; *count: how many. A failure is a failed assertion.
+ * places of lb to random places of the target's buffer 0, each prepared,
+ * posted, waited for and released, and mirrored into shadow. Returns the
+ * longest of them in ms; *count: how many. A failure is a failed assertion.
  */
-double xt_write_window(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
-                       uint8_t *lb, uint8_t *shadow, test_rng_t *rng, uint64_t window_ns,
-                       int *count);
+double xt_live_window(xt_live_t *l, uint64_t window_ns, int *count);
 
-/* Reads the target's host buffer 0 back (through a registration of its
- * own) and compares every byte with shadow: 0, or -1 (a failed check,
- * naming the first wrong byte). */
-int xt_check_shadow(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
-                    const uint8_t *shadow);
+/* The live writer's longest WRITE (ms) and count: alone, then beside. */
+typedef struct xt_live_windows {
+    double ref, during;
+    int nref, nduring;
+} xt_live_windows_t;
+
+/* A reference window of window_ns; then the process stopped is stopped
+ * (SIGSTOP) and fn(arg) runs on a thread of its own during a second
+ * window, joined before it returns. */
+void xt_live_beside(xt_live_t *l, pid_t stopped, void *(*fn)(void *), void *arg,
+                    uint64_t window_ns, xt_live_windows_t *w);
+
+/* Reads the target's buffer 0 back (through a registration of its own)
+ * and compares every byte with shadow, then quits the target and frees
+ * lb and shadow: 0, or -1 (a failed check, naming the first wrong byte,
+ * or a target that did not exit cleanly). */
+int xt_live_end(xt_live_t *l);
 
 /* Tells the target to quit and reaps it; closes the socket. Returns 0 if
  * it exited with 0, else -1 (printed). */

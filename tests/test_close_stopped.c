@@ -43,10 +43,9 @@
 #define WINDOW_NS 1500000000ull
 
 static ferry_agent_t *agent;
-static ferry_peer_t *live_peer, *stopped_peer;
-static xt_target_t live, stopped;
-static uint8_t *lb, *shadow;
-static test_rng_t rng = {.s = 0x5EED1234ull};
+static ferry_peer_t *stopped_peer;
+static xt_target_t stopped;
+static xt_live_t live = {.rng = {.s = 0x5EED1234ull}};
 static double forget_ms = -1;
 static int notif_mode;
 static unsigned notes; /* how many messages the stopped target waits for */
@@ -55,7 +54,7 @@ static unsigned notes; /* how many messages the stopped target waits for */
  * wire-up cannot finish); then the peer is forgotten, which closes it. */
 static void *closer(void *arg)
 {
-    ferry_desc_t l = {(uintptr_t)lb, 4096, FERRY_MEM_HOST, 0};
+    ferry_desc_t l = {(uintptr_t)live.lb, 4096, FERRY_MEM_HOST, 0};
     ferry_desc_t r = {stopped.buf[0].addr, 4096, FERRY_MEM_HOST, 0};
     ferry_xfer_t *x;
     ferry_status_t st;
@@ -64,7 +63,7 @@ static void *closer(void *arg)
     (void)arg;
     usleep(200000);
     if (notif_mode) {
-        test_rng_t nrng = {.s = 0x407E5ull}; /* not rng: the live writer draws from it */
+        test_rng_t nrng = {.s = 0x407E5ull}; /* live.rng is the live writer's */
 
         for (uint64_t i = 0; i < notes; i++) {
             xt_note_t n = xt_note_plain(i, test_rand(&nrng));
@@ -122,7 +121,7 @@ static int notif_fd_case(void)
     ASSERT_TRUE(xt_notif_begin(&stopped, 0, notes, XT_NOTIF_UNKNOWN, NULL, 0) == 0);
     xu_stop_child(stopped.pid);
     for (uint64_t i = 0; i < notes; i++) {
-        xt_note_t n = xt_note_plain(i, test_rand(&rng));
+        xt_note_t n = xt_note_plain(i, test_rand(&live.rng));
 
         EXPECT_ST(FERRY_OK, ferry_notif_send(agent, stopped_peer, &n, sizeof(n)));
     }
@@ -170,17 +169,14 @@ int main(int argc, char **argv)
                     .buf = {{.kind = XM_HOST, .cap = CAP}}};
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_PROGRESS_THREAD,
                                .progress_thread = 1};
-    ferry_mem_t *m;
-    double ref, during;
-    int nref, nduring;
-    pthread_t t;
+    xt_live_windows_t w;
 
     alarm(120);
     notif_mode = argc > 1 && strcmp(argv[1], "notif") == 0;
     notes = getenv("UCX_TLS") != NULL && strstr(getenv("UCX_TLS"), "tcp") ? 2 : 300;
     if (argc > 1 && strcmp(argv[1], "notif-fd") == 0)
         return notif_fd_case();
-    ASSERT_TRUE(xt_start(&live, &to) == 0);
+    ASSERT_TRUE(xt_start(&live.t, &to) == 0);
     to.name = "stopped";
     ASSERT_TRUE(xt_start(&stopped, &to) == 0);
     ferry_status_t st = ferry_agent_create(&ap, &agent);
@@ -189,35 +185,21 @@ int main(int argc, char **argv)
         return 77;
     }
     ASSERT_ST(FERRY_OK, st);
-    ASSERT_TRUE(xt_connect(&live, agent, &live_peer) == 0);
+    ASSERT_TRUE(xt_live_attach(&live, agent) == 0);
     ASSERT_TRUE(xt_connect(&stopped, agent, &stopped_peer) == 0);
-    lb = xu_alloc_buf(CAP);
-    shadow = xu_alloc_buf(CAP);
-    ferry_desc_t d = {(uintptr_t)lb, CAP, FERRY_MEM_HOST, 0};
-    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &m));
-
-    /* The live buffer starts as zeros (the target zeroes it). */
-    memset(shadow, 0, CAP);
-    ref = xt_write_window(&live, agent, live_peer, lb, shadow, &rng, WINDOW_NS, &nref);
     /* It serves messages from a sender it has not loaded. */
     if (notif_mode)
         ASSERT_TRUE(xt_notif_begin(&stopped, 0, notes, XT_NOTIF_UNKNOWN, NULL, 0) == 0);
-    xu_stop_child(stopped.pid);
-    ASSERT_TRUE(pthread_create(&t, NULL, closer, NULL) == 0);
-    during = xt_write_window(&live, agent, live_peer, lb, shadow, &rng, WINDOW_NS,
-                             &nduring);
-    pthread_join(t, NULL);
+    xt_live_beside(&live, stopped.pid, closer, NULL, WINDOW_NS, &w);
     printf("test_close_stopped%s: reference: %d posts, the longest %.1f ms; while a "
            "connection to a stopped peer closed: %d posts, the longest %.1f ms; "
-           "ferry_peer_forget took %.1f ms\n", notif_mode ? " notif" : "", nref, ref,
-           nduring, during, forget_ms);
-    if (forget_ms < 0 || (forget_ms > 900 && during > 900 && during > 2 * ref))
+           "ferry_peer_forget took %.1f ms\n", notif_mode ? " notif" : "", w.nref, w.ref,
+           w.nduring, w.during, forget_ms);
+    if (forget_ms > 900 && w.during > 900 && w.during > 2 * w.ref)
         TEST_FAIL_AT_("the close of the stopped peer's connection held the live "
                       "thread's posts (forget %.0f ms, longest post %.0f ms, "
-                      "reference %.0f ms)", forget_ms, during, ref);
+                      "reference %.0f ms)", forget_ms, w.during, w.ref);
 
-    /* Every byte the live thread wrote arrived. */
-    EXPECT_TRUE(xt_check_shadow(&live, agent, live_peer, shadow) == 0);
 
     if (notif_mode) {
         /* Every queued message left once the peer answered, in order. */
@@ -229,11 +211,9 @@ int main(int argc, char **argv)
     } else {
         xu_cont_child(stopped.pid);
     }
-    EXPECT_TRUE(xt_quit(&live) == 0);
+    /* Every byte the live thread wrote arrived. */
+    EXPECT_TRUE(xt_live_end(&live) == 0);
     EXPECT_TRUE(xt_quit(&stopped) == 0);
-    EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
     ferry_agent_destroy(agent);
-    free(lb);
-    free(shadow);
     return test_finish(notif_mode ? "test_close_stopped notif" : "test_close_stopped");
 }

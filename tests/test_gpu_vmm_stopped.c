@@ -30,11 +30,10 @@
 #define WINDOW_NS 1500000000ull
 
 static ferry_agent_t *agent;
-static ferry_peer_t *live_peer, *stopped_peer;
-static xt_target_t live, stopped;
-static uint8_t *lb, *shadow;
+static ferry_peer_t *stopped_peer;
+static xt_target_t stopped;
+static xt_live_t live;
 static xm_buf_t gb;
-static test_rng_t rng = {.s = 0x5EED4321ull};
 static uint64_t glen, gloff, groff;
 static double prep_ms = -1;
 static ferry_status_t prep_st = FERRY_OK;
@@ -73,11 +72,9 @@ int main(void)
                     .buf = {{.kind = XM_HOST, .cap = CAP}}};
     ferry_agent_params_t ap = {.field_mask = FERRY_AGENT_PARAM_PROGRESS_THREAD,
                                .progress_thread = 1};
-    ferry_mem_t *m, *gm;
+    ferry_mem_t *gm;
     ferry_xfer_t *x;
-    double ref, during;
-    int nref, nduring;
-    pthread_t t;
+    xt_live_windows_t w;
     ferry_desc_t d;
     const char *mode = getenv("FERRY_CUDA_FD_HANDOFF");
 
@@ -88,8 +85,9 @@ int main(void)
     }
     if (xm_cuda() == NULL)
         return 77;
+    live.rng.s = xu_seed(0x5EED4321ull);
     alarm(120);
-    ASSERT_TRUE(xt_start(&live, &to) == 0);
+    ASSERT_TRUE(xt_start(&live.t, &to) == 0);
     to.name = "stopped";
     to.seed = 11;
     to.buf[0] = (xt_buf_opts_t){.kind = XM_VMM, .cap = GCAP};
@@ -97,41 +95,31 @@ int main(void)
     if (xm_alloc(&gb, XM_CUDA, GCAP) != 0)
         return 1;
     ASSERT_ST(FERRY_OK, ferry_agent_create(&ap, &agent));
-    ASSERT_TRUE(xt_connect(&live, agent, &live_peer) == 0);
+    ASSERT_TRUE(xt_live_attach(&live, agent) == 0);
     ASSERT_TRUE(xt_connect(&stopped, agent, &stopped_peer) == 0);
-    lb = xu_alloc_buf(CAP);
-    shadow = xu_alloc_buf(CAP);
-    d = (ferry_desc_t){(uintptr_t)lb, CAP, FERRY_MEM_HOST, 0};
-    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &m));
     d = xm_desc(XM_CUDA, gb.addr, GCAP);
     ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &gm));
     /* The GPU WRITE: random bytes from a random place to a random place of
      * the stopped target's allocations (crossing from one to the next). */
-    glen = test_rand_range(&rng, GCAP / 4, GCAP / 2);
-    gloff = test_rand_range(&rng, 0, GCAP - glen);
-    groff = test_rand_range(&rng, 1, GCAP - glen - 1);
+    glen = test_rand_range(&live.rng, GCAP / 4, GCAP / 2);
+    gloff = test_rand_range(&live.rng, 0, GCAP - glen);
+    groff = test_rand_range(&live.rng, 1, GCAP - glen - 1);
     test_fill(gb.host, GCAP, 11, 1, 0);
     xm_to_dev(&gb, 0, GCAP);
     ASSERT_TRUE(xt_pattern(&stopped, 0, 0, GCAP, XU_GUARD_ITER) == 0);
     printf("test_gpu_vmm_stopped: %" PRIu64 " bytes from +%" PRIu64 " to the stopped "
            "peer's +%" PRIu64 "\n", glen, gloff, groff);
 
-    memset(shadow, 0, CAP);
-    ref = xt_write_window(&live, agent, live_peer, lb, shadow, &rng, WINDOW_NS, &nref);
-    xu_stop_child(stopped.pid);
-    ASSERT_TRUE(pthread_create(&t, NULL, importer, NULL) == 0);
-    during = xt_write_window(&live, agent, live_peer, lb, shadow, &rng, WINDOW_NS,
-                             &nduring);
-    pthread_join(t, NULL);
+    xt_live_beside(&live, stopped.pid, importer, NULL, WINDOW_NS, &w);
     printf("test_gpu_vmm_stopped: reference: %d posts, the longest %.1f ms; while a "
            "stopped peer's VMM memory was imported: %d posts, the longest %.1f ms; "
-           "the prepare took %.1f ms and returned %s (%s)\n", nref, ref, nduring,
-           during, prep_ms, ferry_status_str(prep_st), prep_why);
+           "the prepare took %.1f ms and returned %s (%s)\n", w.nref, w.ref, w.nduring,
+           w.during, prep_ms, ferry_status_str(prep_st), prep_why);
     EXPECT_ST(FERRY_ERR_TIMEOUT, prep_st);
-    if (prep_ms > 4000 && during > prep_ms / 2 && during > 2 * ref)
+    if (prep_ms > 4000 && w.during > prep_ms / 2 && w.during > 2 * w.ref)
         TEST_FAIL_AT_("the import from the stopped peer held the live thread's posts "
                       "(prepare %.0f ms, longest post %.0f ms, reference %.0f ms)",
-                      prep_ms, during, ref);
+                      prep_ms, w.during, w.ref);
 
     /* Resumed, the peer hands its descriptors over: the WRITE lands. */
     xu_cont_child(stopped.pid);
@@ -143,15 +131,10 @@ int main(void)
                          "the stopped target after the WRITE") == 0);
 
     /* Every byte the live thread wrote arrived. */
-    EXPECT_TRUE(xt_check_shadow(&live, agent, live_peer, shadow) == 0);
-
-    EXPECT_TRUE(xt_quit(&live) == 0);
+    EXPECT_TRUE(xt_live_end(&live) == 0);
     EXPECT_TRUE(xt_quit(&stopped) == 0);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(gm));
-    EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
     ferry_agent_destroy(agent);
     xm_free(&gb);
-    free(lb);
-    free(shadow);
     return test_finish("test_gpu_vmm_stopped");
 }

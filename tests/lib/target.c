@@ -9,6 +9,8 @@
 
 #include "proto.h"
 
+#include <pthread.h>
+
 #ifndef FERRY_TEST_TARGET_PATH
 #error "FERRY_TEST_TARGET_PATH must name the test_target program"
 #endif
@@ -216,30 +218,45 @@ static void xt_close(xt_target_t *t)
     t->blob = NULL;
 }
 
-double xt_write_window(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
-                       uint8_t *lb, uint8_t *shadow, test_rng_t *rng, uint64_t window_ns,
-                       int *count)
+int xt_live_attach(xt_live_t *l, ferry_agent_t *agent)
 {
-    uint64_t cap = t->buf[0].cap, end = xu_now_ns() + window_ns;
+    uint64_t cap;
+    ferry_desc_t d;
+
+    l->agent = agent;
+    if (xt_connect(&l->t, agent, &l->peer) != 0)
+        return -1;
+    cap = l->t.buf[0].cap; /* known once connected */
+    l->lb = xu_alloc_buf(cap);
+    l->shadow = xu_alloc_buf(cap);
+    memset(l->shadow, 0, cap);
+    d = (ferry_desc_t){(uintptr_t)l->lb, cap, FERRY_MEM_HOST, 0};
+    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &d, 1, &l->mem));
+    return 0;
+}
+
+double xt_live_window(xt_live_t *l, uint64_t window_ns, int *count)
+{
+    uint64_t cap = l->t.buf[0].cap, end = xu_now_ns() + window_ns;
     double worst = 0;
 
     *count = 0;
     while (xu_now_ns() < end) {
-        uint64_t len = test_rand_range(rng, 1, 16384);
-        uint64_t loff = test_rand_range(rng, 0, cap - len);
-        uint64_t roff = test_rand_range(rng, 0, cap - len);
-        ferry_desc_t l = {(uintptr_t)lb + loff, len, FERRY_MEM_HOST, 0};
-        ferry_desc_t r = {t->buf[0].addr + roff, len, FERRY_MEM_HOST, 0};
+        uint64_t len = test_rand_range(&l->rng, 1, 16384);
+        uint64_t loff = test_rand_range(&l->rng, 0, cap - len);
+        uint64_t roff = test_rand_range(&l->rng, 0, cap - len);
+        ferry_desc_t ld = {(uintptr_t)l->lb + loff, len, FERRY_MEM_HOST, 0};
+        ferry_desc_t rd = {l->t.buf[0].addr + roff, len, FERRY_MEM_HOST, 0};
         ferry_xfer_t *x;
         uint64_t t0 = xu_now_ns();
         double ms;
 
-        test_rand_bytes(rng, lb + loff, len);
-        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_WRITE, &l, 1, peer, &r, 1,
-                                               NULL, &x));
+        test_rand_bytes(&l->rng, l->lb + loff, len);
+        ASSERT_ST(FERRY_OK, ferry_xfer_prepare(l->agent, FERRY_OP_WRITE, &ld, 1, l->peer,
+                                               &rd, 1, NULL, &x));
         ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
         ferry_xfer_release(x);
-        memcpy(shadow + roff, lb + loff, len);
+        memcpy(l->shadow + roff, l->lb + loff, len);
         ms = xu_ms_since(t0);
         worst = ms > worst ? ms : worst;
         (*count)++;
@@ -247,31 +264,49 @@ double xt_write_window(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
     return worst;
 }
 
-int xt_check_shadow(xt_target_t *t, ferry_agent_t *agent, ferry_peer_t *peer,
-                    const uint8_t *shadow)
+void xt_live_beside(xt_live_t *l, pid_t stopped, void *(*fn)(void *), void *arg,
+                    uint64_t window_ns, xt_live_windows_t *w)
 {
-    uint64_t cap = t->buf[0].cap, bad = UINT64_MAX;
+    pthread_t t;
+
+    w->ref = xt_live_window(l, window_ns, &w->nref);
+    xu_stop_child(stopped);
+    ASSERT_TRUE(pthread_create(&t, NULL, fn, arg) == 0);
+    w->during = xt_live_window(l, window_ns, &w->nduring);
+    pthread_join(t, NULL);
+}
+
+int xt_live_end(xt_live_t *l)
+{
+    uint64_t cap = l->t.buf[0].cap, bad = UINT64_MAX;
     uint8_t *back = xu_alloc_buf(cap);
     ferry_desc_t bd = {(uintptr_t)back, cap, FERRY_MEM_HOST, 0};
-    ferry_desc_t rd = {t->buf[0].addr, cap, FERRY_MEM_HOST, 0};
+    ferry_desc_t rd = {l->t.buf[0].addr, cap, FERRY_MEM_HOST, 0};
     ferry_mem_t *m;
     ferry_xfer_t *x;
+    int rc = 0;
 
     memset(back, 0xA5, cap);
-    ASSERT_ST(FERRY_OK, ferry_mem_register(agent, &bd, 1, &m));
-    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(agent, FERRY_OP_READ, &bd, 1, peer, &rd, 1,
+    ASSERT_ST(FERRY_OK, ferry_mem_register(l->agent, &bd, 1, &m));
+    ASSERT_ST(FERRY_OK, ferry_xfer_prepare(l->agent, FERRY_OP_READ, &bd, 1, l->peer, &rd, 1,
                                            NULL, &x));
     ASSERT_ST(FERRY_OK, xu_post_wait(x, 60000000000ll));
     ferry_xfer_release(x);
     EXPECT_ST(FERRY_OK, ferry_mem_deregister(m));
     for (uint64_t i = 0; i < cap && bad == UINT64_MAX; i++)
-        if (back[i] != shadow[i])
+        if (back[i] != l->shadow[i])
             bad = i;
     free(back);
-    if (bad == UINT64_MAX)
-        return 0;
-    TEST_FAIL_AT_("byte %" PRIu64 " of the live target's buffer is wrong", bad);
-    return -1;
+    if (bad != UINT64_MAX) {
+        TEST_FAIL_AT_("byte %" PRIu64 " of the live target's buffer is wrong", bad);
+        rc = -1;
+    }
+    if (xt_quit(&l->t) != 0)
+        rc = -1;
+    EXPECT_ST(FERRY_OK, ferry_mem_deregister(l->mem));
+    free(l->lb);
+    free(l->shadow);
+    return rc;
 }
 
 int xt_quit(xt_target_t *t)
