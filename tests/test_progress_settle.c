@@ -15,12 +15,9 @@
  * worker that the cancel retired and no one progresses; over shared
  * memory to a FIFO that nobody reads once the worker is gone). The target
  * then calls ferry_agent_progress() until it returns FERRY_OK: it must
- * end within 10 s, and the number of calls is printed. The whole runs
- * twice, each time with a target of its own: first plainly, then with
- * the target's ferry_agent_fd() taken (each call that finds nothing then
- * arms the transports; taking it cannot be undone, so the plain runs come
- * from a target that never took it). Then either the initiator keeps its agent ("keep": the same
- * connection must move fresh random bytes again) or destroys it
+ * end within 10 s, and the number of calls is printed. Then either the
+ * initiator keeps its agent ("keep": the same connection must move fresh
+ * random bytes again) or destroys it
  * ("destroy": its side is gone, as when it exits), after which the target
  * must settle again. Before ferry_agent_progress() answered FERRY_OK for
  * transports that stay busy without moving, the target's third "keep"
@@ -28,7 +25,11 @@
  * 10 s. The initiator destroys its agent only once the target has settled:
  * over TCP, a target still reading the canceled WRITE when the initiator's
  * sockets close dies in UCX 1.13 ("Endpoint timeout" in ucp_put_handler),
- * a limit ferry/xfer.h names.
+ * a limit ferry/xfer.h names. All of it runs twice, each time against a
+ * target of its own: first plainly, then with the target's
+ * ferry_agent_fd() taken (each call that finds nothing then arms the
+ * transports; taking it cannot be undone, so the plain settles come from
+ * a target that never took it).
  *
  * Argument: "tcp" sets UCX_TLS=tcp for both processes; otherwise UCX's
  * defaults (shared memory on one host). FERRY_TEST_ITERS sets the rounds

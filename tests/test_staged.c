@@ -590,6 +590,7 @@ int main(int argc, char **argv)
             return test_finish("test_staged");
         }
     }
-    fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk|share|secret\n", argv[0]);
+    fprintf(stderr, "usage: %s pool|kill|stop|cancel|abort|errors|chunk|share|secret\n",
+            argv[0]);
     return 2;
 }

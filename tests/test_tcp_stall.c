@@ -50,13 +50,14 @@ static ferry_status_t post_wait(ferry_xfer_t *x)
     return st;
 }
 
-/* "keepalive": a WRITE to the stopped target ends by the stall timeout,
- * not before it and not much after it; resumed, the target gets it whole. */
+/* "keepalive": a WRITE to the stopped target (at off) ends by the stall
+ * timeout, not before it and not much after it; resumed, the target gets
+ * it whole. */
 static void keepalive_case(ferry_agent_t *agent, ferry_peer_t *peer, xt_target_t *target,
-                           uint8_t *src, uint64_t seed)
+                           uint8_t *src, uint64_t seed, uint64_t off)
 {
     ferry_desc_t l = {(uintptr_t)src, BIG, FERRY_MEM_HOST, 0};
-    ferry_desc_t r = {target->buf[0].addr, BIG, FERRY_MEM_HOST, 0};
+    ferry_desc_t r = {target->buf[0].addr + off, BIG, FERRY_MEM_HOST, 0};
     ferry_xfer_t *w;
     ferry_status_t st;
     uint64_t t0;
@@ -83,8 +84,8 @@ static void keepalive_case(ferry_agent_t *agent, ferry_peer_t *peer, xt_target_t
     usleep(50000);
     ASSERT_TRUE(kill(target->pid, 0) == 0);
     EXPECT_ST(FERRY_OK, post_wait(w));
-    ASSERT_TRUE(xt_range(target, 0, 0, BIG, 0) == 0);
-    EXPECT_EQ(0, xt_check(target, 0, 0, BIG, 1, XU_GUARD_ITER, "WRITE"));
+    ASSERT_TRUE(xt_range(target, 0, off, BIG, 0) == 0);
+    EXPECT_EQ(0, xt_check(target, 0, off, off + BIG, 1, XU_GUARD_ITER, "WRITE"));
     ferry_xfer_release(w);
 }
 
@@ -143,7 +144,8 @@ int main(int argc, char **argv)
         ferry_xfer_release(w);
     }
     if (keepalive) {
-        keepalive_case(agent, peer, &target, src, seed);
+        keepalive_case(agent, peer, &target, src, seed,
+                       test_rand_range(&rng, 0, TCAP - BIG));
         rounds = 0;
     }
     for (long round = 0; round < rounds; round++) {

@@ -69,7 +69,8 @@ void ferry__remote_prefetch_end(ferry_agent_t *agent, ferry__remote_t *remote)
         const ferry__backend_ops_t *ops = ferry__backends[k];
         const ferry__md_bytes_t *addr = &remote->md.bk_addr[k];
 
-        if (ops->rkey_prefetch_end != NULL && addr->data != NULL && agent->bk_ctx[k] != NULL)
+        if (ops->rkey_prefetch_end != NULL && addr->data != NULL &&
+            agent->bk_ctx[k] != NULL)
             ops->rkey_prefetch_end(agent->bk_ctx[k], addr->data, addr->len);
     }
 }
