@@ -445,12 +445,23 @@ static void case_chunk(void)
     agent = start(1, 0, NULL, &peer);
     for (int op = 0; op < 2; op++) {
         ferry_xfer_op_t o = op == 0 ? FERRY_OP_WRITE : FERRY_OP_READ;
+        uint64_t off = 100, len = 1u << 20;
 
-        x = prepare_range(agent, peer, o, 100, 1u << 20);
+        x = prepare_range(agent, peer, o, off, len);
+        /* The two sides hold different bytes: a refused chunk moves none. */
+        ASSERT_TRUE(xt_range(&tgt, 0, off + 3, len, 0) == 0);
+        ASSERT_TRUE(xt_fill(&tgt, 0, 80) == 0);
+        test_fill_fast(lbuf + off, len, seed, 81, 0);
+        xm_to_dev(&lxb, off, off + len);
         EXPECT_ST(FERRY_ERR_UNSUPPORTED, xu_post_wait(x, 60 * SEC));
         EXPECT_ERR_HAS("could not serve a chunk");
         EXPECT_ST(FERRY_ERR_UNSUPPORTED, xu_post_wait(x, 60 * SEC));
         ferry_xfer_release(x);
+        EXPECT_EQ(0, xt_check(&tgt, 0, off + 3, off + 3 + len, 80, XU_GUARD_ITER,
+                              "the target after refused chunks"));
+        xm_from_dev(&lxb, off, off + len);
+        if (test_verify_fast(lbuf + off, len, seed, 81, 0) != UINT64_MAX)
+            TEST_FAIL_AT_("refused chunks changed this side's bytes");
         x = prepare_range(agent, peer, o, 200, 60000);
         move_and_check(x, o, 200, 60000, 60 + (uint64_t)op, "a chunk that fits");
         ferry_xfer_release(x);
